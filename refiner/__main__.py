@@ -1,0 +1,5 @@
+import sys
+
+from refiner.cli import main
+
+sys.exit(main())

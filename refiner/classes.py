@@ -1,0 +1,106 @@
+"""The class list that travels with every model, workspace and report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: Label value meaning "no label here": ignored by training and metrics.
+IGNORE = 255
+
+_PALETTE = [
+    (40, 40, 40),  # background: dark grey
+    (230, 60, 50),  # red
+    (250, 200, 40),  # yellow
+    (60, 140, 230),  # blue
+    (60, 200, 90),  # green
+    (190, 90, 220),  # purple
+    (250, 140, 30),  # orange
+    (40, 210, 210),  # cyan
+]
+
+
+@dataclass(frozen=True)
+class ClassSpec:
+    """Class names, the pixel value of each class in mask files, and a display colour each.
+
+    Class ``i`` is index ``i`` everywhere inside the engine; ``values[i]`` is only how mask
+    files on disk encode it (e.g. roads as 255 in the Massachusetts masks).
+    """
+
+    names: tuple[str, ...]
+    values: tuple[int, ...] = ()
+    colors: tuple[tuple[int, int, int], ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        names = tuple(self.names)
+        if len(names) < 2:
+            raise ValueError("at least two classes are needed (e.g. background and road)")
+        if len(set(names)) != len(names):
+            raise ValueError(f"class names must be unique, got {list(names)}")
+        values = tuple(int(v) for v in self.values) or tuple(range(len(names)))
+        if len(values) != len(names):
+            raise ValueError(f"{len(names)} classes but {len(values)} label values: give one mask value per class")
+        if len(set(values)) != len(values) or any(not 0 <= v <= 255 for v in values):
+            raise ValueError(f"label values must be distinct integers in 0..255, got {list(values)}")
+        colors = tuple(tuple(int(c) for c in col) for col in self.colors) or tuple(
+            _PALETTE[i % len(_PALETTE)] for i in range(len(names))
+        )
+        if len(colors) != len(names):
+            raise ValueError(f"{len(names)} classes but {len(colors)} colours")
+        object.__setattr__(self, "names", names)
+        object.__setattr__(self, "values", values)
+        object.__setattr__(self, "colors", colors)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def encode_mask(self, mask: np.ndarray, *, strict: bool = True) -> np.ndarray:
+        """Map mask pixel values to class indices; 255 stays 'unlabelled' unless it is a class value.
+
+        With ``strict``, a pixel value that is neither a class value nor 255 is an error (it
+        usually means the wrong ``values`` were given); otherwise such pixels become unlabelled.
+        """
+        lut = np.full(256, IGNORE, dtype=np.uint8)
+        for i, v in enumerate(self.values):
+            lut[v] = i
+        mask = np.asarray(mask)
+        if mask.dtype != np.uint8:
+            if mask.min() < 0 or mask.max() > 255:
+                raise ValueError("label mask values must lie in 0..255")
+            mask = mask.astype(np.uint8)
+        out = lut[mask]
+        if strict:
+            unknown = (out == IGNORE) & (mask != IGNORE)
+            if unknown.any():
+                bad = sorted(int(v) for v in np.unique(mask[unknown])[:8])
+                raise ValueError(
+                    f"label mask has pixel values {bad} that are not class values {list(self.values)} "
+                    f"(nor 255 = unlabelled); pass the right --values / label_values"
+                )
+        return out
+
+    def decode(self, index_map: np.ndarray) -> np.ndarray:
+        """Class indices -> mask pixel values (unlabelled stays 255)."""
+        lut = np.full(256, IGNORE, dtype=np.uint8)
+        for i, v in enumerate(self.values):
+            lut[i] = v
+        return lut[np.asarray(index_map, dtype=np.uint8)]
+
+    def to_dict(self) -> dict:
+        return {"names": list(self.names), "values": list(self.values), "colors": [list(c) for c in self.colors]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ClassSpec:
+        return cls(tuple(d["names"]), tuple(d.get("values", ())), tuple(tuple(c) for c in d.get("colors", ())))
+
+    @classmethod
+    def parse(cls, names: str, values: str | None = None) -> ClassSpec:
+        """From CLI strings: ``"background,road"`` and ``"0,255"``."""
+        n = tuple(s.strip() for s in names.split(",") if s.strip())
+        try:
+            v = tuple(int(s) for s in values.split(",")) if values else ()
+        except ValueError as exc:
+            raise ValueError(f"--values must be comma-separated integers, got {values!r}") from exc
+        return cls(n, v)

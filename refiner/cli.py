@@ -1,0 +1,396 @@
+"""``python -m refiner``: every step of the method from the command line.
+
+Errors are one clear line on stderr and exit status 2; long work shows a progress bar.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from refiner import __version__
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _bar(desc: str, total: int) -> Callable[[int], None]:
+    """A tqdm bar driven by absolute positions (what the engine's callbacks report)."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="step", leave=False, disable=None, file=sys.stderr)
+
+    def update(n: int) -> None:
+        bar.update(max(0, n - bar.n))
+        if n >= total:
+            bar.close()
+
+    return update
+
+
+def _progress(desc: str) -> Callable[[int, int], None]:
+    """A tqdm bar for ``(done, total)`` callbacks, created on the first call."""
+    state: dict[str, Callable[[int], None]] = {}
+
+    def update(done: int, total: int) -> None:
+        if "bar" not in state:
+            state["bar"] = _bar(desc, total)
+        state["bar"](done)
+
+    return update
+
+
+def _classes(args: argparse.Namespace, fallback=None):
+    from refiner.classes import ClassSpec
+
+    if getattr(args, "classes", None):
+        return ClassSpec.parse(args.classes, args.values)
+    if fallback is not None:
+        return fallback
+    raise ValueError("say which classes there are: --classes background,road --values 0,255")
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_demo_data(args: argparse.Namespace) -> None:
+    from refiner.demo import write_demo_data
+
+    paths = write_demo_data(args.out, size=args.size, seed=args.seed)
+    print(f"wrote the synthetic demo data to {args.out}; run: python -m refiner experiment {paths['config']}")
+
+
+def cmd_train_coarse(args: argparse.Namespace) -> None:
+    from refiner.models.io import save_model
+    from refiner.raster import labels_to_grid, read_image, read_labels, to_working_resolution
+    from refiner.synthetic import degrade_labels
+    from refiner.train import CoarseTrainConfig, train_coarse
+
+    if len(args.images) != len(args.labels):
+        raise ValueError(f"{len(args.images)} images but {len(args.labels)} label files: give one per image")
+    classes = _classes(args)
+    images, labels = [], []
+    for i, (im, lb) in enumerate(zip(args.images, args.labels, strict=True)):
+        tile = read_image(im, bands=args.bands)
+        lab = read_labels(lb, classes, like=tile, line_width=args.line_width)
+        work = to_working_resolution(tile, args.resolution)
+        if work is not tile:
+            lab = labels_to_grid(lab, tile.georef, work.georef, work.shape)
+        if args.degrade_shift or args.degrade_drop:
+            lab = degrade_labels(lab, shift=args.degrade_shift, drop=args.degrade_drop, seed=args.seed + i)
+        images.append(work.image)
+        labels.append(lab)
+    cfg = CoarseTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    tick = _bar("train coarse CNN", cfg.steps)
+    bundle = train_coarse(
+        images, labels, classes, cfg, resolution=args.resolution, device=args.device, progress=lambda p: tick(p.step)
+    )
+    save_model(bundle, args.out)
+    print(f"saved the coarse CNN to {args.out}")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from refiner.scene import predict_scene
+
+    predict_scene(
+        args.model,
+        args.image,
+        args.out,
+        bands=args.bands,
+        device=args.device,
+        progress=_progress("predict"),
+        window=args.window,
+    )
+    print(f"wrote class probabilities to {args.out}")
+
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from refiner.models.io import load_model
+    from refiner.models.rnn import RNNConfig
+    from refiner.raster import labels_to_grid, read_image, read_labels, read_probs, resample, to_working_resolution
+    from refiner.train import RNNTrainConfig, train_rnn
+
+    tile = read_image(args.image, bands=args.bands)
+    probs, prob_classes, _ = read_probs(args.probs)
+    classes = _classes(args, prob_classes)
+    if probs.shape[1:] != tile.shape:
+        raise ValueError(
+            f"probabilities {probs.shape[1:]} and image {tile.shape} differ in size: predict on this image"
+        )
+    labels = read_labels(args.labels, classes, like=tile, line_width=args.line_width)
+    if args.window:
+        from refiner.classes import IGNORE
+
+        r, c, h, w = args.window
+        keep = np.full_like(labels, IGNORE)
+        keep[r : r + h, c : c + w] = labels[r : r + h, c : c + w]
+        labels = keep
+    work = to_working_resolution(tile, args.resolution)
+    if work is not tile:
+        probs = resample(probs, tile.georef, work.shape, work.georef)
+        labels = labels_to_grid(labels, tile.georef, work.georef, work.shape)
+    init = load_model(args.resume, expect="rnn") if args.resume else None
+    cfg = RNNTrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        patch_size=args.patch_size,
+        lr=args.lr,
+        seed=args.seed,
+        holdout=args.holdout,
+        patience=args.patience,
+        max_seconds=args.max_seconds,
+        checkpoint_every=args.checkpoint_every,
+    )
+    arch = RNNConfig(
+        num_classes=len(classes), in_channels=work.image.shape[0], iterations=args.iterations, variant=args.variant
+    )
+    tick = _bar("fine-tune RNN", cfg.steps)
+    result = train_rnn(
+        work.image,
+        probs,
+        labels,
+        classes,
+        cfg,
+        arch=arch,
+        init=init,
+        resolution=args.resolution,
+        device=args.device,
+        progress=lambda p: tick(p.step),
+        checkpoint_dir=args.out,
+    )
+    best = f", held-out mean IoU {result.best_val:.3f}" if result.best_val is not None else ""
+    print(f"saved the RNN to {args.out} ({result.stopped} after {result.bundle.info['trained_steps']} steps{best})")
+
+
+def cmd_refine(args: argparse.Namespace) -> None:
+    from refiner.scene import refine_scene
+
+    refine_scene(
+        args.model,
+        args.image,
+        args.probs,
+        args.out,
+        probs_out=args.probs_out,
+        iterations_out=args.iterations_out,
+        iterations=args.iterations,
+        bands=args.bands,
+        device=args.device,
+        window=args.window,
+        progress=_progress("refine"),
+    )
+    print(f"wrote the refined class map to {args.out}")
+
+
+def cmd_crf(args: argparse.Namespace) -> None:
+    from refiner.crf import CRFParams, dense_crf, grid_search
+    from refiner.raster import read_image, read_labels, read_probs, write_class_map, write_probs
+
+    tile = read_image(args.image, bands=args.bands)
+    probs, prob_classes, _ = read_probs(args.probs)
+    classes = _classes(args, prob_classes)
+    if probs.shape[1:] != tile.shape:
+        raise ValueError(f"probabilities {probs.shape[1:]} and image {tile.shape} differ in size")
+    params = CRFParams()
+    if args.params:
+        params = CRFParams.from_dict(json.loads(Path(args.params).read_text()))
+    if args.search_labels:
+        labels = read_labels(args.search_labels, classes, like=tile)
+        res = grid_search(tile.image, probs, labels, progress=_progress("CRF grid search"))
+        params = res.best
+        print(f"grid search: best mean IoU {res.best_scores.mean_iou:.3f} with {json.dumps(params.to_dict())}")
+        if args.params_out:
+            Path(args.params_out).write_text(json.dumps(params.to_dict(), indent=2))
+    out = dense_crf(tile.image, probs, params)
+    cls_map = out.argmax(0).astype(np.uint8)
+    cls_map[~tile.valid] = 255
+    write_class_map(args.out, cls_map, tile.georef, classes)
+    if args.probs_out:
+        write_probs(args.probs_out, out, tile.georef, classes)
+    print(f"wrote the CRF class map to {args.out}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from refiner.metrics import evaluate
+    from refiner.raster import read_labels
+
+    classes = _classes(args)
+    pred = read_labels(args.pred, classes)
+    truth = read_labels(args.truth, classes)
+    if pred.shape != truth.shape:
+        raise ValueError(f"prediction {pred.shape} and truth {truth.shape} differ in size")
+    pred = np.where(pred == 255, 0, pred).astype(np.uint8)  # nodata in a prediction counts as background
+    scores = evaluate(pred, truth, len(classes))
+    report = scores.to_dict(classes.names)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"overall accuracy {scores.overall_accuracy * 100:.2f}%   mean IoU {scores.mean_iou * 100:.2f}%")
+        for n, v in report["iou"].items():
+            print(f"  IoU {n:<16} {'n/a' if v is None else f'{v * 100:.2f}%'}")
+
+
+def cmd_experiment(args: argparse.Namespace) -> None:
+    from refiner.experiment import ExperimentConfig, format_table, run_experiment, write_report
+
+    cfg = ExperimentConfig.load(args.config)
+    report = run_experiment(
+        cfg,
+        device=args.device,
+        progress_factory=_bar,
+        log=lambda m: print(m, file=sys.stderr),
+        save_models=Path(args.save_models) if args.save_models else None,
+    )
+    write_report(report, args.out)
+    print(format_table(report))
+    print(f"\nreport written to {args.out}")
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m refiner",
+        description="Learn to sharpen coarse satellite classification maps (Maggiori et al. 2017).",
+    )
+    p.add_argument("--version", action="version", version=f"refiner {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn, help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.set_defaults(func=fn)
+        return sp
+
+    def common_image(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--bands", type=_ints, help="1-based bands to use as RGB, e.g. 3,2,1 (default: R,G,B or 1,2,3)")
+        sp.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+
+    def class_args(sp: argparse.ArgumentParser, required: bool = False) -> None:
+        sp.add_argument("--classes", required=required, help="class names, comma-separated, e.g. background,road")
+        sp.add_argument("--values", help="mask pixel value of each class, e.g. 0,255 (default 0,1,2,...)")
+
+    def scale_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--window", type=int, default=512, help="processing window in pixels (memory bound; default 512)"
+        )
+
+    sp = add(
+        "demo-data", cmd_demo_data, "Write synthetic scenes (image, truth, OSM-like labels) and an experiment config."
+    )
+    sp.add_argument("--out", required=True, type=Path, help="output folder")
+    sp.add_argument("--size", type=int, default=512, help="scene size in pixels (default 512)")
+    sp.add_argument("--seed", type=int, default=0)
+
+    sp = add("train-coarse", cmd_train_coarse, "Train the coarse CNN on imagery and (imprecise) labels.")
+    sp.add_argument("--images", nargs="+", required=True, help="training images (GeoTIFF, PNG, JPEG)")
+    sp.add_argument("--labels", nargs="+", required=True, help="label masks or GeoJSON, one per image")
+    class_args(sp, required=True)
+    common_image(sp)
+    sp.add_argument("--out", required=True, type=Path, help="model folder to write")
+    sp.add_argument("--steps", type=int, default=3000)
+    sp.add_argument("--batch-size", type=int, default=64)
+    sp.add_argument("--lr", type=float, default=0.01)
+    sp.add_argument(
+        "--resolution", type=float, default=1.0, help="metres per pixel the network works at (default 1, the paper's)"
+    )
+    sp.add_argument("--line-width", type=float, default=7.0, help="width in metres of vector lines (roads); default 7")
+    sp.add_argument("--degrade-shift", type=int, default=0, help="simulate OSM: shift each object by up to N px")
+    sp.add_argument(
+        "--degrade-drop", type=float, default=0.0, help="simulate OSM: drop each object with this probability"
+    )
+    sp.add_argument("--seed", type=int, default=0)
+
+    sp = add("predict", cmd_predict, "Coarse class probabilities of an image (a K-band float GeoTIFF).")
+    sp.add_argument("--model", required=True, type=Path, help="coarse CNN model folder")
+    sp.add_argument("--image", required=True)
+    sp.add_argument("--out", required=True, type=Path, help="probability GeoTIFF to write")
+    common_image(sp)
+    scale_args(sp)
+
+    sp = add("finetune", cmd_finetune, "Train the refinement RNN on accurately labelled pixels.")
+    sp.add_argument("--image", required=True)
+    sp.add_argument("--probs", required=True, help="coarse probabilities of the image (from predict)")
+    sp.add_argument("--labels", required=True, help="accurate labels (mask, 255 = unlabelled, or GeoJSON)")
+    sp.add_argument("--out", required=True, type=Path, help="RNN model folder to write (checkpoints go there too)")
+    class_args(sp)
+    common_image(sp)
+    sp.add_argument(
+        "--variant", default="class_specific", choices=["class_specific", "class_agnostic", "non_recurrent"]
+    )
+    sp.add_argument("--iterations", type=int, default=5, help="unrolled iterations T (default 5)")
+    sp.add_argument("--steps", type=int, default=1500)
+    sp.add_argument("--batch-size", type=int, default=8)
+    sp.add_argument("--patch-size", type=int, default=48)
+    sp.add_argument("--lr", type=float, default=0.01, help="AdaGrad learning rate (default 0.01, the paper's)")
+    sp.add_argument("--holdout", type=float, default=0.2, help="fraction of labelled blocks kept for validation")
+    sp.add_argument("--patience", type=int, default=0, help="stop after N evaluations without improvement (0 = never)")
+    sp.add_argument("--max-seconds", type=float, default=None, help="wall-clock budget")
+    sp.add_argument("--checkpoint-every", type=int, default=0, help="save every N steps")
+    sp.add_argument("--window", type=_ints, default=None, help="use only labels in row,col,height,width")
+    sp.add_argument("--resume", type=Path, default=None, help="continue training this RNN model folder")
+    sp.add_argument("--resolution", type=float, default=1.0, help="metres per pixel the RNN works at (default 1)")
+    sp.add_argument("--line-width", type=float, default=7.0)
+    sp.add_argument("--seed", type=int, default=0)
+
+    sp = add("refine", cmd_refine, "Refine coarse probabilities with a trained RNN.")
+    sp.add_argument("--model", required=True, type=Path, help="RNN model folder")
+    sp.add_argument("--image", required=True)
+    sp.add_argument("--probs", required=True, help="coarse probabilities (from predict)")
+    sp.add_argument("--out", required=True, type=Path, help="class map GeoTIFF to write")
+    sp.add_argument("--probs-out", type=Path, help="also write the refined probabilities")
+    sp.add_argument(
+        "--iterations-out",
+        type=Path,
+        help="also write the probabilities of every iteration (one band per class and iteration)",
+    )
+    sp.add_argument("--iterations", type=int, default=None, help="iterations to run (default: the model's T)")
+    common_image(sp)
+    scale_args(sp)
+
+    sp = add("crf", cmd_crf, "Dense CRF baseline on coarse probabilities.")
+    sp.add_argument("--image", required=True)
+    sp.add_argument("--probs", required=True)
+    sp.add_argument("--out", required=True, type=Path, help="class map GeoTIFF to write")
+    sp.add_argument("--probs-out", type=Path)
+    sp.add_argument("--params", type=Path, help="JSON file of CRF parameters")
+    sp.add_argument("--search-labels", help="grid-search the parameters on these labels first")
+    sp.add_argument("--params-out", type=Path, help="write the searched parameters here")
+    class_args(sp)
+    common_image(sp)
+
+    sp = add("evaluate", cmd_evaluate, "Overall accuracy and IoU of a class map against a truth mask.")
+    sp.add_argument("--pred", required=True, help="class map (mask values as in --values)")
+    sp.add_argument("--truth", required=True, help="truth mask (255 = unlabelled, ignored)")
+    class_args(sp, required=True)
+    sp.add_argument("--json", action="store_true", help="print JSON")
+
+    sp = add("experiment", cmd_experiment, "Run the paper's protocol from a TOML config and write a JSON report.")
+    sp.add_argument("config", type=Path)
+    sp.add_argument("--out", required=True, type=Path, help="JSON report to write")
+    sp.add_argument("--save-models", type=Path, default=None, help="also save the trained models here")
+    sp.add_argument("--device", default=None)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, ValueError, OSError, KeyError) as exc:
+        msg = str(exc) if not isinstance(exc, KeyError) else f"missing entry {exc}"
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    return 0

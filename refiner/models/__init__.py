@@ -1,0 +1,16 @@
+"""Networks: the coarse CNN, the refinement RNN, and their on-disk format."""
+
+from refiner.models.coarse import CoarseCNN, CoarseConfig
+from refiner.models.io import ModelBundle, load_model, save_model
+from refiner.models.rnn import VARIANTS, RefinerRNN, RNNConfig
+
+__all__ = [
+    "VARIANTS",
+    "CoarseCNN",
+    "CoarseConfig",
+    "ModelBundle",
+    "RNNConfig",
+    "RefinerRNN",
+    "load_model",
+    "save_model",
+]

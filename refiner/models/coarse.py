@@ -1,0 +1,81 @@
+"""The coarse classifier: a fully convolutional version of Mnih's aerial network (paper Sec. III).
+
+``64 conv 12x12 /4 -> 128 conv 3x3 -> 128 conv 3x3 -> K conv 9x9 -> deconvolution x4``, ReLU on
+the hidden layers. The first convolution's stride of 4 is what makes the output blurry: the
+classes are decided on a grid four times coarser than the image, then upsampled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: Output pixels the network needs on each side of a window for its prediction there to be
+#: exact. 12x12/4, 3x3 and 3x3 at /4, 9x9 at /4, the 8x8 deconvolution: generous upper bound
+#: of the receptive-field radius, a multiple of the stride.
+COARSE_HALO = 64
+
+
+@dataclass(frozen=True)
+class CoarseConfig:
+    """Architecture of the coarse CNN (defaults are the paper's)."""
+
+    num_classes: int
+    in_channels: int = 3
+    stride: int = 4
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _bilinear_kernel(channels: int, size: int) -> torch.Tensor:
+    """Weights that make a transposed convolution a bilinear upsampler (FCN's initialisation)."""
+    factor = (size + 1) // 2
+    center = factor - 1 if size % 2 == 1 else factor - 0.5
+    og = torch.arange(size, dtype=torch.float32)
+    filt1d = 1 - (og - center).abs() / factor
+    filt = filt1d[:, None] * filt1d[None, :]
+    w = torch.zeros(channels, channels, size, size)
+    for c in range(channels):
+        w[c, c] = filt
+    return w
+
+
+class CoarseCNN(nn.Module):
+    """Mnih-style FCN: image (B, C, H, W) in [0, 1] -> class scores (B, K, H, W)."""
+
+    def __init__(self, cfg: CoarseConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        s = cfg.stride
+        self.features = nn.Sequential(
+            nn.Conv2d(cfg.in_channels, 64, 12, stride=s, padding=4),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(64, 128, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(128, 128, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(128, cfg.num_classes, 9, padding=4),
+        )
+        # x4 "deconvolution", initialised to bilinear upsampling and learned from there.
+        self.upsample = nn.ConvTranspose2d(
+            cfg.num_classes, cfg.num_classes, 2 * s, stride=s, padding=s // 2, bias=False
+        )
+        for m in self.features:
+            if isinstance(m, nn.Conv2d):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        with torch.no_grad():
+            self.upsample.weight.copy_(_bilinear_kernel(cfg.num_classes, 2 * s))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        h, w = image.shape[-2:]
+        s = self.cfg.stride
+        ph, pw = (-h) % s, (-w) % s
+        if ph or pw:  # any size works: pad to a multiple of the stride, crop back after
+            image = F.pad(image, (0, pw, 0, ph), mode="replicate")
+        scores = self.upsample(self.features(image))
+        return scores[..., :h, :w]

@@ -1,0 +1,491 @@
+"""Reading and writing rasters: imagery, label masks, probability maps, vector labels.
+
+Conventions inside the engine (see ``docs/architecture.md``):
+
+* imagery is ``float32`` (C, H, W) in [0, 1];
+* probabilities are ``float32`` (K, H, W);
+* labels are ``uint8`` (H, W) class indices with 255 = unlabelled.
+
+**Scaling rule** for imagery: ``uint8`` is divided by 255; ``uint16`` by ``2**NBITS - 1`` when
+the file declares ``NBITS`` (e.g. 11- or 12-bit sensors) and by 65535 otherwise; floating-point
+data is taken as already in [0, 1] and clipped. Pass ``scale=`` to override (e.g. ``scale=10000``
+for reflectance x 10000). Models standardise the scaled values with the mean and standard
+deviation of their training imagery, so the rule only has to be the same at training and use.
+
+**Nodata** (a declared nodata value, an alpha band or an internal mask) marks invalid pixels:
+their image values are set to 0, they become unlabelled in labels, and outputs mark them as
+nodata (255 in class maps).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.warp import reproject, transform_geom
+from rasterio.windows import Window
+
+from refiner.classes import IGNORE, ClassSpec
+
+VECTOR_SUFFIXES = (".geojson", ".json")
+
+
+@dataclass(frozen=True)
+class Georef:
+    """Where a raster lies on Earth: coordinate reference system and pixel-to-map transform."""
+
+    crs: CRS
+    transform: Affine
+
+    @property
+    def resolution(self) -> float:
+        """Ground size of a pixel (mean of x and y) in CRS units, metres for projected CRSs."""
+        return float((abs(self.transform.a) + abs(self.transform.e)) / 2)
+
+    def window(self, row: int, col: int) -> Georef:
+        """Georeferencing of a sub-window starting at ``(row, col)``."""
+        return Georef(self.crs, self.transform @ Affine.translation(col, row))
+
+
+@dataclass
+class Tile:
+    """An image in the engine's conventions, with its georeferencing (None for plain pictures)."""
+
+    image: np.ndarray  # float32 (C, H, W) in [0, 1]
+    valid: np.ndarray  # bool (H, W): False where the source has nodata
+    georef: Georef | None = None
+    source: str = ""
+    dtype: str = "uint8"  # the source's data type, for display
+    band_count: int = 3  # bands in the source file (before picking the RGB ones)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.image.shape[1]), int(self.image.shape[2])
+
+    @property
+    def resolution(self) -> float | None:
+        """Metres per pixel when georeferenced in a projected CRS, else None."""
+        if self.georef is None or not self.georef.crs.is_projected:
+            return None
+        return self.georef.resolution
+
+
+class RasterError(ValueError):
+    """A raster could not be used; the message says what is wrong and what to do."""
+
+
+def _open(path: str | Path):
+    path = str(path)
+    if "://" not in path and not Path(path).exists():
+        raise FileNotFoundError(f"no such file: {path}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(path)
+    except RasterioIOError as exc:
+        raise RasterError(f"cannot read {path} as a raster (GeoTIFF, PNG or JPEG): {exc}") from exc
+
+
+def _georef(ds) -> Georef | None:
+    if ds.crs is None or ds.transform == Affine.identity():
+        return None
+    return Georef(ds.crs, ds.transform)
+
+
+def scale_factor(dtype: str, nbits: int | None = None, scale: float | None = None) -> float:
+    """The divisor of the scaling rule (module docstring)."""
+    if scale is not None:
+        if scale <= 0:
+            raise RasterError("scale must be positive")
+        return float(scale)
+    if dtype == "uint8":
+        return 255.0
+    if dtype == "uint16":
+        return float(2 ** int(nbits) - 1) if nbits else 65535.0
+    if dtype.startswith("float"):
+        return 1.0
+    raise RasterError(f"unsupported image data type {dtype}: use uint8, uint16 or float imagery")
+
+
+def _to_window(window: Sequence[int] | None) -> Window | None:
+    if window is None:
+        return None
+    row, col, height, width = (int(v) for v in window)
+    return Window(col, row, width, height)
+
+
+def default_bands(count: int, ds=None) -> tuple[int, ...]:
+    """Bands to use as RGB: colour-interpreted ones when declared, else 1-3."""
+    if ds is not None:
+        from rasterio.enums import ColorInterp
+
+        ci = list(ds.colorinterp)
+        want = [ColorInterp.red, ColorInterp.green, ColorInterp.blue]
+        if all(c in ci for c in want):
+            return tuple(ci.index(c) + 1 for c in want)
+    if count >= 3:
+        return (1, 2, 3)
+    raise RasterError(
+        f"the image has {count} band(s); Refiner needs 3 (RGB). "
+        "Pick three bands with --bands (e.g. --bands 1,1,1 for a grey image)"
+    )
+
+
+def read_image(
+    path: str | Path,
+    *,
+    bands: Sequence[int] | None = None,
+    window: Sequence[int] | None = None,
+    scale: float | None = None,
+) -> Tile:
+    """Read imagery (GeoTIFF, COG URL, PNG, JPEG) as a :class:`Tile`.
+
+    ``bands`` are 1-based band indices to use as RGB (default: declared R, G, B or bands 1-3);
+    ``window`` is ``(row, col, height, width)`` to read only part of the raster.
+    """
+    with _open(path) as ds:
+        count = ds.count
+        bands = tuple(bands) if bands else default_bands(count, ds)
+        if len(bands) != 3:
+            raise RasterError(f"give exactly three bands for RGB, got {list(bands)}")
+        bad = [b for b in bands if not 1 <= b <= count]
+        if bad:
+            raise RasterError(f"band(s) {bad} do not exist: {path} has {count} band(s)")
+        win = _to_window(window)
+        data = ds.read(list(bands), window=win, boundless=False)
+        masks = ds.read_masks(list(bands), window=win)
+        nbits = ds.tags(bands[0], ns="IMAGE_STRUCTURE").get("NBITS")
+        divisor = scale_factor(ds.dtypes[bands[0] - 1], int(nbits) if nbits else None, scale)
+        georef = _georef(ds)
+        if georef is not None and win is not None:
+            georef = Georef(georef.crs, ds.window_transform(win))
+        dtype = ds.dtypes[0]
+    image = np.clip(data.astype(np.float32) / divisor, 0.0, 1.0)
+    valid = (masks > 0).all(axis=0)
+    image[:, ~valid] = 0.0
+    return Tile(image=image, valid=valid, georef=georef, source=str(path), dtype=dtype, band_count=count)
+
+
+def raster_info(path: str | Path) -> dict:
+    """Size, bands, data type, CRS and resolution of a raster, without reading its pixels."""
+    with _open(path) as ds:
+        georef = _georef(ds)
+        return {
+            "width": ds.width,
+            "height": ds.height,
+            "bands": ds.count,
+            "dtype": ds.dtypes[0],
+            "crs": georef.crs.to_string() if georef else None,
+            "resolution": georef.resolution if georef else None,
+            "nodata": ds.nodata,
+            "tiled": bool(ds.profile.get("tiled", False)),
+            "descriptions": list(ds.descriptions),
+        }
+
+
+def read_labels(
+    path: str | Path,
+    classes: ClassSpec,
+    *,
+    like: Tile | None = None,
+    window: Sequence[int] | None = None,
+    line_width: float = 7.0,
+    strict: bool = True,
+) -> np.ndarray:
+    """Read a label mask (raster or GeoJSON) as class indices (H, W) uint8, 255 = unlabelled.
+
+    Raster masks map pixel values to classes with ``classes.values``; vector labels are
+    rasterised onto ``like`` (required then). With ``like``, sizes must match and the tile's
+    nodata pixels become unlabelled.
+    """
+    if str(path).lower().endswith(VECTOR_SUFFIXES):
+        if like is None:
+            raise RasterError("vector labels need the image they label (its grid and georeferencing)")
+        labels = rasterize_vectors(path, like, classes, line_width=line_width)
+    else:
+        with _open(path) as ds:
+            raw = ds.read(1, window=_to_window(window))
+        labels = classes.encode_mask(raw, strict=strict)
+    if like is not None:
+        if labels.shape != like.shape:
+            raise RasterError(
+                f"labels {Path(path).name} are {labels.shape[0]}x{labels.shape[1]} pixels but the "
+                f"image is {like.shape[0]}x{like.shape[1]}: they must cover the same grid"
+            )
+        labels = labels.copy()
+        labels[~like.valid] = IGNORE
+    return labels
+
+
+def _load_geojson(path: str | Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RasterError(f"{path} is not valid GeoJSON: {exc}") from exc
+    if data.get("type") == "Feature":
+        data = {"type": "FeatureCollection", "features": [data]}
+    if data.get("type") != "FeatureCollection":
+        raise RasterError(f"{path}: expected a GeoJSON FeatureCollection or Feature")
+    return data
+
+
+def _feature_class(props: dict, classes: ClassSpec, class_property: str) -> int:
+    """Class index of a feature: its ``class`` property (a name or mask value), else class 1."""
+    value = (props or {}).get(class_property)
+    if value is None:
+        return 1  # single-class files (e.g. an OSM road extract): the first foreground class
+    if isinstance(value, str) and value in classes.names:
+        return classes.names.index(value)
+    try:
+        v = int(value)
+    except (TypeError, ValueError):
+        raise RasterError(
+            f"feature {class_property}={value!r} is not one of the classes {list(classes.names)}"
+        ) from None
+    if v in classes.values:
+        return classes.values.index(v)
+    raise RasterError(f"feature {class_property}={value!r} is not one of the classes {list(classes.names)}")
+
+
+def rasterize_vectors(
+    path_or_geojson: str | Path | dict,
+    like: Tile,
+    classes: ClassSpec,
+    *,
+    line_width: float = 7.0,
+    class_property: str = "class",
+    fill: int = 0,
+) -> np.ndarray:
+    """Burn GeoJSON polygons and lines into a label raster on ``like``'s grid.
+
+    Lines (roads) are buffered to ``line_width`` metres in total (7 m as in the paper), points
+    are ignored. GeoJSON is in WGS84 (RFC 7946) unless it names another CRS; geometries are
+    reprojected to the tile's CRS. On a non-georeferenced tile, coordinates are pixel
+    (column, row) and widths are in pixels. Pixels no feature covers get ``fill`` (background;
+    pass 255 to leave them unlabelled). Later classes are drawn over earlier ones.
+    """
+    from rasterio.features import rasterize
+    from shapely.geometry import mapping, shape
+
+    data = path_or_geojson if isinstance(path_or_geojson, dict) else _load_geojson(path_or_geojson)
+    src_crs = CRS.from_epsg(4326)
+    named = (data.get("crs") or {}).get("properties", {}).get("name")
+    if named:
+        src_crs = CRS.from_user_input(named)
+    h, w = like.shape
+    if like.georef is not None:
+        transform, dst_crs = like.georef.transform, like.georef.crs
+        if not dst_crs.is_projected:
+            raise RasterError(
+                "the image's CRS is geographic (degrees): reproject it to a metric CRS (e.g. UTM) "
+                "so road widths in metres make sense"
+            )
+        width_units = line_width  # metres in a projected CRS
+    else:
+        transform, dst_crs, width_units = Affine.identity(), None, line_width
+    shapes: list[tuple[dict, int]] = []
+    for feat in data.get("features", []):
+        geom = feat.get("geometry")
+        if not geom:
+            continue
+        cls = _feature_class(feat.get("properties"), classes, class_property)
+        if dst_crs is not None:
+            geom = transform_geom(src_crs, dst_crs, geom)
+        g = shape(geom)
+        if g.geom_type in ("LineString", "MultiLineString"):
+            g = g.buffer(width_units / 2)
+        elif g.geom_type in ("Point", "MultiPoint"):
+            continue
+        if not g.is_empty:
+            shapes.append((mapping(g), cls))
+    shapes.sort(key=lambda s: s[1])
+    if not shapes:
+        return np.full((h, w), fill, dtype=np.uint8)
+    return rasterize(shapes, out_shape=(h, w), transform=transform, fill=fill, dtype="uint8")
+
+
+def read_probs(
+    path: str | Path, *, window: Sequence[int] | None = None
+) -> tuple[np.ndarray, ClassSpec | None, Georef | None]:
+    """Read a probability GeoTIFF (K bands) -> (probs float32 (K, H, W), classes or None, georef).
+
+    Accepts float probabilities or uint8 scaled to 0-255; checks they look like probabilities.
+    """
+    with _open(path) as ds:
+        if ds.count < 2:
+            raise RasterError(f"{path} has {ds.count} band; a probability map has one band per class (>= 2)")
+        win = _to_window(window)
+        data = ds.read(window=win).astype(np.float32)
+        tags = ds.tags()
+        georef = _georef(ds)
+        if georef is not None and win is not None:
+            georef = Georef(georef.crs, ds.window_transform(win))
+        dtype = ds.dtypes[0]
+    if dtype == "uint8":
+        data /= 255.0
+    if not np.isfinite(data).all() or data.min() < -1e-3 or data.max() > 1 + 1e-3:
+        raise RasterError(
+            f"{path} does not hold probabilities (values must lie in [0, 1]); "
+            "write class probabilities, not scores, e.g. with `python -m refiner predict`"
+        )
+    classes = ClassSpec.from_dict(json.loads(tags["refiner_classes"])) if "refiner_classes" in tags else None
+    return data, classes, georef
+
+
+def write_raster(
+    path: str | Path,
+    array: np.ndarray,
+    georef: Georef | None,
+    *,
+    nodata: float | None = None,
+    descriptions: Sequence[str] | None = None,
+    tags: dict[str, str] | None = None,
+    colormap: dict[int, tuple[int, int, int]] | None = None,
+) -> Path:
+    """Write (H, W) or (B, H, W) as a tiled, deflate-compressed GeoTIFF with the given georef.
+
+    Written to a temporary file and renamed, so a crash never leaves a half-written output.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = array[None] if array.ndim == 2 else array
+    b, h, w = arr.shape
+    profile = {
+        "driver": "GTiff",
+        "height": h,
+        "width": w,
+        "count": b,
+        "dtype": arr.dtype.name,
+        "compress": "deflate",
+        "tiled": h >= 256 and w >= 256,
+        "nodata": nodata,
+    }
+    if profile["tiled"]:
+        profile.update(blockxsize=256, blockysize=256)
+    if georef is not None:
+        profile.update(crs=georef.crs, transform=georef.transform)
+    tmp = path.with_name(path.name + ".part")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(arr)
+            for i, d in enumerate(descriptions or []):
+                dst.set_band_description(i + 1, d)
+            if tags:
+                dst.update_tags(**tags)
+            if colormap and b == 1:
+                dst.write_colormap(1, colormap)
+    os.replace(tmp, path)
+    return path
+
+
+def write_probs(path: str | Path, probs: np.ndarray, georef: Georef | None, classes: ClassSpec) -> Path:
+    """Probabilities (K, H, W) as float32 GeoTIFF, one band per class, class list in the tags."""
+    return write_raster(
+        path,
+        probs.astype(np.float32),
+        georef,
+        descriptions=classes.names,
+        tags={"refiner_classes": json.dumps(classes.to_dict())},
+    )
+
+
+def write_class_map(path: str | Path, classes_map: np.ndarray, georef: Georef | None, classes: ClassSpec) -> Path:
+    """A class map (H, W) written with the classes' mask values (255 = nodata) and a colour table."""
+    values = classes.decode(classes_map)
+    cmap = {v: tuple(c) for v, c in zip(classes.values, classes.colors, strict=True)}
+    return write_raster(
+        path, values, georef, nodata=IGNORE, colormap=cmap, tags={"refiner_classes": json.dumps(classes.to_dict())}
+    )
+
+
+def resample(
+    array: np.ndarray,
+    src: Georef,
+    dst_shape: tuple[int, int],
+    dst: Georef,
+    *,
+    method: str = "bilinear",
+) -> np.ndarray:
+    """Resample (B, H, W) from one grid to another (same or different CRS) with rasterio."""
+    arr = array[None] if array.ndim == 2 else array
+    out = np.zeros((arr.shape[0], *dst_shape), dtype=arr.dtype)
+    reproject(
+        arr,
+        out,
+        src_transform=src.transform,
+        src_crs=src.crs,
+        dst_transform=dst.transform,
+        dst_crs=dst.crs,
+        resampling=Resampling[method],
+    )
+    return out[0] if array.ndim == 2 else out
+
+
+def working_grid(georef: Georef, shape: tuple[int, int], resolution: float) -> tuple[Georef, tuple[int, int]]:
+    """The grid covering the same ground at ``resolution`` metres per pixel."""
+    sx = abs(georef.transform.a) / resolution
+    sy = abs(georef.transform.e) / resolution
+    h, w = max(1, round(shape[0] * sy)), max(1, round(shape[1] * sx))
+    t = georef.transform @ Affine.scale(shape[1] / w, shape[0] / h)
+    return Georef(georef.crs, t), (h, w)
+
+
+def needs_resampling(tile: Tile, resolution: float | None, tolerance: float = 0.01) -> bool:
+    """True when the tile is georeferenced at a resolution other than the networks' one."""
+    res = tile.resolution
+    return bool(resolution and res and abs(res - resolution) / resolution > tolerance)
+
+
+def to_working_resolution(tile: Tile, resolution: float | None) -> Tile:
+    """The tile resampled to the networks' resolution (area average when downsampling).
+
+    Non-georeferenced tiles are taken to be at the working resolution already.
+    """
+    if not needs_resampling(tile, resolution):
+        return tile
+    assert tile.georef is not None and resolution is not None
+    dst, shape = working_grid(tile.georef, tile.shape, resolution)
+    method = "average" if resolution > tile.resolution else "bilinear"
+    image = resample(tile.image, tile.georef, shape, dst, method=method)
+    valid = resample(tile.valid.astype(np.uint8), tile.georef, shape, dst, method="nearest").astype(bool)
+    return replace(tile, image=image, valid=valid, georef=dst)
+
+
+def labels_to_grid(labels: np.ndarray, src: Georef, dst: Georef, dst_shape: tuple[int, int]) -> np.ndarray:
+    """Resample a label map to another grid: majority vote when coarsening, else nearest."""
+    coarser = abs(dst.transform.a) > abs(src.transform.a) * 1.01
+    if not coarser:
+        return resample(labels, src, dst_shape, dst, method="nearest")
+    # mode over the labelled pixels only: resample one-hot counts, then take the argmax
+    values = [v for v in np.unique(labels) if v != IGNORE]
+    if not values:
+        return np.full(dst_shape, IGNORE, dtype=np.uint8)
+    stack = np.stack([(labels == v).astype(np.float32) for v in values])
+    frac = resample(stack, src, dst_shape, dst, method="average")
+    out = np.asarray(values, dtype=np.uint8)[frac.argmax(0)]
+    out[frac.sum(0) < 0.5] = IGNORE
+    return out
+
+
+def probs_to_grid(probs: np.ndarray, src: Georef, dst: Georef, dst_shape: tuple[int, int]) -> np.ndarray:
+    """Upsample probabilities back to the source grid bilinearly (the paper's rule), renormalised."""
+    out = resample(probs.astype(np.float32), src, dst_shape, dst, method="bilinear")
+    s = out.sum(0, keepdims=True)
+    return np.where(s > 0, out / np.maximum(s, 1e-12), 1.0 / probs.shape[0]).astype(np.float32)
+
+
+def is_vector(path: str | Path) -> bool:
+    return str(path).lower().endswith(VECTOR_SUFFIXES)

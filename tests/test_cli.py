@@ -1,0 +1,304 @@
+"""Every subcommand on tiny inputs, in process; errors are one line and exit status 2."""
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+from PIL import Image
+
+from refiner.cli import main
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    assert main(["demo-data", "--out", str(out), "--size", "96"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def coarse_model(demo):
+    out = demo / "coarse_model"
+    assert (
+        main(
+            [
+                "train-coarse",
+                "--images",
+                str(demo / "coarse.tif"),
+                "--labels",
+                str(demo / "coarse_osm.tif"),
+                "--classes",
+                "background,building,road",
+                "--values",
+                "0,1,2",
+                "--out",
+                str(out),
+                "--steps",
+                "3",
+                "--batch-size",
+                "2",
+            ]
+        )
+        == 0
+    )
+    return out
+
+
+def test_help_on_every_subcommand(capsys):
+    for cmd in ["demo-data", "train-coarse", "predict", "finetune", "refine", "crf", "evaluate", "experiment"]:
+        with pytest.raises(SystemExit) as e:
+            main([cmd, "--help"])
+        assert e.value.code == 0
+        assert "usage:" in capsys.readouterr().out
+
+
+def test_the_whole_chain(demo, coarse_model, tmp_path, capsys):
+    probs, rnn = tmp_path / "probs.tif", tmp_path / "rnn"
+    assert (
+        main(["predict", "--model", str(coarse_model), "--image", str(demo / "enhance.tif"), "--out", str(probs)]) == 0
+    )
+    with rasterio.open(probs) as ds, rasterio.open(demo / "enhance.tif") as src:
+        assert ds.count == 3 and ds.dtypes[0] == "float32" and ds.crs == src.crs and ds.transform == src.transform
+        assert ds.descriptions == ("background", "building", "road")
+    assert (
+        main(
+            [
+                "finetune",
+                "--image",
+                str(demo / "enhance.tif"),
+                "--probs",
+                str(probs),
+                "--labels",
+                str(demo / "enhance_truth.tif"),
+                "--out",
+                str(rnn),
+                "--steps",
+                "3",
+                "--values",
+                "0,1,2",
+                "--classes",
+                "background,building,road",
+            ]
+        )
+        == 0
+    )
+    assert (rnn / "model.safetensors").is_file()
+    out, pout, iters = tmp_path / "map.tif", tmp_path / "p.tif", tmp_path / "iters.tif"
+    assert (
+        main(
+            [
+                "refine",
+                "--model",
+                str(rnn),
+                "--image",
+                str(demo / "enhance.tif"),
+                "--probs",
+                str(probs),
+                "--out",
+                str(out),
+                "--probs-out",
+                str(pout),
+                "--iterations-out",
+                str(iters),
+            ]
+        )
+        == 0
+    )
+    with rasterio.open(iters) as ds:
+        assert ds.count == 3 * 6
+    with rasterio.open(out) as ds:
+        assert set(np.unique(ds.read(1))) <= {0, 1, 2}
+    crf_out, params = tmp_path / "crf.tif", tmp_path / "params.json"
+    assert (
+        main(
+            [
+                "crf",
+                "--image",
+                str(demo / "enhance.tif"),
+                "--probs",
+                str(probs),
+                "--out",
+                str(crf_out),
+                "--search-labels",
+                str(demo / "enhance_truth.tif"),
+                "--params-out",
+                str(params),
+            ]
+        )
+        == 0
+    )
+    assert json.loads(params.read_text())["iterations"] == 5
+    assert (
+        main(
+            [
+                "crf",
+                "--image",
+                str(demo / "enhance.tif"),
+                "--probs",
+                str(probs),
+                "--out",
+                str(crf_out),
+                "--params",
+                str(params),
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "evaluate",
+                "--pred",
+                str(out),
+                "--truth",
+                str(demo / "enhance_truth.tif"),
+                "--classes",
+                "background,building,road",
+                "--values",
+                "0,1,2",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert 0 <= report["mean_iou"] <= 1 and set(report["iou"]) == {"background", "building", "road"}
+
+
+def test_evaluate_matches_hand_computed_scores(tmp_path, capsys):
+    Image.fromarray(np.array([[0, 255], [255, 255]], np.uint8)).save(tmp_path / "pred.png")
+    Image.fromarray(np.array([[0, 255], [0, 255]], np.uint8)).save(tmp_path / "truth.png")
+    assert (
+        main(
+            [
+                "evaluate",
+                "--pred",
+                str(tmp_path / "pred.png"),
+                "--truth",
+                str(tmp_path / "truth.png"),
+                "--classes",
+                "background,road",
+                "--values",
+                "0,255",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    r = json.loads(capsys.readouterr().out)
+    assert r["overall_accuracy"] == pytest.approx(0.75)
+    assert r["iou"] == {"background": pytest.approx(0.5), "road": pytest.approx(2 / 3)}
+
+
+def test_experiment_writes_the_report_contract(demo, coarse_model, tmp_path, capsys):
+    cfg = tmp_path / "exp.toml"
+    cfg.write_text(f"""
+classes = ["background", "building", "road"]
+label_values = [0, 1, 2]
+resolution = 1.0
+[coarse]
+model = "{coarse_model}"
+[enhance]
+images = ["{demo / "enhance.tif"}"]
+labels = ["{demo / "enhance_truth.tif"}"]
+window = [0, 0, 64, 64]
+steps = 4
+[test]
+images = ["{demo / "test.tif"}"]
+labels = ["{demo / "test_truth.tif"}"]
+[crf.grid]
+bilateral_sxy = [5.0, 10.0]
+""")
+    out = tmp_path / "report.json"
+    assert main(["experiment", str(cfg), "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["classes"] == ["background", "building", "road"]
+    assert list(report["methods"]) == ["cnn", "crf", "rnn", "rnn_class_agnostic", "rnn_non_recurrent"]
+    for scores in report["methods"].values():
+        assert set(scores) >= {"overall_accuracy", "mean_iou", "iou"}
+        assert 0 <= scores["mean_iou"] <= 1
+    assert [r["iteration"] for r in report["rnn_iterations"]] == list(range(6))
+    assert report["rnn_iterations"][0]["mean_iou"] == pytest.approx(report["methods"]["cnn"]["mean_iou"], abs=0.02)
+    assert report["crf_params"]["bilateral_sxy"] in (5.0, 10.0)
+    assert set(report["seconds"]) >= {"train_coarse", "train_rnn", "refine", "crf"}
+    assert "mean IoU" in capsys.readouterr().out
+
+
+def _err(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_bad_inputs_exit_2_with_one_clear_line(demo, coarse_model, tmp_path, capsys):
+    capsys.readouterr()
+    assert main(["predict", "--model", str(coarse_model), "--image", str(tmp_path / "nope.tif"), "--out", "x.tif"]) == 2
+    assert "no such file" in _err(capsys)
+    Image.fromarray(np.zeros((96, 96), np.uint8)).save(tmp_path / "grey.png")
+    assert main(["predict", "--model", str(coarse_model), "--image", str(tmp_path / "grey.png"), "--out", "x.tif"]) == 2
+    assert "--bands" in _err(capsys)
+    probs = tmp_path / "probs.tif"
+    assert (
+        main(["predict", "--model", str(coarse_model), "--image", str(demo / "enhance.tif"), "--out", str(probs)]) == 0
+    )
+    Image.fromarray(np.zeros((50, 60), np.uint8)).save(tmp_path / "small.png")
+    assert (
+        main(
+            [
+                "finetune",
+                "--image",
+                str(demo / "enhance.tif"),
+                "--probs",
+                str(probs),
+                "--labels",
+                str(tmp_path / "small.png"),
+                "--out",
+                str(tmp_path / "r"),
+                "--values",
+                "0,1,2",
+            ]
+        )
+        == 2
+    )
+    assert "50x60 pixels but the image is 96x96" in _err(capsys)
+    Image.fromarray(np.full((96, 96), 255, np.uint8)).save(tmp_path / "empty.png")
+    assert (
+        main(
+            [
+                "finetune",
+                "--image",
+                str(demo / "enhance.tif"),
+                "--probs",
+                str(probs),
+                "--labels",
+                str(tmp_path / "empty.png"),
+                "--out",
+                str(tmp_path / "r"),
+                "--values",
+                "0,1,2",
+            ]
+        )
+        == 2
+    )
+    assert "no labelled pixel" in _err(capsys)
+    assert (
+        main(
+            [
+                "refine",
+                "--model",
+                str(coarse_model),
+                "--image",
+                str(demo / "enhance.tif"),
+                "--probs",
+                str(probs),
+                "--out",
+                str(tmp_path / "m.tif"),
+            ]
+        )
+        == 2
+    )
+    assert "coarse model, but a rnn model is needed" in _err(capsys)
+    assert main(["experiment", str(tmp_path / "missing.toml"), "--out", str(tmp_path / "r.json")]) == 2
+    assert "no such experiment config" in _err(capsys)
