@@ -6,12 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from scipy import ndimage
 
 from refiner.synthetic import make_scene
-
-torch.set_num_threads(2)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
