@@ -16,7 +16,7 @@ import torch
 
 from refiner.models.coarse import COARSE_HALO
 from refiner.models.io import ModelBundle
-from refiner.raster import Tile, needs_resampling, probs_to_grid, resample, to_working_resolution
+from refiner.raster import Tile, probs_to_grid, resample, to_working_resolution
 from refiner.tiling import run_windowed
 from refiner.train import pick_device
 
@@ -112,7 +112,3 @@ def refine(
         maps = [probs_to_grid(m, work.georef, tile.georef, tile.shape) for m in maps]
     return Refinement(maps)
 
-
-def resampled(tile: Tile, resolution: float | None) -> bool:
-    """Whether models at ``resolution`` would resample this tile (shown to users)."""
-    return needs_resampling(tile, resolution)
