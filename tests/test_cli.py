@@ -302,3 +302,87 @@ def test_bad_inputs_exit_2_with_one_clear_line(demo, coarse_model, tmp_path, cap
     assert "coarse model, but a rnn model is needed" in _err(capsys)
     assert main(["experiment", str(tmp_path / "missing.toml"), "--out", str(tmp_path / "r.json")]) == 2
     assert "no such experiment config" in _err(capsys)
+
+
+def test_train_coarse_from_geojson_vector_labels(demo, tmp_path, capsys):
+    """Roads given as GeoJSON lines (in the tile's CRS) are buffered to 7 m and learned from."""
+    with rasterio.open(demo / "coarse.tif") as ds:
+        left, bottom, right, top = ds.bounds
+        crs = ds.crs.to_string()
+    mid_y = (top + bottom) / 2
+    gj = {
+        "type": "FeatureCollection",
+        "crs": {"type": "name", "properties": {"name": crs}},
+        "features": [
+            {
+                "type": "Feature",
+                "properties": {"class": "road"},
+                "geometry": {"type": "LineString", "coordinates": [[left, mid_y], [right, mid_y]]},
+            },
+            {
+                "type": "Feature",
+                "properties": {"class": "building"},
+                "geometry": {
+                    "type": "Polygon",
+                    "coordinates": [
+                        [
+                            [left + 5, top - 5],
+                            [left + 20, top - 5],
+                            [left + 20, top - 20],
+                            [left + 5, top - 20],
+                            [left + 5, top - 5],
+                        ]
+                    ],
+                },
+            },
+        ],
+    }
+    path = tmp_path / "osm.geojson"
+    path.write_text(json.dumps(gj))
+    from refiner.classes import ClassSpec
+    from refiner.raster import read_image, read_labels
+
+    burnt = read_labels(path, ClassSpec(("background", "building", "road")), like=read_image(demo / "coarse.tif"))
+    assert abs(int((burnt == 2).sum()) - 7 * 96) <= 96 and int((burnt == 1).sum()) == 15 * 15
+    out = tmp_path / "coarse_from_vectors"
+    assert (
+        main(
+            [
+                "train-coarse",
+                "--images",
+                str(demo / "coarse.tif"),
+                "--labels",
+                str(path),
+                "--classes",
+                "background,building,road",
+                "--values",
+                "0,1,2",
+                "--out",
+                str(out),
+                "--steps",
+                "2",
+                "--batch-size",
+                "2",
+            ]
+        )
+        == 0
+    )
+    assert (out / "model.safetensors").is_file()
+    assert (
+        main(
+            [
+                "train-coarse",
+                "--images",
+                str(demo / "coarse.tif"),
+                "--labels",
+                str(path),
+                str(path),
+                "--classes",
+                "background,building,road",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
+    assert "give one per image" in capsys.readouterr().err
