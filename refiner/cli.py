@@ -242,6 +242,8 @@ def cmd_experiment(args: argparse.Namespace) -> None:
     from refiner.experiment import ExperimentConfig, format_table, run_experiment, write_report
 
     cfg = ExperimentConfig.load(args.config)
+    if args.coarse_model:  # reuse a coarse CNN from an earlier run of the same protocol
+        cfg.coarse.model = args.coarse_model
     report = run_experiment(
         cfg,
         device=args.device,
@@ -377,6 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("config", type=Path)
     sp.add_argument("--out", required=True, type=Path, help="JSON report to write")
     sp.add_argument("--save-models", type=Path, default=None, help="also save the trained models here")
+    sp.add_argument(
+        "--coarse-model", type=Path, default=None, help="use this coarse CNN instead of training [coarse] again"
+    )
     sp.add_argument("--device", default=None)
     return p
 

@@ -92,6 +92,7 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
         tmp = f.name
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp)
+    os.chmod(tmp, 0o644)  # NamedTemporaryFile makes it private; a model is an ordinary file
     os.replace(tmp, path)
 
 
