@@ -30,7 +30,7 @@ with common.guard("reading the workspace"):
     src = ws.settings.get("source", {})
     class_map, map_kind = results.current_class_map(ws)
 
-c = st.columns(5)
+c = st.columns([1.2, 0.6, 0.8, 1.4, 1.2])
 c[0].metric("Size (rows × cols)", f"{tile.shape[0]} × {tile.shape[1]}")
 c[1].metric("Bands", src.get("bands", tile.band_count))
 c[2].metric("Data type", src.get("dtype", tile.dtype))
@@ -54,7 +54,7 @@ if tile.georef is not None:
     if class_map is not None:
         layers.append((f"class map ({map_kind})", viz.colorize(class_map, ws.classes), opacity))
     with common.guard("drawing the map"):
-        tile_map(tile.georef, layers, key=f"map_{ws.name}")
+        tile_map(tile.georef, layers)
     st.caption("Map without a basemap (the app works offline); toggle the layers at the top right.")
 else:
     st.info("This tile has no georeferencing, so it is shown as a picture rather than on a map.")
