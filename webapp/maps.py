@@ -16,7 +16,7 @@ from pathlib import Path
 import folium
 import leafmap.foliumap as leafmap
 import numpy as np
-import streamlit.components.v1 as components
+import streamlit as st
 from PIL import Image
 from rasterio.enums import Resampling
 from rasterio.transform import array_bounds
@@ -99,4 +99,4 @@ def build_map(georef: Georef, layers: list[tuple[str, np.ndarray, float]]) -> fo
 
 def tile_map(georef: Georef, layers: list[tuple[str, np.ndarray, float]], *, height: int = 480) -> None:
     """Draw the layers on an offline map in the page."""
-    components.html(offline_html(build_map(georef, layers)), height=height)
+    st.iframe(offline_html(build_map(georef, layers)), height=height)
