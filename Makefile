@@ -23,7 +23,7 @@ demo-experiment: $(STAMP)
 	$(PY) -m refiner demo-data --out runs/demo
 	$(PY) -m refiner experiment runs/demo/demo.toml --out runs/demo/report.json
 
-# Rebuild the app's demo (tile + pretrained coarse CNN and RNN in assets/demo): ~6 min on 2 cores.
+# Rebuild the app's demo (tile + pretrained coarse CNN and RNN in assets/demo): 6-35 min on 2 cores.
 demo-assets: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) scripts/make_demo_assets.py
 

@@ -515,7 +515,15 @@ def create_demo(root: str | Path, name: str = DEMO_NAME, *, assets: Path = ASSET
 
 
 def open_or_create_demo(root: str | Path) -> Workspace:
-    try:
-        return Workspace.open(root, DEMO_NAME)
-    except ValueError:
-        return create_demo(root)
+    """The demo workspace, created on first use (once, even when two sessions start together)."""
+    import fcntl
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".demo.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return Workspace.open(root, DEMO_NAME)
+        except ValueError:
+            shutil.rmtree(root / DEMO_NAME, ignore_errors=True)  # a half-made one from a crash
+            return create_demo(root)

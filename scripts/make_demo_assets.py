@@ -1,6 +1,7 @@
 """Produce the web app's embedded demo: a synthetic tile plus pretrained coarse CNN and RNN.
 
-Run once (about 6 minutes on two CPU cores) and commit ``assets/demo``::
+Run once and commit ``assets/demo`` (34 minutes on two CPU cores shared with other jobs; the
+coarse CNN is ~0.45 s/step on two idle cores, so about 6 minutes there)::
 
     OMP_NUM_THREADS=2 .venv/bin/python scripts/make_demo_assets.py
 

@@ -122,3 +122,37 @@ def test_the_compare_table_lists_every_method(page, url):
     for method in ("Coarse CNN", "Dense CRF", "RNN"):
         assert method in table
     assert "IoU building" in table and "mean IoU" in table
+
+
+def _png(height: int, width: int) -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((height, width), np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_bad_uploads_show_what_is_wrong_not_a_traceback(page, url):
+    open_page(page, url)
+    page.get_by_role("tab", name="Upload an image").click()
+    uploader = page.locator('[data-testid="stFileUploader"]').filter(has_text="GeoTIFF, PNG or JPEG")
+    uploader.locator("input[type=file]").set_input_files(
+        files=[{"name": "notes.tif", "mimeType": "image/tiff", "buffer": b"just some text, not a picture"}]
+    )
+    settle(page)
+    page.get_by_role("button", name="Create workspace").click()
+    page.get_by_text("is not an image Refiner can read").wait_for()
+    assert page.locator('[data-testid="stException"]').count() == 0
+
+    open_page(page, url, "Label")
+    uploader = page.locator('[data-testid="stFileUploader"]').filter(has_text="GeoTIFF/PNG mask")
+    uploader.locator("input[type=file]").set_input_files(
+        files=[{"name": "small.png", "mimeType": "image/png", "buffer": _png(100, 80)}]
+    )
+    settle(page)
+    page.get_by_role("button", name="Replace the labels with this mask").click()
+    page.get_by_text("they must cover the same grid").wait_for()
+    assert page.locator('[data-testid="stException"]').count() == 0
