@@ -21,6 +21,22 @@ from tests.browser.harness import CHROMIUM, CHROMIUM_ARGS, REPO, open_page, sett
 OUT = REPO / "docs" / "screenshots"
 
 
+def largest_building() -> tuple[slice, slice]:
+    """Where to paint 'building' for the picture: the demo's largest building outside the
+    labelled corner (from its shipped truth), so the stroke is a correct label."""
+    import numpy as np
+    import rasterio
+    from scipy import ndimage
+
+    with rasterio.open(REPO / "assets" / "demo" / "truth.tif") as ds:
+        truth = ds.read(1)
+    truth[:200, :200] = 0
+    comps, _ = ndimage.label(truth == 1)
+    sizes = np.bincount(comps.ravel())
+    sizes[0] = 0
+    return ndimage.find_objects(comps)[int(sizes.argmax()) - 1]
+
+
 def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as root, streamlit_server(Path(root)) as url, sync_playwright() as p:
@@ -43,11 +59,14 @@ def main() -> None:
         settle(page)
         canvas = page.locator("canvas").last
         box = canvas.bounding_box()
-        x, y = box["x"] + box["width"] * 0.62, box["y"] + box["height"] * 0.55
-        page.mouse.move(x, y)
+        rows, cols = largest_building()
+        scale = box["width"] / 512
+        y = box["y"] + (rows.start + rows.stop) / 2 * scale
+        x0, x1 = box["x"] + (cols.start + 5) * scale, box["x"] + (cols.stop - 5) * scale
+        page.mouse.move(x0, y)
         page.mouse.down()
-        for k in range(1, 12):
-            page.mouse.move(x + 4 * k, y + 2 * k)
+        for k in range(1, 11):
+            page.mouse.move(x0 + (x1 - x0) * k / 10, y)
         page.mouse.up()
         page.wait_for_timeout(1500)
         settle(page)
