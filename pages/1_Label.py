@@ -29,6 +29,14 @@ with side:
         key="brush",
         format_func=lambda b: f"{b} ({hex_color(colors[brushes.index(b)])})",
     )
+    st.markdown(
+        " ".join(
+            f'<span style="display:inline-block;width:0.9em;height:0.9em;background:{hex_color(c)};'
+            f'border:1px solid #888;vertical-align:middle"></span> {b}'
+            for b, c in zip(brushes, colors, strict=True)
+        ),
+        unsafe_allow_html=True,
+    )
     size = st.slider("Brush size (screen pixels)", 1, 60, 16, key="brush_size")
     opacity = st.slider("Label opacity", 0.0, 1.0, 0.55, 0.05, key="label_opacity")
     if st.button("Undo last change", disabled=ws.undo_depth() == 0, key="undo"):

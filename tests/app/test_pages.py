@@ -152,3 +152,25 @@ def test_first_start_creates_the_demo(tmp_path, monkeypatch):
     assert metrics(at)["Size (rows × cols)"] == "512 × 512"
     ws = Workspace.open(tmp_path, "demo")
     assert ws.has_model("rnn") and ws.has_coarse() and ws.label_counts()["unlabelled"] == 512 * 512 - 192 * 192
+
+
+def test_a_window_of_a_cloud_optimized_geotiff_becomes_a_workspace(app_ws, tmp_path):
+    from refiner.raster import write_raster
+    from refiner.synthetic import make_scene
+
+    scene = make_scene(200, seed=3)
+    cog = tmp_path / "scene.tif"  # a local path stands in for the URL: rasterio reads both alike
+    write_raster(cog, (scene.image * 255).astype(np.uint8), scene.georef)
+    at = run("app.py")
+    at.text_input(key="cog_url").input(str(cog))
+    at.number_input(key="cog_row").set_value(50)
+    at.number_input(key="cog_col").set_value(20)
+    at.number_input(key="cog_h").set_value(64)
+    at.number_input(key="cog_w").set_value(96).run()
+    at.button(key="read_cog").click().run()
+    assert not at.exception and not at.error
+    ws = Workspace.open(app_ws.path.parent, "cog-window")
+    tile = ws.tile()
+    assert tile.shape == (64, 96)
+    assert tile.georef.transform.c == scene.georef.transform.c + 20  # the window's own origin
+    assert metrics(at)["Size (rows × cols)"] == "64 × 96"  # the app switched to it
