@@ -4,8 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+PORT ?= 8501
 
-.PHONY: run test lint demo-experiment clean
+.PHONY: run test lint browser demo-experiment demo-assets screenshots clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -13,16 +14,31 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $@
 
-run: $(STAMP) demo-experiment
+# The web app on http://localhost:$(PORT), with the embedded demo workspace loaded.
+run: $(STAMP)
+	$(PY) -m streamlit run app.py --server.port $(PORT) --browser.gatherUsageStats false
 
+# The synthetic demo experiment end to end on the command line (report in runs/demo).
 demo-experiment: $(STAMP)
 	$(PY) -m refiner demo-data --out runs/demo
 	$(PY) -m refiner experiment runs/demo/demo.toml --out runs/demo/report.json
 
+# Rebuild the app's demo (tile + pretrained coarse CNN and RNN in assets/demo): 6-35 min on 2 cores.
+demo-assets: $(STAMP)
+	OMP_NUM_THREADS=2 $(PY) scripts/make_demo_assets.py
+
+# README screenshots, taken from the real app in Chromium.
+screenshots: $(STAMP) browser
+	$(PY) scripts/screenshots.py
+
+# Debian's Chromium for the browser tests (`playwright install` downloads a browser: not used).
+browser:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
-test: $(STAMP) lint
+test: $(STAMP) lint browser
 	$(PY) -m pytest -q
 
 clean:

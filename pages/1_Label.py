@@ -1,0 +1,113 @@
+"""Label: paint accurate labels on the tile, one brush per class; they are saved as you paint."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from refiner import viz
+from refiner.painting import ERASER, apply_strokes, brush_colors, hex_color
+from webapp import common
+
+ws = common.page("Label")
+st.write(
+    "Paint a few accurate labels: a brush per class, the eraser to unlabel. Every stroke is saved "
+    "to the workspace (`labels.tif`, 255 = unlabelled). A small, carefully painted area is enough."
+)
+
+with common.guard("reading the workspace"):
+    classes = ws.classes
+    tile = ws.tile()
+    labels = ws.labels()
+
+brushes = [*classes.names, "eraser"]
+colors = brush_colors(classes)
+side, main = st.columns([1, 3])
+with side:
+    brush = st.radio(
+        "Brush",
+        brushes,
+        key="brush",
+        format_func=lambda b: f"{b} ({hex_color(colors[brushes.index(b)])})",
+    )
+    st.markdown(
+        " ".join(
+            f'<span style="display:inline-block;width:0.9em;height:0.9em;background:{hex_color(c)};'
+            f'border:1px solid #888;vertical-align:middle"></span> {b}'
+            for b, c in zip(brushes, colors, strict=True)
+        ),
+        unsafe_allow_html=True,
+    )
+    size = st.slider("Brush size (screen pixels)", 1, 60, 16, key="brush_size")
+    opacity = st.slider("Label opacity", 0.0, 1.0, 0.55, 0.05, key="label_opacity")
+    if st.button("Undo last change", disabled=ws.undo_depth() == 0, key="undo"):
+        ws.undo()
+        st.session_state["canvas_epoch"] = st.session_state.get("canvas_epoch", 0) + 1
+        st.rerun()
+    st.caption(f"{ws.undo_depth()} change(s) can be undone.")
+
+with main:
+    view = common.view_controls(tile.shape, "label")
+    background = viz.blend(viz.to_rgb(tile.image), viz.colorize(labels, classes), opacity)[view.slices]
+    ch, cw = view.canvas_size
+    bg = common.to_png(background).resize((cw, ch), resample=0)  # nearest: crisp pixels when zoomed
+    epoch = st.session_state.get("canvas_epoch", 0)
+    from streamlit_drawable_canvas import st_canvas
+
+    result = st_canvas(
+        stroke_width=size,
+        stroke_color=hex_color(colors[brushes.index(brush)]),
+        background_image=bg,
+        height=ch,
+        width=cw,
+        drawing_mode="freedraw",
+        return_image_data=True,
+        key=f"canvas_{ws.name}_{epoch}_{view.row}_{view.col}_{view.height}",
+    )
+    st.caption(
+        f"Showing rows {view.row}–{view.row + view.height - 1}, columns {view.col}–{view.col + view.width - 1} "
+        f"at {view.scale:.2f} screen px per pixel."
+    )
+    strokes = result.image_data if result is not None else None
+    if strokes is not None and strokes.ndim == 3 and (strokes[..., 3] >= 128).any():
+        new, changed = apply_strokes(labels, strokes, view, classes)
+        if changed:
+            ws.write_labels(new)
+            labels = new
+        # a fresh canvas shows the merged labels as its background
+        st.session_state["canvas_epoch"] = epoch + 1
+        st.rerun()
+
+# --------------------------------------------------------------------------- counts, import, export
+st.subheader("Labelled pixels")
+counts = ws.label_counts(labels)
+cols = st.columns(len(classes) + 1)
+for i, name in enumerate(classes.names):
+    cols[i].metric(name, f"{counts[name]:,}")
+total = sum(counts[n] for n in classes.names)
+cols[-1].metric("unlabelled", f"{counts['unlabelled']:,}", help=f"{total:,} labelled in all")
+
+ic, ec = st.columns(2)
+with ic:
+    st.subheader("Import a mask")
+    up = st.file_uploader(
+        f"GeoTIFF/PNG mask of the tile's size, pixel values {list(classes.values)} (255 = unlabelled), "
+        "or GeoJSON polygons",
+        type=["tif", "tiff", "png", "geojson", "json"],
+        key="mask_upload",
+    )
+    if up is not None and st.button("Replace the labels with this mask", key="import_mask"):
+        with common.guard(f"importing {up.name}"):
+            ws.import_labels(up.getvalue(), up.name)
+        st.session_state["canvas_epoch"] = st.session_state.get("canvas_epoch", 0) + 1
+        st.success(f"Imported {up.name}.")
+        st.rerun()
+with ec:
+    st.subheader("Export the labels")
+    st.download_button(
+        "Download labels.tif (GeoTIFF, the tile's CRS)",
+        data=(ws.path / "labels.tif").read_bytes(),
+        file_name=f"{ws.name}_labels.tif",
+        mime="image/tiff",
+        key="download_labels",
+    )
+    st.caption(f"Eraser colour on the canvas: {hex_color(ERASER)}.")

@@ -1,0 +1,122 @@
+"""Train: fine-tune the refinement RNN on the painted labels, in the background, with live progress."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from refiner import jobs, viz
+from refiner.models.rnn import VARIANTS
+from refiner.train import pick_device
+from webapp import common
+
+ws = common.page("Train")
+device = pick_device()
+st.write(
+    f"Fine-tunes the RNN on your painted pixels (AdaGrad, cross-entropy), on **{device.type.upper()}**"
+    + (" (no GPU found: a few hundred steps take a minute or two)." if device.type == "cpu" else ".")
+    + " Part of the painted pixels (whole 16×16 blocks) is held back to measure IoU as training goes."
+)
+
+status = jobs.read_status(ws)
+running = status is not None and status.active
+has_model = ws.has_model("rnn")
+model_info = {}
+if has_model:
+    from refiner.models.io import load_model
+
+    with common.guard("reading the current RNN"):
+        current_model = load_model(ws.model_dir("rnn"), expect="rnn")
+        model_info = {"arch": current_model.config.to_dict(), "steps": current_model.info.get("trained_steps", 0)}
+
+with st.form("train_form"):
+    start_from = st.radio(
+        "Start from",
+        ["the current RNN (continue training)", "a new RNN"] if has_model else ["a new RNN"],
+        key="start_from",
+        horizontal=True,
+    )
+    resume = start_from.startswith("the current")
+    c1, c2, c3, c4 = st.columns(4)
+    steps = c1.number_input("Steps", 1, 100_000, 300, step=50, key="steps")
+    lr = c2.number_input("Learning rate (AdaGrad)", 1e-4, 0.1, 0.01, format="%.4f", key="lr")
+    iterations = c3.number_input("Iterations T", 1, 20, 5, key="iterations")
+    variant = c4.selectbox("Variant", VARIANTS, key="variant")
+    c5, c6, c7 = st.columns(3)
+    holdout = c5.slider("Held back for validation", 0.0, 0.5, 0.2, 0.05, key="holdout")
+    batch = c6.number_input("Batch size", 1, 64, 8, key="batch")
+    patch = c7.number_input("Patch size (px)", 16, 128, 48, step=8, key="patch")
+    if has_model:
+        a = model_info["arch"]
+        st.caption(
+            f"Current RNN: {a['variant']}, T = {a['iterations']}, {model_info['steps']} steps trained. "
+            "Continuing keeps its architecture (T and variant above apply to a new RNN)."
+        )
+    submitted = st.form_submit_button("Start training", disabled=running, type="primary")
+
+if submitted:
+    params = jobs.TrainParams(
+        steps=int(steps),
+        lr=float(lr),
+        iterations=int(model_info["arch"]["iterations"]) if resume else int(iterations),
+        variant=model_info["arch"]["variant"] if resume else str(variant),
+        holdout=float(holdout),
+        batch_size=int(batch),
+        patch_size=int(patch),
+        resume=resume,
+        eval_every=max(5, min(50, int(steps) // 10)),
+        checkpoint_every=max(10, int(steps) // 5),
+    )
+    with common.guard("starting training"):
+        if not ws.has_coarse():
+            raise ValueError("compute or upload coarse probabilities on the start page first")
+        jobs.start_training(ws, params)
+    st.rerun()
+
+
+@st.fragment(run_every=1.0 if running else None)
+def progress_panel() -> None:
+    st_now = jobs.read_status(ws)
+    if st_now is None:
+        st.info("No training run yet in this workspace.")
+        return
+    label = {
+        "queued": "Starting…",
+        "running": f"Training on {st_now.device or '…'}: step {st_now.step} of {st_now.steps}",
+        "finished": "Finished",
+        "cancelled": "Cancelled",
+        "failed": "Failed",
+        "interrupted": "Interrupted",
+    }[st_now.state]
+    st.progress(st_now.fraction, text=label)
+    m = st.columns(4)
+    m[0].metric("Step", f"{st_now.step} / {st_now.steps}")
+    m[1].metric("Loss", f"{st_now.loss[-1][1]:.4f}" if st_now.loss else "–")
+    last_val = st_now.val[-1]["mean_iou"] if st_now.val else None
+    m[2].metric("Held-out mean IoU", f"{last_val:.3f}" if last_val is not None else "–")
+    m[3].metric("Device", st_now.device or "–")
+    if st_now.val:
+        names = ws.classes.names
+        iou = st_now.val[-1]["iou"]
+        st.caption(
+            "Held-out IoU per class: "
+            + ", ".join(f"{n} {v:.3f}" if v is not None else f"{n} –" for n, v in zip(names, iou, strict=True))
+        )
+    if st_now.loss:
+        st.plotly_chart(viz.loss_figure(st_now.loss, st_now.val, ws.classes), key="loss_chart")
+    if st_now.state == "failed":
+        st.error(f"Training failed: {st_now.message}")
+    elif st_now.message:
+        st.caption(st_now.message)
+    if st_now.active:
+        if st.button("Cancel training", key="cancel"):
+            jobs.request_cancel(ws)
+            st.toast("Cancelling: the model trained so far will be kept.")
+    elif running:  # it just ended: rerun the page so polling stops and the form unlocks
+        st.rerun(scope="app")
+
+
+progress_panel()
+st.caption(
+    "Checkpoints are written to the workspace (`models/checkpoint`); the trained model to "
+    "`models/rnn`. Leaving this page, refreshing or restarting does not lose them."
+)

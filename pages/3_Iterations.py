@@ -1,0 +1,60 @@
+"""Iterations: the class map and each class's fuzzy probabilities at every RNN iteration t."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from refiner import results, viz
+from webapp import common
+
+ws = common.page("Iterations")
+st.write(
+    "The RNN moves the coarse probabilities step by step (u₀ → u₁ → … → u_T). Slide through the "
+    "iterations to see boundaries snap to image edges (the paper's Fig. 6), and how accuracy and "
+    "IoU change on held-out labels (Fig. 7b)."
+)
+
+with common.guard("refining the tile"), st.spinner("Running the RNN on the tile (cached afterwards)..."):
+    probs = results.refinement(ws)
+    tile = ws.tile()
+classes = ws.classes
+T = len(probs) - 1
+
+c1, c2, c3 = st.columns([2, 1, 1])
+t = c1.slider("Iteration t", 0, T, T, key="iteration")
+cls = c2.selectbox("Fuzzy map of class", classes.names, index=min(1, len(classes) - 1), key="fuzzy_class")
+opacity = c3.slider("Opacity", 0.0, 1.0, 0.6, 0.05, key="iter_opacity")
+view = common.view_controls(tile.shape, "iter", max_canvas=480)
+
+rgb = viz.to_rgb(tile.image)
+p_t = probs[t]
+left, right = st.columns(2)
+with left:
+    common.show(
+        viz.blend(rgb, viz.colorize(p_t.argmax(0).astype("uint8"), classes), opacity),
+        caption=f"class map at t = {t}" + (" (coarse CNN)" if t == 0 else ""),
+        view=view,
+    )
+with right:
+    k = classes.names.index(cls)
+    common.show(
+        viz.probability_overlay(rgb, p_t[k], opacity),
+        caption=f"P({cls}) at t = {t} (dark = 0, yellow = 1)",
+        view=view,
+    )
+st.caption("Colours: " + ", ".join(f"{n} = rgb{tuple(c)}" for n, c in zip(classes.names, classes.colors, strict=True)))
+
+st.subheader("Scores per iteration")
+ev = results.eval_labels(ws)
+if ev is None:
+    st.info("Paint some labels on the Label page to score the iterations.")
+else:
+    scores = results.iteration_scores(probs, ev.labels)
+    st.plotly_chart(viz.iteration_figure(scores, classes), key="iteration_chart")
+    st.caption(f"Scored on {ev.pixels:,} pixels: {ev.description}.")
+    s = scores[t]
+    m = st.columns(len(classes) + 2)
+    m[0].metric(f"Accuracy at t = {t}", f"{s.overall_accuracy:.3f}")
+    m[1].metric("Mean IoU", f"{s.mean_iou:.3f}")
+    for i, n in enumerate(classes.names):
+        m[i + 2].metric(f"IoU {n}", "–" if s.iou[i] != s.iou[i] else f"{s.iou[i]:.3f}")

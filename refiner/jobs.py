@@ -1,0 +1,302 @@
+"""Training jobs that run off the UI thread and report through the workspace.
+
+A job is a plain function of paths and numbers (:func:`run_training`): it reads the tile, labels
+and coarse probabilities from the workspace, trains, and writes its status (step, loss history,
+validation scores, device, state) to ``jobs/train.json`` as it goes, checkpoints into
+``models/checkpoint`` and, at the end, the model into ``models/rnn``. Cancelling is a file
+(``jobs/train.cancel``) that the training loop polls. Because everything goes through the
+workspace folder, where the job runs is a detail: :class:`ThreadBackend` runs it in a thread of
+the app's process (the default); a Dask backend only has to implement :class:`Backend` with
+``client.submit(run_training, ...)`` for workers that share the workspace's file system.
+
+A page reads the status with :func:`read_status` on every refresh; a status left "running" by a
+process that has gone (server restart) is reported as "interrupted", and training continues
+from the last checkpoint with ``resume=True``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from refiner.workspace import Workspace, atomic_write_json, read_json
+
+STATUS, CANCEL = "train.json", "train.cancel"
+#: A running job rewrites its status at least this often (seconds); older means it died.
+HEARTBEAT = 10.0
+ACTIVE = ("queued", "running")
+
+
+@dataclass
+class TrainParams:
+    """What the Train page asks for (defaults: the paper's, scaled to a CPU)."""
+
+    steps: int = 300
+    iterations: int = 5  # T
+    variant: str = "class_specific"
+    lr: float = 0.01
+    batch_size: int = 8
+    patch_size: int = 48
+    holdout: float = 0.2
+    eval_every: int = 25
+    checkpoint_every: int = 50
+    seed: int = 0
+    resume: bool = True  # continue from the workspace's current RNN (else start a new one)
+    device: str | None = None  # None = cuda, mps or cpu, whichever is there
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainParams:
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class JobStatus:
+    """What a page shows about the last training run."""
+
+    id: str
+    state: str = "queued"  # queued | running | finished | cancelled | failed | interrupted
+    step: int = 0
+    steps: int = 0
+    device: str = ""
+    started: float = 0.0
+    updated: float = 0.0
+    seconds: float = 0.0
+    loss: list[tuple[int, float]] = field(default_factory=list)  # (step, loss)
+    val: list[dict] = field(default_factory=list)  # {step, overall_accuracy, mean_iou, iou: [...]}
+    best_val: float | None = None
+    message: str = ""
+    params: dict = field(default_factory=dict)
+    start_step: int = 0  # steps the model had before this run
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.step / self.steps) if self.steps else 0.0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> JobStatus:
+        d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        d["loss"] = [tuple(x) for x in d.get("loss", [])]
+        return cls(**d)
+
+
+def _jobs_dir(ws: Workspace) -> Path:
+    d = ws.path / "jobs"
+    d.mkdir(exist_ok=True)
+    return d
+
+
+def write_status(ws: Workspace, status: JobStatus) -> None:
+    status.updated = time.time()
+    atomic_write_json(_jobs_dir(ws) / STATUS, asdict(status))
+
+
+def read_status(ws: Workspace) -> JobStatus | None:
+    """The last run's status; a run whose process went away reads as ``interrupted``."""
+    d = read_json(ws.path / "jobs" / STATUS)
+    if not d:
+        return None
+    status = JobStatus.from_dict(d)
+    if status.active and status.id not in _LIVE and time.time() - status.updated > 3 * HEARTBEAT:
+        status.state = "interrupted"
+        status.message = "the server stopped during training; continue training to resume from the last checkpoint"
+    return status
+
+
+def request_cancel(ws: Workspace) -> None:
+    (_jobs_dir(ws) / CANCEL).touch()
+
+
+# --------------------------------------------------------------------------- the job
+
+
+def run_training(workspace: str | Path, params: dict, job_id: str) -> dict:
+    """Fine-tune the workspace's RNN on its painted labels; returns the final status as a dict.
+
+    Pure function of the workspace folder, so any backend (thread, process, Dask worker) can
+    run it.
+    """
+    from refiner.models.io import load_model, save_model
+    from refiner.models.rnn import RNNConfig
+    from refiner.raster import labels_to_grid, resample, to_working_resolution
+    from refiner.train import Progress, RNNTrainConfig, check_labels, pick_device, split_holdout, train_rnn
+
+    ws = Workspace(Path(workspace))
+    p = TrainParams.from_dict(params)
+    status = JobStatus(id=job_id, state="running", steps=p.steps, started=time.time(), params=asdict(p))
+    cancel = _jobs_dir(ws) / CANCEL
+    last_write = [0.0]
+
+    def save(force: bool = False) -> None:
+        now = time.time()
+        if force or now - last_write[0] > 0.5:
+            status.seconds = now - status.started
+            write_status(ws, status)
+            last_write[0] = now
+
+    try:
+        dev = pick_device(p.device)
+        status.device = str(dev)
+        save(force=True)
+        classes = ws.classes
+        tile = ws.tile()
+        probs = ws.coarse_probs()
+        labels = ws.labels()
+        check_labels(labels, len(classes), "painted labels")
+        train_labels, val_labels = split_holdout(labels, p.holdout, seed=p.seed)
+        ws.write_holdout(val_labels)
+        init = None
+        if p.resume:
+            src = ws.model_dir("checkpoint") if _checkpoint_is_newer(ws) else ws.model_dir("rnn")
+            if (src / "config.json").is_file():
+                init = load_model(src, expect="rnn")
+        resolution = init.resolution if init is not None else (ws.settings.get("coarse") or {}).get("resolution")
+        work = to_working_resolution(tile, resolution)
+        if work is not tile:
+            probs = resample(probs, tile.georef, work.shape, work.georef)
+            train_labels = labels_to_grid(train_labels, tile.georef, work.georef, work.shape)
+            val_labels = labels_to_grid(val_labels, tile.georef, work.georef, work.shape)
+        status.start_step = int(init.info.get("trained_steps", 0)) if init is not None else 0
+        arch = RNNConfig(
+            num_classes=len(classes), in_channels=work.image.shape[0], iterations=p.iterations, variant=p.variant
+        )
+        cfg = RNNTrainConfig(
+            steps=p.steps,
+            batch_size=p.batch_size,
+            patch_size=p.patch_size,
+            lr=p.lr,
+            seed=p.seed,
+            holdout=0.0,
+            eval_every=p.eval_every,
+            checkpoint_every=p.checkpoint_every,
+        )
+
+        def progress(rep: Progress) -> None:
+            status.step = rep.step
+            status.loss.append((rep.step, float(rep.loss)))
+            if rep.val is not None:
+                status.val.append(
+                    {
+                        "step": rep.step,
+                        "overall_accuracy": rep.val.overall_accuracy,
+                        "mean_iou": rep.val.mean_iou,
+                        "iou": [None if np.isnan(v) else v for v in rep.val.iou],
+                    }
+                )
+                status.best_val = rep.best_val
+            save(force=rep.val is not None)
+
+        has_val = bool((val_labels != 255).any())
+        result = train_rnn(
+            work.image,
+            probs,
+            train_labels,
+            classes,
+            cfg,
+            arch=arch,
+            init=init,
+            resolution=resolution,
+            device=dev,
+            progress=progress,
+            should_stop=cancel.exists,
+            checkpoint_dir=ws.model_dir("checkpoint"),
+            val_labels=val_labels if has_val else np.full_like(val_labels, 255),
+        )
+        save_model(result.bundle, ws.model_dir("rnn"))
+        ws.clear_results()
+        status.step = max(status.step, result.history[-1].step if result.history else 0)
+        status.best_val = result.best_val
+        status.state = "cancelled" if result.stopped == "cancelled" else "finished"
+        total = result.bundle.info.get("trained_steps", status.step)
+        status.message = f"{result.stopped} after {status.step} steps ({total} in all); model saved"
+        if not has_val:
+            status.message += "; no pixels could be held back for validation (paint more than one 16x16 block)"
+    except Exception as exc:  # the page shows the message; the traceback goes to the server log
+        traceback.print_exc()
+        status.state = "failed"
+        status.message = str(exc) or type(exc).__name__
+    finally:
+        cancel.unlink(missing_ok=True)
+        save(force=True)
+    return asdict(status)
+
+
+def _checkpoint_is_newer(ws: Workspace) -> bool:
+    """True when an interrupted run left a checkpoint newer than the saved model."""
+    ck, cur = ws.model_dir("checkpoint") / "model.safetensors", ws.model_dir("rnn") / "model.safetensors"
+    if not ck.is_file():
+        return False
+    return not cur.is_file() or ck.stat().st_mtime_ns > cur.stat().st_mtime_ns
+
+
+# --------------------------------------------------------------------------- backends
+
+
+class Handle(Protocol):
+    def done(self) -> bool: ...
+
+
+class Backend(Protocol):
+    """Where jobs run. ``submit`` must not block; the job reports through the workspace."""
+
+    def submit(self, fn: Any, *args: Any) -> Handle: ...
+
+
+class _ThreadHandle:
+    def __init__(self, thread: threading.Thread) -> None:
+        self.thread = thread
+
+    def done(self) -> bool:
+        return not self.thread.is_alive()
+
+
+class ThreadBackend:
+    """Run jobs in a daemon thread of this process (torch releases the GIL while it computes)."""
+
+    def submit(self, fn: Any, *args: Any) -> Handle:
+        t = threading.Thread(target=fn, args=args, daemon=True, name="refiner-job")
+        t.start()
+        return _ThreadHandle(t)
+
+
+#: Jobs started by this process that have not finished: id -> handle.
+_LIVE: dict[str, Handle] = {}
+_LOCK = threading.Lock()
+
+
+def start_training(ws: Workspace, params: TrainParams, backend: Backend | None = None) -> JobStatus:
+    """Start fine-tuning unless a run is already active in this workspace."""
+    with _LOCK:
+        for jid, h in list(_LIVE.items()):
+            if h.done():
+                _LIVE.pop(jid, None)
+        current = read_status(ws)
+        if current is not None and current.active:
+            raise RuntimeError("a training run is already going in this workspace: cancel it or wait")
+        (_jobs_dir(ws) / CANCEL).unlink(missing_ok=True)
+        job_id = uuid.uuid4().hex[:12]
+        status = JobStatus(id=job_id, state="queued", steps=params.steps, started=time.time(), params=asdict(params))
+        write_status(ws, status)
+        _LIVE[job_id] = (backend or ThreadBackend()).submit(run_training, str(ws.path), asdict(params), job_id)
+        return status
+
+
+def wait(ws: Workspace, timeout: float = 600.0, poll: float = 0.2) -> JobStatus | None:
+    """Block until the workspace's run is no longer active (for scripts and tests)."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        st = read_status(ws)
+        if st is None or not st.active:
+            return st
+        time.sleep(poll)
+    return read_status(ws)

@@ -1,0 +1,114 @@
+"""What the app's pages show, computed from a workspace and cached in it.
+
+Refinements (every iteration), CRF maps and scores are cached in ``results/`` under a stamp of
+their inputs (model file times, probabilities, parameters), so moving a slider or reopening a
+page does not recompute them, and retraining or new probabilities invalidates them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from refiner.classes import IGNORE
+from refiner.crf import DEFAULT_GRID, CRFParams, GridSearchResult, dense_crf, grid_search
+from refiner.metrics import Scores, evaluate
+from refiner.workspace import Workspace
+
+
+def refinement(ws: Workspace) -> list[np.ndarray]:
+    """The RNN's probabilities at t = 0..T over the tile: a list of (K, H, W) float32."""
+    from refiner.inference import refine
+    from refiner.models.io import load_model
+
+    if not ws.has_model("rnn"):
+        raise ValueError("this workspace has no refinement RNN yet: train one on the Train page")
+    stamp = f"{ws.model_stamp('rnn')}:{ws.probs_stamp()}"
+    cached = ws.load_result("refinement", stamp)
+    if cached is not None:
+        return [p.astype(np.float32) for p in cached["probs"]]
+    bundle = load_model(ws.model_dir("rnn"), expect="rnn")
+    if list(bundle.classes.names) != list(ws.classes.names):
+        raise ValueError(
+            f"the RNN was trained for classes {list(bundle.classes.names)}, "
+            f"this workspace has {list(ws.classes.names)}: train a new one"
+        )
+    out = refine(bundle, ws.tile(), ws.coarse_probs(), keep_all=True)
+    ws.save_result("refinement", stamp, probs=np.stack(out.probs).astype(np.float16))
+    return out.probs
+
+
+def crf_probs(ws: Workspace, params: CRFParams) -> np.ndarray:
+    """The dense CRF's probabilities (K, H, W) on the coarse ones, with ``params``."""
+    stamp = f"{ws.probs_stamp()}:{json.dumps(params.to_dict(), sort_keys=True)}"
+    cached = ws.load_result("crf", stamp)
+    if cached is not None:
+        return cached["probs"].astype(np.float32)
+    probs = dense_crf(ws.tile().image, ws.coarse_probs(), params)
+    ws.save_result("crf", stamp, probs=probs.astype(np.float16))
+    return probs
+
+
+def crf_params(ws: Workspace) -> CRFParams:
+    d = ws.settings.get("crf")
+    return CRFParams.from_dict(d) if d else CRFParams()
+
+
+@dataclass
+class EvalLabels:
+    labels: np.ndarray
+    description: str
+
+    @property
+    def pixels(self) -> int:
+        return int((self.labels != IGNORE).sum())
+
+
+def eval_labels(ws: Workspace) -> EvalLabels | None:
+    """Labels to score maps against: what the last training run held back, else all painted
+    pixels (when no run has used them). None when nothing is labelled."""
+    held = ws.holdout()
+    if held is not None and (held != IGNORE).any():
+        return EvalLabels(held, "the painted pixels the last training run held back")
+    labels = ws.labels()
+    if not (labels != IGNORE).any():
+        return None
+    return EvalLabels(labels, "all painted pixels (no training run has held any back yet)")
+
+
+def training_labels(ws: Workspace) -> np.ndarray:
+    """Painted pixels minus the held-out ones: what a grid search may tune on."""
+    labels = ws.labels().copy()
+    held = ws.holdout()
+    if held is not None:
+        labels[held != IGNORE] = IGNORE
+    return labels
+
+
+def iteration_scores(probs: list[np.ndarray], truth: np.ndarray) -> list[Scores]:
+    k = probs[0].shape[0]
+    return [evaluate(p.argmax(0).astype(np.uint8), truth, k) for p in probs]
+
+
+def search_crf(ws: Workspace, grid: dict | None = None) -> GridSearchResult:
+    """Grid-search the CRF on the painted (not held-out) labels and keep the best parameters."""
+    labels = training_labels(ws)
+    if not (labels != IGNORE).any():
+        raise ValueError("the grid search needs painted labels: paint some on the Label page")
+    result = grid_search(ws.tile().image, ws.coarse_probs(), labels, grid or DEFAULT_GRID, base=crf_params(ws))
+    ws.update_settings(crf=result.best.to_dict())
+    return result
+
+
+def current_class_map(ws: Workspace) -> tuple[np.ndarray | None, str]:
+    """The best map there is for display: refined when an RNN exists, else the coarse argmax."""
+    if not ws.has_coarse():
+        return None, ""
+    if ws.has_model("rnn"):
+        try:
+            return refinement(ws)[-1].argmax(0).astype(np.uint8), "refined (RNN)"
+        except ValueError:
+            pass
+    return ws.coarse_probs().argmax(0).astype(np.uint8), "coarse CNN"

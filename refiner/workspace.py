@@ -1,0 +1,529 @@
+"""A workspace: one folder on disk that holds a tile and everything made from it.
+
+The web app keeps nothing that matters in memory: the tile, the painted labels, the coarse
+probabilities, the models, the training status and the results all live here, so a browser
+refresh or a server restart finds them again. Layout::
+
+    <root>/<name>/
+        workspace.json        settings: classes, where the tile came from, CRF parameters, ...
+        tile.tif              the image (uint8 or float32 RGB, with the source's georeferencing)
+        labels.tif            painted labels on the tile's grid, mask values, 255 = unlabelled
+        coarse_probs.tif      coarse class probabilities (K bands)
+        models/coarse/        the coarse CNN (when the probabilities come from one)
+        models/rnn/           the current refinement RNN
+        models/checkpoint/    the latest checkpoint of a training run
+        holdout.tif           the labels the last training run held back for validation
+        jobs/                 training status (see :mod:`refiner.jobs`)
+        results/              cached refinements, CRF maps, exports
+        undo/                 previous label rasters, newest last
+
+Every write goes to a temporary file that is then renamed, so a crash never leaves half a file.
+Uploads are checked here, with :class:`ValueError` messages that say what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.errors import RasterioError
+
+from refiner.classes import IGNORE, ClassSpec
+from refiner.raster import (
+    Georef,
+    RasterError,
+    Tile,
+    raster_info,
+    read_image,
+    read_labels,
+    read_probs,
+    write_probs,
+    write_raster,
+)
+
+SETTINGS = "workspace.json"
+TILE, LABELS, COARSE_PROBS, HOLDOUT = "tile.tif", "labels.tif", "coarse_probs.tif", "holdout.tif"
+#: Largest tile the app loads whole (pixels): beyond this, read a window of the raster.
+MAX_PIXELS = 4096 * 4096
+UNDO_DEPTH = 10
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+", b"\x89PNG", b"\xff\xd8\xff")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+DEMO_NAME = "demo"
+ASSETS = Path(__file__).resolve().parents[1] / "assets" / "demo"
+
+
+def default_root() -> Path:
+    """``$REFINER_WORKSPACES``, else ``workspaces/`` in the repository."""
+    env = os.environ.get("REFINER_WORKSPACES")
+    return Path(env) if env else Path(__file__).resolve().parents[1] / "workspaces"
+
+
+def check_name(name: str) -> str:
+    name = name.strip()
+    if not _NAME.match(name):
+        raise ValueError(
+            f"{name!r} is not a usable workspace name: use up to 64 letters, digits, '-', '_' or '.', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_bytes(path, json.dumps(data, indent=2, default=_json_default).encode())
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return default
+
+
+# --------------------------------------------------------------------------- upload checks
+
+
+def sniff_image(data: bytes, name: str) -> None:
+    """Raise ``ValueError`` unless ``data`` starts like a TIFF, PNG or JPEG file."""
+    if not data:
+        raise ValueError(f"{name} is empty")
+    if not data.startswith(_MAGIC):
+        raise ValueError(f"{name} is not an image Refiner can read: upload a GeoTIFF, PNG or JPEG file")
+
+
+def _staged(data: bytes, name: str):
+    """A temporary copy of uploaded bytes with the upload's suffix (GDAL picks drivers by it)."""
+    suffix = Path(name).suffix.lower() or ".tif"
+    fd, tmp = tempfile.mkstemp(suffix=suffix)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return Path(tmp)
+
+
+def load_tile(source: str | Path, *, window: tuple[int, int, int, int] | None = None, name: str = "") -> Tile:
+    """Read imagery for a workspace with app-friendly errors.
+
+    One- or two-band images are shown as grey (band 1 three times); tiles above
+    :data:`MAX_PIXELS` must be read by window.
+    """
+    label = name or str(source)
+    try:
+        info = raster_info(source)
+    except (RasterError, RasterioError, FileNotFoundError) as exc:
+        raise ValueError(f"{label} could not be opened as an image: {_short(exc)}") from exc
+    h, w = (window[2], window[3]) if window else (info["height"], info["width"])
+    if window:
+        r, c = window[0], window[1]
+        if r < 0 or c < 0 or h <= 0 or w <= 0 or r + h > info["height"] or c + w > info["width"]:
+            raise ValueError(
+                f"the window (row {r}, col {c}, {h}x{w}) does not fit in {label}, "
+                f"which is {info['height']}x{info['width']} pixels"
+            )
+    if h * w > MAX_PIXELS:
+        raise ValueError(
+            f"{label} is {info['height']}x{info['width']} pixels; the app works on tiles up to "
+            f"{MAX_PIXELS // 1_000_000} megapixels: read a window of it (row, col, height, width)"
+        )
+    bands = (1, 1, 1) if info["bands"] < 3 else None
+    try:
+        return read_image(source, bands=bands, window=window)
+    except RasterError as exc:
+        raise ValueError(str(exc)) from exc
+    except (RasterioError, OSError) as exc:
+        raise ValueError(f"{label} is damaged or truncated and its pixels cannot be read: {_short(exc)}") from exc
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+
+
+def tile_from_upload(data: bytes, name: str) -> Tile:
+    """Check and read an uploaded image (GeoTIFF, PNG, JPEG)."""
+    if not name.lower().endswith(IMAGE_SUFFIXES):
+        raise ValueError(f"{name}: upload a GeoTIFF (.tif), PNG or JPEG image")
+    sniff_image(data, name)
+    tmp = _staged(data, name)
+    try:
+        tile = load_tile(tmp, name=name)
+    finally:
+        tmp.unlink(missing_ok=True)
+    tile.source = name
+    return tile
+
+
+# --------------------------------------------------------------------------- the workspace
+
+
+@dataclass
+class Workspace:
+    """A workspace folder; see the module docstring for its layout."""
+
+    path: Path
+
+    # ----------------------------------------------------------------- create / open
+    @classmethod
+    def create(
+        cls,
+        root: str | Path,
+        name: str,
+        tile: Tile,
+        classes: ClassSpec,
+        *,
+        source: dict | None = None,
+        overwrite: bool = False,
+    ) -> Workspace:
+        """A new workspace holding ``tile``, with empty labels."""
+        folder = Path(root) / check_name(name)
+        if folder.exists():
+            if not overwrite:
+                raise ValueError(f"a workspace called {name!r} exists already: open it or pick another name")
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        ws = cls(folder)
+        image = tile.image
+        if tile.dtype == "uint8":
+            write_raster(folder / TILE, (image * 255 + 0.5).astype(np.uint8), tile.georef)
+        else:
+            write_raster(folder / TILE, image.astype(np.float32), tile.georef)
+        if not tile.valid.all():
+            np.save(folder / "valid.npy", tile.valid)
+        info = {
+            "name": folder.name,
+            "width": tile.shape[1],
+            "height": tile.shape[0],
+            "bands": tile.band_count,
+            "dtype": tile.dtype,
+            "crs": tile.georef.crs.to_string() if tile.georef else None,
+            "resolution": tile.resolution,
+        }
+        ws.save_settings(
+            {
+                "name": folder.name,
+                "created": time.time(),
+                "classes": classes.to_dict(),
+                "source": {**info, **(source or {})},
+                "coarse": None,
+                "crf": None,
+            }
+        )
+        ws.write_labels(np.full(tile.shape, IGNORE, np.uint8), undo=False)
+        return ws
+
+    @classmethod
+    def open(cls, root: str | Path, name: str) -> Workspace:
+        folder = Path(root) / check_name(name)
+        if not (folder / SETTINGS).is_file() or not (folder / TILE).is_file():
+            raise ValueError(f"there is no workspace called {name!r} in {root}")
+        return cls(folder)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    # ----------------------------------------------------------------- settings
+    @property
+    def settings(self) -> dict:
+        return read_json(self.path / SETTINGS, {})
+
+    def save_settings(self, settings: dict) -> None:
+        atomic_write_json(self.path / SETTINGS, settings)
+
+    def update_settings(self, **changes: Any) -> dict:
+        s = self.settings
+        s.update(changes)
+        self.save_settings(s)
+        return s
+
+    @property
+    def classes(self) -> ClassSpec:
+        return ClassSpec.from_dict(self.settings["classes"])
+
+    # ----------------------------------------------------------------- tile
+    def tile(self) -> Tile:
+        tile = read_image(self.path / TILE)
+        valid_path = self.path / "valid.npy"
+        if valid_path.is_file():
+            tile.valid = np.load(valid_path)
+        src = self.settings.get("source", {})
+        tile.dtype = src.get("dtype", tile.dtype)
+        tile.band_count = src.get("bands", tile.band_count)
+        tile.source = src.get("name", self.name)
+        return tile
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        s = self.settings["source"]
+        return int(s["height"]), int(s["width"])
+
+    @property
+    def georef(self) -> Georef | None:
+        with rasterio.open(self.path / TILE) as ds:
+            if ds.crs is None:
+                return None
+            return Georef(ds.crs, ds.transform)
+
+    # ----------------------------------------------------------------- labels
+    def labels(self) -> np.ndarray:
+        """Painted labels as class indices (H, W) uint8, 255 = unlabelled."""
+        with rasterio.open(self.path / LABELS) as ds:
+            raw = ds.read(1)
+        return self.classes.encode_mask(raw, strict=False)
+
+    def write_labels(self, labels: np.ndarray, *, undo: bool = True) -> None:
+        """Store class indices (H, W); the previous labels go on the undo stack."""
+        if labels.shape != self.shape:
+            raise ValueError(f"labels are {labels.shape} but the tile is {self.shape}")
+        if undo and (self.path / LABELS).is_file():
+            self._push_undo(self.labels())
+        write_raster(self.path / LABELS, self.classes.decode(labels), self.georef, nodata=IGNORE)
+
+    def label_counts(self, labels: np.ndarray | None = None) -> dict[str, int]:
+        """Labelled pixels per class name (and ``unlabelled``)."""
+        labels = self.labels() if labels is None else labels
+        counts = np.bincount(labels.ravel(), minlength=256)
+        out = {n: int(counts[i]) for i, n in enumerate(self.classes.names)}
+        out["unlabelled"] = int(counts[IGNORE])
+        return out
+
+    def import_labels(self, data: bytes, name: str) -> np.ndarray:
+        """Replace the labels by an uploaded mask (pixel values = the classes' mask values)."""
+        if name.lower().endswith((".geojson", ".json")):
+            tmp = _staged(data, name)
+        else:
+            if not name.lower().endswith(IMAGE_SUFFIXES):
+                raise ValueError(f"{name}: upload a label mask as GeoTIFF or PNG (or polygons as GeoJSON)")
+            sniff_image(data, name)
+            tmp = _staged(data, name)
+        try:
+            tile = self.tile()
+            labels = read_labels(tmp, self.classes, like=tile)
+        except RasterError as exc:
+            raise ValueError(str(exc).replace(tmp.name, name)) from exc
+        except (RasterioError, OSError) as exc:
+            raise ValueError(f"{name} could not be read as a label mask: {_short(exc)}") from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+        self.write_labels(labels)
+        return labels
+
+    def _undo_dir(self) -> Path:
+        return self.path / "undo"
+
+    def _push_undo(self, labels: np.ndarray) -> None:
+        d = self._undo_dir()
+        d.mkdir(exist_ok=True)
+        stamp = f"{time.time_ns():020d}.npy"
+        tmp = d / (stamp + ".tmp")
+        with open(tmp, "wb") as f:
+            np.save(f, labels)
+        os.replace(tmp, d / stamp)
+        for old in sorted(d.glob("*.npy"))[:-UNDO_DEPTH]:
+            old.unlink(missing_ok=True)
+
+    def undo_depth(self) -> int:
+        d = self._undo_dir()
+        return len(list(d.glob("*.npy"))) if d.is_dir() else 0
+
+    def undo(self) -> bool:
+        """Restore the labels before the last change; False when there is nothing to undo."""
+        d = self._undo_dir()
+        steps = sorted(d.glob("*.npy")) if d.is_dir() else []
+        if not steps:
+            return False
+        last = steps[-1]
+        labels = np.load(last)
+        self.write_labels(labels, undo=False)
+        last.unlink()
+        return True
+
+    def holdout(self) -> np.ndarray | None:
+        """The labels the last training run held back (class indices), if any."""
+        p = self.path / HOLDOUT
+        if not p.is_file():
+            return None
+        with rasterio.open(p) as ds:
+            raw = ds.read(1)
+        return self.classes.encode_mask(raw, strict=False)
+
+    def write_holdout(self, labels: np.ndarray) -> None:
+        write_raster(self.path / HOLDOUT, self.classes.decode(labels), self.georef, nodata=IGNORE)
+
+    # ----------------------------------------------------------------- coarse probabilities
+    def has_coarse(self) -> bool:
+        return (self.path / COARSE_PROBS).is_file()
+
+    def coarse_probs(self) -> np.ndarray:
+        if not self.has_coarse():
+            raise ValueError("this workspace has no coarse probabilities yet: compute or upload them on the start page")
+        probs, _, _ = read_probs(self.path / COARSE_PROBS)
+        return probs
+
+    def write_coarse_probs(self, probs: np.ndarray, origin: dict) -> None:
+        k = len(self.classes)
+        if probs.shape != (k, *self.shape):
+            raise ValueError(
+                f"the probabilities are {probs.shape[0]} bands of {probs.shape[1]}x{probs.shape[2]} pixels; "
+                f"this workspace needs {k} bands (one per class: {', '.join(self.classes.names)}) "
+                f"of {self.shape[0]}x{self.shape[1]}"
+            )
+        write_probs(self.path / COARSE_PROBS, probs, self.georef, self.classes)
+        self.update_settings(coarse={**origin, "updated": time.time()})
+        self.clear_results()
+
+    def import_probs(self, data: bytes, name: str) -> None:
+        """Bring your own model: an uploaded probability GeoTIFF (one band per class)."""
+        if not name.lower().endswith((".tif", ".tiff")):
+            raise ValueError(f"{name}: upload probabilities as a GeoTIFF with one band per class")
+        sniff_image(data, name)
+        tmp = _staged(data, name)
+        try:
+            probs, classes, _ = read_probs(tmp)
+        except RasterError as exc:
+            raise ValueError(str(exc).replace(str(tmp), name)) from exc
+        except (RasterioError, OSError) as exc:
+            raise ValueError(f"{name} is damaged and its pixels cannot be read: {_short(exc)}") from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+        if classes is not None and list(classes.names) != list(self.classes.names):
+            raise ValueError(
+                f"{name} holds probabilities for classes {list(classes.names)}, "
+                f"but this workspace's classes are {list(self.classes.names)}"
+            )
+        self.write_coarse_probs(probs, {"source": "uploaded", "file": name})
+
+    # ----------------------------------------------------------------- models
+    def model_dir(self, kind: str) -> Path:
+        """``coarse``, ``rnn`` or ``checkpoint``."""
+        return self.path / "models" / kind
+
+    def has_model(self, kind: str) -> bool:
+        return (self.model_dir(kind) / "config.json").is_file()
+
+    def model_stamp(self, kind: str) -> str:
+        """Changes whenever the model is rewritten (for caching results made with it)."""
+        p = self.model_dir(kind) / "model.safetensors"
+        return f"{p.stat().st_mtime_ns}" if p.is_file() else ""
+
+    def probs_stamp(self) -> str:
+        p = self.path / COARSE_PROBS
+        return f"{p.stat().st_mtime_ns}" if p.is_file() else ""
+
+    def install_model(self, src: str | Path, kind: str) -> None:
+        """Copy a model folder into the workspace (replacing the one there)."""
+        dst = self.model_dir(kind)
+        tmp = dst.with_name(dst.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp)
+        shutil.rmtree(dst, ignore_errors=True)
+        os.replace(tmp, dst)
+
+    # ----------------------------------------------------------------- results
+    def results_dir(self) -> Path:
+        d = self.path / "results"
+        d.mkdir(exist_ok=True)
+        return d
+
+    def clear_results(self) -> None:
+        for p in self.results_dir().glob("*.npz"):
+            p.unlink(missing_ok=True)
+
+    def load_result(self, name: str, stamp: str) -> dict[str, np.ndarray] | None:
+        """A cached result array set, if it was made from the same inputs (``stamp``)."""
+        p = self.results_dir() / f"{name}.npz"
+        if not p.is_file():
+            return None
+        try:
+            with np.load(p) as z:
+                if str(z["stamp"]) != stamp:
+                    return None
+                return {k: z[k] for k in z.files if k != "stamp"}
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def save_result(self, name: str, stamp: str, **arrays: np.ndarray) -> None:
+        p = self.results_dir() / f"{name}.npz"
+        tmp = p.with_name(p.name + ".tmp.npz")
+        np.savez(tmp, stamp=np.array(stamp), **arrays)
+        os.replace(tmp, p)
+
+
+def list_workspaces(root: str | Path) -> list[str]:
+    """Names of the workspaces under ``root``."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / SETTINGS).is_file() and (p / TILE).is_file())
+
+
+# --------------------------------------------------------------------------- the demo
+
+
+def create_demo(root: str | Path, name: str = DEMO_NAME, *, assets: Path = ASSETS) -> Workspace:
+    """The embedded demo: the shipped synthetic tile, coarse CNN and RNN, and a labelled corner.
+
+    The coarse probabilities are computed with the shipped CNN; the labels start with the exact
+    truth of a 192x192 corner, as if a user had painted it (the rest is unlabelled).
+    """
+    from refiner.inference import predict_coarse
+    from refiner.models.io import load_model
+
+    if not (assets / "tile.tif").is_file():
+        raise FileNotFoundError(f"the demo assets are missing from {assets}: run scripts/make_demo_assets.py")
+    meta = read_json(assets / "demo.json", {})
+    classes = ClassSpec.from_dict(meta["classes"]) if "classes" in meta else None
+    coarse = load_model(assets / "coarse", expect="coarse")
+    classes = classes or coarse.classes
+    tile = read_image(assets / "tile.tif")
+    tile.source = "demo (synthetic scene)"
+    ws = Workspace.create(root, name, tile, classes, source={"kind": "demo", "name": "demo (synthetic scene)"})
+    ws.install_model(assets / "coarse", "coarse")
+    ws.install_model(assets / "rnn", "rnn")
+    ws.write_coarse_probs(
+        predict_coarse(coarse, tile), {"source": "shipped coarse CNN", "resolution": coarse.resolution}
+    )
+    truth = read_labels(assets / "truth.tif", classes, like=tile)
+    labels = np.full(tile.shape, IGNORE, np.uint8)
+    labels[:192, :192] = truth[:192, :192]
+    ws.write_labels(labels, undo=False)
+    return ws
+
+
+def open_or_create_demo(root: str | Path) -> Workspace:
+    """The demo workspace, created on first use (once, even when two sessions start together)."""
+    import fcntl
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".demo.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return Workspace.open(root, DEMO_NAME)
+        except ValueError:
+            shutil.rmtree(root / DEMO_NAME, ignore_errors=True)  # a half-made one from a crash
+            return create_demo(root)

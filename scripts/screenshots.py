@@ -1,0 +1,113 @@
+"""Take the README's screenshots from the real app (demo workspace) in Chromium.
+
+    .venv/bin/python scripts/screenshots.py      # or: make screenshots
+
+Starts ``streamlit run`` on a fresh workspace root, paints a stroke, trains a few steps, and
+saves one PNG per page to ``docs/screenshots``.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from playwright.sync_api import sync_playwright  # noqa: E402
+
+from tests.browser.harness import CHROMIUM, CHROMIUM_ARGS, REPO, open_page, settle, streamlit_server  # noqa: E402
+
+OUT = REPO / "docs" / "screenshots"
+
+
+def largest_building() -> tuple[slice, slice]:
+    """Where to paint 'building' for the picture: the demo's largest building outside the
+    labelled corner (from its shipped truth), so the stroke is a correct label."""
+    import numpy as np
+    import rasterio
+    from scipy import ndimage
+
+    with rasterio.open(REPO / "assets" / "demo" / "truth.tif") as ds:
+        truth = ds.read(1)
+    truth[:200, :200] = 0
+    comps, _ = ndimage.label(truth == 1)
+    sizes = np.bincount(comps.ravel())
+    sizes[0] = 0
+    return ndimage.find_objects(comps)[int(sizes.argmax()) - 1]
+
+
+def main() -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as root, streamlit_server(Path(root)) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(300_000)
+
+        def shot(name: str, full: bool = False) -> None:
+            page.screenshot(path=str(OUT / f"{name}.png"), full_page=full)
+            print("wrote", OUT / f"{name}.png")
+
+        open_page(page, url)
+        page.frame_locator("iframe").first.locator("img.leaflet-image-layer").first.wait_for()
+        page.mouse.wheel(0, 330)
+        page.wait_for_timeout(800)
+        shot("1_start")
+
+        open_page(page, url, "Label")
+        page.get_by_text("building (#").click()
+        settle(page)
+        canvas = page.locator("canvas").last
+        box = canvas.bounding_box()
+        rows, cols = largest_building()
+        scale = box["width"] / 512
+        y = box["y"] + (rows.start + rows.stop) / 2 * scale
+        x0, x1 = box["x"] + (cols.start + 5) * scale, box["x"] + (cols.stop - 5) * scale
+        page.mouse.move(x0, y)
+        page.mouse.down()
+        for k in range(1, 11):
+            page.mouse.move(x0 + (x1 - x0) * k / 10, y)
+        page.mouse.up()
+        page.wait_for_timeout(1500)
+        settle(page)
+        page.mouse.wheel(0, 180)
+        page.wait_for_timeout(500)
+        shot("2_label")
+
+        open_page(page, url, "Train", wait_for="text=Start training")
+        for label, value in (("Steps", "60"),):
+            field = page.get_by_label(label, exact=True)
+            field.fill(value)
+            field.press("Tab")
+        page.get_by_role("button", name="Start training").click()
+        page.locator('[data-testid="stProgress"]').filter(has_text="Finished").wait_for()
+        settle(page)
+        page.mouse.wheel(0, 420)
+        page.wait_for_timeout(800)
+        shot("3_train")
+
+        open_page(page, url, "Iterations")
+        slider = page.locator('[data-testid="stSlider"]').filter(has_text="Iteration t").get_by_role("slider")
+        slider.focus()
+        slider.press("ArrowLeft")
+        slider.press("ArrowLeft")
+        settle(page)
+        page.mouse.wheel(0, 250)
+        page.wait_for_timeout(800)
+        shot("4_iterations", full=True)
+
+        open_page(page, url, "Compare", wait_for='[data-testid="stTable"]')
+        page.mouse.wheel(0, 200)
+        page.wait_for_timeout(800)
+        shot("5_compare", full=True)
+
+        open_page(page, url, "Filters", wait_for='[data-testid="stImage"]')
+        shot("6_filters", full=True)
+
+        open_page(page, url, "Export", wait_for='[data-testid="stDownloadButton"]')
+        shot("7_export")
+        browser.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""Each page's logic through ``streamlit.testing.v1.AppTest`` (custom components such as the
+canvas and the map are not rendered here: the browser tests cover those)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyogrio
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from refiner import jobs, results
+from refiner.classes import IGNORE
+from refiner.workspace import Workspace
+from tests.app.conftest import REPO, make_workspace
+
+TIMEOUT = 180
+
+
+def run(page: str) -> AppTest:
+    at = AppTest.from_file(str(REPO / page), default_timeout=TIMEOUT).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def test_start_page_describes_the_tile(app_ws):
+    at = run("app.py")
+    m = metrics(at)
+    assert m["Size (rows × cols)"] == "96 × 96" and m["CRS"] == "EPSG:32614" and m["Bands"] == "3"
+    assert m["Ground resolution"] == "1.00 m/px" and m["Data type"] == "uint8"
+    assert not at.error
+
+
+def test_a_bad_cog_url_is_an_error_message_not_a_traceback(app_ws, tmp_path):
+    bad = tmp_path / "corrupt.tif"
+    bad.write_bytes(b"II*\x00" + b"\x00" * 50)
+    at = run("app.py")
+    at.text_input(key="cog_url").input(str(bad)).run()
+    at.button(key="read_cog").click().run()
+    assert not at.exception
+    assert at.error and "could not be opened" in at.error[0].value
+
+
+def test_workspace_survives_a_new_session(app_ws):
+    """A refresh or restart is a new session: it must find the same workspace and labels."""
+    other = make_workspace(app_ws.path.parent, "second")
+    labels = other.labels()
+    labels[:] = IGNORE
+    labels[:3, :3] = 1
+    other.write_labels(labels)
+    at = run("pages/1_Label.py")  # .last_workspace names "second" now
+    assert at.sidebar.selectbox[0].value == "second"
+    assert metrics(at)["building"] == "9"
+
+
+def test_label_page_counts_and_undo(app_ws):
+    at = run("pages/1_Label.py")
+    counts = app_ws.label_counts()
+    assert metrics(at)["road"] == f"{counts['road']:,}"
+    assert at.button(key="undo").disabled
+    labels = app_ws.labels()
+    labels[60:70, 60:70] = 2  # as a stroke would
+    app_ws.write_labels(labels)
+    at.run()
+    assert metrics(at)["road"] == f"{counts['road'] + 100:,}"
+    at.button(key="undo").click().run()
+    assert metrics(at)["road"] == f"{counts['road']:,}"
+    assert at.radio(key="brush").options[-1].startswith("eraser")
+
+
+def test_train_page_trains_in_the_background_and_shows_progress(app_ws):
+    at = run("pages/2_Train.py")
+    assert "CPU" in at.markdown[0].value
+    assert any("No training run yet" in i.value for i in at.info)
+    at.number_input(key="steps").set_value(6)
+    at.number_input(key="patch").set_value(24)
+    at.button[0].click().run()  # the form's submit button
+    st = jobs.wait(app_ws, timeout=120)
+    assert st.state == "finished", st.message
+    at.run()
+    m = metrics(at)
+    assert m["Step"] == "6 / 6" and m["Device"] == "cpu"
+    assert m["Held-out mean IoU"] != "–"
+    assert app_ws.holdout() is not None
+
+
+def test_iterations_page_scores_every_iteration(app_ws):
+    at = run("pages/3_Iterations.py")
+    slider = at.slider(key="iteration")
+    assert slider.value == 3 and slider.max == 3
+    slider.set_value(0).run()
+    ev = results.eval_labels(app_ws)
+    scores = results.iteration_scores(results.refinement(app_ws), ev.labels)
+    m = metrics(at)
+    assert m["Accuracy at t = 0"] == f"{scores[0].overall_accuracy:.3f}"
+    # t = 0 is the coarse map itself
+    coarse_acc = results.iteration_scores([app_ws.coarse_probs()], ev.labels)[0].overall_accuracy
+    assert m["Accuracy at t = 0"] == f"{coarse_acc:.3f}"
+
+
+def test_pages_that_need_an_rnn_say_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("REFINER_WORKSPACES", str(tmp_path))
+    make_workspace(tmp_path, "bare", with_rnn=False)
+    for page in ("pages/3_Iterations.py", "pages/5_Filters.py", "pages/6_Export.py"):
+        at = run(page)
+        assert at.error and "Train page" in at.error[0].value, page
+
+
+def test_compare_page_table_and_grid_search(app_ws):
+    at = run("pages/4_Compare.py")
+    table = at.table[0].value
+    assert list(table.index) == ["Coarse CNN", "Dense CRF", "RNN"]
+    assert {"overall accuracy", "mean IoU", "IoU building", "IoU road"} <= set(table.columns)
+    assert ((table["overall accuracy"] >= 0) & (table["overall accuracy"] <= 1)).all()
+    at.button(key="grid_search").click().run()
+    assert at.success and "Best of 48 settings" in at.success[0].value
+    assert Workspace(app_ws.path).settings["crf"] is not None
+
+
+def test_filters_page_shows_kernels_and_a_response(app_ws):
+    at = run("pages/5_Filters.py")
+    captions = [c.value for c in at.caption]
+    assert any("Response range" in c for c in captions)
+    at.radio(key="filter_kind").set_value("N (image)").run()
+    at.number_input(key="filter_index").set_value(31).run()
+    assert not at.exception and any("normalised image" in c.value for c in at.caption)
+
+
+def test_export_page_writes_georeferenced_files(app_ws):
+    at = run("pages/6_Export.py")
+    assert not at.error
+    out = app_ws.path / "results"
+    import rasterio
+
+    with rasterio.open(out / "refined_map.tif") as ds:
+        assert ds.crs.to_epsg() == 32614 and ds.shape == (96, 96)
+    with rasterio.open(out / "refined_probs.tif") as ds:
+        assert ds.count == 3 and np.allclose(ds.read().sum(0), 1, atol=1e-3)
+    meta = pyogrio.read_info(out / "refined_polygons.gpkg")
+    assert meta["features"] > 0 and "32614" in meta["crs"]
+
+
+def test_first_start_creates_the_demo(tmp_path, monkeypatch):
+    if not (REPO / "assets" / "demo" / "tile.tif").is_file():
+        pytest.skip("demo assets not built")
+    monkeypatch.setenv("REFINER_WORKSPACES", str(tmp_path))
+    at = run("app.py")
+    assert (tmp_path / "demo" / "workspace.json").is_file() and not at.error
+    assert metrics(at)["Size (rows × cols)"] == "512 × 512"
+    ws = Workspace.open(tmp_path, "demo")
+    assert ws.has_model("rnn") and ws.has_coarse() and ws.label_counts()["unlabelled"] == 512 * 512 - 192 * 192
+
+
+def test_a_window_of_a_cloud_optimized_geotiff_becomes_a_workspace(app_ws, tmp_path):
+    from refiner.raster import write_raster
+    from refiner.synthetic import make_scene
+
+    scene = make_scene(200, seed=3)
+    cog = tmp_path / "scene.tif"  # a local path stands in for the URL: rasterio reads both alike
+    write_raster(cog, (scene.image * 255).astype(np.uint8), scene.georef)
+    at = run("app.py")
+    at.text_input(key="cog_url").input(str(cog))
+    at.number_input(key="cog_row").set_value(50)
+    at.number_input(key="cog_col").set_value(20)
+    at.number_input(key="cog_h").set_value(64)
+    at.number_input(key="cog_w").set_value(96).run()
+    at.button(key="read_cog").click().run()
+    assert not at.exception and not at.error
+    ws = Workspace.open(app_ws.path.parent, "cog-window")
+    tile = ws.tile()
+    assert tile.shape == (64, 96)
+    assert tile.georef.transform.c == scene.georef.transform.c + 20  # the window's own origin
+    assert metrics(at)["Size (rows × cols)"] == "64 × 96"  # the app switched to it

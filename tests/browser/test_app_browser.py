@@ -1,0 +1,160 @@
+"""The app in a real browser: Chromium (Debian's) driven by Playwright against ``streamlit run``.
+
+Runs in file order on one server and one demo workspace, the way a user would go through it:
+open the demo, paint, train a few steps, slide through the iterations, compare.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.browser.harness import CHROMIUM, CHROMIUM_ARGS, REPO, metrics, open_page, settle, streamlit_server
+
+if not Path(CHROMIUM).exists():
+    if os.environ.get("CI"):
+        pytest.fail(f"{CHROMIUM} is missing in CI: `make test` installs it with apt-get", pytrace=False)
+    pytest.skip(f"{CHROMIUM} not found: install it with `apt-get install chromium`", allow_module_level=True)
+if not (REPO / "assets" / "demo" / "tile.tif").is_file():
+    pytest.fail("the demo assets are missing: run scripts/make_demo_assets.py", pytrace=False)
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory):
+    with streamlit_server(tmp_path_factory.mktemp("workspaces")) as u:
+        yield u
+
+
+@pytest.fixture(scope="module")
+def page(url):
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        pg = browser.new_page(viewport={"width": 1400, "height": 1100})
+        pg.set_default_timeout(120_000)
+        yield pg
+        browser.close()
+
+
+def test_the_demo_opens_without_an_upload(page, url):
+    open_page(page, url)
+    m = metrics(page)
+    assert m["Size (rows × cols)"] == "512 × 512"
+    assert m["CRS"] == "EPSG:32614" and m["Ground resolution"] == "1.00 m/px"
+    # the leafmap map draws offline: Leaflet runs and shows the tile and class map layers
+    frame = page.frame_locator("iframe").first
+    frame.locator(".leaflet-container").wait_for()
+    assert frame.locator("img.leaflet-image-layer").count() == 2
+
+
+def test_painting_a_stroke_changes_the_class_pixel_count(page, url):
+    open_page(page, url, "Label")
+    before = metrics(page)
+    page.get_by_text(re.compile(r"^road \(#")).click()
+    settle(page)
+    canvas = page.locator("canvas").last
+    canvas.wait_for()
+    box = canvas.bounding_box()
+    x, y = box["x"] + box["width"] * 0.7, box["y"] + box["height"] * 0.8
+    page.mouse.move(x, y)
+    page.mouse.down()
+    for k in range(1, 16):
+        page.mouse.move(x + 6 * k, y - 2 * k)
+    page.mouse.up()
+    page.wait_for_function(
+        "(before) => { const v = [...document.querySelectorAll('[data-testid=stMetricValue]')];"
+        " return v.length > 3 && v[2].innerText !== before[0] && v[3].innerText !== before[1]; }",
+        arg=[before["road"], before["unlabelled"]],
+        timeout=60_000,
+    )
+    settle(page)
+    after = metrics(page)
+    num = lambda s: int(s.replace(",", ""))  # noqa: E731
+    assert num(after["road"]) > num(before["road"]) + 100
+    assert num(after["unlabelled"]) < num(before["unlabelled"])
+    # a refresh is a new session: the labels were saved in the workspace
+    page.reload()
+    page.wait_for_selector('[data-testid="stMetricValue"]')
+    settle(page)
+    assert metrics(page)["road"] == after["road"]
+
+
+def test_training_a_few_steps_shows_progress(page, url):
+    open_page(page, url, "Train", wait_for="text=Start training")
+    assert "on CPU (no GPU found" in page.get_by_text("Fine-tunes the RNN").inner_text()
+    for label, value in (("Steps", "6"), ("Batch size", "2"), ("Patch size (px)", "24")):
+        field = page.get_by_label(label, exact=True)
+        field.fill(value)
+        field.press("Tab")
+    page.get_by_role("button", name="Start training").click()
+    progress = page.locator('[data-testid="stProgress"]')
+    progress.filter(has_text=re.compile("Training on cpu|Starting")).wait_for(timeout=60_000)
+    progress.filter(has_text="Finished").wait_for(timeout=240_000)
+    page.locator('[data-testid="stMetricValue"]').filter(has_text="6 / 6").wait_for()
+    settle(page)
+    m = metrics(page)
+    assert m["Step"] == "6 / 6" and m["Device"] == "cpu"
+    assert page.locator(".js-plotly-plot").count() >= 1  # the loss curve
+
+
+def test_the_iteration_slider_moves_through_t(page, url):
+    open_page(page, url, "Iterations")
+    assert "Accuracy at t = 5" in metrics(page)
+    slider = page.locator('[data-testid="stSlider"]').filter(has_text="Iteration t").get_by_role("slider")
+    slider.focus()
+    slider.press("Home")
+    # the script reruns and redraws top to bottom: wait for the last part to show t = 0
+    page.get_by_text("class map at t = 0 (coarse CNN)").wait_for()
+    page.locator('[data-testid="stMetricLabel"]').filter(has_text="Accuracy at t = 0").wait_for()
+    settle(page)
+    assert "Accuracy at t = 5" not in metrics(page)
+    slider.press("ArrowRight")
+    page.locator('[data-testid="stMetricLabel"]').filter(has_text="Accuracy at t = 1").wait_for()
+    page.get_by_text("class map at t = 1").wait_for()
+    assert page.locator(".js-plotly-plot").count() == 1  # scores per iteration
+
+
+def test_the_compare_table_lists_every_method(page, url):
+    open_page(page, url, "Compare", wait_for='[data-testid="stTable"]')
+    table = page.locator('[data-testid="stTable"]').inner_text()
+    for method in ("Coarse CNN", "Dense CRF", "RNN"):
+        assert method in table
+    assert "IoU building" in table and "mean IoU" in table
+
+
+def _png(height: int, width: int) -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((height, width), np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_bad_uploads_show_what_is_wrong_not_a_traceback(page, url):
+    open_page(page, url)
+    page.get_by_role("tab", name="Upload an image").click()
+    uploader = page.locator('[data-testid="stFileUploader"]').filter(has_text="GeoTIFF, PNG or JPEG")
+    uploader.locator("input[type=file]").set_input_files(
+        files=[{"name": "notes.tif", "mimeType": "image/tiff", "buffer": b"just some text, not a picture"}]
+    )
+    settle(page)
+    page.get_by_role("button", name="Create workspace").click()
+    page.get_by_text("is not an image Refiner can read").wait_for()
+    assert page.locator('[data-testid="stException"]').count() == 0
+
+    open_page(page, url, "Label")
+    uploader = page.locator('[data-testid="stFileUploader"]').filter(has_text="GeoTIFF/PNG mask")
+    uploader.locator("input[type=file]").set_input_files(
+        files=[{"name": "small.png", "mimeType": "image/png", "buffer": _png(100, 80)}]
+    )
+    settle(page)
+    page.get_by_role("button", name="Replace the labels with this mask").click()
+    page.get_by_text("they must cover the same grid").wait_for()
+    assert page.locator('[data-testid="stException"]').count() == 0

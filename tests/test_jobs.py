@@ -1,0 +1,75 @@
+import time
+
+import numpy as np
+import pytest
+
+from refiner import jobs
+from refiner.classes import IGNORE
+from refiner.models.io import load_model
+from refiner.synthetic import DEMO_CLASSES
+from refiner.workspace import Workspace
+from tests.conftest import coarse_probs_from_labels
+
+
+@pytest.fixture()
+def ws(tmp_path, scene):
+    ws = Workspace.create(tmp_path, "w", scene.tile(), DEMO_CLASSES)
+    ws.write_coarse_probs(coarse_probs_from_labels(scene.truth, 3), {"source": "test"})
+    labels = np.full(scene.truth.shape, IGNORE, np.uint8)
+    labels[:96, :96] = scene.truth[:96, :96]
+    ws.write_labels(labels)
+    return ws
+
+
+def test_training_runs_in_the_background_and_reports(ws):
+    params = jobs.TrainParams(steps=12, eval_every=4, checkpoint_every=6, batch_size=2, patch_size=24, resume=False)
+    st = jobs.start_training(ws, params)
+    assert st.state == "queued"
+    with pytest.raises(RuntimeError, match="already going"):
+        jobs.start_training(ws, params)
+    done = jobs.wait(ws, timeout=120)
+    assert done.state == "finished", done.message
+    assert done.step == 12 and done.device == "cpu" and [s for s, _ in done.loss][-1] == 12
+    assert [v["step"] for v in done.val] == [4, 8, 12] and 0 <= done.best_val <= 1
+    model = load_model(ws.model_dir("rnn"), expect="rnn")
+    assert model.info["trained_steps"] == 12
+    assert ws.has_model("checkpoint")
+    held = ws.holdout()  # the held-out pixels are labelled ones, and only some of them
+    assert 0 < (held != IGNORE).sum() < (ws.labels() != IGNORE).sum()
+
+
+def test_continue_training_adds_steps(ws):
+    jobs.start_training(ws, jobs.TrainParams(steps=5, batch_size=2, patch_size=24, resume=False))
+    assert jobs.wait(ws, 120).state == "finished"
+    jobs.start_training(ws, jobs.TrainParams(steps=4, batch_size=2, patch_size=24, resume=True))
+    st = jobs.wait(ws, 120)
+    assert st.state == "finished" and st.start_step == 5
+    assert load_model(ws.model_dir("rnn")).info["trained_steps"] == 9
+
+
+def test_cancel_stops_the_run_and_keeps_a_model(ws):
+    jobs.start_training(ws, jobs.TrainParams(steps=100000, batch_size=2, patch_size=24, resume=False))
+    t0 = time.time()
+    while (jobs.read_status(ws).step or 0) < 3 and time.time() - t0 < 60:
+        time.sleep(0.05)
+    jobs.request_cancel(ws)
+    st = jobs.wait(ws, 60)
+    assert st.state == "cancelled" and 3 <= st.step < 100000
+    assert ws.has_model("rnn")
+
+
+def test_failures_are_reported_not_raised(ws):
+    ws.write_labels(np.full(ws.shape, IGNORE, np.uint8))
+    jobs.start_training(ws, jobs.TrainParams(steps=3))
+    st = jobs.wait(ws, 60)
+    assert st.state == "failed" and "no labelled pixel" in st.message
+
+
+def test_a_run_whose_process_died_reads_as_interrupted(ws):
+    st = jobs.JobStatus(id="gone", state="running", steps=10)
+    jobs.write_status(ws, st)
+    assert jobs.read_status(ws).state == "running"  # fresh heartbeat: maybe another worker
+    d = jobs.read_json(ws.path / "jobs" / jobs.STATUS)
+    d["updated"] -= 3600
+    jobs.atomic_write_json(ws.path / "jobs" / jobs.STATUS, d)
+    assert jobs.read_status(ws).state == "interrupted"

@@ -1,0 +1,122 @@
+import io
+
+import numpy as np
+import pytest
+import rasterio
+from PIL import Image
+
+from refiner.classes import IGNORE, ClassSpec
+from refiner.raster import write_probs, write_raster
+from refiner.synthetic import DEMO_CLASSES
+from refiner.workspace import Workspace, list_workspaces, load_tile, tile_from_upload
+
+
+@pytest.fixture()
+def ws(tmp_path, scene):
+    return Workspace.create(tmp_path, "w1", scene.tile(), DEMO_CLASSES, source={"kind": "test"})
+
+
+def _png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_create_and_reopen_keeps_tile_labels_and_settings(tmp_path, scene, ws):
+    labels = np.full(scene.truth.shape, IGNORE, np.uint8)
+    labels[10:20, 10:30] = 1
+    ws.write_labels(labels)
+    again = Workspace.open(tmp_path, "w1")  # as after a server restart
+    assert np.array_equal(again.labels(), labels)
+    assert again.label_counts()["building"] == 200
+    assert again.settings["source"]["crs"] == "EPSG:32614"
+    tile = again.tile()
+    assert tile.shape == scene.truth.shape and tile.georef.transform == scene.georef.transform
+    assert np.abs(tile.image - scene.image).max() <= 1 / 255 + 1e-6
+    assert list_workspaces(tmp_path) == ["w1"]
+    with rasterio.open(again.path / "labels.tif") as ds:  # a raster aligned to the tile
+        assert ds.transform == scene.georef.transform and ds.nodata == IGNORE
+
+
+def test_names_are_checked_and_not_overwritten(tmp_path, scene, ws):
+    with pytest.raises(ValueError, match="exists already"):
+        Workspace.create(tmp_path, "w1", scene.tile(), DEMO_CLASSES)
+    with pytest.raises(ValueError, match="not a usable workspace name"):
+        Workspace.create(tmp_path, "../evil", scene.tile(), DEMO_CLASSES)
+    with pytest.raises(ValueError, match="no workspace"):
+        Workspace.open(tmp_path, "nope")
+
+
+def test_undo_restores_previous_labels_in_order(ws):
+    a = ws.labels()
+    b = a.copy()
+    b[0, 0] = 0
+    c = b.copy()
+    c[1, 1] = 2
+    ws.write_labels(b)
+    ws.write_labels(c)
+    assert ws.undo_depth() == 2
+    assert ws.undo() and np.array_equal(ws.labels(), b)
+    assert ws.undo() and np.array_equal(ws.labels(), a)
+    assert not ws.undo()
+
+
+def test_upload_checks_say_what_is_wrong(tmp_path, ws):
+    with pytest.raises(ValueError, match="not an image"):
+        tile_from_upload(b"hello, this is a text file", "notes.tif")
+    with pytest.raises(ValueError, match="GeoTIFF"):
+        tile_from_upload(b"%PDF-1.4", "paper.pdf")
+    # a GeoTIFF cut in half: the header opens, the pixels do not
+    p = tmp_path / "x.tif"
+    write_raster(p, np.random.default_rng(0).integers(0, 255, (3, 300, 300), dtype=np.uint8), None)
+    data = p.read_bytes()
+    with pytest.raises(ValueError, match="damaged|could not be opened"):
+        tile_from_upload(data[: len(data) // 2], "half.tif")
+    # a PNG is fine, grey images become RGB
+    tile = tile_from_upload(_png(np.full((20, 30), 128, np.uint8)), "grey.png")
+    assert tile.image.shape == (3, 20, 30) and tile.georef is None
+
+
+def test_label_import_checks_size_and_values(ws):
+    h, w = ws.shape
+    with pytest.raises(ValueError, match="must cover the same grid"):
+        ws.import_labels(_png(np.zeros((h + 1, w), np.uint8)), "small.png")
+    with pytest.raises(ValueError, match="not class values"):
+        ws.import_labels(_png(np.full((h, w), 7, np.uint8)), "bad.png")
+    mask = np.full((h, w), 255, np.uint8)
+    mask[:5] = 2
+    got = ws.import_labels(_png(mask), "ok.png")
+    assert ws.label_counts()["road"] == 5 * w and np.array_equal(ws.labels(), got)
+
+
+def test_probability_upload_must_match_tile_and_classes(tmp_path, ws, scene):
+    h, w = ws.shape
+    p = tmp_path / "p.tif"
+    write_probs(p, np.full((2, h, w), 0.5, np.float32), None, ClassSpec(("a", "b")))
+    with pytest.raises(ValueError, match="classes"):
+        ws.import_probs(p.read_bytes(), "p.tif")
+    write_probs(p, np.full((3, h, w - 1), 1 / 3, np.float32), None, DEMO_CLASSES)
+    with pytest.raises(ValueError, match="3 bands"):
+        ws.import_probs(p.read_bytes(), "p.tif")
+    write_probs(p, np.full((3, h, w), 1 / 3, np.float32), scene.georef, DEMO_CLASSES)
+    ws.import_probs(p.read_bytes(), "p.tif")
+    assert ws.coarse_probs().shape == (3, h, w) and ws.settings["coarse"]["source"] == "uploaded"
+
+
+def test_large_rasters_need_a_window(tmp_path, monkeypatch):
+    import refiner.workspace as wsmod
+
+    p = tmp_path / "big.tif"
+    write_raster(p, np.zeros((3, 64, 64), np.uint8), None)
+    monkeypatch.setattr(wsmod, "MAX_PIXELS", 1000)
+    with pytest.raises(ValueError, match="read a window"):
+        load_tile(p)
+    assert load_tile(p, window=(8, 8, 20, 20)).shape == (20, 20)
+    with pytest.raises(ValueError, match="does not fit"):
+        load_tile(p, window=(60, 0, 20, 20))
+
+
+def test_results_cache_is_keyed_by_inputs(ws):
+    ws.save_result("r", "v1", a=np.arange(3))
+    assert np.array_equal(ws.load_result("r", "v1")["a"], np.arange(3))
+    assert ws.load_result("r", "v2") is None
