@@ -293,19 +293,34 @@ def _train_extra(extra: dict, cls: type) -> dict:
     return {k: v for k, v in extra.items() if k not in ("steps", "seed")}
 
 
-def format_table(report: dict) -> str:
-    """The paper's Fig. 7a as text: overall accuracy, IoU per class and mean IoU per method."""
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{v * 100:.1f}%"
+
+
+def format_table(report: dict, *, markdown: bool = False) -> str:
+    """The paper's Fig. 7a: overall accuracy, IoU per class and mean IoU per method (text or Markdown)."""
     names = report["classes"]
-    head = f"{'method':<22}{'accuracy':>10}" + "".join(f"{n[:12]:>13}" for n in names) + f"{'mean IoU':>10}"
-    lines = [head, "-" * len(head)]
-    for m, s in report["methods"].items():
-        ious = "".join(f"{(s['iou'][n] if s['iou'][n] is not None else float('nan')) * 100:>12.1f}%" for n in names)
-        lines.append(f"{m:<22}{s['overall_accuracy'] * 100:>9.1f}%{ious}{s['mean_iou'] * 100:>9.1f}%")
+    rows = [
+        [m, _pct(s["overall_accuracy"]), *(_pct(s["iou"][n]) for n in names), _pct(s["mean_iou"])]
+        for m, s in report["methods"].items()
+    ]
+    head = ["method", "accuracy", *(f"IoU {n}" for n in names), "mean IoU"]
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+    else:
+        widths = [max(len(str(r[i])) for r in [head, *rows]) + 2 for i in range(len(head))]
+
+        def fmt(r: list[str]) -> str:
+            cells = zip(r, widths, strict=True)
+            return "".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(cells))
+
+        lines = [fmt(head), "-" * sum(widths), *(fmt(r) for r in rows)]
     if report.get("rnn_iterations"):
         lines.append("")
         lines.append(
             "RNN mean IoU per iteration: "
-            + "  ".join(f"t={r['iteration']}: {r['mean_iou'] * 100:.1f}%" for r in report["rnn_iterations"])
+            + ", ".join(f"t={r['iteration']}: {_pct(r['mean_iou'])}" for r in report["rnn_iterations"])
         )
     return "\n".join(lines)
 
