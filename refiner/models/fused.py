@@ -190,7 +190,9 @@ def _tail_fn(compile: bool):
     if not compile or os.environ.get("REFINER_COMPILE", "1") == "0" or _COMPILED.get("failed"):
         return _tail
     if "fn" not in _COMPILED:
-        _COMPILED["fn"] = torch.compile(_tail, dynamic=None)
+        # static shapes: a kernel per input shape (blocks have one fixed shape), so a given shape
+        # gives the same bits in every process, whatever shapes that process saw before
+        _COMPILED["fn"] = torch.compile(_tail, dynamic=False)
 
     def run(*args):
         try:
