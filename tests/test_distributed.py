@@ -48,3 +48,14 @@ def test_finetuning_falls_back_clearly_without_gpu_workers(client):
     messages = []
     assert run_on_gpu_worker(client, pow, 2, 10, log=messages.append) == 1024
     assert "no Dask worker declares a GPU" in messages[0]
+
+
+def test_cli_scheduler_option_runs_on_the_cluster(files, client, tmp_path):  # noqa: F811
+    from refiner.cli import main
+
+    d = files["dir"]
+    base = ["refine", "--model", str(d / "rnn"), "--image", str(d / "image.tif"), "--probs", str(d / "probs.tif")]
+    assert main([*base, "--out", str(tmp_path / "a.tif"), "--window", "64"]) == 0
+    address = client.scheduler.address
+    assert main([*base, "--out", str(tmp_path / "b.tif"), "--window", "64", "--scheduler", address]) == 0
+    assert (tmp_path / "a.tif").read_bytes() == (tmp_path / "b.tif").read_bytes()
