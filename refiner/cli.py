@@ -150,6 +150,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         patience=args.patience,
         max_seconds=args.max_seconds,
         checkpoint_every=args.checkpoint_every,
+        eval_seconds=args.eval_seconds,
     )
     arch = RNNConfig(
         num_classes=len(classes), in_channels=work.image.shape[0], iterations=args.iterations, variant=args.variant
@@ -356,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--holdout", type=float, default=0.2, help="fraction of labelled blocks kept for validation")
     sp.add_argument("--patience", type=int, default=0, help="stop after N evaluations without improvement (0 = never)")
     sp.add_argument("--max-seconds", type=float, default=None, help="wall-clock budget")
+    sp.add_argument("--eval-seconds", type=float, default=5.0, help="also evaluate every N seconds")
     sp.add_argument("--checkpoint-every", type=int, default=0, help="save every N steps")
     sp.add_argument("--window", type=_ints, default=None, help="use only labels in row,col,height,width")
     sp.add_argument("--resume", type=Path, default=None, help="continue training this RNN model folder")

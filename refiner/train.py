@@ -245,7 +245,10 @@ class RNNTrainConfig:
     seed: int = 0
     augment: bool = True
     holdout: float = 0.2  # fraction of labelled blocks held back for validation
-    eval_every: int = 50
+    eval_every: int = 50  # steps between evaluations on the held-out pixels ...
+    # ... or seconds, whichever comes first: best-weights selection needs evaluations early, and
+    # on a busy CPU 50 steps can take longer than the whole 60 s budget an app user waits
+    eval_seconds: float | None = 5.0
     patience: int = 0  # evaluations without improvement before stopping; 0 = never stop early
     max_seconds: float | None = None  # wall-clock budget
     checkpoint_every: int = 0  # steps; 0 = only at the end
@@ -358,6 +361,7 @@ def train_rnn(
     result = RNNTrainResult(bundle)
     best_state, best, stale = None, -math.inf, 0
     t0 = time.perf_counter()
+    last_eval = 0.0
     done_before = int(bundle.info.get("trained_steps", 0)) if init is not None else 0
     step = 0
     net.train()
@@ -378,7 +382,9 @@ def train_rnn(
         elapsed = time.perf_counter() - t0
         report = Progress(step, cfg.steps, loss.item(), elapsed)
         last = step == cfg.steps or (cfg.max_seconds is not None and elapsed >= cfg.max_seconds)
-        if crop is not None and (step % cfg.eval_every == 0 or last):
+        due = step % cfg.eval_every == 0 or (cfg.eval_seconds is not None and elapsed - last_eval >= cfg.eval_seconds)
+        if crop is not None and (due or last):
+            last_eval = elapsed
             report.val = validate()
             score = report.val.mean_iou
             if score > best + 1e-4:
