@@ -361,7 +361,7 @@ def train_rnn(
     result = RNNTrainResult(bundle)
     best_state, best, stale = None, -math.inf, 0
     t0 = time.perf_counter()
-    last_eval = 0.0
+    last_eval, eval_cost = 0.0, 0.0
     done_before = int(bundle.info.get("trained_steps", 0)) if init is not None else 0
     step = 0
     net.train()
@@ -382,10 +382,14 @@ def train_rnn(
         elapsed = time.perf_counter() - t0
         report = Progress(step, cfg.steps, loss.item(), elapsed)
         last = step == cfg.steps or (cfg.max_seconds is not None and elapsed >= cfg.max_seconds)
-        due = step % cfg.eval_every == 0 or (cfg.eval_seconds is not None and elapsed - last_eval >= cfg.eval_seconds)
+        # time-based evaluations also keep validation under ~20% of the wall-clock
+        wait = None if cfg.eval_seconds is None else max(cfg.eval_seconds, 4 * eval_cost)
+        due = step % cfg.eval_every == 0 or (wait is not None and elapsed - last_eval >= wait)
         if crop is not None and (due or last):
-            last_eval = elapsed
+            t_eval = time.perf_counter()
             report.val = validate()
+            eval_cost = time.perf_counter() - t_eval
+            last_eval = time.perf_counter() - t0
             score = report.val.mean_iou
             if score > best + 1e-4:
                 best, stale = score, 0

@@ -1,5 +1,7 @@
 """The Dask backend: a LocalCluster's scene files equal the single-process ones byte for byte."""
 
+from contextlib import contextmanager
+
 import pytest
 import torch
 
@@ -7,6 +9,16 @@ from refiner.scene import predict_scene, refine_scene
 from tests.test_scene import files  # noqa: F401  (module fixture: random models and a small scene)
 
 distributed = pytest.importorskip("dask.distributed")
+
+
+@contextmanager
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -27,14 +39,9 @@ def test_cluster_scene_equals_single_process_byte_for_byte(files, client, tmp_pa
     for n in local:
         assert local[n].read_bytes() == dist[n].read_bytes(), n
     # The coarse CNN's convolutions (oneDNN) sum in an order that depends on the number of
-    # intra-op threads; Dask workers run one thread each, so the local run does too. (The RNN's
-    # result does not depend on it: checked above with the default thread count.)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    # intra-op threads; Dask workers run one thread each, so the local run does too.
+    with one_thread():
         predict_scene(d / "coarse", d / "image.tif", tmp_path / "c_local.tif", window=64)
-    finally:
-        torch.set_num_threads(threads)
     predict_scene(d / "coarse", d / "image.tif", tmp_path / "c_dask.tif", window=64, scheduler=client)
     assert (tmp_path / "c_local.tif").read_bytes() == (tmp_path / "c_dask.tif").read_bytes()
     # the windows really ran on the workers: each loaded the models there
@@ -55,7 +62,8 @@ def test_cli_scheduler_option_runs_on_the_cluster(files, client, tmp_path):  # n
 
     d = files["dir"]
     base = ["refine", "--model", str(d / "rnn"), "--image", str(d / "image.tif"), "--probs", str(d / "probs.tif")]
-    assert main([*base, "--out", str(tmp_path / "a.tif"), "--window", "64"]) == 0
+    with one_thread():  # same intra-op threads as the workers: see docs/scale.md
+        assert main([*base, "--out", str(tmp_path / "a.tif"), "--window", "64"]) == 0
     address = client.scheduler.address
     assert main([*base, "--out", str(tmp_path / "b.tif"), "--window", "64", "--scheduler", address]) == 0
     assert (tmp_path / "a.tif").read_bytes() == (tmp_path / "b.tif").read_bytes()
