@@ -25,8 +25,8 @@ import torch.nn.functional as F
 
 from refiner.models.rnn import RefinerRNN, RNNConfig, probs_to_scores
 
-#: Side of the blocks the CPU path works on (measured: 96-192 are fastest on a 2-core EPYC;
-#: see docs/benchmarks.md). GPUs take the whole window at once.
+#: Side of the blocks the CPU path works on (128 was fastest of 96-512 in noisy single-thread
+#: measurements on a busy 2-core EPYC; see docs/scale.md). GPUs take the whole window at once.
 CPU_BLOCK = 128
 
 
