@@ -43,3 +43,11 @@ test: $(STAMP) lint browser
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
+
+# Benchmarks (slow; numbers go in docs/benchmarks.md). Not part of `test`.
+.PHONY: bench
+bench: $(STAMP)
+	PYTHONPATH=. $(PY) benchmarks/rnn_vs_crf.py --json benchmarks/results/rnn_vs_crf.json
+	PYTHONPATH=. $(PY) benchmarks/finetune_time_to_quality.py --json benchmarks/results/finetune_cpu.json
+	PYTHONPATH=. $(PY) benchmarks/large_scene.py --sizes 1000 5000 10000 20000 --json benchmarks/results/large_scene.json
+	PYTHONPATH=. $(PY) benchmarks/gpu_throughput.py --json benchmarks/results/gpu.json

@@ -109,6 +109,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         device=args.device,
         progress=_progress("predict"),
         window=args.window,
+        scheduler=args.scheduler,
     )
     print(f"wrote class probabilities to {args.out}")
 
@@ -149,24 +150,36 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         patience=args.patience,
         max_seconds=args.max_seconds,
         checkpoint_every=args.checkpoint_every,
+        eval_seconds=args.eval_seconds,
     )
     arch = RNNConfig(
         num_classes=len(classes), in_channels=work.image.shape[0], iterations=args.iterations, variant=args.variant
     )
-    tick = _bar("fine-tune RNN", cfg.steps)
-    result = train_rnn(
-        work.image,
-        probs,
-        labels,
-        classes,
-        cfg,
-        arch=arch,
-        init=init,
-        resolution=args.resolution,
-        device=args.device,
-        progress=lambda p: tick(p.step),
-        checkpoint_dir=args.out,
-    )
+    if args.scheduler:  # train on a cluster worker (one with a GPU resource when there is one)
+        from refiner.distributed import run_on_gpu_worker
+        from refiner.models.io import save_model
+
+        kwargs = dict(arch=arch, init=init, resolution=args.resolution, device=args.device)
+        log = lambda m: print(f"note: {m}", file=sys.stderr)  # noqa: E731
+        result = run_on_gpu_worker(
+            args.scheduler, train_rnn, work.image, probs, labels, classes, cfg, log=log, **kwargs
+        )
+        save_model(result.bundle, args.out)
+    else:
+        tick = _bar("fine-tune RNN", cfg.steps)
+        result = train_rnn(
+            work.image,
+            probs,
+            labels,
+            classes,
+            cfg,
+            arch=arch,
+            init=init,
+            resolution=args.resolution,
+            device=args.device,
+            progress=lambda p: tick(p.step),
+            checkpoint_dir=args.out,
+        )
     best = f", held-out mean IoU {result.best_val:.3f}" if result.best_val is not None else ""
     print(f"saved the RNN to {args.out} ({result.stopped} after {result.bundle.info['trained_steps']} steps{best})")
 
@@ -186,6 +199,7 @@ def cmd_refine(args: argparse.Namespace) -> None:
         device=args.device,
         window=args.window,
         progress=_progress("refine"),
+        scheduler=args.scheduler,
     )
     print(f"wrote the refined class map to {args.out}")
 
@@ -284,6 +298,15 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument(
             "--window", type=int, default=512, help="processing window in pixels (memory bound; default 512)"
         )
+        scheduler_arg(sp)
+
+    def scheduler_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--scheduler",
+            metavar="ADDRESS",
+            default=None,
+            help="run on a Dask cluster: scheduler address (tcp://host:8786) or 'local' (default: this process)",
+        )
 
     sp = add(
         "demo-data", cmd_demo_data, "Write synthetic scenes (image, truth, OSM-like labels) and an experiment config."
@@ -336,9 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--holdout", type=float, default=0.2, help="fraction of labelled blocks kept for validation")
     sp.add_argument("--patience", type=int, default=0, help="stop after N evaluations without improvement (0 = never)")
     sp.add_argument("--max-seconds", type=float, default=None, help="wall-clock budget")
+    sp.add_argument("--eval-seconds", type=float, default=5.0, help="also evaluate every N seconds")
     sp.add_argument("--checkpoint-every", type=int, default=0, help="save every N steps")
     sp.add_argument("--window", type=_ints, default=None, help="use only labels in row,col,height,width")
     sp.add_argument("--resume", type=Path, default=None, help="continue training this RNN model folder")
+    scheduler_arg(sp)
     sp.add_argument("--resolution", type=float, default=1.0, help="metres per pixel the RNN works at (default 1)")
     sp.add_argument("--line-width", type=float, default=7.0)
     sp.add_argument("--seed", type=int, default=0)

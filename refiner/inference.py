@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from refiner.models.coarse import COARSE_HALO
+from refiner.models.fused import fused
 from refiner.models.io import ModelBundle
 from refiner.raster import Tile, probs_to_grid, resample, to_working_resolution
 from refiner.tiling import run_windowed
@@ -100,11 +101,13 @@ def refine(
     halo = (net.cfg.kernel_size // 2) * t_max
     n_out = k * (t_max + 1) if keep_all else k
 
-    @torch.no_grad()
+    fast = fused(net)  # exact fused inference (refiner.models.fused), folded once per model
+
     def fn(arrays: list[np.ndarray]) -> np.ndarray:
-        us = net(bundle.normalise(_as_tensor(arrays[0], dev)), _as_tensor(arrays[1], dev), iterations=t_max)
-        us = us if keep_all else us[-1:]
-        return torch.cat([torch.softmax(u.float(), 1)[0] for u in us]).cpu().numpy()
+        with torch.inference_mode():
+            image = bundle.normalise(_as_tensor(arrays[0], dev))
+            us = fast(image, _as_tensor(arrays[1], dev), iterations=t_max, keep_all=keep_all)
+            return torch.cat([torch.softmax(u.float(), 1)[0] for u in us]).cpu().numpy()
 
     out = run_windowed(fn, [work.image, work_probs], n_out, size=window, halo=halo, progress=progress)
     maps = [out[i * k : (i + 1) * k] for i in range(out.shape[0] // k)]

@@ -489,3 +489,90 @@ def probs_to_grid(probs: np.ndarray, src: Georef, dst: Georef, dst_shape: tuple[
 
 def is_vector(path: str | Path) -> bool:
     return str(path).lower().endswith(VECTOR_SUFFIXES)
+
+
+class RasterWriter:
+    """A tiled, compressed GeoTIFF written window by window, for outputs larger than memory.
+
+    Opened on a temporary ``.part`` file and renamed on a clean :meth:`close` (use it as a
+    context manager), so a crash never leaves a half-written output under the final name.
+    GDAL's block cache is what holds data between writes; :func:`streaming_env` bounds it.
+    BigTIFF is used when the file could pass 4 GiB.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        height: int,
+        width: int,
+        count: int,
+        dtype: str,
+        georef: Georef | None,
+        nodata: float | None = None,
+        descriptions: Sequence[str] | None = None,
+        tags: dict[str, str] | None = None,
+        colormap: dict[int, tuple[int, int, int]] | None = None,
+        block: int = 256,
+    ) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(self.path.name + ".part")
+        profile = {
+            "driver": "GTiff",
+            "height": height,
+            "width": width,
+            "count": count,
+            "dtype": dtype,
+            "compress": "deflate",
+            "predictor": 3 if dtype.startswith("float") else 2,
+            "tiled": True,
+            "blockxsize": block,
+            "blockysize": block,
+            "nodata": nodata,
+            "BIGTIFF": "IF_SAFER",
+            "interleave": "pixel" if count <= 4 else "band",
+        }
+        if georef is not None:
+            profile.update(crs=georef.crs, transform=georef.transform)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            self.ds = rasterio.open(self.tmp, "w", **profile)
+        for i, d in enumerate(descriptions or []):
+            self.ds.set_band_description(i + 1, d)
+        if tags:
+            self.ds.update_tags(**tags)
+        if colormap and count == 1:
+            self.ds.write_colormap(1, colormap)
+
+    def write(self, array: np.ndarray, row: int, col: int) -> None:
+        """Write (B, h, w) or (h, w) with its top-left corner at ``(row, col)``."""
+        arr = array[None] if array.ndim == 2 else array
+        self.ds.write(arr.astype(self.ds.dtypes[0], copy=False), window=Window(col, row, arr.shape[2], arr.shape[1]))
+
+    def close(self, *, keep: bool = True) -> Path:
+        self.ds.close()
+        if keep:
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
+        return self.path
+
+    def __enter__(self) -> RasterWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close(keep=exc_type is None)
+
+
+def streaming_env(cache_mb: int = 256):
+    """A rasterio environment whose GDAL block cache stays small, so memory does not grow with the scene."""
+    return rasterio.Env(GDAL_CACHEMAX=cache_mb)
+
+
+def raster_shape(path: str | Path) -> tuple[int, int, Georef | None, float | None]:
+    """Height, width, georeferencing and resolution of a raster (projected CRS), without reading pixels."""
+    with _open(path) as ds:
+        georef = _georef(ds)
+        res = georef.resolution if georef is not None and georef.crs.is_projected else None
+        return ds.height, ds.width, georef, res

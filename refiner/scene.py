@@ -1,23 +1,148 @@
-"""File-to-file inference: the ``predict`` and ``refine`` commands.
+"""File-to-file inference on scenes of any size: the ``predict`` and ``refine`` commands.
 
-Reads a raster, runs the model window by window (:mod:`refiner.inference`) and writes GeoTIFFs
-with the source's georeferencing.
+A scene is cut into windows (:func:`refiner.tiling.iter_windows`); each window is read from disk
+with a halo equal to the network's receptive field, run, and its core written into tiled,
+compressed GeoTIFFs opened once (:class:`refiner.raster.RasterWriter`) with the source's
+georeferencing. The stitched result equals whole-image inference exactly, scene borders included,
+and memory depends on the window size, not on the scene. Every iteration's probabilities (for
+the slider) are written window by window the same way.
+
+A window's work is a :class:`SceneTask` plus a :class:`~refiner.tiling.WindowSpec`, both small
+and picklable: :func:`run_window` reads its own inputs from the file paths and loads the model
+from its folder (cached per process), so the same function runs here or on Dask workers
+(:mod:`refiner.distributed`, ``scheduler=``). Results are written in window order either way,
+so the files are identical byte for byte. Read windows all have one size (edge windows grow
+inwards, :func:`~refiner.tiling.iter_windows` ``fixed=True``), so every process runs the same
+compiled kernels on the same shapes, whatever order windows reach it in.
+
+Scenes at another resolution than the model's are resampled as a whole (resampling by windows
+would not be exact at window seams): that path holds the scene in memory and runs locally.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import rasterio
 
-from refiner.classes import IGNORE
+from refiner.classes import IGNORE, ClassSpec
 from refiner.inference import predict_coarse, refine
-from refiner.models.io import load_model
-from refiner.raster import read_image, read_probs, write_class_map, write_probs, write_raster
+from refiner.models.coarse import COARSE_HALO
+from refiner.models.io import ModelBundle, load_model
+from refiner.raster import (
+    Georef,
+    RasterWriter,
+    raster_shape,
+    read_image,
+    read_probs,
+    streaming_env,
+    write_class_map,
+    write_probs,
+    write_raster,
+)
+from refiner.tiling import WindowSpec, iter_windows
 
 Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class SceneTask:
+    """What every window of a scene job needs; paths, so workers read their own inputs."""
+
+    kind: str  # "predict" or "refine"
+    model: str
+    image: str
+    probs: str | None = None
+    bands: tuple[int, ...] | None = None
+    iterations: int | None = None
+    keep_all: bool = False
+    device: str | None = None
+
+
+@lru_cache(maxsize=4)
+def _cached_model(folder: str, kind: str, stamp: float) -> ModelBundle:
+    return load_model(folder, expect=kind)
+
+
+def task_model(task: SceneTask) -> ModelBundle:
+    """The task's model, loaded once per process (reloaded when its weights file changes)."""
+    weights = Path(task.model) / "model.safetensors"
+    stamp = weights.stat().st_mtime if weights.exists() else 0.0
+    return _cached_model(str(Path(task.model).resolve()), "coarse" if task.kind == "predict" else "rnn", stamp)
+
+
+def run_window(task: SceneTask, win: WindowSpec) -> dict[str, np.ndarray]:
+    """Compute one window's core outputs: ``probs`` (predict), or ``classes``/``probs``/``iterations`` (refine)."""
+    bundle = task_model(task)
+    read = (win.read_row, win.read_col, win.read_height, win.read_width)
+    tile = read_image(task.image, bands=task.bands, window=read)
+    core = (slice(None), *win.core_in_read)
+    big = max(win.read_height, win.read_width)
+    if task.kind == "predict":
+        probs = predict_coarse(bundle, tile, device=task.device, window=big + (-big) % 4)
+        return {"probs": np.ascontiguousarray(probs[core])}
+    assert task.probs is not None
+    coarse, _, _ = read_probs(task.probs, window=read)
+    result = refine(
+        bundle, tile, coarse, iterations=task.iterations, keep_all=task.keep_all, device=task.device, window=big
+    )
+    cls_map = result.class_map()
+    cls_map[~tile.valid] = IGNORE
+    out = {
+        "classes": np.ascontiguousarray(bundle.classes.decode(cls_map)[win.core_in_read]),
+        "probs": np.ascontiguousarray(result.final[core]),
+    }
+    if task.keep_all:
+        out["iterations"] = np.ascontiguousarray(np.concatenate(result.probs)[core])
+    return out
+
+
+def local_results(task: SceneTask, windows: Iterable[WindowSpec]) -> Iterator[tuple[WindowSpec, dict[str, np.ndarray]]]:
+    """Run the windows one after another in this process."""
+    for win in windows:
+        yield win, run_window(task, win)
+
+
+def _results(task: SceneTask, windows: list[WindowSpec], scheduler) -> Iterator[tuple[WindowSpec, dict]]:
+    if scheduler is None:
+        return local_results(task, windows)
+    from refiner.distributed import map_windows
+
+    return map_windows(scheduler, task, windows)
+
+
+def _stream(
+    task: SceneTask,
+    windows: list[WindowSpec],
+    writers: dict[str, RasterWriter],
+    scheduler,
+    progress: Progress | None,
+) -> None:
+    try:
+        for i, (win, res) in enumerate(_results(task, windows, scheduler)):
+            for name, w in writers.items():
+                w.write(res[name], win.row, win.col)
+            if progress:
+                progress(i + 1, len(windows))
+    except BaseException:
+        for w in writers.values():
+            w.close(keep=False)
+        raise
+    for w in writers.values():
+        w.close()
+
+
+def _streamable(image: str | Path, bundle: ModelBundle) -> tuple[int, int, tuple[Georef | None, bool]]:
+    """Scene size, georeferencing, and whether it must be resampled to the model's resolution."""
+    h, w, georef, res = raster_shape(image)
+    target = bundle.resolution
+    return h, w, (georef, bool(target and res and abs(res - target) / target > 0.01))
 
 
 def predict_scene(
@@ -29,12 +154,62 @@ def predict_scene(
     device=None,
     window: int = 512,
     progress: Progress | None = None,
+    scheduler=None,
 ) -> Path:
-    """Coarse probabilities of ``image`` written to ``out`` (K float32 bands, class list in tags)."""
+    """Coarse probabilities of ``image`` written to ``out`` (K float32 bands, class list in tags).
+
+    ``scheduler``: ``None`` runs here; a Dask scheduler address or ``Client`` runs the windows
+    on the cluster (:mod:`refiner.distributed`).
+    """
     bundle = load_model(model, expect="coarse")
-    tile = read_image(image, bands=bands)
-    probs = predict_coarse(bundle, tile, device=device, window=window, progress=progress)
-    return write_probs(out, probs, tile.georef, bundle.classes)
+    h, w, (georef, resample) = _streamable(image, bundle)
+    if resample:
+        _warn_in_memory(scheduler)
+        tile = read_image(image, bands=bands)
+        probs = predict_coarse(bundle, tile, device=device, window=window, progress=progress)
+        return write_probs(out, probs, tile.georef, bundle.classes)
+    window = max(4, window - window % 4)
+    task = SceneTask("predict", str(model), str(image), bands=tuple(bands) if bands else None, device=device)
+    windows = list(iter_windows(h, w, window, COARSE_HALO, align=bundle.net.cfg.stride, fixed=True))
+    with streaming_env():
+        writers = {"probs": _probs_writer(out, h, w, georef, bundle.classes)}
+        _stream(task, windows, writers, scheduler, progress)
+    return Path(out)
+
+
+def _probs_writer(path, h, w, georef, classes: ClassSpec) -> RasterWriter:
+    return RasterWriter(
+        path,
+        height=h,
+        width=w,
+        count=len(classes),
+        dtype="float32",
+        georef=georef,
+        descriptions=classes.names,
+        tags={"refiner_classes": json.dumps(classes.to_dict())},
+    )
+
+
+def _warn_in_memory(scheduler) -> None:
+    msg = "the scene is resampled to the model's resolution as a whole: it is processed in memory"
+    if scheduler is not None:
+        msg += ", locally (not on the Dask cluster)"
+    warnings.warn(msg, stacklevel=3)
+
+
+def _check_probs(probs: str | Path, h: int, w: int, bundle: ModelBundle) -> None:
+    with rasterio.open(probs) as ds:
+        tags, shape, count = ds.tags(), (ds.height, ds.width), ds.count
+    if "refiner_classes" in tags:
+        names = ClassSpec.from_dict(json.loads(tags["refiner_classes"])).names
+        if list(names) != list(bundle.classes.names):
+            raise ValueError(
+                f"the probabilities are for classes {list(names)} but the RNN for {list(bundle.classes.names)}"
+            )
+    if count != len(bundle.classes):
+        raise ValueError(f"the probability map has {count} bands but the model has {len(bundle.classes)} classes")
+    if shape != (h, w):
+        raise ValueError(f"probabilities {shape} and image {(h, w)} differ in size")
 
 
 def refine_scene(
@@ -50,26 +225,59 @@ def refine_scene(
     device=None,
     window: int = 512,
     progress: Progress | None = None,
+    scheduler=None,
 ) -> Path:
-    """Refined class map (and optionally probabilities, every iteration) of a scene."""
+    """Refined class map (and optionally probabilities, every iteration) of a scene, window by window."""
     bundle = load_model(model, expect="rnn")
-    tile = read_image(image, bands=bands)
-    coarse, prob_classes, _ = read_probs(probs)
-    if prob_classes is not None and list(prob_classes.names) != list(bundle.classes.names):
-        raise ValueError(
-            f"the probabilities are for classes {list(prob_classes.names)} but the RNN for {list(bundle.classes.names)}"
-        )
-    if coarse.shape[1:] != tile.shape:
-        raise ValueError(f"probabilities {coarse.shape[1:]} and image {tile.shape} differ in size")
-    result = refine(
-        bundle,
-        tile,
-        coarse,
-        iterations=iterations,
+    h, w, (georef, resample) = _streamable(image, bundle)
+    _check_probs(probs, h, w, bundle)
+    t_max = bundle.net.cfg.iterations if iterations is None else iterations
+    classes = bundle.classes
+    if resample:
+        _warn_in_memory(scheduler)
+        return _refine_in_memory(bundle, image, probs, out, probs_out, iterations_out, t_max, bands, device, window)
+    task = SceneTask(
+        "refine",
+        str(model),
+        str(image),
+        str(probs),
+        bands=tuple(bands) if bands else None,
+        iterations=t_max,
         keep_all=iterations_out is not None,
         device=device,
-        window=window,
-        progress=progress,
+    )
+    halo = (bundle.net.cfg.kernel_size // 2) * t_max
+    windows = list(iter_windows(h, w, window, halo, fixed=True))
+    tags = {"refiner_classes": json.dumps(classes.to_dict())}
+    with streaming_env():
+        cmap = {v: tuple(c) for v, c in zip(classes.values, classes.colors, strict=True)}
+        writers = {
+            "classes": RasterWriter(
+                out, height=h, width=w, count=1, dtype="uint8", georef=georef, nodata=IGNORE, tags=tags, colormap=cmap
+            )
+        }
+        if probs_out:
+            writers["probs"] = _probs_writer(probs_out, h, w, georef, classes)
+        if iterations_out:
+            writers["iterations"] = RasterWriter(
+                iterations_out,
+                height=h,
+                width=w,
+                count=len(classes) * (t_max + 1),
+                dtype="float32",
+                georef=georef,
+                descriptions=[f"t{t}:{n}" for t in range(t_max + 1) for n in classes.names],
+                tags={"refiner_iterations": str(t_max), **tags},
+            )
+        _stream(task, windows, writers, scheduler, progress)
+    return Path(out)
+
+
+def _refine_in_memory(bundle, image, probs, out, probs_out, iterations_out, t_max, bands, device, window) -> Path:
+    tile = read_image(image, bands=bands)
+    coarse, _, _ = read_probs(probs)
+    result = refine(
+        bundle, tile, coarse, iterations=t_max, keep_all=iterations_out is not None, device=device, window=window
     )
     cls_map = result.class_map()
     cls_map[~tile.valid] = IGNORE

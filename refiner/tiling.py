@@ -45,8 +45,15 @@ class WindowSpec:
         )
 
 
-def iter_windows(height: int, width: int, size: int, halo: int, align: int = 1) -> Iterator[WindowSpec]:
-    """Cover a ``height`` x ``width`` raster with ``size`` windows padded by ``halo``."""
+def iter_windows(
+    height: int, width: int, size: int, halo: int, align: int = 1, *, fixed: bool = False
+) -> Iterator[WindowSpec]:
+    """Cover a ``height`` x ``width`` raster with ``size`` windows padded by ``halo``.
+
+    ``fixed`` makes every read window ``size + 2 * halo`` (clipped to the raster) by growing
+    partial and border windows inwards: more context never changes an exact result, and one
+    input shape lets compiled kernels and caches be reused.
+    """
     if size % align or halo % align:
         raise ValueError(f"window size {size} and halo {halo} must be multiples of {align}")
     for r in range(0, height, size):
@@ -54,7 +61,21 @@ def iter_windows(height: int, width: int, size: int, halo: int, align: int = 1) 
             h, w = min(size, height - r), min(size, width - c)
             r0, c0 = max(0, r - halo), max(0, c - halo)
             r1, c1 = min(height, r + h + halo), min(width, c + w + halo)
+            if fixed:
+                full = size + 2 * halo
+                r0, r1 = _grow(r0, r1, full, height, align)
+                c0, c1 = _grow(c0, c1, full, width, align)
             yield WindowSpec(r, c, h, w, r0, c0, r1 - r0, c1 - c0)
+
+
+def _grow(lo: int, hi: int, full: int, limit: int, align: int) -> tuple[int, int]:
+    """Extend ``[lo, hi)`` to ``full`` pixels inside ``[0, limit)``, keeping ``lo`` aligned."""
+    if limit <= full:
+        return 0, limit
+    hi = max(hi, min(limit, lo + full))
+    lo = min(lo, max(0, hi - full))
+    lo -= lo % align
+    return lo, hi
 
 
 def run_windowed(

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from refiner.classes import IGNORE, ClassSpec
 from refiner.metrics import Scores, evaluate
 from refiner.models.coarse import CoarseCNN, CoarseConfig
+from refiner.models.fused import FusedRNN
 from refiner.models.io import ModelBundle, image_stats, save_model
 from refiner.models.rnn import RefinerRNN, RNNConfig
 
@@ -244,7 +245,10 @@ class RNNTrainConfig:
     seed: int = 0
     augment: bool = True
     holdout: float = 0.2  # fraction of labelled blocks held back for validation
-    eval_every: int = 50
+    eval_every: int = 50  # steps between evaluations on the held-out pixels ...
+    # ... or seconds, whichever comes first: best-weights selection needs evaluations early, and
+    # on a busy CPU 50 steps can take longer than the whole 60 s budget an app user waits
+    eval_seconds: float | None = 5.0
     patience: int = 0  # evaluations without improvement before stopping; 0 = never stop early
     max_seconds: float | None = None  # wall-clock budget
     checkpoint_every: int = 0  # steps; 0 = only at the end
@@ -348,15 +352,16 @@ def train_rnn(
         v_lab = val_labels[crop]
 
     def validate() -> Scores:
-        net.eval()
-        with torch.no_grad():
-            u = net(bundle.normalise(v_img), v_probs)[-1]
-        net.train()
+        # the exact inference path (refolded each time, the weights change; eager, so no compile
+        # wait): several times faster than the training graph on a CPU
+        with torch.inference_mode():
+            u = FusedRNN(net, compile=False)(bundle.normalise(v_img), v_probs, keep_all=False)[-1]
         return evaluate(u[0].argmax(0).cpu().numpy().astype(np.uint8), v_lab, k)
 
     result = RNNTrainResult(bundle)
     best_state, best, stale = None, -math.inf, 0
     t0 = time.perf_counter()
+    last_eval, eval_cost = 0.0, 0.0
     done_before = int(bundle.info.get("trained_steps", 0)) if init is not None else 0
     step = 0
     net.train()
@@ -377,8 +382,14 @@ def train_rnn(
         elapsed = time.perf_counter() - t0
         report = Progress(step, cfg.steps, loss.item(), elapsed)
         last = step == cfg.steps or (cfg.max_seconds is not None and elapsed >= cfg.max_seconds)
-        if crop is not None and (step % cfg.eval_every == 0 or last):
+        # time-based evaluations also keep validation under ~20% of the wall-clock
+        wait = None if cfg.eval_seconds is None else max(cfg.eval_seconds, 4 * eval_cost)
+        due = step % cfg.eval_every == 0 or (wait is not None and elapsed - last_eval >= wait)
+        if crop is not None and (due or last):
+            t_eval = time.perf_counter()
             report.val = validate()
+            eval_cost = time.perf_counter() - t_eval
+            last_eval = time.perf_counter() - t0
             score = report.val.mean_iou
             if score > best + 1e-4:
                 best, stale = score, 0

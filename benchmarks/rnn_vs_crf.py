@@ -1,0 +1,75 @@
+"""RNN refinement vs the pydensecrf dense CRF on the same real tile, same 5 iterations, CPU, one run.
+
+    python benchmarks/rnn_vs_crf.py [--tile 01] [--repeats 3] [--json out.json]
+
+Input: a 1500x1500 Massachusetts roads tile at 1 m, coarse probabilities from a stand-in coarse
+map (``benchmarks.common.stand_in_coarse``; speed does not depend on their values). The RNN has
+the paper's architecture (K = 2, 32 filters, T = 5) with random weights: its cost does not
+depend on them. Both are timed end to end from arrays to probabilities (the RNN through
+``refiner.inference.refine``, normalisation and softmax included); the best of ``repeats`` runs.
+The fp32 lower bound is ~0.25 s/Mpx on 2 cores (issue 4: 36 GFLOP/Mpx at ~140 GFLOP/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from benchmarks.common import machine, roads_tile, stand_in_coarse  # noqa: E402
+from refiner.classes import ClassSpec  # noqa: E402
+from refiner.crf import CRFParams, dense_crf  # noqa: E402
+from refiner.inference import refine  # noqa: E402
+from refiner.models.io import ModelBundle  # noqa: E402
+from refiner.models.rnn import RefinerRNN, RNNConfig  # noqa: E402
+from refiner.raster import Tile  # noqa: E402
+
+LIMIT_S_PER_MPX = 0.25
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tile", default="01")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    image, labels = roads_tile(args.tile)
+    probs = stand_in_coarse(labels, 2)
+    mpx = image.shape[1] * image.shape[2] / 1e6
+    torch.manual_seed(0)
+    bundle = ModelBundle("rnn", RefinerRNN(RNNConfig(2, iterations=5)).eval(), ClassSpec.parse("background,road"))
+    tile = Tile(image=image, valid=(image > -1).all(0))
+    refine(bundle, tile, probs, device="cpu")  # warm-up: compile, caches
+    rnn_t, crf_t = [], []
+    for _ in range(args.repeats):  # interleaved, so both see the same machine load
+        t0 = time.perf_counter()
+        refine(bundle, tile, probs, device="cpu")
+        rnn_t.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        dense_crf(image, probs, CRFParams(iterations=5))
+        crf_t.append(time.perf_counter() - t0)
+    rnn_s, crf_s = min(rnn_t) / mpx, min(crf_t) / mpx
+    report = {
+        "machine": machine(),
+        "tile": f"massachusetts_roads/{args.tile}.jpg",
+        "megapixels": mpx,
+        "rnn_s_per_mpx": round(rnn_s, 3),
+        "crf_s_per_mpx": round(crf_s, 3),
+        "rnn_speedup_vs_crf": round(crf_s / rnn_s, 2),
+        "fraction_of_fp32_limit": round(LIMIT_S_PER_MPX / rnn_s, 3),
+        "rnn_runs_s": [round(t, 3) for t in rnn_t],
+        "crf_runs_s": [round(t, 3) for t in crf_t],
+    }
+    print(json.dumps(report, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

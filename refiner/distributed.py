@@ -1,0 +1,98 @@
+"""Dask distributed backend: scene windows as tasks across workers, fine-tuning on a GPU worker.
+
+Local by default: nothing here is used unless a scheduler is given (``--scheduler ADDRESS`` on
+the CLI, ``scheduler=`` in :mod:`refiner.scene`). Workers need the model folder and the input
+rasters at the same paths (a shared file system or object-store URLs GDAL can read): each window
+task reads its own inputs and loads the model once per worker process. The driver writes the
+outputs, in window order, keeping only a bounded number of windows in flight, so its memory
+stays flat and the files are byte for byte those of a local run.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from refiner.scene import SceneTask, run_window
+from refiner.tiling import WindowSpec
+
+#: ``scheduler`` value that starts a :class:`dask.distributed.LocalCluster` on this machine.
+LOCAL = "local"
+
+
+def get_client(scheduler: Any):
+    """A ``dask.distributed.Client`` for a scheduler address, ``"local"``, or an existing client."""
+    from dask.distributed import Client, LocalCluster
+
+    if isinstance(scheduler, Client):
+        return scheduler
+    if scheduler == LOCAL:
+        return Client(LocalCluster(processes=True, threads_per_worker=1, dashboard_address=None))
+    if not isinstance(scheduler, str) or not scheduler:
+        raise ValueError(f"expected a Dask scheduler address like tcp://host:8786 (or 'local'), got {scheduler!r}")
+    try:
+        return Client(scheduler, timeout="10s")
+    except OSError as exc:
+        raise OSError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from exc
+
+
+def _in_flight(client) -> int:
+    threads = sum(client.nthreads().values()) or 1
+    return 2 * threads
+
+
+def map_windows(
+    scheduler: Any, task: SceneTask, windows: list[WindowSpec], *, max_in_flight: int | None = None
+) -> Iterator[tuple[WindowSpec, dict[str, np.ndarray]]]:
+    """Run :func:`refiner.scene.run_window` for every window on the cluster; yield results in order."""
+    client = get_client(scheduler)
+    own = client is not scheduler
+    try:
+        limit = max_in_flight or _in_flight(client)
+        pending: deque = deque()
+        todo = iter(windows)
+        for win in todo:
+            pending.append((win, client.submit(run_window, task, win, pure=False)))
+            if len(pending) >= limit:
+                break
+        while pending:
+            win, fut = pending.popleft()
+            res = fut.result()
+            fut.release()
+            nxt = next(todo, None)
+            if nxt is not None:
+                pending.append((nxt, client.submit(run_window, task, nxt, pure=False)))
+            yield win, res
+    finally:
+        if own:
+            client.close()
+
+
+def has_gpu_workers(client) -> bool:
+    """Whether any worker declares a ``GPU`` resource (``dask worker ... --resources GPU=1``)."""
+    info = client.scheduler_info().get("workers", {})
+    return any(w.get("resources", {}).get("GPU", 0) >= 1 for w in info.values())
+
+
+def run_on_gpu_worker(scheduler: Any, fn: Callable, *args, log: Callable[[str], None] | None = None, **kwargs):
+    """Run ``fn(*args, **kwargs)`` on a worker with a ``GPU`` resource, or any worker if none has one.
+
+    Used for fine-tuning: the training arrays travel with the task, the trained bundle comes back.
+    """
+    client = get_client(scheduler)
+    own = client is not scheduler
+    try:
+        if has_gpu_workers(client):
+            fut = client.submit(fn, *args, resources={"GPU": 1}, pure=False, **kwargs)
+        else:
+            msg = "no Dask worker declares a GPU resource (--resources GPU=1): training on a CPU worker"
+            (log or (lambda m: warnings.warn(m, stacklevel=3)))(msg)
+            fut = client.submit(fn, *args, pure=False, **kwargs)
+        return fut.result()
+    finally:
+        if own:
+            client.close()

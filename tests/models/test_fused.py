@@ -1,0 +1,66 @@
+"""The inference-only fused RNN equals the paper's equations (Eqs. 5-8) to float rounding."""
+
+import pytest
+import torch
+
+from refiner.models.fused import FusedRNN, fused
+from refiner.models.rnn import VARIANTS, RefinerRNN, RNNConfig
+
+
+def _inputs(b=1, k=3, h=45, w=38, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    image = torch.randn(b, 3, h, w, generator=g)
+    probs = torch.softmax(3 * torch.randn(b, k, h, w, generator=g), 1)
+    return image, probs
+
+
+def _random_net(variant: str, k: int = 3, iterations: int = 4) -> RefinerRNN:
+    torch.manual_seed(1)
+    net = RefinerRNN(RNNConfig(k, variant=variant, iterations=iterations)).eval()
+    with torch.no_grad():  # non-zero biases too, so every term of the fold is exercised
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return net
+
+
+@pytest.mark.parametrize(
+    ("variant", "block", "compile"),
+    [(v, b, False) for v in VARIANTS for b in (0, 16)] + [("class_specific", 16, True), ("class_agnostic", 0, True)],
+)
+def test_fused_inference_equals_the_reference_equations(variant, block, compile):
+    net = _random_net(variant)
+    image, probs = _inputs(k=3)
+    with torch.no_grad():
+        ref = net(image, probs, reference=True)
+    out = FusedRNN(net, compile=compile)(image, probs, block=block)
+    assert len(out) == len(ref) == net.cfg.iterations + 1
+    for a, b in zip(out, ref, strict=True):
+        torch.testing.assert_close(a.contiguous(), b, rtol=1e-4, atol=2e-5)
+    last = FusedRNN(net, compile=compile)(image, probs, keep_all=False, block=block)
+    assert len(last) == 1
+    torch.testing.assert_close(last[0].contiguous(), ref[-1], rtol=1e-4, atol=2e-5)
+
+
+def test_fewer_iterations_and_the_non_recurrent_limit():
+    net = _random_net("class_specific", iterations=3)
+    image, probs = _inputs()
+    with torch.no_grad():
+        ref = net(image, probs, iterations=5, reference=True)
+    out = FusedRNN(net, compile=False)(image, probs, iterations=5)
+    torch.testing.assert_close(out[-1].contiguous(), ref[-1], rtol=1e-4, atol=2e-5)
+    with pytest.raises(ValueError, match="non-recurrent"):
+        FusedRNN(_random_net("non_recurrent", iterations=2), compile=False)(image, probs, iterations=3)
+
+
+def test_the_cached_fold_follows_weight_updates():
+    net = _random_net("class_specific")
+    image, probs = _inputs()
+    first = fused(net)
+    assert fused(net) is first  # folded once, reused
+    with torch.no_grad():
+        net.blocks[0].hidden.bias.add_(1.0)
+    again = fused(net)
+    assert again is not first
+    with torch.no_grad():
+        ref = net(image, probs, reference=True)[-1]
+    torch.testing.assert_close(again(image, probs, keep_all=False)[0].contiguous(), ref, rtol=1e-4, atol=2e-5)

@@ -1,0 +1,110 @@
+"""Scenes by windows: the stitched files equal whole-image inference, borders included."""
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from affine import Affine
+from rasterio.crs import CRS
+
+from refiner.classes import ClassSpec
+from refiner.models.coarse import CoarseCNN, CoarseConfig
+from refiner.models.io import ModelBundle, save_model
+from refiner.models.rnn import RefinerRNN, RNNConfig
+from refiner.scene import predict_scene, refine_scene
+from tests.conftest import coarse_probs_from_labels
+
+CLASSES = ClassSpec.parse("background,building,road", "0,1,2")
+H, W = 157, 203  # odd sizes: edge windows are partial
+GEO = {"crs": CRS.from_epsg(32619), "transform": Affine(1.0, 0, 300000.0, 0, -1.0, 4700000.0)}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, scene):
+    d = tmp_path_factory.mktemp("scene")
+    img = (np.clip(scene.image[:, :H, :W], 0, 1) * 255).astype(np.uint8)
+    img = np.pad(img, ((0, 0), (0, max(0, H - img.shape[1])), (0, max(0, W - img.shape[2]))), mode="reflect")
+    img[:, :9, -12:] = 0  # a nodata corner
+    with rasterio.open(
+        d / "image.tif", "w", driver="GTiff", height=H, width=W, count=3, dtype="uint8", nodata=0, **GEO
+    ) as ds:
+        ds.write(img)
+    labels = np.pad(scene.truth, ((0, max(0, H - scene.truth.shape[0])), (0, max(0, W - scene.truth.shape[1]))))
+    probs = coarse_probs_from_labels(labels[:H, :W], 3)
+    with rasterio.open(d / "probs.tif", "w", driver="GTiff", height=H, width=W, count=3, dtype="float32", **GEO) as ds:
+        ds.write(probs)
+    torch.manual_seed(3)
+    rnn = RefinerRNN(RNNConfig(3, iterations=3))
+    with torch.no_grad():
+        for p in rnn.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    save_model(ModelBundle("rnn", rnn.eval(), CLASSES, resolution=1.0), d / "rnn")
+    coarse = CoarseCNN(CoarseConfig(3)).eval()
+    save_model(ModelBundle("coarse", coarse, CLASSES, resolution=1.0), d / "coarse")
+    return {"dir": d, "image": img, "probs": probs, "rnn": rnn.eval(), "coarse": coarse}
+
+
+def _normalised(files):
+    x = torch.from_numpy(files["image"].astype(np.float32) / 255)[None]
+    x[:, :, ~(files["image"] > 0).all(0)] = 0
+    return (x - 0.5) / 0.25
+
+
+def _read(path):
+    with rasterio.open(path) as ds:
+        return ds.read(), ds.crs, ds.transform, ds.profile
+
+
+def test_refine_scene_by_windows_equals_whole_image_reference(files, tmp_path):
+    out, pout, iters = tmp_path / "map.tif", tmp_path / "p.tif", tmp_path / "it.tif"
+    refine_scene(
+        files["dir"] / "rnn", files["dir"] / "image.tif", files["dir"] / "probs.tif", out,
+        probs_out=pout, iterations_out=iters, window=64,
+    )  # fmt: skip
+    with torch.no_grad():
+        ref = files["rnn"](_normalised(files), torch.from_numpy(files["probs"])[None], reference=True)
+    ref_probs = [torch.softmax(u, 1)[0].numpy() for u in ref]
+    stack, crs, transform, profile = _read(iters)
+    assert stack.shape == (3 * 4, H, W) and crs == GEO["crs"] and transform == GEO["transform"]
+    assert profile["tiled"] and profile["compress"] == "deflate"
+    np.testing.assert_allclose(stack, np.concatenate(ref_probs), atol=2e-5)
+    final, *_ = _read(pout)
+    np.testing.assert_allclose(final, ref_probs[-1], atol=2e-5)
+    cls, *_ = _read(out)
+    cls = cls[0]
+    valid = (files["image"] > 0).all(0)
+    assert (cls[~valid] == 255).all()
+    top2 = np.sort(ref_probs[-1], 0)[-2:]
+    clear = valid & (top2[1] - top2[0] > 1e-4)
+    assert (cls[clear] == ref_probs[-1].argmax(0)[clear]).all()
+
+
+def test_refine_scene_window_size_does_not_change_the_result(files, tmp_path):
+    a, b = tmp_path / "a.tif", tmp_path / "b.tif"
+    args = (files["dir"] / "rnn", files["dir"] / "image.tif", files["dir"] / "probs.tif")
+    refine_scene(*args, a, probs_out=tmp_path / "pa.tif", window=48)
+    refine_scene(*args, b, probs_out=tmp_path / "pb.tif", window=512)
+    np.testing.assert_allclose(_read(tmp_path / "pa.tif")[0], _read(tmp_path / "pb.tif")[0], atol=2e-5)
+
+
+def test_predict_scene_by_windows_equals_whole_image(files, tmp_path):
+    out = tmp_path / "coarse.tif"
+    predict_scene(files["dir"] / "coarse", files["dir"] / "image.tif", out, window=64)
+    with torch.no_grad():
+        x = torch.from_numpy(files["image"].astype(np.float32) / 255)[None]
+        x[:, :, ~(files["image"] > 0).all(0)] = 0
+        ref = torch.softmax(files["coarse"]((x - 0.5) / 0.25), 1)[0].numpy()
+    got, crs, transform, _ = _read(out)
+    assert crs == GEO["crs"] and transform == GEO["transform"]
+    np.testing.assert_allclose(got, ref, atol=2e-5)
+
+
+def test_refine_scene_checks_its_inputs(files, tmp_path):
+    other = ClassSpec.parse("background,road", "0,1")
+    bad = tmp_path / "probs2.tif"
+    with rasterio.open(bad, "w", driver="GTiff", height=H, width=W, count=2, dtype="float32", **GEO) as ds:
+        ds.write(np.full((2, H, W), 0.5, np.float32))
+        ds.update_tags(refiner_classes=__import__("json").dumps(other.to_dict()))
+    with pytest.raises(ValueError, match="classes"):
+        refine_scene(files["dir"] / "rnn", files["dir"] / "image.tif", bad, tmp_path / "x.tif")
+    assert not (tmp_path / "x.tif").exists()

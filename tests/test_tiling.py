@@ -1,0 +1,39 @@
+"""Window plans: cores tile the raster once; reads hold the core plus its halo; fixed reads have one size."""
+
+import numpy as np
+import pytest
+
+from refiner.tiling import iter_windows, run_windowed
+
+
+@pytest.mark.parametrize("fixed", [False, True])
+@pytest.mark.parametrize(
+    ("h", "w", "size", "halo", "align"), [(157, 203, 64, 10, 1), (130, 70, 32, 64, 4), (20, 30, 64, 5, 1)]
+)
+def test_windows_cover_once_and_read_their_halo(h, w, size, halo, align, fixed):
+    covered = np.zeros((h, w), int)
+    shapes = set()
+    for win in iter_windows(h, w, size, halo, align, fixed=fixed):
+        covered[win.core] += 1
+        assert win.read_row <= max(0, win.row - halo) and win.read_col <= max(0, win.col - halo)
+        assert win.read_row + win.read_height >= min(h, win.row + win.height + halo)
+        assert win.read_col + win.read_width >= min(w, win.col + win.width + halo)
+        assert win.read_row % align == 0 and win.read_col % align == 0
+        assert win.read_row >= 0 and win.read_row + win.read_height <= h
+        assert win.read_col >= 0 and win.read_col + win.read_width <= w
+        shapes.add((win.read_height, win.read_width))
+    assert (covered == 1).all()
+    if fixed:
+        assert len(shapes) == 1
+
+
+def test_run_windowed_with_a_local_operator_is_exact():
+    rng = np.random.default_rng(0)
+    a = rng.random((2, 75, 61)).astype(np.float32)
+
+    def blur(arrays):  # 3x3 box filter with edge replication: receptive field 1 px
+        x = np.pad(arrays[0], ((0, 0), (1, 1), (1, 1)), mode="edge")
+        return sum(x[:, i : i + arrays[0].shape[1], j : j + arrays[0].shape[2]] for i in range(3) for j in range(3))
+
+    whole = blur([a])
+    np.testing.assert_allclose(run_windowed(blur, [a], 2, size=16, halo=1), whole, rtol=1e-6)
