@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
+
+from refiner.synthetic import coarse_like
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -39,18 +40,7 @@ def machine() -> dict:
     return info
 
 
-def stand_in_coarse(labels: np.ndarray, k: int = 2, *, sigma: float = 2.5, stride: int = 4) -> np.ndarray:
-    """A coarse CNN's output stand-in: one-hot labels averaged on a 4x coarser grid, upsampled, blurred
-    (the same rule as ``tests/conftest.py``): objects found, outlines soft and blocky."""
-    onehot = np.stack([(labels == c).astype(np.float32) for c in range(k)])
-    h, w = labels.shape
-    small = (
-        onehot[:, : h - h % stride, : w - w % stride].reshape(k, h // stride, stride, w // stride, stride).mean((2, 4))
-    )
-    up = np.repeat(np.repeat(small, stride, 1), stride, 2)
-    up = np.pad(up, ((0, 0), (0, h - up.shape[1]), (0, w - up.shape[2])), mode="edge")
-    p = 0.85 * ndimage.gaussian_filter(up, (0, sigma, sigma)) + 0.15 / k
-    return (p / p.sum(0, keepdims=True)).astype(np.float32)
+stand_in_coarse = coarse_like  # a coarse CNN's output stand-in (``refiner.synthetic.coarse_like``)
 
 
 def roads_tile(name: str = "01") -> tuple[np.ndarray, np.ndarray]:

@@ -167,3 +167,21 @@ def degrade_labels(
             sel = out[ys, xs] != IGNORE
             out[ys[sel], xs[sel]] = cls
     return out
+
+
+def coarse_like(labels: np.ndarray, k: int, *, sigma: float = 2.5, stride: int = 4) -> np.ndarray:
+    """A stand-in for a coarse CNN's probabilities (K, H, W), made from labels.
+
+    One-hot labels are averaged on a ``stride`` times coarser grid (the coarse CNN decides classes
+    on such a grid), upsampled, blurred by ``sigma`` px and mixed with 15 % uniform: objects are
+    found, their outlines soft and blocky. Used by tests and benchmarks that need a coarse map
+    without training a CNN; unlabelled pixels count as no class.
+    """
+    onehot = np.stack([(labels == c).astype(np.float32) for c in range(k)])
+    h, w = labels.shape
+    small = onehot[:, : h - h % stride, : w - w % stride]
+    small = small.reshape(k, h // stride, stride, w // stride, stride).mean((2, 4))
+    up = np.repeat(np.repeat(small, stride, 1), stride, 2)
+    up = np.pad(up, ((0, 0), (0, h - up.shape[1]), (0, w - up.shape[2])), mode="edge")
+    p = 0.85 * ndimage.gaussian_filter(up, (0, sigma, sigma)) + 0.15 / k
+    return (p / p.sum(0, keepdims=True)).astype(np.float32)
