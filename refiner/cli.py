@@ -118,7 +118,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     from refiner.models.io import load_model
     from refiner.models.rnn import RNNConfig
     from refiner.raster import labels_to_grid, read_image, read_labels, read_probs, resample, to_working_resolution
-    from refiner.train import RNNTrainConfig, train_rnn
+    from refiner.train import RNNTrainConfig, restrict_to_window, train_rnn
 
     tile = read_image(args.image, bands=args.bands)
     probs, prob_classes, _ = read_probs(args.probs)
@@ -129,12 +129,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         )
     labels = read_labels(args.labels, classes, like=tile, line_width=args.line_width)
     if args.window:
-        from refiner.classes import IGNORE
-
-        r, c, h, w = args.window
-        keep = np.full_like(labels, IGNORE)
-        keep[r : r + h, c : c + w] = labels[r : r + h, c : c + w]
-        labels = keep
+        labels = restrict_to_window(labels, args.window)
     work = to_working_resolution(tile, args.resolution)
     if work is not tile:
         probs = resample(probs, tile.georef, work.shape, work.georef)

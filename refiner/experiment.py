@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from refiner.classes import IGNORE, ClassSpec
+from refiner.classes import ClassSpec
 from refiner.crf import DEFAULT_GRID, dense_crf, grid_search
 from refiner.inference import predict_coarse, refine
 from refiner.metrics import confusion_matrix, scores_from_confusion
@@ -32,7 +32,7 @@ from refiner.models.io import load_model, save_model
 from refiner.models.rnn import VARIANTS, RNNConfig
 from refiner.raster import Tile, labels_to_grid, probs_to_grid, read_image, read_labels, to_working_resolution
 from refiner.synthetic import degrade_labels
-from refiner.train import CoarseTrainConfig, RNNTrainConfig, train_coarse, train_rnn
+from refiner.train import CoarseTrainConfig, RNNTrainConfig, restrict_to_window, train_coarse, train_rnn
 
 METHOD_KEYS = {"class_specific": "rnn", "class_agnostic": "rnn_class_agnostic", "non_recurrent": "rnn_non_recurrent"}
 
@@ -144,12 +144,7 @@ def _prepare(image: Path, labels: Path, cfg: ExperimentConfig, window: tuple[int
     tile = read_image(image, bands=cfg.bands)
     lab = read_labels(labels, cfg.classes, like=tile, line_width=cfg.line_width)
     if window is not None:
-        r, c, h, w = window
-        if r < 0 or c < 0 or r + h > lab.shape[0] or c + w > lab.shape[1] or h <= 0 or w <= 0:
-            raise ValueError(f"window {list(window)} does not fit in the {lab.shape[0]}x{lab.shape[1]} labels")
-        restricted = np.full_like(lab, IGNORE)
-        restricted[r : r + h, c : c + w] = lab[r : r + h, c : c + w]
-        lab = restricted
+        lab = restrict_to_window(lab, window)
     work = to_working_resolution(tile, cfg.resolution)
     work_lab = lab if work is tile else labels_to_grid(lab, tile.georef, work.georef, work.shape)
     return Prepared(tile, lab, work, work_lab)

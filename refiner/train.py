@@ -72,6 +72,24 @@ def check_labels(labels: np.ndarray, num_classes: int, what: str = "labels") -> 
     return n
 
 
+def restrict_to_window(labels: np.ndarray, window: tuple[int, ...] | list[int]) -> np.ndarray:
+    """Keep only the labels inside ``window`` = (row, col, height, width); the rest become 255.
+
+    Simulates a painted patch from a fully labelled tile; a window outside the labels is an error.
+    """
+    if len(window) != 4:
+        raise ValueError(f"a window is row, col, height, width; got {list(window)}")
+    r, c, h, w = (int(v) for v in window)
+    if r < 0 or c < 0 or h <= 0 or w <= 0 or r + h > labels.shape[0] or c + w > labels.shape[1]:
+        raise ValueError(
+            f"window {[r, c, h, w]} (row, col, height, width) does not fit in the "
+            f"{labels.shape[0]}x{labels.shape[1]} labels"
+        )
+    out = np.full_like(labels, IGNORE)
+    out[r : r + h, c : c + w] = labels[r : r + h, c : c + w]
+    return out
+
+
 def split_holdout(
     labels: np.ndarray, fraction: float = 0.2, *, block: int = 16, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -286,6 +286,27 @@ def test_bad_inputs_exit_2_with_one_clear_line(demo, coarse_model, tmp_path, cap
     assert (
         main(
             [
+                "finetune",
+                "--image",
+                str(demo / "enhance.tif"),
+                "--probs",
+                str(probs),
+                "--labels",
+                str(demo / "enhance_truth.tif"),
+                "--out",
+                str(tmp_path / "r"),
+                "--values",
+                "0,1,2",
+                "--window",
+                "90,90,20,20",
+            ]
+        )
+        == 2
+    )
+    assert "does not fit in the 96x96 labels" in _err(capsys)
+    assert (
+        main(
+            [
                 "refine",
                 "--model",
                 str(coarse_model),

@@ -11,6 +11,7 @@ from refiner.train import (
     PatchSampler,
     RNNTrainConfig,
     check_labels,
+    restrict_to_window,
     segmentation_loss,
     split_holdout,
     train_rnn,
@@ -117,3 +118,11 @@ def test_training_rejects_mismatched_inputs(scene):
         train_rnn(scene.image, probs[:2], scene.truth, scene.classes)
     with pytest.raises(NoLabelsError):
         train_rnn(scene.image, probs, np.full_like(scene.truth, IGNORE), scene.classes)
+
+
+def test_restrict_to_window_keeps_only_the_window():
+    labels = np.arange(30, dtype=np.uint8).reshape(5, 6)
+    out = restrict_to_window(labels, (1, 2, 2, 3))
+    assert (out[1:3, 2:5] == labels[1:3, 2:5]).all() and (out != IGNORE).sum() == 6
+    with pytest.raises(ValueError, match="does not fit"):
+        restrict_to_window(labels, (4, 0, 2, 2))
