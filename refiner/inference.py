@@ -80,10 +80,14 @@ def refine(
     iterations: int | None = None,
     keep_all: bool = False,
     device: str | torch.device | None = None,
-    window: int = WINDOW,
     progress: Callable[[int, int], None] | None = None,
 ) -> Refinement:
-    """Run the RNN on coarse ``probs`` (K, H, W) over ``tile``; every iteration when ``keep_all``."""
+    """Run the RNN on coarse ``probs`` (K, H, W) over ``tile``; every iteration when ``keep_all``.
+
+    The tile goes to :class:`~refiner.models.fused.FusedRNN` whole: it works in cache-sized
+    blocks with exact halos itself, so memory beyond the inputs and outputs stays bounded
+    (scenes larger than memory go through :mod:`refiner.scene` instead).
+    """
     if bundle.kind != "rnn":
         raise ValueError("refine needs an RNN model (from `finetune`)")
     k = len(bundle.classes)
@@ -98,20 +102,13 @@ def refine(
     work_probs = probs
     if work is not tile:
         work_probs = resample(probs, tile.georef, work.shape, work.georef, method="bilinear")
-    halo = (net.cfg.kernel_size // 2) * t_max
-    n_out = k * (t_max + 1) if keep_all else k
-
     fast = fused(net)  # exact fused inference (refiner.models.fused), folded once per model
-
-    def fn(arrays: list[np.ndarray]) -> np.ndarray:
-        with torch.inference_mode():
-            image = bundle.normalise(_as_tensor(arrays[0], dev))
-            us = fast(image, _as_tensor(arrays[1], dev), iterations=t_max, keep_all=keep_all)
-            return torch.cat([torch.softmax(u.float(), 1)[0] for u in us]).cpu().numpy()
-
-    out = run_windowed(fn, [work.image, work_probs], n_out, size=window, halo=halo, progress=progress)
-    maps = [out[i * k : (i + 1) * k] for i in range(out.shape[0] // k)]
+    with torch.inference_mode():
+        image = bundle.normalise(_as_tensor(work.image.astype(np.float32, copy=False), dev))
+        probs_t = _as_tensor(work_probs.astype(np.float32, copy=False), dev)
+        us = fast(image, probs_t, iterations=t_max, keep_all=keep_all, progress=progress)
+        del image, probs_t
+        maps = [torch.softmax(u.float(), 1)[0].cpu().numpy() for u in us]
     if work is not tile:
         maps = [probs_to_grid(m, work.georef, tile.georef, tile.shape) for m in maps]
     return Refinement(maps)
-

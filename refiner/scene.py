@@ -89,9 +89,7 @@ def run_window(task: SceneTask, win: WindowSpec) -> dict[str, np.ndarray]:
         return {"probs": np.ascontiguousarray(probs[core])}
     assert task.probs is not None
     coarse, _, _ = read_probs(task.probs, window=read)
-    result = refine(
-        bundle, tile, coarse, iterations=task.iterations, keep_all=task.keep_all, device=task.device, window=big
-    )
+    result = refine(bundle, tile, coarse, iterations=task.iterations, keep_all=task.keep_all, device=task.device)
     cls_map = result.class_map()
     cls_map[~tile.valid] = IGNORE
     out = {
@@ -235,7 +233,7 @@ def refine_scene(
     classes = bundle.classes
     if resample:
         _warn_in_memory(scheduler)
-        return _refine_in_memory(bundle, image, probs, out, probs_out, iterations_out, t_max, bands, device, window)
+        return _refine_in_memory(bundle, image, probs, out, probs_out, iterations_out, t_max, bands, device)
     task = SceneTask(
         "refine",
         str(model),
@@ -273,12 +271,10 @@ def refine_scene(
     return Path(out)
 
 
-def _refine_in_memory(bundle, image, probs, out, probs_out, iterations_out, t_max, bands, device, window) -> Path:
+def _refine_in_memory(bundle, image, probs, out, probs_out, iterations_out, t_max, bands, device) -> Path:
     tile = read_image(image, bands=bands)
     coarse, _, _ = read_probs(probs)
-    result = refine(
-        bundle, tile, coarse, iterations=t_max, keep_all=iterations_out is not None, device=device, window=window
-    )
+    result = refine(bundle, tile, coarse, iterations=t_max, keep_all=iterations_out is not None, device=device)
     cls_map = result.class_map()
     cls_map[~tile.valid] = IGNORE
     write_class_map(out, cls_map, tile.georef, bundle.classes)

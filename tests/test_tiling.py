@@ -3,12 +3,13 @@
 import numpy as np
 import pytest
 
-from refiner.tiling import iter_windows, run_windowed
+from refiner.tiling import even_size, iter_windows, run_windowed
 
 
 @pytest.mark.parametrize("fixed", [False, True])
 @pytest.mark.parametrize(
-    ("h", "w", "size", "halo", "align"), [(157, 203, 64, 10, 1), (130, 70, 32, 64, 4), (20, 30, 64, 5, 1)]
+    ("h", "w", "size", "halo", "align"),
+    [(157, 203, 64, 10, 1), (130, 70, 32, 64, 4), (20, 30, 64, 5, 1), (157, 203, (40, 51), 10, 1)],
 )
 def test_windows_cover_once_and_read_their_halo(h, w, size, halo, align, fixed):
     covered = np.zeros((h, w), int)
@@ -25,6 +26,14 @@ def test_windows_cover_once_and_read_their_halo(h, w, size, halo, align, fixed):
     assert (covered == 1).all()
     if fixed:
         assert len(shapes) == 1
+
+
+@pytest.mark.parametrize(("length", "most"), [(1500, 288), (1500, 1500), (1501, 250), (7, 64), (1000, 256)])
+def test_even_size_uses_the_fewest_blocks_and_no_sliver(length, most):
+    side = even_size(length, most)
+    n = -(-length // side)
+    assert side <= most and n == -(-length // most)  # as few blocks as the largest side needs
+    assert length - (n - 1) * side > side - n  # the last block is nearly full, not a sliver
 
 
 def test_run_windowed_with_a_local_operator_is_exact():

@@ -9,25 +9,42 @@ function of the same weights, so results equal ``RefinerRNN(..., reference=True)
 rounding (``tests/models/test_fused.py``).
 
 Why blocks: each iteration touches ``K * hidden`` feature maps per pixel (96 for K = 3), and on
-a CPU those elementwise passes are memory bound; a 128x128 block's features stay in cache, a
-whole tile's do not. Each block is computed with a halo of ``r * T`` pixels (``r`` = filter
-radius), so the stitched result is exactly the whole-image one (:mod:`refiner.tiling`).
+a CPU those passes are memory bound; a 256x256 block's features stay in cache, a whole tile's
+do not. Each block is computed with a halo of ``r * T`` pixels (``r`` = filter radius), so the
+stitched result is exactly the whole-image one (:mod:`refiner.tiling`). Bigger blocks waste less
+on halos until their features fall out of the cache (see :func:`cpu_block`), and each step only
+computes the region later steps still need (for a 256 px core and T = 5, 1.06x the core's
+pixels per step on average, against 1.16x if every step covered the whole padded block).
 """
 
 from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from refiner.models.rnn import RefinerRNN, RNNConfig, probs_to_scores
+from refiner.tiling import even_size
 
-#: Side of the blocks the CPU path works on (128 was fastest of 96-512 in noisy single-thread
-#: measurements on a busy 2-core EPYC; see docs/scale.md). GPUs take the whole window at once.
-CPU_BLOCK = 128
+#: Bytes of hidden features a CPU block may hold (``K * hidden`` fp32 maps over the block and
+#: its halo). Measured on a quiet 2-core EPYC with 32 MiB of L3: time per pixel falls as blocks
+#: grow (less halo), then jumps 1.5-2x once a block's features pass ~28 MB (K = 2 at a 320 px
+#: side, K = 3 at 256 px). 20 MiB keeps clear of that cliff.
+CPU_FEATURE_BYTES = 20 * 2**20
+
+
+def cpu_block(feature_maps: int, halo: int = 10) -> int:
+    """Block side (a multiple of 32, at least 64) whose features fit :data:`CPU_FEATURE_BYTES`.
+
+    ``feature_maps`` = K * hidden; K = 2 gets 256 px, K = 3 192 px, more classes less.
+    GPUs take the whole window at once instead.
+    """
+    side = int((CPU_FEATURE_BYTES / (4 * feature_maps)) ** 0.5) - 2 * halo
+    return max(64, side // 32 * 32)
 
 
 @dataclass(frozen=True)
@@ -105,68 +122,118 @@ class FusedRNN:
         *,
         keep_all: bool = True,
         block: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
     ) -> list[torch.Tensor]:
         """Score maps ``[u_0, ..., u_T]`` (only ``[u_T]`` unless ``keep_all``) for (B, C, H, W) inputs.
 
-        ``block`` (pixels) computes the result in blocks of that side with an exact halo;
-        default: :data:`CPU_BLOCK` on a CPU, the whole input elsewhere; 0 = whole input.
+        ``block`` (pixels) computes the result in blocks of at most that side with an exact halo;
+        default: :func:`cpu_block` on a CPU, the whole input elsewhere; 0 = whole input.
+        ``progress(done, total)`` is called after each block.
         """
         t_max = self._check(iterations)
-        if block is None:
-            block = CPU_BLOCK if image.device.type == "cpu" else 0
+        halo = (self.cfg.kernel_size // 2) * t_max
         h, w = image.shape[-2:]
+        if block is None:
+            block = cpu_block(probs.shape[1] * self.cfg.hidden, halo) if image.device.type == "cpu" else 0
+        # block sides: the fewest blocks, of even size rounded up to a multiple of 32, so a few
+        # shapes (and compiled kernels) serve every image; 0 = the input as one block
+        bh, bw = (_ceil_to(even_size(h, block), 32), _ceil_to(even_size(w, block), 32)) if block else (h, w)
+        n_out = t_max + 1 if keep_all else 1
+        b, k = probs.shape[:2]
+        cores = [(r, c) for r in range(0, h, bh) for c in range(0, w, bw)]
         with torch.inference_mode():
             image, probs = image.to(self.dtype), probs.to(self.dtype)
-            if not block or (h <= block and w <= block):
-                return self._forward(image, probs, t_max, keep_all)
-            from refiner.tiling import iter_windows
-
-            n_out = t_max + 1 if keep_all else 1
-            b, k = probs.shape[:2]
             outs = [torch.empty(b, k, h, w, dtype=self.dtype, device=probs.device) for _ in range(n_out)]
-            halo = (self.cfg.kernel_size // 2) * t_max
-            # fixed-size reads (edge windows grow inwards): one shape, so one compiled kernel
-            for win in iter_windows(h, w, block, halo, fixed=True):
-                rs, cs = win.read
-                maps = self._forward(image[..., rs, cs], probs[..., rs, cs], t_max, keep_all)
-                cr, cc = win.core_in_read
-                for o, m in zip(outs, maps, strict=True):
-                    o[..., win.core[0], win.core[1]] = m[..., cr, cc]
-            return outs
+            for i, (r, c) in enumerate(cores):
+                rows, cols = slice(r, min(h, r + bh)), slice(c, min(w, c + bw))
+                img, edges = _read_block(image, rows, cols, (bh, bw), halo)
+                maps = self._forward(img, _read_block(probs, rows, cols, (bh, bw), halo)[0], t_max, edges)
+                for o, m in zip(outs, maps if keep_all else maps[-1:], strict=True):
+                    off = (m.shape[-2] - bh) // 2  # u_t covers the core plus r * (T - t) on each side
+                    o[..., rows, cols] = m[..., off : off + rows.stop - r, off : off + cols.stop - c]
+                if progress:
+                    progress(i + 1, len(cores))
+        return outs
 
-    def _forward(self, image: torch.Tensor, probs: torch.Tensor, t_max: int, keep_all: bool) -> list[torch.Tensor]:
+    def _forward(
+        self, image: torch.Tensor, probs: torch.Tensor, t_max: int, edges: tuple[int, int, int, int]
+    ) -> list[torch.Tensor]:
+        """``[u_0, ..., u_T]`` on a block read with its halo; ``u_t`` loses ``r`` pixels a side per step.
+
+        Every step is a valid convolution: it computes only the region later steps still need, and
+        needs no padding, because :func:`_read_block` has extended the input past the scene's
+        borders (by ``edges`` pixels: top, bottom, left, right) by replication, and each step
+        renews that extension (:func:`_replicate_edges`).
+        """
         r = self.cfg.kernel_size // 2
-        b, k, h, w = probs.shape
+        b, k = probs.shape[:2]
         cl = torch.channels_last  # oneDNN's fast layout for these convolutions (~10x NCHW here)
         tail = _tail_fn(self.compile and image.device.type == "cpu")
         u = probs_to_scores(probs).contiguous(memory_format=cl)
-        maps = [u] if keep_all else []
+        maps = [u]
         terms: dict[int, torch.Tensor] = {}
         for t in range(t_max):
             idx = t if len(self.blocks) > 1 else 0
             fb = self.blocks[idx]
-            if idx not in terms:  # the image half of the hidden layer, once per parameter set
-                img = F.pad(image, (r, r, r, r), mode="replicate").contiguous(memory_format=cl)
-                feats = F.conv2d(img, fb.image_filters).contiguous(memory_format=cl)  # (B, F, H, W)
+            if idx not in terms:  # the image half of the hidden layer, on the first step's region, once
+                feats = F.conv2d(image.contiguous(memory_format=cl), fb.image_filters).contiguous(memory_format=cl)
+                h1, w1 = feats.shape[-2:]
                 proj = fb.image_proj.flatten(1).t()  # (F, G*hidden)
                 flat = torch.addmm(fb.hidden_bias, feats.permute(0, 2, 3, 1).reshape(-1, proj.shape[0]), proj)
-                terms[idx] = flat.view(b, h, w, -1).permute(0, 3, 1, 2)  # channels-last (B, G*hidden, H, W)
-            term = terms[idx]
-            padded = F.pad(u, (r, r, r, r), mode="replicate").contiguous(memory_format=cl)
+                terms[idx] = flat.view(b, h1, w1, -1).permute(0, 3, 1, 2)  # channels-last (B, G*hidden, h1, w1)
             if fb.groups == 1:  # class-agnostic: one filter bank for every class map
-                pre = torch.cat([F.conv2d(padded[:, i : i + 1], fb.filters) for i in range(k)], 1)
-                if term.shape[1] != pre.shape[1]:
-                    term = terms[idx] = term.repeat(1, k, 1, 1).contiguous(memory_format=cl)
+                pre = torch.cat([F.conv2d(u[:, i : i + 1], fb.filters) for i in range(k)], 1)
+                if terms[idx].shape[1] != pre.shape[1]:
+                    terms[idx] = terms[idx].repeat(1, k, 1, 1).contiguous(memory_format=cl)
                 out_w, out_b = fb.out_w.expand(k, fb.hidden), fb.out_b.expand(k)
             else:
-                pre = F.conv2d(padded, fb.filters, groups=k)
+                pre = F.conv2d(u, fb.filters, groups=k)
                 out_w, out_b = fb.out_w, fb.out_b
-            u = tail(pre, term, u, out_w.contiguous(), out_b.contiguous())
-            if keep_all or t == t_max - 1:
-                maps.append(u)
-        if not maps:  # t_max == 0
+            h, w = pre.shape[-2:]
+            term = terms[idx][..., r * t : r * t + h, r * t : r * t + w]
+            u = tail(pre, term, u[..., r : r + h, r : r + w], out_w.contiguous(), out_b.contiguous())
+            _replicate_edges(u, [max(0, e - r * (t + 1)) for e in edges])
             maps.append(u)
         return maps
+
+
+def _ceil_to(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def _read_block(
+    x: torch.Tensor, rows: slice, cols: slice, size: tuple[int, int], halo: int
+) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
+    """``x`` over a ``size`` block starting at ``rows``/``cols``, plus ``halo``, replicated past the edges.
+
+    Also returns how many pixels were added past each edge (top, bottom, left, right): the
+    reference's replicate padding at the scene's borders, and the last blocks' overhang.
+    """
+    h, w = x.shape[-2:]
+    r0, r1 = rows.start - halo, rows.start + size[0] + halo
+    c0, c1 = cols.start - halo, cols.start + size[1] + halo
+    edges = (max(0, -r0), max(0, r1 - h), max(0, -c0), max(0, c1 - w))
+    block = x[..., max(0, r0) : min(h, r1), max(0, c0) : min(w, c1)]
+    if any(edges):
+        block = F.pad(block, (edges[2], edges[3], edges[0], edges[1]), mode="replicate")
+    return block, edges
+
+
+def _replicate_edges(u: torch.Tensor, edges: list[int]) -> None:
+    """Refill the rows/columns of ``u`` that lie past the scene's edges with the edge values.
+
+    That is what the reference's replicate padding feeds the next step, so the block stays exact.
+    """
+    top, bottom, left, right = edges
+    h, w = u.shape[-2:]
+    if top:
+        u[..., :top, :] = u[..., top : top + 1, :]
+    if bottom:
+        u[..., h - bottom :, :] = u[..., h - bottom - 1 : h - bottom, :]
+    if left:
+        u[..., :, :left] = u[..., :, left : left + 1]
+    if right:
+        u[..., :, w - right :] = u[..., :, w - right - 1 : w - right]
 
 
 def _tail(pre: torch.Tensor, term: torch.Tensor, u: torch.Tensor, out_w: torch.Tensor, out_b: torch.Tensor):
@@ -203,8 +270,14 @@ def _tail_fn(compile: bool):
     if not compile or os.environ.get("REFINER_COMPILE", "1") == "0" or _COMPILED.get("failed"):
         return _eager_tail
     if "fn" not in _COMPILED:
-        # static shapes: a kernel per input shape (blocks have one fixed shape), so a given shape
-        # gives the same bits in every process, whatever shapes that process saw before
+        # Static shapes: a kernel per input shape, so a given shape gives the same bits in every
+        # process, whatever shapes that process saw before; ~1.5-2x faster than a dynamic-shape
+        # kernel here. Block sides are multiples of 32 and each of the T steps has its own
+        # shape, so a few models and tile sizes need more than dynamo's default 8 kernels per
+        # function: past the limit it would silently run eager.
+        import torch._dynamo
+
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
         _COMPILED["fn"] = torch.compile(_tail, dynamic=False)
 
     def run(*args):

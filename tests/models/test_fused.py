@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from refiner.models.fused import FusedRNN, fused
+from refiner.models.fused import CPU_FEATURE_BYTES, FusedRNN, cpu_block, fused
 from refiner.models.rnn import VARIANTS, RefinerRNN, RNNConfig
 
 
@@ -25,11 +25,13 @@ def _random_net(variant: str, k: int = 3, iterations: int = 4) -> RefinerRNN:
 
 @pytest.mark.parametrize(
     ("variant", "block", "compile"),
-    [(v, b, False) for v in VARIANTS for b in (0, 16)] + [("class_specific", 16, True), ("class_agnostic", 0, True)],
+    [(v, b, False) for v in VARIANTS for b in (0, 16, 32)]
+    + [("class_specific", 32, True), ("class_agnostic", 0, True)],
 )
 def test_fused_inference_equals_the_reference_equations(variant, block, compile):
+    """Blocks of 32 px on 100 x 90: interior blocks, borders, corners and a last block overhanging the edge."""
     net = _random_net(variant)
-    image, probs = _inputs(k=3)
+    image, probs = _inputs(k=3, h=100, w=90) if block == 32 else _inputs(k=3)
     with torch.no_grad():
         ref = net(image, probs, reference=True)
     out = FusedRNN(net, compile=compile)(image, probs, block=block)
@@ -64,3 +66,15 @@ def test_the_cached_fold_follows_weight_updates():
     with torch.no_grad():
         ref = net(image, probs, reference=True)[-1]
     torch.testing.assert_close(again(image, probs, keep_all=False)[0].contiguous(), ref, rtol=1e-4, atol=2e-5)
+
+
+def test_blocks_shrink_with_more_feature_maps_and_report_progress():
+    sides = [cpu_block(k * 32) for k in (2, 3, 4, 6, 10, 200)]
+    assert sides == sorted(sides, reverse=True) and sides[-1] == 64 and all(s % 32 == 0 for s in sides)
+    for k, side in zip((2, 3, 4, 6), sides, strict=False):  # the largest that fits the cache budget
+        assert 4 * k * 32 * (side + 20) ** 2 <= CPU_FEATURE_BYTES < 4 * k * 32 * (side + 52) ** 2
+    net = _random_net("class_specific", iterations=2)
+    image, probs = _inputs(h=45, w=38)
+    seen: list[tuple[int, int]] = []
+    FusedRNN(net, compile=False)(image, probs, block=16, progress=lambda d, n: seen.append((d, n)))
+    assert seen == [(i, 4) for i in range(1, 5)]  # sides are multiples of 32: 2 x 2 blocks, in order
