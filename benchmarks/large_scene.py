@@ -78,13 +78,14 @@ def child(args) -> None:
     """Run in a fresh process: refine one scene, print wall time and own peak RSS."""
     import torch
 
-    from refiner.models.fused import fused
+    from refiner.models.fused import fused, scene_window
 
     # warm-up outside the timing: model load and the one-off kernel compilation (seconds)
     from refiner.scene import SceneTask, refine_scene, task_model
 
     net = task_model(SceneTask("refine", str(args.model), str(args.image))).net
-    fused(net)(torch.zeros(1, 3, 300, 300), torch.full((1, 2, 300, 300), 0.5), keep_all=False)
+    read = (args.window or scene_window(net.cfg)) + 2 * net.cfg.halo  # the windows' read shape
+    fused(net)(torch.zeros(1, 3, read, read), torch.full((1, 2, read, read), 0.5), keep_all=False)
     t0 = time.perf_counter()
     refine_scene(args.model, args.image, args.probs, args.out, window=args.window)
     wall = time.perf_counter() - t0
@@ -96,7 +97,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000, 10000, 20000])
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/refiner-large"))
-    ap.add_argument("--window", type=int, default=512)
+    ap.add_argument("--window", type=int, default=None, help="default: refine_scene's (whole compute blocks)")
     ap.add_argument("--keep", action="store_true", help="keep the generated scenes")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -116,7 +117,8 @@ def main() -> None:
         gen = time.perf_counter() - t0
         out = args.workdir / f"refined_{size}.tif"
         cmd = [sys.executable, __file__, "--child", "--model", str(model), "--image", str(image),
-               "--probs", str(probs), "--out", str(out), "--window", str(args.window)]  # fmt: skip
+               "--probs", str(probs), "--out", str(out)]  # fmt: skip
+        cmd += ["--window", str(args.window)] if args.window else []
         load = machine()["load_avg_1_5_15"]
         res = json.loads(
             subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]

@@ -108,7 +108,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         bands=args.bands,
         device=args.device,
         progress=_progress("predict"),
-        window=args.window,
+        window=args.window or 512,
         scheduler=args.scheduler,
     )
     print(f"wrote class probabilities to {args.out}")
@@ -291,7 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     def scale_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument(
-            "--window", type=int, default=512, help="processing window in pixels (memory bound; default 512)"
+            "--window",
+            type=int,
+            default=None,
+            help="processing window in pixels, which bounds memory (default: 512 for predict; for refine "
+            "about 1000, sized to whole compute blocks)",
         )
         scheduler_arg(sp)
 

@@ -34,6 +34,7 @@ import rasterio
 from refiner.classes import IGNORE, ClassSpec
 from refiner.inference import predict_coarse, refine
 from refiner.models.coarse import COARSE_HALO
+from refiner.models.fused import scene_window
 from refiner.models.io import ModelBundle, load_model
 from refiner.raster import (
     Georef,
@@ -221,11 +222,15 @@ def refine_scene(
     iterations: int | None = None,
     bands=None,
     device=None,
-    window: int = 512,
+    window: int | None = None,
     progress: Progress | None = None,
     scheduler=None,
 ) -> Path:
-    """Refined class map (and optionally probabilities, every iteration) of a scene, window by window."""
+    """Refined class map (and optionally probabilities, every iteration) of a scene, window by window.
+
+    ``window``: the core side of each window; default :func:`~refiner.models.fused.scene_window`,
+    which reads whole CPU blocks (about 1000 px for two classes).
+    """
     bundle = load_model(model, expect="rnn")
     h, w, (georef, resample) = _streamable(image, bundle)
     _check_probs(probs, h, w, bundle)
@@ -245,7 +250,7 @@ def refine_scene(
         device=device,
     )
     halo = (bundle.net.cfg.kernel_size // 2) * t_max
-    windows = list(iter_windows(h, w, window, halo, fixed=True))
+    windows = list(iter_windows(h, w, window or scene_window(bundle.net.cfg, t_max), halo, fixed=True))
     tags = {"refiner_classes": json.dumps(classes.to_dict())}
     with streaming_env():
         cmap = {v: tuple(c) for v, c in zip(classes.values, classes.colors, strict=True)}

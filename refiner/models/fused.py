@@ -47,6 +47,16 @@ def cpu_block(feature_maps: int, halo: int = 10) -> int:
     return max(64, side // 32 * 32)
 
 
+def scene_window(cfg: RNNConfig, iterations: int | None = None, blocks: int = 4) -> int:
+    """A scene window whose read (window + 2 halos) is exactly ``blocks`` x ``blocks`` CPU blocks.
+
+    Any window is exact; this one wastes nothing on partial blocks (K = 2, T = 5: 1004 px,
+    read as 1024 = 4 x 256). Memory per window stays in the tens of megabytes.
+    """
+    halo = (cfg.kernel_size // 2) * (cfg.iterations if iterations is None else iterations)
+    return blocks * cpu_block(cfg.num_classes * cfg.hidden, halo) - 2 * halo
+
+
 @dataclass(frozen=True)
 class FoldedBlock:
     """One parameter set with the map filters folded into the MLP's first layer."""

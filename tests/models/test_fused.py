@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from refiner.models.fused import CPU_FEATURE_BYTES, FusedRNN, cpu_block, fused
+from refiner.models.fused import CPU_FEATURE_BYTES, FusedRNN, cpu_block, fused, scene_window
 from refiner.models.rnn import VARIANTS, RefinerRNN, RNNConfig
 
 
@@ -78,3 +78,11 @@ def test_blocks_shrink_with_more_feature_maps_and_report_progress():
     seen: list[tuple[int, int]] = []
     FusedRNN(net, compile=False)(image, probs, block=16, progress=lambda d, n: seen.append((d, n)))
     assert seen == [(i, 4) for i in range(1, 5)]  # sides are multiples of 32: 2 x 2 blocks, in order
+
+
+def test_scene_windows_read_whole_blocks():
+    for k, t in ((2, 5), (3, 5), (2, 2)):
+        cfg = RNNConfig(k, iterations=t)
+        halo = 2 * t
+        window = scene_window(cfg)
+        assert window > 512 and (window + 2 * halo) % cpu_block(k * 32, halo) == 0
