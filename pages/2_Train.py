@@ -10,11 +10,17 @@ from refiner.train import pick_device
 from webapp import common
 
 ws = common.page("Train")
+scheduler = jobs.scheduler_setting(ws)
 device = pick_device()
-st.write(
-    f"Fine-tunes the RNN on your painted pixels (AdaGrad, cross-entropy), on **{device.type.upper()}**"
+where = (
+    f"on the **Dask cluster** at `{scheduler}` (a GPU worker if one declares it)."
+    if scheduler
+    else f"on **{device.type.upper()}**"
     + (" (no GPU found: a few hundred steps take a minute or two)." if device.type == "cpu" else ".")
-    + " Part of the painted pixels (whole 16×16 blocks) is held back to measure IoU as training goes."
+)
+st.write(
+    f"Fine-tunes the RNN on your painted pixels (AdaGrad, cross-entropy), {where}"
+    " Part of the painted pixels (whole 16×16 blocks) is held back to measure IoU as training goes."
 )
 
 status = jobs.read_status(ws)
@@ -69,7 +75,7 @@ if submitted:
     with common.guard("starting training"):
         if not ws.has_coarse():
             raise ValueError("compute or upload coarse probabilities on the start page first")
-        jobs.start_training(ws, params)
+        jobs.start_training(ws, params, backend=jobs.backend_for(scheduler))
     st.rerun()
 
 

@@ -1,7 +1,8 @@
 """Dask distributed backend: scene windows as tasks across workers, fine-tuning on a GPU worker.
 
 Local by default: nothing here is used unless a scheduler is given (``--scheduler ADDRESS`` on
-the CLI, ``scheduler=`` in :mod:`refiner.scene`). Workers need the model folder and the input
+the CLI, ``scheduler=`` in :mod:`refiner.scene`, the app's Dask setting, which runs training
+jobs through :class:`DaskBackend`). Workers need the model folder and the input
 rasters at the same paths (a shared file system or object-store URLs GDAL can read): each window
 task reads its own inputs and loads the model once per worker process. The driver writes the
 outputs, in window order, keeping only a bounded number of windows in flight, so its memory
@@ -24,6 +25,21 @@ from refiner.tiling import WindowSpec
 LOCAL = "local"
 
 
+#: Address schemes a Dask scheduler listens on.
+SCHEMES = ("tcp://", "tls://", "ucx://", "inproc://", "ws://", "wss://")
+
+
+def check_address(address: str) -> str:
+    """``address`` stripped, if it names a scheduler (``tcp://host:8786``, ``local``, or empty for none)."""
+    address = address.strip()
+    if address and address != LOCAL and not (address.startswith(SCHEMES) and len(address.split("://", 1)[1]) > 0):
+        raise ValueError(
+            f"{address!r} is not a Dask scheduler address: use the form tcp://host:8786 (as printed by "
+            "`dask scheduler`), 'local' for a cluster on this machine, or leave it empty to run here"
+        )
+    return address
+
+
 def get_client(scheduler: Any):
     """A ``dask.distributed.Client`` for a scheduler address, ``"local"``, or an existing client."""
     from dask.distributed import Client, LocalCluster
@@ -38,6 +54,17 @@ def get_client(scheduler: Any):
         return Client(scheduler, timeout="10s")
     except OSError as exc:
         raise OSError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from exc
+
+
+_CLIENTS: dict[str, Any] = {}
+
+
+def shared_client(scheduler: str):
+    """A client for ``scheduler`` kept for this process's lifetime (the app reuses it across reruns)."""
+    client = _CLIENTS.get(scheduler)
+    if client is None or client.status not in ("running", "connecting"):
+        client = _CLIENTS[scheduler] = get_client(scheduler)
+    return client
 
 
 def _in_flight(client) -> int:
@@ -96,3 +123,28 @@ def run_on_gpu_worker(scheduler: Any, fn: Callable, *args, log: Callable[[str], 
     finally:
         if own:
             client.close()
+
+
+class _FutureHandle:
+    def __init__(self, future) -> None:
+        self.future = future  # held so Dask keeps the task: a released future is cancelled
+
+    def done(self) -> bool:
+        return self.future.done()
+
+
+class DaskBackend:
+    """A :class:`refiner.jobs.Backend` that runs jobs on a Dask cluster, on a GPU worker when there is one.
+
+    Jobs report through their workspace folder, so workers must see it at the same path (a shared
+    file system). ``gpu`` says whether a worker declares a ``GPU`` resource; without one the job
+    runs on any worker (on its CPU).
+    """
+
+    def __init__(self, scheduler: Any) -> None:
+        self.client = scheduler if not isinstance(scheduler, str) else shared_client(scheduler)
+        self.gpu = has_gpu_workers(self.client)
+
+    def submit(self, fn: Callable, *args: Any) -> _FutureHandle:
+        extra = {"resources": {"GPU": 1}} if self.gpu else {}
+        return _FutureHandle(self.client.submit(fn, *args, pure=False, **extra))

@@ -16,6 +16,8 @@ from the last checkpoint with ``resume=True``.
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
 import traceback
@@ -65,6 +67,7 @@ class JobStatus:
     step: int = 0
     steps: int = 0
     device: str = ""
+    host: str = ""  # where it runs: hostname:pid (a Dask worker's, or the app's own)
     started: float = 0.0
     updated: float = 0.0
     seconds: float = 0.0
@@ -96,20 +99,27 @@ def _jobs_dir(ws: Workspace) -> Path:
     return d
 
 
-def write_status(ws: Workspace, status: JobStatus) -> None:
+def write_status(ws: Workspace, status: Any, file: str = STATUS) -> None:
+    """Save a job's status (a dataclass with ``id``, ``state``, ``updated``) as ``jobs/<file>``."""
     status.updated = time.time()
-    atomic_write_json(_jobs_dir(ws) / STATUS, asdict(status))
+    atomic_write_json(_jobs_dir(ws) / file, asdict(status))
 
 
 def read_status(ws: Workspace) -> JobStatus | None:
-    """The last run's status; a run whose process went away reads as ``interrupted``."""
-    d = read_json(ws.path / "jobs" / STATUS)
+    """The last training run's status; a run whose process went away reads as ``interrupted``."""
+    why = "the server stopped during training; continue training to resume from the last checkpoint"
+    return read_job(ws, JobStatus, STATUS, why)
+
+
+def read_job(ws: Workspace, kind: type, file: str, interrupted: str) -> Any:
+    """A job's status from ``jobs/<file>``; an active one whose heartbeat stopped reads as ``interrupted``."""
+    d = read_json(ws.path / "jobs" / file)
     if not d:
         return None
-    status = JobStatus.from_dict(d)
-    if status.active and status.id not in _LIVE and time.time() - status.updated > 3 * HEARTBEAT:
+    status = kind.from_dict(d)
+    if status.state in ACTIVE and status.id not in _LIVE and time.time() - status.updated > 3 * HEARTBEAT:
         status.state = "interrupted"
-        status.message = "the server stopped during training; continue training to resume from the last checkpoint"
+        status.message = interrupted
     return status
 
 
@@ -147,6 +157,7 @@ def run_training(workspace: str | Path, params: dict, job_id: str) -> dict:
     try:
         dev = pick_device(p.device)
         status.device = str(dev)
+        status.host = f"{socket.gethostname()}:{os.getpid()}"
         save(force=True)
         classes = ws.classes
         tile = ws.tile()
@@ -267,6 +278,31 @@ class ThreadBackend:
         t = threading.Thread(target=fn, args=args, daemon=True, name="refiner-job")
         t.start()
         return _ThreadHandle(t)
+
+
+def scheduler_setting(ws: Workspace) -> str:
+    """Where this workspace's jobs run: its ``compute.scheduler`` setting, else ``$REFINER_SCHEDULER``.
+
+    An empty string means this process (:class:`ThreadBackend`), the default.
+    """
+    compute = ws.settings.get("compute") or {}
+    if "scheduler" in compute:
+        return str(compute["scheduler"])
+    return os.environ.get("REFINER_SCHEDULER", "").strip()
+
+
+def backend_for(scheduler: str) -> Backend:
+    """The backend for a scheduler setting: a thread here, or a Dask cluster (GPU worker if any)."""
+    if not scheduler:
+        return ThreadBackend()
+    from refiner.distributed import DaskBackend, check_address
+
+    try:
+        return DaskBackend(check_address(scheduler))
+    except OSError as exc:
+        raise RuntimeError(
+            f"{exc}. Check the Dask scheduler address (sidebar, Compute), or clear it to train on this machine"
+        ) from exc
 
 
 #: Jobs started by this process that have not finished: id -> handle.

@@ -73,3 +73,43 @@ def test_cli_scheduler_option_runs_on_the_cluster(files, client, tmp_path):  # n
     with rasterio.open(tmp_path / "a.tif") as a, rasterio.open(tmp_path / "b.tif") as b:
         assert a.profile == b.profile and a.tags() == b.tags()
         assert np.array_equal(a.read(), b.read())
+
+
+def test_app_training_jobs_run_on_a_cluster_worker(client, tmp_path):
+    import os
+
+    from refiner import jobs
+    from refiner.distributed import DaskBackend
+    from tests.app.conftest import make_workspace
+
+    ws = make_workspace(tmp_path, with_rnn=False)
+    backend = DaskBackend(client)
+    assert not backend.gpu  # no worker declares GPU=1: any worker takes the job
+    params = jobs.TrainParams(steps=4, eval_every=2, batch_size=2, patch_size=24, resume=False)
+    jobs.start_training(ws, params, backend=backend)
+    done = jobs.wait(ws, timeout=180)
+    assert done.state == "finished", done.message
+    assert done.step == 4 and ws.has_model("rnn")
+    assert done.host and int(done.host.rsplit(":", 1)[1]) != os.getpid()  # a worker process trained it
+    workers = client.run(os.getpid)
+    assert int(done.host.rsplit(":", 1)[1]) in workers.values()
+
+
+def test_scheduler_settings_and_clear_errors(tmp_path, monkeypatch):
+    from refiner import jobs
+    from refiner.distributed import check_address
+    from tests.app.conftest import make_workspace
+
+    ws = make_workspace(tmp_path, with_rnn=False)
+    monkeypatch.delenv("REFINER_SCHEDULER", raising=False)
+    assert jobs.scheduler_setting(ws) == "" and isinstance(jobs.backend_for(""), jobs.ThreadBackend)
+    monkeypatch.setenv("REFINER_SCHEDULER", "tcp://10.0.0.5:8786")
+    assert jobs.scheduler_setting(ws) == "tcp://10.0.0.5:8786"  # a deployment's default...
+    ws.update_settings(compute={"scheduler": ""})
+    assert jobs.scheduler_setting(ws) == ""  # ...which the workspace's own setting overrides
+    assert check_address("  tcp://h:1 ") == "tcp://h:1" and check_address("local") == "local"
+    for bad in ("10.0.0.5:8786", "http://h:8786", "tcp://"):
+        with pytest.raises(ValueError, match="not a Dask scheduler address"):
+            jobs.backend_for(bad)
+    with pytest.raises(RuntimeError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9.*clear it"):
+        jobs.backend_for("tcp://127.0.0.1:9")

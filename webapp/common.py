@@ -78,6 +78,33 @@ def sidebar(ws: Workspace) -> None:
         st.caption(f"{s.get('height')}×{s.get('width')} px · {', '.join(ws.classes.names)}")
         if ws.name == DEMO_NAME:
             st.caption("The embedded demo: a synthetic scene with a pretrained coarse CNN and RNN.")
+        compute_setting(ws)
+
+
+def compute_setting(ws: Workspace) -> None:
+    """Where training jobs run: this machine (default) or a Dask cluster, saved in the workspace."""
+    from refiner.distributed import check_address
+    from refiner.jobs import scheduler_setting
+
+    current = scheduler_setting(ws)
+    with st.expander("Compute", expanded=bool(current)):
+        value = st.text_input(
+            "Dask scheduler",
+            value=current,
+            placeholder="empty: this machine",
+            key=f"scheduler_{ws.name}",
+            help="Address of a Dask scheduler, e.g. tcp://10.0.0.5:8786, or 'local' for a cluster on "
+            "this machine. Training then runs on a worker started with --resources GPU=1 if there is one. "
+            "Workers must see the workspace folder at the same path (a shared file system).",
+        )
+        if value.strip() != current:
+            try:
+                ws.update_settings(compute={"scheduler": check_address(value)})
+            except ValueError as exc:
+                st.error(str(exc))
+                return
+            current = value.strip()
+        st.caption(f"Training runs on the Dask cluster at {current}." if current else "Training runs on this machine.")
 
 
 @contextlib.contextmanager

@@ -87,6 +87,23 @@ def test_train_page_trains_in_the_background_and_shows_progress(app_ws):
     assert app_ws.holdout() is not None
 
 
+def test_compute_setting_is_checked_saved_and_used_for_training(app_ws, monkeypatch):
+    monkeypatch.delenv("REFINER_SCHEDULER", raising=False)
+    at = run("pages/2_Train.py")
+    assert "Training runs on this machine." in [c.value for c in at.sidebar.caption]
+    at.sidebar.text_input(key="scheduler_t").set_value("10.0.0.5:8786").run()
+    assert at.error and "not a Dask scheduler address" in at.error[0].value
+    assert jobs.scheduler_setting(app_ws) == ""  # a bad address is not saved
+    at.sidebar.text_input(key="scheduler_t").set_value("tcp://127.0.0.1:9").run()
+    assert not at.error and jobs.scheduler_setting(app_ws) == "tcp://127.0.0.1:9"
+    assert "Dask cluster" in at.markdown[0].value
+    at.number_input(key="steps").set_value(6)
+    at.button[0].click().run()  # nothing listens there: a clear message, no job, no traceback
+    assert not at.exception
+    assert at.error and "cannot reach the Dask scheduler" in at.error[0].value
+    assert jobs.read_status(app_ws) is None
+
+
 def test_iterations_page_scores_every_iteration(app_ws):
     at = run("pages/3_Iterations.py")
     slider = at.slider(key="iteration")
