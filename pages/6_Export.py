@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
-from refiner import results
+from refiner import jobs, results, scene_job
 from refiner.export import write_geopackage
 from refiner.raster import write_class_map, write_probs
 from webapp import common
@@ -68,3 +70,74 @@ with c3:
         key="dl_gpkg",
     )
     st.caption("Fields: class, value, area (in CRS units²).")
+
+# --------------------------------------------------------------------------- the whole scene
+st.divider()
+st.subheader("Whole scene")
+scheduler = jobs.scheduler_setting(ws)
+where = f"Windows run on the Dask cluster at `{scheduler}`." if scheduler else "Runs here, in the background."
+st.write(
+    "Refine the whole scene this tile came from (or any GeoTIFF at the same resolution and bands), "
+    "window by window at bounded memory: the coarse CNN, then this workspace's RNN. Files go to the "
+    "workspace's `results/scene/` folder. " + where
+)
+scene_status = scene_job.read_scene_status(ws)
+scene_running = scene_status is not None and scene_status.active
+with st.form("scene_form"):
+    source = st.text_input(
+        "Scene GeoTIFF (a path on the server, or a URL)", value=scene_job.default_source(ws), key="scene_source"
+    )
+    coarse_in = st.text_input(
+        "Coarse probabilities of the scene (optional GeoTIFF; empty: compute them with the coarse CNN)",
+        key="scene_coarse",
+    )
+    go = st.form_submit_button("Refine the scene", disabled=scene_running, type="primary")
+if go:
+    with common.guard("starting the scene run"):
+        scene_job.start_scene_job(ws, source, coarse=coarse_in, scheduler=scheduler)
+    st.rerun()
+
+
+@st.fragment(run_every=1.0 if scene_running else None)
+def scene_panel() -> None:
+    now = scene_job.read_scene_status(ws)
+    if now is None:
+        st.caption("No scene run yet in this workspace.")
+        return
+    stage = {"coarse": "Coarse CNN", "refine": "RNN"}.get(now.stage, "Starting")
+    label = {
+        "queued": "Starting…",
+        "running": f"{stage}: window {now.done} of {now.total or '…'}",
+        "finished": "Finished",
+        "cancelled": "Cancelled",
+        "failed": "Failed",
+        "interrupted": "Interrupted",
+    }[now.state]
+    st.progress(now.fraction, text=label)
+    if now.state == "failed":
+        st.error(f"The scene run failed: {now.message}")
+    elif now.message:
+        st.caption(now.message)
+    if now.state == "finished":
+        for name, path in now.outputs.items():
+            p = Path(path)
+            size = p.stat().st_size if p.is_file() else 0
+            if 0 < size <= scene_job.DOWNLOAD_LIMIT:
+                st.download_button(
+                    f"Download {p.name} ({size / 2**20:.1f} MiB)",
+                    p.read_bytes(),
+                    file_name=f"{ws.name}_scene_{p.name}",
+                    mime="image/tiff",
+                    key=f"dl_scene_{name}",
+                )
+            else:
+                st.caption(f"`{p}` ({size / 2**20:.0f} MiB: too large to download here; copy it from the server)")
+    if now.active:
+        if st.button("Cancel the scene run", key="cancel_scene"):
+            scene_job.request_scene_cancel(ws)
+            st.toast("Cancelling: the partial files will be removed.")
+    elif scene_running:  # it just ended: rerun so polling stops and the form unlocks
+        st.rerun(scope="app")
+
+
+scene_panel()

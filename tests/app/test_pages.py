@@ -160,6 +160,28 @@ def test_export_page_writes_georeferenced_files(app_ws):
     assert meta["features"] > 0 and "32614" in meta["crs"]
 
 
+def test_export_page_refines_a_whole_scene_in_the_background(app_ws):
+    from refiner import scene_job
+
+    scene = app_ws.path / "tile.tif"  # any GeoTIFF at the model's resolution will do
+    at = run("pages/6_Export.py")
+    assert any("No scene run yet" in c.value for c in at.caption)
+    at.text_input(key="scene_source").set_value(str(app_ws.path / "nowhere.tif"))
+    submit = next(b for b in at.button if b.label == "Refine the scene")
+    submit.click().run()
+    done = scene_job.wait_scene(app_ws, timeout=120)
+    assert done.state == "failed" and "nowhere.tif" in done.message  # reported on the page, not raised
+    at.run()
+    assert not at.exception and any("scene run failed" in e.value for e in at.error)
+    at.text_input(key="scene_source").set_value(str(scene))
+    next(b for b in at.button if b.label == "Refine the scene").click().run()
+    done = scene_job.wait_scene(app_ws, timeout=300)
+    assert done.state == "finished", done.message
+    at.run()
+    labels = [b.label for b in at.get("download_button")]
+    assert any(lab.startswith("Download refined_map.tif") for lab in labels), labels
+
+
 def test_first_start_creates_the_demo(tmp_path, monkeypatch):
     if not (REPO / "assets" / "demo" / "tile.tif").is_file():
         pytest.skip("demo assets not built")

@@ -1,0 +1,176 @@
+"""Refining a whole scene from the app: the workspace's models over a GeoTIFF of any size.
+
+Users paint a corner of a scene in the browser, train the RNN on it, and then want the whole
+scene refined. :func:`run_scene_job` runs :func:`refiner.scene.predict_scene` (the workspace's
+coarse CNN, or the shipped one; skipped when the user gives coarse probabilities for the scene)
+and :func:`refiner.scene.refine_scene` window by window into the workspace's ``results/scene/``
+folder: on this machine, or as window tasks across a Dask cluster when the workspace has a
+scheduler setting (:func:`refiner.jobs.scheduler_setting`). The job itself only drives: it runs
+in a thread of the app and reports through ``jobs/scene.json`` the way training does, so a
+page can show live progress and a refresh or restart loses nothing but the run in flight
+(partial outputs are ``.part`` files that are removed).
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from refiner.jobs import _LIVE, _LOCK, ACTIVE, Backend, ThreadBackend, _jobs_dir, read_job, write_status
+from refiner.workspace import ASSETS, Workspace
+
+SCENE_STATUS, SCENE_CANCEL = "scene.json", "scene.cancel"
+#: Output files up to this size get a download button in the app; larger ones stay on the server.
+DOWNLOAD_LIMIT = 200 * 2**20
+
+
+class Cancelled(Exception):
+    """Raised from the progress callback when the user cancels; the scene writers clean up."""
+
+
+@dataclass
+class SceneStatus:
+    """What the Export page shows about the last whole-scene run."""
+
+    id: str
+    state: str = "queued"  # queued | running | finished | cancelled | failed | interrupted
+    stage: str = ""  # coarse | refine
+    done: int = 0  # windows of the current stage
+    total: int = 0
+    source: str = ""
+    scheduler: str = ""
+    started: float = 0.0
+    updated: float = 0.0
+    seconds: float = 0.0
+    outputs: dict[str, str] = field(default_factory=dict)
+    message: str = ""
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.done / self.total) if self.total else 0.0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SceneStatus:
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+def scene_outputs(ws: Workspace) -> dict[str, Path]:
+    """Where a scene run writes: coarse probabilities (when computed), class map, probabilities."""
+    folder = ws.results_dir() / "scene"
+    return {n: folder / f"{n}.tif" for n in ("coarse_probs", "refined_map", "refined_probs")}
+
+
+def default_source(ws: Workspace) -> str:
+    """The scene a workspace's tile was read from, when the app knows it (a URL or file), else ""."""
+    src = ws.settings.get("source") or {}
+    if src.get("kind") == "cog":
+        return str(src.get("name", ""))
+    if src.get("kind") == "demo":
+        return str(ASSETS / "tile.tif")  # the demo's scene is its tile: the run shows the machinery
+    return ""
+
+
+def read_scene_status(ws: Workspace) -> SceneStatus | None:
+    return read_job(ws, SceneStatus, SCENE_STATUS, "the server stopped during the scene run; start it again")
+
+
+def request_scene_cancel(ws: Workspace) -> None:
+    (_jobs_dir(ws) / SCENE_CANCEL).touch()
+
+
+def run_scene_job(workspace: str | Path, source: str, coarse: str, scheduler: str, job_id: str) -> dict:
+    """Coarse probabilities (unless ``coarse`` names them) and the refined map of the ``source`` scene."""
+    from refiner.scene import predict_scene, refine_scene
+
+    ws = Workspace(Path(workspace))
+    status = SceneStatus(id=job_id, state="running", source=source, scheduler=scheduler, started=time.time())
+    cancel = _jobs_dir(ws) / SCENE_CANCEL
+    out = scene_outputs(ws)
+    out["refined_map"].parent.mkdir(exist_ok=True)
+
+    def save(force: bool = False) -> None:
+        now = time.time()
+        if force or now - status.updated > 0.5:
+            status.seconds = now - status.started
+            write_status(ws, status, SCENE_STATUS)
+
+    def progress(done: int, total: int) -> None:
+        status.done, status.total = done, total
+        save()
+        if cancel.exists():
+            raise Cancelled
+
+    try:
+        save(force=True)
+        if not ws.has_model("rnn"):
+            raise ValueError("this workspace has no RNN yet: train it on the Train page first")
+        coarse_path = coarse
+        if not coarse_path:
+            status.stage = "coarse"
+            folder = ws.model_dir("coarse") if ws.has_model("coarse") else ASSETS / "coarse"
+            coarse_path = str(
+                predict_scene(folder, source, out["coarse_probs"], progress=progress, scheduler=scheduler or None)
+            )
+            status.outputs["coarse_probs"] = coarse_path
+        status.stage, status.done, status.total = "refine", 0, 0
+        refine_scene(
+            ws.model_dir("rnn"),
+            source,
+            coarse_path,
+            out["refined_map"],
+            probs_out=out["refined_probs"],
+            progress=progress,
+            scheduler=scheduler or None,
+        )
+        status.outputs.update(refined_map=str(out["refined_map"]), refined_probs=str(out["refined_probs"]))
+        status.state = "finished"
+        status.message = f"{status.total} windows refined in {time.time() - status.started:.0f} s"
+    except Cancelled:
+        status.state, status.message = "cancelled", "cancelled; the partial files were removed"
+    except Exception as exc:  # the page shows the message; the traceback goes to the server log
+        traceback.print_exc()
+        status.state = "failed"
+        status.message = str(exc) or type(exc).__name__
+    finally:
+        cancel.unlink(missing_ok=True)
+        save(force=True)
+    return asdict(status)
+
+
+def start_scene_job(
+    ws: Workspace, source: str, *, coarse: str = "", scheduler: str = "", backend: Backend | None = None
+) -> SceneStatus:
+    """Start refining ``source`` (a GeoTIFF path or URL) unless a scene run is already going."""
+    source, coarse = source.strip(), coarse.strip()
+    if not source:
+        raise ValueError("give the scene's GeoTIFF: a file path on the server or a URL")
+    with _LOCK:
+        current = read_scene_status(ws)
+        if current is not None and current.active:
+            raise RuntimeError("a scene run is already going in this workspace: cancel it or wait")
+        (_jobs_dir(ws) / SCENE_CANCEL).unlink(missing_ok=True)
+        job_id = uuid.uuid4().hex[:12]
+        status = SceneStatus(id=job_id, source=source, scheduler=scheduler, started=time.time())
+        write_status(ws, status, SCENE_STATUS)
+        _LIVE[job_id] = (backend or ThreadBackend()).submit(
+            run_scene_job, str(ws.path), source, coarse, scheduler, job_id
+        )
+        return status
+
+
+def wait_scene(ws: Workspace, timeout: float = 600.0, poll: float = 0.2) -> SceneStatus | None:
+    """Block until the workspace's scene run is no longer active (for scripts and tests)."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        st = read_scene_status(ws)
+        if st is None or not st.active:
+            return st
+        time.sleep(poll)
+    return read_scene_status(ws)

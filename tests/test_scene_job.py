@@ -1,0 +1,57 @@
+"""The app's whole-scene job: the workspace's models over a GeoTIFF, in the background, cancellable."""
+
+import pytest
+
+from refiner import scene_job
+from refiner.scene import refine_scene
+from tests.app.conftest import make_workspace
+from tests.test_scene import files  # noqa: F401  (module fixture: a small georeferenced scene)
+
+
+@pytest.fixture()
+def ws(tmp_path):
+    return make_workspace(tmp_path)  # classes background/building/road, a random RNN, no coarse CNN
+
+
+def test_scene_job_refines_with_given_coarse_probabilities(ws, files, tmp_path):  # noqa: F811
+    d = files["dir"]
+    scene_job.start_scene_job(ws, str(d / "image.tif"), coarse=str(d / "probs.tif"))
+    with pytest.raises(RuntimeError, match="already going"):
+        scene_job.start_scene_job(ws, str(d / "image.tif"))
+    done = scene_job.wait_scene(ws, timeout=300)
+    assert done.state == "finished", done.message
+    assert done.stage == "refine" and done.done == done.total > 0 and done.seconds > 0
+    out = scene_job.scene_outputs(ws)
+    assert set(done.outputs) == {"refined_map", "refined_probs"}  # no coarse stage: it was given
+    refine_scene(ws.model_dir("rnn"), d / "image.tif", d / "probs.tif", tmp_path / "ref.tif")
+    assert out["refined_map"].read_bytes() == (tmp_path / "ref.tif").read_bytes()
+
+
+def test_scene_job_computes_coarse_probabilities_with_the_shipped_cnn(ws, files):  # noqa: F811
+    scene_job.start_scene_job(ws, str(files["dir"] / "image.tif"))
+    done = scene_job.wait_scene(ws, timeout=300)
+    assert done.state == "finished", done.message
+    assert set(done.outputs) == {"coarse_probs", "refined_map", "refined_probs"}
+    assert all(scene_job.scene_outputs(ws)[n].is_file() for n in done.outputs)
+
+
+def test_scene_job_cancel_and_errors_are_reported_not_raised(ws, files, tmp_path):  # noqa: F811
+    d = files["dir"]
+    scene_job.request_scene_cancel(ws)  # already requested when the first window reports
+    st = scene_job.run_scene_job(str(ws.path), str(d / "image.tif"), str(d / "probs.tif"), "", "job1")
+    assert st["state"] == "cancelled"
+    out = scene_job.scene_outputs(ws)["refined_map"]
+    assert not out.exists() and not out.with_name(out.name + ".part").exists()
+    st = scene_job.run_scene_job(str(ws.path), str(tmp_path / "missing.tif"), "", "", "job2")
+    assert st["state"] == "failed" and "missing.tif" in st["message"]
+    no_rnn = make_workspace(tmp_path / "other", with_rnn=False)
+    st = scene_job.run_scene_job(str(no_rnn.path), str(d / "image.tif"), "", "", "job3")
+    assert st["state"] == "failed" and "Train page" in st["message"]
+    with pytest.raises(ValueError, match="scene's GeoTIFF"):
+        scene_job.start_scene_job(ws, "  ")
+
+
+def test_default_source_is_where_the_tile_came_from(ws):
+    assert scene_job.default_source(ws) == ""  # a test scene: unknown
+    ws.update_settings(source={"kind": "cog", "name": "https://example.com/city.tif", "window": [0, 0, 512, 512]})
+    assert scene_job.default_source(ws) == "https://example.com/city.tif"
