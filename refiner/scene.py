@@ -163,7 +163,7 @@ def predict_scene(
     bundle = load_model(model, expect="coarse")
     h, w, (georef, resample) = _streamable(image, bundle)
     if resample:
-        _warn_in_memory(scheduler)
+        _warn_in_memory(scheduler, h, w, bundle.resolution)
         tile = read_image(image, bands=bands)
         probs = predict_coarse(bundle, tile, device=device, window=window, progress=progress)
         return write_probs(out, probs, tile.georef, bundle.classes)
@@ -189,7 +189,18 @@ def _probs_writer(path, h, w, georef, classes: ClassSpec) -> RasterWriter:
     )
 
 
-def _warn_in_memory(scheduler) -> None:
+#: Scenes needing resampling are processed in memory up to this many pixels (~1.3 GB of float32
+#: RGB); larger ones must be resampled beforehand, or they would exhaust memory.
+MAX_RESAMPLED_PIXELS = 100_000_000
+
+
+def _warn_in_memory(scheduler, h: int, w: int, model_resolution: float | None) -> None:
+    if h * w > MAX_RESAMPLED_PIXELS:
+        raise ValueError(
+            f"the scene ({h}x{w} px) is not at the model's resolution ({model_resolution} m/px), and scenes "
+            f"above {MAX_RESAMPLED_PIXELS // 1_000_000} Mpx cannot be resampled in memory: resample it first, "
+            f"e.g. gdalwarp -tr {model_resolution} {model_resolution} -r average scene.tif scene_1m.tif"
+        )
     msg = "the scene is resampled to the model's resolution as a whole: it is processed in memory"
     if scheduler is not None:
         msg += ", locally (not on the Dask cluster)"
@@ -237,7 +248,7 @@ def refine_scene(
     t_max = bundle.net.cfg.iterations if iterations is None else iterations
     classes = bundle.classes
     if resample:
-        _warn_in_memory(scheduler)
+        _warn_in_memory(scheduler, h, w, bundle.resolution)
         return _refine_in_memory(bundle, image, probs, out, probs_out, iterations_out, t_max, bands, device)
     task = SceneTask(
         "refine",

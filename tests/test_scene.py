@@ -108,3 +108,19 @@ def test_refine_scene_checks_its_inputs(files, tmp_path):
     with pytest.raises(ValueError, match="classes"):
         refine_scene(files["dir"] / "rnn", files["dir"] / "image.tif", bad, tmp_path / "x.tif")
     assert not (tmp_path / "x.tif").exists()
+
+
+def test_scenes_at_another_resolution_resample_in_memory_only_when_small(files, tmp_path, monkeypatch):
+    import refiner.scene
+
+    half_m = tmp_path / "image_05m.tif"
+    with rasterio.open(files["dir"] / "image.tif") as src:
+        profile = src.profile | {"transform": Affine(0.5, 0, 300000.0, 0, -0.5, 4700000.0)}
+        with rasterio.open(half_m, "w", **profile) as dst:
+            dst.write(src.read())
+    with pytest.warns(UserWarning, match="in memory"):
+        predict_scene(files["dir"] / "coarse", half_m, tmp_path / "c.tif", window=64)
+    monkeypatch.setattr(refiner.scene, "MAX_RESAMPLED_PIXELS", H * W - 1)
+    with pytest.raises(ValueError, match=r"resample it first, e.g. gdalwarp -tr 1.0 1.0"):
+        predict_scene(files["dir"] / "coarse", half_m, tmp_path / "c2.tif", window=64)
+    assert not (tmp_path / "c2.tif").exists()
