@@ -47,7 +47,8 @@ clean:
 # Benchmarks (slow; numbers go in docs/benchmarks.md). Not part of `test`.
 .PHONY: bench
 bench: $(STAMP)
-	PYTHONPATH=. $(PY) benchmarks/rnn_vs_crf.py --json benchmarks/results/rnn_vs_crf.json
+	PYTHONPATH=. $(PY) benchmarks/rnn_vs_crf.py --classes 2 --json benchmarks/results/rnn_vs_crf_k2.json
+	PYTHONPATH=. $(PY) benchmarks/rnn_vs_crf.py --classes 3 --json benchmarks/results/rnn_vs_crf_k3.json
 	PYTHONPATH=. $(PY) benchmarks/finetune_time_to_quality.py --json benchmarks/results/finetune_cpu.json
-	PYTHONPATH=. $(PY) benchmarks/large_scene.py --sizes 1000 5000 10000 20000 --json benchmarks/results/large_scene.json
+	PYTHONPATH=. $(PY) benchmarks/large_scene.py --sizes 1000 5000 10000 20000 --json benchmarks/results/large_scene_quiet.json
 	PYTHONPATH=. $(PY) benchmarks/gpu_throughput.py --json benchmarks/results/gpu.json
