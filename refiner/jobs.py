@@ -22,6 +22,7 @@ import threading
 import time
 import traceback
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -310,29 +311,57 @@ _LIVE: dict[str, Handle] = {}
 _LOCK = threading.Lock()
 
 
-def start_training(ws: Workspace, params: TrainParams, backend: Backend | None = None) -> JobStatus:
-    """Start fine-tuning unless a run is already active in this workspace."""
+def new_job_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def launch(
+    ws: Workspace,
+    status: Any,
+    files: tuple[str, str],
+    read: Callable[[Workspace], Any],
+    what: str,
+    fn: Callable[..., Any],
+    *args: Any,
+    backend: Backend | None = None,
+) -> Any:
+    """Start ``fn(*args)`` as this workspace's job of one kind, unless one is active already.
+
+    ``files`` are the kind's status and cancel files under ``jobs/``; ``status`` (already
+    carrying the job's id) is written before the job starts, so a page sees it at once.
+    """
     with _LOCK:
         for jid, h in list(_LIVE.items()):
             if h.done():
                 _LIVE.pop(jid, None)
-        current = read_status(ws)
+        current = read(ws)
         if current is not None and current.active:
-            raise RuntimeError("a training run is already going in this workspace: cancel it or wait")
-        (_jobs_dir(ws) / CANCEL).unlink(missing_ok=True)
-        job_id = uuid.uuid4().hex[:12]
-        status = JobStatus(id=job_id, state="queued", steps=params.steps, started=time.time(), params=asdict(params))
-        write_status(ws, status)
-        _LIVE[job_id] = (backend or ThreadBackend()).submit(run_training, str(ws.path), asdict(params), job_id)
+            raise RuntimeError(f"a {what} is already going in this workspace: cancel it or wait")
+        (_jobs_dir(ws) / files[1]).unlink(missing_ok=True)
+        write_status(ws, status, files[0])
+        _LIVE[status.id] = (backend or ThreadBackend()).submit(fn, *args)
         return status
 
 
-def wait(ws: Workspace, timeout: float = 600.0, poll: float = 0.2) -> JobStatus | None:
-    """Block until the workspace's run is no longer active (for scripts and tests)."""
+def wait_for(read: Callable[[Workspace], Any], ws: Workspace, timeout: float = 600.0, poll: float = 0.2) -> Any:
+    """Block until ``read(ws)`` is no longer an active job (for scripts and tests)."""
     t0 = time.time()
     while time.time() - t0 < timeout:
-        st = read_status(ws)
+        st = read(ws)
         if st is None or not st.active:
             return st
         time.sleep(poll)
-    return read_status(ws)
+    return read(ws)
+
+
+def start_training(ws: Workspace, params: TrainParams, backend: Backend | None = None) -> JobStatus:
+    """Start fine-tuning unless a run is already active in this workspace."""
+    job_id = new_job_id()
+    status = JobStatus(id=job_id, state="queued", steps=params.steps, started=time.time(), params=asdict(params))
+    args = (str(ws.path), asdict(params), job_id)
+    return launch(ws, status, (STATUS, CANCEL), read_status, "training run", run_training, *args, backend=backend)
+
+
+def wait(ws: Workspace, timeout: float = 600.0, poll: float = 0.2) -> JobStatus | None:
+    """Block until the workspace's training run is no longer active (for scripts and tests)."""
+    return wait_for(read_status, ws, timeout, poll)

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import time
 import traceback
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from refiner.jobs import _LIVE, _LOCK, ACTIVE, Backend, ThreadBackend, _jobs_dir, read_job, write_status
+from refiner.jobs import ACTIVE, Backend, _jobs_dir, launch, new_job_id, read_job, wait_for, write_status
 from refiner.workspace import ASSETS, Workspace
 
 SCENE_STATUS, SCENE_CANCEL = "scene.json", "scene.cancel"
@@ -151,26 +150,13 @@ def start_scene_job(
     source, coarse = source.strip(), coarse.strip()
     if not source:
         raise ValueError("give the scene's GeoTIFF: a file path on the server or a URL")
-    with _LOCK:
-        current = read_scene_status(ws)
-        if current is not None and current.active:
-            raise RuntimeError("a scene run is already going in this workspace: cancel it or wait")
-        (_jobs_dir(ws) / SCENE_CANCEL).unlink(missing_ok=True)
-        job_id = uuid.uuid4().hex[:12]
-        status = SceneStatus(id=job_id, source=source, scheduler=scheduler, started=time.time())
-        write_status(ws, status, SCENE_STATUS)
-        _LIVE[job_id] = (backend or ThreadBackend()).submit(
-            run_scene_job, str(ws.path), source, coarse, scheduler, job_id
-        )
-        return status
+    job_id = new_job_id()
+    status = SceneStatus(id=job_id, source=source, scheduler=scheduler, started=time.time())
+    args = (str(ws.path), source, coarse, scheduler, job_id)
+    files = (SCENE_STATUS, SCENE_CANCEL)
+    return launch(ws, status, files, read_scene_status, "scene run", run_scene_job, *args, backend=backend)
 
 
 def wait_scene(ws: Workspace, timeout: float = 600.0, poll: float = 0.2) -> SceneStatus | None:
     """Block until the workspace's scene run is no longer active (for scripts and tests)."""
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        st = read_scene_status(ws)
-        if st is None or not st.active:
-            return st
-        time.sleep(poll)
-    return read_scene_status(ws)
+    return wait_for(read_scene_status, ws, timeout, poll)
