@@ -42,12 +42,12 @@ def check_address(address: str) -> str:
 
 def get_client(scheduler: Any):
     """A ``dask.distributed.Client`` for a scheduler address, ``"local"``, or an existing client."""
-    from dask.distributed import Client, LocalCluster
+    from dask.distributed import Client
 
     if isinstance(scheduler, Client):
         return scheduler
-    if scheduler == LOCAL:
-        return Client(LocalCluster(processes=True, threads_per_worker=1, dashboard_address=None))
+    if scheduler == LOCAL:  # the client owns this cluster: closing it shuts the workers down
+        return Client(processes=True, threads_per_worker=1, dashboard_address=None)
     if not isinstance(scheduler, str) or not scheduler:
         raise ValueError(f"expected a Dask scheduler address like tcp://host:8786 (or 'local'), got {scheduler!r}")
     try:
@@ -65,6 +65,12 @@ def shared_client(scheduler: str):
     if client is None or client.status not in ("running", "connecting"):
         client = _CLIENTS[scheduler] = get_client(scheduler)
     return client
+
+
+def close_shared_clients() -> None:
+    """Close the clients :func:`shared_client` kept (a test's or a shutting-down app's cleanup)."""
+    while _CLIENTS:
+        _CLIENTS.popitem()[1].close()
 
 
 def _in_flight(client) -> int:

@@ -108,15 +108,18 @@ def run_scene_job(workspace: str | Path, source: str, coarse: str, scheduler: st
 
     try:
         save(force=True)
+        cluster = None
+        if scheduler:  # one client for the app's lifetime, not one (or one LocalCluster) per run
+            from refiner.distributed import shared_client
+
+            cluster = shared_client(scheduler)
         if not ws.has_model("rnn"):
             raise ValueError("this workspace has no RNN yet: train it on the Train page first")
         coarse_path = coarse
         if not coarse_path:
             status.stage = "coarse"
             folder = ws.model_dir("coarse") if ws.has_model("coarse") else ASSETS / "coarse"
-            coarse_path = str(
-                predict_scene(folder, source, out["coarse_probs"], progress=progress, scheduler=scheduler or None)
-            )
+            coarse_path = str(predict_scene(folder, source, out["coarse_probs"], progress=progress, scheduler=cluster))
             status.outputs["coarse_probs"] = coarse_path
         status.stage, status.done, status.total = "refine", 0, 0
         refine_scene(
@@ -126,7 +129,7 @@ def run_scene_job(workspace: str | Path, source: str, coarse: str, scheduler: st
             out["refined_map"],
             probs_out=out["refined_probs"],
             progress=progress,
-            scheduler=scheduler or None,
+            scheduler=cluster,
         )
         status.outputs.update(refined_map=str(out["refined_map"]), refined_probs=str(out["refined_probs"]))
         status.state = "finished"

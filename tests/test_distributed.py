@@ -113,3 +113,30 @@ def test_scheduler_settings_and_clear_errors(tmp_path, monkeypatch):
             jobs.backend_for(bad)
     with pytest.raises(RuntimeError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9.*clear it"):
         jobs.backend_for("tcp://127.0.0.1:9")
+
+
+def test_app_scene_runs_send_windows_to_the_cluster(files, client, tmp_path):  # noqa: F811
+    from refiner import scene_job
+    from refiner.distributed import close_shared_clients
+    from tests.app.conftest import make_workspace
+
+    ws = make_workspace(tmp_path)
+    d = files["dir"]
+
+    def calls():  # model lookups by window tasks on the workers
+        info = client.run(lambda: __import__("refiner.scene").scene._cached_model.cache_info())
+        return sum(i.hits + i.misses for i in info.values())
+
+    before = calls()
+    try:
+        scene_job.start_scene_job(
+            ws, str(d / "image.tif"), coarse=str(d / "probs.tif"), scheduler=client.scheduler.address
+        )
+        done = scene_job.wait_scene(ws, timeout=300)
+    finally:
+        close_shared_clients()
+    assert done.state == "finished", done.message
+    with one_thread():  # the workers' thread count, for identical bits (see above)
+        refine_scene(ws.model_dir("rnn"), d / "image.tif", d / "probs.tif", tmp_path / "local.tif")
+    assert scene_job.scene_outputs(ws)["refined_map"].read_bytes() == (tmp_path / "local.tif").read_bytes()
+    assert calls() > before  # the windows were computed by the workers
