@@ -71,7 +71,7 @@ def cmd_demo_data(args: argparse.Namespace) -> None:
 
 def cmd_train_coarse(args: argparse.Namespace) -> None:
     from refiner.models.io import save_model
-    from refiner.raster import labels_to_grid, read_image, read_labels, to_working_resolution
+    from refiner.raster import read_image, read_labels, to_working
     from refiner.synthetic import degrade_labels
     from refiner.train import CoarseTrainConfig, train_coarse
 
@@ -82,12 +82,11 @@ def cmd_train_coarse(args: argparse.Namespace) -> None:
     for i, (im, lb) in enumerate(zip(args.images, args.labels, strict=True)):
         tile = read_image(im, bands=args.bands)
         lab = read_labels(lb, classes, like=tile, line_width=args.line_width)
-        work = to_working_resolution(tile, args.resolution)
-        if work is not tile:
-            lab = labels_to_grid(lab, tile.georef, work.georef, work.shape)
+        work = to_working(tile, args.resolution, labels=[lab])
+        lab = work.labels[0]
         if args.degrade_shift or args.degrade_drop:
             lab = degrade_labels(lab, shift=args.degrade_shift, drop=args.degrade_drop, seed=args.seed + i)
-        images.append(work.image)
+        images.append(work.tile.image)
         labels.append(lab)
     cfg = CoarseTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     tick = _bar("train coarse CNN", cfg.steps)
@@ -117,7 +116,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 def cmd_finetune(args: argparse.Namespace) -> None:
     from refiner.models.io import load_model
     from refiner.models.rnn import RNNConfig
-    from refiner.raster import labels_to_grid, read_image, read_labels, read_probs, resample, to_working_resolution
+    from refiner.raster import read_image, read_labels, read_probs, to_working
     from refiner.train import RNNTrainConfig, restrict_to_window, train_rnn
 
     tile = read_image(args.image, bands=args.bands)
@@ -130,10 +129,8 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     labels = read_labels(args.labels, classes, like=tile, line_width=args.line_width)
     if args.window:
         labels = restrict_to_window(labels, args.window)
-    work = to_working_resolution(tile, args.resolution)
-    if work is not tile:
-        probs = resample(probs, tile.georef, work.shape, work.georef)
-        labels = labels_to_grid(labels, tile.georef, work.georef, work.shape)
+    working = to_working(tile, args.resolution, probs, [labels])
+    work, probs, labels = working.tile, working.probs, working.labels[0]
     init = load_model(args.resume, expect="rnn") if args.resume else None
     cfg = RNNTrainConfig(
         steps=args.steps,

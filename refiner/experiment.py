@@ -30,7 +30,7 @@ from refiner.inference import predict_coarse, refine
 from refiner.metrics import confusion_matrix, scores_from_confusion
 from refiner.models.io import load_model, save_model
 from refiner.models.rnn import VARIANTS, RNNConfig
-from refiner.raster import Tile, labels_to_grid, probs_to_grid, read_image, read_labels, to_working_resolution
+from refiner.raster import Tile, probs_to_grid, read_image, read_labels, to_working
 from refiner.synthetic import degrade_labels
 from refiner.train import CoarseTrainConfig, RNNTrainConfig, restrict_to_window, train_coarse, train_rnn
 
@@ -145,9 +145,8 @@ def _prepare(image: Path, labels: Path, cfg: ExperimentConfig, window: tuple[int
     lab = read_labels(labels, cfg.classes, like=tile, line_width=cfg.line_width)
     if window is not None:
         lab = restrict_to_window(lab, window)
-    work = to_working_resolution(tile, cfg.resolution)
-    work_lab = lab if work is tile else labels_to_grid(lab, tile.georef, work.georef, work.shape)
-    return Prepared(tile, lab, work, work_lab)
+    work = to_working(tile, cfg.resolution, labels=[lab])
+    return Prepared(tile, lab, work.tile, work.labels[0])
 
 
 def _scores(probs_list: list[np.ndarray], truths: list[np.ndarray], k: int) -> Any:

@@ -17,7 +17,7 @@ import torch
 from refiner.models.coarse import COARSE_HALO
 from refiner.models.fused import fused
 from refiner.models.io import ModelBundle
-from refiner.raster import Tile, probs_to_grid, resample, to_working_resolution
+from refiner.raster import Tile, probs_to_grid, to_working, to_working_resolution
 from refiner.tiling import run_windowed
 from refiner.train import pick_device
 
@@ -98,10 +98,8 @@ def refine(
     dev = pick_device(device)
     net = bundle.net.to(dev).eval()
     t_max = net.cfg.iterations if iterations is None else iterations
-    work = to_working_resolution(tile, bundle.resolution)
-    work_probs = probs
-    if work is not tile:
-        work_probs = resample(probs, tile.georef, work.shape, work.georef, method="bilinear")
+    working = to_working(tile, bundle.resolution, probs)
+    work, work_probs = working.tile, working.probs
     fast = fused(net)  # exact fused inference (refiner.models.fused), folded once per model
     with torch.inference_mode():
         image = bundle.normalise(_as_tensor(work.image.astype(np.float32, copy=False), dev))

@@ -139,7 +139,7 @@ def run_training(workspace: str | Path, params: dict, job_id: str) -> dict:
     """
     from refiner.models.io import load_model, save_model
     from refiner.models.rnn import RNNConfig
-    from refiner.raster import labels_to_grid, resample, to_working_resolution
+    from refiner.raster import to_working
     from refiner.train import Progress, RNNTrainConfig, check_labels, pick_device, split_holdout, train_rnn
 
     ws = Workspace(Path(workspace))
@@ -173,11 +173,8 @@ def run_training(workspace: str | Path, params: dict, job_id: str) -> dict:
             if (src / "config.json").is_file():
                 init = load_model(src, expect="rnn")
         resolution = init.resolution if init is not None else (ws.settings.get("coarse") or {}).get("resolution")
-        work = to_working_resolution(tile, resolution)
-        if work is not tile:
-            probs = resample(probs, tile.georef, work.shape, work.georef)
-            train_labels = labels_to_grid(train_labels, tile.georef, work.georef, work.shape)
-            val_labels = labels_to_grid(val_labels, tile.georef, work.georef, work.shape)
+        working = to_working(tile, resolution, probs, [train_labels, val_labels])
+        work, probs, (train_labels, val_labels) = working.tile, working.probs, working.labels
         status.start_step = int(init.info.get("trained_steps", 0)) if init is not None else 0
         arch = RNNConfig(
             num_classes=len(classes), in_channels=work.image.shape[0], iterations=p.iterations, variant=p.variant

@@ -464,6 +464,31 @@ def to_working_resolution(tile: Tile, resolution: float | None) -> Tile:
     return replace(tile, image=image, valid=valid, georef=dst)
 
 
+@dataclass
+class Working:
+    """A tile with its probabilities and label masks on the networks' grid (see :func:`to_working`)."""
+
+    tile: Tile
+    probs: np.ndarray | None
+    labels: list[np.ndarray]
+
+
+def to_working(
+    tile: Tile, resolution: float | None, probs: np.ndarray | None = None, labels: Sequence[np.ndarray] = ()
+) -> Working:
+    """The tile, its class probabilities (bilinear) and label masks (majority vote when coarsening)
+    at the working resolution; the same objects when the tile is already there."""
+    work = to_working_resolution(tile, resolution)
+    if work is tile:
+        return Working(tile, probs, list(labels))
+    assert tile.georef is not None and work.georef is not None
+    return Working(
+        work,
+        None if probs is None else resample(probs, tile.georef, work.shape, work.georef),
+        [labels_to_grid(lab, tile.georef, work.georef, work.shape) for lab in labels],
+    )
+
+
 def labels_to_grid(labels: np.ndarray, src: Georef, dst: Georef, dst_shape: tuple[int, int]) -> np.ndarray:
     """Resample a label map to another grid: majority vote when coarsening, else nearest."""
     coarser = abs(dst.transform.a) > abs(src.transform.a) * 1.01

@@ -17,6 +17,7 @@ from refiner.raster import (
     read_image,
     read_labels,
     read_probs,
+    to_working,
     to_working_resolution,
     write_class_map,
     write_probs,
@@ -170,3 +171,20 @@ def test_working_resolution_resampling_round_trip():
     assert coarse[5, 5] == 1 and coarse[5, 85] == 0
     same = Tile(img, np.ones((300, 300), bool), None)
     assert to_working_resolution(same, 1.0) is same  # not georeferenced: taken as already there
+
+
+def test_to_working_moves_probabilities_and_labels_with_the_tile():
+    img = np.zeros((3, 300, 300), np.float32)
+    img[:, :, :150] = 1.0
+    tile = Tile(img, np.ones((300, 300), bool), Georef(CRS.from_epsg(32614), Affine(0.3, 0, 617000, 0, -0.3, 3345000)))
+    probs = np.stack([img[0], 1 - img[0]])
+    labels = (img[0] > 0.5).astype(np.uint8)
+    held = np.full_like(labels, 255)
+    held[:30, :30] = 1
+    w = to_working(tile, 1.0, probs, [labels, held])
+    assert w.tile.shape == (90, 90) and w.probs.shape == (2, 90, 90) and [x.shape for x in w.labels] == [(90, 90)] * 2
+    assert w.probs[0, 10, 10] == pytest.approx(1.0) and w.probs[1, 10, 80] == pytest.approx(1.0)
+    assert w.labels[0][5, 5] == 1 and w.labels[0][5, 85] == 0
+    assert w.labels[1][2, 2] == 1 and w.labels[1][50, 50] == 255  # unlabelled stays unlabelled
+    same = to_working(w.tile, 1.0, w.probs, w.labels)  # already there: the same objects back
+    assert same.tile is w.tile and same.probs is w.probs and same.labels[0] is w.labels[0]
