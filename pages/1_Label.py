@@ -103,11 +103,5 @@ with ic:
         st.rerun()
 with ec:
     st.subheader("Export the labels")
-    st.download_button(
-        "Download labels.tif (GeoTIFF, the tile's CRS)",
-        data=(ws.path / "labels.tif").read_bytes(),
-        file_name=f"{ws.name}_labels.tif",
-        mime="image/tiff",
-        key="download_labels",
-    )
+    common.download(ws.path / "labels.tif", ws.name, "download_labels", "Download labels.tif (GeoTIFF, the tile's CRS)")
     st.caption(f"Eraser colour on the canvas: {hex_color(ERASER)}.")

@@ -85,14 +85,7 @@ def progress_panel() -> None:
     if st_now is None:
         st.info("No training run yet in this workspace.")
         return
-    label = {
-        "queued": "Starting…",
-        "running": f"Training on {st_now.device or '…'}: step {st_now.step} of {st_now.steps}",
-        "finished": "Finished",
-        "cancelled": "Cancelled",
-        "failed": "Failed",
-        "interrupted": "Interrupted",
-    }[st_now.state]
+    label = common.job_label(st_now.state, f"Training on {st_now.device or '…'}: step {st_now.step} of {st_now.steps}")
     st.progress(st_now.fraction, text=label)
     m = st.columns(4)
     m[0].metric("Step", f"{st_now.step} / {st_now.steps}")

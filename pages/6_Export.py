@@ -30,24 +30,12 @@ c1, c2, c3 = st.columns(3)
 with c1:
     st.subheader("Class map")
     path = write_class_map(out / "refined_map.tif", class_map, georef, classes)
-    st.download_button(
-        "Download refined_map.tif",
-        path.read_bytes(),
-        file_name=f"{ws.name}_refined_map.tif",
-        mime="image/tiff",
-        key="dl_map",
-    )
+    common.download(path, ws.name, "dl_map")
     st.caption(f"One band, mask values {list(classes.values)}, with a colour table.")
 with c2:
     st.subheader("Probabilities")
     path = write_probs(out / "refined_probs.tif", probs, georef, classes)
-    st.download_button(
-        "Download refined_probs.tif",
-        path.read_bytes(),
-        file_name=f"{ws.name}_refined_probs.tif",
-        mime="image/tiff",
-        key="dl_probs",
-    )
+    common.download(path, ws.name, "dl_probs")
     st.caption(f"{len(classes)} float32 bands: {', '.join(classes.names)}.")
 with c3:
     st.subheader("Polygons")
@@ -62,13 +50,8 @@ with c3:
             skip=(0,) if skip_bg else (),
             min_pixels=int(min_px),
         )
-    st.download_button(
-        f"Download refined_polygons.gpkg ({n} polygons)",
-        (out / "refined_polygons.gpkg").read_bytes(),
-        file_name=f"{ws.name}_refined_polygons.gpkg",
-        mime="application/geopackage+sqlite3",
-        key="dl_gpkg",
-    )
+    gpkg = out / "refined_polygons.gpkg"
+    common.download(gpkg, ws.name, "dl_gpkg", f"Download {gpkg.name} ({n} polygons)")
     st.caption("Fields: class, value, area (in CRS units²).")
 
 # --------------------------------------------------------------------------- the whole scene
@@ -105,14 +88,7 @@ def scene_panel() -> None:
         st.caption("No scene run yet in this workspace.")
         return
     stage = {"coarse": "Coarse CNN", "refine": "RNN"}.get(now.stage, "Starting")
-    label = {
-        "queued": "Starting…",
-        "running": f"{stage}: window {now.done} of {now.total or '…'}",
-        "finished": "Finished",
-        "cancelled": "Cancelled",
-        "failed": "Failed",
-        "interrupted": "Interrupted",
-    }[now.state]
+    label = common.job_label(now.state, f"{stage}: window {now.done} of {now.total or '…'}")
     st.progress(now.fraction, text=label)
     if now.state == "failed":
         st.error(f"The scene run failed: {now.message}")
@@ -123,13 +99,8 @@ def scene_panel() -> None:
             p = Path(path)
             size = p.stat().st_size if p.is_file() else 0
             if 0 < size <= scene_job.DOWNLOAD_LIMIT:
-                st.download_button(
-                    f"Download {p.name} ({size / 2**20:.1f} MiB)",
-                    p.read_bytes(),
-                    file_name=f"{ws.name}_scene_{p.name}",
-                    mime="image/tiff",
-                    key=f"dl_scene_{name}",
-                )
+                label = f"Download {p.name} ({size / 2**20:.1f} MiB)"
+                common.download(p, f"{ws.name}_scene", f"dl_scene_{name}", label)
             else:
                 st.caption(f"`{p}` ({size / 2**20:.0f} MiB: too large to download here; copy it from the server)")
     if now.active:

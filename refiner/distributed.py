@@ -46,12 +46,13 @@ def get_client(scheduler: Any):
 
     if isinstance(scheduler, Client):
         return scheduler
-    if scheduler == LOCAL:  # the client owns this cluster: closing it shuts the workers down
-        return Client(processes=True, threads_per_worker=1, dashboard_address=None)
-    if not isinstance(scheduler, str) or not scheduler:
+    address = check_address(scheduler) if isinstance(scheduler, str) else ""
+    if not address:
         raise ValueError(f"expected a Dask scheduler address like tcp://host:8786 (or 'local'), got {scheduler!r}")
+    if address == LOCAL:  # the client owns this cluster: closing it shuts the workers down
+        return Client(processes=True, threads_per_worker=1, dashboard_address=None)
     try:
-        return Client(scheduler, timeout="10s")
+        return Client(address, timeout="10s")
     except OSError as exc:
         raise OSError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from exc
 
@@ -119,13 +120,11 @@ def run_on_gpu_worker(scheduler: Any, fn: Callable, *args, log: Callable[[str], 
     client = get_client(scheduler)
     own = client is not scheduler
     try:
-        if has_gpu_workers(client):
-            fut = client.submit(fn, *args, resources={"GPU": 1}, pure=False, **kwargs)
-        else:
+        backend = DaskBackend(client)
+        if not backend.gpu:
             msg = "no Dask worker declares a GPU resource (--resources GPU=1): training on a CPU worker"
             (log or (lambda m: warnings.warn(m, stacklevel=3)))(msg)
-            fut = client.submit(fn, *args, pure=False, **kwargs)
-        return fut.result()
+        return backend.submit(fn, *args, **kwargs).future.result()
     finally:
         if own:
             client.close()
@@ -151,6 +150,6 @@ class DaskBackend:
         self.client = scheduler if not isinstance(scheduler, str) else shared_client(scheduler)
         self.gpu = has_gpu_workers(self.client)
 
-    def submit(self, fn: Callable, *args: Any) -> _FutureHandle:
+    def submit(self, fn: Callable, *args: Any, **kwargs: Any) -> _FutureHandle:
         extra = {"resources": {"GPU": 1}} if self.gpu else {}
-        return _FutureHandle(self.client.submit(fn, *args, pure=False, **extra))
+        return _FutureHandle(self.client.submit(fn, *args, pure=False, **extra, **kwargs))

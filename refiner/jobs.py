@@ -60,28 +60,38 @@ class TrainParams:
 
 
 @dataclass
-class JobStatus:
-    """What a page shows about the last training run."""
+class JobState:
+    """What every background job's status has (saved as JSON under ``jobs/``, read back by pages)."""
 
     id: str
     state: str = "queued"  # queued | running | finished | cancelled | failed | interrupted
-    step: int = 0
-    steps: int = 0
-    device: str = ""
-    host: str = ""  # where it runs: hostname:pid (a Dask worker's, or the app's own)
     started: float = 0.0
     updated: float = 0.0
     seconds: float = 0.0
-    loss: list[tuple[int, float]] = field(default_factory=list)  # (step, loss)
-    val: list[dict] = field(default_factory=list)  # {step, overall_accuracy, mean_iou, iou: [...]}
-    best_val: float | None = None
     message: str = ""
-    params: dict = field(default_factory=dict)
-    start_step: int = 0  # steps the model had before this run
 
     @property
     def active(self) -> bool:
         return self.state in ACTIVE
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Any:
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class JobStatus(JobState):
+    """What a page shows about the last training run."""
+
+    step: int = 0
+    steps: int = 0
+    device: str = ""
+    host: str = ""  # where it runs: hostname:pid (a Dask worker's, or the app's own)
+    loss: list[tuple[int, float]] = field(default_factory=list)  # (step, loss)
+    val: list[dict] = field(default_factory=list)  # {step, overall_accuracy, mean_iou, iou: [...]}
+    best_val: float | None = None
+    params: dict = field(default_factory=dict)
+    start_step: int = 0  # steps the model had before this run
 
     @property
     def fraction(self) -> float:
@@ -89,9 +99,9 @@ class JobStatus:
 
     @classmethod
     def from_dict(cls, d: dict) -> JobStatus:
-        d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        d["loss"] = [tuple(x) for x in d.get("loss", [])]
-        return cls(**d)
+        status = super().from_dict(d)
+        status.loss = [tuple(x) for x in status.loss]
+        return status
 
 
 def _jobs_dir(ws: Workspace) -> Path:
@@ -293,10 +303,10 @@ def backend_for(scheduler: str) -> Backend:
     """The backend for a scheduler setting: a thread here, or a Dask cluster (GPU worker if any)."""
     if not scheduler:
         return ThreadBackend()
-    from refiner.distributed import DaskBackend, check_address
+    from refiner.distributed import DaskBackend
 
     try:
-        return DaskBackend(check_address(scheduler))
+        return DaskBackend(scheduler)
     except OSError as exc:
         raise RuntimeError(
             f"{exc}. Check the Dask scheduler address (sidebar, Compute), or clear it to train on this machine"

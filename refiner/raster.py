@@ -443,10 +443,14 @@ def working_grid(georef: Georef, shape: tuple[int, int], resolution: float) -> t
     return Georef(georef.crs, t), (h, w)
 
 
-def needs_resampling(tile: Tile, resolution: float | None, tolerance: float = 0.01) -> bool:
-    """True when the tile is georeferenced at a resolution other than the networks' one."""
-    res = tile.resolution
+def resolution_differs(res: float | None, resolution: float | None, tolerance: float = 0.01) -> bool:
+    """True when both resolutions are known and differ by more than ``tolerance`` (relative)."""
     return bool(resolution and res and abs(res - resolution) / resolution > tolerance)
+
+
+def needs_resampling(tile: Tile, resolution: float | None) -> bool:
+    """True when the tile is georeferenced at a resolution other than the networks' one."""
+    return resolution_differs(tile.resolution, resolution)
 
 
 def to_working_resolution(tile: Tile, resolution: float | None) -> Tile:

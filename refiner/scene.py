@@ -42,6 +42,7 @@ from refiner.raster import (
     raster_shape,
     read_image,
     read_probs,
+    resolution_differs,
     streaming_env,
     write_class_map,
     write_probs,
@@ -140,8 +141,7 @@ def _stream(
 def _streamable(image: str | Path, bundle: ModelBundle) -> tuple[int, int, tuple[Georef | None, bool]]:
     """Scene size, georeferencing, and whether it must be resampled to the model's resolution."""
     h, w, georef, res = raster_shape(image)
-    target = bundle.resolution
-    return h, w, (georef, bool(target and res and abs(res - target) / target > 0.01))
+    return h, w, (georef, resolution_differs(res, bundle.resolution))
 
 
 def predict_scene(
@@ -163,7 +163,7 @@ def predict_scene(
     bundle = load_model(model, expect="coarse")
     h, w, (georef, resample) = _streamable(image, bundle)
     if resample:
-        _warn_in_memory(scheduler, h, w, bundle.resolution)
+        _in_memory_fallback(scheduler, h, w, bundle.resolution)
         tile = read_image(image, bands=bands)
         probs = predict_coarse(bundle, tile, device=device, window=window, progress=progress)
         return write_probs(out, probs, tile.georef, bundle.classes)
@@ -194,7 +194,8 @@ def _probs_writer(path, h, w, georef, classes: ClassSpec) -> RasterWriter:
 MAX_RESAMPLED_PIXELS = 100_000_000
 
 
-def _warn_in_memory(scheduler, h: int, w: int, model_resolution: float | None) -> None:
+def _in_memory_fallback(scheduler, h: int, w: int, model_resolution: float | None) -> None:
+    """Allow (with a warning) or refuse whole-scene resampling in memory, by the scene's size."""
     if h * w > MAX_RESAMPLED_PIXELS:
         raise ValueError(
             f"the scene ({h}x{w} px) is not at the model's resolution ({model_resolution} m/px), and scenes "
@@ -205,6 +206,11 @@ def _warn_in_memory(scheduler, h: int, w: int, model_resolution: float | None) -
     if scheduler is not None:
         msg += ", locally (not on the Dask cluster)"
     warnings.warn(msg, stacklevel=3)
+
+
+def _iteration_bands(classes: ClassSpec, t_max: int) -> list[str]:
+    """Band names of an every-iteration file: ``t0:background``, ``t0:road``, ..., ``tT:road``."""
+    return [f"t{t}:{n}" for t in range(t_max + 1) for n in classes.names]
 
 
 def _check_probs(probs: str | Path, h: int, w: int, bundle: ModelBundle) -> None:
@@ -248,7 +254,7 @@ def refine_scene(
     t_max = bundle.net.cfg.iterations if iterations is None else iterations
     classes = bundle.classes
     if resample:
-        _warn_in_memory(scheduler, h, w, bundle.resolution)
+        _in_memory_fallback(scheduler, h, w, bundle.resolution)
         return _refine_in_memory(bundle, image, probs, out, probs_out, iterations_out, t_max, bands, device)
     task = SceneTask(
         "refine",
@@ -280,7 +286,7 @@ def refine_scene(
                 count=len(classes) * (t_max + 1),
                 dtype="float32",
                 georef=georef,
-                descriptions=[f"t{t}:{n}" for t in range(t_max + 1) for n in classes.names],
+                descriptions=_iteration_bands(classes, t_max),
                 tags={"refiner_iterations": str(t_max), **tags},
             )
         _stream(task, windows, writers, scheduler, progress)
@@ -298,7 +304,7 @@ def _refine_in_memory(bundle, image, probs, out, probs_out, iterations_out, t_ma
         write_probs(probs_out, result.final, tile.georef, bundle.classes)
     if iterations_out:
         stack = np.concatenate(result.probs).astype(np.float32)
-        names = [f"t{t}:{n}" for t in range(len(result.probs)) for n in bundle.classes.names]
+        names = _iteration_bands(bundle.classes, len(result.probs) - 1)
         write_raster(
             iterations_out,
             stack,

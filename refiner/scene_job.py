@@ -18,7 +18,7 @@ import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from refiner.jobs import ACTIVE, Backend, _jobs_dir, launch, new_job_id, read_job, wait_for, write_status
+from refiner.jobs import Backend, JobState, _jobs_dir, launch, new_job_id, read_job, wait_for, write_status
 from refiner.workspace import ASSETS, Workspace
 
 SCENE_STATUS, SCENE_CANCEL = "scene.json", "scene.cancel"
@@ -31,33 +31,19 @@ class Cancelled(Exception):
 
 
 @dataclass
-class SceneStatus:
+class SceneStatus(JobState):
     """What the Export page shows about the last whole-scene run."""
 
-    id: str
-    state: str = "queued"  # queued | running | finished | cancelled | failed | interrupted
     stage: str = ""  # coarse | refine
     done: int = 0  # windows of the current stage
     total: int = 0
     source: str = ""
     scheduler: str = ""
-    started: float = 0.0
-    updated: float = 0.0
-    seconds: float = 0.0
     outputs: dict[str, str] = field(default_factory=dict)
-    message: str = ""
-
-    @property
-    def active(self) -> bool:
-        return self.state in ACTIVE
 
     @property
     def fraction(self) -> float:
         return min(1.0, self.done / self.total) if self.total else 0.0
-
-    @classmethod
-    def from_dict(cls, d: dict) -> SceneStatus:
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
 def scene_outputs(ws: Workspace) -> dict[str, Path]:

@@ -55,34 +55,12 @@ def test_help_on_every_subcommand(capsys):
 
 def test_the_whole_chain(demo, coarse_model, tmp_path, capsys):
     probs, rnn = tmp_path / "probs.tif", tmp_path / "rnn"
-    assert (
-        main(["predict", "--model", str(coarse_model), "--image", str(demo / "enhance.tif"), "--out", str(probs)]) == 0
-    )
+    assert _predict(coarse_model, demo / "enhance.tif", probs) == 0
     with rasterio.open(probs) as ds, rasterio.open(demo / "enhance.tif") as src:
         assert ds.count == 3 and ds.dtypes[0] == "float32" and ds.crs == src.crs and ds.transform == src.transform
         assert ds.descriptions == ("background", "building", "road")
-    assert (
-        main(
-            [
-                "finetune",
-                "--image",
-                str(demo / "enhance.tif"),
-                "--probs",
-                str(probs),
-                "--labels",
-                str(demo / "enhance_truth.tif"),
-                "--out",
-                str(rnn),
-                "--steps",
-                "3",
-                "--values",
-                "0,1,2",
-                "--classes",
-                "background,building,road",
-            ]
-        )
-        == 0
-    )
+    truth = demo / "enhance_truth.tif"
+    assert _finetune(demo, probs, truth, rnn, "--steps", "3", "--classes", "background,building,road") == 0
     assert (rnn / "model.safetensors").is_file()
     out, pout, iters = tmp_path / "map.tif", tmp_path / "p.tif", tmp_path / "iters.tif"
     assert (
@@ -226,6 +204,17 @@ bilateral_sxy = [5.0, 10.0]
     assert "mean IoU" in capsys.readouterr().out
 
 
+def _finetune(demo, probs, labels, out, *extra: str) -> int:
+    """``finetune`` on the demo's enhancement tile with the given labels (3 classes, values 0,1,2)."""
+    image = str(demo / "enhance.tif")
+    argv = ["--image", image, "--probs", str(probs), "--labels", str(labels), "--out", str(out), "--values", "0,1,2"]
+    return main(["finetune", *argv, *extra])
+
+
+def _predict(model, image, out) -> int:
+    return main(["predict", "--model", str(model), "--image", str(image), "--out", str(out)])
+
+
 def _err(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: "), err
@@ -234,75 +223,20 @@ def _err(capsys) -> str:
 
 def test_bad_inputs_exit_2_with_one_clear_line(demo, coarse_model, tmp_path, capsys):
     capsys.readouterr()
-    assert main(["predict", "--model", str(coarse_model), "--image", str(tmp_path / "nope.tif"), "--out", "x.tif"]) == 2
+    assert _predict(coarse_model, tmp_path / "nope.tif", "x.tif") == 2
     assert "no such file" in _err(capsys)
     Image.fromarray(np.zeros((96, 96), np.uint8)).save(tmp_path / "grey.png")
-    assert main(["predict", "--model", str(coarse_model), "--image", str(tmp_path / "grey.png"), "--out", "x.tif"]) == 2
+    assert _predict(coarse_model, tmp_path / "grey.png", "x.tif") == 2
     assert "--bands" in _err(capsys)
     probs = tmp_path / "probs.tif"
-    assert (
-        main(["predict", "--model", str(coarse_model), "--image", str(demo / "enhance.tif"), "--out", str(probs)]) == 0
-    )
+    assert _predict(coarse_model, demo / "enhance.tif", probs) == 0
     Image.fromarray(np.zeros((50, 60), np.uint8)).save(tmp_path / "small.png")
-    assert (
-        main(
-            [
-                "finetune",
-                "--image",
-                str(demo / "enhance.tif"),
-                "--probs",
-                str(probs),
-                "--labels",
-                str(tmp_path / "small.png"),
-                "--out",
-                str(tmp_path / "r"),
-                "--values",
-                "0,1,2",
-            ]
-        )
-        == 2
-    )
+    assert _finetune(demo, probs, tmp_path / "small.png", tmp_path / "r") == 2
     assert "50x60 pixels but the image is 96x96" in _err(capsys)
     Image.fromarray(np.full((96, 96), 255, np.uint8)).save(tmp_path / "empty.png")
-    assert (
-        main(
-            [
-                "finetune",
-                "--image",
-                str(demo / "enhance.tif"),
-                "--probs",
-                str(probs),
-                "--labels",
-                str(tmp_path / "empty.png"),
-                "--out",
-                str(tmp_path / "r"),
-                "--values",
-                "0,1,2",
-            ]
-        )
-        == 2
-    )
+    assert _finetune(demo, probs, tmp_path / "empty.png", tmp_path / "r") == 2
     assert "no labelled pixel" in _err(capsys)
-    assert (
-        main(
-            [
-                "finetune",
-                "--image",
-                str(demo / "enhance.tif"),
-                "--probs",
-                str(probs),
-                "--labels",
-                str(demo / "enhance_truth.tif"),
-                "--out",
-                str(tmp_path / "r"),
-                "--values",
-                "0,1,2",
-                "--window",
-                "90,90,20,20",
-            ]
-        )
-        == 2
-    )
+    assert _finetune(demo, probs, demo / "enhance_truth.tif", tmp_path / "r", "--window", "90,90,20,20") == 2
     assert "does not fit in the 96x96 labels" in _err(capsys)
     assert (
         main(

@@ -125,6 +125,32 @@ def guard(what: str = "") -> Iterator[None]:
         st.stop()
 
 
+def job_label(state: str, running: str) -> str:
+    """The progress-bar text for a background job in ``state`` (``running``: what it is doing)."""
+    return {
+        "queued": "Starting…",
+        "running": running,
+        "finished": "Finished",
+        "cancelled": "Cancelled",
+        "failed": "Failed",
+        "interrupted": "Interrupted",
+    }[state]
+
+
+MIME = {".tif": "image/tiff", ".gpkg": "application/geopackage+sqlite3"}
+
+
+def download(path: Path, prefix: str, key: str, label: str = "") -> None:
+    """A download button for a file the app wrote, offered as ``<prefix>_<file name>``."""
+    st.download_button(
+        label or f"Download {path.name}",
+        path.read_bytes(),
+        file_name=f"{prefix}_{path.name}",
+        mime=MIME.get(path.suffix, "application/octet-stream"),
+        key=key,
+    )
+
+
 def to_png(rgb: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(rgb))
 

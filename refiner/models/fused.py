@@ -111,13 +111,6 @@ class FusedRNN:
         self.device = device
         return self
 
-    @property
-    def halo(self) -> int:
-        return self.cfg.halo
-
-    def block(self, t: int) -> FoldedBlock:
-        return self.blocks[t if len(self.blocks) > 1 else 0]
-
     def _check(self, iterations: int | None) -> int:
         t_max = self.cfg.iterations if iterations is None else iterations
         if t_max > self.cfg.iterations and self.cfg.variant == "non_recurrent":
