@@ -44,6 +44,17 @@ def test_scene_job_cancel_and_errors_are_reported_not_raised(ws, files, tmp_path
     assert not out.exists() and not out.with_name(out.name + ".part").exists()
     st = scene_job.run_scene_job(str(ws.path), str(tmp_path / "missing.tif"), "", "", "job2")
     assert st["state"] == "failed" and "missing.tif" in st["message"]
+    import numpy as np
+    import rasterio
+
+    two_bands = tmp_path / "two_bands.tif"  # coarse probabilities for the wrong number of classes
+    with rasterio.open(d / "probs.tif") as src:
+        profile = src.profile | {"count": 2}
+    with rasterio.open(two_bands, "w", **profile) as dst:
+        dst.write(np.full((2, profile["height"], profile["width"]), 0.5, np.float32))
+    st = scene_job.run_scene_job(str(ws.path), str(d / "image.tif"), str(two_bands), "", "job4")
+    assert st["state"] == "failed" and "2 bands but the model has 3 classes" in st["message"]
+    assert not scene_job.scene_outputs(ws)["refined_map"].exists()
     no_rnn = make_workspace(tmp_path / "other", with_rnn=False)
     st = scene_job.run_scene_job(str(no_rnn.path), str(d / "image.tif"), "", "", "job3")
     assert st["state"] == "failed" and "Train page" in st["message"]
