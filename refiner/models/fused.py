@@ -264,6 +264,20 @@ def _eager_tail(pre: torch.Tensor, term: torch.Tensor, u: torch.Tensor, out_w: t
 _COMPILED: dict[str, object] = {}
 
 
+#: Compiled tail kernels one process may keep (block shapes x steps x models seen).
+RECOMPILE_LIMIT = 256
+
+
+def _compile_limits():
+    """Dynamo's recompile limit raised to :data:`RECOMPILE_LIMIT` for this thread, for a ``with`` block."""
+    import torch._dynamo
+
+    return torch._dynamo.config.patch(
+        recompile_limit=RECOMPILE_LIMIT,
+        accumulated_recompile_limit=max(torch._dynamo.config.accumulated_recompile_limit, RECOMPILE_LIMIT),
+    )
+
+
 def _tail_fn(compile: bool):
     """The tail, compiled by TorchInductor into one fused loop when possible (else eager).
 
@@ -277,15 +291,15 @@ def _tail_fn(compile: bool):
         # process, whatever shapes that process saw before; ~1.5-2x faster than a dynamic-shape
         # kernel here. Block sides are multiples of 32 and each of the T steps has its own
         # shape, so a few models and tile sizes need more than dynamo's default 8 kernels per
-        # function: past the limit it would silently run eager.
-        import torch._dynamo
-
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
+        # function: past the limit it would silently run eager (other bits, 3x slower). Dynamo's
+        # config is per thread (the app computes in Streamlit's script threads), so the limit is
+        # raised around each call (:func:`_compile_limits`), not once globally.
         _COMPILED["fn"] = torch.compile(_tail, dynamic=False)
 
     def run(*args):
         try:
-            return _COMPILED["fn"](*args)
+            with _compile_limits():
+                return _COMPILED["fn"](*args)
         except Exception as exc:  # noqa: BLE001 - any compiler problem: fall back, same maths
             warnings.warn(f"torch.compile unavailable ({type(exc).__name__}); using eager inference", stacklevel=2)
             _COMPILED["failed"] = True

@@ -86,3 +86,22 @@ def test_scene_windows_read_whole_blocks():
         halo = 2 * t
         window = scene_window(cfg)
         assert window > 512 and (window + 2 * halo) % cpu_block(k * 32, halo) == 0
+
+
+def test_compiled_kernels_keep_compiling_past_dynamos_default_limit_in_any_thread():
+    """Dynamo's config is per thread (the app computes in Streamlit's threads); past its default of
+    8 kernels it would silently fall back to eager code, 3x slower and with other rounding."""
+    import threading
+
+    from torch._dynamo.utils import counters
+
+    net = _random_net("class_specific", iterations=1)
+    fast = FusedRNN(net)
+    fast(*_inputs(h=19, w=19), block=0)  # the first kernel, compiled in this thread
+    sizes = range(20, 31)  # 11 more shapes, one kernel each, in another thread
+    outs = {}
+    thread = threading.Thread(target=lambda: outs.update({n: fast(*_inputs(h=n, w=n), block=0)[-1] for n in sizes}))
+    thread.start()
+    thread.join()
+    assert sorted(outs) == list(sizes)
+    assert not [k for k in counters["unimplemented"] if "recompile limit" in k.lower()]
