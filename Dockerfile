@@ -10,6 +10,11 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     REFINER_WORKSPACES=/workspaces
 
+# A C compiler: the native RNN kernel (refiner/models/rnn_step.c) and torch.compile build on
+# first use; without one, inference falls back to slower torch ops with the same results.
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
+
 WORKDIR /app
 COPY requirements.txt .
 # torch first from the chosen index, so requirements.txt finds its pin already satisfied

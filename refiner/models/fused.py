@@ -8,6 +8,10 @@ per-iteration softmax, on cache-sized blocks of the image. Every operation is th
 function of the same weights, so results equal ``RefinerRNN(..., reference=True)`` to float
 rounding (``tests/models/test_fused.py``).
 
+On a CPU each iteration runs in a native kernel (:mod:`refiner.models.native`) that keeps a
+pixel's hidden units in registers; without a C compiler, in torch ops (a grouped convolution and
+a compiled tail), which compute the same values more slowly.
+
 Why blocks: each iteration touches ``K * hidden`` feature maps per pixel (96 for K = 3), and on
 a CPU those passes are memory bound; a 256x256 block's features stay in cache, a whole tile's
 do not. Each block is computed with a halo of ``r * T`` pixels (``r`` = filter radius), so the
@@ -27,24 +31,35 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from refiner.models import native
 from refiner.models.rnn import RefinerRNN, RNNConfig, probs_to_scores
 from refiner.tiling import even_size
 
-#: Bytes of hidden features a CPU block may hold (``K * hidden`` fp32 maps over the block and
-#: its halo). Measured on a quiet 2-core EPYC with 32 MiB of L3: time per pixel falls as blocks
-#: grow (less halo), then jumps 1.5-2x once a block's features pass ~28 MB (K = 2 at a 320 px
-#: side, K = 3 at 256 px). 20 MiB keeps clear of that cliff.
+#: Bytes of one set of hidden features a CPU block may hold (``K * hidden`` fp32 maps over the
+#: block and its halo) with the torch ops, which keep two such sets (pre-activations and image
+#: term). Measured on a quiet 2-core EPYC with 32 MiB of L3: time per pixel falls as blocks grow
+#: (less halo), then jumps 1.5-2x once a block's features pass ~28 MB (K = 2 at a 320 px side,
+#: K = 3 at 256 px). 20 MiB keeps clear of that cliff; a 2-core Xeon (2 MiB L2 a core) agreed.
 CPU_FEATURE_BYTES = 20 * 2**20
 
+#: The same for the native kernel (:mod:`refiner.models.native`), which keeps only the image
+#: term: on the 2-core Xeon, K = 3 ran best at 256 px (29 MB of term), 2x slower at 320 px.
+NATIVE_FEATURE_BYTES = 28 * 2**20
 
-def cpu_block(feature_maps: int, halo: int = 10) -> int:
-    """Block side (a multiple of 32, at least 64) whose features fit :data:`CPU_FEATURE_BYTES`.
 
-    ``feature_maps`` = K * hidden; K = 2 gets 256 px, K = 3 192 px, more classes less.
-    GPUs take the whole window at once instead.
+def cpu_block(feature_maps: int, halo: int = 10, budget: int = CPU_FEATURE_BYTES) -> int:
+    """Block side (a multiple of 32, at least 64) whose features fit ``budget`` bytes.
+
+    ``feature_maps`` = K * hidden; with the torch ops' budget K = 2 gets 256 px, K = 3 192 px,
+    more classes less. GPUs take the whole window at once instead.
     """
-    side = int((CPU_FEATURE_BYTES / (4 * feature_maps)) ** 0.5) - 2 * halo
+    side = int((budget / (4 * feature_maps)) ** 0.5) - 2 * halo
     return max(64, side // 32 * 32)
+
+
+def feature_budget(cfg: RNNConfig, use_native: bool = True) -> int:
+    """:data:`NATIVE_FEATURE_BYTES` where the native kernel runs for ``cfg``, else :data:`CPU_FEATURE_BYTES`."""
+    return NATIVE_FEATURE_BYTES if use_native and native.load(cfg.kernel_size) is not None else CPU_FEATURE_BYTES
 
 
 def scene_window(cfg: RNNConfig, iterations: int | None = None, blocks: int = 4) -> int:
@@ -54,7 +69,7 @@ def scene_window(cfg: RNNConfig, iterations: int | None = None, blocks: int = 4)
     read as 1024 = 4 x 256). Memory per window stays in the tens of megabytes.
     """
     halo = (cfg.kernel_size // 2) * (cfg.iterations if iterations is None else iterations)
-    return blocks * cpu_block(cfg.num_classes * cfg.hidden, halo) - 2 * halo
+    return blocks * cpu_block(cfg.num_classes * cfg.hidden, halo, feature_budget(cfg)) - 2 * halo
 
 
 @dataclass(frozen=True)
@@ -83,10 +98,13 @@ class FusedRNN:
     ``FusedRNN(net)(image, probs)`` returns the same ``[u_0, ..., u_T]`` as ``net(image, probs)``.
     """
 
-    def __init__(self, net: RefinerRNN, *, dtype: torch.dtype = torch.float32, compile: bool = True) -> None:
+    def __init__(
+        self, net: RefinerRNN, *, dtype: torch.dtype = torch.float32, compile: bool = True, native: bool = True
+    ) -> None:
         self.cfg: RNNConfig = net.cfg
         self.dtype = dtype
         self.compile = compile
+        self.native = native
         with torch.no_grad():
             self.blocks = [self._fold(b) for b in net.blocks]
         self.device = self.blocks[0].filters.device
@@ -136,8 +154,10 @@ class FusedRNN:
         t_max = self._check(iterations)
         halo = (self.cfg.kernel_size // 2) * t_max
         h, w = image.shape[-2:]
-        if block is None:
-            block = cpu_block(probs.shape[1] * self.cfg.hidden, halo) if image.device.type == "cpu" else 0
+        if block is None and image.device.type == "cpu":
+            budget = feature_budget(self.cfg, self.native and self.dtype == torch.float32)
+            block = cpu_block(probs.shape[1] * self.cfg.hidden, halo, budget)
+        block = block or 0
         # block sides: the fewest blocks, of even size rounded up to a multiple of 32, so a few
         # shapes (and compiled kernels) serve every image; 0 = the input as one block
         bh, bw = (_ceil_to(even_size(h, block), 32), _ceil_to(even_size(w, block), 32)) if block else (h, w)
@@ -168,6 +188,9 @@ class FusedRNN:
         borders (by ``edges`` pixels: top, bottom, left, right) by replication, and each step
         renews that extension (:func:`_replicate_edges`).
         """
+        lib = self._native_kernel(image, probs.shape[-1] - 2 * (self.cfg.kernel_size // 2) * t_max)
+        if lib is not None:
+            return self._forward_native(lib, image, probs, t_max, edges)
         r = self.cfg.kernel_size // 2
         b, k = probs.shape[:2]
         cl = torch.channels_last  # oneDNN's fast layout for these convolutions (~10x NCHW here)
@@ -198,6 +221,37 @@ class FusedRNN:
             _replicate_edges(u, [max(0, e - r * (t + 1)) for e in edges])
             maps.append(u)
         return maps
+
+    def _native_kernel(self, image: torch.Tensor, narrowest: int):
+        """The native step kernel (:mod:`refiner.models.native`) if it applies here, else None."""
+        if not self.native or image.device.type != "cpu" or self.dtype != torch.float32 or narrowest < native.LANES:
+            return None
+        return native.load(self.cfg.kernel_size)
+
+    def _forward_native(
+        self, lib, image: torch.Tensor, probs: torch.Tensor, t_max: int, edges: tuple[int, int, int, int]
+    ) -> list[torch.Tensor]:
+        """:meth:`_forward` with each iteration in the native kernel (same maths, other rounding order)."""
+        r = self.cfg.kernel_size // 2
+        per_image = []
+        for i in range(probs.shape[0]):
+            u = probs_to_scores(probs[i : i + 1])[0].contiguous()
+            maps = [u]
+            terms: dict[int, torch.Tensor] = {}
+            for t in range(t_max):
+                idx = t if len(self.blocks) > 1 else 0
+                fb = self.blocks[idx]
+                if idx not in terms:  # the image half of the hidden layer, on the first step's region, once
+                    img = image[i : i + 1].contiguous(memory_format=torch.channels_last)
+                    feats = F.conv2d(img, fb.image_filters)[0]
+                    terms[idx] = native.image_term_rows(feats, fb.image_proj.flatten(1))
+                u = native.run_step(lib, u, terms[idx], r * t, fb.hidden_bias, fb.filters, fb.out_w, fb.out_b)
+                _replicate_edges(u, [max(0, e - r * (t + 1)) for e in edges])
+                maps.append(u)
+            per_image.append(maps)
+        if len(per_image) == 1:
+            return [m[None] for m in per_image[0]]
+        return [torch.stack(ts) for ts in zip(*per_image, strict=True)]
 
 
 def _ceil_to(n: int, multiple: int) -> int:

@@ -1,10 +1,24 @@
 """The inference-only fused RNN equals the paper's equations (Eqs. 5-8) to float rounding."""
 
+import shutil
+
 import pytest
 import torch
 
-from refiner.models.fused import CPU_FEATURE_BYTES, FusedRNN, cpu_block, fused, scene_window
+from refiner.models import native
+from refiner.models.fused import (
+    CPU_FEATURE_BYTES,
+    NATIVE_FEATURE_BYTES,
+    FusedRNN,
+    cpu_block,
+    feature_budget,
+    fused,
+    scene_window,
+)
 from refiner.models.rnn import VARIANTS, RefinerRNN, RNNConfig
+
+#: The three ways an iteration runs on a CPU: the native kernel, torch ops with a compiled tail, eager torch ops.
+PATHS = {"native": {}, "compiled": {"native": False}, "eager": {"native": False, "compile": False}}
 
 
 def _inputs(b=1, k=3, h=45, w=38, seed=0):
@@ -14,9 +28,9 @@ def _inputs(b=1, k=3, h=45, w=38, seed=0):
     return image, probs
 
 
-def _random_net(variant: str, k: int = 3, iterations: int = 4) -> RefinerRNN:
+def _random_net(variant: str, k: int = 3, iterations: int = 4, **arch) -> RefinerRNN:
     torch.manual_seed(1)
-    net = RefinerRNN(RNNConfig(k, variant=variant, iterations=iterations)).eval()
+    net = RefinerRNN(RNNConfig(k, variant=variant, iterations=iterations, **arch)).eval()
     with torch.no_grad():  # non-zero biases too, so every term of the fold is exercised
         for p in net.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -24,23 +38,82 @@ def _random_net(variant: str, k: int = 3, iterations: int = 4) -> RefinerRNN:
 
 
 @pytest.mark.parametrize(
-    ("variant", "block", "compile"),
-    [(v, b, False) for v in VARIANTS for b in (0, 16, 32)]
-    + [("class_specific", 32, True), ("class_agnostic", 0, True)],
+    ("variant", "block", "path"),
+    [(v, b, p) for v in VARIANTS for b in (0, 16, 32) for p in ("native", "eager")]
+    + [("class_specific", 32, "compiled"), ("class_agnostic", 0, "compiled"), ("non_recurrent", 32, "compiled")],
 )
-def test_fused_inference_equals_the_reference_equations(variant, block, compile):
+def test_fused_inference_equals_the_reference_equations(variant, block, path):
     """Blocks of 32 px on 100 x 90: interior blocks, borders, corners and a last block overhanging the edge."""
     net = _random_net(variant)
     image, probs = _inputs(k=3, h=100, w=90) if block == 32 else _inputs(k=3)
     with torch.no_grad():
         ref = net(image, probs, reference=True)
-    out = FusedRNN(net, compile=compile)(image, probs, block=block)
+    out = FusedRNN(net, **PATHS[path])(image, probs, block=block)
     assert len(out) == len(ref) == net.cfg.iterations + 1
     for a, b in zip(out, ref, strict=True):
         torch.testing.assert_close(a.contiguous(), b, rtol=1e-4, atol=2e-5)
-    last = FusedRNN(net, compile=compile)(image, probs, keep_all=False, block=block)
+    last = FusedRNN(net, **PATHS[path])(image, probs, keep_all=False, block=block)
     assert len(last) == 1
     torch.testing.assert_close(last[0].contiguous(), ref[-1], rtol=1e-4, atol=2e-5)
+
+
+needs_cc = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler: the native kernel cannot be built")
+
+
+@needs_cc
+def test_the_native_kernel_builds_where_a_c_compiler_is_present():
+    assert native.load(5) is not None and native.load(3) is not None
+
+
+@needs_cc
+@pytest.mark.parametrize(
+    ("variant", "arch", "shape"),
+    [
+        ("class_specific", {"kernel_size": 3}, (2, 4, 41, 53)),  # another filter size, batch of 2, 4 classes
+        ("class_specific", {"hidden": 12}, (1, 2, 37, 70)),  # hidden units not a multiple of the kernel's 8
+        ("class_agnostic", {"hidden": 20, "kernel_size": 3}, (1, 3, 30, 33)),
+        ("non_recurrent", {}, (2, 2, 44, 29)),
+    ],
+)
+def test_the_native_kernel_equals_the_reference_for_other_architectures(variant, arch, shape, monkeypatch):
+    b, k, h, w = shape
+    net = _random_net(variant, k=k, iterations=3, **arch)
+    image, probs = _inputs(b=b, k=k, h=h, w=w)
+    with torch.no_grad():
+        ref = net(image, probs, reference=True)
+    steps = []
+    run_step = native.run_step
+    monkeypatch.setattr(native, "run_step", lambda *a: steps.append(1) or run_step(*a))
+    out = FusedRNN(net)(image, probs, block=0)
+    assert len(steps) == b * 3  # every iteration of every image went through the kernel
+    for a, r in zip(out, ref, strict=True):
+        torch.testing.assert_close(a, r, rtol=1e-4, atol=2e-5)
+
+
+@needs_cc
+def test_the_native_kernel_gives_the_same_bits_whatever_the_thread_count():
+    """Dask workers and the local run may use other thread counts: the class maps must still match byte for byte."""
+    net = _random_net("class_specific")
+    image, probs = _inputs(h=120, w=75)
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            outs.append(FusedRNN(net)(image, probs, block=0)[-1])
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+
+
+def test_narrow_inputs_and_refiner_native_0_use_the_torch_ops(monkeypatch):
+    net = _random_net("class_specific", iterations=2)
+    image, probs = _inputs(h=12, w=12)  # narrower than the kernel's 16-pixel vectors
+    with torch.no_grad():
+        ref = net(image, probs, reference=True)[-1]
+    torch.testing.assert_close(FusedRNN(net)(image, probs, block=0)[-1], ref, rtol=1e-4, atol=2e-5)
+    monkeypatch.setenv("REFINER_NATIVE", "0")
+    assert native.load(5) is None
 
 
 def test_fewer_iterations_and_the_non_recurrent_limit():
@@ -73,6 +146,8 @@ def test_blocks_shrink_with_more_feature_maps_and_report_progress():
     assert sides == sorted(sides, reverse=True) and sides[-1] == 64 and all(s % 32 == 0 for s in sides)
     for k, side in zip((2, 3, 4, 6), sides, strict=False):  # the largest that fits the cache budget
         assert 4 * k * 32 * (side + 20) ** 2 <= CPU_FEATURE_BYTES < 4 * k * 32 * (side + 52) ** 2
+    assert cpu_block(96, budget=NATIVE_FEATURE_BYTES) == 256 > cpu_block(96) == 192  # K = 3, the native kernel
+    assert feature_budget(RNNConfig(3), use_native=False) == CPU_FEATURE_BYTES
     net = _random_net("class_specific", iterations=2)
     image, probs = _inputs(h=45, w=38)
     seen: list[tuple[int, int]] = []
@@ -85,7 +160,7 @@ def test_scene_windows_read_whole_blocks():
         cfg = RNNConfig(k, iterations=t)
         halo = 2 * t
         window = scene_window(cfg)
-        assert window > 512 and (window + 2 * halo) % cpu_block(k * 32, halo) == 0
+        assert window > 512 and (window + 2 * halo) % cpu_block(k * 32, halo, feature_budget(cfg)) == 0
 
 
 def test_compiled_kernels_keep_compiling_past_dynamos_default_limit_in_any_thread():
@@ -96,7 +171,7 @@ def test_compiled_kernels_keep_compiling_past_dynamos_default_limit_in_any_threa
     from torch._dynamo.utils import counters
 
     net = _random_net("class_specific", iterations=1)
-    fast = FusedRNN(net)
+    fast = FusedRNN(net, native=False)
     fast(*_inputs(h=19, w=19), block=0)  # the first kernel, compiled in this thread
     sizes = range(20, 31)  # 11 more shapes, one kernel each, in another thread
     outs = {}

@@ -1,0 +1,171 @@
+"""A native CPU kernel for one fused RNN iteration (``rnn_step.c``), built on first use.
+
+Why our own kernel: oneDNN's grouped convolution and TorchInductor's fused tail each run well,
+but between them every iteration writes and re-reads ``K * hidden`` pre-activation maps (384
+bytes a pixel for K = 3), more than a core's L2 holds, so the step is bound by cache traffic.
+``rnn_step.c`` keeps a pixel's hidden units in registers through filter, ReLU and output layer
+(measured on a 2-core Xeon: ~2x faster per iteration than the torch ops, K = 3). No library
+provides that fusion: Inductor's own code for it measured slower than the torch ops.
+
+The kernel is plain C with compiler vector extensions, compiled with the machine's C compiler
+(``cc``; the one torch.compile needs too) for the host CPU, once per source and flags, into a
+per-user cache; when there is no compiler or ``REFINER_NATIVE=0``, :func:`load` returns None
+and callers use the torch ops, which compute the same values.
+
+Threads: ``torch.get_num_threads()`` of them share a step's output rows. Built with
+``-fopenmp``, the kernel links ``libgomp.so.1``, which the loader resolves to the copy torch has
+already loaded, so the kernel runs on torch's OpenMP threads. Separate threads were ~1.5x slower:
+torch's threads keep spinning for a while after each torch op and took the cores from them.
+Without OpenMP (a compiler lacking it) the rows are split over Python threads (ctypes releases
+the GIL).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import subprocess
+import tempfile
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("rnn_step.c")
+_LOCK = threading.Lock()
+_LIBS: dict[int, ctypes.CDLL | None] = {}
+_POOL: list[ThreadPoolExecutor] = []
+
+#: Pixels one vector of the kernel covers: outputs narrower than this use the torch ops.
+LANES = 16
+
+_P, _I, _L = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
+_ARGTYPES = [_P, _I, _I, _I, _P, _L, _L, _L, _I, _I, _P, _L, _P, _L, _P, _L, _P, _L, _I, _P, _I, _I, _I]
+
+
+def cache_dir() -> Path:
+    """Where built kernels live: ``$REFINER_CACHE/native`` or ``~/.cache/refiner/native``."""
+    root = os.environ.get("REFINER_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "refiner")
+    return Path(root) / "native"
+
+
+def _cpu_id() -> str:
+    """What the ``-march=native`` build depends on: CPU model and instruction-set flags (Linux), else the platform.
+
+    Part of the cache key, so a home directory shared between unlike machines never hands one a
+    kernel built for another's instructions.
+    """
+    try:
+        info = Path("/proc/cpuinfo").read_text().splitlines()
+        return "|".join(sorted({ln for ln in info if ln.startswith(("model name", "flags", "Features", "CPU part"))}))
+    except OSError:
+        return platform.platform() + platform.processor()
+
+
+def _compile(kernel_size: int) -> Path:
+    """Build the kernel for ``kernel_size`` (cached by source, flags and machine); raises on failure."""
+    cc = os.environ.get("CC", "cc")
+    flags = ["-O3", "-shared", "-fPIC", f"-DKS={kernel_size}"]
+    source = SOURCE.read_bytes()
+    options = (["-march=native", "-mprefer-vector-width=512"], ["-march=native"], [])
+    for arch in [[*a, "-fopenmp"] for a in options] + list(options):
+        key = hashlib.sha256(source + " ".join([cc, *flags, *arch, platform.machine(), _cpu_id()]).encode())
+        key = key.hexdigest()[:16]
+        target = cache_dir() / f"rnn_step_k{kernel_size}_{key}.so"
+        if target.exists():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+        done = subprocess.run([cc, *flags, *arch, str(SOURCE), "-o", tmp], capture_output=True, text=True)
+        if done.returncode == 0:
+            os.replace(tmp, target)  # atomic: concurrent builders (Dask workers) never see half a file
+            return target
+        os.unlink(tmp)
+    raise RuntimeError(done.stderr.strip()[-500:] or f"{cc} failed")
+
+
+def load(kernel_size: int) -> ctypes.CDLL | None:
+    """The compiled kernel for ``kernel_size`` x ``kernel_size`` filters, or None if unavailable.
+
+    Unavailable: ``REFINER_NATIVE=0``, an even kernel size, or no working C compiler (warned once).
+    """
+    if os.environ.get("REFINER_NATIVE", "1") == "0" or kernel_size % 2 == 0:
+        return None
+    with _LOCK:
+        if kernel_size not in _LIBS:
+            try:
+                lib = ctypes.CDLL(str(_compile(kernel_size)))
+                lib.rnn_step.argtypes = _ARGTYPES
+                lib.rnn_step.restype = None
+                lib.openmp = bool(lib.rnn_step_openmp())
+                _LIBS[kernel_size] = lib
+            except (OSError, RuntimeError) as exc:
+                warnings.warn(f"native RNN kernel unavailable ({exc}); using torch ops", stacklevel=2)
+                _LIBS[kernel_size] = None
+        return _LIBS[kernel_size]
+
+
+def _pool() -> ThreadPoolExecutor:
+    with _LOCK:
+        if not _POOL:
+            _POOL.append(ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="refiner-rnn"))
+        return _POOL[0]
+
+
+def run_step(
+    lib: ctypes.CDLL,
+    u: torch.Tensor,
+    term: torch.Tensor,
+    offset: int,
+    hidden_bias: torch.Tensor,
+    filters: torch.Tensor,
+    out_w: torch.Tensor,
+    out_b: torch.Tensor,
+) -> torch.Tensor:
+    """One iteration ``u + f_out(relu(filters * u + term + hidden_bias))`` on a (K, H, W) float32 block.
+
+    ``term``: the image features' projection, (H', G * hidden, W') row-interleaved
+    (:func:`image_term_rows`), read from row and column ``offset``; ``hidden_bias``
+    (G * hidden,), ``filters`` (G * hidden, 1, k, k), ``out_w`` (G, hidden), ``out_b`` (G,),
+    with G = K or 1 (shared by all classes).
+    Returns (K, H - 2r, W - 2r).
+    """
+    k, rows, cols = u.shape
+    ks = filters.shape[-1]
+    g, hidden = out_w.shape
+    shared = g != k  # the class-agnostic variant: one parameter set for every class
+    out = torch.empty(k, rows - ks + 1, cols - ks + 1, dtype=torch.float32)
+    tr, tc = term.shape[0], term.shape[2]
+    args = (
+        u.data_ptr(), k, rows, cols,
+        term.data_ptr(), term.shape[1] * tc, tc, 0 if shared else hidden * tc, offset, offset,
+        hidden_bias.data_ptr(), 0 if shared else hidden,
+        filters.data_ptr(), 0 if shared else hidden * ks * ks,
+        out_w.data_ptr(), 0 if shared else hidden,
+        out_b.data_ptr(), 0 if shared else 1,
+        hidden, out.data_ptr(),
+    )  # fmt: skip
+    if not (u.is_contiguous() and term.is_contiguous() and tr >= out.shape[1] + offset and out.shape[2] >= LANES):
+        raise ValueError("run_step needs contiguous inputs, a term covering the output and >= 16 columns")
+    n = max(1, min(torch.get_num_threads(), out.shape[1] // 8))
+    if n == 1 or lib.openmp:
+        lib.rnn_step(*args, 0, out.shape[1], n)
+    else:
+        cuts = [out.shape[1] * i // n for i in range(n + 1)]
+        list(_pool().map(lambda a, b: lib.rnn_step(*args, a, b, 1), cuts[:-1], cuts[1:]))
+    return out
+
+
+def image_term_rows(feats: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
+    """``proj @ feats`` per pixel, laid out row-interleaved (H, G * hidden, W) for the kernel.
+
+    ``feats`` (F, H, W) image features (any strides; channels-last is read without a copy),
+    ``proj`` (G * hidden, F). One small GEMM per row writes the layout directly (the kernel adds
+    the bias: adding it here cost a third more).
+    """
+    return torch.matmul(proj, feats.transpose(0, 1))  # (G*hidden, F) @ (H, F, W)
