@@ -224,9 +224,10 @@ class FusedRNN:
 
     def _native_kernel(self, image: torch.Tensor, narrowest: int):
         """The native step kernel (:mod:`refiner.models.native`) if it applies here, else None."""
-        if not self.native or image.device.type != "cpu" or self.dtype != torch.float32 or narrowest < native.LANES:
+        if not self.native or image.device.type != "cpu" or self.dtype != torch.float32:
             return None
-        return native.load(self.cfg.kernel_size)
+        lib = native.load(self.cfg.kernel_size)
+        return lib if lib is not None and narrowest >= lib.lanes else None
 
     def _forward_native(
         self, lib, image: torch.Tensor, probs: torch.Tensor, t_max: int, edges: tuple[int, int, int, int]

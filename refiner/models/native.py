@@ -40,8 +40,6 @@ _LOCK = threading.Lock()
 _LIBS: dict[int, ctypes.CDLL | None] = {}
 _POOL: list[ThreadPoolExecutor] = []
 
-#: Pixels one vector of the kernel covers: outputs narrower than this use the torch ops.
-LANES = 16
 
 _P, _I, _L = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
 _ARGTYPES = [_P, _I, _I, _I, _P, _L, _L, _L, _I, _I, _P, _L, _P, _L, _P, _L, _P, _L, _I, _P, _I, _I, _I]
@@ -103,6 +101,7 @@ def load(kernel_size: int) -> ctypes.CDLL | None:
                 lib.rnn_step.argtypes = _ARGTYPES
                 lib.rnn_step.restype = None
                 lib.openmp = bool(lib.rnn_step_openmp())
+                lib.lanes = int(lib.rnn_step_lanes())  # pixels per vector: narrower outputs need the torch ops
                 _LIBS[kernel_size] = lib
             except (OSError, RuntimeError) as exc:
                 warnings.warn(f"native RNN kernel unavailable ({exc}); using torch ops", stacklevel=2)
@@ -150,8 +149,8 @@ def run_step(
         out_b.data_ptr(), 0 if shared else 1,
         hidden, out.data_ptr(),
     )  # fmt: skip
-    if not (u.is_contiguous() and term.is_contiguous() and tr >= out.shape[1] + offset and out.shape[2] >= LANES):
-        raise ValueError("run_step needs contiguous inputs, a term covering the output and >= 16 columns")
+    if not (u.is_contiguous() and term.is_contiguous() and tr >= out.shape[1] + offset and out.shape[2] >= lib.lanes):
+        raise ValueError(f"run_step needs contiguous inputs, a term covering the output and >= {lib.lanes} columns")
     n = max(1, min(torch.get_num_threads(), out.shape[1] // 8))
     if n == 1 or lib.openmp:
         lib.rnn_step(*args, 0, out.shape[1], n)

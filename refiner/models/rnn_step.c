@@ -22,11 +22,18 @@
  * competing with other threads for the cores.
  */
 
-typedef float vf __attribute__((vector_size(64)));
-typedef int vi __attribute__((vector_size(64)));
-typedef float vfu __attribute__((vector_size(64), aligned(4))); /* unaligned loads and stores */
+/* Vector width: 16 floats where AVX-512 gives 32 wide registers, else 8 (AVX2's 16 registers
+ * hold the JG accumulators, a filter row and a weight). */
+#if defined(__AVX512F__)
+#define VBYTES 64
+#else
+#define VBYTES 32
+#endif
+typedef float vf __attribute__((vector_size(VBYTES)));
+typedef int vi __attribute__((vector_size(VBYTES)));
+typedef float vfu __attribute__((vector_size(VBYTES), aligned(4))); /* unaligned loads and stores */
 
-#define L 16 /* pixels per vector */
+#define L (VBYTES / 4) /* pixels per vector */
 #ifndef KS
 #define KS 5 /* filter side, fixed at compile time so the taps unroll into registers */
 #endif
@@ -41,6 +48,8 @@ static inline vf relu(vf a)
 }
 
 int rnn_step_kernel_size(void) { return KS; }
+
+int rnn_step_lanes(void) { return L; }
 
 int rnn_step_openmp(void)
 {
