@@ -15,14 +15,17 @@ so the files are identical byte for byte. Read windows all have one size (edge w
 inwards, :func:`~refiner.tiling.iter_windows` ``fixed=True``), so every process runs the same
 compiled kernels on the same shapes, whatever order windows reach it in.
 
-Scenes at another resolution than the model's are resampled as a whole (resampling by windows
-would not be exact at window seams): that path holds the scene in memory and runs locally.
+Scenes at another resolution than the model's take two streaming passes (:func:`_on_working_grid`):
+the windows above run on the working grid, each reading its inputs resampled from just the
+source pixels under it (:mod:`refiner.grid`), into temporary working-grid files; a second pass
+brings the probabilities back onto the scene's grid window by window. Both equal resampling the
+whole scene, so memory stays bounded whatever the scene's size or resolution.
 """
 
 from __future__ import annotations
 
 import json
-import warnings
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -32,6 +35,7 @@ import numpy as np
 import rasterio
 
 from refiner.classes import IGNORE, ClassSpec
+from refiner.grid import Grid, probs_back_on, read_image_on, read_probs_on, working_grid_of
 from refiner.inference import predict_coarse, refine
 from refiner.models.coarse import COARSE_HALO
 from refiner.models.fused import scene_window
@@ -44,9 +48,6 @@ from refiner.raster import (
     read_probs,
     resolution_differs,
     streaming_env,
-    write_class_map,
-    write_probs,
-    write_raster,
 )
 from refiner.tiling import WindowSpec, iter_windows
 
@@ -65,6 +66,18 @@ class SceneTask:
     iterations: int | None = None
     keep_all: bool = False
     device: str | None = None
+    grid: tuple[Grid, Grid] | None = None  # (scene, working): windows lie on the working grid
+
+
+def _read_window(task: SceneTask, read: tuple[int, int, int, int]):
+    """The window's image tile and (for refine) coarse probabilities, on the grid the windows lie on."""
+    if task.grid is None:
+        tile = read_image(task.image, bands=task.bands, window=read)
+        return tile, None if task.probs is None else read_probs(task.probs, window=read)[0]
+    scene, work = task.grid
+    dst = work.window(*read)
+    tile = read_image_on(task.image, scene, dst, bands=task.bands)
+    return tile, None if task.probs is None else read_probs_on(task.probs, scene, dst)
 
 
 @lru_cache(maxsize=4)
@@ -83,14 +96,13 @@ def run_window(task: SceneTask, win: WindowSpec) -> dict[str, np.ndarray]:
     """Compute one window's core outputs: ``probs`` (predict), or ``classes``/``probs``/``iterations`` (refine)."""
     bundle = task_model(task)
     read = (win.read_row, win.read_col, win.read_height, win.read_width)
-    tile = read_image(task.image, bands=task.bands, window=read)
+    tile, coarse = _read_window(task, read)
     core = (slice(None), *win.core_in_read)
     big = max(win.read_height, win.read_width)
     if task.kind == "predict":
         probs = predict_coarse(bundle, tile, device=task.device, window=big + (-big) % 4)
         return {"probs": np.ascontiguousarray(probs[core])}
-    assert task.probs is not None
-    coarse, _, _ = read_probs(task.probs, window=read)
+    assert coarse is not None
     result = refine(bundle, tile, coarse, iterations=task.iterations, keep_all=task.keep_all, device=task.device)
     cls_map = result.class_map()
     cls_map[~tile.valid] = IGNORE
@@ -144,6 +156,72 @@ def _streamable(image: str | Path, bundle: ModelBundle) -> tuple[int, int, tuple
     return h, w, (georef, resolution_differs(res, bundle.resolution))
 
 
+#: Core side of the windows that bring working-grid results back onto the scene's grid.
+REGRID_WINDOW = 1024
+
+
+def _on_working_grid(
+    task: SceneTask,
+    georef: Georef,
+    shape: tuple[int, int],
+    resolution: float,
+    window_on: Callable[[Grid], list[WindowSpec]],
+    outputs: dict[str, Callable[[], RasterWriter]],
+    out_dir: Path,
+    scheduler,
+    progress: Progress | None,
+) -> None:
+    """Run ``task`` on the working grid, then resample its outputs onto the scene grid, both by windows.
+
+    ``window_on(work)`` lists the working-grid windows. ``outputs`` maps ``"classes"``, ``"probs"``
+    and ``"iterations"`` to writer factories on the scene grid; ``"classes"`` is the argmax of the
+    scene-grid probabilities (nodata where the scene has none), as in the whole-tile path. The
+    working-grid files live in a temporary folder in ``out_dir``, removed at the end.
+    """
+    scene = Grid(georef, shape)
+    work = working_grid_of(scene, resolution)
+    task = SceneTask(**{**task.__dict__, "grid": (scene, work)})
+    windows = window_on(work)
+    back = list(iter_windows(*shape, REGRID_WINDOW, 0))
+    total = len(windows) + len(back)
+    k = len(task_model(task).classes)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".refiner-working-", dir=out_dir) as tmp:
+        working = {"probs": Path(tmp) / "probs.tif"}
+        if "iterations" in outputs:
+            working["iterations"] = Path(tmp) / "iterations.tif"
+        bands = {"probs": k, "iterations": k * ((task.iterations or 0) + 1)}
+        writers = {
+            name: RasterWriter(
+                path, height=work.shape[0], width=work.shape[1], count=bands[name], dtype="float32", georef=work.georef
+            )
+            for name, path in working.items()
+        }
+        _stream(task, windows, writers, scheduler, progress)
+        finals = {name: make() for name, make in outputs.items()}
+        try:
+            for i, win in enumerate(back, len(windows) + 1):
+                dst = scene.window(win.row, win.col, win.height, win.width)
+                probs = probs_back_on(working["probs"], work, dst, k)
+                if "probs" in finals:
+                    finals["probs"].write(probs, win.row, win.col)
+                if "iterations" in finals:
+                    finals["iterations"].write(probs_back_on(working["iterations"], work, dst, k), win.row, win.col)
+                if "classes" in finals:
+                    valid = read_image(task.image, bands=task.bands, window=(win.row, win.col, *dst.shape)).valid
+                    classes = task_model(task).classes.decode(probs.argmax(0).astype(np.uint8))
+                    classes[~valid] = IGNORE
+                    finals["classes"].write(classes[None], win.row, win.col)
+                if progress:
+                    progress(i, total)
+        except BaseException:
+            for w in finals.values():
+                w.close(keep=False)
+            raise
+        for w in finals.values():
+            w.close()
+
+
 def predict_scene(
     model: str | Path,
     image: str | Path,
@@ -162,17 +240,23 @@ def predict_scene(
     """
     bundle = load_model(model, expect="coarse")
     h, w, (georef, resample) = _streamable(image, bundle)
-    if resample:
-        _in_memory_fallback(scheduler, h, w, bundle.resolution)
-        tile = read_image(image, bands=bands)
-        probs = predict_coarse(bundle, tile, device=device, window=window, progress=progress)
-        return write_probs(out, probs, tile.georef, bundle.classes)
     window = max(4, window - window % 4)
     task = SceneTask("predict", str(model), str(image), bands=tuple(bands) if bands else None, device=device)
-    windows = list(iter_windows(h, w, window, COARSE_HALO, align=bundle.net.cfg.stride, fixed=True))
+
+    def windows_on(grid_h: int, grid_w: int) -> list[WindowSpec]:
+        return list(iter_windows(grid_h, grid_w, window, COARSE_HALO, align=bundle.net.cfg.stride, fixed=True))
+
     with streaming_env():
-        writers = {"probs": _probs_writer(out, h, w, georef, bundle.classes)}
-        _stream(task, windows, writers, scheduler, progress)
+        if resample:
+            assert georef is not None and bundle.resolution is not None
+            makers = {"probs": lambda: _probs_writer(out, h, w, georef, bundle.classes)}
+            _on_working_grid(
+                task, georef, (h, w), bundle.resolution, lambda g: windows_on(*g.shape), makers, Path(out).parent,
+                scheduler, progress,
+            )  # fmt: skip
+        else:
+            writers = {"probs": _probs_writer(out, h, w, georef, bundle.classes)}
+            _stream(task, windows_on(h, w), writers, scheduler, progress)
     return Path(out)
 
 
@@ -187,25 +271,6 @@ def _probs_writer(path, h, w, georef, classes: ClassSpec) -> RasterWriter:
         descriptions=classes.names,
         tags={"refiner_classes": json.dumps(classes.to_dict())},
     )
-
-
-#: Scenes needing resampling are processed in memory up to this many pixels (~1.3 GB of float32
-#: RGB); larger ones must be resampled beforehand, or they would exhaust memory.
-MAX_RESAMPLED_PIXELS = 100_000_000
-
-
-def _in_memory_fallback(scheduler, h: int, w: int, model_resolution: float | None) -> None:
-    """Allow (with a warning) or refuse whole-scene resampling in memory, by the scene's size."""
-    if h * w > MAX_RESAMPLED_PIXELS:
-        raise ValueError(
-            f"the scene ({h}x{w} px) is not at the model's resolution ({model_resolution} m/px), and scenes "
-            f"above {MAX_RESAMPLED_PIXELS // 1_000_000} Mpx cannot be resampled in memory: resample it first, "
-            f"e.g. gdalwarp -tr {model_resolution} {model_resolution} -r average scene.tif scene_1m.tif"
-        )
-    msg = "the scene is resampled to the model's resolution as a whole: it is processed in memory"
-    if scheduler is not None:
-        msg += ", locally (not on the Dask cluster)"
-    warnings.warn(msg, stacklevel=3)
 
 
 def _iteration_bands(classes: ClassSpec, t_max: int) -> list[str]:
@@ -253,9 +318,6 @@ def refine_scene(
     _check_probs(probs, h, w, bundle)
     t_max = bundle.net.cfg.iterations if iterations is None else iterations
     classes = bundle.classes
-    if resample:
-        _in_memory_fallback(scheduler, h, w, bundle.resolution)
-        return _refine_in_memory(bundle, image, probs, out, probs_out, iterations_out, t_max, bands, device)
     task = SceneTask(
         "refine",
         str(model),
@@ -267,52 +329,37 @@ def refine_scene(
         device=device,
     )
     halo = (bundle.net.cfg.kernel_size // 2) * t_max
-    windows = list(iter_windows(h, w, window or scene_window(bundle.net.cfg, t_max), halo, fixed=True))
+
+    def windows_on(grid_h: int, grid_w: int) -> list[WindowSpec]:
+        return list(iter_windows(grid_h, grid_w, window or scene_window(bundle.net.cfg, t_max), halo, fixed=True))
+
     tags = {"refiner_classes": json.dumps(classes.to_dict())}
-    with streaming_env():
-        cmap = {v: tuple(c) for v, c in zip(classes.values, classes.colors, strict=True)}
-        writers = {
-            "classes": RasterWriter(
-                out, height=h, width=w, count=1, dtype="uint8", georef=georef, nodata=IGNORE, tags=tags, colormap=cmap
-            )
-        }
-        if probs_out:
-            writers["probs"] = _probs_writer(probs_out, h, w, georef, classes)
-        if iterations_out:
-            writers["iterations"] = RasterWriter(
-                iterations_out,
-                height=h,
-                width=w,
-                count=len(classes) * (t_max + 1),
-                dtype="float32",
-                georef=georef,
-                descriptions=_iteration_bands(classes, t_max),
-                tags={"refiner_iterations": str(t_max), **tags},
-            )
-        _stream(task, windows, writers, scheduler, progress)
-    return Path(out)
-
-
-def _refine_in_memory(bundle, image, probs, out, probs_out, iterations_out, t_max, bands, device) -> Path:
-    tile = read_image(image, bands=bands)
-    coarse, _, _ = read_probs(probs)
-    result = refine(bundle, tile, coarse, iterations=t_max, keep_all=iterations_out is not None, device=device)
-    cls_map = result.class_map()
-    cls_map[~tile.valid] = IGNORE
-    write_class_map(out, cls_map, tile.georef, bundle.classes)
-    if probs_out:
-        write_probs(probs_out, result.final, tile.georef, bundle.classes)
-    if iterations_out:
-        stack = np.concatenate(result.probs).astype(np.float32)
-        names = _iteration_bands(bundle.classes, len(result.probs) - 1)
-        write_raster(
-            iterations_out,
-            stack,
-            tile.georef,
-            descriptions=names,
-            tags={
-                "refiner_iterations": str(len(result.probs) - 1),
-                "refiner_classes": json.dumps(bundle.classes.to_dict()),
-            },
+    cmap = {v: tuple(c) for v, c in zip(classes.values, classes.colors, strict=True)}
+    makers: dict[str, Callable[[], RasterWriter]] = {
+        "classes": lambda: RasterWriter(
+            out, height=h, width=w, count=1, dtype="uint8", georef=georef, nodata=IGNORE, tags=tags, colormap=cmap
         )
+    }
+    if probs_out:
+        makers["probs"] = lambda: _probs_writer(probs_out, h, w, georef, classes)
+    if iterations_out:
+        makers["iterations"] = lambda: RasterWriter(
+            iterations_out,
+            height=h,
+            width=w,
+            count=len(classes) * (t_max + 1),
+            dtype="float32",
+            georef=georef,
+            descriptions=_iteration_bands(classes, t_max),
+            tags={"refiner_iterations": str(t_max), **tags},
+        )
+    with streaming_env():
+        if resample:
+            assert georef is not None and bundle.resolution is not None
+            _on_working_grid(
+                task, georef, (h, w), bundle.resolution, lambda g: windows_on(*g.shape), makers, Path(out).parent,
+                scheduler, progress,
+            )  # fmt: skip
+        else:
+            _stream(task, windows_on(h, w), {name: make() for name, make in makers.items()}, scheduler, progress)
     return Path(out)

@@ -8,7 +8,7 @@ import rasterio
 import torch
 
 from refiner.scene import predict_scene, refine_scene
-from tests.test_scene import files  # noqa: F401  (module fixture: random models and a small scene)
+from tests.test_scene import at_pixel_size, files  # noqa: F401  (module fixture: random models and a small scene)
 
 distributed = pytest.importorskip("dask.distributed")
 
@@ -49,6 +49,15 @@ def test_cluster_scene_equals_single_process_byte_for_byte(files, client, tmp_pa
     assert (tmp_path / "c_local.tif").read_bytes() == (tmp_path / "c_dask.tif").read_bytes()
     # the windows really ran on the workers: each loaded the models there
     assert sum(client.run(lambda: __import__("refiner.scene").scene._cached_model.cache_info().currsize).values()) > 0
+
+
+def test_cluster_runs_scenes_at_another_resolution_on_the_working_grid(files, client, tmp_path):  # noqa: F811
+    """The working-grid windows carry their grids to the workers, which resample their own inputs."""
+    image, probs = at_pixel_size(files, tmp_path, 0.5)
+    with one_thread():
+        refine_scene(files["dir"] / "rnn", image, probs, tmp_path / "local.tif", window=32)
+    refine_scene(files["dir"] / "rnn", image, probs, tmp_path / "dask.tif", window=32, scheduler=client)
+    assert (tmp_path / "local.tif").read_bytes() == (tmp_path / "dask.tif").read_bytes()
 
 
 def test_finetuning_falls_back_clearly_without_gpu_workers(client):

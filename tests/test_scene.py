@@ -110,17 +110,50 @@ def test_refine_scene_checks_its_inputs(files, tmp_path):
     assert not (tmp_path / "x.tif").exists()
 
 
-def test_scenes_at_another_resolution_resample_in_memory_only_when_small(files, tmp_path, monkeypatch):
-    import refiner.scene
-
-    half_m = tmp_path / "image_05m.tif"
-    with rasterio.open(files["dir"] / "image.tif") as src:
-        profile = src.profile | {"transform": Affine(0.5, 0, 300000.0, 0, -0.5, 4700000.0)}
-        with rasterio.open(half_m, "w", **profile) as dst:
+def at_pixel_size(files, folder, pixel: float):
+    """The scene's image and probabilities relabelled as ``pixel`` m/px (the models work at 1 m)."""
+    transform = Affine(pixel, 0, 300000.0, 0, -pixel, 4700000.0)
+    paths = folder / "image.tif", folder / "probs.tif"
+    for name, path in zip(("image.tif", "probs.tif"), paths, strict=True):
+        with (
+            rasterio.open(files["dir"] / name) as src,
+            rasterio.open(path, "w", **(src.profile | {"transform": transform})) as dst,
+        ):
             dst.write(src.read())
-    with pytest.warns(UserWarning, match="in memory"):
-        predict_scene(files["dir"] / "coarse", half_m, tmp_path / "c.tif", window=64)
-    monkeypatch.setattr(refiner.scene, "MAX_RESAMPLED_PIXELS", H * W - 1)
-    with pytest.raises(ValueError, match=r"resample it first, e.g. gdalwarp -tr 1.0 1.0"):
-        predict_scene(files["dir"] / "coarse", half_m, tmp_path / "c2.tif", window=64)
-    assert not (tmp_path / "c2.tif").exists()
+            dst.update_tags(**src.tags())
+    return paths
+
+
+@pytest.mark.parametrize("pixel", [0.5, 2.0])  # a coarser working grid (area average) and a finer one
+def test_scenes_at_another_resolution_stream_and_equal_whole_tile_inference(files, tmp_path, monkeypatch, pixel):
+    """Windows on the working grid, then windows back on the scene grid: the whole-tile path's result."""
+    import refiner.scene
+    from refiner.inference import predict_coarse, refine
+    from refiner.models.io import load_model
+    from refiner.raster import read_image
+
+    monkeypatch.setattr(refiner.scene, "REGRID_WINDOW", 50)  # several windows on the way back too
+    image, probs = at_pixel_size(files, tmp_path, pixel)
+    tile = read_image(image)
+    rnn, coarse = load_model(files["dir"] / "rnn"), load_model(files["dir"] / "coarse")
+
+    predict_scene(files["dir"] / "coarse", image, tmp_path / "c.tif", window=32)
+    np.testing.assert_allclose(_read(tmp_path / "c.tif")[0], predict_coarse(coarse, tile), atol=2e-5)
+
+    out, pout, iters = tmp_path / "map.tif", tmp_path / "p.tif", tmp_path / "it.tif"
+    seen = []
+    refine_scene(
+        files["dir"] / "rnn", image, probs, out, probs_out=pout, iterations_out=iters, window=24,
+        progress=lambda d, n: seen.append((d, n)),
+    )  # fmt: skip
+    ref = refine(rnn, tile, files["probs"], keep_all=True)
+    cls_map = ref.class_map()
+    cls_map[~tile.valid] = 255
+    got, crs, transform, _ = _read(out)
+    assert crs == GEO["crs"] and transform == Affine(pixel, 0, 300000.0, 0, -pixel, 4700000.0)
+    np.testing.assert_array_equal(got[0], CLASSES.decode(cls_map))
+    np.testing.assert_allclose(_read(pout)[0], ref.final, atol=2e-5)
+    np.testing.assert_allclose(_read(iters)[0], np.concatenate(ref.probs), atol=2e-5)
+    assert seen[-1][0] == seen[-1][1] > 2 and [d for d, _ in seen] == list(range(1, seen[-1][1] + 1))
+    left = sorted(p.name for p in tmp_path.iterdir())  # the working-grid files are gone
+    assert left == ["c.tif", "image.tif", "it.tif", "map.tif", "p.tif", "probs.tif"]
