@@ -1,6 +1,7 @@
 """A scene far larger than memory refined end to end: peak RSS and time per megapixel vs size.
 
     python benchmarks/large_scene.py --sizes 1000 5000 10000 20000 [--workdir /tmp/refiner-large]
+    python benchmarks/large_scene.py --sizes 10000 --pixel 0.5   # a scene the model must resample
 
 For each size N, an N x N GeoTIFF (uint8 RGB, tiled, deflate, 1 m UTM) and a coarse probability
 GeoTIFF (2 classes, uint8 scaled 0-255, which ``read_probs`` accepts) are generated window by
@@ -8,6 +9,8 @@ window (never in memory) by tiling a real 1500x1500 Massachusetts tile and its s
 map with mirroring. Then ``python -m refiner refine`` runs in a fresh subprocess (random-weight
 RNN, K = 2, T = 5, the paper's architecture; cost does not depend on the weights) and reports its
 own peak RSS (``getrusage``) and wall time. Targets (issue 4): peak RSS <= 2 GiB and flat s/Mpx.
+``--pixel`` labels the scene with another pixel size than the model's 1 m, so it is refined on
+the working grid and brought back (``refiner.grid``), both by windows.
 """
 
 from __future__ import annotations
@@ -38,14 +41,14 @@ def _mirror_index(n0: int, n: int, period: int) -> np.ndarray:
     return np.where(i < period, i, 2 * period - 1 - i)
 
 
-def generate(folder: Path, size: int) -> tuple[Path, Path]:
-    image_path, probs_path = folder / f"scene_{size}.tif", folder / f"probs_{size}.tif"
+def generate(folder: Path, size: int, pixel: float = 1.0) -> tuple[Path, Path]:
+    image_path, probs_path = folder / f"scene_{size}_{pixel}m.tif", folder / f"probs_{size}_{pixel}m.tif"
     if image_path.exists() and probs_path.exists():
         return image_path, probs_path
     image, labels = roads_tile("01")
     src = (image * 255).round().astype(np.uint8)
     probs = (stand_in_coarse(labels, 2) * 255).round().astype(np.uint8)
-    geo = {"crs": CRS.from_epsg(32619), "transform": Affine(1.0, 0, 300000.0, 0, -1.0, 4_700_000.0)}
+    geo = {"crs": CRS.from_epsg(32619), "transform": Affine(pixel, 0, 300000.0, 0, -pixel, 4_700_000.0)}
     common = dict(driver="GTiff", height=size, width=size, dtype="uint8", tiled=True, blockxsize=256,
                   blockysize=256, compress="deflate", BIGTIFF="IF_SAFER", **geo)  # fmt: skip
     with (
@@ -98,6 +101,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000, 10000, 20000])
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/refiner-large"))
     ap.add_argument("--window", type=int, default=None, help="default: refine_scene's (whole compute blocks)")
+    ap.add_argument("--pixel", type=float, default=1.0, help="the scene's metres per pixel (the model's: 1)")
     ap.add_argument("--keep", action="store_true", help="keep the generated scenes")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -113,7 +117,7 @@ def main() -> None:
     rows = []
     for size in args.sizes:
         t0 = time.perf_counter()
-        image, probs = generate(args.workdir, size)
+        image, probs = generate(args.workdir, size, args.pixel)
         gen = time.perf_counter() - t0
         out = args.workdir / f"refined_{size}.tif"
         cmd = [sys.executable, __file__, "--child", "--model", str(model), "--image", str(image),
@@ -126,6 +130,7 @@ def main() -> None:
         mpx = size * size / 1e6
         row = {
             "size": size,
+            "pixel_m": args.pixel,
             "megapixels": mpx,
             "generate_s": round(gen, 1),
             "refine_s": round(res["wall_s"], 1),
