@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -136,12 +137,19 @@ def _stream(
     scheduler,
     progress: Progress | None,
 ) -> None:
-    try:
+    with _all_or_nothing(writers):
         for i, (win, res) in enumerate(_results(task, windows, scheduler)):
             for name, w in writers.items():
                 w.write(res[name], win.row, win.col)
             if progress:
                 progress(i + 1, len(windows))
+
+
+@contextmanager
+def _all_or_nothing(writers: dict[str, RasterWriter]) -> Iterator[None]:
+    """Finish every output when the block succeeds; on any error (or Ctrl-C) remove them all."""
+    try:
+        yield
     except BaseException:
         for w in writers.values():
             w.close(keep=False)
@@ -199,7 +207,7 @@ def _on_working_grid(
         }
         _stream(task, windows, writers, scheduler, progress)
         finals = {name: make() for name, make in outputs.items()}
-        try:
+        with _all_or_nothing(finals):
             for i, win in enumerate(back, len(windows) + 1):
                 dst = scene.window(win.row, win.col, win.height, win.width)
                 probs = probs_back_on(working["probs"], work, dst, k)
@@ -214,12 +222,27 @@ def _on_working_grid(
                     finals["classes"].write(classes[None], win.row, win.col)
                 if progress:
                     progress(i, total)
-        except BaseException:
-            for w in finals.values():
-                w.close(keep=False)
-            raise
-        for w in finals.values():
-            w.close()
+
+
+def _run_scene(
+    task: SceneTask,
+    georef: Georef | None,
+    shape: tuple[int, int],
+    resample_to: float | None,
+    windows_on: Callable[[int, int], list[WindowSpec]],
+    outputs: dict[str, Callable[[], RasterWriter]],
+    out_dir: Path,
+    scheduler,
+    progress: Progress | None,
+) -> None:
+    """Stream ``task``'s windows into ``outputs``, on the working grid first when ``resample_to`` is set."""
+    with streaming_env():
+        if resample_to is None:
+            _stream(task, windows_on(*shape), {name: make() for name, make in outputs.items()}, scheduler, progress)
+        else:
+            assert georef is not None
+            on_work = lambda g: windows_on(*g.shape)  # noqa: E731
+            _on_working_grid(task, georef, shape, resample_to, on_work, outputs, out_dir, scheduler, progress)
 
 
 def predict_scene(
@@ -246,17 +269,9 @@ def predict_scene(
     def windows_on(grid_h: int, grid_w: int) -> list[WindowSpec]:
         return list(iter_windows(grid_h, grid_w, window, COARSE_HALO, align=bundle.net.cfg.stride, fixed=True))
 
-    with streaming_env():
-        if resample:
-            assert georef is not None and bundle.resolution is not None
-            makers = {"probs": lambda: _probs_writer(out, h, w, georef, bundle.classes)}
-            _on_working_grid(
-                task, georef, (h, w), bundle.resolution, lambda g: windows_on(*g.shape), makers, Path(out).parent,
-                scheduler, progress,
-            )  # fmt: skip
-        else:
-            writers = {"probs": _probs_writer(out, h, w, georef, bundle.classes)}
-            _stream(task, windows_on(h, w), writers, scheduler, progress)
+    makers = {"probs": lambda: _probs_writer(out, h, w, georef, bundle.classes)}
+    resample_to = bundle.resolution if resample else None
+    _run_scene(task, georef, (h, w), resample_to, windows_on, makers, Path(out).parent, scheduler, progress)
     return Path(out)
 
 
@@ -353,13 +368,6 @@ def refine_scene(
             descriptions=_iteration_bands(classes, t_max),
             tags={"refiner_iterations": str(t_max), **tags},
         )
-    with streaming_env():
-        if resample:
-            assert georef is not None and bundle.resolution is not None
-            _on_working_grid(
-                task, georef, (h, w), bundle.resolution, lambda g: windows_on(*g.shape), makers, Path(out).parent,
-                scheduler, progress,
-            )  # fmt: skip
-        else:
-            _stream(task, windows_on(h, w), {name: make() for name, make in makers.items()}, scheduler, progress)
+    resample_to = bundle.resolution if resample else None
+    _run_scene(task, georef, (h, w), resample_to, windows_on, makers, Path(out).parent, scheduler, progress)
     return Path(out)

@@ -199,8 +199,7 @@ class FusedRNN:
         maps = [u]
         terms: dict[int, torch.Tensor] = {}
         for t in range(t_max):
-            idx = t if len(self.blocks) > 1 else 0
-            fb = self.blocks[idx]
+            idx, fb = self._params(t)
             if idx not in terms:  # the image half of the hidden layer, on the first step's region, once
                 feats = F.conv2d(image.contiguous(memory_format=cl), fb.image_filters).contiguous(memory_format=cl)
                 h1, w1 = feats.shape[-2:]
@@ -222,6 +221,11 @@ class FusedRNN:
             maps.append(u)
         return maps
 
+    def _params(self, t: int) -> tuple[int, FoldedBlock]:
+        """Which parameter set step ``t`` uses: its own (non-recurrent variant) or the shared one."""
+        idx = t if len(self.blocks) > 1 else 0
+        return idx, self.blocks[idx]
+
     def _native_kernel(self, image: torch.Tensor, narrowest: int):
         """The native step kernel (:mod:`refiner.models.native`) if it applies here, else None."""
         if not self.native or image.device.type != "cpu" or self.dtype != torch.float32:
@@ -240,8 +244,7 @@ class FusedRNN:
             maps = [u]
             terms: dict[int, torch.Tensor] = {}
             for t in range(t_max):
-                idx = t if len(self.blocks) > 1 else 0
-                fb = self.blocks[idx]
+                idx, fb = self._params(t)
                 if idx not in terms:  # the image half of the hidden layer, on the first step's region, once
                     img = image[i : i + 1].contiguous(memory_format=torch.channels_last)
                     feats = F.conv2d(img, fb.image_filters)[0]
