@@ -46,9 +46,20 @@ _ARGTYPES = [_P, _I, _I, _I, _P, _L, _L, _L, _I, _I, _P, _L, _P, _L, _P, _L, _P,
 
 
 def cache_dir() -> Path:
-    """Where built kernels live: ``$REFINER_CACHE/native`` or ``~/.cache/refiner/native``."""
+    """Where built kernels live: ``$REFINER_CACHE/native`` or ``~/.cache/refiner/native``.
+
+    Falls back to a per-user folder in the temporary directory when that one cannot be created
+    (a read-only home in a container, say).
+    """
     root = os.environ.get("REFINER_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "refiner")
-    return Path(root) / "native"
+    folder = Path(root) / "native"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        uid = os.getuid() if hasattr(os, "getuid") else "user"
+        folder = Path(tempfile.gettempdir()) / f"refiner-{uid}" / "native"
+        folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def _cpu_id() -> str:
@@ -69,14 +80,14 @@ def _compile(kernel_size: int) -> Path:
     cc = os.environ.get("CC", "cc")
     flags = ["-O3", "-shared", "-fPIC", f"-DKS={kernel_size}"]
     source = SOURCE.read_bytes()
+    folder = cache_dir()
     options = (["-march=native", "-mprefer-vector-width=512"], ["-march=native"], [])
     for arch in [[*a, "-fopenmp"] for a in options] + list(options):
         key = hashlib.sha256(source + " ".join([cc, *flags, *arch, platform.machine(), _cpu_id()]).encode())
         key = key.hexdigest()[:16]
-        target = cache_dir() / f"rnn_step_k{kernel_size}_{key}.so"
+        target = folder / f"rnn_step_k{kernel_size}_{key}.so"
         if target.exists():
             return target
-        target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
         done = subprocess.run([cc, *flags, *arch, str(SOURCE), "-o", tmp], capture_output=True, text=True)

@@ -106,6 +106,28 @@ def test_the_native_kernel_gives_the_same_bits_whatever_the_thread_count():
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
 
 
+def test_kernels_are_cached_where_they_can_be_written(tmp_path, monkeypatch):
+    monkeypatch.setenv("REFINER_CACHE", str(tmp_path / "cache"))
+    assert native.cache_dir() == tmp_path / "cache" / "native" and native.cache_dir().is_dir()
+    (tmp_path / "ro").write_text("a file, so no folder can be made below it")
+    monkeypatch.setenv("REFINER_CACHE", str(tmp_path / "ro"))
+    fallback = native.cache_dir()
+    assert fallback.is_dir() and not fallback.is_relative_to(tmp_path)
+
+
+def test_without_a_working_compiler_inference_warns_once_and_uses_the_torch_ops(tmp_path, monkeypatch):
+    monkeypatch.setenv("REFINER_CACHE", str(tmp_path))  # no kernel built before
+    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
+    monkeypatch.setattr(native, "_LIBS", {})
+    net = _random_net("class_agnostic", iterations=2)
+    image, probs = _inputs(h=40, w=40)
+    with pytest.warns(UserWarning, match="native RNN kernel unavailable"):
+        out = FusedRNN(net)(image, probs, block=0)[-1]
+    with torch.no_grad():
+        torch.testing.assert_close(out.contiguous(), net(image, probs, reference=True)[-1], rtol=1e-4, atol=2e-5)
+    assert native.load(5) is None and not list(tmp_path.rglob("*.so"))
+
+
 def test_narrow_inputs_and_refiner_native_0_use_the_torch_ops(monkeypatch):
     net = _random_net("class_specific", iterations=2)
     image, probs = _inputs(h=12, w=12)  # narrower than the kernel's 16-pixel vectors
