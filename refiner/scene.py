@@ -50,7 +50,7 @@ from refiner.raster import (
     resolution_differs,
     streaming_env,
 )
-from refiner.tiling import WindowSpec, iter_windows
+from refiner.tiling import WindowSpec, even_windows, iter_windows
 
 Progress = Callable[[int, int], None]
 
@@ -325,8 +325,9 @@ def refine_scene(
 ) -> Path:
     """Refined class map (and optionally probabilities, every iteration) of a scene, window by window.
 
-    ``window``: the core side of each window; default :func:`~refiner.models.fused.scene_window`,
-    which reads whole CPU blocks (about 1000 px for two classes).
+    ``window``: the core side of each window; default: the scene split evenly into windows of at
+    most :func:`~refiner.models.fused.scene_window` (which reads whole CPU blocks; about 1100 px
+    for two classes), so no window is computed twice over.
     """
     bundle = load_model(model, expect="rnn")
     h, w, (georef, resample) = _streamable(image, bundle)
@@ -346,7 +347,8 @@ def refine_scene(
     halo = (bundle.net.cfg.kernel_size // 2) * t_max
 
     def windows_on(grid_h: int, grid_w: int) -> list[WindowSpec]:
-        return list(iter_windows(grid_h, grid_w, window or scene_window(bundle.net.cfg, t_max), halo, fixed=True))
+        size = window or even_windows(grid_h, grid_w, scene_window(bundle.net.cfg, t_max))
+        return list(iter_windows(grid_h, grid_w, size, halo, fixed=True))
 
     tags = {"refiner_classes": json.dumps(classes.to_dict())}
     cmap = {v: tuple(c) for v, c in zip(classes.values, classes.colors, strict=True)}

@@ -46,26 +46,36 @@ class WindowSpec:
 
 
 def iter_windows(
-    height: int, width: int, size: int, halo: int, align: int = 1, *, fixed: bool = False
+    height: int, width: int, size: int | tuple[int, int], halo: int, align: int = 1, *, fixed: bool = False
 ) -> Iterator[WindowSpec]:
     """Cover a ``height`` x ``width`` raster with ``size`` windows padded by ``halo``.
 
-    ``fixed`` makes every read window ``size + 2 * halo`` (clipped to the raster) by growing
-    partial and border windows inwards: more context never changes an exact result, and one
-    input shape lets compiled kernels and caches be reused.
+    ``size`` is a side, or (rows, columns) for rectangular windows. ``fixed`` makes every read
+    window ``size + 2 * halo`` (clipped to the raster) by growing partial and border windows
+    inwards: more context never changes an exact result, and one input shape lets compiled
+    kernels and caches be reused.
     """
-    if size % align or halo % align:
+    size_r, size_c = (size, size) if isinstance(size, int) else size
+    if size_r % align or size_c % align or halo % align:
         raise ValueError(f"window size {size} and halo {halo} must be multiples of {align}")
-    for r in range(0, height, size):
-        for c in range(0, width, size):
-            h, w = min(size, height - r), min(size, width - c)
+    for r in range(0, height, size_r):
+        for c in range(0, width, size_c):
+            h, w = min(size_r, height - r), min(size_c, width - c)
             r0, c0 = max(0, r - halo), max(0, c - halo)
             r1, c1 = min(height, r + h + halo), min(width, c + w + halo)
             if fixed:
-                full = size + 2 * halo
-                r0, r1 = _grow(r0, r1, full, height, align)
-                c0, c1 = _grow(c0, c1, full, width, align)
+                r0, r1 = _grow(r0, r1, size_r + 2 * halo, height, align)
+                c0, c1 = _grow(c0, c1, size_c + 2 * halo, width, align)
             yield WindowSpec(r, c, h, w, r0, c0, r1 - r0, c1 - c0)
+
+
+def even_windows(height: int, width: int, most: int) -> tuple[int, int]:
+    """Window (rows, columns) splitting a raster into as few windows of at most ``most`` as possible, evenly.
+
+    With ``fixed`` windows the last one in a row or column would otherwise grow inwards over its
+    neighbour: 5000 px in windows of 1132 computes 5 x 1132 = 5660 px per line, 1000-px windows 5000.
+    """
+    return even_size(height, most), even_size(width, most)
 
 
 def even_size(length: int, most: int) -> int:

@@ -3,13 +3,19 @@
 import numpy as np
 import pytest
 
-from refiner.tiling import even_size, iter_windows, run_windowed
+from refiner.tiling import even_size, even_windows, iter_windows, run_windowed
 
 
 @pytest.mark.parametrize("fixed", [False, True])
 @pytest.mark.parametrize(
     ("h", "w", "size", "halo", "align"),
-    [(157, 203, 64, 10, 1), (130, 70, 32, 64, 4), (20, 30, 64, 5, 1)],
+    [
+        (157, 203, 64, 10, 1),
+        (130, 70, 32, 64, 4),
+        (20, 30, 64, 5, 1),
+        (157, 203, (40, 70), 6, 1),
+        (128, 72, (48, 16), 8, 4),
+    ],
 )
 def test_windows_cover_once_and_read_their_halo(h, w, size, halo, align, fixed):
     covered = np.zeros((h, w), int)
@@ -34,6 +40,13 @@ def test_even_size_uses_the_fewest_blocks_and_no_sliver(length, most):
     n = -(-length // side)
     assert side <= most and n == -(-length // most)  # as few blocks as the largest side needs
     assert length - (n - 1) * side > side - n  # the last block is nearly full, not a sliver
+
+
+def test_even_windows_cover_a_scene_without_windows_growing_over_their_neighbours():
+    size = even_windows(5000, 20000, 1132)
+    assert size == (1000, 1112)
+    reads = [w.read_height * w.read_width for w in iter_windows(5000, 20000, size, 10, fixed=True)]
+    assert len(reads) == 5 * 18 and sum(reads) < 1.05 * 5000 * 20000  # vs 1.13x with 1132-px windows
 
 
 def test_run_windowed_with_a_local_operator_is_exact():
