@@ -205,7 +205,7 @@ def _on_working_grid(
             )
             for name, path in working.items()
         }
-        _stream(task, windows, writers, scheduler, progress)
+        _stream(task, windows, writers, scheduler, progress and (lambda done, _: progress(done, total)))
         finals = {name: make() for name, make in outputs.items()}
         with _all_or_nothing(finals):
             for i, win in enumerate(back, len(windows) + 1):
