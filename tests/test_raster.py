@@ -11,12 +11,14 @@ from refiner.classes import ClassSpec
 from refiner.raster import (
     Georef,
     RasterError,
+    RasterWriter,
     Tile,
     labels_to_grid,
     rasterize_vectors,
     read_image,
     read_labels,
     read_probs,
+    streaming_env,
     to_working,
     to_working_resolution,
     write_class_map,
@@ -188,3 +190,23 @@ def test_to_working_moves_probabilities_and_labels_with_the_tile():
     assert w.labels[1][2, 2] == 1 and w.labels[1][50, 50] == 255  # unlabelled stays unlabelled
     same = to_working(w.tile, 1.0, w.probs, w.labels)  # already there: the same objects back
     assert same.tile is w.tile and same.probs is w.probs and same.labels[0] is w.labels[0]
+
+
+def test_window_by_window_writing_keeps_tiles_in_the_cache_until_they_are_whole(tmp_path):
+    """64-px windows into 256-px compressed tiles, another raster opened between writes (as the
+    scene loop reads its inputs): the file must be as compact as one written whole. A too-small
+    GDAL cache (rasterio reads an integer GDAL_CACHEMAX as bytes) rewrote each partial tile."""
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 3, (1, 512, 512), dtype=np.uint8)
+    probs = write_probs(tmp_path / "p.tif", np.full((2, 8, 8), 0.5, np.float32), UTM, CLASSES)
+    writer = {"height": 512, "width": 512, "count": 1, "dtype": "uint8", "georef": UTM}
+    with streaming_env(), RasterWriter(tmp_path / "whole.tif", **writer) as out:
+        out.write(data, 0, 0)
+    with streaming_env(), RasterWriter(tmp_path / "windows.tif", **writer) as out:
+        for r in range(0, 512, 64):
+            for c in range(0, 512, 64):
+                out.write(data[:, r : r + 64, c : c + 64], r, c)
+                read_probs(probs)  # another dataset opened and closed between writes
+    with rasterio.open(tmp_path / "windows.tif") as ds:
+        assert np.array_equal(ds.read(), data)
+    assert (tmp_path / "windows.tif").read_bytes() == (tmp_path / "whole.tif").read_bytes()
