@@ -1,177 +1,21 @@
-"""Refiner web app, start page: open or create a workspace, see the tile, get coarse probabilities.
+"""Refiner web app: the pages in the order a user goes through them.
 
-Run with ``make run`` (or ``streamlit run app.py``). Pages stay thin: they read the workspace,
-call :mod:`refiner`, and draw.
+Run with ``make run`` (or ``streamlit run app.py``). This file only declares the navigation, so
+the sidebar names every page after its step (Streamlit would label the entry script "app");
+each page in ``pages/`` stays thin: it reads the workspace, calls :mod:`refiner`, and draws.
 """
 
-from __future__ import annotations
-
-import tempfile
-from pathlib import Path
-
-import numpy as np
 import streamlit as st
 
-from refiner import results, viz
-from refiner.classes import ClassSpec
-from refiner.workspace import DEMO_NAME, Workspace, create_demo, load_tile, tile_from_upload
-from webapp import common
+#: (script, sidebar title, URL path): the start page first, then the user's path.
+PAGES = [
+    ("pages/0_Tile.py", "Tile and workspace", ""),
+    ("pages/1_Label.py", "Label", "Label"),
+    ("pages/2_Train.py", "Train", "Train"),
+    ("pages/3_Iterations.py", "Iterations", "Iterations"),
+    ("pages/4_Compare.py", "Compare", "Compare"),
+    ("pages/5_Filters.py", "Filters", "Filters"),
+    ("pages/6_Export.py", "Export", "Export"),
+]
 
-ws = common.page("Refiner: tile and workspace")
-st.markdown(
-    "Refiner sharpens a coarse classification map with an RNN that learns, from a few painted "
-    "pixels, how to move class boundaries onto image edges (Maggiori et al., TGRS 2017). "
-    "Follow the pages in the sidebar: **Label → Train → Iterations → Compare → Filters → Export**."
-)
-
-# --------------------------------------------------------------------------- the tile
-with common.guard("reading the workspace"):
-    tile = ws.tile()
-    src = ws.settings.get("source", {})
-    class_map, map_kind = results.current_class_map(ws)
-
-c = st.columns([1.2, 0.6, 0.8, 1.4, 1.2])
-c[0].metric("Size (rows × cols)", f"{tile.shape[0]} × {tile.shape[1]}")
-c[1].metric("Bands", src.get("bands", tile.band_count))
-c[2].metric("Data type", src.get("dtype", tile.dtype))
-c[3].metric("CRS", src.get("crs") or "none")
-res = src.get("resolution")
-c[4].metric("Ground resolution", f"{res:.2f} m/px" if res else "unknown")
-
-coarse = ws.settings.get("coarse") or {}
-st.caption(
-    f"Workspace **{ws.name}** · tile from {src.get('name', '?')} · coarse probabilities: "
-    f"{coarse.get('source', 'none yet')} · RNN: {'yes' if ws.has_model('rnn') else 'not trained yet'}"
-    + (f" · map shown: {map_kind}" if map_kind else "")
-)
-
-rgb = viz.to_rgb(tile.image)
-opacity = st.slider("Class map opacity", 0.0, 1.0, 0.5, 0.05, key="start_opacity")
-if tile.georef is not None:
-    from webapp.maps import tile_map
-
-    layers = [("tile", np.dstack([rgb, np.full(tile.shape, 255, np.uint8)]), 1.0)]
-    if class_map is not None:
-        layers.append((f"class map ({map_kind})", viz.colorize(class_map, ws.classes), opacity))
-    with common.guard("drawing the map"):
-        tile_map(tile.georef, layers)
-    st.caption("Map without a basemap (the app works offline); toggle the layers at the top right.")
-else:
-    st.info("This tile has no georeferencing, so it is shown as a picture rather than on a map.")
-    shown = rgb if class_map is None else viz.blend(rgb, viz.colorize(class_map, ws.classes), opacity)
-    common.show(viz.downscale_to(shown, 1024), caption=map_kind or "tile")
-
-# --------------------------------------------------------------------------- coarse probabilities
-st.header("Coarse probabilities")
-st.write(
-    "The RNN refines class probabilities from a coarse classifier: the shipped coarse CNN, one you "
-    "trained (`python -m refiner train-coarse`), or probabilities from any model as a GeoTIFF."
-)
-pc1, pc2, pc3 = st.columns(3)
-with pc1:
-    st.subheader("Coarse CNN")
-    which = "this workspace's coarse CNN" if ws.has_model("coarse") else "the shipped demo coarse CNN"
-    if st.button(f"Compute with {which}", key="compute_coarse"):
-        from refiner.inference import predict_coarse
-        from refiner.models.io import load_model
-        from refiner.workspace import ASSETS
-
-        with common.guard("computing coarse probabilities"), st.spinner("Running the coarse CNN..."):
-            folder = ws.model_dir("coarse") if ws.has_model("coarse") else ASSETS / "coarse"
-            bundle = load_model(folder, expect="coarse")
-            if list(bundle.classes.names) != list(ws.classes.names):
-                raise ValueError(
-                    f"the coarse CNN knows classes {list(bundle.classes.names)}, this workspace has "
-                    f"{list(ws.classes.names)}: upload probabilities or a CNN trained for these classes"
-                )
-            ws.write_coarse_probs(
-                predict_coarse(bundle, tile), {"source": f"coarse CNN ({folder.name})", "resolution": bundle.resolution}
-            )
-        st.success("Coarse probabilities computed.")
-        st.rerun()
-with pc2:
-    st.subheader("Your coarse CNN")
-    files = st.file_uploader(
-        "config.json and model.safetensors of a coarse CNN", accept_multiple_files=True, key="coarse_model"
-    )
-    if files and st.button("Use this model", key="use_coarse_model"):
-        from refiner.models.io import load_model
-
-        with common.guard("loading the coarse CNN"):
-            names = {f.name: f for f in files}
-            if set(names) != {"config.json", "model.safetensors"}:
-                raise ValueError("upload exactly two files: config.json and model.safetensors (a model folder)")
-            with tempfile.TemporaryDirectory() as d:
-                for f in files:
-                    (Path(d) / f.name).write_bytes(f.getvalue())
-                load_model(d, expect="coarse")  # checks it before installing it
-                ws.install_model(d, "coarse")
-        st.success("Model installed: now compute the coarse probabilities with it.")
-with pc3:
-    st.subheader("Bring your own probabilities")
-    up = st.file_uploader("Probability GeoTIFF, one band per class", type=["tif", "tiff"], key="probs_upload")
-    if up is not None and st.button("Use these probabilities", key="use_probs"):
-        with common.guard(f"reading {up.name}"):
-            ws.import_probs(up.getvalue(), up.name)
-        st.success("Probabilities imported.")
-        st.rerun()
-
-# --------------------------------------------------------------------------- workspaces
-st.header("Open or create a workspace")
-tab_demo, tab_upload, tab_url = st.tabs(["Demo", "Upload an image", "Cloud-Optimized GeoTIFF URL"])
-
-
-def _classes_inputs(key: str) -> ClassSpec:
-    cc1, cc2 = st.columns(2)
-    names = cc1.text_input("Classes", "background,building,road", key=f"{key}_classes")
-    values = cc2.text_input("Their values in mask files", "0,1,2", key=f"{key}_values")
-    return ClassSpec.parse(names, values)
-
-
-def _create(name: str, tile, classes: ClassSpec, source: dict) -> None:
-    new = Workspace.create(common.root(), name, tile, classes, source=source)
-    common.remember(new.name)
-    st.rerun()
-
-
-with tab_demo:
-    st.write(
-        "A 512×512 synthetic scene at 1 m/px (UTM 14N), a coarse CNN trained on OSM-like labels of "
-        "another scene, and an RNN trained on a third; the top-left 192×192 corner starts labelled."
-    )
-    if st.button("Open the demo", key="open_demo"):
-        common.remember(DEMO_NAME)
-        st.rerun()
-    if st.button("Reset the demo (discard its labels and models)", key="reset_demo"):
-        import shutil
-
-        with common.guard("resetting the demo"):
-            shutil.rmtree(common.root() / DEMO_NAME, ignore_errors=True)
-            create_demo(common.root())
-        common.remember(DEMO_NAME)
-        st.rerun()
-
-with tab_upload:
-    f = st.file_uploader("GeoTIFF, PNG or JPEG", key="tile_upload")
-    name_u = st.text_input("Workspace name", "my-tile", key="upload_name")
-    with common.guard("class list"):
-        classes_u = _classes_inputs("upload")
-    if f is not None and st.button("Create workspace", key="create_upload"):
-        with common.guard(f"reading {f.name}"):
-            new_tile = tile_from_upload(f.getvalue(), f.name)
-            _create(name_u, new_tile, classes_u, {"kind": "upload", "name": f.name})
-
-with tab_url:
-    url = st.text_input("URL of a Cloud-Optimized GeoTIFF", key="cog_url", placeholder="https://.../image.tif")
-    w1, w2, w3, w4 = st.columns(4)
-    row = w1.number_input("Row", 0, value=0, key="cog_row")
-    col = w2.number_input("Column", 0, value=0, key="cog_col")
-    height = w3.number_input("Height", 16, 4096, 1024, key="cog_h")
-    width = w4.number_input("Width", 16, 4096, 1024, key="cog_w")
-    name_c = st.text_input("Workspace name", "cog-window", key="cog_name")
-    with common.guard("class list"):
-        classes_c = _classes_inputs("cog")
-    if url and st.button("Read the window", key="read_cog"):
-        with common.guard(f"reading {url}"), st.spinner("Reading the window..."):
-            new_tile = load_tile(url, window=(int(row), int(col), int(height), int(width)))
-            _create(name_c, new_tile, classes_c, {"kind": "cog", "name": url, "window": [row, col, height, width]})
+st.navigation([st.Page(path, title=title, url_path=url or None, default=not url) for path, title, url in PAGES]).run()

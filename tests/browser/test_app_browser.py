@@ -49,6 +49,17 @@ def test_the_demo_opens_without_an_upload(page, url):
     frame = page.frame_locator("iframe").first
     frame.locator(".leaflet-container").wait_for()
     assert frame.locator("img.leaflet-image-layer").count() == 2
+    # the sidebar names each page after its step, in the user's order (not the script "app")
+    links = page.locator('[data-testid="stSidebarNav"] a').all_inner_texts()
+    assert [t.strip() for t in links] == [
+        "Tile and workspace",
+        "Label",
+        "Train",
+        "Iterations",
+        "Compare",
+        "Filters",
+        "Export",
+    ]
 
 
 def test_painting_a_stroke_changes_the_class_pixel_count(page, url):
