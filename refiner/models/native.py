@@ -90,11 +90,13 @@ def _compile(kernel_size: int) -> Path:
             return target
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
-        done = subprocess.run([cc, *flags, *arch, str(SOURCE), "-o", tmp], capture_output=True, text=True)
-        if done.returncode == 0:
-            os.replace(tmp, target)  # atomic: concurrent builders (Dask workers) never see half a file
-            return target
-        os.unlink(tmp)
+        try:
+            done = subprocess.run([cc, *flags, *arch, str(SOURCE), "-o", tmp], capture_output=True, text=True)
+            if done.returncode == 0:
+                os.replace(tmp, target)  # atomic: concurrent builders (Dask workers) never see half a file
+                return target
+        finally:
+            Path(tmp).unlink(missing_ok=True)
     raise RuntimeError(done.stderr.strip()[-500:] or f"{cc} failed")
 
 

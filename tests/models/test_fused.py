@@ -117,7 +117,7 @@ def test_kernels_are_cached_where_they_can_be_written(tmp_path, monkeypatch):
 
 def test_without_a_working_compiler_inference_warns_once_and_uses_the_torch_ops(tmp_path, monkeypatch):
     monkeypatch.setenv("REFINER_CACHE", str(tmp_path))  # no kernel built before
-    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
+    monkeypatch.setenv("CC", "false" if shutil.which("false") else "no-such-compiler")  # always fails
     monkeypatch.setattr(native, "_LIBS", {})
     net = _random_net("class_agnostic", iterations=2)
     image, probs = _inputs(h=40, w=40)
@@ -125,7 +125,12 @@ def test_without_a_working_compiler_inference_warns_once_and_uses_the_torch_ops(
         out = FusedRNN(net)(image, probs, block=0)[-1]
     with torch.no_grad():
         torch.testing.assert_close(out.contiguous(), net(image, probs, reference=True)[-1], rtol=1e-4, atol=2e-5)
-    assert native.load(5) is None and not list(tmp_path.rglob("*.so"))
+    assert native.load(5) is None and not list(tmp_path.rglob("*.so"))  # no half-built files left
+    monkeypatch.setattr(native, "_LIBS", {})
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))  # not even a program
+    with pytest.warns(UserWarning, match="native RNN kernel unavailable"):
+        assert native.load(5) is None
+    assert not list(tmp_path.rglob("*.so"))
 
 
 def test_narrow_inputs_and_refiner_native_0_use_the_torch_ops(monkeypatch):
