@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from refiner.raster import Georef, Tile, probs_to_grid, read_image, read_probs, resample, working_grid
+from refiner.raster import Georef, Tile, probs_to_grid, read_image, read_probs, resample, resample_tile, working_grid
 
 #: Extra source pixels read around a window, beyond its footprint: more than any GDAL kernel
 #: used here (average, bilinear, nearest) reaches, so windows see what the whole scene would.
@@ -62,27 +62,9 @@ def source_window(src: Grid, dst: Grid) -> tuple[int, int, int, int]:
     return r0, c0, max(0, r1 - r0), max(0, c1 - c0)
 
 
-def image_method(scene: Grid, work: Grid) -> str:
-    """Area average when the working grid is coarser, else bilinear (as the whole-tile path)."""
-    return "average" if work.resolution > scene.resolution else "bilinear"
-
-
-def read_image_on(
-    path: str | Path, scene: Grid, dst: Grid, *, bands: Sequence[int] | None = None, method: str | None = None
-) -> Tile:
+def read_image_on(path: str | Path, scene: Grid, dst: Grid, *, bands: Sequence[int] | None = None) -> Tile:
     """The image of ``path`` (on grid ``scene``) resampled onto the window ``dst`` of the working grid."""
-    src = read_image(path, bands=bands, window=source_window(scene, dst))
-    assert src.georef is not None
-    image = resample(src.image, src.georef, dst.shape, dst.georef, method=method or image_method(scene, dst))
-    valid = resample(src.valid.astype(np.uint8), src.georef, dst.shape, dst.georef, method="nearest")
-    return Tile(
-        image=image,
-        valid=valid.astype(bool),
-        georef=dst.georef,
-        source=src.source,
-        dtype=src.dtype,
-        band_count=src.band_count,
-    )
+    return resample_tile(read_image(path, bands=bands, window=source_window(scene, dst)), dst.georef, dst.shape)
 
 
 def read_probs_on(path: str | Path, scene: Grid, dst: Grid) -> np.ndarray:

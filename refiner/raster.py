@@ -163,7 +163,7 @@ def read_image(
             raise RasterError(f"band(s) {bad} do not exist: {path} has {count} band(s)")
         win = _to_window(window)
         data = ds.read(list(bands), window=win, boundless=False)
-        masks = ds.read_masks(list(bands), window=win)
+        valid = _valid(ds, bands, win)
         nbits = ds.tags(bands[0], ns="IMAGE_STRUCTURE").get("NBITS")
         divisor = scale_factor(ds.dtypes[bands[0] - 1], int(nbits) if nbits else None, scale)
         georef = _georef(ds)
@@ -171,9 +171,21 @@ def read_image(
             georef = Georef(georef.crs, ds.window_transform(win))
         dtype = ds.dtypes[0]
     image = np.clip(data.astype(np.float32) / divisor, 0.0, 1.0)
-    valid = (masks > 0).all(axis=0)
     image[:, ~valid] = 0.0
     return Tile(image=image, valid=valid, georef=georef, source=str(path), dtype=dtype, band_count=count)
+
+
+def _valid(ds, bands: Sequence[int], win: Window | None) -> np.ndarray:
+    """Where every one of ``bands`` has data (GDAL masks: nodata, alpha or mask band)."""
+    return (ds.read_masks(list(bands), window=win) > 0).all(axis=0)
+
+
+def read_valid(
+    path: str | Path, *, bands: Sequence[int] | None = None, window: Sequence[int] | None = None
+) -> np.ndarray:
+    """Just :func:`read_image`'s validity mask (H, W), without decoding the pixels into a tile."""
+    with _open(path) as ds:
+        return _valid(ds, tuple(bands) if bands else default_bands(ds.count, ds), _to_window(window))
 
 
 def raster_info(path: str | Path) -> dict:
@@ -462,7 +474,14 @@ def to_working_resolution(tile: Tile, resolution: float | None) -> Tile:
         return tile
     assert tile.georef is not None and resolution is not None
     dst, shape = working_grid(tile.georef, tile.shape, resolution)
-    method = "average" if resolution > tile.resolution else "bilinear"
+    return resample_tile(tile, dst, shape)
+
+
+def resample_tile(tile: Tile, dst: Georef, shape: tuple[int, int]) -> Tile:
+    """The tile on grid ``dst`` of ``shape``: image by area average when ``dst`` is coarser, else
+    bilinear; the validity mask by nearest neighbour."""
+    assert tile.georef is not None
+    method = "average" if dst.resolution > tile.georef.resolution else "bilinear"
     image = resample(tile.image, tile.georef, shape, dst, method=method)
     valid = resample(tile.valid.astype(np.uint8), tile.georef, shape, dst, method="nearest").astype(bool)
     return replace(tile, image=image, valid=valid, georef=dst)

@@ -28,7 +28,7 @@ import json
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -47,6 +47,7 @@ from refiner.raster import (
     raster_shape,
     read_image,
     read_probs,
+    read_valid,
     resolution_differs,
     streaming_env,
 )
@@ -188,11 +189,12 @@ def _on_working_grid(
     """
     scene = Grid(georef, shape)
     work = working_grid_of(scene, resolution)
-    task = SceneTask(**{**task.__dict__, "grid": (scene, work)})
+    task = replace(task, grid=(scene, work))
     windows = window_on(work)
     back = list(iter_windows(*shape, REGRID_WINDOW, 0))
     total = len(windows) + len(back)
-    k = len(task_model(task).classes)
+    classes = task_model(task).classes
+    k = len(classes)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".refiner-working-", dir=out_dir) as tmp:
         working = {"probs": Path(tmp) / "probs.tif"}
@@ -216,10 +218,9 @@ def _on_working_grid(
                 if "iterations" in finals:
                     finals["iterations"].write(probs_back_on(working["iterations"], work, dst, k), win.row, win.col)
                 if "classes" in finals:
-                    valid = read_image(task.image, bands=task.bands, window=(win.row, win.col, *dst.shape)).valid
-                    classes = task_model(task).classes.decode(probs.argmax(0).astype(np.uint8))
-                    classes[~valid] = IGNORE
-                    finals["classes"].write(classes[None], win.row, win.col)
+                    values = classes.decode(probs.argmax(0).astype(np.uint8))
+                    values[~read_valid(task.image, bands=task.bands, window=(win.row, win.col, *dst.shape))] = IGNORE
+                    finals["classes"].write(values[None], win.row, win.col)
                 if progress:
                     progress(i, total)
 

@@ -39,11 +39,13 @@ from refiner.tiling import even_size
 #: block and its halo) with the torch ops, which keep two such sets (pre-activations and image
 #: term). Measured on a quiet 2-core EPYC with 32 MiB of L3: time per pixel falls as blocks grow
 #: (less halo), then jumps 1.5-2x once a block's features pass ~28 MB (K = 2 at a 320 px side,
-#: K = 3 at 256 px). 20 MiB keeps clear of that cliff; a 2-core Xeon (2 MiB L2 a core) agreed.
+#: K = 3 at 256 px). 20 MiB keeps clear of that cliff; a 2-core Xeon (2 MiB L2 a core) agreed
+#: (``benchmarks/rnn_profile.py --torch-ops``: 192 px best, 256 px 2.2x slower).
 CPU_FEATURE_BYTES = 20 * 2**20
 
 #: The same for the native kernel (:mod:`refiner.models.native`), which keeps only the image
-#: term: on the 2-core Xeon, K = 3 ran best at 256 px (29 MB of term), 2x slower at 320 px.
+#: term: on the 2-core Xeon, K = 3 ran best at 256 px (29 MB of term), 1.6x slower at 320 px
+#: (``benchmarks/rnn_profile.py``).
 NATIVE_FEATURE_BYTES = 28 * 2**20
 
 
@@ -154,13 +156,16 @@ class FusedRNN:
         t_max = self._check(iterations)
         halo = (self.cfg.kernel_size // 2) * t_max
         h, w = image.shape[-2:]
+        lib = self._native_kernel(image.device)
         if block is None and image.device.type == "cpu":
-            budget = feature_budget(self.cfg, self.native and self.dtype == torch.float32)
+            budget = NATIVE_FEATURE_BYTES if lib is not None else CPU_FEATURE_BYTES
             block = cpu_block(probs.shape[1] * self.cfg.hidden, halo, budget)
         block = block or 0
         # block sides: the fewest blocks, of even size rounded up to a multiple of 32, so a few
         # shapes (and compiled kernels) serve every image; 0 = the input as one block
         bh, bw = (_ceil_to(even_size(h, block), 32), _ceil_to(even_size(w, block), 32)) if block else (h, w)
+        if lib is not None and bw < lib.lanes:  # narrower than one of its vectors: the torch ops
+            lib = None
         n_out = t_max + 1 if keep_all else 1
         b, k = probs.shape[:2]
         cores = [(r, c) for r in range(0, h, bh) for c in range(0, w, bw)]
@@ -170,7 +175,11 @@ class FusedRNN:
             for i, (r, c) in enumerate(cores):
                 rows, cols = slice(r, min(h, r + bh)), slice(c, min(w, c + bw))
                 img, edges = _read_block(image, rows, cols, (bh, bw), halo)
-                maps = self._forward(img, _read_block(probs, rows, cols, (bh, bw), halo)[0], t_max, edges)
+                block_probs = _read_block(probs, rows, cols, (bh, bw), halo)[0]
+                if lib is not None:
+                    maps = self._forward_native(lib, img, block_probs, t_max, edges)
+                else:
+                    maps = self._forward(img, block_probs, t_max, edges)
                 for o, m in zip(outs, maps if keep_all else maps[-1:], strict=True):
                     off = (m.shape[-2] - bh) // 2  # u_t covers the core plus r * (T - t) on each side
                     o[..., rows, cols] = m[..., off : off + rows.stop - r, off : off + cols.stop - c]
@@ -188,9 +197,6 @@ class FusedRNN:
         borders (by ``edges`` pixels: top, bottom, left, right) by replication, and each step
         renews that extension (:func:`_replicate_edges`).
         """
-        lib = self._native_kernel(image, probs.shape[-1] - 2 * (self.cfg.kernel_size // 2) * t_max)
-        if lib is not None:
-            return self._forward_native(lib, image, probs, t_max, edges)
         r = self.cfg.kernel_size // 2
         b, k = probs.shape[:2]
         cl = torch.channels_last  # oneDNN's fast layout for these convolutions (~10x NCHW here)
@@ -226,12 +232,11 @@ class FusedRNN:
         idx = t if len(self.blocks) > 1 else 0
         return idx, self.blocks[idx]
 
-    def _native_kernel(self, image: torch.Tensor, narrowest: int):
-        """The native step kernel (:mod:`refiner.models.native`) if it applies here, else None."""
-        if not self.native or image.device.type != "cpu" or self.dtype != torch.float32:
+    def _native_kernel(self, device: torch.device):
+        """The native step kernel (:mod:`refiner.models.native`) for fp32 on a CPU, else None."""
+        if not self.native or device.type != "cpu" or self.dtype != torch.float32:
             return None
-        lib = native.load(self.cfg.kernel_size)
-        return lib if lib is not None and narrowest >= lib.lanes else None
+        return native.load(self.cfg.kernel_size)
 
     def _forward_native(
         self, lib, image: torch.Tensor, probs: torch.Tensor, t_max: int, edges: tuple[int, int, int, int]
