@@ -157,3 +157,26 @@ def test_scenes_at_another_resolution_stream_and_equal_whole_tile_inference(file
     assert seen == [(d, seen[-1][1]) for d in range(1, seen[-1][1] + 1)] and len(seen) > 2  # one count, both passes
     left = sorted(p.name for p in tmp_path.iterdir())  # the working-grid files are gone
     assert left == ["c.tif", "image.tif", "it.tif", "map.tif", "p.tif", "probs.tif"]
+
+
+def test_a_failing_resampled_scene_run_leaves_no_outputs_and_no_working_files(files, tmp_path, monkeypatch):
+    """Bad input is refused before any work; a failure in the second pass removes every output."""
+    import refiner.scene
+
+    image, probs = at_pixel_size(files, tmp_path, 0.5)
+    out = tmp_path / "out"
+    small = tmp_path / "probs_small.tif"
+    with rasterio.open(small, "w", driver="GTiff", height=40, width=50, count=3, dtype="float32", **GEO) as ds:
+        ds.write(np.full((3, 40, 50), 1 / 3, np.float32))
+    with pytest.raises(ValueError, match="differ in size"):  # probabilities for another grid
+        refine_scene(files["dir"] / "rnn", image, small, out / "map.tif")
+    calls = []
+
+    def broken(*args):
+        calls.append(1)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(refiner.scene, "probs_back_on", broken)
+    with pytest.raises(OSError, match="disk full"):
+        refine_scene(files["dir"] / "rnn", image, probs, out / "map.tif", probs_out=out / "p.tif", window=32)
+    assert calls and not list(out.iterdir())  # no map, no probabilities, no .part, no working folder
