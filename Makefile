@@ -49,6 +49,8 @@ clean:
 bench: $(STAMP)
 	PYTHONPATH=. $(PY) benchmarks/rnn_vs_crf.py --classes 2 --json benchmarks/results/rnn_vs_crf_k2.json
 	PYTHONPATH=. $(PY) benchmarks/rnn_vs_crf.py --classes 3 --json benchmarks/results/rnn_vs_crf_k3.json
-	PYTHONPATH=. $(PY) benchmarks/finetune_time_to_quality.py --json benchmarks/results/finetune_cpu.json
+	PYTHONPATH=. $(PY) benchmarks/rnn_profile.py --json benchmarks/results/rnn_profile.json
+	PYTHONPATH=. $(PY) benchmarks/finetune_time_to_quality.py --long-seconds 400 --defaults-seconds 90 --json benchmarks/results/finetune_cpu_quiet.json
 	PYTHONPATH=. $(PY) benchmarks/large_scene.py --sizes 1000 5000 10000 20000 --json benchmarks/results/large_scene_quiet.json
+	PYTHONPATH=. $(PY) benchmarks/large_scene.py --sizes 2000 10000 --pixel 0.5 --json benchmarks/results/large_scene_resampled.json
 	PYTHONPATH=. $(PY) benchmarks/gpu_throughput.py --json benchmarks/results/gpu.json

@@ -89,11 +89,37 @@ def child(args) -> None:
     net = task_model(SceneTask("refine", str(args.model), str(args.image))).net
     read = (args.window or scene_window(net.cfg)) + 2 * net.cfg.halo  # the windows' read shape
     fused(net)(torch.zeros(1, 3, read, read), torch.full((1, 2, read, read), 0.5), keep_all=False)
+    spent = _time_stages() if args.stages else {}
     t0 = time.perf_counter()
     refine_scene(args.model, args.image, args.probs, args.out, window=args.window)
     wall = time.perf_counter() - t0
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-    print(json.dumps({"wall_s": wall, "peak_rss_bytes": rss}))
+    shares = {name: round(s / wall, 3) for name, s in spent.items()}
+    print(json.dumps({"wall_s": wall, "peak_rss_bytes": rss, **({"stage_shares": shares} if spent else {})}))
+
+
+def _time_stages() -> dict[str, float]:
+    """Wrap the scene loop's stages (reading, the RNN, writing) to add up the seconds each takes."""
+    import refiner.scene as scene
+    from refiner.models.fused import FusedRNN
+    from refiner.raster import RasterWriter
+
+    spent: dict[str, float] = {}
+
+    def wrap(name, fn):
+        def run(*a, **kw):
+            t0 = time.perf_counter()
+            out = fn(*a, **kw)
+            spent[name] = spent.get(name, 0.0) + time.perf_counter() - t0
+            return out
+
+        return run
+
+    scene.read_image = wrap("read_image", scene.read_image)
+    scene.read_probs = wrap("read_probs", scene.read_probs)
+    FusedRNN.__call__ = wrap("rnn", FusedRNN.__call__)
+    RasterWriter.write = wrap("write", RasterWriter.write)
+    return spent
 
 
 def main() -> None:
@@ -104,6 +130,7 @@ def main() -> None:
     ap.add_argument("--pixel", type=float, default=1.0, help="the scene's metres per pixel (the model's: 1)")
     ap.add_argument("--keep", action="store_true", help="keep the generated scenes")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--stages", action="store_true", help="also report the share of time per stage")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--image", type=Path, help=argparse.SUPPRESS)
@@ -123,6 +150,7 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--child", "--model", str(model), "--image", str(image),
                "--probs", str(probs), "--out", str(out)]  # fmt: skip
         cmd += ["--window", str(args.window)] if args.window else []
+        cmd += ["--stages"] if args.stages else []
         load = machine()["load_avg_1_5_15"]
         res = json.loads(
             subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
@@ -136,6 +164,7 @@ def main() -> None:
             "refine_s": round(res["wall_s"], 1),
             "s_per_mpx": round(res["wall_s"] / mpx, 3),
             "peak_rss_mib": round(res["peak_rss_bytes"] / 2**20),
+            **({"stage_shares": res["stage_shares"]} if "stage_shares" in res else {}),
             "load_before": load,
             "load_after": machine()["load_avg_1_5_15"],
         }

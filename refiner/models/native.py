@@ -26,6 +26,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import subprocess
 import tempfile
 import threading
@@ -77,13 +78,13 @@ def _cpu_id() -> str:
 
 def _compile(kernel_size: int) -> Path:
     """Build the kernel for ``kernel_size`` (cached by source, flags and machine); raises on failure."""
-    cc = os.environ.get("CC", "cc")
+    cc = shlex.split(os.environ.get("CC", "cc"))  # a compiler, possibly with flags ("cc -m32")
     flags = ["-O3", "-shared", "-fPIC", f"-DKS={kernel_size}"]
     source = SOURCE.read_bytes()
     folder = cache_dir()
     options = (["-march=native", "-mprefer-vector-width=512"], ["-march=native"], [])
     for arch in [[*a, "-fopenmp"] for a in options] + list(options):
-        key = hashlib.sha256(source + " ".join([cc, *flags, *arch, platform.machine(), _cpu_id()]).encode())
+        key = hashlib.sha256(source + " ".join([*cc, *flags, *arch, platform.machine(), _cpu_id()]).encode())
         key = key.hexdigest()[:16]
         target = folder / f"rnn_step_k{kernel_size}_{key}.so"
         if target.exists():
@@ -91,13 +92,13 @@ def _compile(kernel_size: int) -> Path:
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
         try:
-            done = subprocess.run([cc, *flags, *arch, str(SOURCE), "-o", tmp], capture_output=True, text=True)
+            done = subprocess.run([*cc, *flags, *arch, str(SOURCE), "-o", tmp], capture_output=True, text=True)
             if done.returncode == 0:
                 os.replace(tmp, target)  # atomic: concurrent builders (Dask workers) never see half a file
                 return target
         finally:
             Path(tmp).unlink(missing_ok=True)
-    raise RuntimeError(done.stderr.strip()[-500:] or f"{cc} failed")
+    raise RuntimeError(done.stderr.strip()[-500:] or f"{' '.join(cc)} failed")
 
 
 def load(kernel_size: int) -> ctypes.CDLL | None:
