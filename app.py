@@ -16,6 +16,7 @@ PAGES = [
     ("pages/4_Compare.py", "Compare", "Compare"),
     ("pages/5_Filters.py", "Filters", "Filters"),
     ("pages/6_Export.py", "Export", "Export"),
+    ("pages/7_Learn.py", "Learn", "Learn"),
 ]
 
 st.navigation([st.Page(path, title=title, url_path=url or None, default=not url) for path, title, url in PAGES]).run()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from refiner import viz
+from refiner import hints, results, viz
 from refiner.painting import ERASER, apply_strokes, brush_colors, hex_color
 from webapp import common
 
@@ -44,10 +44,23 @@ with side:
         st.session_state["canvas_epoch"] = st.session_state.get("canvas_epoch", 0) + 1
         st.rerun()
     st.caption(f"{ws.undo_depth()} change(s) can be undone.")
+    show_hints = st.toggle(
+        "Show where to label next",
+        key="show_hints",
+        help="A heat map of where labels would help most (uncertain or disputed, far from your labels) "
+        "and a few suggested boxes; it follows each training run.",
+    )
 
 with main:
     view = common.view_controls(tile.shape, "label")
-    background = viz.blend(viz.to_rgb(tile.image), viz.colorize(labels, classes), opacity)[view.slices]
+    background = viz.blend(viz.to_rgb(tile.image), viz.colorize(labels, classes), opacity)
+    boxes, hint_source = [], ""
+    if show_hints:
+        with common.guard("finding where to label next"), st.spinner("Finding where labels would help most..."):
+            need, hint_source = results.label_need(ws, labels)
+            boxes = hints.suggest_boxes(need, labels, n=5, size=max(16, min(64, min(tile.shape) // 8)))
+        background = hints.draw_boxes(viz.blend(background, viz.heat_rgba(need), 0.55), boxes)
+    background = background[view.slices]
     ch, cw = view.canvas_size
     bg = common.to_png(background).resize((cw, ch), resample=0)  # nearest: crisp pixels when zoomed
     epoch = st.session_state.get("canvas_epoch", 0)
@@ -61,8 +74,15 @@ with main:
         width=cw,
         drawing_mode="freedraw",
         return_image_data=True,
-        key=f"canvas_{ws.name}_{epoch}_{view.row}_{view.col}_{view.height}",
+        key=f"canvas_{ws.name}_{epoch}_{view.row}_{view.col}_{view.height}_{int(show_hints)}",
     )
+    if show_hints:
+        st.caption(
+            f"Where to label next (yellow = most needed), from {hint_source}, times the distance from your "
+            "labels. Suggested boxes (magenta), best first: "
+            + "; ".join(f"rows {b.row}–{b.row + b.height - 1}, columns {b.col}–{b.col + b.width - 1}" for b in boxes)
+            + ("." if boxes else "none: no free room left.")
+        )
     st.caption(
         f"Showing rows {view.row}–{view.row + view.height - 1}, columns {view.col}–{view.col + view.width - 1} "
         f"at {view.scale:.2f} screen px per pixel."

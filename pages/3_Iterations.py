@@ -6,6 +6,7 @@ import streamlit as st
 
 from refiner import results, viz
 from webapp import common
+from webapp import presets as model_choice
 
 ws = common.page("Iterations")
 st.write(
@@ -14,14 +15,18 @@ st.write(
     "IoU change on held-out labels (Fig. 7b)."
 )
 
+model, params = model_choice.choose("iter_model")
 with common.guard("refining the tile"), st.spinner("Running the RNN on the tile (cached afterwards)..."):
-    probs = results.refinement(ws)
+    probs = results.model_refinement(ws, model, **params)
     tile = ws.tile()
+if model != model_choice.LEARNED:
+    st.caption(f"Showing {model_choice.describe(model, params)}.")
 classes = ws.classes
 T = len(probs) - 1
 
 c1, c2, c3 = st.columns([2, 1, 1])
-t = c1.slider("Iteration t", 0, T, T, key="iteration")
+# one slider per model: each has its own T
+t = c1.slider("Iteration t", 0, T, T, key="iteration" if model == model_choice.LEARNED else f"iteration_{model}")
 cls = c2.selectbox("Fuzzy map of class", classes.names, index=min(1, len(classes) - 1), key="fuzzy_class")
 opacity = c3.slider("Opacity", 0.0, 1.0, 0.6, 0.05, key="iter_opacity")
 view = common.view_controls(tile.shape, "iter", max_canvas=480)

@@ -9,6 +9,7 @@ from refiner import results, viz
 from refiner.crf import CRFParams
 from refiner.metrics import evaluate
 from webapp import common
+from webapp import presets as model_choice
 
 ws = common.page("Compare")
 st.write(
@@ -44,13 +45,14 @@ with st.expander("CRF parameters", expanded=False):
         params = found.best
     st.caption(f"In use: {params.to_dict()}")
 
+model, model_params = model_choice.choose("compare_model")
 with common.guard("computing the maps"), st.spinner("Dense CRF and RNN on the tile (cached afterwards)..."):
     crf = results.crf_probs(ws, params)
-    rnn = results.refinement(ws)[-1]
+    rnn = results.model_refinement(ws, model, **model_params)[-1]
 maps = {
     "Coarse CNN": coarse.argmax(0).astype("uint8"),
     "Dense CRF": crf.argmax(0).astype("uint8"),
-    "RNN": rnn.argmax(0).astype("uint8"),
+    "RNN" if model == model_choice.LEARNED else model_choice.label(model): rnn.argmax(0).astype("uint8"),
 }
 
 view = common.view_controls(tile.shape, "compare", max_canvas=400)

@@ -77,13 +77,28 @@ def need_map(
     """
     if probs.shape[1:] != labels.shape:
         raise ValueError(f"probabilities {probs.shape[1:]} and labels {labels.shape} differ in size")
+    return (uncertainty(probs, maps, weights) * novelty(labels, weights.distance_scale)).astype(np.float32)
+
+
+def uncertainty(probs: np.ndarray, maps: Sequence[np.ndarray], weights: HintWeights = HintWeights()) -> np.ndarray:
+    """The model half of the need map, ``(w_e * entropy + w_d * disagreement) / (w_e + w_d)``:
+    it changes only when a model does, so the app caches it per model (the labels half is cheap)."""
     total = weights.entropy + weights.disagreement
     if total <= 0:
         raise ValueError("at least one of the entropy and disagreement weights must be positive")
     u = weights.entropy * entropy(probs)
     if maps:
         u = u + weights.disagreement * disagreement(maps)
-    return (u / total * novelty(labels, weights.distance_scale)).astype(np.float32)
+    return (u / total).astype(np.float32)
+
+
+def need_map_from(
+    uncertainty_map: np.ndarray, labels: np.ndarray, scale: float = HintWeights.distance_scale
+) -> np.ndarray:
+    """:func:`need_map` from a precomputed :func:`uncertainty` (what the app caches per model)."""
+    if uncertainty_map.shape != labels.shape:
+        raise ValueError(f"the uncertainty map {uncertainty_map.shape} and labels {labels.shape} differ in size")
+    return (uncertainty_map * novelty(labels, scale)).astype(np.float32)
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,60 @@ def refinement(ws: Workspace) -> list[np.ndarray]:
     return out.probs
 
 
+def preset_refinement(ws: Workspace, name: str, **params: float) -> list[np.ndarray]:
+    """A hand-set PDE preset's probabilities at t = 0..T (:mod:`refiner.models.presets`), through
+    the same inference as the learned RNN; cached per preset, parameters and coarse map."""
+    from refiner.inference import refine
+    from refiner.models.presets import preset_bundle
+
+    stamp = f"{ws.probs_stamp()}:{json.dumps(params, sort_keys=True)}"
+    cached = ws.load_result(f"preset_{name}", stamp)
+    if cached is not None:
+        return [p.astype(np.float32) for p in cached["probs"]]
+    tile = ws.tile()
+    bundle = preset_bundle(name, ws.classes, tile.image.shape[0], **params)
+    out = refine(bundle, tile, ws.coarse_probs(), keep_all=True)
+    ws.save_result(f"preset_{name}", stamp, probs=np.stack(out.probs).astype(np.float16))
+    return out.probs
+
+
+def model_refinement(ws: Workspace, model: str = "learned", **params: float) -> list[np.ndarray]:
+    """``model="learned"``: the workspace's RNN (:func:`refinement`); else a preset's name."""
+    return refinement(ws) if model == "learned" else preset_refinement(ws, model, **params)
+
+
+def label_need(ws: Workspace, labels: np.ndarray | None = None) -> tuple[np.ndarray, str]:
+    """Where labels would help most (:func:`refiner.hints.need_map`) and what it was made from.
+
+    The model half (entropy of the refined map, coarse / CRF / RNN disagreement) is cached per
+    RNN file and coarse map, so it follows each training run; the distance from the labels is
+    recomputed from the current labels.
+    """
+    from refiner import hints
+
+    if not ws.has_coarse():
+        raise ValueError("this workspace has no coarse probabilities yet: add them on the Tile page")
+    labels = ws.labels() if labels is None else labels
+    stamp = f"{ws.model_stamp('rnn')}:{ws.probs_stamp()}:{json.dumps(crf_params(ws).to_dict(), sort_keys=True)}"
+    coarse = ws.coarse_probs()
+    try:
+        refined = refinement(ws)[-1] if ws.has_model("rnn") else None
+    except ValueError:
+        refined = None  # an RNN for other classes: hint from the coarse map alone
+    what = "the RNN's probabilities and where the coarse, CRF and RNN maps disagree"
+    if refined is None:
+        what = "the coarse probabilities and where the coarse and CRF maps disagree (no RNN yet)"
+    cached = ws.load_result("hints", stamp)
+    if cached is not None:
+        return hints.need_map_from(cached["uncertainty"].astype(np.float32), labels), what
+    maps = [coarse.argmax(0), crf_probs(ws, crf_params(ws)).argmax(0)]
+    if refined is not None:
+        maps.append(refined.argmax(0))
+    u = hints.uncertainty(refined if refined is not None else coarse, maps)
+    ws.save_result("hints", stamp, uncertainty=u.astype(np.float16))
+    return hints.need_map_from(u, labels), what
+
+
 def crf_probs(ws: Workspace, params: CRFParams) -> np.ndarray:
     """The dense CRF's probabilities (K, H, W) on the coarse ones, with ``params``."""
     stamp = f"{ws.probs_stamp()}:{json.dumps(params.to_dict(), sort_keys=True)}"

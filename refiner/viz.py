@@ -223,3 +223,20 @@ def kernel_figure(kernel: np.ndarray, title: str = "") -> go.Figure:
     fig = go.Figure(go.Heatmap(z=kernel[::-1], colorscale="RdBu_r", zmin=-s, zmax=s))
     fig.update_layout(yaxis={"scaleanchor": "x", "showticklabels": False}, xaxis={"showticklabels": False})
     return _layout(fig, title, height=260)
+
+
+def flux_figure(x: np.ndarray, curves: dict[str, np.ndarray], title: str = "") -> go.Figure:
+    """Flux curves against the neighbour difference (a PDE's exact flux beside the ReLU one)."""
+    fig = go.Figure()
+    for i, (name, y) in enumerate(curves.items()):
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=name, line={"dash": "dash" if i else "solid"}))
+    fig.update_layout(
+        xaxis_title="neighbour difference ∇_d u", yaxis_title="flux", legend={"orientation": "h", "y": -0.3}
+    )
+    return _layout(fig, title, height=300)
+
+
+def heat_rgba(values: np.ndarray, vmin: float = 0.0, vmax: float = 1.0) -> np.ndarray:
+    """Values (H, W) as a viridis RGBA layer whose opacity grows with the value (low = clear)."""
+    v = np.clip((np.asarray(values, np.float32) - vmin) / (vmax - vmin if vmax > vmin else 1.0), 0, 1)
+    return np.concatenate([heat(v), (v[..., None] * 255 + 0.5).astype(np.uint8)], axis=-1)

@@ -59,6 +59,7 @@ def test_the_demo_opens_without_an_upload(page, url):
         "Compare",
         "Filters",
         "Export",
+        "Learn",
     ]
 
 

@@ -1,0 +1,82 @@
+"""The Learn page, the preset choice on Iterations / Compare, and the hint layer on Label (AppTest)."""
+
+from __future__ import annotations
+
+import numpy as np
+from streamlit.testing.v1 import AppTest
+
+from refiner import results
+from refiner.models import presets
+from tests.app.conftest import REPO
+
+TIMEOUT = 180
+
+
+def run(page: str) -> AppTest:
+    at = AppTest.from_file(str(REPO / page), default_timeout=TIMEOUT).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_learn_page_walks_through_a_preset_beside_the_learned_rnn(app_ws):
+    at = run("pages/7_Learn.py")
+    assert at.radio(key="learn_preset").value == "heat"
+    assert any(r"\Delta u" in x.value for x in at.latex)
+    table = at.table[0].value
+    assert list(table.index)[:2] == ["coarse (t = 0)", "Heat equation, t = 10"]
+    assert any("learned RNN" in i for i in table.index)
+    # the table's preset row is the preset refined through the engine, scored on held-out labels
+    ev = results.eval_labels(app_ws)
+    want = results.iteration_scores([results.preset_refinement(app_ws, "heat", dt=0.2, iterations=10)[-1]], ev.labels)
+    assert table.loc["Heat equation, t = 10", "mean IoU"] == round(want[0].mean_iou, 4)
+    # the learned filters are ranked against the derivative operators
+    assert {"Laplacian: span residual", "∂/∂x (central): span residual"} <= {m.label for m in at.metric}
+
+    at.radio(key="learn_preset").set_value("perona_malik").run()
+    at.slider(key="learn_kappa_pm").set_value(0.5).run()
+    at.slider(key="learn_T").set_value(4).run()
+    assert not at.exception
+    assert "Perona–Malik, t = 4" in at.table[0].value.index
+    assert any(f"{presets.PM_FLUX_ERROR * 0.5:.3f}" in c.value for c in at.caption)
+    at.slider(key="learn_t_4").set_value(1).run()
+    assert "Perona–Malik, t = 1" in at.table[0].value.index
+
+    at.radio(key="learn_preset").set_value("image_guided").run()
+    assert not at.exception and any("largest error" in c.value for c in at.caption)
+
+
+def test_learn_page_without_an_rnn_still_runs_the_presets(tmp_path, monkeypatch):
+    from tests.app.conftest import make_workspace
+
+    monkeypatch.setenv("REFINER_WORKSPACES", str(tmp_path))
+    make_workspace(tmp_path, "bare", with_rnn=False)
+    at = run("pages/7_Learn.py")
+    assert any("No learned RNN" in i.value for i in at.info)
+    assert not at.error and list(at.table[0].value.index) == ["coarse (t = 0)", "Heat equation, t = 10"]
+
+
+def test_iterations_and_compare_run_a_preset(app_ws):
+    at = run("pages/3_Iterations.py")
+    at.selectbox(key="iter_model").set_value("perona_malik").run()
+    assert not at.exception
+    slider = at.slider(key="iteration_perona_malik")
+    assert slider.max == 10 and slider.value == 10
+    probs = results.preset_refinement(app_ws, "perona_malik", dt=0.2, iterations=10, kappa=1.0)
+    ev = results.eval_labels(app_ws)
+    assert at.metric[0].value == f"{results.iteration_scores([probs[-1]], ev.labels)[0].overall_accuracy:.3f}"
+
+    at = run("pages/4_Compare.py")
+    assert list(at.table[0].value.index) == ["Coarse CNN", "Dense CRF", "RNN"]
+    at.selectbox(key="compare_model").set_value("heat").run()
+    assert list(at.table[0].value.index) == ["Coarse CNN", "Dense CRF", "Heat equation (preset)"]
+
+
+def test_label_page_shows_where_to_label_next(app_ws):
+    at = run("pages/1_Label.py")
+    assert at.toggle(key="show_hints").value is False
+    at.toggle(key="show_hints").set_value(True).run()
+    assert not at.exception
+    need, _ = results.label_need(app_ws)
+    assert np.all(need[app_ws.labels() != 255] == 0)
+    captions = " ".join(c.value for c in at.caption)
+    assert "Suggested boxes" in captions and "rows" in captions
