@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PORT ?= 8501
 
-.PHONY: run test lint browser demo-experiment demo-assets screenshots clean
+.PHONY: run test lint browser demo-experiment demo-assets pretrained screenshots clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ demo-experiment: $(STAMP)
 # Rebuild the app's demo (tile + pretrained coarse CNN and RNN in assets/demo): 6-35 min on 2 cores.
 demo-assets: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) scripts/make_demo_assets.py
+
+# Rebuild the shipped real-data models (assets/pretrained/coarse_1m, rnn_1m) from ../shared/data,
+# seeded, with the split in experiments/pretrained/split.toml: ~25 + ~8 min on one core.
+pretrained: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m refiner pretrain experiments/pretrained/coarse.toml
+	OMP_NUM_THREADS=1 $(PY) -m refiner pretrain experiments/pretrained/rnn.toml
 
 # README screenshots, taken from the real app in Chromium.
 screenshots: $(STAMP) browser

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -23,9 +24,29 @@ def _ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _log_lines(desc: str, total: int, every: float = 5.0, stream=None) -> Callable[[int], None]:
+    """Progress as plain lines, one per ``every`` percent (and the last): what a log file needs,
+    where a tqdm bar writes one line and then nothing until the end."""
+    t0 = time.perf_counter()
+    state = {"next": 0.0}
+
+    def update(n: int) -> None:
+        pct = 100.0 * n / max(1, total)
+        if pct + 1e-9 >= state["next"] or n >= total:
+            out = stream or sys.stderr
+            print(f"{desc}: {n}/{total} ({pct:.0f} %), {time.perf_counter() - t0:.0f} s", file=out, flush=True)
+            state["next"] = (int(pct // every) + 1) * every
+
+    return update
+
+
 def _bar(desc: str, total: int) -> Callable[[int], None]:
-    """A tqdm bar driven by absolute positions (what the engine's callbacks report)."""
+    """A tqdm bar driven by absolute positions (what the engine's callbacks report); progress
+    lines every 5 % instead when stderr is not a terminal (a log file)."""
     from tqdm import tqdm
+
+    if not sys.stderr.isatty():
+        return _log_lines(desc, total)
 
     bar = tqdm(total=total, desc=desc, unit="step", leave=False, disable=None, file=sys.stderr)
 
@@ -131,15 +152,19 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         labels = restrict_to_window(labels, args.window)
     working = to_working(tile, args.resolution, probs, [labels])
     work, probs, labels = working.tile, working.probs, working.labels[0]
+    if args.init and args.resume:
+        raise ValueError("give --init (start a fine-tune from a pretrained RNN) or --resume, not both")
+    if args.init:
+        return _finetune_from_pretrained(args, work, probs, labels, classes)
     init = load_model(args.resume, expect="rnn") if args.resume else None
     cfg = RNNTrainConfig(
-        steps=args.steps,
+        steps=1500 if args.steps is None else args.steps,
         batch_size=args.batch_size,
         patch_size=args.patch_size,
-        lr=args.lr,
+        lr=0.01 if args.lr is None else args.lr,
         seed=args.seed,
         holdout=args.holdout,
-        patience=args.patience,
+        patience=0 if args.patience is None else args.patience,
         max_seconds=args.max_seconds,
         checkpoint_every=args.checkpoint_every,
         eval_seconds=args.eval_seconds,
@@ -172,6 +197,28 @@ def cmd_finetune(args: argparse.Namespace) -> None:
             progress=lambda p: tick(p.step),
             checkpoint_dir=args.out,
         )
+    best = f", held-out mean IoU {result.best_val:.3f}" if result.best_val is not None else ""
+    print(f"saved the RNN to {args.out} ({result.stopped} after {result.bundle.info['trained_steps']} steps{best})")
+
+
+def _finetune_from_pretrained(args: argparse.Namespace, work, probs, labels, classes) -> None:
+    from dataclasses import replace
+
+    from refiner.models.io import load_model
+    from refiner.train import FINETUNE_DEFAULTS, finetune_from_pretrained
+
+    init = load_model(args.init, expect="rnn")
+    if list(init.classes.names) != list(classes.names):
+        raise ValueError(
+            f"{args.init} refines classes {list(init.classes.names)}, the probabilities have {list(classes.names)}"
+        )
+    over = {k: v for k, v in (("steps", args.steps), ("lr", args.lr), ("patience", args.patience)) if v is not None}
+    cfg = replace(FINETUNE_DEFAULTS, seed=args.seed, max_seconds=args.max_seconds, **over)
+    tick = _bar("fine-tune RNN", cfg.steps)
+    result = finetune_from_pretrained(
+        work.image, probs, labels, init, cfg, device=args.device, progress=lambda p: tick(p.step),
+        checkpoint_dir=args.out,
+    )  # fmt: skip
     best = f", held-out mean IoU {result.best_val:.3f}" if result.best_val is not None else ""
     print(f"saved the RNN to {args.out} ({result.stopped} after {result.bundle.info['trained_steps']} steps{best})")
 
@@ -242,6 +289,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         print(f"overall accuracy {scores.overall_accuracy * 100:.2f}%   mean IoU {scores.mean_iou * 100:.2f}%")
         for n, v in report["iou"].items():
             print(f"  IoU {n:<16} {'n/a' if v is None else f'{v * 100:.2f}%'}")
+
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    import torch
+
+    from refiner.pretrain import run_pretrain
+
+    torch.set_num_threads(args.threads)
+    run_pretrain(args.config, steps=args.steps, out=args.out)
 
 
 def cmd_experiment(args: argparse.Namespace) -> None:
@@ -348,21 +404,39 @@ def build_parser() -> argparse.ArgumentParser:
         "--variant", default="class_specific", choices=["class_specific", "class_agnostic", "non_recurrent"]
     )
     sp.add_argument("--iterations", type=int, default=5, help="unrolled iterations T (default 5)")
-    sp.add_argument("--steps", type=int, default=1500)
+    sp.add_argument("--steps", type=int, default=None)
     sp.add_argument("--batch-size", type=int, default=8)
     sp.add_argument("--patch-size", type=int, default=48)
-    sp.add_argument("--lr", type=float, default=0.01, help="AdaGrad learning rate (default 0.01, the paper's)")
+    sp.add_argument(
+        "--lr", type=float, default=None, help="AdaGrad learning rate (default 0.01, the paper's; 0.003 with --init)"
+    )
     sp.add_argument("--holdout", type=float, default=0.2, help="fraction of labelled blocks kept for validation")
-    sp.add_argument("--patience", type=int, default=0, help="stop after N evaluations without improvement (0 = never)")
+    sp.add_argument(
+        "--patience", type=int, default=None, help="stop after N evaluations without gain (0 = never; 6 with --init)"
+    )
     sp.add_argument("--max-seconds", type=float, default=None, help="wall-clock budget")
     sp.add_argument("--eval-seconds", type=float, default=5.0, help="also evaluate every N seconds")
     sp.add_argument("--checkpoint-every", type=int, default=0, help="save every N steps")
     sp.add_argument("--window", type=_ints, default=None, help="use only labels in row,col,height,width")
     sp.add_argument("--resume", type=Path, default=None, help="continue training this RNN model folder")
+    sp.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="fine-tune from this pretrained RNN (e.g. assets/pretrained/rnn_1m) with the regularised "
+        "patch defaults (few steps, weights pulled to the pretrained ones, early stopping); "
+        "--steps/--lr/--patience still override",
+    )
     scheduler_arg(sp)
     sp.add_argument("--resolution", type=float, default=1.0, help="metres per pixel the RNN works at (default 1)")
     sp.add_argument("--line-width", type=float, default=7.0)
     sp.add_argument("--seed", type=int, default=0)
+
+    sp = add("pretrain", cmd_pretrain, "Rebuild a shipped pretrained model from a recipe in experiments/pretrained.")
+    sp.add_argument("config", type=Path, help="recipe TOML (experiments/pretrained/coarse.toml, then rnn.toml)")
+    sp.add_argument("--steps", type=int, default=None, help="override the recipe's training steps (a quick check)")
+    sp.add_argument("--out", type=Path, default=None, help="model folder to write (default: the recipe's out)")
+    sp.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
 
     sp = add("refine", cmd_refine, "Refine coarse probabilities with a trained RNN.")
     sp.add_argument("--model", required=True, type=Path, help="RNN model folder")

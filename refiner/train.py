@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,6 +132,8 @@ class PatchSampler:
         *,
         seed: int = 0,
         augment: bool = True,
+        balance: bool = False,
+        stride: int = 1,
     ) -> None:
         self.size, self.margin, self.augment = size, margin, augment
         h, w = labels.shape
@@ -139,16 +141,27 @@ class PatchSampler:
         pad = ((margin, margin + extra_h), (margin, margin + extra_w))
         self.arrays = [np.pad(a, ((0, 0), *pad), mode="edge") for a in arrays]
         self.labels = np.pad(labels, ((0, extra_h), (0, extra_w)), constant_values=IGNORE)
-        ys, xs = np.nonzero(self.labels != IGNORE)
+        # candidate centres on a ``stride`` grid: a 1500^2 tile's every pixel as int64 indices
+        # would cost 36 MB per tile, every 4th row and column 2 MB, with the same coverage
+        sub = self.labels[::stride, ::stride]
+        ys, xs = np.nonzero(sub != IGNORE)
         if ys.size == 0:
             raise NoLabelsError("no labelled pixel to sample training patches from")
-        self.ys, self.xs = ys, xs
+        self.ys, self.xs = (ys * stride).astype(np.int32), (xs * stride).astype(np.int32)
+        # balance: centre patches on each label value equally often (roads are 4-8 % of a
+        # Massachusetts tile; uniform centres show the network a road in few patches)
+        values = sub[ys, xs]
+        self.groups = [np.flatnonzero(values == v) for v in np.unique(values)] if balance else []
         self.rng = np.random.default_rng(seed)
 
     def sample(self, n: int) -> tuple[list[np.ndarray], np.ndarray]:
         s, m = self.size, self.margin
         hp, wp = self.labels.shape
-        idx = self.rng.integers(0, self.ys.size, n)
+        if self.groups:
+            g = self.rng.integers(0, len(self.groups), n)
+            idx = np.array([self.groups[i][self.rng.integers(0, self.groups[i].size)] for i in g])
+        else:
+            idx = self.rng.integers(0, self.ys.size, n)
         tops = np.clip(self.ys[idx] - self.rng.integers(0, s, n), 0, hp - s)
         lefts = np.clip(self.xs[idx] - self.rng.integers(0, s, n), 0, wp - s)
         outs = [
@@ -171,6 +184,89 @@ def segmentation_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     return F.cross_entropy(scores.float(), labels.long(), ignore_index=IGNORE)
 
 
+#: Partial-label codes (label values past the class indices): on a road-only tile a pixel
+#: that is not road may still be a building, so it is labelled NOT_ROAD, not background.
+NOT_ROAD, NOT_BUILDING = 250, 251
+
+
+def allowed_table(num_classes: int, partial: Mapping[int, Sequence[int]] | None = None) -> torch.Tensor:
+    """(256, K) bool: row ``v`` marks the classes a pixel labelled ``v`` may belong to.
+
+    ``v < K`` is class ``v`` alone, ``partial`` maps extra codes to sets of classes (e.g.
+    ``{NOT_ROAD: (background, building)}``); 255 and any other value allow nothing (ignored).
+    """
+    table = torch.zeros(256, num_classes, dtype=torch.bool)
+    table[torch.arange(num_classes), torch.arange(num_classes)] = True
+    for code, allowed in (partial or {}).items():
+        if not num_classes <= code < IGNORE:
+            raise ValueError(f"partial-label code {code} must lie in {num_classes}..254")
+        table[code] = False
+        table[code, list(allowed)] = True
+    return table
+
+
+def partial_label_loss(scores: torch.Tensor, labels: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Mean over labelled pixels of ``-log(sum of p(c) over the classes c the label allows)``.
+
+    With one class per label this is the cross-entropy; a "not road" pixel on a road-only tile
+    costs ``-log(p_background + p_building)``, so road tiles teach nothing about buildings.
+    """
+    logp = F.log_softmax(scores.float(), 1)
+    mask = allowed.to(scores.device)[labels.long()].permute(0, 3, 1, 2)  # (B, K, H, W)
+    used = mask.any(1)
+    mask = mask | ~used[:, None]  # unlabelled pixels: log(1) = 0, and no -inf in the graph
+    ll = torch.logsumexp(logp.masked_fill(~mask, -1e4), 1)
+    return -(ll[used].mean()) if bool(used.any()) else logp.sum() * 0.0
+
+
+def partial_mean_iou(pred: np.ndarray, labels: np.ndarray, allowed: torch.Tensor) -> float:
+    """Mean over the label values present of IoU({pred allowed by v}, {label == v}).
+
+    With one class per label this is the mean IoU of the classes present; under partial labels
+    "not road" counts as right wherever the prediction is background or building.
+    """
+    table = allowed.numpy()
+    ious = []
+    for v in np.unique(labels[labels != IGNORE]):
+        hit = table[v][pred]
+        truth = labels == v
+        union = (hit & (labels != IGNORE)) | truth
+        ious.append(float((hit & truth).sum()) / max(1, int(union.sum())))
+    return float(np.mean(ious)) if ious else 0.0
+
+
+def jitter(x: torch.Tensor, amount: float, gen: torch.Generator | None = None) -> torch.Tensor:
+    """Per-patch brightness (+-amount/2) and contrast (x(1 +- amount)) jitter of (B, C, H, W) in [0, 1].
+
+    Tiles of one set share a camera and season; other users' imagery does not.
+    """
+    if amount <= 0:
+        return x
+    b = x.shape[0]
+    c = 1 + amount * (2 * torch.rand(b, 1, 1, 1, generator=gen) - 1)
+    o = amount / 2 * (2 * torch.rand(b, 1, 1, 1, generator=gen) - 1)
+    m = x.mean(dim=(1, 2, 3), keepdim=True)
+    return ((x - m) * c.to(x) + m + o.to(x)).clamp(0, 1)
+
+
+def lr_at(step: int, steps: int, base: float, schedule: str = "constant", warmup: int = 0) -> float:
+    """Learning rate at ``step`` (1-based): constant, or linear warm-up then cosine decay to 1 %."""
+    if warmup and step <= warmup:
+        return base * step / warmup
+    if schedule == "constant":
+        return base
+    if schedule != "cosine":
+        raise ValueError(f"unknown learning-rate schedule {schedule!r} (constant or cosine)")
+    t = (step - warmup) / max(1, steps - warmup)
+    return base * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def _as_float(x: np.ndarray) -> torch.Tensor:
+    """Patches to float [0, 1]: uint8 imagery (kept as uint8 to save memory) is scaled."""
+    t = torch.from_numpy(x)
+    return t.float() / 255.0 if t.dtype == torch.uint8 else t
+
+
 # --------------------------------------------------------------------------- coarse CNN
 
 
@@ -187,6 +283,20 @@ class CoarseTrainConfig:
     weight_decay: float = 2e-4
     seed: int = 0
     augment: bool = True
+    balance: bool = False  # centre patches on each label value equally often
+    jitter: float = 0.0  # brightness/contrast jitter amount (see :func:`jitter`); 0 = off
+    schedule: str = "constant"  # or "cosine" (after ``warmup`` linear steps)
+    warmup: int = 0
+    eval_every: int = 0  # steps between ``validate`` calls (best weights kept); 0 = never
+    centre_stride: int = 1  # grid step of candidate patch centres (memory on many big tiles)
+
+
+@dataclass
+class CoarseTrainResult:
+    bundle: ModelBundle
+    history: list[dict] = field(default_factory=list)  # {"step", "loss", "val", "seconds"}
+    best_val: float | None = None
+    best_step: int | None = None
 
 
 def train_coarse(
@@ -199,51 +309,97 @@ def train_coarse(
     device: str | torch.device | None = None,
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    partial: Mapping[int, Sequence[int]] | None = None,
+    tile_weights: Sequence[float] | None = None,
+    stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+    validate: Callable[[ModelBundle], float] | None = None,
+    result: CoarseTrainResult | None = None,
 ) -> ModelBundle:
-    """Train the coarse CNN on (possibly imprecise) labels; images (C, H, W) in [0, 1]."""
+    """Train the coarse CNN on (possibly imprecise) labels; images (C, H, W) in [0, 1] (or uint8).
+
+    ``partial`` maps extra label codes to the classes they allow (:func:`partial_label_loss`);
+    ``tile_weights`` share the batch between images (default: by labelled pixels); ``validate``
+    scores the model every ``cfg.eval_every`` steps and the best-scoring weights are returned
+    (history in ``result`` when given).
+    """
     if len(images) != len(labels) or not images:
         raise ValueError("give one label raster per image (and at least one image)")
+    allowed = allowed_table(len(classes), partial)
     for im, lab in zip(images, labels, strict=True):
         if im.shape[1:] != lab.shape:
             raise ValueError(f"image {im.shape[1:]} and labels {lab.shape} differ in size")
-        check_labels(lab, len(classes))
+        if not partial:
+            check_labels(lab, len(classes))
+            continue
+        if not (lab != IGNORE).any():
+            check_labels(lab, len(classes))
+        present = np.unique(lab[lab != IGNORE])
+        bad = [int(v) for v in present if not allowed[int(v)].any()]
+        if bad:
+            raise ValueError(f"labels contain value(s) {bad[:8]} that are neither a class index nor a partial code")
     dev = pick_device(device)
     torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
     net = CoarseCNN(CoarseConfig(num_classes=len(classes), in_channels=images[0].shape[0])).to(dev)
-    mean, std = image_stats(images)
+    mean, std = stats or image_stats([im.astype(np.float32) / 255 if im.dtype == np.uint8 else im for im in images])
     bundle = ModelBundle("coarse", net, classes, resolution, mean, std)
     samplers = [
-        PatchSampler([im], lab, cfg.output_size, cfg.context, seed=cfg.seed + i, augment=cfg.augment)
+        PatchSampler(
+            [im], lab, cfg.output_size, cfg.context, seed=cfg.seed + i, augment=cfg.augment,
+            balance=cfg.balance, stride=cfg.centre_stride,
+        )  # fmt: skip
         for i, (im, lab) in enumerate(zip(images, labels, strict=True))
     ]
-    weights = np.array([s.ys.size for s in samplers], float)
+    weights = np.array(tile_weights if tile_weights is not None else [s.ys.size for s in samplers], float)
     weights /= weights.sum()
     rng = np.random.default_rng(cfg.seed)
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     t0 = time.perf_counter()
     net.train()
     m, s = cfg.context, cfg.output_size
+    best, best_state = -math.inf, None
+    result = result if result is not None else CoarseTrainResult(bundle)
+    result.bundle = bundle
+    step = 0
     for step in range(1, cfg.steps + 1):
         if should_stop():
             break
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.schedule, cfg.warmup)
         counts = rng.multinomial(cfg.batch_size, weights)
         xs, ys = [], []
         for sampler, n in zip(samplers, counts, strict=True):
             if n:
                 (x,), y = sampler.sample(int(n))
-                xs.append(x)
+                xs.append(_as_float(x))
                 ys.append(y)
-        x = bundle.normalise(torch.from_numpy(np.concatenate(xs)).to(dev))
+        x = jitter(torch.cat(xs), cfg.jitter, gen)
+        x = bundle.normalise(x.to(dev))
         y = torch.from_numpy(np.concatenate(ys)).long().to(dev)
         scores = net(x)[..., m : m + s, m : m + s]
-        loss = segmentation_loss(scores, y)
+        loss = partial_label_loss(scores, y, allowed) if partial else segmentation_loss(scores, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if progress and (step % 10 == 0 or step == cfg.steps):
-            progress(Progress(step, cfg.steps, loss.item(), time.perf_counter() - t0))
+        report = Progress(step, cfg.steps, loss.item(), time.perf_counter() - t0)
+        if validate is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+            net.eval()
+            score = float(validate(bundle))
+            net.train()
+            result.history.append({"step": step, "loss": report.loss, "val": score, "seconds": report.seconds})
+            if score > best:
+                best, result.best_val, result.best_step = score, score, step
+                best_state = {n: t.detach().clone() for n, t in net.state_dict().items()}
+            report.best_val = best
+            report.message = f"validation {score:.3f} (best {best:.3f})"
+        if progress and (step % 10 == 0 or step == cfg.steps or report.message):
+            progress(report)
+    if best_state is not None:  # the checkpoint that did best on the validation tiles
+        net.load_state_dict(best_state)
     net.eval()
     bundle.info = {"trained_steps": step, "train_config": cfg.__dict__.copy()}
+    if result.best_step is not None:
+        bundle.info.update(best_step=result.best_step, best_val=result.best_val)
     return bundle
 
 
@@ -270,6 +426,11 @@ class RNNTrainConfig:
     patience: int = 0  # evaluations without improvement before stopping; 0 = never stop early
     max_seconds: float | None = None  # wall-clock budget
     checkpoint_every: int = 0  # steps; 0 = only at the end
+    #: L2 pull of the weights towards the starting model (``init``), "L2-SP": a patch's few
+    #: hundred labelled pixels then adjust the pretrained refiner instead of overwriting it
+    anchor: float = 0.0
+    jitter: float = 0.0  # brightness/contrast jitter of the image patches (see :func:`jitter`)
+    fresh_optimizer: bool = False  # ignore ``init``'s AdaGrad state (a new task, not a resume)
 
 
 @dataclass
@@ -326,6 +487,7 @@ def train_rnn(
     should_stop: Callable[[], bool] = lambda: False,
     checkpoint_dir: str | Path | None = None,
     val_labels: np.ndarray | None = None,
+    partial: Mapping[int, Sequence[int]] | None = None,
 ) -> RNNTrainResult:
     """Fine-tune the RNN on an accurately labelled tile.
 
@@ -342,7 +504,12 @@ def train_rnn(
             f"image {image.shape[1:]}, probabilities {probs.shape[1:]} and labels {labels.shape} "
             "must have the same size"
         )
-    check_labels(labels, k)
+    allowed = allowed_table(k, partial)
+    if partial:
+        if not (labels != IGNORE).any():
+            check_labels(labels, k)
+    else:
+        check_labels(labels, k)
     if val_labels is None:
         labels, val_labels = split_holdout(labels, cfg.holdout, seed=cfg.seed)
     dev = pick_device(device)
@@ -360,8 +527,10 @@ def train_rnn(
     halo = net.cfg.halo
     sampler = PatchSampler([image, probs], labels, cfg.patch_size, halo, seed=cfg.seed, augment=cfg.augment)
     opt = torch.optim.Adagrad(net.parameters(), lr=cfg.lr)
-    if init is not None and init.optimizer_state:
+    if init is not None and init.optimizer_state and not cfg.fresh_optimizer:
         _load_adagrad_state(opt, net, init.optimizer_state)
+    anchor = {n: t.detach().clone() for n, t in net.named_parameters()} if cfg.anchor > 0 else None
+    gen = torch.Generator().manual_seed(cfg.seed)
     amp = dev.type == "cuda"
     crop = _val_crop(val_labels, halo)
     if crop is not None:
@@ -374,7 +543,14 @@ def train_rnn(
         # wait): several times faster than the training graph on a CPU
         with torch.inference_mode():
             u = FusedRNN(net, compile=False)(bundle.normalise(v_img), v_probs, keep_all=False)[-1]
-        return evaluate(u[0].argmax(0).cpu().numpy().astype(np.uint8), v_lab, k)
+        pred = u[0].argmax(0).cpu().numpy().astype(np.uint8)
+        if not partial:
+            return evaluate(pred, v_lab, k)
+        exact = np.where(v_lab < k, v_lab, IGNORE).astype(np.uint8)
+        iou = evaluate(pred, exact, k).iou if (exact != IGNORE).any() else (float("nan"),) * k
+        used = v_lab != IGNORE
+        acc = float(allowed.numpy()[v_lab[used], pred[used]].mean()) if used.any() else float("nan")
+        return Scores(acc, iou, partial_mean_iou(pred, v_lab, allowed), int(used.sum()))
 
     result = RNNTrainResult(bundle)
     best_state, best, stale = None, -math.inf, 0
@@ -389,11 +565,13 @@ def train_rnn(
             step -= 1  # this step did not run
             break
         (x, p), y = sampler.sample(cfg.batch_size)
-        x = bundle.normalise(torch.from_numpy(x).to(dev))
-        p, y = torch.from_numpy(p).to(dev), torch.from_numpy(y).long().to(dev)
+        x = bundle.normalise(jitter(_as_float(x), cfg.jitter, gen).to(dev))
+        p, y = _as_float(p).to(dev), torch.from_numpy(y).long().to(dev)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
             u = net(x, p)[-1][..., halo : halo + cfg.patch_size, halo : halo + cfg.patch_size]
-            loss = segmentation_loss(u, y)
+            loss = partial_label_loss(u, y, allowed) if partial else segmentation_loss(u, y)
+        if anchor is not None:
+            loss = loss + cfg.anchor * sum(((q - anchor[n]) ** 2).sum() for n, q in net.named_parameters())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -442,4 +620,129 @@ def train_rnn(
     bundle.optimizer_state = _adagrad_state(opt, net)
     if checkpoint_dir:
         save_model(bundle, checkpoint_dir)
+    return result
+
+
+#: Fine-tuning from the pretrained RNN on a painted patch: few steps, a smaller learning rate
+#: than from scratch, the weights pulled towards the pretrained ones, augmentation, and the
+#: weights that did best on held-out painted blocks (see docs/results.md for the measurements).
+FINETUNE_DEFAULTS = RNNTrainConfig(
+    steps=300, lr=0.003, holdout=0.25, eval_every=25, eval_seconds=None, patience=6, anchor=1e-3,
+    jitter=0.2, fresh_optimizer=True,
+)  # fmt: skip
+
+
+def finetune_from_pretrained(
+    image: np.ndarray,
+    probs: np.ndarray,
+    labels: np.ndarray,
+    init: ModelBundle,
+    cfg: RNNTrainConfig = FINETUNE_DEFAULTS,
+    *,
+    partial: Mapping[int, Sequence[int]] | None = None,
+    device: str | torch.device | None = None,
+    progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    checkpoint_dir: str | Path | None = None,
+) -> RNNTrainResult:
+    """Adapt a pretrained RNN (e.g. ``assets/pretrained/rnn_1m``) to a painted patch.
+
+    The default fine-tune of the app and of ``finetune --init``: the patch (``labels``, 255
+    elsewhere) is small, so training starts from the pretrained refiner, a copy of ``init``
+    (the loaded model is left untouched) is trained with :data:`FINETUNE_DEFAULTS` and the
+    weights that did best on held-out painted blocks are returned. ``image``, ``probs`` and
+    ``labels`` are on ``init``'s working grid.
+    """
+    import copy
+
+    if init.kind != "rnn":
+        raise ValueError("fine-tuning starts from an RNN model (e.g. assets/pretrained/rnn_1m)")
+    start = copy.deepcopy(init)
+    start.net.train()
+    return train_rnn(
+        image, probs, labels, init.classes, cfg, init=start, resolution=init.resolution, device=device,
+        progress=progress, should_stop=should_stop, checkpoint_dir=checkpoint_dir, partial=partial,
+    )  # fmt: skip
+
+
+def train_rnn_tiles(
+    images: list[np.ndarray],
+    probs: list[np.ndarray],
+    labels: list[np.ndarray],
+    classes: ClassSpec,
+    cfg: RNNTrainConfig = RNNTrainConfig(),
+    *,
+    partial: Mapping[int, Sequence[int]] | None = None,
+    tile_weights: Sequence[float] | None = None,
+    resolution: float | None = None,
+    stats: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+    validate: Callable[[ModelBundle], float] | None = None,
+    progress: ProgressFn | None = None,
+    balance: bool = True,
+    centre_stride: int = 1,
+) -> RNNTrainResult:
+    """Pretrain the RNN over many tiles on a coarse model's outputs (the fine-tunes' start).
+
+    Like :func:`train_rnn` with patches drawn from every tile (``tile_weights`` share the batch),
+    partial labels, class-balanced centres, and the best weights by ``validate`` every
+    ``cfg.eval_every`` steps.
+    """
+    k = len(classes)
+    allowed = allowed_table(k, partial)
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    arch = RNNConfig(num_classes=k, in_channels=images[0].shape[0])
+    mean, std = stats or image_stats([im.astype(np.float32) / 255 if im.dtype == np.uint8 else im for im in images])
+    bundle = ModelBundle("rnn", RefinerRNN(arch), classes, resolution, mean, std)
+    net: RefinerRNN = bundle.net  # type: ignore[assignment]
+    halo = net.cfg.halo
+    samplers = [
+        PatchSampler([im, pr], lab, cfg.patch_size, halo, seed=cfg.seed + i, augment=cfg.augment,
+                     balance=balance, stride=centre_stride)  # fmt: skip
+        for i, (im, pr, lab) in enumerate(zip(images, probs, labels, strict=True))
+    ]
+    weights = np.array(tile_weights if tile_weights is not None else [s.ys.size for s in samplers], float)
+    weights /= weights.sum()
+    rng = np.random.default_rng(cfg.seed)
+    opt = torch.optim.Adagrad(net.parameters(), lr=cfg.lr)
+    result = RNNTrainResult(bundle)
+    best, best_state, best_step = -math.inf, None, 0
+    t0 = time.perf_counter()
+    net.train()
+    step = 0
+    for step in range(1, cfg.steps + 1):
+        counts = rng.multinomial(cfg.batch_size, weights)
+        xs, ps, ys = [], [], []
+        for sampler, n in zip(samplers, counts, strict=True):
+            if n:
+                (x, p), y = sampler.sample(int(n))
+                xs.append(_as_float(x))
+                ps.append(_as_float(p))
+                ys.append(torch.from_numpy(y))
+        x = bundle.normalise(jitter(torch.cat(xs), cfg.jitter, gen))
+        u = net(x, torch.cat(ps))[-1][..., halo : halo + cfg.patch_size, halo : halo + cfg.patch_size]
+        loss = partial_label_loss(u, torch.cat(ys).long(), allowed)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        report = Progress(step, cfg.steps, loss.item(), time.perf_counter() - t0)
+        if validate is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+            net.eval()
+            score = float(validate(bundle))
+            net.train()
+            if score > best:
+                best, best_step = score, step
+                best_state = {n: t.detach().clone() for n, t in net.state_dict().items()}
+            report.best_val = best
+            report.message = f"validation {score:.3f} (best {best:.3f})"
+        result.history.append(report)
+        if progress and (step % 10 == 0 or step == cfg.steps or report.message):
+            progress(report)
+    if best_state is not None:
+        net.load_state_dict(best_state)
+        result.best_val = best
+    net.eval()
+    bundle.info = {"trained_steps": step, "train_config": cfg.__dict__.copy(), "best_step": best_step,
+                   "best_val": result.best_val}  # fmt: skip
+    bundle.optimizer_state = _adagrad_state(opt, net)
     return result

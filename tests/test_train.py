@@ -126,3 +126,183 @@ def test_restrict_to_window_keeps_only_the_window():
     assert (out[1:3, 2:5] == labels[1:3, 2:5]).all() and (out != IGNORE).sum() == 6
     with pytest.raises(ValueError, match="does not fit"):
         restrict_to_window(labels, (4, 0, 2, 2))
+
+
+# --------------------------------------------------------------------------- partial labels, sampling, schedule
+
+from refiner.models.coarse import CoarseCNN, CoarseConfig  # noqa: E402
+from refiner.train import (  # noqa: E402
+    NOT_BUILDING,
+    NOT_ROAD,
+    CoarseTrainConfig,
+    CoarseTrainResult,
+    allowed_table,
+    finetune_from_pretrained,
+    jitter,
+    lr_at,
+    partial_label_loss,
+    partial_mean_iou,
+    train_coarse,
+)
+
+PARTIAL = {NOT_ROAD: (0, 1), NOT_BUILDING: (0, 2)}  # classes background, building, road
+
+
+def test_partial_label_loss_exact_values_on_a_toy_example():
+    # pixel 1: p = (0.5, 0.25, 0.25), "not road" -> -log(0.75); pixel 2: same p, road -> -log(0.25)
+    # pixel 3: unlabelled, left out of the mean
+    logits = torch.log(torch.tensor([0.5, 0.25, 0.25]))[None, :, None, None].expand(1, 3, 1, 3).clone()
+    labels = torch.tensor([[[NOT_ROAD, 2, IGNORE]]])
+    loss = partial_label_loss(logits, labels, allowed_table(3, PARTIAL))
+    assert loss.item() == pytest.approx((-np.log(0.75) - np.log(0.25)) / 2, rel=1e-6)
+    # "not building" on p = (0.1, 0.7, 0.2): -log(0.3)
+    logits = torch.log(torch.tensor([0.1, 0.7, 0.2]))[None, :, None, None].clone()
+    loss = partial_label_loss(logits, torch.tensor([[[NOT_BUILDING]]]), allowed_table(3, PARTIAL))
+    assert loss.item() == pytest.approx(-np.log(0.3), rel=1e-6)
+
+
+def test_partial_label_loss_is_cross_entropy_on_full_labels_and_ignores_unlabelled():
+    torch.manual_seed(0)
+    scores = torch.randn(2, 3, 5, 5, requires_grad=True)
+    labels = torch.randint(0, 3, (2, 5, 5))
+    labels[0, :2] = IGNORE
+    loss = partial_label_loss(scores, labels, allowed_table(3, PARTIAL))
+    assert loss.item() == pytest.approx(segmentation_loss(scores, labels).item(), rel=1e-6)
+    loss.backward()
+    assert (scores.grad.abs().sum(1)[labels == IGNORE] == 0).all()
+
+
+def test_not_road_pixels_do_not_push_building_against_background():
+    """On a road-only tile, moving mass between background and building changes nothing."""
+    a = torch.log(torch.tensor([0.6, 0.2, 0.2]))[None, :, None, None]
+    b = torch.log(torch.tensor([0.2, 0.6, 0.2]))[None, :, None, None]
+    lab, table = torch.tensor([[[NOT_ROAD]]]), allowed_table(3, PARTIAL)
+    assert partial_label_loss(a, lab, table).item() == pytest.approx(partial_label_loss(b, lab, table).item())
+
+
+def test_allowed_table_rejects_codes_that_collide_with_classes_or_ignore():
+    with pytest.raises(ValueError, match="partial-label code"):
+        allowed_table(3, {2: (0, 1)})
+    with pytest.raises(ValueError, match="partial-label code"):
+        allowed_table(3, {255: (0, 1)})
+
+
+def test_partial_mean_iou_counts_not_road_as_right_for_background_and_building():
+    labels = np.array([[NOT_ROAD, NOT_ROAD, 2, 2]], np.uint8)
+    pred = np.array([[1, 0, 2, 0]], np.uint8)
+    # "not road": pred in {0, 1} at 3 pixels, 2 of them labelled not-road -> 2/3; road: 1/2
+    assert partial_mean_iou(pred, labels, allowed_table(3, PARTIAL)) == pytest.approx((2 / 3 + 1 / 2) / 2)
+
+
+def test_balanced_sampler_centres_half_the_patches_on_a_rare_class():
+    labels = np.zeros((200, 200), np.uint8)
+    labels[100:102, :] = 1  # 1 % of the pixels
+    image = np.zeros((3, 200, 200), np.uint8)
+    centre_hits = []
+    for balance in (False, True):
+        s = PatchSampler([image], labels, 1, 0, seed=0, augment=False, balance=balance)
+        _, lab = s.sample(2000)
+        centre_hits.append(lab.mean())
+    assert centre_hits[0] < 0.05
+    assert 0.4 < centre_hits[1] < 0.6
+
+
+def test_sampler_keeps_uint8_images_and_a_centre_stride():
+    labels = np.zeros((64, 64), np.uint8)
+    s = PatchSampler([np.zeros((3, 64, 64), np.uint8)], labels, 16, 4, stride=4)
+    assert s.ys.size == 16 * 16 and (s.ys % 4 == 0).all()
+    (x,), _ = s.sample(3)
+    assert x.dtype == np.uint8 and x.shape == (3, 3, 24, 24)
+
+
+def test_jitter_changes_brightness_and_contrast_within_range():
+    x = torch.rand(64, 3, 8, 8)
+    assert torch.equal(jitter(x, 0.0), x)
+    y = jitter(x, 0.4, torch.Generator().manual_seed(0))
+    assert y.min() >= 0 and y.max() <= 1
+    means = (y - x).mean(dim=(1, 2, 3)).abs()
+    assert means.max() > 0.02  # brightness moved
+    ratio = y.std(dim=(1, 2, 3)) / x.std(dim=(1, 2, 3))
+    assert ratio.min() < 0.9 and ratio.max() > 1.1  # contrast moved both ways
+
+
+def test_lr_schedule_warms_up_then_decays_to_one_percent():
+    assert lr_at(5, 100, 0.1, "cosine", warmup=10) == pytest.approx(0.05)
+    assert lr_at(10, 100, 0.1, "cosine", warmup=10) == pytest.approx(0.1)
+    assert lr_at(100, 100, 0.1, "cosine", warmup=10) == pytest.approx(0.001)
+    assert lr_at(55, 100, 0.1, "cosine", warmup=10) == pytest.approx(0.1 * (0.01 + 0.99 * 0.5))
+    assert lr_at(50, 100, 0.1) == 0.1
+    with pytest.raises(ValueError, match="schedule"):
+        lr_at(50, 100, 0.1, "step")
+
+
+def _toy_partial_tiles():
+    rng = np.random.default_rng(0)
+    img = rng.random((3, 48, 48)).astype(np.float32)
+    road = np.full((48, 48), NOT_ROAD, np.uint8)
+    road[20:26] = 2
+    building = np.full((48, 48), NOT_BUILDING, np.uint8)
+    building[5:15, 5:15] = 1
+    return [img, img.copy()], [road, building]
+
+
+def test_train_coarse_returns_the_checkpoint_that_validated_best():
+    from refiner.classes import ClassSpec
+
+    images, labels = _toy_partial_tiles()
+    classes = ClassSpec(("background", "building", "road"))
+    snaps, scores = [], iter([0.1, 0.9, 0.2])
+
+    def validate(bundle):
+        snaps.append({k: v.clone() for k, v in bundle.net.state_dict().items()})
+        return next(scores)
+
+    cfg = CoarseTrainConfig(steps=6, batch_size=2, output_size=16, context=8, eval_every=2, balance=True,
+                            jitter=0.2, schedule="cosine", warmup=1)  # fmt: skip
+    res = CoarseTrainResult(None)
+    bundle = train_coarse(images, labels, classes, cfg, partial=PARTIAL, validate=validate, result=res)
+    assert res.best_step == 4 and res.best_val == 0.9 and len(res.history) == 3
+    for k, v in bundle.net.state_dict().items():
+        assert torch.equal(v, snaps[1][k])
+    assert not torch.equal(snaps[1]["features.0.weight"], snaps[2]["features.0.weight"])
+
+
+def test_train_coarse_rejects_unknown_label_codes():
+    from refiner.classes import ClassSpec
+
+    images, labels = _toy_partial_tiles()
+    labels[0][0, 0] = 77
+    with pytest.raises(ValueError, match="77"):
+        train_coarse(images, labels, ClassSpec(("background", "building", "road")),
+                     CoarseTrainConfig(steps=1, batch_size=2, output_size=16, context=8), partial=PARTIAL)  # fmt: skip
+
+
+def test_finetune_from_pretrained_leaves_the_start_model_and_the_anchor_holds_weights():
+    from dataclasses import replace
+
+    from refiner.classes import ClassSpec
+    from refiner.models.io import ModelBundle
+    from refiner.models.rnn import RefinerRNN, RNNConfig
+    from refiner.train import FINETUNE_DEFAULTS
+
+    torch.manual_seed(0)
+    classes = ClassSpec(("background", "road"))
+    init = ModelBundle("rnn", RefinerRNN(RNNConfig(2, iterations=2)).eval(), classes, resolution=1.0)
+    before = {k: v.clone() for k, v in init.net.state_dict().items()}
+    rng = np.random.default_rng(0)
+    image = rng.random((3, 64, 64)).astype(np.float32)
+    truth = np.zeros((64, 64), np.uint8)
+    truth[30:36] = 1
+    probs = coarse_probs_from_labels(truth, 2, sigma=3.0)
+    drift = {}
+    for anchor in (0.0, 10.0):
+        cfg = replace(FINETUNE_DEFAULTS, steps=15, patience=0, eval_every=5, anchor=anchor, lr=0.05)
+        res = finetune_from_pretrained(image, probs, truth, init, cfg)
+        assert res.bundle is not init
+        w = res.bundle.net.state_dict()
+        drift[anchor] = sum(float((w[k] - before[k]).pow(2).sum()) for k in before)
+    for k, v in init.net.state_dict().items():
+        assert torch.equal(v, before[k])
+    assert drift[10.0] < drift[0.0] * 0.5, drift
+    with pytest.raises(ValueError, match="RNN"):
+        finetune_from_pretrained(image, probs, truth, ModelBundle("coarse", CoarseCNN(CoarseConfig(2)), classes))
