@@ -60,3 +60,4 @@ bench: $(STAMP)
 	PYTHONPATH=. $(PY) benchmarks/large_scene.py --sizes 1000 5000 10000 20000 --json benchmarks/results/large_scene_quiet.json
 	PYTHONPATH=. $(PY) benchmarks/large_scene.py --sizes 2000 10000 --pixel 0.5 --json benchmarks/results/large_scene_resampled.json
 	PYTHONPATH=. $(PY) benchmarks/gpu_throughput.py --json benchmarks/results/gpu.json
+	PYTHONPATH=. $(PY) benchmarks/label_hints.py --json benchmarks/results/label_hints.json
