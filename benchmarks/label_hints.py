@@ -1,0 +1,132 @@
+"""Where-to-label hints against random boxes: a simulated labeller on real tiles.
+
+    nice -n 10 python benchmarks/label_hints.py [--tiles 01 05 07] [--seeds 0 1] [--json out.json]
+
+Per tile and seed: a ``--crop`` px crop of a real Massachusetts roads tile (1 m), with the
+road fraction 5-30 % (drawn at random), the
+stand-in coarse map the other benchmarks use (true roads moved by up to 3 px like OSM, averaged
+on a 4x coarser grid, blurred; ``benchmarks.common.stand_in_coarse``: no trained coarse CNN ships
+with the repository). The labeller starts with one random ``--box`` px box painted with the
+true labels, and an RNN is trained on it (``--steps0`` steps). Then two arms, same pixel budget:
+
+- **suggested**: the labeller paints the ``--boxes`` boxes :func:`refiner.hints.suggest_boxes`
+  proposes (need map from that RNN's probabilities, the coarse / CRF / RNN maps, the labels);
+- **random**: the same number of same-size random boxes under the same rules (not on painted
+  pixels, not overlapping).
+
+Each arm fine-tunes the first RNN ``--steps1`` more steps on all its painted pixels (same seed,
+no hold-out), and is scored (mIoU, background and road) on the pixels painted by neither arm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from benchmarks.common import machine, roads_tile, stand_in_coarse  # noqa: E402
+from refiner import hints  # noqa: E402
+from refiner.classes import IGNORE, ClassSpec  # noqa: E402
+from refiner.crf import dense_crf  # noqa: E402
+from refiner.inference import refine  # noqa: E402
+from refiner.metrics import evaluate  # noqa: E402
+from refiner.raster import Tile  # noqa: E402
+from refiner.synthetic import degrade_labels  # noqa: E402
+from refiner.train import RNNTrainConfig, train_rnn  # noqa: E402
+
+CLASSES = ClassSpec.parse("background,road", "0,255")
+
+
+def paint(labels: np.ndarray, truth: np.ndarray, boxes) -> np.ndarray:
+    out = labels.copy()
+    for b in boxes:
+        out[b.slices] = truth[b.slices]
+    return out
+
+
+def train(image, probs, labels, steps, seed, init=None):
+    cfg = RNNTrainConfig(steps=steps, seed=seed, eval_seconds=None, eval_every=10**9)
+    none = np.full(labels.shape, IGNORE, np.uint8)  # no hold-out: every painted pixel trains
+    return train_rnn(image, probs, labels, CLASSES, cfg, init=init, val_labels=none).bundle
+
+
+def one(tile: str, seed: int, args) -> dict:
+    image, truth = roads_tile(tile)
+    probs = stand_in_coarse(degrade_labels(truth, shift=3, drop=0.0, seed=1), 2, sigma=4.0)
+    rng = np.random.default_rng(seed)
+    s = args.crop
+    for _ in range(200):  # a crop with some road in it (5-30 %), else there is nothing to refine
+        r0, c0 = (int(v) for v in rng.integers(0, 1500 - s, size=2))
+        if 0.05 <= truth[r0 : r0 + s, c0 : c0 + s].mean() <= 0.3:
+            break
+    img = np.ascontiguousarray(image[:, r0 : r0 + s, c0 : c0 + s])
+    prb = np.ascontiguousarray(probs[:, r0 : r0 + s, c0 : c0 + s])
+    tru = np.ascontiguousarray(truth[r0 : r0 + s, c0 : c0 + s])
+    t0 = time.perf_counter()
+    blank = np.full(tru.shape, IGNORE, np.uint8)
+    start = paint(blank, tru, hints.random_boxes(blank, 1, args.box, seed))
+    first = train(img, prb, start, args.steps0, seed)
+    tile_obj = Tile(image=img, valid=np.ones(tru.shape, bool))
+    refined = refine(first, tile_obj, prb).final
+    crf = dense_crf(img, prb)
+    maps = [prb.argmax(0), crf.argmax(0), refined.argmax(0)]
+    need = hints.need_map(refined, maps, start)
+    arms = {
+        "suggested": hints.suggest_boxes(need, start, args.boxes, args.box),
+        "random": hints.random_boxes(start, args.boxes, args.box, seed + 1000),
+    }
+    painted = {name: paint(start, tru, boxes) for name, boxes in arms.items()}
+    test = np.where(np.all([p == IGNORE for p in painted.values()], axis=0), tru, IGNORE).astype(np.uint8)
+    row = {"tile": tile, "seed": seed, "crop_at": [r0, c0], "test_pixels": int((test != IGNORE).sum())}
+    row["coarse_miou"] = evaluate(maps[0].astype(np.uint8), test, 2).mean_iou
+    row["first_rnn_miou"] = evaluate(maps[2].astype(np.uint8), test, 2).mean_iou
+    for name, labels in painted.items():
+        bundle = train(img, prb, labels, args.steps1, seed, init=copy.deepcopy(first))
+        pred = refine(bundle, tile_obj, prb).final.argmax(0).astype(np.uint8)
+        sc = evaluate(pred, test, 2)
+        row[f"{name}_miou"] = sc.mean_iou
+        row[f"{name}_road_iou"] = float(sc.iou[1])
+        row[f"{name}_road_pixels_painted"] = int(((labels == 1) & (start == IGNORE)).sum())
+    row["seconds"] = round(time.perf_counter() - t0, 1)
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tiles", nargs="+", default=["01", "05", "07"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    ap.add_argument("--crop", type=int, default=384)
+    ap.add_argument("--box", type=int, default=32)
+    ap.add_argument("--boxes", type=int, default=6)
+    ap.add_argument("--steps0", type=int, default=150)
+    ap.add_argument("--steps1", type=int, default=300)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    rows = [one(t, s, args) for t in args.tiles for s in args.seeds]
+    gain = [r["suggested_miou"] - r["random_miou"] for r in rows]
+    summary = {
+        "machine": machine(),
+        "args": {k: v for k, v in vars(args).items() if k != "json"},
+        "mean_suggested_miou": float(np.mean([r["suggested_miou"] for r in rows])),
+        "mean_random_miou": float(np.mean([r["random_miou"] for r in rows])),
+        "mean_gain": float(np.mean(gain)),
+        "gain_min_max": [float(min(gain)), float(max(gain))],
+        "runs": rows,
+    }
+    print(json.dumps({k: v for k, v in summary.items() if k != "runs"}, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
