@@ -341,3 +341,28 @@ def test_train_coarse_from_geojson_vector_labels(demo, tmp_path, capsys):
         == 2
     )
     assert "give one per image" in capsys.readouterr().err
+
+
+def test_training_prints_progress_lines_when_stderr_is_a_log_file(demo, tmp_path, capsys):
+    """Not a terminal (pytest captures stderr): one line every 5 %, not a silent tqdm bar."""
+    args = ["train-coarse", "--images", str(demo / "coarse.tif"), "--labels", str(demo / "coarse_osm.tif"),
+            "--classes", "background,building,road", "--values", "0,1,2", "--out", str(tmp_path / "m"),
+            "--steps", "40", "--batch-size", "2"]  # fmt: skip
+    assert main(args) == 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("train coarse CNN: ")]
+    # the coarse loop reports every 10 steps: 10, 20, 30, 40 of 40 -> 25 %, 50 %, 75 %, 100 %
+    assert [ln.split()[3] for ln in lines] == ["10/40", "20/40", "30/40", "40/40"]
+
+
+def test_log_lines_report_every_few_percent():
+    import io
+
+    from refiner.cli import _log_lines
+
+    out = io.StringIO()
+    tick = _log_lines("job", 1000, every=5.0, stream=out)
+    for n in range(1, 1001):
+        tick(n)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 21  # 0.1 %, then 5 %, 10 %, ..., 100 %
+    assert lines[-1].startswith("job: 1000/1000 (100 %)")
