@@ -59,7 +59,9 @@ with main:
         with common.guard("finding where to label next"), st.spinner("Finding where labels would help most..."):
             need, hint_source = results.label_need(ws, labels)
             boxes = hints.suggest_boxes(need, labels, n=5, size=max(16, min(64, min(tile.shape) // 8)))
-        background = hints.draw_boxes(viz.blend(background, viz.heat_rgba(need), 0.55), boxes)
+        background = hints.draw_boxes(
+            viz.blend(background, viz.heat_rgba(need, 0.0, max(float(need.max()), 1e-6)), 0.6), boxes
+        )
     background = background[view.slices]
     ch, cw = view.canvas_size
     bg = common.to_png(background).resize((cw, ch), resample=0)  # nearest: crisp pixels when zoomed

@@ -268,11 +268,7 @@ def preset_terms(name: str, kernel_size: int = 5) -> list[tuple[str, str, np.nda
         return [(r"\Delta u", "M_0 (Laplacian)", laplacian_kernel(kernel_size))]
     names = ("east", "west", "south", "north")
     terms = [
-        (
-            rf"\nabla_{{{n[0].upper()}}} u = u(x+{d}) - u(x)",
-            f"M_{i} ({n} difference)",
-            difference_kernel(d, kernel_size),
-        )
+        (rf"\nabla_{{{n[0].upper()}}} u", f"M_{i} ({n} difference)", difference_kernel(d, kernel_size))
         for i, (n, d) in enumerate(zip(names, DIRECTIONS, strict=True))
     ]
     if name == "image_guided":
