@@ -17,7 +17,7 @@ import torch
 from refiner.models.coarse import COARSE_HALO
 from refiner.models.fused import fused
 from refiner.models.io import ModelBundle
-from refiner.raster import Tile, probs_to_grid, to_working, to_working_resolution
+from refiner.raster import Tile, grid_of, probs_to_grid, to_working, to_working_resolution
 from refiner.tiling import run_windowed
 from refiner.train import pick_device
 
@@ -54,7 +54,7 @@ def predict_coarse(
         fn, [work.image], len(bundle.classes), size=window, halo=COARSE_HALO, align=net.cfg.stride, progress=progress
     )
     if work is not tile:
-        probs = probs_to_grid(probs, work.georef, tile.georef, tile.shape)
+        probs = probs_to_grid(probs, work.georef, grid_of(tile), tile.shape)
     return probs
 
 
@@ -108,5 +108,5 @@ def refine(
         del image, probs_t
         maps = [torch.softmax(u.float(), 1)[0].cpu().numpy() for u in us]
     if work is not tile:
-        maps = [probs_to_grid(m, work.georef, tile.georef, tile.shape) for m in maps]
+        maps = [probs_to_grid(m, work.georef, grid_of(tile), tile.shape) for m in maps]
     return Refinement(maps)

@@ -67,6 +67,8 @@ class Tile:
     source: str = ""
     dtype: str = "uint8"  # the source's data type, for display
     band_count: int = 3  # bands in the source file (before picking the RGB ones)
+    #: Metres per pixel a user stated for a picture without georeferencing (PNG, JPEG, plain TIFF).
+    pixel_size: float | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -74,10 +76,27 @@ class Tile:
 
     @property
     def resolution(self) -> float | None:
-        """Metres per pixel when georeferenced in a projected CRS, else None."""
-        if self.georef is None or not self.georef.crs.is_projected:
+        """Metres per pixel when georeferenced in a projected CRS (or stated, see ``pixel_size``), else None."""
+        if self.georef is None:
+            return self.pixel_size
+        if not self.georef.crs.is_projected:
             return None
         return self.georef.resolution
+
+
+#: Stand-in CRS for resampling a picture with a stated pixel size: any projected CRS will do, as
+#: source and target grids share it (nothing with this CRS is ever written to a file).
+_PIXEL_CRS = CRS.from_epsg(3857)
+
+
+def grid_of(tile: Tile) -> Georef | None:
+    """The tile's georeferencing, or for a picture with a stated ``pixel_size`` a local pixel grid
+    of that size (so it resamples like a georeferenced tile); None otherwise."""
+    if tile.georef is not None:
+        return tile.georef
+    if tile.pixel_size:
+        return Georef(_PIXEL_CRS, Affine(tile.pixel_size, 0, 0, 0, -tile.pixel_size, 0))
+    return None
 
 
 class RasterError(ValueError):
@@ -461,20 +480,23 @@ def resolution_differs(res: float | None, resolution: float | None, tolerance: f
 
 
 def needs_resampling(tile: Tile, resolution: float | None) -> bool:
-    """True when the tile is georeferenced at a resolution other than the networks' one."""
+    """True when the tile is georeferenced (or has a stated pixel size) at a resolution other
+    than the networks' one."""
     return resolution_differs(tile.resolution, resolution)
 
 
 def to_working_resolution(tile: Tile, resolution: float | None) -> Tile:
     """The tile resampled to the networks' resolution (area average when downsampling).
 
-    Non-georeferenced tiles are taken to be at the working resolution already.
+    Non-georeferenced tiles without a stated ``pixel_size`` are taken to be at the working
+    resolution already.
     """
     if not needs_resampling(tile, resolution):
         return tile
-    assert tile.georef is not None and resolution is not None
-    dst, shape = working_grid(tile.georef, tile.shape, resolution)
-    return resample_tile(tile, dst, shape)
+    src = grid_of(tile)
+    assert src is not None and resolution is not None
+    dst, shape = working_grid(src, tile.shape, resolution)
+    return resample_tile(replace(tile, georef=src), dst, shape)
 
 
 def resample_tile(tile: Tile, dst: Georef, shape: tuple[int, int]) -> Tile:
@@ -504,11 +526,12 @@ def to_working(
     work = to_working_resolution(tile, resolution)
     if work is tile:
         return Working(tile, probs, list(labels))
-    assert tile.georef is not None and work.georef is not None
+    src = grid_of(tile)
+    assert src is not None and work.georef is not None
     return Working(
         work,
-        None if probs is None else resample(probs, tile.georef, work.shape, work.georef),
-        [labels_to_grid(lab, tile.georef, work.georef, work.shape) for lab in labels],
+        None if probs is None else resample(probs, src, work.shape, work.georef),
+        [labels_to_grid(lab, src, work.georef, work.shape) for lab in labels],
     )
 
 

@@ -163,6 +163,14 @@ def _short(exc: BaseException) -> str:
     return str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
 
 
+def check_pixel_size(metres: float) -> float:
+    """A stated ground resolution in metres per pixel, checked (0.05 m to 100 m)."""
+    metres = float(metres)
+    if not 0.05 <= metres <= 100:
+        raise ValueError(f"a ground resolution of {metres:g} m/px is out of range: give 0.05 to 100 metres per pixel")
+    return metres
+
+
 def tile_from_upload(data: bytes, name: str) -> Tile:
     """Check and read an uploaded image (GeoTIFF, PNG, JPEG)."""
     if not name.lower().endswith(IMAGE_SUFFIXES):
@@ -221,6 +229,7 @@ class Workspace:
             "dtype": tile.dtype,
             "crs": tile.georef.crs.to_string() if tile.georef else None,
             "resolution": tile.resolution,
+            "resolution_stated": tile.georef is None and tile.pixel_size is not None,
         }
         ws.save_settings(
             {
@@ -274,7 +283,20 @@ class Workspace:
         tile.dtype = src.get("dtype", tile.dtype)
         tile.band_count = src.get("bands", tile.band_count)
         tile.source = src.get("name", self.name)
+        if tile.georef is None and src.get("resolution"):
+            tile.pixel_size = float(src["resolution"])  # stated by the user (see set_pixel_size)
         return tile
+
+    def set_pixel_size(self, metres: float) -> None:
+        """State the ground resolution of a tile without georeferencing; networks resample it to
+        their own resolution with it. Refused for georeferenced tiles (their files say it)."""
+        if self.georef is not None:
+            raise ValueError("this tile is georeferenced: its ground resolution comes from the file")
+        metres = check_pixel_size(metres)
+        src = dict(self.settings.get("source", {}))
+        src.update(resolution=metres, resolution_stated=True)
+        self.update_settings(source=src)
+        self.clear_results()
 
     @property
     def shape(self) -> tuple[int, int]:

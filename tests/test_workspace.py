@@ -120,3 +120,19 @@ def test_results_cache_is_keyed_by_inputs(ws):
     ws.save_result("r", "v1", a=np.arange(3))
     assert np.array_equal(ws.load_result("r", "v1")["a"], np.arange(3))
     assert ws.load_result("r", "v2") is None
+
+
+def test_a_picture_keeps_its_stated_ground_resolution(tmp_path):
+    """A PNG has no georeferencing: the resolution the user states is stored and read back."""
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(buf, format="PNG")
+    tile = tile_from_upload(buf.getvalue(), "photo.png")
+    assert tile.georef is None and tile.resolution is None
+    tile.pixel_size = 0.5
+    ws = Workspace.create(tmp_path, "pic", tile, DEMO_CLASSES)
+    assert ws.settings["source"]["resolution"] == 0.5 and ws.settings["source"]["resolution_stated"]
+    assert ws.tile().resolution == 0.5 and ws.georef is None  # nothing fake written to the file
+    ws.set_pixel_size(2.0)
+    assert ws.tile().pixel_size == 2.0
+    with pytest.raises(ValueError, match="out of range"):
+        ws.set_pixel_size(0)
