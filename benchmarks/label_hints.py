@@ -7,7 +7,8 @@ road fraction 5-30 % (drawn at random), the
 stand-in coarse map the other benchmarks use (true roads moved by up to 3 px like OSM, averaged
 on a 4x coarser grid, blurred; ``benchmarks.common.stand_in_coarse``: no trained coarse CNN ships
 with the repository). The labeller starts with one random ``--box`` px box painted with the
-true labels, and an RNN is trained on it (``--steps0`` steps). Then two arms, same pixel budget:
+true labels (with ``--start-road f``: one with at least a fraction f of road), and an RNN is
+trained on it (``--steps0`` steps). Then two arms, same pixel budget:
 
 - **suggested**: the labeller paints the ``--boxes`` boxes :func:`refiner.hints.suggest_boxes`
   proposes (need map from that RNN's probabilities, the coarse / CRF / RNN maps, the labels);
@@ -72,7 +73,11 @@ def one(tile: str, seed: int, args) -> dict:
     tru = np.ascontiguousarray(truth[r0 : r0 + s, c0 : c0 + s])
     t0 = time.perf_counter()
     blank = np.full(tru.shape, IGNORE, np.uint8)
-    start = paint(blank, tru, hints.random_boxes(blank, 1, args.box, seed))
+    for k in range(200):  # --start-road: the first box shows some road, as a labeller would paint
+        first_box = hints.random_boxes(blank, 1, args.box, seed + 7919 * k)
+        if tru[first_box[0].slices].mean() >= args.start_road:
+            break
+    start = paint(blank, tru, first_box)
     first = train(img, prb, start, args.steps0, seed)
     tile_obj = Tile(image=img, valid=np.ones(tru.shape, bool))
     refined = refine(first, tile_obj, prb).final
@@ -109,6 +114,7 @@ def main() -> None:
     ap.add_argument("--boxes", type=int, default=6)
     ap.add_argument("--steps0", type=int, default=150)
     ap.add_argument("--steps1", type=int, default=300)
+    ap.add_argument("--start-road", type=float, default=0.0, help="least road fraction of the first box")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(1)

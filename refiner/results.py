@@ -89,8 +89,9 @@ def label_need(ws: Workspace, labels: np.ndarray | None = None) -> tuple[np.ndar
     maps = [coarse.argmax(0), crf_probs(ws, crf_params(ws)).argmax(0)]
     if refined is not None:
         maps.append(refined.argmax(0))
-    u = hints.uncertainty(refined if refined is not None else coarse, maps)
-    ws.save_result("hints", stamp, uncertainty=u.astype(np.float16))
+    u = hints.uncertainty(refined if refined is not None else coarse, maps).astype(np.float16)
+    ws.save_result("hints", stamp, uncertainty=u)  # float16: the same map fresh or from the cache
+    u = u.astype(np.float32)
     return hints.need_map_from(u, labels), what
 
 

@@ -80,3 +80,27 @@ def test_label_page_shows_where_to_label_next(app_ws):
     assert np.all(need[app_ws.labels() != 255] == 0)
     captions = " ".join(c.value for c in at.caption)
     assert "Suggested boxes" in captions and "rows" in captions
+
+
+def test_the_hint_map_follows_each_training_run(app_ws):
+    import os
+
+    import torch
+
+    from refiner.models.io import ModelBundle, save_model
+    from refiner.models.rnn import RefinerRNN, RNNConfig
+
+    before, what = results.label_need(app_ws)
+    assert "RNN" in what
+    assert np.array_equal(results.label_need(app_ws)[0], before)  # cached: same map again
+    torch.manual_seed(7)  # "a training run": another RNN written over the old one
+    net = RefinerRNN(RNNConfig(num_classes=3, iterations=3))
+    with torch.no_grad():
+        net.blocks[0].output.bias.fill_(3.0)  # pushes every class up alike: changes the entropy
+        net.blocks[0].output.weight.mul_(20)
+    save_model(ModelBundle("rnn", net, app_ws.classes, 1.0), app_ws.model_dir("rnn"))
+    st = (app_ws.model_dir("rnn") / "model.safetensors").stat()
+    os.utime(app_ws.model_dir("rnn") / "model.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    after, _ = results.label_need(app_ws)
+    assert not np.allclose(after, before)
+    assert np.all(after[app_ws.labels() != 255] == 0)
