@@ -85,7 +85,7 @@ def one(tile: str, seed: int, args) -> dict:
     maps = [prb.argmax(0), crf.argmax(0), refined.argmax(0)]
     need = hints.need_map(refined, maps, start)
     arms = {
-        "suggested": hints.suggest_boxes(need, start, args.boxes, args.box),
+        "suggested": hints.suggest_boxes(need, start, args.boxes, args.box, spread=args.spread),
         "random": hints.random_boxes(start, args.boxes, args.box, seed + 1000),
     }
     painted = {name: paint(start, tru, boxes) for name, boxes in arms.items()}
@@ -115,6 +115,7 @@ def main() -> None:
     ap.add_argument("--steps0", type=int, default=150)
     ap.add_argument("--steps1", type=int, default=300)
     ap.add_argument("--start-road", type=float, default=0.0, help="least road fraction of the first box")
+    ap.add_argument("--spread", type=float, default=hints.HintWeights.distance_scale, help="0: boxes may pile up")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(1)

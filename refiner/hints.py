@@ -128,22 +128,34 @@ def _free_windows(labels: np.ndarray, size: int, taken: Sequence[Box] = ()) -> n
     return ok
 
 
-def suggest_boxes(need: np.ndarray, labels: np.ndarray, n: int = 5, size: int = 32) -> list[Box]:
+def suggest_boxes(
+    need: np.ndarray, labels: np.ndarray, n: int = 5, size: int = 32, spread: float = HintWeights.distance_scale
+) -> list[Box]:
     """Up to ``n`` non-overlapping ``size`` x ``size`` boxes with the highest mean need, none on
-    painted pixels (fewer when the tile has no more room)."""
+    painted pixels (fewer when the tile has no more room).
+
+    With ``spread`` > 0, each chosen box counts as painted for the next choice (the need is
+    multiplied by :func:`novelty` of the boxes so far, scale ``spread``), so five boxes do not
+    pile up on one hot spot: neighbouring boxes would teach the same thing twice.
+    """
     h, w = need.shape
     if size < 1 or size > min(h, w):
         raise ValueError(f"a box of {size} px does not fit the {h}x{w} tile")
-    mean = _window_sums(need, size) / (size * size)
     ok = _free_windows(labels, size)
+    chosen = np.full(need.shape, IGNORE, np.uint8)
     boxes: list[Box] = []
+    current = need
     for _ in range(n):
         if not ok.any():
             break
+        mean = _window_sums(current, size) / (size * size)
         r, c = np.unravel_index(np.argmax(np.where(ok, mean, -np.inf)), mean.shape)
         box = Box(int(r), int(c), size, size, float(mean[r, c]))
         boxes.append(box)
         ok[max(0, r - size + 1) : r + size, max(0, c - size + 1) : c + size] = False
+        if spread > 0:
+            chosen[box.slices] = 0
+            current = need * novelty(chosen, spread)
     return boxes
 
 

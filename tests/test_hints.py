@@ -97,3 +97,14 @@ def test_draw_boxes_outlines_only():
     rgb = np.zeros((20, 20, 3), np.uint8)
     out = hints.draw_boxes(rgb, [hints.Box(2, 3, 10, 8, 0.0)], width=1)
     assert tuple(out[2, 5]) == (255, 0, 255) and tuple(out[6, 6]) == (0, 0, 0) and rgb.max() == 0
+
+
+def test_spread_sends_the_next_box_to_another_hot_spot():
+    need = np.zeros((64, 64), np.float32)
+    need[:16, :48] = 1.0  # a long hot strip: room for three boxes side by side
+    need[48:, 48:] = 0.8  # a second, slightly cooler spot
+    labels = np.full(need.shape, IGNORE, np.uint8)
+    piled = hints.suggest_boxes(need, labels, n=2, size=16, spread=0)
+    assert all(b.row == 0 for b in piled)
+    spread = hints.suggest_boxes(need, labels, n=2, size=16, spread=24)
+    assert spread[0].row == 0 and (spread[1].row, spread[1].col) == (48, 48)
