@@ -56,12 +56,16 @@ with main:
     background = viz.blend(viz.to_rgb(tile.image), viz.colorize(labels, classes), opacity)
     boxes, hint_source = [], ""
     if show_hints:
-        with common.guard("finding where to label next"), st.spinner("Finding where labels would help most..."):
-            need, hint_source = results.label_need(ws, labels)
-            boxes = hints.suggest_boxes(need, labels, n=5, size=max(16, min(64, min(tile.shape) // 8)))
-        background = hints.draw_boxes(
-            viz.blend(background, viz.heat_rgba(need, 0.0, max(float(need.max()), 1e-6)), 0.6), boxes
-        )
+        try:  # no hints is no reason to stop painting: say why and keep the canvas
+            with st.spinner("Finding where labels would help most..."):
+                need, hint_source = results.label_need(ws, labels)
+                boxes = hints.suggest_boxes(need, labels, n=5, size=max(16, min(64, min(tile.shape) // 8)))
+        except ValueError as exc:
+            st.warning(f"No hints: {exc}")
+            show_hints = False
+        else:
+            heat = viz.heat_rgba(need, 0.0, max(float(need.max()), 1e-6))
+            background = hints.draw_boxes(viz.blend(background, heat, 0.6), boxes)
     background = background[view.slices]
     ch, cw = view.canvas_size
     bg = common.to_png(background).resize((cw, ch), resample=0)  # nearest: crisp pixels when zoomed

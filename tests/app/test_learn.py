@@ -104,3 +104,13 @@ def test_the_hint_map_follows_each_training_run(app_ws):
     after, _ = results.label_need(app_ws)
     assert not np.allclose(after, before)
     assert np.all(after[app_ws.labels() != 255] == 0)
+
+
+def test_no_hints_without_a_coarse_map_but_the_canvas_stays(app_ws):
+    (app_ws.path / "coarse_probs.tif").unlink()
+    assert not app_ws.has_coarse()
+    at = run("pages/1_Label.py")
+    at.toggle(key="show_hints").set_value(True).run()
+    assert not at.exception and not at.error
+    assert at.warning and "no coarse probabilities" in at.warning[0].value
+    assert at.radio(key="brush").value == "background"  # the painting tools are still there
