@@ -122,7 +122,8 @@ class IterationParams(nn.Module):
         cfg, g = self.cfg, self.groups
         a = self.hidden.weight.view(g, cfg.hidden, cfg.map_filters + cfg.image_filters)
         m = self.map_filters.weight.view(cfg.map_filters, -1)  # (32, k*k)
-        filters = (a[:, :, : cfg.map_filters] @ m).reshape(g * cfg.hidden, 1, cfg.kernel_size, cfg.kernel_size)
+        filters = _fixed_order_matmul(a[:, :, : cfg.map_filters], m)
+        filters = filters.reshape(g * cfg.hidden, 1, cfg.kernel_size, cfg.kernel_size)
         image_proj = a[:, :, cfg.map_filters :].reshape(g * cfg.hidden, cfg.image_filters, 1, 1)
         return filters, image_proj, self.output.weight.view(g, cfg.hidden), self.output.bias
 
@@ -209,3 +210,23 @@ class RefinerRNN(nn.Module):
             u = blk.fused_step(u, *prepared[id(blk)])
             maps.append(u)
         return maps
+
+
+def _fixed_order_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` for (..., n) x (n, m), summed over ``n`` in a fixed order in float64, rounded once.
+
+    Why not ``a @ b``: MKL's GEMM splits its work by thread count and rounds differently with
+    each split (seen on a 2-core AMD EPYC: 3 threads gave other folded filters than 1 or 2, so
+    the class maps differed in the 4th digit). The folded filters feed every iteration, so
+    inference promises the same bits whatever the thread count only if this fold is computed
+    the same way everywhere: element-wise products summed one term at a time (no reduction
+    kernel, nothing split between threads), in float64 so the single rounding to float32 at the
+    end is the only one. The matrices are tiny (96 x 32 x 25 for K = 3), so this costs
+    microseconds, and it stays differentiable for training.
+    """
+    wide = torch.float32 if a.device.type == "mps" else torch.float64  # MPS has no float64
+    acc = torch.zeros(*a.shape[:-1], b.shape[-1], dtype=wide, device=a.device)
+    a64, b64 = a.to(wide), b.to(wide)
+    for i in range(a.shape[-1]):
+        acc = acc + a64[..., i : i + 1] * b64[i]
+    return acc.to(a.dtype)
