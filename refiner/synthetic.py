@@ -10,20 +10,24 @@ whatever their true width.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from affine import Affine
-from rasterio.crs import CRS
 from scipy import ndimage
 
 from refiner.classes import IGNORE, ClassSpec
-from refiner.raster import Georef, Tile
+
+# The geo types (rasterio, affine) are imported where a scene is georeferenced, not here: the
+# label helpers below (``degrade_labels``, ``coarse_like``) and the tests' conftest must import
+# on the GPU machine, whose Python has torch and numpy but no rasterio (benchmarks/gpu_run.py).
+if TYPE_CHECKING:
+    from refiner.raster import Georef, Tile
 
 BACKGROUND, BUILDING, ROAD = 0, 1, 2
 DEMO_CLASSES = ClassSpec(("background", "building", "road"), (0, 1, 2), ((40, 40, 40), (230, 60, 50), (250, 200, 40)))
 
 #: Where demo scenes are placed on Earth (south Austin, UTM 14N), so they show on a map.
-DEMO_CRS = CRS.from_epsg(32614)
+DEMO_EPSG = 32614
 DEMO_ORIGIN = (617000.0, 3345000.0)
 
 
@@ -36,6 +40,8 @@ class SyntheticScene:
     classes: ClassSpec = DEMO_CLASSES
 
     def tile(self) -> Tile:
+        from refiner.raster import Tile
+
         h, w = self.truth.shape
         return Tile(self.image, np.ones((h, w), bool), self.georef, source="synthetic", dtype="uint8")
 
@@ -137,7 +143,12 @@ def make_scene(
 
     image = np.clip(ndimage.gaussian_filter(base, (0, 0.6, 0.6)), 0, 1).astype(np.float32)
     x0, y0 = DEMO_ORIGIN
-    georef = Georef(DEMO_CRS, Affine(1.0, 0, x0 + seed * 1000.0, 0, -1.0, y0))
+    from affine import Affine
+    from rasterio.crs import CRS
+
+    from refiner.raster import Georef
+
+    georef = Georef(CRS.from_epsg(DEMO_EPSG), Affine(1.0, 0, x0 + seed * 1000.0, 0, -1.0, y0))
     return SyntheticScene(image=image, truth=truth, osm=osm, georef=georef)
 
 
@@ -185,3 +196,12 @@ def coarse_like(labels: np.ndarray, k: int, *, sigma: float = 2.5, stride: int =
     up = np.pad(up, ((0, 0), (0, h - up.shape[1]), (0, w - up.shape[2])), mode="edge")
     p = 0.85 * ndimage.gaussian_filter(up, (0, sigma, sigma)) + 0.15 / k
     return (p / p.sum(0, keepdims=True)).astype(np.float32)
+
+
+def __getattr__(name: str):
+    """``DEMO_CRS`` (a rasterio CRS), made on first use so importing this module needs no rasterio."""
+    if name == "DEMO_CRS":
+        from rasterio.crs import CRS
+
+        return CRS.from_epsg(DEMO_EPSG)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
