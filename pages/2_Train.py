@@ -6,7 +6,8 @@ import streamlit as st
 
 from refiner import jobs, viz
 from refiner.models.rnn import VARIANTS
-from refiner.train import pick_device
+from refiner.pretrained import pick_rnn
+from refiner.train import FINETUNE_DEFAULTS, pick_device
 from webapp import common
 
 ws = common.page("Train")
@@ -34,17 +35,33 @@ if has_model:
         current_model = load_model(ws.model_dir("rnn"), expect="rnn")
         model_info = {"arch": current_model.config.to_dict(), "steps": current_model.info.get("trained_steps", 0)}
 
-with st.form("train_form"):
-    start_from = st.radio(
-        "Start from",
-        ["the current RNN (continue training)", "a new RNN"] if has_model else ["a new RNN"],
-        key="start_from",
-        horizontal=True,
+CONTINUE, NEW = "the current RNN (continue training)", "a new RNN (from scratch)"
+with common.guard("looking for a pretrained RNN"):
+    pick = pick_rnn(ws.classes, ws.settings.get("source", {}).get("resolution"))
+PRETRAINED = f"the pretrained RNN {pick.model.name} (fine-tune)" if pick.model else None
+# the pretrained RNN is the default start of a workspace's first fine-tune; afterwards, its own RNN
+options = [o for o in ([CONTINUE, PRETRAINED] if has_model else [PRETRAINED]) + [NEW] if o]
+start_from = st.radio("Start from", options, key="start_from", horizontal=True)
+resume, from_pretrained = start_from == CONTINUE, start_from == PRETRAINED
+if from_pretrained:
+    st.caption(
+        f"{pick.reason}. Fine-tuning keeps it close to where it started (weights pulled towards the "
+        "pretrained ones, brightness/contrast jitter, stopping when the held-out IoU stops improving)."
     )
-    resume = start_from.startswith("the current")
+elif pick.model is None:
+    st.caption(f"Training from scratch: {pick.reason}.")
+
+with st.form("train_form"):
     c1, c2, c3, c4 = st.columns(4)
     steps = c1.number_input("Steps", 1, 100_000, 300, step=50, key="steps")
-    lr = c2.number_input("Learning rate (AdaGrad)", 1e-4, 0.1, 0.01, format="%.4f", key="lr")
+    lr = c2.number_input(
+        "Learning rate (AdaGrad)",
+        1e-4,
+        0.1,
+        FINETUNE_DEFAULTS.lr if from_pretrained else 0.01,
+        format="%.4f",
+        key="lr_pretrained" if from_pretrained else "lr",
+    )
     iterations = c3.number_input("Iterations T", 1, 20, 5, key="iterations")
     variant = c4.selectbox("Variant", VARIANTS, key="variant")
     c5, c6, c7 = st.columns(3)
@@ -69,6 +86,7 @@ if submitted:
         batch_size=int(batch),
         patch_size=int(patch),
         resume=resume,
+        pretrained=pick.model.name if from_pretrained and pick.model else "",
         eval_every=max(5, min(50, int(steps) // 10)),
         checkpoint_every=max(10, int(steps) // 5),
     )

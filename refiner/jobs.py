@@ -23,7 +23,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -52,6 +52,9 @@ class TrainParams:
     checkpoint_every: int = 50
     seed: int = 0
     resume: bool = True  # continue from the workspace's current RNN (else start a new one)
+    #: When not resuming: the shipped RNN (a folder name in assets/pretrained) to fine-tune from,
+    #: with :data:`refiner.train.FINETUNE_DEFAULTS`' regularisation; "" = a new RNN from scratch.
+    pretrained: str = ""
     device: str | None = None  # None = cuda, mps or cpu, whichever is there
 
     @classmethod
@@ -150,7 +153,15 @@ def run_training(workspace: str | Path, params: dict, job_id: str) -> dict:
     from refiner.models.io import load_model, save_model
     from refiner.models.rnn import RNNConfig
     from refiner.raster import to_working
-    from refiner.train import Progress, RNNTrainConfig, check_labels, pick_device, split_holdout, train_rnn
+    from refiner.train import (
+        FINETUNE_DEFAULTS,
+        Progress,
+        RNNTrainConfig,
+        check_labels,
+        pick_device,
+        split_holdout,
+        train_rnn,
+    )
 
     ws = Workspace(Path(workspace))
     p = TrainParams.from_dict(params)
@@ -177,11 +188,15 @@ def run_training(workspace: str | Path, params: dict, job_id: str) -> dict:
         check_labels(labels, len(classes), "painted labels")
         train_labels, val_labels = split_holdout(labels, p.holdout, seed=p.seed)
         ws.write_holdout(val_labels)
-        init = None
+        init, start = None, "a new RNN (from scratch)"
         if p.resume:
             src = ws.model_dir("checkpoint") if _checkpoint_is_newer(ws) else ws.model_dir("rnn")
             if (src / "config.json").is_file():
                 init = load_model(src, expect="rnn")
+                start = "the workspace's RNN (continued)"
+        elif p.pretrained:
+            init = _pretrained_rnn(p.pretrained, classes)
+            start = f"the pretrained RNN {p.pretrained}"
         resolution = init.resolution if init is not None else (ws.settings.get("coarse") or {}).get("resolution")
         working = to_working(tile, resolution, probs, [train_labels, val_labels])
         work, probs, (train_labels, val_labels) = working.tile, working.probs, working.labels
@@ -199,6 +214,12 @@ def run_training(workspace: str | Path, params: dict, job_id: str) -> dict:
             eval_every=p.eval_every,
             checkpoint_every=p.checkpoint_every,
         )
+        if not p.resume and p.pretrained:  # a patch fine-tune: the regularisation measured for it
+            d = FINETUNE_DEFAULTS
+            cfg = replace(cfg, patience=d.patience, anchor=d.anchor, jitter=d.jitter, fresh_optimizer=True)
+            cfg = replace(cfg, eval_seconds=d.eval_seconds)
+        status.message = f"started from {start}"
+        status.params = {**status.params, "started_from": start}
 
         def progress(rep: Progress) -> None:
             status.step = rep.step
@@ -237,7 +258,7 @@ def run_training(workspace: str | Path, params: dict, job_id: str) -> dict:
         status.best_val = result.best_val
         status.state = "cancelled" if result.stopped == "cancelled" else "finished"
         total = result.bundle.info.get("trained_steps", status.step)
-        status.message = f"{result.stopped} after {status.step} steps ({total} in all); model saved"
+        status.message = f"{result.stopped} after {status.step} steps ({total} in all) from {start}; model saved"
         if not has_val:
             status.message += "; no pixels could be held back for validation (paint more than one 16x16 block)"
     except Exception as exc:  # the page shows the message; the traceback goes to the server log
@@ -248,6 +269,25 @@ def run_training(workspace: str | Path, params: dict, job_id: str) -> dict:
         cancel.unlink(missing_ok=True)
         save(force=True)
     return asdict(status)
+
+
+def _pretrained_rnn(name: str, classes: Any) -> Any:
+    """The shipped RNN ``name`` (only a catalogue entry: a name typed in a browser never reaches
+    another path), checked against the workspace's classes."""
+    from refiner.pretrained import catalogue
+
+    found = {m.name: m for m in catalogue() if m.kind == "rnn"}
+    if name not in found:
+        raise ValueError(f"there is no shipped RNN called {name!r}: pick another start on the Train page")
+    bundle = found[name].load()
+    if list(bundle.classes.names) != list(classes.names):
+        raise ValueError(
+            f"the pretrained RNN {name} knows classes {list(bundle.classes.names)}, this workspace has "
+            f"{list(classes.names)}: train a new RNN instead"
+        )
+    bundle.optimizer_state = None  # a new task: a fresh AdaGrad
+    bundle.net.train()
+    return bundle
 
 
 def _checkpoint_is_newer(ws: Workspace) -> bool:
@@ -288,14 +328,13 @@ class ThreadBackend:
         return _ThreadHandle(t)
 
 
-def scheduler_setting(ws: Workspace) -> str:
-    """Where this workspace's jobs run: its ``compute.scheduler`` setting, else ``$REFINER_SCHEDULER``.
+def scheduler_setting(ws: Workspace | None = None) -> str:
+    """Where jobs run: the operator's ``$REFINER_SCHEDULER`` (empty: this process, the default).
 
-    An empty string means this process (:class:`ThreadBackend`), the default.
+    Only the operator sets it: a workspace setting could be written from a browser, and a Dask
+    handshake with an address a user typed would let anyone point the server at any host (and
+    its pickle protocol). ``ws`` is accepted for callers that pass it; its settings are ignored.
     """
-    compute = ws.settings.get("compute") or {}
-    if "scheduler" in compute:
-        return str(compute["scheduler"])
     return os.environ.get("REFINER_SCHEDULER", "").strip()
 
 
@@ -309,7 +348,7 @@ def backend_for(scheduler: str) -> Backend:
         return DaskBackend(scheduler)
     except OSError as exc:
         raise RuntimeError(
-            f"{exc}. Check the Dask scheduler address (sidebar, Compute), or clear it to train on this machine"
+            f"{exc}. Ask the operator to check REFINER_SCHEDULER, or unset it to train on this machine"
         ) from exc
 
 

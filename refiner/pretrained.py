@@ -62,9 +62,22 @@ class Shipped:
         """One line for the UI: name, classes, resolution and, when the card has them, test scores."""
         res = f"{self.resolution:g} m" if self.resolution else "any resolution"
         text = f"{self.name} ({', '.join(self.classes.names)}; {res})"
-        scores = self.card.get("test") or self.card.get("scores") or {}
-        miou = scores.get("mean_iou") if isinstance(scores, dict) else None
-        return text + (f", test mean IoU {miou:.3f}" if isinstance(miou, int | float) else "")
+        return text + (f", test {self.test_scores()}" if self.test_scores() else "")
+
+    def test_scores(self) -> str:
+        """The card's scores on its test tiles in words: mean IoU, or the IoU per test set
+        (``test_scores: {set: {iou: ...}}``, as ``refiner pretrain`` writes them)."""
+        scores = self.card.get("test_scores") or self.card.get("test") or {}
+        if not isinstance(scores, dict):
+            return ""
+        if isinstance(scores.get("mean_iou"), int | float):
+            return f"mean IoU {scores['mean_iou']:.3f}"
+        parts = [
+            f"{name} IoU {s['iou']:.2f}"
+            for name, s in scores.items()
+            if isinstance(s, dict) and isinstance(s.get("iou"), int | float)
+        ]
+        return ", ".join(parts)
 
 
 def _norm(name: str) -> str:
@@ -196,3 +209,19 @@ def coarse_probs_for(pick: Pick, tile) -> np.ndarray:
     if pick.model is None:
         raise ValueError(pick.reason)
     return pick.adapt(predict_coarse(pick.model.load(), tile))
+
+
+def workspace_resolution(ws) -> float | None:
+    """A workspace's ground resolution: from its georeferencing, or as the user stated it."""
+    return (ws.settings.get("source") or {}).get("resolution")
+
+
+def coarse_into_workspace(ws, *, root: str | Path | None = None) -> Pick:
+    """Pick the shipped coarse CNN for a workspace and, when one fits, write its probabilities
+    there (the source says which model and why); the pick is returned either way."""
+    pick = pick_coarse(ws.classes, workspace_resolution(ws), root=root)
+    if pick.model is not None:
+        probs = coarse_probs_for(pick, ws.tile())
+        origin = {"source": f"shipped coarse CNN {pick.model.name}", "model": pick.model.name, "why": pick.reason}
+        ws.write_coarse_probs(probs, {**origin, "resolution": pick.model.resolution})
+    return pick
