@@ -8,9 +8,20 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from refiner import results, viz
+from refiner import access, results, viz
 from refiner.classes import ClassSpec
-from refiner.workspace import DEMO_NAME, Workspace, create_demo, load_tile, tile_from_upload
+from refiner.pretrained import coarse_into_workspace, pick_coarse, workspace_resolution
+from refiner.real_demo import REAL_DEMOS, create_real_demo
+from refiner.real_demo import unavailable as real_demo_unavailable
+from refiner.workspace import (
+    DEMO_NAME,
+    Workspace,
+    check_pixel_size,
+    create_demo,
+    list_workspaces,
+    load_tile,
+    tile_from_upload,
+)
 from webapp import common
 
 ws = common.page("Refiner: tile and workspace")
@@ -33,6 +44,20 @@ c[2].metric("Data type", src.get("dtype", tile.dtype))
 c[3].metric("CRS", src.get("crs") or "none")
 res = src.get("resolution")
 c[4].metric("Ground resolution", f"{res:.2f} m/px" if res else "unknown")
+if tile.georef is None:  # a picture: the networks resample it to their 1 m with what the user states
+    r1, r2 = st.columns([1, 3])
+    stated = r1.number_input(
+        "Ground resolution of this picture (m/px)", 0.05, 100.0, float(res or 1.0), 0.1, key=f"pixel_size_{ws.name}"
+    )
+    r2.caption(
+        "The file has no georeferencing, so its ground resolution is what you state here "
+        + ("(stated)." if src.get("resolution_stated") else "(not stated yet: 1 m assumed).")
+        + " The coarse CNN and the RNN resample the tile to their own resolution with it."
+    )
+    if abs(stated - float(res or 0)) > 1e-9 and r1.button("Use this resolution", key="set_pixel_size"):
+        with common.guard("setting the ground resolution"):
+            ws.set_pixel_size(stated)
+        st.rerun()
 
 coarse = ws.settings.get("coarse") or {}
 st.caption(
@@ -66,23 +91,33 @@ st.write(
 pc1, pc2, pc3 = st.columns(3)
 with pc1:
     st.subheader("Coarse CNN")
-    which = "this workspace's coarse CNN" if ws.has_model("coarse") else "the shipped demo coarse CNN"
-    if st.button(f"Compute with {which}", key="compute_coarse"):
+    own = ws.has_model("coarse")
+    with common.guard("looking for a shipped coarse CNN"):
+        pick = None if own else pick_coarse(ws.classes, workspace_resolution(ws))
+    if pick is not None and pick.model is not None:
+        st.caption(f"Picked for this workspace: {pick.reason}.")
+    elif pick is not None:
+        st.warning(
+            f"{pick.reason[0].upper() + pick.reason[1:]}. Bring your own probabilities (right), or train "
+            "a coarse CNN for these classes (`python -m refiner train-coarse`) and upload it (middle)."
+        )
+    which = "this workspace's coarse CNN" if own else f"the shipped {pick.model.name}" if pick.model else "it"
+    if st.button(f"Compute with {which}", key="compute_coarse", disabled=not own and pick.model is None):
         from refiner.inference import predict_coarse
         from refiner.models.io import load_model
-        from refiner.workspace import ASSETS
 
         with common.guard("computing coarse probabilities"), st.spinner("Running the coarse CNN..."):
-            folder = ws.model_dir("coarse") if ws.has_model("coarse") else ASSETS / "coarse"
-            bundle = load_model(folder, expect="coarse")
-            if list(bundle.classes.names) != list(ws.classes.names):
-                raise ValueError(
-                    f"the coarse CNN knows classes {list(bundle.classes.names)}, this workspace has "
-                    f"{list(ws.classes.names)}: upload probabilities or a CNN trained for these classes"
-                )
-            ws.write_coarse_probs(
-                predict_coarse(bundle, tile), {"source": f"coarse CNN ({folder.name})", "resolution": bundle.resolution}
-            )
+            if own:
+                bundle = load_model(ws.model_dir("coarse"), expect="coarse")
+                if list(bundle.classes.names) != list(ws.classes.names):
+                    raise ValueError(
+                        f"the coarse CNN knows classes {list(bundle.classes.names)}, this workspace has "
+                        f"{list(ws.classes.names)}: upload probabilities or a CNN trained for these classes"
+                    )
+                origin = {"source": "coarse CNN (coarse)", "resolution": bundle.resolution}
+                ws.write_coarse_probs(predict_coarse(bundle, tile), origin)
+            else:
+                coarse_into_workspace(ws)
         st.success("Coarse probabilities computed.")
         st.rerun()
 with pc2:
@@ -127,6 +162,8 @@ def _classes_inputs(key: str) -> ClassSpec:
 def _create(name: str, tile, classes: ClassSpec, source: dict) -> None:
     new = Workspace.create(common.root(), name, tile, classes, source=source)
     common.remember(new.name)
+    with st.spinner("Computing coarse probabilities with the shipped model that fits..."):
+        coarse_into_workspace(new)  # when none fits, the start page says why and what else to do
     st.rerun()
 
 
@@ -147,14 +184,43 @@ with tab_demo:
         common.remember(DEMO_NAME)
         st.rerun()
 
+    st.subheader("Real imagery")
+    st.write(
+        "Small windows of real tiles that no shipped model was trained on, built from the shared data "
+        "when first opened, with a few boxes of the data's reference labels painted in. Their coarse map "
+        "comes from the shipped coarse CNN; the Train page fine-tunes the pretrained RNN."
+    )
+    for demo_name, demo in REAL_DEMOS.items():
+        why_not = real_demo_unavailable(demo_name)
+        if why_not:
+            st.info(f"{demo.title}: not offered here, {why_not}.")
+        elif st.button(f"Open the real demo: {demo.title}", key=f"open_{demo_name}"):
+            with common.guard("building the real demo"), st.spinner("Reading the tile and computing its coarse map..."):
+                if demo_name not in list_workspaces(common.root()):
+                    create_real_demo(common.root(), demo_name)
+            common.remember(demo_name)
+            st.rerun()
+
 with tab_upload:
     f = st.file_uploader("GeoTIFF, PNG or JPEG", key="tile_upload")
+    pixel_size = st.number_input(
+        "Ground resolution (m/px) if the file has no georeferencing",
+        0.05,
+        100.0,
+        1.0,
+        0.1,
+        key="upload_pixel_size",
+        help="PNG, JPEG and plain TIFF files do not say how much ground a pixel covers: state it, so the "
+        "networks can resample the tile to their 1 m. A GeoTIFF's own georeferencing is used instead.",
+    )
     name_u = st.text_input("Workspace name", "my-tile", key="upload_name")
     with common.guard("class list"):
         classes_u = _classes_inputs("upload")
     if f is not None and st.button("Create workspace", key="create_upload"):
         with common.guard(f"reading {f.name}"):
             new_tile = tile_from_upload(f.getvalue(), f.name)
+            if new_tile.georef is None:
+                new_tile.pixel_size = check_pixel_size(pixel_size)
             _create(name_u, new_tile, classes_u, {"kind": "upload", "name": f.name})
 
 with tab_url:
@@ -169,5 +235,5 @@ with tab_url:
         classes_c = _classes_inputs("cog")
     if url and st.button("Read the window", key="read_cog"):
         with common.guard(f"reading {url}"), st.spinner("Reading the window..."):
-            new_tile = load_tile(url, window=(int(row), int(col), int(height), int(width)))
+            new_tile = load_tile(access.check_source(url), window=(int(row), int(col), int(height), int(width)))
             _create(name_c, new_tile, classes_c, {"kind": "cog", "name": url, "window": [row, col, height, width]})
