@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+
 import streamlit as st
 
 from refiner import hints, results, viz
@@ -32,7 +34,7 @@ with side:
     st.markdown(
         " ".join(
             f'<span style="display:inline-block;width:0.9em;height:0.9em;background:{hex_color(c)};'
-            f'border:1px solid #888;vertical-align:middle"></span> {b}'
+            f'border:1px solid #888;vertical-align:middle"></span> {html.escape(b)}'  # class names are user text
             for b, c in zip(brushes, colors, strict=True)
         ),
         unsafe_allow_html=True,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from refiner import jobs, results, scene_job
+from refiner import access, jobs, results, scene_job
 from refiner.export import write_geopackage
 from refiner.raster import write_class_map, write_probs
 from webapp import common
@@ -77,7 +77,9 @@ with st.form("scene_form"):
     go = st.form_submit_button("Refine the scene", disabled=scene_running, type="primary")
 if go:
     with common.guard("starting the scene run"):
-        scene_job.start_scene_job(ws, source, coarse=coarse_in, scheduler=scheduler)
+        shipped = (scene_job.ASSETS,)  # the demo's own scene may be read; other server paths need a data root
+        safe_coarse = access.check_source(coarse_in, shipped) if coarse_in.strip() else ""
+        scene_job.start_scene_job(ws, access.check_source(source, shipped), coarse=safe_coarse, scheduler=scheduler)
     st.rerun()
 
 

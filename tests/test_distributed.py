@@ -108,14 +108,14 @@ def test_scheduler_settings_and_clear_errors(tmp_path, monkeypatch):
     monkeypatch.delenv("REFINER_SCHEDULER", raising=False)
     assert jobs.scheduler_setting(ws) == "" and isinstance(jobs.backend_for(""), jobs.ThreadBackend)
     monkeypatch.setenv("REFINER_SCHEDULER", "tcp://10.0.0.5:8786")
-    assert jobs.scheduler_setting(ws) == "tcp://10.0.0.5:8786"  # a deployment's default...
+    assert jobs.scheduler_setting(ws) == "tcp://10.0.0.5:8786"  # the operator's setting...
     ws.update_settings(compute={"scheduler": ""})
-    assert jobs.scheduler_setting(ws) == ""  # ...which the workspace's own setting overrides
+    assert jobs.scheduler_setting(ws) == "tcp://10.0.0.5:8786"  # ...which no workspace setting overrides
     assert check_address("  tcp://h:1 ") == "tcp://h:1" and check_address("local") == "local"
     for bad in ("10.0.0.5:8786", "http://h:8786", "tcp://"):
         with pytest.raises(ValueError, match="not a Dask scheduler address"):
             jobs.backend_for(bad)
-    with pytest.raises(RuntimeError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9.*clear it"):
+    with pytest.raises(RuntimeError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9.*REFINER_SCHEDULER"):
         jobs.backend_for("tcp://127.0.0.1:9")
 
 

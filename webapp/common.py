@@ -82,29 +82,16 @@ def sidebar(ws: Workspace) -> None:
 
 
 def compute_setting(ws: Workspace) -> None:
-    """Where training jobs run: this machine (default) or a Dask cluster, saved in the workspace."""
-    from refiner.distributed import check_address
+    """Where training jobs run, read-only: the operator sets it (``$REFINER_SCHEDULER``), never a browser."""
     from refiner.jobs import scheduler_setting
 
     current = scheduler_setting(ws)
-    with st.expander("Compute", expanded=bool(current)):
-        value = st.text_input(
-            "Dask scheduler",
-            value=current,
-            placeholder="empty: this machine",
-            key=f"scheduler_{ws.name}",
-            help="Address of a Dask scheduler, e.g. tcp://10.0.0.5:8786, or 'local' for a cluster on "
-            "this machine. Training then runs on a worker started with --resources GPU=1 if there is one. "
-            "Workers must see the workspace folder at the same path (a shared file system).",
+    with st.expander("Compute", expanded=False):
+        st.caption(
+            f"Training runs on the Dask cluster at `{current}` (set by the server's operator)."
+            if current
+            else "Training runs on this machine. The server's operator can set a Dask cluster (REFINER_SCHEDULER)."
         )
-        if value.strip() != current:
-            try:
-                ws.update_settings(compute={"scheduler": check_address(value)})
-            except ValueError as exc:
-                st.error(str(exc))
-                return
-            current = value.strip()
-        st.caption(f"Training runs on the Dask cluster at {current}." if current else "Training runs on this machine.")
 
 
 @contextlib.contextmanager

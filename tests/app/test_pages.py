@@ -34,7 +34,8 @@ def test_start_page_describes_the_tile(app_ws):
     assert not at.error
 
 
-def test_a_bad_cog_url_is_an_error_message_not_a_traceback(app_ws, tmp_path):
+def test_a_bad_cog_url_is_an_error_message_not_a_traceback(app_ws, tmp_path, monkeypatch):
+    monkeypatch.setenv("REFINER_DATA_ROOTS", str(tmp_path))  # the operator lets this folder be read
     bad = tmp_path / "corrupt.tif"
     bad.write_bytes(b"II*\x00" + b"\x00" * 50)
     at = run("app.py")
@@ -87,16 +88,17 @@ def test_train_page_trains_in_the_background_and_shows_progress(app_ws):
     assert app_ws.holdout() is not None
 
 
-def test_compute_setting_is_checked_saved_and_used_for_training(app_ws, monkeypatch):
+def test_compute_setting_comes_only_from_the_operator(app_ws, monkeypatch):
     monkeypatch.delenv("REFINER_SCHEDULER", raising=False)
     at = run("pages/2_Train.py")
-    assert "Training runs on this machine." in [c.value for c in at.sidebar.caption]
-    at.sidebar.text_input(key="scheduler_t").set_value("10.0.0.5:8786").run()
-    assert at.error and "not a Dask scheduler address" in at.error[0].value
-    assert jobs.scheduler_setting(app_ws) == ""  # a bad address is not saved
-    at.sidebar.text_input(key="scheduler_t").set_value("tcp://127.0.0.1:9").run()
-    assert not at.error and jobs.scheduler_setting(app_ws) == "tcp://127.0.0.1:9"
+    assert any("Training runs on this machine." in c.value for c in at.sidebar.caption)
+    assert not at.sidebar.text_input  # no field a browser user could type an address into
+    app_ws.update_settings(compute={"scheduler": "tcp://127.0.0.1:9"})  # as a tampered workspace would
+    assert jobs.scheduler_setting(app_ws) == ""
+    monkeypatch.setenv("REFINER_SCHEDULER", "tcp://127.0.0.1:9")  # the operator's setting is used
+    at = run("pages/2_Train.py")
     assert "Dask cluster" in at.markdown[0].value
+    assert any("set by the server's operator" in c.value for c in at.sidebar.caption)
     at.number_input(key="steps").set_value(6)
     at.button[0].click().run()  # nothing listens there: a clear message, no job, no traceback
     assert not at.exception
@@ -160,9 +162,10 @@ def test_export_page_writes_georeferenced_files(app_ws):
     assert meta["features"] > 0 and "32614" in meta["crs"]
 
 
-def test_export_page_refines_a_whole_scene_in_the_background(app_ws):
+def test_export_page_refines_a_whole_scene_in_the_background(app_ws, monkeypatch):
     from refiner import scene_job
 
+    monkeypatch.setenv("REFINER_DATA_ROOTS", str(app_ws.path.parent))  # the operator lets this folder be read
     scene = app_ws.path / "tile.tif"  # any GeoTIFF at the model's resolution will do
     at = run("pages/6_Export.py")
     assert any("No scene run yet" in c.value for c in at.caption)
@@ -193,7 +196,8 @@ def test_first_start_creates_the_demo(tmp_path, monkeypatch):
     assert ws.has_model("rnn") and ws.has_coarse() and ws.label_counts()["unlabelled"] == 512 * 512 - 192 * 192
 
 
-def test_a_window_of_a_cloud_optimized_geotiff_becomes_a_workspace(app_ws, tmp_path):
+def test_a_window_of_a_cloud_optimized_geotiff_becomes_a_workspace(app_ws, tmp_path, monkeypatch):
+    monkeypatch.setenv("REFINER_DATA_ROOTS", str(tmp_path))  # the operator lets this folder be read
     from refiner.raster import write_raster
     from refiner.synthetic import make_scene
 
