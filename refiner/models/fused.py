@@ -23,10 +23,12 @@ pixels per step on average, against 1.16x if every step covered the whole padded
 
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +51,36 @@ CPU_FEATURE_BYTES = 20 * 2**20
 NATIVE_FEATURE_BYTES = 28 * 2**20
 
 
+@functools.cache
+def _cache_bytes() -> int | None:
+    """Last-level cache plus all L2s of this machine (Linux sysfs), or None where unknown."""
+    sizes: dict[int, int] = {}
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            level = int((index / "level").read_text())
+            text = (index / "size").read_text().strip().upper()
+            size = int(text.rstrip("KMG")) * {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1], 1)
+        except (OSError, ValueError):
+            continue
+        if level >= 2:
+            sizes[level] = max(sizes.get(level, 0), size)
+    if 3 not in sizes:
+        return None
+    return sizes[3] + sizes.get(2, 0) * (os.cpu_count() or 1)
+
+
+def native_budget() -> int:
+    """:data:`NATIVE_FEATURE_BYTES`, less where the machine's caches are smaller.
+
+    On a 2-core AMD EPYC (Zen 2, 16 MiB L3, 2 x 512 KiB L2) a 256 px block's image term (29 MB
+    for K = 3) streams from memory every step: 192 px blocks (17 MB) ran 0.557 s/Mpx against
+    0.601 at 256 (``benchmarks/rnn_profile.py --blocks 128 160 192 256``). So the budget is
+    capped at L3 + the L2s (17 MiB there: 192 px); the Xeon's larger cache keeps 28 MiB.
+    """
+    cache = _cache_bytes()
+    return NATIVE_FEATURE_BYTES if cache is None else min(NATIVE_FEATURE_BYTES, cache)
+
+
 def cpu_block(feature_maps: int, halo: int = 10, budget: int = CPU_FEATURE_BYTES) -> int:
     """Block side (a multiple of 32, at least 64) whose features fit ``budget`` bytes.
 
@@ -60,8 +92,8 @@ def cpu_block(feature_maps: int, halo: int = 10, budget: int = CPU_FEATURE_BYTES
 
 
 def feature_budget(cfg: RNNConfig, use_native: bool = True) -> int:
-    """:data:`NATIVE_FEATURE_BYTES` where the native kernel runs for ``cfg``, else :data:`CPU_FEATURE_BYTES`."""
-    return NATIVE_FEATURE_BYTES if use_native and native.load(cfg.kernel_size) is not None else CPU_FEATURE_BYTES
+    """:func:`native_budget` where the native kernel runs for ``cfg``, else :data:`CPU_FEATURE_BYTES`."""
+    return native_budget() if use_native and native.load(cfg.kernel_size) is not None else CPU_FEATURE_BYTES
 
 
 def scene_window(cfg: RNNConfig, iterations: int | None = None, blocks: int = 4) -> int:
@@ -158,7 +190,7 @@ class FusedRNN:
         h, w = image.shape[-2:]
         lib = self._native_kernel(image.device)
         if block is None and image.device.type == "cpu":
-            budget = NATIVE_FEATURE_BYTES if lib is not None else CPU_FEATURE_BYTES
+            budget = native_budget() if lib is not None else CPU_FEATURE_BYTES
             block = cpu_block(probs.shape[1] * self.cfg.hidden, halo, budget)
         block = block or 0
         # block sides: the fewest blocks, of even size rounded up to a multiple of 32, so a few

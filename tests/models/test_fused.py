@@ -5,6 +5,7 @@ import shutil
 import pytest
 import torch
 
+from refiner.models import fused as fused_module
 from refiner.models import native
 from refiner.models.fused import (
     CPU_FEATURE_BYTES,
@@ -192,6 +193,16 @@ def test_the_cached_fold_follows_weight_updates():
     with torch.no_grad():
         ref = net(image, probs, reference=True)[-1]
     torch.testing.assert_close(again(image, probs, keep_all=False)[0].contiguous(), ref, rtol=1e-4, atol=2e-5)
+
+
+def test_the_native_budget_is_capped_by_the_machines_caches(monkeypatch):
+    """Where L3 + L2s hold less than the Xeon-measured budget (a 2-core EPYC: 17 MiB), blocks shrink to fit."""
+    monkeypatch.setattr(fused_module, "_cache_bytes", lambda: 17 * 2**20)
+    assert fused_module.native_budget() == 17 * 2**20 and cpu_block(96, budget=17 * 2**20) == 192
+    monkeypatch.setattr(fused_module, "_cache_bytes", lambda: 64 * 2**20)
+    assert fused_module.native_budget() == NATIVE_FEATURE_BYTES
+    monkeypatch.setattr(fused_module, "_cache_bytes", lambda: None)  # unknown: the measured default
+    assert fused_module.native_budget() == NATIVE_FEATURE_BYTES
 
 
 def test_blocks_shrink_with_more_feature_maps_and_report_progress():
