@@ -13,7 +13,9 @@ import numpy as np
 from refiner.synthetic import coarse_like
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+#: The shared real data; ``REFINER_SHARED_DATA`` points elsewhere (the GPU machine gets a staged
+#: copy of one tile, since ../shared does not travel there: benchmarks/gpu_run.py --stage).
+DATA = Path(os.environ.get("REFINER_SHARED_DATA", ROOT.parent / "shared" / "data"))
 ROADS = DATA / "massachusetts_roads"
 
 

@@ -39,7 +39,11 @@ CLASSES = ClassSpec.parse("background,road", "0,255")
 
 
 def patch(tile: str, row: int, col: int):
-    image, labels = roads_tile(tile)
+    return patch_of(*roads_tile(tile), row, col)
+
+
+def patch_of(image: np.ndarray, labels: np.ndarray, row: int, col: int):
+    """The 512^2 context, coarse map and 256^2 labelled patch centred at (row, col) of a tile's arrays."""
     # misaligned like OSM (the road network moved by up to 3 px), then coarse and blurry
     probs = stand_in_coarse(degrade_labels(labels, shift=3, drop=0.0, seed=1), 2, sigma=4.0)
     r0, c0 = row - 128, col - 128  # 512x512 context around the 256x256 labelled patch
