@@ -97,10 +97,8 @@ with main:
     )
     strokes = result.image_data if result is not None else None
     if strokes is not None and strokes.ndim == 3 and (strokes[..., 3] >= 128).any():
-        new, changed = apply_strokes(labels, strokes, view, classes)
-        if changed:
-            ws.write_labels(new)
-            labels = new
+        # merged into the labels as they are now (another session may have painted meanwhile)
+        labels = ws.edit_labels(lambda now: apply_strokes(now, strokes, view, classes)[0])
         # a fresh canvas shows the merged labels as its background
         st.session_state["canvas_epoch"] = epoch + 1
         st.rerun()

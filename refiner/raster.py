@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -407,18 +408,25 @@ def write_raster(
         profile.update(blockxsize=256, blockysize=256)
     if georef is not None:
         profile.update(crs=georef.crs, transform=georef.transform)
-    tmp = path.with_name(path.name + ".part")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(tmp, "w", **profile) as dst:
-            dst.write(arr)
-            for i, d in enumerate(descriptions or []):
-                dst.set_band_description(i + 1, d)
-            if tags:
-                dst.update_tags(**tags)
-            if colormap and b == 1:
-                dst.write_colormap(1, colormap)
-    os.replace(tmp, path)
+    # A unique temp name per writer: with one fixed name, two sessions writing the same file
+    # at once renamed each other's half-written file away ("No such file" on one of them).
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
+    os.close(fd)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(tmp, "w", **profile) as dst:
+                dst.write(arr)
+                for i, d in enumerate(descriptions or []):
+                    dst.set_band_description(i + 1, d)
+                if tags:
+                    dst.update_tags(**tags)
+                if colormap and b == 1:
+                    dst.write_colormap(1, colormap)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 

@@ -23,12 +23,15 @@ Uploads are checked here, with :class:`ValueError` messages that say what is wro
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,11 +83,32 @@ def check_name(name: str) -> str:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` whole or not at all, through a unique temp file in the same folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (created if missing), for read-modify-write of a workspace.
+
+    ``flock`` locks belong to the open file, so two threads of one server block each other as
+    two processes do; the kernel drops the lock if its holder dies (no stale lock files).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
@@ -317,13 +341,37 @@ class Workspace:
             raw = ds.read(1)
         return self.classes.encode_mask(raw, strict=False)
 
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        """The workspace's write lock (see :func:`file_lock`); not re-entrant."""
+        return file_lock(self.path / ".lock")
+
     def write_labels(self, labels: np.ndarray, *, undo: bool = True) -> None:
         """Store class indices (H, W); the previous labels go on the undo stack."""
         if labels.shape != self.shape:
             raise ValueError(f"labels are {labels.shape} but the tile is {self.shape}")
+        with self.lock():
+            self._write_labels(labels, undo)
+
+    def _write_labels(self, labels: np.ndarray, undo: bool) -> None:
         if undo and (self.path / LABELS).is_file():
             self._push_undo(self.labels())
         write_raster(self.path / LABELS, self.classes.decode(labels), self.georef, nodata=IGNORE)
+
+    def edit_labels(self, edit: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """Apply ``edit`` to the labels as they are on disk now, under the workspace lock.
+
+        Painting goes through here rather than ``write_labels(page_copy)``: two people painting
+        the same workspace at once each had a stale copy, and the later write dropped the other's
+        stroke; applying each stroke to the current labels keeps both. Returns the new labels.
+        """
+        with self.lock():
+            current = self.labels()
+            new = edit(current)
+            if new.shape != self.shape:
+                raise ValueError(f"labels are {new.shape} but the tile is {self.shape}")
+            if not np.array_equal(new, current):
+                self._write_labels(new, True)
+            return new
 
     def label_counts(self, labels: np.ndarray | None = None) -> dict[str, int]:
         """Labelled pixels per class name (and ``unlabelled``)."""
@@ -361,8 +409,8 @@ class Workspace:
         d = self._undo_dir()
         d.mkdir(exist_ok=True)
         stamp = f"{time.time_ns():020d}.npy"
-        tmp = d / (stamp + ".tmp")
-        with open(tmp, "wb") as f:
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=stamp + ".", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
             np.save(f, labels)
         os.replace(tmp, d / stamp)
         for old in sorted(d.glob("*.npy"))[:-UNDO_DEPTH]:
@@ -459,11 +507,15 @@ class Workspace:
     def install_model(self, src: str | Path, kind: str) -> None:
         """Copy a model folder into the workspace (replacing the one there)."""
         dst = self.model_dir(kind)
-        tmp = dst.with_name(dst.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(src, tmp)
-        shutil.rmtree(dst, ignore_errors=True)
-        os.replace(tmp, dst)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=dst.name + ".", suffix=".tmp")) / "m"
+        try:
+            shutil.copytree(src, tmp)
+            with self.lock():
+                shutil.rmtree(dst, ignore_errors=True)
+                os.replace(tmp, dst)
+        finally:
+            shutil.rmtree(tmp.parent, ignore_errors=True)
 
     # ----------------------------------------------------------------- results
     def results_dir(self) -> Path:
@@ -490,9 +542,15 @@ class Workspace:
 
     def save_result(self, name: str, stamp: str, **arrays: np.ndarray) -> None:
         p = self.results_dir() / f"{name}.npz"
-        tmp = p.with_name(p.name + ".tmp.npz")
-        np.savez(tmp, stamp=np.array(stamp), **arrays)
-        os.replace(tmp, p)
+        # unique per writer: the fixed name ``refinement.npz.tmp.npz`` failed 2 of 4 fresh pages
+        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=p.name + ".", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, stamp=np.array(stamp), **arrays)
+            os.replace(tmp, p)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def list_workspaces(root: str | Path) -> list[str]:
