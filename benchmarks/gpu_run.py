@@ -66,8 +66,9 @@ MODES = ("fp32", "tf32", "bf16")
 
 def stage() -> None:
     """Copy the one real tile the run reads into ``.gpu_data`` (git-ignored) for the device call's carry."""
-    exclude = ROOT / ".git" / "info" / "exclude"
-    if exclude.is_file() and "/.gpu_data/" not in exclude.read_text():
+    exclude = ROOT / ".git" / "info" / "exclude"  # so the copy can never be committed
+    exclude.parent.mkdir(parents=True, exist_ok=True)
+    if "/.gpu_data/" not in (exclude.read_text() if exclude.is_file() else ""):
         with exclude.open("a") as f:
             f.write("\n/.gpu_data/\n")
     for sub, ext in (("images", "jpg"), ("masks", "png")):
