@@ -42,6 +42,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGED = ROOT / ".gpu_data"
+SHARED_ROADS = Path(os.environ.get("REFINER_SHARED_DATA", ROOT.parent / "shared" / "data")) / "massachusetts_roads"
 if (STAGED / "massachusetts_roads").is_dir() and "REFINER_SHARED_DATA" not in os.environ:
     os.environ["REFINER_SHARED_DATA"] = str(STAGED)
 sys.path.insert(0, str(ROOT))
@@ -49,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.common import ROADS, machine  # noqa: E402
+from benchmarks.common import machine  # noqa: E402
 from benchmarks.finetune_time_to_quality import CLASSES, patch_of  # noqa: E402
 from benchmarks.finetune_time_to_quality import run as finetune_run  # noqa: E402
 from refiner.classes import IGNORE  # noqa: E402
@@ -73,7 +74,7 @@ def stage() -> None:
             f.write("\n/.gpu_data/\n")
     for sub, ext in (("images", "jpg"), ("masks", "png")):
         (STAGED / "massachusetts_roads" / sub).mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(ROADS / sub / f"{TILE}.{ext}", STAGED / "massachusetts_roads" / sub / f"{TILE}.{ext}")
+        shutil.copyfile(SHARED_ROADS / sub / f"{TILE}.{ext}", STAGED / "massachusetts_roads" / sub / f"{TILE}.{ext}")
     print(f"staged {TILE}.jpg/.png in {STAGED}; carry ['.gpu_data'] in the device call")
 
 
