@@ -126,7 +126,7 @@ def cli_scene(coarse_dir: Path, rnn_dir: Path, sets) -> dict:
         seconds = time.perf_counter() - t0
         with rasterio.open(t / "map.tif") as m, rasterio.open(spec.root / spec.masks / f"{name}.tif") as g:
             pred, truth = m.read(1) == 1, g.read(1) == 255
-            geo = m.crs == g.crs and m.transform == g.transform
+            geo = m.crs == g.crs and m.transform.almost_equals(g.transform)
         with rasterio.open(t / "p.tif") as p:
             cnn = p.read(2) > np.maximum(p.read(1), p.read(3))
 

@@ -204,6 +204,7 @@ def coarse_validator(val: list[TileData]) -> Callable[[ModelBundle], float]:
 
     def score(bundle: ModelBundle) -> float:
         res = score_probs([(predict_coarse(bundle, d.tile(), device="cpu"), d) for d in val])
+        print("  validation IoU " + ", ".join(f"{t} {r['iou']:.3f}" for t, r in res.items()), flush=True)
         return float(np.mean([r["iou"] for r in res.values()]))
 
     return score
@@ -306,6 +307,7 @@ def run_pretrain(config: str | Path, *, steps: int | None = None, out: str | Pat
 
         def validate(b: ModelBundle) -> float:
             res = score_probs([(refine(b, d.tile(), p).final, d) for p, d in zip(vprobs, val, strict=True)])
+            print("  validation IoU " + ", ".join(f"{t} {r['iou']:.3f}" for t, r in res.items()), flush=True)
             return float(np.mean([r["iou"] for r in res.values()]))
 
         cfg = RNNTrainConfig(seed=seed, **tr)
