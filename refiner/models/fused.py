@@ -81,11 +81,17 @@ def native_budget() -> int:
     return NATIVE_FEATURE_BYTES if cache is None else min(NATIVE_FEATURE_BYTES, cache)
 
 
+#: Default block side on a GPU: K = 3 keeps a few sets of 96 hidden maps of 4096^2 alive, ~20 GB
+#: in fp32, within an H100/H200; whole 16k^2 inputs would need hundreds of GB. Not yet measured
+#: on a GPU (issue 15): ``benchmarks/gpu_run.py`` compares block sizes there.
+GPU_BLOCK = 4096
+
+
 def cpu_block(feature_maps: int, halo: int = 10, budget: int = CPU_FEATURE_BYTES) -> int:
     """Block side (a multiple of 32, at least 64) whose features fit ``budget`` bytes.
 
     ``feature_maps`` = K * hidden; with the torch ops' budget K = 2 gets 256 px, K = 3 192 px,
-    more classes less. GPUs take the whole window at once instead.
+    more classes less. GPUs use :data:`GPU_BLOCK` instead.
     """
     side = int((budget / (4 * feature_maps)) ** 0.5) - 2 * halo
     return max(64, side // 32 * 32)
@@ -182,7 +188,7 @@ class FusedRNN:
         """Score maps ``[u_0, ..., u_T]`` (only ``[u_T]`` unless ``keep_all``) for (B, C, H, W) inputs.
 
         ``block`` (pixels) computes the result in blocks of at most that side with an exact halo;
-        default: :func:`cpu_block` on a CPU, the whole input elsewhere; 0 = whole input.
+        default: :func:`cpu_block` on a CPU, :data:`GPU_BLOCK` elsewhere; 0 = whole input.
         ``progress(done, total)`` is called after each block.
         """
         t_max = self._check(iterations)
@@ -192,6 +198,8 @@ class FusedRNN:
         if block is None and image.device.type == "cpu":
             budget = native_budget() if lib is not None else CPU_FEATURE_BYTES
             block = cpu_block(probs.shape[1] * self.cfg.hidden, halo, budget)
+        elif block is None:  # GPUs: big blocks, but K * hidden fp32 maps of a whole 16k^2 scene need ~100 GB
+            block = GPU_BLOCK
         block = block or 0
         # block sides: the fewest blocks, of even size rounded up to a multiple of 32, so a few
         # shapes (and compiled kernels) serve every image; 0 = the input as one block

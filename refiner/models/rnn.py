@@ -224,6 +224,8 @@ def _fixed_order_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     end is the only one. The matrices are tiny (96 x 32 x 25 for K = 3), so this costs
     microseconds, and it stays differentiable for training.
     """
+    if a.device.type == "cuda":  # one float64 GEMM: no CPU thread split there, and no loop of tiny launches
+        return (a.double() @ b.double()).to(a.dtype)
     wide = torch.float32 if a.device.type == "mps" else torch.float64  # MPS has no float64
     acc = torch.zeros(*a.shape[:-1], b.shape[-1], dtype=wide, device=a.device)
     a64, b64 = a.to(wide), b.to(wide)
