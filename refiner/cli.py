@@ -141,7 +141,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     from refiner.train import RNNTrainConfig, restrict_to_window, train_rnn
 
     tile = read_image(args.image, bands=args.bands)
-    probs, prob_classes, _ = read_probs(args.probs)
+    probs, prob_classes, _ = read_probs(args.probs, check_sums=True)
     classes = _classes(args, prob_classes)
     if probs.shape[1:] != tile.shape:
         raise ValueError(
@@ -248,7 +248,7 @@ def cmd_crf(args: argparse.Namespace) -> None:
     from refiner.raster import read_image, read_labels, read_probs, write_class_map, write_probs
 
     tile = read_image(args.image, bands=args.bands)
-    probs, prob_classes, _ = read_probs(args.probs)
+    probs, prob_classes, _ = read_probs(args.probs, check_sums=True)
     classes = _classes(args, prob_classes)
     if probs.shape[1:] != tile.shape:
         raise ValueError(f"probabilities {probs.shape[1:]} and image {tile.shape} differ in size")

@@ -104,6 +104,31 @@ class RasterError(ValueError):
     """A raster could not be used; the message says what is wrong and what to do."""
 
 
+#: Largest raster read whole (pixels), checked against the size a file *declares* before any
+#: pixel is read: a 186-byte TIFF declaring 10^6 x 10^6 px otherwise ran ``predict`` for 59 s to
+#: 1.9 GB. 256 Mpx of RGB float32 is 3 GB; bigger scenes go window by window (``refiner scene``).
+MAX_READ_PIXELS_ENV = "REFINER_MAX_READ_PIXELS"
+DEFAULT_MAX_READ_PIXELS = 256 * 2**20
+
+
+def max_read_pixels() -> int:
+    """The whole-read limit: ``$REFINER_MAX_READ_PIXELS`` or :data:`DEFAULT_MAX_READ_PIXELS`."""
+    raw = os.environ.get(MAX_READ_PIXELS_ENV, "").strip()
+    return int(raw) if raw.isdigit() and int(raw) > 0 else DEFAULT_MAX_READ_PIXELS
+
+
+def check_declared_size(ds, win: Window | None, path: str | Path) -> None:
+    """Refuse, before reading, a read larger than :func:`max_read_pixels` (the limit is in the message)."""
+    h, w = (int(win.height), int(win.width)) if win is not None else (ds.height, ds.width)
+    limit = max_read_pixels()
+    if h * w > limit:
+        raise RasterError(
+            f"{Path(str(path)).name} declares {h} x {w} pixels, above the limit of {limit // 2**20} megapixels "
+            "read at once — read a window of it, refine it window by window with `python -m refiner scene`, "
+            f"or raise {MAX_READ_PIXELS_ENV}"
+        )
+
+
 def _open(path: str | Path):
     path = str(path)
     if "://" not in path and not Path(path).exists():
@@ -182,6 +207,7 @@ def read_image(
         if bad:
             raise RasterError(f"band(s) {bad} do not exist: {path} has {count} band(s)")
         win = _to_window(window)
+        check_declared_size(ds, win, path)
         data = ds.read(list(bands), window=win, boundless=False)
         valid = _valid(ds, bands, win)
         nbits = ds.tags(bands[0], ns="IMAGE_STRUCTURE").get("NBITS")
@@ -349,16 +375,19 @@ def rasterize_vectors(
 
 
 def read_probs(
-    path: str | Path, *, window: Sequence[int] | None = None
+    path: str | Path, *, window: Sequence[int] | None = None, check_sums: bool = False
 ) -> tuple[np.ndarray, ClassSpec | None, Georef | None]:
     """Read a probability GeoTIFF (K bands) -> (probs float32 (K, H, W), classes or None, georef).
 
-    Accepts float probabilities or uint8 scaled to 0-255; checks they look like probabilities.
+    Accepts float probabilities or uint8 scaled to 0-255; checks they look like probabilities
+    (``check_sums``: also that a pixel's bands sum to 1, for files a user gives; internal stacks
+    such as per-iteration outputs hold several maps and skip it).
     """
     with _open(path) as ds:
         if ds.count < 2:
             raise RasterError(f"{path} has {ds.count} band; a probability map has one band per class (>= 2)")
         win = _to_window(window)
+        check_declared_size(ds, win, path)
         data = ds.read(window=win).astype(np.float32)
         tags = ds.tags()
         georef = _georef(ds)
@@ -372,8 +401,26 @@ def read_probs(
             f"{path} does not hold probabilities (values must lie in [0, 1]); "
             "write class probabilities, not scores, e.g. with `python -m refiner predict`"
         )
+    if check_sums:
+        check_prob_sums(data, path, whole=window is None)
     classes = ClassSpec.from_dict(json.loads(tags["refiner_classes"])) if "refiner_classes" in tags else None
     return data, classes, georef
+
+
+def check_prob_sums(data: np.ndarray, path: str | Path, whole: bool = True) -> None:
+    """Refuse (K, H, W) "probabilities" whose bands do not sum to 1 (e.g. 2.7) or that are all zero."""
+    sums = data.sum(axis=0)
+    covered = sums > 1e-6  # pixels with all zeros are nodata (outside a scene's footprint)
+    if whole and not covered.any():
+        raise RasterError(f"{path} holds only zeros: no pixel has class probabilities — write them again")
+    # The typical pixel's sum: uint8 rounding moves it by at most K * 0.5/255 (0.01 for K = 5), and
+    # resampled scene edges blend with nodata, so single pixels may sum below 1; the median may not.
+    typical = float(np.median(sums[covered])) if covered.any() else 1.0
+    if abs(typical - 1.0) > 0.05:
+        raise RasterError(
+            f"{path} does not hold probabilities: a pixel's bands must sum to 1, they sum to {typical:.2f} "
+            "— write softmax probabilities, e.g. with `python -m refiner predict`"
+        )
 
 
 def write_raster(
@@ -655,8 +702,19 @@ def streaming_env(cache_mb: int = 256):
 
 
 def raster_shape(path: str | Path) -> tuple[int, int, Georef | None, float | None]:
-    """Height, width, georeferencing and resolution of a raster (projected CRS), without reading pixels."""
+    """Height, width, georeferencing and resolution of a raster (projected CRS), without reading pixels.
+
+    Refuses scenes above ``$REFINER_MAX_SCENE_PIXELS`` (default 2^36, 262144² px): a 123-byte file
+    declaring 10^6 x 10^6 px otherwise spent 100 s planning its windows before failing.
+    """
     with _open(path) as ds:
+        raw = os.environ.get("REFINER_MAX_SCENE_PIXELS", "").strip()
+        limit = int(raw) if raw.isdigit() and int(raw) > 0 else 2**36
+        if ds.height * ds.width > limit:
+            raise RasterError(
+                f"{Path(str(path)).name} declares {ds.height} x {ds.width} pixels, above the scene limit of "
+                f"{limit // 2**30} gigapixels — cut it into smaller scenes, or raise REFINER_MAX_SCENE_PIXELS"
+            )
         georef = _georef(ds)
         res = georef.resolution if georef is not None and georef.crs.is_projected else None
         return ds.height, ds.width, georef, res

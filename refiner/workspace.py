@@ -473,7 +473,7 @@ class Workspace:
         sniff_image(data, name)
         tmp = _staged(data, name)
         try:
-            probs, classes, _ = read_probs(tmp)
+            probs, classes, _ = read_probs(tmp, check_sums=True)
         except RasterError as exc:
             raise ValueError(str(exc).replace(str(tmp), name)) from exc
         except (RasterioError, OSError) as exc:
