@@ -327,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Learn to sharpen coarse satellite classification maps (Maggiori et al. 2017).",
     )
     p.add_argument("--version", action="version", version=f"refiner {__version__}")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an unexpected error")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, fn, help_: str) -> argparse.ArgumentParser:
@@ -481,10 +482,41 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: Numeric options and the range they must lie in (checked before any work): (low, high, what to do).
+_RANGES = {
+    "steps": (1, None, "give at least 1 training step"),
+    "batch_size": (1, None, "give a batch of at least 1 patch"),
+    "patch_size": (1, None, "give a patch size of at least 1 pixel (e.g. 48)"),
+    "iterations": (0, None, "give 0 or more iterations"),
+    "checkpoint_every": (0, None, "give 0 (no checkpoints) or a number of steps"),
+    "holdout": (0.0, 0.99, "give a fraction below 1, e.g. 0.2"),
+}
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse out-of-range numbers and devices that do not exist, before any work starts."""
+    for name, (low, high, todo) in _RANGES.items():
+        value = getattr(args, name, None)
+        if value is not None and (value < low or (high is not None and value > high)):
+            raise ValueError(f"--{name.replace('_', '-')} {value} is out of range — {todo}")
+    device = getattr(args, "device", None)
+    if device is not None:
+        kind = device.split(":", 1)[0]
+        if kind not in {"cpu", "cuda", "mps"}:
+            raise ValueError(f"--device {device} is not a device — use cpu, cuda or mps")
+        import torch
+
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda was asked for but this machine has no CUDA GPU — use --device cpu")
+        if kind == "mps" and not torch.backends.mps.is_available():
+            raise ValueError("--device mps was asked for but this machine has no Apple GPU — use --device cpu")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        check_args(args)
         args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -492,5 +524,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, OSError, KeyError) as exc:
         msg = str(exc) if not isinstance(exc, KeyError) else f"missing entry {exc}"
         print(f"error: {msg}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a bug or an unforeseen input: one line, the traceback with --debug
+        if args.debug:
+            raise
+        print(f"error: {type(exc).__name__}: {exc} — run again with --debug for the details", file=sys.stderr)
         return 2
     return 0
