@@ -1,5 +1,8 @@
 """On real imagery from ../shared/data (read at run time, never copied into the project)."""
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 
 from refiner.classes import ClassSpec
@@ -67,3 +70,65 @@ def test_a_real_03m_tile_streams_through_the_1m_working_grid_like_the_whole_tile
         streamed, streamed_probs = m.read(1), p.read()
     np.testing.assert_allclose(streamed_probs, ref.final, atol=2e-5)
     assert np.array_equal(streamed, classes.decode(ref.class_map()))
+
+
+PRETRAINED = Path(__file__).resolve().parents[1] / "assets" / "pretrained"
+# the shipped coarse_1m scores building IoU 0.29 and road IoU 0.22 on all its test tiles
+BUILDING_FLOOR, ROAD_FLOOR = 0.15, 0.10
+
+
+def _pretrained_tile(set_name: str, tile: str):
+    from refiner.pretrain import load_split, load_tile
+
+    sets = load_split(PRETRAINED.parents[1] / "experiments" / "pretrained" / "split.toml")
+    return load_tile(sets[set_name], tile), sets
+
+
+def _task_iou(probs, data, task):
+    from refiner.pretrain import scores_2x2, task_confusion
+
+    return scores_2x2(task_confusion(probs, data, task))
+
+
+@pytest.mark.skipif(not INRIA.is_dir(), reason="the Inria Austin tiles are not in ../shared/data")
+def test_the_shipped_coarse_model_maps_held_out_real_tiles_sensibly():
+    """On test tiles it never trained on or was selected on, the shipped 3-class coarse CNN finds
+    roads and buildings (the synthetic demo model scores ~0 here: it paints Austin as road)."""
+    from refiner.inference import predict_coarse
+    from refiner.models.io import load_model
+    from refiner.pretrain import crop_center
+
+    coarse = load_model(PRETRAINED / "coarse_1m", expect="coarse")
+    building, sets = _pretrained_tile("inria_austin", "austin_x617100_y3344400")
+    assert "austin_x617100_y3344400" in sets["inria_austin"].roles["test"]
+    road = crop_center(_pretrained_tile("massachusetts_roads", "08")[0], 600)
+    b = _task_iou(predict_coarse(coarse, building.tile()), building, "building")
+    r = _task_iou(predict_coarse(coarse, road.tile()), road, "road")
+    assert b["iou"] > BUILDING_FLOOR, b
+    assert r["iou"] > ROAD_FLOOR, r
+
+
+def test_a_short_finetune_from_the_pretrained_rnn_does_not_make_the_tile_worse():
+    """Fine-tune on a 300 x 300 painted window of tile 07; the rest of the tile gets no worse
+    than the pretrained RNN's map (the old from-scratch patch RNN made unseen pixels worse)."""
+    from dataclasses import replace
+
+    from refiner.inference import predict_coarse
+    from refiner.models.io import load_model
+    from refiner.pretrain import PARTIAL, TileData
+    from refiner.train import FINETUNE_DEFAULTS, finetune_from_pretrained
+
+    coarse = load_model(PRETRAINED / "coarse_1m", expect="coarse")
+    rnn = load_model(PRETRAINED / "rnn_1m", expect="rnn")
+    tile, _ = _pretrained_tile("massachusetts_roads", "07")
+    crop = TileData(tile.set, tile.name, tile.image[:, :700, :700], tile.labels[:700, :700], tile.tasks)
+    probs = predict_coarse(coarse, crop.tile())
+    painted = np.full_like(crop.labels, 255)
+    painted[:300, :300] = crop.labels[:300, :300]
+    rest = TileData(crop.set, crop.name, crop.image, crop.labels.copy(), crop.tasks)
+    rest.labels[:300, :300] = 255  # scored only outside the painted window
+    cfg = replace(FINETUNE_DEFAULTS, steps=60, eval_every=20)
+    tuned = finetune_from_pretrained(crop.tile().image, probs, painted, rnn, cfg, partial=PARTIAL).bundle
+    before = _task_iou(refine(rnn, crop.tile(), probs).final, rest, "road")
+    after = _task_iou(refine(tuned, crop.tile(), probs).final, rest, "road")
+    assert after["mean_iou"] >= before["mean_iou"] - 0.005, (before, after)
