@@ -88,6 +88,7 @@ class Tile:
 #: Stand-in CRS for resampling a picture with a stated pixel size: any projected CRS will do, as
 #: source and target grids share it (nothing with this CRS is ever written to a file).
 _PIXEL_CRS = CRS.from_epsg(3857)
+_PIXEL_ORIGIN = 1e6  # metres; larger than any picture's extent, so the grid never crosses 0
 
 
 def grid_of(tile: Tile) -> Georef | None:
@@ -96,7 +97,9 @@ def grid_of(tile: Tile) -> Georef | None:
     if tile.georef is not None:
         return tile.georef
     if tile.pixel_size:
-        return Georef(_PIXEL_CRS, Affine(tile.pixel_size, 0, 0, 0, -tile.pixel_size, 0))
+        # origin far from (0, 0): GDAL's warper returned all zeros for grids whose corner sits
+        # exactly at the projection origin (a 650^2 picture at 0.3 m; 256^2 worked)
+        return Georef(_PIXEL_CRS, Affine(tile.pixel_size, 0, _PIXEL_ORIGIN, 0, -tile.pixel_size, _PIXEL_ORIGIN))
     return None
 
 

@@ -230,6 +230,7 @@ def test_bad_inputs_exit_2_with_one_clear_line(demo, coarse_model, tmp_path, cap
     assert "--bands" in _err(capsys)
     probs = tmp_path / "probs.tif"
     assert _predict(coarse_model, demo / "enhance.tif", probs) == 0
+    capsys.readouterr()  # a run that works prints its progress lines (logs); only failures are one line
     Image.fromarray(np.zeros((50, 60), np.uint8)).save(tmp_path / "small.png")
     assert _finetune(demo, probs, tmp_path / "small.png", tmp_path / "r") == 2
     assert "50x60 pixels but the image is 96x96" in _err(capsys)

@@ -210,3 +210,14 @@ def test_window_by_window_writing_keeps_tiles_in_the_cache_until_they_are_whole(
     with rasterio.open(tmp_path / "windows.tif") as ds:
         assert np.array_equal(ds.read(), data)
     assert (tmp_path / "windows.tif").read_bytes() == (tmp_path / "whole.tif").read_bytes()
+
+
+def test_a_picture_with_a_stated_pixel_size_resamples_to_the_working_grid_at_any_size():
+    """A local grid cornered at the projection origin came back all zeros from GDAL for 650^2 at 0.3 m."""
+    from refiner.raster import Tile, to_working_resolution
+
+    for n in (256, 650):
+        image = np.random.default_rng(n).random((3, n, n), dtype=np.float32)
+        work = to_working_resolution(Tile(image=image, valid=np.ones((n, n), bool), pixel_size=0.3), 1.0)
+        assert work.image.shape == (3, round(n * 0.3), round(n * 0.3)) and work.valid.all()
+        assert abs(float(work.image.mean()) - float(image.mean())) < 0.01
