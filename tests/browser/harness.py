@@ -30,6 +30,18 @@ CHROMIUM_ARGS = [
 ]
 
 
+def require_chromium(*, demo_assets: bool = True) -> None:
+    """Skip the calling test module without Debian's Chromium (fail in CI, where `make test` installs it)."""
+    import pytest
+
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing in CI: `make test` installs it with apt-get", pytrace=False)
+        pytest.skip(f"{CHROMIUM} not found: install it with `apt-get install chromium`", allow_module_level=True)
+    if demo_assets and not (REPO / "assets" / "demo" / "tile.tif").is_file():
+        pytest.fail("the demo assets are missing: run scripts/make_demo_assets.py", pytrace=False)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

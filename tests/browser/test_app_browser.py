@@ -6,38 +6,20 @@ open the demo, paint, train a few steps, slide through the iterations, compare.
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 
 import pytest
 
-from tests.browser.harness import CHROMIUM, CHROMIUM_ARGS, REPO, metrics, open_page, settle, streamlit_server
+from tests.browser.harness import (
+    metrics,
+    open_page,
+    require_chromium,
+    settle,
+)
 
-if not Path(CHROMIUM).exists():
-    if os.environ.get("CI"):
-        pytest.fail(f"{CHROMIUM} is missing in CI: `make test` installs it with apt-get", pytrace=False)
-    pytest.skip(f"{CHROMIUM} not found: install it with `apt-get install chromium`", allow_module_level=True)
-if not (REPO / "assets" / "demo" / "tile.tif").is_file():
-    pytest.fail("the demo assets are missing: run scripts/make_demo_assets.py", pytrace=False)
+require_chromium()
 
 sync_api = pytest.importorskip("playwright.sync_api")
-
-
-@pytest.fixture(scope="module")
-def url(tmp_path_factory):
-    with streamlit_server(tmp_path_factory.mktemp("workspaces")) as u:
-        yield u
-
-
-@pytest.fixture(scope="module")
-def page(url):
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        pg = browser.new_page(viewport={"width": 1400, "height": 1100})
-        pg.set_default_timeout(120_000)
-        yield pg
-        browser.close()
 
 
 def test_the_demo_opens_without_an_upload(page, url):

@@ -6,19 +6,21 @@ Needs the shared data (``$REFINER_DATA`` or ``../shared/data``) and a shipped co
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
 from refiner.pretrained import pick_coarse
 from refiner.real_demo import REAL_DEMOS, unavailable
-from tests.browser.harness import CHROMIUM, CHROMIUM_ARGS, metrics, open_page, settle, streamlit_server
+from tests.browser.harness import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    metrics,
+    open_page,
+    require_chromium,
+    settle,
+    streamlit_server,
+)
 
-if not Path(CHROMIUM).exists():
-    if os.environ.get("CI"):
-        pytest.fail(f"{CHROMIUM} is missing in CI: `make test` installs it with apt-get", pytrace=False)
-    pytest.skip(f"{CHROMIUM} not found: install it with `apt-get install chromium`", allow_module_level=True)
+require_chromium(demo_assets=False)
 DEMO = REAL_DEMOS["real-roads"]
 if unavailable(DEMO.name):
     pytest.skip(unavailable(DEMO.name), allow_module_level=True)

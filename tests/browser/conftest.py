@@ -1,0 +1,24 @@
+"""Fixtures of the browser tests: one ``streamlit run`` server and one Chromium page per test module."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.browser.harness import CHROMIUM, CHROMIUM_ARGS, streamlit_server
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory):
+    with streamlit_server(tmp_path_factory.mktemp("workspaces")) as u:
+        yield u
+
+
+@pytest.fixture(scope="module")
+def page(url):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        pg = browser.new_page(viewport={"width": 1400, "height": 1100})
+        pg.set_default_timeout(120_000)
+        yield pg
+        browser.close()
