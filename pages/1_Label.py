@@ -41,8 +41,9 @@ with side:
     )
     size = st.slider("Brush size (screen pixels)", 1, 60, 16, key="brush_size")
     opacity = st.slider("Label opacity", 0.0, 1.0, 0.55, 0.05, key="label_opacity")
-    if st.button("Undo last change", disabled=ws.undo_depth() == 0, key="undo"):
-        ws.undo()
+    if st.button("Undo last change", disabled=ws.undo_depth() == 0 or bool(ws.readonly), key="undo"):
+        with common.guard("undoing"):
+            ws.undo()
         st.session_state["canvas_epoch"] = st.session_state.get("canvas_epoch", 0) + 1
         st.rerun()
     st.caption(f"{ws.undo_depth()} change(s) can be undone.")
@@ -74,7 +75,10 @@ with main:
     epoch = st.session_state.get("canvas_epoch", 0)
     from streamlit_drawable_canvas import st_canvas
 
-    result = st_canvas(
+    if ws.readonly:  # a link to look at: the labels as a picture, no canvas to paint on
+        st.info(f"Read-only: {ws.readonly}.")
+        st.image(bg)
+    result = None if ws.readonly else st_canvas(
         stroke_width=size,
         stroke_color=hex_color(colors[brushes.index(brush)]),
         background_image=bg,
@@ -82,7 +86,7 @@ with main:
         width=cw,
         drawing_mode="freedraw",
         return_image_data=True,
-        key=f"canvas_{ws.name}_{epoch}_{view.row}_{view.col}_{view.height}_{int(show_hints)}",
+        key=f"canvas_{ws.path.parent.name[:8]}_{ws.name}_{epoch}_{view.row}_{view.col}_{view.height}_{int(show_hints)}",
     )
     if show_hints:
         st.caption(
@@ -98,7 +102,8 @@ with main:
     strokes = result.image_data if result is not None else None
     if strokes is not None and strokes.ndim == 3 and (strokes[..., 3] >= 128).any():
         # merged into the labels as they are now (another session may have painted meanwhile)
-        labels = ws.edit_labels(lambda now: apply_strokes(now, strokes, view, classes)[0])
+        with common.guard("saving the stroke"):
+            labels = ws.edit_labels(lambda now: apply_strokes(now, strokes, view, classes)[0])
         # a fresh canvas shows the merged labels as its background
         st.session_state["canvas_epoch"] = epoch + 1
         st.rerun()
@@ -121,6 +126,7 @@ with ic:
         type=["tif", "tiff", "png", "geojson", "json"],
         key="mask_upload",
     )
+    st.caption(common.upload_limits(tile=True))
     if up is not None and st.button("Replace the labels with this mask", key="import_mask"):
         with common.guard(f"importing {up.name}"):
             ws.import_labels(up.getvalue(), up.name)

@@ -33,7 +33,8 @@ with st.expander("CRF parameters", expanded=False):
         b_w = c[4].number_input("Bilateral weight", 0.0, 50.0, float(params.bilateral_compat), key="b_w")
         if st.form_submit_button("Apply"):
             new = CRFParams(g_sxy, g_w, b_sxy, b_rgb, b_w, params.iterations)
-            ws.update_settings(crf=new.to_dict())
+            with common.guard("saving the CRF parameters"):
+                ws.update_settings(crf=new.to_dict())
             st.rerun()
     if st.button("Grid search on the painted labels", key="grid_search"):
         with common.guard("grid search"), st.spinner("Trying CRF parameters on the painted pixels..."):
