@@ -31,9 +31,12 @@ from refiner.train import FINETUNE_DEFAULTS, finetune_from_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = {
-    # task: (patch set, patch tile, window row, col, height, width at 1 m), test sets
-    "road": (("massachusetts_roads", "07", (500, 500, 500, 500)), ("massachusetts_roads",)),
-    "building": (("inria_austin", "austin_x616800_y3344700", (0, 0, 300, 300)), ("inria_austin", "inria_crops256")),
+    # task: (patch set, patch tile, window row, col, height, width at 1 m), test sets. Each window
+    # is at most 500 x 500 px of its source image: 500^2 m of a 1 m tile, 150^2 m (500^2 px at
+    # 0.3 m) in the middle of the 300 m Inria validation tile.
+    "road": (("massachusetts_roads", "07", (500, 500, 500, 500)), ("massachusetts_roads", "massachusetts_merged")),
+    "building": (("inria_austin", "austin_x616800_y3344700", (75, 75, 150, 150)), ("inria_austin", "inria_crops256",
+                                                                                    "massachusetts_merged")),
 }
 
 
@@ -104,6 +107,16 @@ def run_task(task: str, coarse, rnn, sets, steps: int | None, seed: int) -> dict
         score([(collapse(f.probs[t], task), d) for f, d in zip(refs, tests, strict=True)], task)["mean_iou"]
         for t in range(len(refs[0].probs))
     ]
+    # the rest of the patch's own tile (outside the painted window): the app's "rest of the tile"
+    rest = TileData(patch_tile.set, patch_tile.name, patch_tile.image, patch_tile.labels.copy(), patch_tile.tasks)
+    rest.labels[r : r + h, c : c + w] = IGNORE
+    tile_crf = dense_crf(patch_tile.tile().image, collapse(p_probs, task), gs.best)
+    out["rest_of_patch_tile"] = {
+        "cnn": score([(collapse(p_probs, task), rest)], task),
+        "crf": score([(tile_crf, rest)], task),
+        "rnn_pretrained": score([(collapse(refine(rnn, patch_tile.tile(), p_probs).final, task), rest)], task),
+        "rnn_finetuned": score([(collapse(refine(res.bundle, patch_tile.tile(), p_probs).final, task), rest)], task),
+    }
     out["seconds"] = time.perf_counter() - t0
     return out
 
