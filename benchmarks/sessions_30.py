@@ -80,7 +80,7 @@ async def person(browser, url: str, i: int, n: int, gate: asyncio.Semaphore, out
             rec["token"] = re.search(r"session=([^&]+)", page.url).group(1)
             before = (await metrics(page))["road"]
             await page.get_by_text(re.compile(r"^road \(#")).click()
-            await page.wait_for_timeout(1000)
+            await page.get_by_text(re.compile(r"^Brush: road,")).wait_for()  # the canvas has the road colour
             await settle(page)
             box = await page.locator("canvas").last.bounding_box()
             fx, fy = where(i, n)

@@ -95,9 +95,9 @@ with main:
             + "; ".join(f"rows {b.row}–{b.row + b.height - 1}, columns {b.col}–{b.col + b.width - 1}" for b in boxes)
             + ("." if boxes else "none: no free room left.")
         )
-    st.caption(
-        f"Showing rows {view.row}–{view.row + view.height - 1}, columns {view.col}–{view.col + view.width - 1} "
-        f"at {view.scale:.2f} screen px per pixel."
+    st.caption(  # after the canvas: once it shows the brush, the canvas paints with it (the browser tests wait on it)
+        f"Brush: {brush}, {size} px. Showing rows {view.row}–{view.row + view.height - 1}, columns "
+        f"{view.col}–{view.col + view.width - 1} at {view.scale:.2f} screen px per pixel."
     )
     strokes = result.image_data if result is not None else None
     if strokes is not None and strokes.ndim == 3 and (strokes[..., 3] >= 128).any():

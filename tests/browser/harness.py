@@ -142,7 +142,9 @@ def paint_stroke(page, brush: str = "road", where: tuple[float, float] = (0.7, 0
     """Paint one stroke with ``brush`` on the Label page's canvas; returns once the counts show it."""
     before = metrics(page)[brush]
     page.get_by_text(re.compile(rf"^{re.escape(brush)} \(#")).click()
-    page.wait_for_timeout(1000)  # the rerun that gives the canvas the brush's colour may start late on a busy machine
+    # the rerun that gives the canvas the brush's colour may start late on a busy machine: wait for
+    # the caption drawn after the canvas to name the brush
+    page.get_by_text(re.compile(rf"^Brush: {re.escape(brush)},")).wait_for()
     settle(page)
     canvas = page.locator("canvas").last
     canvas.wait_for()
