@@ -204,6 +204,8 @@ def _float_divisor(ds, bands: Sequence[int], path: str | Path) -> float:
         sample = _read(ds, path, list(bands), out_shape=shape, masked=True)
         values = sample.compressed() if np.ma.isMaskedArray(sample) else sample.ravel()
         values = values[np.isfinite(values)]
+        if len(_FLOAT_PEAKS) > 1024:  # a long-running server sees many files
+            _FLOAT_PEAKS.clear()
         _FLOAT_PEAKS[key] = float(values.max()) if values.size else 0.0
     peak = _FLOAT_PEAKS[key]
     if peak <= FLOAT_AS_255_ABOVE:
@@ -568,8 +570,19 @@ def read_probs(
         )
     if check_sums:
         check_prob_sums(data, path, whole=window is None)
-    classes = ClassSpec.from_dict(json.loads(tags["refiner_classes"])) if "refiner_classes" in tags else None
-    return data, classes, georef
+    return data, tagged_classes(tags, path), georef
+
+
+def tagged_classes(tags: dict[str, str], path: str | Path) -> ClassSpec | None:
+    """The class list a Refiner output carries in its ``refiner_classes`` tag (None when untagged)."""
+    if "refiner_classes" not in tags:
+        return None
+    try:
+        return ClassSpec.from_dict(json.loads(tags["refiner_classes"]))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise RasterError(
+            f"{Path(str(path)).name} has a damaged refiner_classes tag ({exc}) — write the file again"
+        ) from exc
 
 
 def check_prob_sums(data: np.ndarray, path: str | Path, whole: bool = True) -> None:

@@ -52,6 +52,7 @@ from refiner.raster import (
     read_valid,
     resolution_differs,
     streaming_env,
+    tagged_classes,
 )
 from refiner.tiling import WindowSpec, even_windows, iter_windows
 
@@ -305,8 +306,9 @@ def _check_probs(probs: str | Path, h: int, w: int, georef: Georef | None, bundl
         raise FileNotFoundError(f"no such file: {probs}")
     with rasterio.open(probs) as ds:
         tags, shape, count = ds.tags(), (ds.height, ds.width), ds.count
-    if "refiner_classes" in tags:
-        names = ClassSpec.from_dict(json.loads(tags["refiner_classes"])).names
+    tagged = tagged_classes(tags, probs)
+    if tagged is not None:
+        names = tagged.names
         if list(names) != list(bundle.classes.names):
             raise ValueError(
                 f"the probabilities are for classes {list(names)} but the RNN for {list(bundle.classes.names)}"

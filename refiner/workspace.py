@@ -167,8 +167,8 @@ def load_tile(source: str | Path, *, window: tuple[int, int, int, int] | None = 
     bands = (1, 1, 1) if info["bands"] < 3 else None
     try:
         return read_image(source, bands=bands, window=window)
-    except RasterError as exc:
-        raise ValueError(str(exc)) from exc
+    except RasterError as exc:  # the upload's name, never the server's temporary file
+        raise ValueError(str(exc).replace(str(source), label).replace(Path(str(source)).name, label)) from exc
     except (RasterioError, OSError) as exc:
         raise ValueError(f"{label} is damaged or truncated and its pixels cannot be read: {_short(exc)}") from exc
 
@@ -466,7 +466,7 @@ class Workspace:
             probs, classes, georef = read_probs(tmp, check_sums=True)
             check_same_place(georef, self.georef, f"probabilities {name}", "the tile", PREDICT_ON_IT)
         except RasterError as exc:
-            raise ValueError(str(exc).replace(str(tmp), name)) from exc
+            raise ValueError(str(exc).replace(str(tmp), name).replace(tmp.name, name)) from exc
         except (RasterioError, OSError) as exc:
             raise ValueError(f"{name} is damaged and its pixels cannot be read: {_short(exc)}") from exc
         finally:

@@ -170,3 +170,17 @@ def test_probabilities_from_another_place_are_refused(tmp_path, ws):
     with pytest.raises(ValueError, match="probabilities mine.tif lie elsewhere than the tile"):
         ws.import_probs((tmp_path / "p.tif").read_bytes(), "mine.tif")
     assert not ws.has_coarse()
+
+
+def test_damaged_uploads_are_named_by_the_upload_not_the_server_temp_file(tmp_path, ws):
+    h, w = ws.shape
+    p = tmp_path / "x.tif"
+    write_raster(p, np.random.default_rng(0).integers(0, 255, (3, 512, 512), dtype=np.uint8), None)
+    half = p.read_bytes()[: p.stat().st_size // 2]
+    with pytest.raises(ValueError) as err:
+        tile_from_upload(half, "half.tif")
+    assert "half.tif" in str(err.value) and "tmp" not in str(err.value).replace("half.tif", "")
+    write_probs(p, np.full((3, h, w), 1 / 3, np.float32), ws.georef, DEMO_CLASSES)
+    with pytest.raises(ValueError) as err:
+        ws.import_probs(p.read_bytes()[: p.stat().st_size // 2], "mine.tif")
+    assert "mine.tif" in str(err.value) and "/tmp" not in str(err.value)
