@@ -219,7 +219,7 @@ def _image_and_probs(args: argparse.Namespace, model_classes=None):
         raise ValueError(
             f"probabilities {probs.shape[1:]} and image {tile.shape} differ in size — predict them on this image"
         )
-    what = f"probabilities {Path(args.probs).name}"
+    what = f"the probability map {Path(args.probs).name}"
     check_same_place(georef, tile.georef, what, Path(args.image).name, PREDICT_ON_IT)
     return tile, probs, classes
 
@@ -316,13 +316,16 @@ def cmd_crf(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from refiner.metrics import evaluate
-    from refiner.raster import read_labels
+    from refiner.raster import check_same_place, raster_shape, read_labels
 
     classes = _classes(args)
     pred = read_labels(args.pred, classes)
     truth = read_labels(args.truth, classes)
     if pred.shape != truth.shape:
-        raise ValueError(f"prediction {pred.shape} and truth {truth.shape} differ in size")
+        raise ValueError(f"prediction {pred.shape} and truth {truth.shape} differ in size — compare maps of one image")
+    where = {p: raster_shape(p)[2] for p in (args.pred, args.truth)}
+    check_same_place(where[args.pred], where[args.truth], f"the prediction {Path(args.pred).name}",
+                     f"the truth {Path(args.truth).name}", "compare maps of one image")  # fmt: skip
     pred = np.where(pred == 255, 0, pred).astype(np.uint8)  # nodata in a prediction counts as background
     scores = evaluate(pred, truth, len(classes))
     report = scores.to_dict(classes.names)

@@ -341,7 +341,7 @@ def read_labels(
                 georef = Georef(georef.crs, ds.window_transform(win))
         labels = classes.encode_mask(raw, strict=strict)
         if like is not None:
-            check_same_place(georef, like.georef, f"labels {Path(str(path)).name}", Path(like.source).name)
+            check_same_place(georef, like.georef, f"the label mask {Path(str(path)).name}", Path(like.source).name)
     if like is not None:
         if labels.shape != like.shape:
             raise RasterError(
@@ -354,7 +354,7 @@ def read_labels(
 
 
 #: What to do about probabilities that do not fit their image.
-PREDICT_ON_IT = "predict them on this image (`python -m refiner predict`)"
+PREDICT_ON_IT = "predict the probabilities on this image (`python -m refiner predict`)"
 
 
 def check_same_place(
@@ -375,19 +375,19 @@ def check_same_place(
     image_name = image_name or "the image"
     if georef.crs != image.crs:
         raise RasterError(
-            f"{what} are in {georef.crs.to_string()} but {image_name} is in {image.crs.to_string()} — {todo}"
+            f"{what} is in {georef.crs.to_string()} but {image_name} is in {image.crs.to_string()} — {todo}"
         )
     a, b = georef.transform, image.transform
     px = max(abs(b.a), abs(b.e), 1e-12)
     scale_off = max(abs(a.a - b.a), abs(a.e - b.e), abs(a.b - b.b), abs(a.d - b.d)) > 1e-3 * px
     if scale_off:
         raise RasterError(
-            f"{what} have {abs(a.a):g} x {abs(a.e):g} pixels but {image_name} has {abs(b.a):g} x {abs(b.e):g} — {todo}"
+            f"{what} has {abs(a.a):g} x {abs(a.e):g} pixels but {image_name} has {abs(b.a):g} x {abs(b.e):g} — {todo}"
         )
     dx, dy = a.c - b.c, a.f - b.f
     if max(abs(dx), abs(dy)) > 0.01 * px:
         raise RasterError(
-            f"{what} lie elsewhere than {image_name}: their top-left corner is off by ({dx:+.6g}, {dy:+.6g}) "
+            f"{what} is not where {image_name} is: its top-left corner is off by ({dx:+.6g}, {dy:+.6g}) "
             f"{georef.crs.linear_units or 'CRS units'} — {todo}"
         )
 

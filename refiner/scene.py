@@ -317,7 +317,8 @@ def _check_probs(probs: str | Path, h: int, w: int, georef: Georef | None, bundl
         raise ValueError(f"the probability map has {count} bands but the model has {len(bundle.classes)} classes")
     if shape != (h, w):
         raise ValueError(f"probabilities {shape} and image {(h, w)} differ in size — predict them on this image")
-    check_same_place(raster_shape(probs)[2], georef, f"probabilities {Path(str(probs)).name}", image, PREDICT_ON_IT)
+    what = f"the probability map {Path(str(probs)).name}"
+    check_same_place(raster_shape(probs)[2], georef, what, image, PREDICT_ON_IT)
 
 
 def refine_scene(

@@ -464,7 +464,7 @@ class Workspace:
         tmp = _staged(data, name)
         try:
             probs, classes, georef = read_probs(tmp, check_sums=True)
-            check_same_place(georef, self.georef, f"probabilities {name}", "the tile", PREDICT_ON_IT)
+            check_same_place(georef, self.georef, f"the probability map {name}", "the tile", PREDICT_ON_IT)
         except RasterError as exc:
             raise ValueError(str(exc).replace(str(tmp), name).replace(tmp.name, name)) from exc
         except (RasterioError, OSError) as exc:

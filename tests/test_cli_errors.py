@@ -223,8 +223,8 @@ def _moved_copy(src, dst, *, crs=None, shift=(0, 0)):
     return dst
 
 
-@pytest.mark.parametrize(("crs", "shift", "needle"), [("EPSG:32619", (0, 0), "are in EPSG:32619 but enhance.tif is in"),
-                                                       (None, (40, 0), "lie elsewhere than enhance.tif")])  # fmt: skip
+@pytest.mark.parametrize(("crs", "shift", "needle"), [("EPSG:32619", (0, 0), "is in EPSG:32619 but enhance.tif is in"),
+                                                       (None, (40, 0), "is not where enhance.tif is")])  # fmt: skip
 def test_probabilities_of_the_right_size_in_another_crs_or_place_are_refused(chain, tmp_path, capsys, monkeypatch,
                                                                              crs, shift, needle):  # fmt: skip
     probs = _moved_copy(chain / "p.tif", tmp_path / "p2.tif", crs=crs, shift=shift)
@@ -247,7 +247,13 @@ def test_labels_of_the_right_size_elsewhere_are_refused(chain, tmp_path, capsys,
     no_work(monkeypatch)
     assert _ft(chain, tmp_path / "m", labels=labels) == 2
     line = one_error_line(capsys)
-    assert "labels l.tif lie elsewhere than enhance.tif" in line and "(+0, -30) metre" in line
+    assert "the label mask l.tif is not where enhance.tif is" in line and "(+0, -30) metre" in line
+
+
+def test_evaluate_refuses_a_prediction_of_another_place(chain, tmp_path, capsys):
+    pred = _moved_copy(chain / "test_truth.tif", tmp_path / "pred.tif", shift=(8, 0))
+    assert main(["evaluate", "--pred", str(pred), "--truth", str(chain / "test_truth.tif"), *CLASSES3]) == 2
+    assert "the prediction pred.tif is not where the truth test_truth.tif is" in one_error_line(capsys)
 
 
 def test_float_imagery_in_0_255_is_scaled_with_a_note_not_clipped_to_white(chain, tmp_path, capsys):

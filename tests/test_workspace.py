@@ -167,7 +167,7 @@ def test_probabilities_from_another_place_are_refused(tmp_path, ws):
     h, w = ws.shape
     moved = Georef(ws.georef.crs, ws.georef.transform * Affine.translation(5, 0))
     write_probs(tmp_path / "p.tif", np.full((3, h, w), 1 / 3, np.float32), moved, DEMO_CLASSES)
-    with pytest.raises(ValueError, match="probabilities mine.tif lie elsewhere than the tile"):
+    with pytest.raises(ValueError, match="the probability map mine.tif is not where the tile is"):
         ws.import_probs((tmp_path / "p.tif").read_bytes(), "mine.tif")
     assert not ws.has_coarse()
 
