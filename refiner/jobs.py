@@ -16,6 +16,7 @@ from the last checkpoint with ``resume=True``.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import threading
@@ -158,6 +159,7 @@ def run_training(workspace: str | Path, params: dict, job_id: str) -> dict:
         Progress,
         RNNTrainConfig,
         check_labels,
+        holdout_guard,
         pick_device,
         split_holdout,
         train_rnn,
@@ -186,8 +188,6 @@ def run_training(workspace: str | Path, params: dict, job_id: str) -> dict:
         probs = ws.coarse_probs()
         labels = ws.labels()
         check_labels(labels, len(classes), "painted labels")
-        train_labels, val_labels = split_holdout(labels, p.holdout, seed=p.seed)
-        ws.write_holdout(val_labels)
         init, start = None, "a new RNN (from scratch)"
         if p.resume:
             src = ws.model_dir("checkpoint") if _checkpoint_is_newer(ws) else ws.model_dir("rnn")
@@ -198,12 +198,18 @@ def run_training(workspace: str | Path, params: dict, job_id: str) -> dict:
             init = _pretrained_rnn(p.pretrained, classes)
             start = f"the pretrained RNN {p.pretrained}"
         resolution = init.resolution if init is not None else (ws.settings.get("coarse") or {}).get("resolution")
+        arch = RNNConfig(
+            num_classes=len(classes), in_channels=tile.image.shape[0], iterations=p.iterations, variant=p.variant
+        )
+        # held-out regions on the tile's grid (the pages score there), the guard in working pixels
+        scale = resolution / tile.resolution if resolution and tile.resolution else 1.0
+        guard = math.ceil(holdout_guard(init.net.cfg if init is not None else arch) * scale)
+        train_labels, val_labels = split_holdout(labels, p.holdout, guard=guard, seed=p.seed)
+        ws.write_holdout(val_labels)
+        ws.update_settings(holdout={"fraction": p.holdout, "guard_px": guard})
         working = to_working(tile, resolution, probs, [train_labels, val_labels])
         work, probs, (train_labels, val_labels) = working.tile, working.probs, working.labels
         status.start_step = int(init.info.get("trained_steps", 0)) if init is not None else 0
-        arch = RNNConfig(
-            num_classes=len(classes), in_channels=work.image.shape[0], iterations=p.iterations, variant=p.variant
-        )
         cfg = RNNTrainConfig(
             steps=p.steps,
             batch_size=p.batch_size,
@@ -260,7 +266,10 @@ def run_training(workspace: str | Path, params: dict, job_id: str) -> dict:
         total = result.bundle.info.get("trained_steps", status.step)
         status.message = f"{result.stopped} after {status.step} steps ({total} in all) from {start}; model saved"
         if not has_val:
-            status.message += "; no pixels could be held back for validation (paint more than one 16x16 block)"
+            status.message += (
+                f"; no pixels could be held back for validation (paint regions more than {2 * guard} px "
+                "apart, or a larger area, so whole regions can be held out)"
+            )
     except Exception as exc:  # the page shows the message; the traceback goes to the server log
         traceback.print_exc()
         status.state = "failed"
