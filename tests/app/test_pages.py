@@ -129,14 +129,53 @@ def test_pages_that_need_an_rnn_say_so(tmp_path, monkeypatch):
 
 
 def test_compare_page_table_and_grid_search(app_ws):
+    from refiner import crf_job
+    from refiner.crf import CRFParams
+
     at = run("pages/4_Compare.py")
     table = at.table[0].value
     assert list(table.index) == ["Coarse CNN", "Dense CRF", "RNN"]
     assert {"overall accuracy", "mean IoU", "IoU building", "IoU road"} <= set(table.columns)
     assert ((table["overall accuracy"] >= 0) & (table["overall accuracy"] <= 1)).all()
-    at.button(key="grid_search").click().run()
-    assert at.success and "Best of 48 settings" in at.success[0].value
-    assert Workspace(app_ws.path).settings["crf"] is not None
+    # a hand-set value first, so the search's result must replace what the form shows
+    at.number_input(key="b_rgb").set_value(77.0)
+    next(b for b in at.button if b.label == "Apply").click().run()
+    assert results.crf_params(app_ws).bilateral_srgb == 77.0
+    at.button(key="grid_search").click().run()  # starts the search in the background
+    done = crf_job.wait_crf(app_ws, timeout=TIMEOUT)
+    assert done.state == "finished" and done.done == done.total == 48, done.message
+    assert 0 < done.searched_pixels <= done.tile_pixels
+    found = results.crf_params(app_ws)
+    assert found.to_dict() == {**found.to_dict(), **done.best} and found.bilateral_srgb != 77.0
+    at.run()
+    assert not at.exception and any("best of 48 settings" in c.value for c in at.caption)
+    # the form shows the searched parameters; changing one field keeps the others
+    assert at.number_input(key="b_rgb").value == found.bilateral_srgb
+    assert at.number_input(key="b_sxy").value == found.bilateral_sxy
+    at.number_input(key="g_sxy").set_value(7.5)
+    next(b for b in at.button if b.label == "Apply").click().run()
+    assert results.crf_params(app_ws) == CRFParams(**{**found.to_dict(), "gaussian_sxy": 7.5})
+
+
+def test_grid_search_can_be_cancelled_and_keeps_its_best_so_far(app_ws, monkeypatch):
+    from refiner import crf, crf_job
+
+    real = crf.dense_crf
+    calls = []
+
+    def slow(*a, **k):  # the job's thread polls the cancel file between trials
+        calls.append(1)
+        if len(calls) == 3:
+            crf_job.request_crf_cancel(app_ws)
+        return real(*a, **k)
+
+    monkeypatch.setattr(crf, "dense_crf", slow)
+    crf_job.start_crf_search(app_ws)
+    done = crf_job.wait_crf(app_ws, timeout=TIMEOUT)
+    assert done.state == "cancelled" and 0 < done.done < 48 and "best so far" in done.message
+    assert results.crf_params(app_ws).to_dict() == {**results.crf_params(app_ws).to_dict(), **done.best}
+    at = run("pages/4_Compare.py")
+    assert any("cancelled after" in c.value for c in at.caption)
 
 
 def test_filters_page_shows_kernels_and_a_response(app_ws):
