@@ -577,7 +577,7 @@ def train_rnn(
         return Scores(acc, iou, partial_mean_iou(pred, v_lab, allowed), int(used.sum()))
 
     result = RNNTrainResult(bundle)
-    best_state, best, stale = None, -math.inf, 0
+    best_state, best, stale, best_step = None, -math.inf, 0, 0
     t0 = time.perf_counter()
     last_eval, eval_cost = 0.0, 0.0
     done_before = int(bundle.info.get("trained_steps", 0)) if init is not None else 0
@@ -612,7 +612,7 @@ def train_rnn(
             last_eval = time.perf_counter() - t0
             score = report.val.mean_iou
             if score > best + 1e-4:
-                best, stale = score, 0
+                best, stale, best_step = score, 0, step
                 best_state = {n: t.detach().clone() for n, t in net.state_dict().items()}
             else:
                 stale += 1
@@ -639,6 +639,7 @@ def train_rnn(
         "trained_steps": done_before + step,
         "train_config": cfg.__dict__.copy(),
         "best_val_mean_iou": result.best_val,
+        "best_step": done_before + best_step if best_state is not None else None,  # the weights kept
         "stopped": result.stopped,
     }
     bundle.optimizer_state = _adagrad_state(opt, net)

@@ -10,6 +10,7 @@ from streamlit.testing.v1 import AppTest
 
 from refiner import jobs, results
 from refiner.classes import IGNORE
+from refiner.metrics import evaluate
 from refiner.workspace import Workspace
 from tests.app.conftest import REPO, make_workspace
 
@@ -256,3 +257,74 @@ def test_a_window_of_a_cloud_optimized_geotiff_becomes_a_workspace(app_ws, tmp_p
     assert tile.shape == (64, 96)
     assert tile.georef.transform.c == scene.georef.transform.c + 20  # the window's own origin
     assert metrics(at)["Size (rows × cols)"] == "64 × 96"  # the app switched to it
+
+
+def _truth_png(values=(10, 20, 30)) -> tuple[bytes, np.ndarray]:
+    import io
+
+    from PIL import Image
+
+    from refiner.synthetic import make_scene
+
+    truth = make_scene(96, seed=5).truth  # the app workspace's scene: its exact classes
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(values, np.uint8)[truth]).save(buf, format="PNG")
+    return buf.getvalue(), truth
+
+
+def test_a_reference_mask_is_scored_beside_the_held_out_regions(app_ws):
+    data, truth = _truth_png()
+    at = run("pages/4_Compare.py")
+    assert len(at.table) == 1  # held-out (here: painted) pixels only
+    at.file_uploader(key="compare_ref_file").set_value(("truth.png", data, "image/png")).run()
+    # values that are no class's mask value: proposed in order, each can be changed
+    assert [at.selectbox(key=f"compare_ref_v{v}").value for v in (10, 20, 30)] == ["background", "building", "road"]
+    at.button(key="compare_ref_attach").click().run()
+    assert not at.exception and not at.error
+    assert app_ws.settings["reference"]["name"] == "truth.png"
+    held, ref = (t.value for t in at.table)
+    crf = results.crf_probs(app_ws, results.crf_params(app_ws)).argmax(0)
+    rnn = results.refinement(app_ws)[-1].argmax(0)
+    for name, m in {"Coarse CNN": app_ws.coarse_probs().argmax(0), "Dense CRF": crf, "RNN": rnn}.items():
+        assert ref.loc[name, "mean IoU"] == round(evaluate(m, truth, 3).mean_iou, 4), name
+    assert ref.loc["RNN", "mean IoU"] != held.loc["RNN", "mean IoU"]  # a different, whole-tile set
+    assert any("over the whole tile" in c.value for c in at.caption)
+    # the Iterations page scores every iteration on it too, beside the held-out chart
+    at = run("pages/3_Iterations.py")
+    at.slider(key="iteration").set_value(1).run()
+    expected = results.iteration_scores(results.refinement(app_ws), truth)[1].mean_iou
+    assert metrics(at)["Mean IoU (reference mask)"] == f"{expected:.3f}"
+    assert len(at.get("plotly_chart")) == 2
+    # the Train page shows the current RNN's scores on both; the reference can be detached
+    at = run("pages/2_Train.py")
+    assert [t.value.index.tolist() for t in at.table] == [["Coarse CNN", "RNN"]] * 2
+    at.button(key="train_ref_detach").click().run()
+    assert results.reference_eval(Workspace(app_ws.path)) is None and len(at.table) == 1
+
+
+def test_another_workspaces_labels_can_be_the_reference(app_ws):
+    other = make_workspace(app_ws.path.parent, "surveyed")
+    _, truth = _truth_png()
+    other.write_labels(truth)
+    (app_ws.path.parent / ".last_workspace").write_text(app_ws.name)
+    at = run("pages/2_Train.py")
+    at.radio(key="train_ref_from").set_value("another workspace").run()
+    at.selectbox(key="train_ref_ws").set_value("surveyed").run()
+    at.button(key="train_ref_attach_ws").click().run()
+    assert not at.error
+    ev = results.reference_eval(app_ws)
+    assert ev is not None and np.array_equal(ev.labels, truth) and "surveyed" in ev.description
+
+
+def test_a_reference_that_does_not_fit_is_one_clear_message(app_ws):
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((50, 40), np.uint8)).save(buf, format="PNG")
+    at = run("pages/4_Compare.py")
+    at.file_uploader(key="compare_ref_file").set_value(("small.png", buf.getvalue(), "image/png")).run()
+    at.button(key="compare_ref_attach").click().run()
+    assert not at.exception and at.error and "50x40 pixels but the tile is 96x96" in at.error[0].value
+    assert results.reference_eval(app_ws) is None
