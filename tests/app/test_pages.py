@@ -189,17 +189,42 @@ def test_filters_page_shows_kernels_and_a_response(app_ws):
 
 
 def test_export_page_writes_georeferenced_files(app_ws):
+    import rasterio
+    import shapely
+
+    from refiner.export import LINES, POLYGONS
+    from refiner.raster import quantise_probs
+
     at = run("pages/6_Export.py")
     assert not at.error
     out = app_ws.path / "results"
-    import rasterio
-
     with rasterio.open(out / "refined_map.tif") as ds:
         assert ds.crs.to_epsg() == 32614 and ds.shape == (96, 96)
     with rasterio.open(out / "refined_probs.tif") as ds:
-        assert ds.count == 3 and np.allclose(ds.read().sum(0), 1, atol=1e-3)
-    meta = pyogrio.read_info(out / "refined_polygons.gpkg")
+        assert ds.count == 3 and ds.dtypes[0] == "float32" and ds.compression.name == "deflate"
+        floats = ds.read()
+        assert np.allclose(floats.sum(0), 1, atol=1e-3)
+    meta = pyogrio.read_info(out / "refined_polygons.gpkg", layer=POLYGONS)
     assert meta["features"] > 0 and "32614" in meta["crs"]
+    assert dict(pyogrio.list_layers(out / "refined_polygons.gpkg"))[LINES] == "MultiLineString"
+    labels = [b.label for b in at.get("download_button")]
+    assert len(set(labels)) == 3 and [lab.split(" (")[0] for lab in labels] == [
+        "Download the class map", "Download the probabilities", "Download the polygons"]  # fmt: skip
+    assert "float32" in labels[1] and "centre-lines" in labels[2]
+
+    def vertices() -> int:
+        _, _, geoms, _ = pyogrio.raw.read(out / "refined_polygons.gpkg", layer=POLYGONS)
+        return int(shapely.get_num_coordinates(shapely.from_wkb(geoms)).sum())
+
+    simplified = vertices()
+    at.number_input(key="tolerance").set_value(0.0).run()  # pixel edges: the staircase
+    assert vertices() > simplified
+    at.checkbox(key="probs_8bit").check().run()
+    with rasterio.open(out / "refined_probs.tif") as ds:
+        assert ds.dtypes[0] == "uint8" and ds.scales == (1 / 255,) * 3
+        assert np.abs(ds.read() / 255 - floats).max() < 1.5 / 255  # the cache keeps float16
+        assert np.array_equal(ds.read(), quantise_probs(results.refinement(app_ws)[-1]))
+    assert "8-bit" in [b.label for b in at.get("download_button")][1]
 
 
 def test_export_page_refines_a_whole_scene_in_the_background(app_ws, monkeypatch):
@@ -222,7 +247,13 @@ def test_export_page_refines_a_whole_scene_in_the_background(app_ws, monkeypatch
     assert done.state == "finished", done.message
     at.run()
     labels = [b.label for b in at.get("download_button")]
-    assert any(lab.startswith("Download refined_map.tif") for lab in labels), labels
+    assert any(lab.startswith("Download the scene's class map (refined_map.tif") for lab in labels), labels
+    assert any(lab.startswith("Download the scene's polygons and centre-lines") for lab in labels), labels
+    import rasterio
+
+    with rasterio.open(done.outputs["refined_probs"]) as ds:
+        assert ds.dtypes[0] == "uint8"  # 8-bit by default for a scene
+    assert pyogrio.read_info(done.outputs["polygons"], layer="classes")["features"] > 0
 
 
 def test_first_start_creates_the_demo(tmp_path, monkeypatch):
