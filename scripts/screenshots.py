@@ -88,7 +88,8 @@ def main() -> None:
             field.fill(value)
             field.press("Tab")
         page.get_by_role("button", name="Start training").click()
-        page.locator('[data-testid="stProgress"]').filter(has_text="Finished").wait_for()
+        # 60 steps: a minute on an idle 2-core machine, several on a busy one
+        page.locator('[data-testid="stProgress"]').filter(has_text="Finished").wait_for(timeout=1_200_000)
         settle(page)
         page.mouse.wheel(0, 420)
         page.wait_for_timeout(800)
@@ -107,7 +108,7 @@ def main() -> None:
         open_page(page, url, "Compare", wait_for='[data-testid="stTable"]')
         page.get_by_text("CRF parameters").click()
         page.get_by_role("button", name="Grid search on the painted labels").click()
-        page.locator('[data-testid="stProgress"]').filter(has_text="Finished").wait_for()
+        page.locator('[data-testid="stProgress"]').filter(has_text="Finished").wait_for(timeout=1_200_000)
         settle(page)
         shot("5_compare", full=True)
 
