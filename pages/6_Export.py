@@ -32,8 +32,11 @@ c1, c2, c3 = st.columns(3)
 with c1:
     st.subheader("Class map")
     path = write_class_map(out / "refined_map.tif", class_map, georef, classes)
-    common.download(path, ws.name, "dl_map", f"Download the class map (GeoTIFF, {common.size(path)})")
-    st.caption(f"One band, mask values {list(classes.values)}, with a colour table; deflate-compressed.")
+    common.download(path, ws.name, "dl_map", "Download class map (GeoTIFF)")
+    st.caption(
+        f"`{path.name}`, {common.size(path)}: one band, mask values {list(classes.values)}, a colour table; "
+        "deflate-compressed."
+    )
 with c2:
     st.subheader("Probabilities")
     quantise = st.checkbox(
@@ -42,8 +45,11 @@ with c2:
     )  # fmt: skip
     path = write_probs(out / "refined_probs.tif", probs, georef, classes, quantise=quantise)
     kind = "8-bit" if quantise else "float32"
-    common.download(path, ws.name, "dl_probs", f"Download the probabilities (GeoTIFF, {kind}, {common.size(path)})")
-    st.caption(f"{len(classes)} {kind} bands: {', '.join(classes.names)}; deflate-compressed.")
+    common.download(path, ws.name, "dl_probs", "Download probabilities (GeoTIFF)")
+    st.caption(
+        f"`{path.name}`, {common.size(path)}: {len(classes)} {kind} bands ({', '.join(classes.names)}); "
+        "deflate-compressed."
+    )
 with c3:
     st.subheader("Polygons and centre-lines")
     skip_bg = st.checkbox(f"Leave out '{classes.names[0]}'", True, key="skip_bg")
@@ -63,11 +69,10 @@ with c3:
             gpkg, class_map, georef, classes, skip=(0,) if skip_bg else (), min_pixels=int(min_px),
             simplify=float(tolerance), lines=lines, min_length=10 * pixel,
         )  # fmt: skip
-    what = f"{n[POLYGONS]} polygons" + (f", {n[LINES]} centre-lines" if LINES in n else "")
-    common.download(gpkg, ws.name, "dl_gpkg", f"Download the polygons (GeoPackage, {what})")
+    common.download(gpkg, ws.name, "dl_gpkg", "Download polygons (GeoPackage)")
     st.caption(
-        f"Layer `{POLYGONS}`: fields class, value, area (in {unit}²)"
-        + (f"; layer `{LINES}`: field length ({unit})." if LINES in n else ".")
+        f"`{gpkg.name}`, {common.size(gpkg)}: layer `{POLYGONS}`, {n[POLYGONS]} polygons (class, value, area "
+        f"in {unit}²)" + (f"; layer `{LINES}`, {n[LINES]} centre-lines (length in {unit})." if LINES in n else ".")
     )
 
 # --------------------------------------------------------------------------- the whole scene
@@ -128,7 +133,7 @@ def scene_panel() -> None:
             p = Path(path)
             size = p.stat().st_size if p.is_file() else 0
             if 0 < size <= scene_job.DOWNLOAD_LIMIT:
-                label = f"Download the scene's {SCENE_FILES.get(name, name)} ({p.name}, {common.size(p)})"
+                label = f"Download scene {SCENE_FILES.get(name, name)} ({p.name}, {common.size(p)})"
                 common.download(p, f"{ws.name}_scene", f"dl_scene_{name}", label)
             else:
                 st.caption(f"`{p}` ({size / 2**20:.0f} MiB: too large to download here; copy it from the server)")

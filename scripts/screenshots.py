@@ -90,7 +90,10 @@ def main() -> None:
         page.get_by_role("button", name="Start training").click()
         # 60 steps: a minute on an idle 2-core machine, several on a busy one
         page.locator('[data-testid="stProgress"]').filter(has_text="Finished").wait_for(timeout=1_200_000)
+        page.get_by_text("The current RNN's scores").wait_for()
+        page.locator('[data-testid="stTable"]').last.wait_for()
         settle(page)
+        page.set_viewport_size({"width": 1400, "height": 1500})
         page.mouse.wheel(0, 420)
         page.wait_for_timeout(800)
         shot("3_train")
@@ -101,17 +104,19 @@ def main() -> None:
         slider.press("ArrowLeft")
         slider.press("ArrowLeft")
         settle(page)
-        page.mouse.wheel(0, 250)
+        page.mouse.wheel(0, 520)
         page.wait_for_timeout(800)
         shot("4_iterations", full=True)
 
+        page.set_viewport_size({"width": 1400, "height": 1900})
         open_page(page, url, "Compare", wait_for='[data-testid="stTable"]')
-        page.get_by_text("CRF parameters").click()
         page.get_by_role("button", name="Grid search on the painted labels").click()
         page.locator('[data-testid="stProgress"]').filter(has_text="Finished").wait_for(timeout=1_200_000)
+        page.locator('[data-testid="stTable"]').last.wait_for()
         settle(page)
         shot("5_compare", full=True)
 
+        page.set_viewport_size({"width": 1400, "height": 1000})
         open_page(page, url, "Filters", wait_for='[data-testid="stImage"]')
         shot("6_filters", full=True)
 

@@ -26,7 +26,8 @@ def crf_panel(ws: Workspace, params: CRFParams) -> None:
     """The CRF form (showing ``params``, the ones in use) and the grid search's panel."""
     search = crf_job.read_crf_status(ws)
     searching = search is not None and search.active
-    with st.expander("CRF parameters", expanded=searching):
+    with st.container(border=True):
+        st.markdown("**Dense CRF parameters**")
         in_use = params.to_dict()
         if st.session_state.get("crf_shown") != in_use:  # the form shows the parameters in use
             st.session_state.update({k: float(in_use[f]) for k, (_, f, _, _) in FIELDS.items()}, crf_shown=in_use)
