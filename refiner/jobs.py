@@ -285,9 +285,11 @@ def run_training(workspace: str | Path, params: dict, job_id: str) -> dict:
         atomic_write_json(_jobs_dir(ws) / CURVES, {"model_steps": total, **curves})
         status.message = f"{result.stopped} after {status.step} steps ({total} in all) from {start}; model saved"
         if status.best_step is not None and status.best_step != total:
+            which = "the model it started from" if status.best_step == status.start_step else (
+                f"the weights of step {status.best_step}")
             status.message += (
-                f" with the weights of step {status.best_step}, the best on the held-out regions "
-                f"(mean IoU {status.best_val:.3f}), not the last step's"
+                f" with {which}, the best on the held-out regions (mean IoU {status.best_val:.3f}), "
+                "not the last step's"
             )
         if not has_val:
             status.message += (
