@@ -457,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--lr", type=float, default=None, help="AdaGrad learning rate (default 0.01, the paper's; 0.003 with --init)"
     )
-    sp.add_argument("--holdout", type=float, default=0.2, help="fraction of labelled blocks kept for validation")
+    sp.add_argument("--holdout", type=float, default=0.2, help="share of labelled pixels held back, as whole regions")
     sp.add_argument(
         "--patience", type=int, default=None, help="stop after N evaluations without gain (0 = never; 6 with --init)"
     )

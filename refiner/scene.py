@@ -282,16 +282,17 @@ def predict_scene(
     return Path(out)
 
 
-def _probs_writer(path, h, w, georef, classes: ClassSpec) -> RasterWriter:
+def _probs_writer(path, h, w, georef, classes: ClassSpec, quantise: bool = False) -> RasterWriter:
     return RasterWriter(
         path,
         height=h,
         width=w,
         count=len(classes),
-        dtype="float32",
+        dtype="uint8" if quantise else "float32",
         georef=georef,
         descriptions=classes.names,
         tags={"refiner_classes": json.dumps(classes.to_dict())},
+        quantise=quantise,
     )
 
 
@@ -328,6 +329,7 @@ def refine_scene(
     out: str | Path,
     *,
     probs_out: str | Path | None = None,
+    quantise: bool = False,
     iterations_out: str | Path | None = None,
     iterations: int | None = None,
     bands=None,
@@ -337,6 +339,8 @@ def refine_scene(
     scheduler=None,
 ) -> Path:
     """Refined class map (and optionally probabilities, every iteration) of a scene, window by window.
+
+    ``quantise``: the probabilities as uint8 steps of 1/255 (a quarter of float32's size).
 
     ``window``: the core side of each window; default: the scene split evenly into windows of at
     most :func:`~refiner.models.fused.scene_window` (which reads whole CPU blocks; about 1100 px
@@ -371,7 +375,7 @@ def refine_scene(
         )
     }
     if probs_out:
-        makers["probs"] = lambda: _probs_writer(probs_out, h, w, georef, classes)
+        makers["probs"] = lambda: _probs_writer(probs_out, h, w, georef, classes, quantise)
     if iterations_out:
         makers["iterations"] = lambda: RasterWriter(
             iterations_out,

@@ -3,7 +3,7 @@
 Both sample random patches around *labelled* pixels (a painted patch can be a few hundred pixels
 in a corner of a tile) and use cross-entropy with unlabelled pixels (255) ignored, so they
 contribute no gradient. Loops report progress through a callback, stop when ``should_stop()``
-says so, can hold back spatial blocks of the labels for validation, stop early when the
+says so, can hold back whole regions of the labels (a guard band apart) for validation, stop early when the
 validation score stalls, and write checkpoints.
 """
 
@@ -99,29 +99,53 @@ def restrict_to_window(labels: np.ndarray, window: tuple[int, ...] | list[int]) 
 
 
 def split_holdout(
-    labels: np.ndarray, fraction: float = 0.2, *, block: int = 16, seed: int = 0
+    labels: np.ndarray, fraction: float = 0.2, *, guard: int = 0, block: int | None = None, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Split labelled pixels into (train, validation) by spatial blocks of ``block`` px.
+    """Split labelled pixels into (train, validation) *regions*, ``guard`` px apart.
 
-    Blocks, not single pixels: neighbouring pixels are nearly copies of each other, so a
-    pixel-level split would make the validation score meaninglessly optimistic. Returns two
-    label maps with the other part set to 255. With fewer than 2 labelled blocks, the
-    validation map is empty.
+    Neighbouring pixels are nearly copies of each other, so scoring on pixels beside (or inside)
+    the training strokes flatters the model: on the Inria Austin tile 16 px blocks of the strokes
+    said building IoU 0.77 where the whole tile, against the reference mask, gave 0.46. Here the
+    units held out are whole connected labelled regions (strokes, boxes), cut by a grid of
+    ``block`` px squares (default ``max(16, 2 * guard)``) so that one painted box still gives
+    several; about ``fraction`` of the labelled pixels are held out as whole units, and training
+    pixels closer than ``guard`` px (chessboard distance) to a held-out one are dropped from both,
+    so no training pixel's receptive field overlaps a held-out pixel's when ``guard`` is twice the
+    RNN's halo (:func:`holdout_guard`). Returns two label maps with the other part set to 255;
+    the validation map is empty when fewer than 2 units exist or the guard would leave nothing
+    to train on.
     """
-    h, w = labels.shape
-    by, bx = np.arange(h) // block, np.arange(w) // block
-    block_id = by[:, None] * (bx.max() + 1) + bx[None, :]
+    from scipy import ndimage
+
     labelled = labels != IGNORE
-    ids = np.unique(block_id[labelled])
     train, val = labels.copy(), np.full_like(labels, IGNORE)
-    if fraction <= 0 or len(ids) < 2:
+    if fraction <= 0 or not labelled.any():
         return train, val
-    rng = np.random.default_rng(seed)
-    n_val = min(len(ids) - 1, max(1, round(len(ids) * fraction)))
-    chosen = np.isin(block_id, rng.choice(ids, n_val, replace=False)) & labelled
-    val[chosen] = labels[chosen]
-    train[chosen] = IGNORE
+    block = block or max(16, 2 * guard)
+    h, w = labels.shape
+    comp, _ = ndimage.label(labelled, structure=np.ones((3, 3), bool))
+    by, bx = np.arange(h) // block, np.arange(w) // block
+    cell = by[:, None] * (bx.max() + 1) + bx[None, :]
+    unit_of = np.where(labelled, comp.astype(np.int64) * (cell.max() + 1) + cell, -1)
+    ids, sizes = np.unique(unit_of[labelled], return_counts=True)
+    if len(ids) < 2:
+        return train, val
+    order = np.random.default_rng(seed).permutation(len(ids))
+    taken = np.cumsum(sizes[order]) <= max(fraction * sizes.sum(), sizes[order[0]])
+    chosen = ids[order[: max(1, min(len(ids) - 1, int(taken.sum())))]]
+    held = np.isin(unit_of, chosen)
+    near = ndimage.distance_transform_cdt(~held, metric="chessboard") <= guard if guard else held
+    keep = labelled & ~near
+    if not keep.any():
+        return train, val
+    val[held] = labels[held]
+    train[~keep] = IGNORE
     return train, val
+
+
+def holdout_guard(arch: RNNConfig) -> int:
+    """The guard band between training and held-out pixels: twice the RNN's receptive-field radius."""
+    return 2 * arch.halo
 
 
 class PatchSampler:
@@ -437,7 +461,7 @@ class RNNTrainConfig:
     lr: float = 0.01
     seed: int = 0
     augment: bool = True
-    holdout: float = 0.2  # fraction of labelled blocks held back for validation
+    holdout: float = 0.2  # fraction of labelled pixels held back for validation, as whole regions
     eval_every: int = 50  # steps between evaluations on the held-out pixels ...
     # ... or seconds, whichever comes first: best-weights selection needs evaluations early, and
     # on a busy CPU 50 steps can take longer than the whole 60 s budget an app user waits
@@ -537,8 +561,6 @@ def train_rnn(
             check_labels(labels, k)
     else:
         check_labels(labels, k)
-    if val_labels is None:
-        labels, val_labels = split_holdout(labels, cfg.holdout, seed=cfg.seed)
     dev = pick_device(device)
     torch.manual_seed(cfg.seed)
     if init is not None:
@@ -552,6 +574,8 @@ def train_rnn(
         bundle = ModelBundle("rnn", RefinerRNN(arch).to(dev), classes, resolution, mean, std)
     net: RefinerRNN = bundle.net  # type: ignore[assignment]
     halo = net.cfg.halo
+    if val_labels is None:
+        labels, val_labels = split_holdout(labels, cfg.holdout, guard=holdout_guard(net.cfg), seed=cfg.seed)
     sampler = PatchSampler([image, probs], labels, cfg.patch_size, halo, seed=cfg.seed, augment=cfg.augment)
     opt = torch.optim.Adagrad(net.parameters(), lr=cfg.lr)
     if init is not None and init.optimizer_state and not cfg.fresh_optimizer:
@@ -657,7 +681,7 @@ def train_rnn(
         "trained_steps": done_before + step,
         "train_config": cfg.__dict__.copy(),
         "best_val_mean_iou": result.best_val,
-        "best_step": done_before + best_step if best_state is not None else None,
+        "best_step": done_before + best_step if best_state is not None else None,  # the weights kept
         "stopped": result.stopped,
     }
     bundle.optimizer_state = _adagrad_state(opt, net)

@@ -2,8 +2,9 @@
 
     .venv/bin/python scripts/screenshots.py      # or: make screenshots
 
-Starts ``streamlit run`` on a fresh workspace root, paints a stroke, trains a few steps, and
-saves one PNG per page to ``docs/screenshots``.
+Starts ``streamlit run`` on a fresh workspace root, paints a stroke, attaches the demo's truth as
+the reference mask, trains a few steps, runs the CRF grid search, and saves one PNG per page to
+``docs/screenshots``.
 """
 
 from __future__ import annotations
@@ -75,13 +76,24 @@ def main() -> None:
         shot("2_label")
 
         open_page(page, url, "Train", wait_for="text=Start training")
+        # the demo's exact truth as the independent reference, so the pages score on it too
+        page.get_by_text("Reference for scoring (none attached)").click()
+        uploader = page.locator('[data-testid="stFileUploader"]').filter(has_text="Mask (GeoTIFF or PNG")
+        uploader.locator("input[type=file]").set_input_files(str(REPO / "assets" / "demo" / "truth.tif"))
+        page.get_by_role("button", name="Attach as the reference").click()
+        page.get_by_text("Reference for scoring: the mask truth.tif").wait_for()
+        settle(page)
         for label, value in (("Steps", "60"),):
             field = page.get_by_label(label, exact=True)
             field.fill(value)
             field.press("Tab")
         page.get_by_role("button", name="Start training").click()
-        page.locator('[data-testid="stProgress"]').filter(has_text="Finished").wait_for()
+        # 60 steps: a minute on an idle 2-core machine, several on a busy one
+        page.locator('[data-testid="stProgress"]').filter(has_text="Finished").wait_for(timeout=1_200_000)
+        page.get_by_text("The current RNN's scores").wait_for()
+        page.locator('[data-testid="stTable"]').last.wait_for()
         settle(page)
+        page.set_viewport_size({"width": 1400, "height": 1500})
         page.mouse.wheel(0, 420)
         page.wait_for_timeout(800)
         shot("3_train")
@@ -92,20 +104,24 @@ def main() -> None:
         slider.press("ArrowLeft")
         slider.press("ArrowLeft")
         settle(page)
-        page.mouse.wheel(0, 250)
+        page.mouse.wheel(0, 520)
         page.wait_for_timeout(800)
         shot("4_iterations", full=True)
 
+        page.set_viewport_size({"width": 1400, "height": 1900})
         open_page(page, url, "Compare", wait_for='[data-testid="stTable"]')
-        page.mouse.wheel(0, 200)
-        page.wait_for_timeout(800)
+        page.get_by_role("button", name="Grid search on the painted labels").click()
+        page.locator('[data-testid="stProgress"]').filter(has_text="Finished").wait_for(timeout=1_200_000)
+        page.locator('[data-testid="stTable"]').last.wait_for()
+        settle(page)
         shot("5_compare", full=True)
 
+        page.set_viewport_size({"width": 1400, "height": 1000})
         open_page(page, url, "Filters", wait_for='[data-testid="stImage"]')
         shot("6_filters", full=True)
 
         open_page(page, url, "Export", wait_for='[data-testid="stDownloadButton"]')
-        shot("7_export")
+        shot("7_export", full=True)
         browser.close()
 
 

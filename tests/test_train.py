@@ -46,13 +46,30 @@ def test_patch_sampler_pads_images_smaller_than_a_patch():
     assert x.shape == (3, 3, 24, 24) and (y[:, 10:] == IGNORE).all() and (y[:, :10, :12] == 0).all()
 
 
-def test_holdout_split_is_by_blocks_and_disjoint():
-    labels = np.zeros((64, 64), np.uint8)
-    train, val = split_holdout(labels, 0.25, block=16, seed=0)
-    assert ((train != IGNORE) ^ (val != IGNORE)).all()
-    assert (val != IGNORE).sum() == 4 * 256  # 4 of the 16 blocks
-    blocks = (val != IGNORE).reshape(4, 16, 4, 16).any((1, 3))
-    assert blocks.sum() == 4
+def test_holdout_keeps_whole_regions_a_guard_band_away_from_training_pixels():
+    from scipy import ndimage
+
+    labels = np.full((128, 128), IGNORE, np.uint8)
+    labels[:64, :64] = 0  # a painted box
+    labels[100:104, 10:120] = 1  # a stroke
+    train, val = split_holdout(labels, 0.25, guard=8, seed=0)
+    held, kept = val != IGNORE, train != IGNORE
+    assert held.any() and kept.any() and not (held & kept).any()
+    assert (val[held] == labels[held]).all() and (train[kept] == labels[kept]).all()
+    # no training pixel within the guard band of a held-out one
+    assert ndimage.distance_transform_cdt(~held, metric="chessboard")[kept].min() > 8
+    # whole regions: each held-out piece is a full cell (16 px = 2 x guard) of a stroke or box
+    pieces, n = ndimage.label(held)
+    assert all((pieces == i).sum() >= 4 * 16 for i in range(1, n + 1))
+    # about a quarter of the labelled pixels, as whole units
+    assert 0.1 < held.sum() / (labels != IGNORE).sum() < 0.4
+
+
+def test_holdout_without_room_for_two_regions_holds_nothing_back():
+    labels = np.full((40, 40), IGNORE, np.uint8)
+    labels[:10, :10] = 1
+    train, val = split_holdout(labels, 0.2, guard=8, seed=0)  # one 16 px cell: one region
+    assert (val == IGNORE).all() and np.array_equal(train, labels)
 
 
 def test_label_checks():

@@ -138,6 +138,12 @@ def download(path: Path, prefix: str, key: str, label: str = "") -> None:
     )
 
 
+def size(path: Path) -> str:
+    """A file's size for a download button: KiB or MiB."""
+    n = path.stat().st_size
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{max(1, round(n / 2**10))} KiB"
+
+
 def to_png(rgb: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(rgb))
 
