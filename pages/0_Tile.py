@@ -69,18 +69,21 @@ st.caption(
 )
 
 rgb = viz.to_rgb(tile.image)
-opacity = st.slider("Class map opacity", 0.0, 1.0, 0.5, 0.05, key="start_opacity")
 if tile.georef is not None:
     from webapp.maps import tile_map
 
     layers = [("tile", np.dstack([rgb, np.full(tile.shape, 255, np.uint8)]), 1.0)]
     if class_map is not None:
-        layers.append((f"class map ({map_kind})", viz.colorize(class_map, ws.classes), opacity))
+        layers.append((f"class map ({map_kind})", viz.colorize(class_map, ws.classes), 0.5))
     with common.guard("drawing the map"):
-        tile_map(tile.georef, layers)
-    st.caption("Map without a basemap (the app works offline); toggle the layers at the top right.")
+        tile_map(tile.georef, layers, state_key=ws.name)
+    st.caption(
+        "Map without a basemap (the app works offline): toggle the layers at the top right, set the class "
+        "map's opacity at the bottom left; your browser keeps the zoom, position and layers."
+    )
 else:
     st.info("This tile has no georeferencing, so it is shown as a picture rather than on a map.")
+    opacity = st.slider("Class map opacity", 0.0, 1.0, 0.5, 0.05, key="start_opacity")
     shown = rgb if class_map is None else viz.blend(rgb, viz.colorize(class_map, ws.classes), opacity)
     common.show(viz.downscale_to(shown, 1024), caption=map_kind or "tile")
 

@@ -59,3 +59,15 @@ def test_figures_have_the_expected_traces():
     s = [Scores(0.5, (0.1, 0.2, 0.3), 0.2, 10), Scores(0.6, (0.2, 0.3, 0.4), 0.3, 10)]
     fig = viz.iteration_figure(s, DEMO_CLASSES)
     assert len(fig.data) == 5 and list(fig.data[0].y) == [0.5, 0.6]
+
+
+def test_label_outlines_contrast_with_the_picture():
+    from refiner.viz import outline
+
+    rgb = np.zeros((6, 6, 3), np.uint8)
+    rgb[:, 3:] = 230  # dark left half, light right half
+    labels = np.full((6, 6), IGNORE, np.uint8)
+    labels[1:5, 1:5] = 0
+    out = outline(rgb, labels)
+    assert (out[1, 1] == 255).all() and (out[1, 4] == 0).all()  # white on dark, black on light
+    assert (out[2:4, 2:4] == rgb[2:4, 2:4]).all() and (out[0] == rgb[0]).all()  # inside and outside untouched

@@ -114,3 +114,25 @@ def test_the_view_and_layer_choice_survive_a_new_session(app_ws):
     assert again.select_slider(key="label_zoom").value == 4 and again.slider(key="label_cy").value == 0.8
     assert again.radio(key="brush").value == "road" and again.radio(key="label_layer").value == "refined map"
     assert any("over the refined map" in c.value for c in again.caption)
+
+
+def test_long_work_shows_a_busy_box_whose_stop_turns_it_off(app_ws, monkeypatch):
+    import time
+
+    from refiner import results
+
+    real = results.label_need
+
+    def slow(ws, labels=None):
+        time.sleep(1.5)
+        return real(ws, labels)
+
+    monkeypatch.setattr(results, "label_need", slow)
+    at = run()
+    at.toggle(key="show_hints").set_value(True).run()
+    assert not at.exception
+    assert any("Finding where labels would help most: done in" in s.label for s in at.status)
+    assert any("Where to label next" in c.value for c in at.caption)
+    at.button(key="stop_hints").click().run()  # what a click during the wait does
+    assert at.toggle(key="show_hints").value is False
+    assert not any("Where to label next" in c.value for c in at.caption)

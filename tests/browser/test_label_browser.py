@@ -1,5 +1,6 @@
-"""The Label page in a real browser: fast strokes all reach the disk, one undo, the view kept
-across a reload, a 0/255 mask imported with its value mapping (one server, the demo)."""
+"""Labelling in a real browser: fast strokes all reach the disk, one undo, haloed strokes, the
+view kept across a reload (Label page and the start page's map), a 0/255 mask imported with its
+value mapping (one server, the demo)."""
 
 from __future__ import annotations
 
@@ -49,6 +50,15 @@ def test_five_strokes_painted_0_3_s_apart_are_all_saved(page, url, workspaces):
     page.mouse.move(box["x"] + 20, box["y"] + 20)
     assert page.get_by_role("button", name="Redo").count() == 0
     assert page.get_by_role("button", name="Reset canvas & history").count() == 0
+    # every stroke has a black-and-white halo, so each brush shows on any imagery
+    filters = page.evaluate(
+        """() => { const out = []; const walk = (root) => root.querySelectorAll('*').forEach(e => {
+             if (e.tagName === 'CANVAS' && e.closest('.dc-container') && !e.classList.contains('dc-background-canvas'))
+               out.push(getComputedStyle(e).filter);
+             if (e.shadowRoot) walk(e.shadowRoot); });
+           walk(document); return out; }"""
+    )
+    assert filters and all("drop-shadow" in f for f in filters), filters
     page.get_by_role("button", name="Undo last change").click()
     page.get_by_text(re.compile(r"\b4 change\(s\) can be undone")).wait_for()
     settle(page)
@@ -100,3 +110,26 @@ def test_a_0_255_mask_imports_as_background_and_building(page, url, workspaces):
         saved = ds.read(1)
     assert (saved[200:240, 440:500] == 1).all() and (saved != 255).all()
     assert page.locator('[data-testid="stException"]').count() == 0
+
+
+def test_the_start_page_map_keeps_zoom_and_opacity_across_a_reload(page, url):
+    open_page(page, url)
+    frame = page.frame_locator("iframe").first
+    frame.locator(".leaflet-container").wait_for()
+    images = frame.locator("img.leaflet-image-layer")
+    w0 = images.first.bounding_box()["width"]
+    opacity = frame.get_by_label(re.compile(r"^class map .* opacity$"))
+    opacity.fill("0.2")  # a range input: sets the value and fires input
+    frame.locator("a.leaflet-control-zoom-in").click()
+    page.wait_for_timeout(1000)
+    assert images.first.bounding_box()["width"] > 1.8 * w0
+    assert images.nth(1).evaluate("e => getComputedStyle(e).opacity") == "0.2"
+    page.reload()
+    page.wait_for_selector('[data-testid="stMetricValue"]')
+    settle(page)
+    frame = page.frame_locator("iframe").first
+    frame.locator(".leaflet-container").wait_for()
+    page.wait_for_timeout(1000)
+    images = frame.locator("img.leaflet-image-layer")
+    assert images.first.bounding_box()["width"] > 1.8 * w0  # still zoomed in
+    assert images.nth(1).evaluate("e => getComputedStyle(e).opacity") == "0.2"
