@@ -34,7 +34,8 @@ _NAME = "streamlit-drawable-canvas.streamlit_drawable_canvas"
 _CSS = """
 .dc-toolbar { display: none !important; }
 .dc-container canvas:not(.dc-background-canvas) {
-  filter: drop-shadow(0 0 0.6px #000) drop-shadow(0 0 0.6px #fff) drop-shadow(0 0 0.6px #000);
+  filter: drop-shadow(1px 0 0 #fff) drop-shadow(-1px 0 0 #fff) drop-shadow(0 1px 0 #fff) drop-shadow(0 -1px 0 #fff)
+    drop-shadow(0 0 1px #000) drop-shadow(0 0 1px #000);
 }
 """
 
