@@ -79,3 +79,89 @@ def test_task_scores_count_building_predictions_as_not_road():
     assert cm.tolist() == [[2, 0], [1, 1]]
     s = scores_2x2(cm)
     assert s["iou"] == pytest.approx(0.5) and s["iou_other"] == pytest.approx(2 / 3)
+
+
+def _road_tile(labels):
+    from refiner.pretrain import TileData
+
+    return TileData("s", "t", np.zeros((3, *labels.shape), np.uint8), labels, ("road",))
+
+
+def test_best_offsets_find_the_road_prior_that_argmax_misses():
+    """A map whose road scores sit just under background everywhere on the road: no road at
+    offset 0, the whole road (and nothing else) once road is shifted up."""
+    from refiner.pretrain import best_offsets
+
+    labels = np.full((10, 10), NOT_ROAD, np.uint8)
+    labels[4:6] = 2
+    logp = np.zeros((3, 10, 10), np.float32)
+    logp[1] = -5.0  # building never wins
+    logp[2] = -3.0  # road far below background off the road ...
+    logp[2, 4:6] = -0.4  # ... and just below it on the road
+    tile = _road_tile(labels)
+    value, bias = best_offsets([logp], [tile], grid=np.arange(0.0, 1.01, 0.5))
+    assert bias[0] == 0.0 and bias[2] == 0.5
+    assert value == pytest.approx(1.0)
+    assert best_offsets([logp], [tile], grid=np.array([0.0]))[0] == pytest.approx(0.4)  # road IoU 0, other 0.8
+
+
+def test_coarse_class_bias_is_added_to_the_scores_and_survives_save_and_load(tmp_path):
+    import dataclasses
+
+    import torch
+
+    from refiner.classes import ClassSpec
+    from refiner.models.coarse import CoarseCNN, CoarseConfig
+    from refiner.models.io import ModelBundle, load_model, save_model
+
+    torch.manual_seed(0)
+    net = CoarseCNN(CoarseConfig(3)).eval()
+    x = torch.rand(1, 3, 32, 32)
+    plain = net(x)
+    net.cfg = dataclasses.replace(net.cfg, class_bias=(0.0, 1.0, 1.5))
+    torch.testing.assert_close(net(x) - plain, torch.tensor([0.0, 1.0, 1.5])[None, :, None, None].expand_as(plain))
+    save_model(ModelBundle("coarse", net, ClassSpec(("background", "building", "road")), 1.0), tmp_path / "m")
+    loaded = load_model(tmp_path / "m", expect="coarse")
+    assert loaded.net.cfg.class_bias == (0.0, 1.0, 1.5)
+    torch.testing.assert_close(loaded.net(x), net(x))
+    with pytest.raises(ValueError, match="class_bias"):
+        CoarseConfig(3, class_bias=(0.0, 1.0))
+
+
+def test_calibrating_an_rnn_moves_each_class_bias_by_its_offset_over_t():
+    """The offsets go into the class MLPs' output biases (beta / T each), and the calibrated
+    model finds the road an identity refiner leaves under background."""
+    import copy
+
+    import torch
+
+    from refiner.classes import ClassSpec
+    from refiner.inference import refine
+    from refiner.models.io import ModelBundle
+    from refiner.models.rnn import RefinerRNN, RNNConfig
+    from refiner.pretrain import calibrate_rnn_bias, score_probs
+
+    torch.manual_seed(0)
+    labels = np.full((24, 24), NOT_ROAD, np.uint8)
+    labels[10:14] = 2
+    probs = np.full((3, 24, 24), 0.05, np.float32)
+    probs[0] = 0.9
+    probs[:, 10:14] = np.array([0.55, 0.05, 0.4], np.float32)[:, None, None]  # road under background
+    tile = _road_tile(labels)
+    net = RefinerRNN(RNNConfig(3, iterations=2)).eval()
+    with torch.no_grad():  # an identity refiner (du = bias): its map is the coarse one
+        net.blocks[0].output.weight.zero_()
+    bundle = ModelBundle("rnn", net, ClassSpec(("background", "building", "road")), 1.0)
+    before = copy.deepcopy(bundle)
+    beta = calibrate_rnn_bias(bundle, [tile], [probs])
+    t = bundle.net.cfg.iterations
+    shift = bundle.net.blocks[0].output.bias.detach() - before.net.blocks[0].output.bias.detach()
+    torch.testing.assert_close(shift, torch.tensor(beta) / t)
+    assert beta[2] > 0  # roads were under-predicted
+
+    def value(b):
+        res = score_probs([(refine(b, tile.tile(), probs).final, tile)])
+        return res["road"]["iou"]
+
+    assert value(bundle) >= value(before)
+    assert value(bundle) > 0.9

@@ -306,3 +306,36 @@ def test_finetune_from_pretrained_leaves_the_start_model_and_the_anchor_holds_we
     assert drift[10.0] < drift[0.0] * 0.5, drift
     with pytest.raises(ValueError, match="RNN"):
         finetune_from_pretrained(image, probs, truth, ModelBundle("coarse", CoarseCNN(CoarseConfig(2)), classes))
+
+
+def test_distillation_keeps_a_finetune_close_to_its_start_where_the_patch_says_nothing():
+    """A patch painted all road pulls an undistilled fine-tune towards road everywhere; the KL
+    pull towards the start's probabilities (``distill``) keeps the rest of the tile near them."""
+    from dataclasses import replace
+
+    from refiner.classes import ClassSpec
+    from refiner.inference import refine
+    from refiner.models.io import ModelBundle
+    from refiner.models.rnn import RefinerRNN, RNNConfig
+    from refiner.raster import Tile
+    from refiner.train import FINETUNE_DEFAULTS
+
+    torch.manual_seed(0)
+    classes = ClassSpec(("background", "road"))
+    init = ModelBundle("rnn", RefinerRNN(RNNConfig(2, iterations=2)).eval(), classes, resolution=1.0)
+    rng = np.random.default_rng(0)
+    image = rng.random((3, 64, 64)).astype(np.float32)
+    truth = np.zeros((64, 64), np.uint8)
+    truth[30:36] = 1
+    probs = coarse_probs_from_labels(truth, 2, sigma=3.0)
+    painted = np.full((64, 64), 255, np.uint8)
+    painted[:24, :24] = 1  # a patch that says "road" only
+    tile = Tile(image=image, valid=np.ones((64, 64), bool))
+    start = refine(init, tile, probs).final
+    drift = {}
+    for distill in (0.0, 50.0):
+        cfg = replace(FINETUNE_DEFAULTS, steps=20, patience=0, eval_every=10**6, holdout=0.0, anchor=0.0,
+                      lr=0.05, distill=distill)  # fmt: skip
+        res = finetune_from_pretrained(image, probs, painted, init, cfg)
+        drift[distill] = float(np.abs(refine(res.bundle, tile, probs).final - start)[:, 32:, 32:].mean())
+    assert drift[50.0] < 0.5 * drift[0.0], drift

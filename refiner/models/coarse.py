@@ -26,6 +26,17 @@ class CoarseConfig:
     num_classes: int
     in_channels: int = 3
     stride: int = 4
+    #: Per-class offsets added to the output scores, chosen on validation tiles after training
+    #: (:func:`refiner.pretrain.calibrate_class_bias`): argmax IoU of thin, rare classes such as
+    #: roads is very sensitive to the prior a partial-label network ends with. None = no offset.
+    class_bias: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.class_bias is not None:
+            bias = tuple(float(b) for b in self.class_bias)
+            if len(bias) != self.num_classes:
+                raise ValueError(f"class_bias has {len(bias)} values for {self.num_classes} classes")
+            object.__setattr__(self, "class_bias", bias)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,5 +88,7 @@ class CoarseCNN(nn.Module):
         ph, pw = (-h) % s, (-w) % s
         if ph or pw:  # any size works: pad to a multiple of the stride, crop back after
             image = F.pad(image, (0, pw, 0, ph), mode="replicate")
-        scores = self.upsample(self.features(image))
-        return scores[..., :h, :w]
+        scores = self.upsample(self.features(image))[..., :h, :w]
+        if self.cfg.class_bias is not None:
+            scores = scores + scores.new_tensor(self.cfg.class_bias)[:, None, None]
+        return scores
