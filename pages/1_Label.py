@@ -136,7 +136,6 @@ with main:
         + (f", over the {layer}." if layer != layers[0] else ".")
     )
 common.save_view(ws, "label_page", VIEW_KEYS)
-common.save_view(ws, "label", common.view_keys("label"))
 
 # --------------------------------------------------------------------------- counts, import, export
 st.subheader("Labelled pixels")

@@ -201,6 +201,8 @@ def view_controls(shape: tuple[int, int], key: str, max_canvas: int = 640, ws: W
     zoom = c1.select_slider("Zoom", options=ZOOMS, key=zk)
     cy = c2.slider("Pan ↓ (rows)", 0.0, 1.0, step=0.05, key=yk, disabled=zoom == 1)
     cx = c3.slider("Pan → (columns)", 0.0, 1.0, step=0.05, key=xk, disabled=zoom == 1)
+    if ws is not None:
+        save_view(ws, key, [zk, yk, xk])
     return make_view(shape, zoom, (cy, cx), max_canvas)
 
 

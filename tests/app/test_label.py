@@ -136,3 +136,13 @@ def test_long_work_shows_a_busy_box_whose_stop_turns_it_off(app_ws, monkeypatch)
     at.button(key="stop_hints").click().run()  # what a click during the wait does
     assert at.toggle(key="show_hints").value is False
     assert not any("Where to label next" in c.value for c in at.caption)
+
+
+def test_other_pages_keep_their_zoom_and_pan_too(app_ws):
+    page = str(REPO / "pages" / "5_Filters.py")
+    at = AppTest.from_file(page, default_timeout=180).run()
+    at.select_slider(key="filters_zoom").set_value(2).run()
+    at.slider(key="filters_cx").set_value(0.25).run()
+    assert not at.exception
+    again = AppTest.from_file(page, default_timeout=180).run()
+    assert again.select_slider(key="filters_zoom").value == 2 and again.slider(key="filters_cx").value == 0.25
