@@ -235,21 +235,25 @@ with tab_upload:
     with common.guard("class list"):
         classes_u = _classes_inputs("upload")
     window_u = None
+    shape_u = None
     if f is not None:
-        with common.guard(f"reading {f.name}"):
+        try:  # said at once, and the rest of the page stays
             shape_u = upload_shape(f.getvalue(), f.name)
+        except ValueError as exc:
+            st.error(f"reading {f.name}: {exc}")
+    if shape_u is not None:
         too_big = shape_u[0] * shape_u[1] > MAX_PIXELS
         if too_big:
             side = int(MAX_PIXELS**0.5)
             st.warning(
                 f"{f.name} is {shape_u[0]} × {shape_u[1]} pixels, more than the app works on at once "
                 f"({MAX_PIXELS // 1_000_000} megapixels). Choose a window of it below (up to {side} × {side}), "
-                "then create the workspace; or cut the image smaller first. The whole scene can be refined "
-                "on the Export page, or with `python -m refiner refine`."
+                "then create the workspace; or cut the image smaller first. The whole scene can be refined later "
+                "from a path or URL on the Export page, or with `python -m refiner refine`."
             )
         if st.toggle("Read a window of it", value=too_big, disabled=too_big, key="upload_windowed"):
             window_u = _window_inputs("upload", shape_u)
-    if f is not None and st.button("Create workspace", key="create_upload"):
+    if shape_u is not None and st.button("Create workspace", key="create_upload"):
         with common.guard(f"reading {f.name}"):
             new_tile = tile_from_upload(f.getvalue(), f.name, window=window_u)
             if new_tile.georef is None:

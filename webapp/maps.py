@@ -107,7 +107,9 @@ def build_map(
         overlays[name] = overlay.get_name()
     m.fit_bounds([[south, west], [north, east]])
     folium.LayerControl(collapsed=False).add_to(m)
-    _Script(_view_script(m.get_name(), overlays, state_key)).add_to(m)  # after the layers and control
+    # the view belongs to this place: a new tile under the same workspace name starts afresh
+    key = f"{state_key}@{west:.6f},{south:.6f},{east:.6f},{north:.6f}" if state_key else ""
+    _Script(_view_script(m.get_name(), overlays, key)).add_to(m)  # after the layers and control
     return m
 
 
