@@ -162,7 +162,8 @@ def load_tile(source: str | Path, *, window: tuple[int, int, int, int] | None = 
     if h * w > MAX_PIXELS:
         raise ValueError(
             f"{label} is {info['height']}x{info['width']} pixels; the app works on tiles up to "
-            f"{MAX_PIXELS // 1_000_000} megapixels: read a window of it (row, col, height, width)"
+            f"{MAX_PIXELS // 1_000_000} megapixels: read a window of it — give its row, column, height and "
+            "width in the window fields (under the upload, or with the URL), or cut the image smaller first"
         )
     bands = (1, 1, 1) if info["bands"] < 3 else None
     try:
@@ -185,18 +186,34 @@ def check_pixel_size(metres: float) -> float:
     return metres
 
 
-def tile_from_upload(data: bytes, name: str) -> Tile:
-    """Check and read an uploaded image (GeoTIFF, PNG, JPEG)."""
+def tile_from_upload(data: bytes, name: str, *, window: tuple[int, int, int, int] | None = None) -> Tile:
+    """Check and read an uploaded image (GeoTIFF, PNG, JPEG), or a ``window`` (row, col, height,
+    width) of it (one above :data:`MAX_PIXELS` needs one)."""
     if not name.lower().endswith(IMAGE_SUFFIXES):
         raise ValueError(f"{name}: upload a GeoTIFF (.tif), PNG or JPEG image")
     sniff_image(data, name)
     tmp = _staged(data, name)
     try:
-        tile = load_tile(tmp, name=name)
+        tile = load_tile(tmp, window=window, name=name)
     finally:
         tmp.unlink(missing_ok=True)
     tile.source = name
     return tile
+
+
+def upload_shape(data: bytes, name: str) -> tuple[int, int]:
+    """(height, width) of an uploaded image, from its header (to offer a window of a large one)."""
+    if not name.lower().endswith(IMAGE_SUFFIXES):
+        raise ValueError(f"{name}: upload a GeoTIFF (.tif), PNG or JPEG image")
+    sniff_image(data, name)
+    tmp = _staged(data, name)
+    try:
+        info = raster_info(tmp)
+    except (RasterError, RasterioError) as exc:
+        raise ValueError(f"{name} could not be opened as an image: {_short(exc).replace(str(tmp), name)}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    return int(info["height"]), int(info["width"])
 
 
 # --------------------------------------------------------------------------- the workspace

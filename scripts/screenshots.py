@@ -1,6 +1,7 @@
 """Take the README's screenshots from the real app (demo workspace) in Chromium.
 
     .venv/bin/python scripts/screenshots.py      # or: make screenshots
+    .venv/bin/python scripts/screenshots.py 1_start 2_label    # only these (stops after the last)
 
 Starts ``streamlit run`` on a fresh workspace root, paints a stroke, attaches the demo's truth as
 the reference mask, trains a few steps, runs the CRF grid search, and saves one PNG per page to
@@ -9,6 +10,7 @@ the reference mask, trains a few steps, runs the CRF grid search, and saves one 
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import tempfile
 from pathlib import Path
@@ -38,16 +40,25 @@ def largest_building() -> tuple[slice, slice]:
     return ndimage.find_objects(comps)[int(sizes.argmax()) - 1]
 
 
-def main() -> None:
+class Done(Exception):
+    """Every screenshot asked for is taken."""
+
+
+def main(wanted: set[str]) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
+    taken: set[str] = set()
     with tempfile.TemporaryDirectory() as root, streamlit_server(Path(root)) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(300_000)
 
         def shot(name: str, full: bool = False) -> None:
-            page.screenshot(path=str(OUT / f"{name}.png"), full_page=full)
-            print("wrote", OUT / f"{name}.png")
+            if not wanted or name in wanted:
+                page.screenshot(path=str(OUT / f"{name}.png"), full_page=full)
+                print("wrote", OUT / f"{name}.png")
+                taken.add(name)
+            if wanted and wanted <= taken:
+                raise Done
 
         open_page(page, url)
         page.frame_locator("iframe").first.locator("img.leaflet-image-layer").first.wait_for()
@@ -57,6 +68,8 @@ def main() -> None:
 
         open_page(page, url, "Label")
         page.get_by_text("building (#").click()
+        settle(page)
+        page.locator('[data-testid="stRadio"]').filter(has_text="Under the labels").get_by_text("coarse map").click()
         settle(page)
         canvas = page.locator("canvas").last
         box = canvas.bounding_box()
@@ -96,6 +109,9 @@ def main() -> None:
         page.set_viewport_size({"width": 1400, "height": 1500})
         page.mouse.wheel(0, 420)
         page.wait_for_timeout(800)
+        page.get_by_text("Model history").scroll_into_view_if_needed()
+        page.mouse.wheel(0, -250)
+        page.wait_for_timeout(800)
         shot("3_train")
 
         open_page(page, url, "Iterations")
@@ -126,4 +142,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with contextlib.suppress(Done):
+        main(set(sys.argv[1:]))
