@@ -59,6 +59,8 @@ class TrainParams:
     patch_size: int = _TRAIN.patch_size
     holdout: float = _TRAIN.holdout
     eval_every: int = 25
+    #: ... or every this many seconds, whichever comes first (None: by steps only)
+    eval_seconds: float | None = _TRAIN.eval_seconds
     checkpoint_every: int = 50
     seed: int = _TRAIN.seed
     resume: bool = True  # continue from the workspace's current RNN (else start a new one)
@@ -236,12 +238,15 @@ def run_training(workspace: str | Path, params: dict, job_id: str) -> dict:
             seed=p.seed,
             holdout=0.0,
             eval_every=p.eval_every,
+            eval_seconds=p.eval_seconds,
             checkpoint_every=p.checkpoint_every,
         )
         if not p.resume and p.pretrained:  # a patch fine-tune: the regularisation measured for it
             d = FINETUNE_DEFAULTS
-            cfg = replace(cfg, patience=d.patience, anchor=d.anchor, jitter=d.jitter, fresh_optimizer=True)
-            cfg = replace(cfg, eval_seconds=d.eval_seconds)
+            cfg = replace(cfg, patience=d.patience, anchor=d.anchor, jitter=d.jitter, fresh_optimizer=True,
+                          distill=d.distill)  # fmt: skip
+            if p.eval_seconds is not None:
+                cfg = replace(cfg, eval_seconds=d.eval_seconds)
         status.message = f"started from {start}"
         status.params = {**status.params, "started_from": start}
 
