@@ -104,6 +104,15 @@ def settle(page, timeout: float = 120_000) -> None:
     page.wait_for_timeout(300)
 
 
+def stroke(page, x: float, y: float, dx: float, dy: float, moves: int = 15) -> None:
+    """Paint one stroke with the mouse from (x, y), ``moves`` steps of (dx, dy) page pixels."""
+    page.mouse.move(x, y)
+    page.mouse.down()
+    for k in range(1, moves + 1):
+        page.mouse.move(x + dx * k, y + dy * k)
+    page.mouse.up()
+
+
 def metrics(page) -> dict[str, str]:
     labels = page.locator('[data-testid="stMetricLabel"]').all_inner_texts()
     values = page.locator('[data-testid="stMetricValue"]').all_inner_texts()
@@ -149,10 +158,5 @@ def paint_stroke(page, brush: str = "road", where: tuple[float, float] = (0.7, 0
     canvas = page.locator("canvas").last
     canvas.wait_for()
     box = canvas.bounding_box()
-    x, y = box["x"] + box["width"] * where[0], box["y"] + box["height"] * where[1]
-    page.mouse.move(x, y)
-    page.mouse.down()
-    for k in range(1, steps + 1):
-        page.mouse.move(x + 6 * k, y - 2 * k)
-    page.mouse.up()
+    stroke(page, box["x"] + box["width"] * where[0], box["y"] + box["height"] * where[1], 6, -2, steps)
     metric_changed(page, brush, before)
