@@ -162,13 +162,15 @@ def request_cancel(ws: Workspace) -> None:
 
 
 #: What each status file under ``jobs/`` is, for messages (other kinds are named by their file).
-KINDS = {"train": "training run", "scene": "scene run"}
+KINDS = {"train": "training run", "scene": "scene run", "crf": "CRF search"}
 
 
 def active_job(ws: Workspace) -> str:
     """The kind of job going in ``ws`` now ("training run", "scene run"), or "" when none is."""
     folder = ws.path / "jobs"
     for f in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+        if not {"id", "state"} <= set(read_json(f, {}) or {}):
+            continue  # not a job's status (the loss curves kept between runs)
         status = read_job(ws, JobState, f.name, "")
         if status is not None and status.active:
             return KINDS.get(f.stem, f"{f.stem} job")

@@ -193,6 +193,9 @@ def test_one_job_at_a_time_per_session(root, monkeypatch):
     a = s.create("a", TILE, DEMO_CLASSES)
     b = s.create("b", TILE, DEMO_CLASSES)
     other = session(root).create("c", TILE, DEMO_CLASSES)
+    (b.path / "jobs").mkdir()
+    (b.path / "jobs" / jobs.CURVES).write_text('{"model_steps": 3}')  # not a job: never counted as one
+    assert jobs.active_job(b) == ""
     status = jobs.JobStatus(id="x", state="running", started=time.time())
     jobs.write_status(a, status)  # a run going in 'a' (its heartbeat is fresh)
     assert jobs.active_job(a) == "training run" and s.busy() == "training run in 'a'"

@@ -36,6 +36,8 @@ def run(page: str, token: str | None = TOKEN, **query: str) -> AppTest:
     at = AppTest.from_file(str(REPO / page), default_timeout=TIMEOUT)
     if token:
         at.query_params["session"] = token
+    else:
+        at.query_params.pop("session", None)
     at.query_params.update(query)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
@@ -71,6 +73,19 @@ def _fill(ws: Workspace, scene, with_rnn: bool) -> Workspace:
             ws.model_dir("rnn"),
         )
     return ws
+
+
+@pytest.fixture(autouse=True)
+def _one_browser(monkeypatch):
+    """Every ``AppTest.from_file`` of these tests starts as the browser of session :data:`TOKEN`."""
+    made = AppTest.from_file.__func__
+
+    def from_file(cls, *args, **kwargs):
+        at = made(cls, *args, **kwargs)
+        at.query_params["session"] = TOKEN
+        return at
+
+    monkeypatch.setattr(AppTest, "from_file", classmethod(from_file))
 
 
 @pytest.fixture()

@@ -337,12 +337,14 @@ def test_a_reference_mask_is_scored_beside_the_held_out_regions(app_ws):
     assert results.reference_eval(Workspace(app_ws.path)) is None and len(at.table) == 1
 
 
-def test_another_workspaces_labels_can_be_the_reference(app_ws):
-    other = make_workspace(app_ws.path.parent, "surveyed")
+def test_another_workspaces_labels_can_be_the_reference(app_ws, tmp_path):
+    other = make_workspace(tmp_path, "surveyed")  # another of this session's workspaces
     _, truth = _truth_png()
     other.write_labels(truth)
-    (app_ws.path.parent / ".last_workspace").write_text(app_ws.name)
-    at = run("pages/2_Train.py")
+    make_workspace(tmp_path, "elsewhere", token="another-browser-session-0123456789")
+    at = run("pages/2_Train.py", ws=app_ws.name)
+    at.radio(key="train_ref_from").set_value("another workspace").run()
+    assert at.selectbox(key="train_ref_ws").options == ["surveyed"]  # never another session's
     at.radio(key="train_ref_from").set_value("another workspace").run()
     at.selectbox(key="train_ref_ws").set_value("surveyed").run()
     at.button(key="train_ref_attach_ws").click().run()
