@@ -18,13 +18,14 @@ true labels (with ``--start-road f``: one with at least a fraction f of road), a
 trained on it (``--steps0`` steps). Then two arms, same pixel budget:
 
 - **suggested**: the labeller paints the ``--boxes`` boxes :func:`refiner.hints.suggest_boxes`
-  proposes (need map from that RNN's probabilities, or with ``--committee`` from the mean of the
-  coarse, CRF and RNN probabilities, the coarse / CRF / RNN maps, the labels);
+  proposes (need map from that RNN's probabilities, the coarse / CRF / RNN maps, the labels);
+- **committee** (with ``--committee``): the same, with the entropy of the mean of the coarse,
+  CRF and RNN probabilities (:func:`refiner.hints.consensus`) instead of the RNN's alone;
 - **random**: the same number of same-size random boxes under the same rules (not on painted
   pixels, not overlapping).
 
 Each arm fine-tunes the first RNN ``--steps1`` more steps on all its painted pixels (same seed,
-no hold-out), and is scored (mIoU, background and road) on the pixels painted by neither arm.
+no hold-out), and is scored (mIoU, background and road) on the pixels painted by no arm.
 Each row also says what share of the coarse map's and the first RNN's errors each arm painted.
 """
 
@@ -49,6 +50,7 @@ from refiner.classes import IGNORE, ClassSpec  # noqa: E402
 from refiner.crf import dense_crf  # noqa: E402
 from refiner.inference import predict_coarse, refine  # noqa: E402
 from refiner.metrics import evaluate  # noqa: E402
+from refiner.models.coarse import COARSE_HALO  # noqa: E402
 from refiner.models.io import load_model  # noqa: E402
 from refiner.pretrained import Pick, class_merge  # noqa: E402
 from refiner.raster import Tile  # noqa: E402
@@ -59,18 +61,31 @@ CLASSES = ClassSpec.parse("background,road", "0,255")
 STAND_IN = "stand-in"
 
 
-@functools.cache
-def coarse_map(tile: str, source: str) -> np.ndarray:
-    """Background / road probabilities (2, H, W) of a whole tile (computed once per tile)."""
+MARGIN = COARSE_HALO  # image context the coarse CNN sees around the crop (its own window halo)
+
+
+def coarse_map(tile: str, source: str, r0: int, c0: int, size: int) -> np.ndarray:
+    """Background / road probabilities (2, size, size) of the crop at (r0, c0): the stand-in's
+    from the whole tile (as before), the CNN's from the crop and a ``MARGIN`` around it (on a
+    shared 2-core machine the whole 1500 px tile costs minutes per run)."""
     image, truth = roads_tile(tile)
     if source == STAND_IN:
-        return stand_in_coarse(degrade_labels(truth, shift=3, drop=0.0, seed=1), 2, sigma=4.0)
-    bundle = load_model(source, expect="coarse")
+        probs = stand_in_coarse(degrade_labels(truth, shift=3, drop=0.0, seed=1), 2, sigma=4.0)
+        return np.ascontiguousarray(probs[:, r0 : r0 + size, c0 : c0 + size])
+    bundle = _coarse_model(source)
     merge, why = class_merge(CLASSES, bundle.classes)
     if merge is None:
         raise SystemExit(f"--coarse {source}: {why}; it needs a road class (others merge into background)")
-    probs = predict_coarse(bundle, Tile(image=image, valid=np.ones(truth.shape, bool)), device="cpu")
-    return Pick(None, why, merge).adapt(probs)
+    a0, b0 = max(0, r0 - MARGIN), max(0, c0 - MARGIN)
+    window = np.ascontiguousarray(image[:, a0 : r0 + size + MARGIN, b0 : c0 + size + MARGIN])
+    probs = predict_coarse(bundle, Tile(image=window, valid=np.ones(window.shape[1:], bool)), device="cpu")
+    probs = Pick(None, why, merge).adapt(probs)
+    return np.ascontiguousarray(probs[:, r0 - a0 : r0 - a0 + size, c0 - b0 : c0 - b0 + size])
+
+
+@functools.cache
+def _coarse_model(source: str):
+    return load_model(source, expect="coarse")
 
 
 def paint(labels: np.ndarray, truth: np.ndarray, boxes) -> np.ndarray:
@@ -88,7 +103,6 @@ def train(image, probs, labels, steps, seed, init=None):
 
 def one(tile: str, seed: int, args) -> dict:
     image, truth = roads_tile(tile)
-    probs = coarse_map(tile, args.coarse)
     rng = np.random.default_rng(seed)
     s = args.crop
     for _ in range(200):  # a crop with some road in it (5-30 %), else there is nothing to refine
@@ -96,7 +110,7 @@ def one(tile: str, seed: int, args) -> dict:
         if 0.05 <= truth[r0 : r0 + s, c0 : c0 + s].mean() <= 0.3:
             break
     img = np.ascontiguousarray(image[:, r0 : r0 + s, c0 : c0 + s])
-    prb = np.ascontiguousarray(probs[:, r0 : r0 + s, c0 : c0 + s])
+    prb = coarse_map(tile, args.coarse, r0, c0, s)
     tru = np.ascontiguousarray(truth[r0 : r0 + s, c0 : c0 + s])
     t0 = time.perf_counter()
     blank = np.full(tru.shape, IGNORE, np.uint8)
@@ -110,11 +124,12 @@ def one(tile: str, seed: int, args) -> dict:
     refined = refine(first, tile_obj, prb).final
     crf = dense_crf(img, prb)
     maps = [prb.argmax(0), crf.argmax(0), refined.argmax(0)]
-    need = hints.need_map([prb, crf, refined] if args.committee else refined, maps, start)
-    arms = {
-        "suggested": hints.suggest_boxes(need, start, args.boxes, args.box, spread=args.spread),
-        "random": hints.random_boxes(start, args.boxes, args.box, seed + 1000),
-    }
+    need = hints.need_map(refined, maps, start)
+    arms = {"suggested": hints.suggest_boxes(need, start, args.boxes, args.box, spread=args.spread)}
+    if args.committee:  # a third arm, scored on the same pixels: the entropy of the members' mean
+        committee = hints.need_map([prb, crf, refined], maps, start)
+        arms["committee"] = hints.suggest_boxes(committee, start, args.boxes, args.box, spread=args.spread)
+    arms["random"] = hints.random_boxes(start, args.boxes, args.box, seed + 1000)
     painted = {name: paint(start, tru, boxes) for name, boxes in arms.items()}
     test = np.where(np.all([p == IGNORE for p in painted.values()], axis=0), tru, IGNORE).astype(np.uint8)
     row = {"tile": tile, "seed": seed, "crop_at": [r0, c0], "test_pixels": int((test != IGNORE).sum())}
@@ -150,7 +165,7 @@ def main() -> None:
     ap.add_argument("--start-road", type=float, default=0.0, help="least road fraction of the first box")
     ap.add_argument("--spread", type=float, default=hints.HintWeights.distance_scale, help="0: boxes may pile up")
     ap.add_argument(
-        "--committee", action="store_true", help="entropy of the mean coarse / CRF / RNN probabilities, not the RNN's"
+        "--committee", action="store_true", help="a third arm: entropy of the mean coarse / CRF / RNN probabilities"
     )
     ap.add_argument("--coarse", default=STAND_IN, help=f"'{STAND_IN}' or a coarse CNN model folder")
     ap.add_argument("--json", type=Path, help="written after every run, so a stopped benchmark keeps its rows")
@@ -169,7 +184,7 @@ def main() -> None:
 
 def summarise(rows: list[dict], start: dict, args, complete: bool) -> dict:
     gain = [r["suggested_miou"] - r["random_miou"] for r in rows]
-    return {
+    out = {
         "machine": start,
         "machine_end": machine(),
         "args": {k: v for k, v in vars(args).items() if k != "json"},
@@ -178,8 +193,11 @@ def summarise(rows: list[dict], start: dict, args, complete: bool) -> dict:
         "mean_random_miou": float(np.mean([r["random_miou"] for r in rows])),
         "mean_gain": float(np.mean(gain)),
         "gain_min_max": [float(min(gain)), float(max(gain))],
-        "runs": rows,
     }
+    if args.committee:
+        out["mean_committee_miou"] = float(np.mean([r["committee_miou"] for r in rows]))
+        out["mean_committee_gain"] = float(np.mean([r["committee_miou"] - r["random_miou"] for r in rows]))
+    return out | {"runs": rows}
 
 
 if __name__ == "__main__":
