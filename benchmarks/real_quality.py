@@ -4,7 +4,8 @@ For each task (roads on Massachusetts, buildings on Inria), on the split's test 
 the coarse CNN, the dense CRF grid-searched on a painted patch, the pretrained RNN, and the RNN
 fine-tuned from that patch with :func:`refiner.train.finetune_from_pretrained` (per-iteration
 curve too). Scores are per task: IoU of the class against everything else, and their mean
-(the 3-class outputs are collapsed to class / not class; the CRF runs on the collapsed map).
+(argmax over the three classes, then class / not class, as in the model cards; the CRF's
+parameters are grid-searched on the patch's collapsed 2-class map, then it runs on the 3-class map).
 Then once through the CLI scene path (``predict`` + ``refine``) on the georeferenced Inria test
 GeoTIFF at its own 0.3 m grid.
 
@@ -14,6 +15,7 @@ GeoTIFF at its own 0.3 m grid.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 import time
@@ -46,17 +48,9 @@ def collapse(probs: np.ndarray, task: str) -> np.ndarray:
     return np.stack([1 - probs[c], probs[c]]).astype(np.float32)
 
 
-def binary_labels(d: TileData, task: str) -> np.ndarray:
-    out = np.where(d.labels == TASK_CLASS[task], 1, 0).astype(np.uint8)
-    out[d.labels == IGNORE] = IGNORE
-    return out
-
-
 def score(items: list[tuple[np.ndarray, TileData]], task: str) -> dict:
-    """Scores of 2-band (not class, class) maps."""
-    cm = sum(task_confusion(np.stack([p[0], np.zeros_like(p[0]), p[1]]) if task == "road"
-                            else np.stack([p[0], p[1], np.zeros_like(p[0])]), d, task) for p, d in items)  # fmt: skip
-    return scores_2x2(cm)
+    """Scores of 3-class maps for ``task`` (argmax over the three classes, as the model cards)."""
+    return scores_2x2(sum(task_confusion(p, d, task) for p, d in items))
 
 
 def window(d: TileData, win: tuple[int, int, int, int]) -> TileData:
@@ -79,43 +73,44 @@ def run_task(task: str, coarse, rnn, sets, steps: int | None, seed: int) -> dict
         "patch": {"set": pset, "tile": pname, "window": list(win)},
         "test_tiles": [f"{d.set}/{d.name}" for d in tests],
     }
-    out["cnn"] = score([(collapse(p, task), d) for p, d in zip(t_probs, tests, strict=True)], task)
-    # CRF: grid-searched on the patch, on the collapsed 2-class map
+    out["cnn"] = score(list(zip(t_probs, tests, strict=True)), task)
+    # CRF: parameters grid-searched on the patch's collapsed 2-class map (its labels say only
+    # road / not road), then run on the 3-class maps (the parameters do not depend on K)
     bl = np.where(lab == TASK_CLASS[task], 1, np.where(lab == IGNORE, IGNORE, 0)).astype(np.uint8)
     gs = grid_search(patch_tile.tile().image, collapse(p_probs, task), bl, DEFAULT_GRID)
     out["crf_params"] = gs.best.to_dict()
     out["crf"] = score(
-        [(dense_crf(d.tile().image, collapse(p, task), gs.best), d) for p, d in zip(t_probs, tests, strict=True)], task
+        [(dense_crf(d.tile().image, p, gs.best), d) for p, d in zip(t_probs, tests, strict=True)], task
     )
     # pretrained RNN, every iteration
     refs = [refine(rnn, d.tile(), p, keep_all=True) for p, d in zip(t_probs, tests, strict=True)]
-    out["rnn_pretrained"] = score([(collapse(f.final, task), d) for f, d in zip(refs, tests, strict=True)], task)
+    out["rnn_pretrained"] = score([(f.final, d) for f, d in zip(refs, tests, strict=True)], task)
     out["rnn_pretrained_curve"] = [
-        score([(collapse(f.probs[t], task), d) for f, d in zip(refs, tests, strict=True)], task)["mean_iou"]
+        score([(f.probs[t], d) for f, d in zip(refs, tests, strict=True)], task)["mean_iou"]
         for t in range(len(refs[0].probs))
     ]
     # fine-tuned from the patch
-    cfg = FINETUNE_DEFAULTS if steps is None else __import__("dataclasses").replace(FINETUNE_DEFAULTS, steps=steps)
-    cfg = __import__("dataclasses").replace(cfg, seed=seed)
+    cfg = FINETUNE_DEFAULTS if steps is None else dataclasses.replace(FINETUNE_DEFAULTS, steps=steps)
+    cfg = dataclasses.replace(cfg, seed=seed)
     t1 = time.perf_counter()
     res = finetune_from_pretrained(patch_tile.tile().image, p_probs, lab, rnn, cfg, partial=PARTIAL, device="cpu")
     out["finetune"] = {"seconds": time.perf_counter() - t1, "steps": res.bundle.info.get("trained_steps"),
-                       "stopped": res.stopped, "best_held_out": res.best_val}  # fmt: skip
+                       "best_step": res.bundle.info.get("best_step"), "stopped": res.stopped,
+                       "best_held_out": res.best_val, "config": dataclasses.asdict(cfg)}  # fmt: skip
     refs = [refine(res.bundle, d.tile(), p, keep_all=True) for p, d in zip(t_probs, tests, strict=True)]
-    out["rnn_finetuned"] = score([(collapse(f.final, task), d) for f, d in zip(refs, tests, strict=True)], task)
+    out["rnn_finetuned"] = score([(f.final, d) for f, d in zip(refs, tests, strict=True)], task)
     out["rnn_finetuned_curve"] = [
-        score([(collapse(f.probs[t], task), d) for f, d in zip(refs, tests, strict=True)], task)["mean_iou"]
+        score([(f.probs[t], d) for f, d in zip(refs, tests, strict=True)], task)["mean_iou"]
         for t in range(len(refs[0].probs))
     ]
     # the rest of the patch's own tile (outside the painted window): the app's "rest of the tile"
     rest = TileData(patch_tile.set, patch_tile.name, patch_tile.image, patch_tile.labels.copy(), patch_tile.tasks)
     rest.labels[r : r + h, c : c + w] = IGNORE
-    tile_crf = dense_crf(patch_tile.tile().image, collapse(p_probs, task), gs.best)
     out["rest_of_patch_tile"] = {
-        "cnn": score([(collapse(p_probs, task), rest)], task),
-        "crf": score([(tile_crf, rest)], task),
-        "rnn_pretrained": score([(collapse(refine(rnn, patch_tile.tile(), p_probs).final, task), rest)], task),
-        "rnn_finetuned": score([(collapse(refine(res.bundle, patch_tile.tile(), p_probs).final, task), rest)], task),
+        "cnn": score([(p_probs, rest)], task),
+        "crf": score([(dense_crf(patch_tile.tile().image, p_probs, gs.best), rest)], task),
+        "rnn_pretrained": score([(refine(rnn, patch_tile.tile(), p_probs).final, rest)], task),
+        "rnn_finetuned": score([(refine(res.bundle, patch_tile.tile(), p_probs).final, rest)], task),
     }
     out["seconds"] = time.perf_counter() - t0
     return out

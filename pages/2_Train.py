@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from refiner import jobs, viz
+from refiner import jobs, model_history, results, viz
 from refiner.models.rnn import VARIANTS
 from refiner.pretrained import pick_rnn
 from refiner.train import FINETUNE_DEFAULTS, pick_device
-from webapp import common
+from webapp import common, scores
 
 ws = common.page("Train")
 scheduler = jobs.scheduler_setting(ws)
@@ -21,9 +21,10 @@ where = (
 )
 st.write(
     f"Fine-tunes the RNN on your painted pixels (AdaGrad, cross-entropy), {where}"
-    " Part of the painted pixels (whole 16×16 blocks) is held back to measure IoU as training goes."
+    " Part of the painted pixels is held back to measure IoU as training goes: whole painted regions,"
+    " with the training pixels within twice the RNN's reach (2 × T × kernel radius) of them left out,"
+    " so the score is not made on near-copies of what it trained on."
 )
-
 status = jobs.read_status(ws)
 running = status is not None and status.active
 has_model = ws.has_model("rnn")
@@ -35,6 +36,19 @@ if has_model:
         current_model = load_model(ws.model_dir("rnn"), expect="rnn")
         model_info = {"arch": current_model.config.to_dict(), "steps": current_model.info.get("trained_steps", 0)}
 
+HELP = {
+    "steps": "Optimiser steps (one batch of patches each) in this run. Continuing adds them to the model's steps.",
+    "lr": f"AdaGrad's base learning rate: {jobs.TrainParams().lr} from scratch (the paper's); fine-tuning the "
+    f"pretrained RNN uses {FINETUNE_DEFAULTS.lr}, so a small patch adjusts it rather than overwriting it.",
+    "iterations": "How many times the RNN updates the map (u₀ → u_T). Each reaches one kernel radius further; "
+    "more iterations see further and cost time. Applies to a new RNN.",
+    "variant": "class_specific: filters per class (the paper's); class_agnostic: shared by all classes; "
+    "non_recurrent: different weights at each iteration. Applies to a new RNN.",
+    "holdout": "Share of the painted pixels held back to score the model (whole regions, a guard band apart "
+    "from the training pixels). 0: no validation, and the last weights are kept.",
+    "batch": "Patches per step. Small batches of small patches run fastest on a CPU.",
+    "patch": "Side of each training patch in pixels at the working resolution (plus the RNN's reach around it).",
+}
 CONTINUE, NEW = "the current RNN (continue training)", "a new RNN (from scratch)"
 with common.guard("looking for a pretrained RNN"):
     pick = pick_rnn(ws.classes, ws.settings.get("source", {}).get("resolution"))
@@ -50,30 +64,38 @@ if from_pretrained:
     )
 elif pick.model is None:
     st.caption(f"Training from scratch: {pick.reason}.")
+if start_from != CONTINUE and has_model:
+    st.caption("The current RNN is not lost: it stays in the model history below, ready to restore.")
 
+D = jobs.TrainParams()  # the defaults: refiner.train's and refiner.models.rnn's config dataclasses
 with st.form("train_form"):
     c1, c2, c3, c4 = st.columns(4)
-    steps = c1.number_input("Steps", 1, 100_000, 300, step=50, key="steps")
+    steps = c1.number_input("Steps", 1, 100_000, D.steps, step=50, key="steps", help=HELP["steps"])
     lr = c2.number_input(
         "Learning rate (AdaGrad)",
         1e-4,
         0.1,
-        FINETUNE_DEFAULTS.lr if from_pretrained else 0.01,
+        FINETUNE_DEFAULTS.lr if from_pretrained else D.lr,
         format="%.4f",
         key="lr_pretrained" if from_pretrained else "lr",
+        help=HELP["lr"],
     )
-    iterations = c3.number_input("Iterations T", 1, 20, 5, key="iterations")
-    variant = c4.selectbox("Variant", VARIANTS, key="variant")
+    iterations = c3.number_input("Iterations T", 1, 20, D.iterations, key="iterations", help=HELP["iterations"])
+    variant = c4.selectbox("Variant", VARIANTS, index=VARIANTS.index(D.variant), key="variant", help=HELP["variant"])
     c5, c6, c7 = st.columns(3)
-    holdout = c5.slider("Held back for validation", 0.0, 0.5, 0.2, 0.05, key="holdout")
-    batch = c6.number_input("Batch size", 1, 64, 8, key="batch")
-    patch = c7.number_input("Patch size (px)", 16, 128, 48, step=8, key="patch")
+    holdout = c5.slider("Held back for validation", 0.0, 0.5, D.holdout, 0.05, key="holdout", help=HELP["holdout"])
+    batch = c6.number_input("Batch size", 1, 64, D.batch_size, key="batch", help=HELP["batch"])
+    patch = c7.number_input("Patch size (px)", 16, 128, D.patch_size, step=8, key="patch", help=HELP["patch"])
     if has_model:
         a = model_info["arch"]
         st.caption(
             f"Current RNN: {a['variant']}, T = {a['iterations']}, {model_info['steps']} steps trained. "
             "Continuing keeps its architecture (T and variant above apply to a new RNN)."
         )
+    st.caption(
+        "The model kept at the end is the one that scored best on the held-out regions during the run "
+        "(its step is marked on the chart), not necessarily the last."
+    )
     submitted = st.form_submit_button("Start training", disabled=running, type="primary")
 
 if submitted:
@@ -119,7 +141,11 @@ def progress_panel() -> None:
             + ", ".join(f"{n} {v:.3f}" if v is not None else f"{n} –" for n, v in zip(names, iou, strict=True))
         )
     if st_now.loss:
-        st.plotly_chart(viz.loss_figure(st_now.loss, st_now.val, ws.classes), key="loss_chart")
+        fig = viz.loss_figure(
+            st_now.loss, st_now.val, ws.classes, earlier_loss=st_now.earlier_loss, earlier_val=st_now.earlier_val,
+            start_step=st_now.start_step if st_now.earlier_loss else 0, best_step=st_now.best_step,
+        )  # fmt: skip
+        st.plotly_chart(fig, key="loss_chart")
     if st_now.state == "failed":
         st.error(f"Training failed: {st_now.message}")
     elif st_now.message:
@@ -133,6 +159,76 @@ def progress_panel() -> None:
 
 
 progress_panel()
+if not running and has_model:
+    st.subheader("The current RNN's scores")
+    with common.guard("scoring the current RNN"), st.spinner("Refining the tile (cached afterwards)..."):
+        maps = {"Coarse CNN": ws.coarse_probs().argmax(0), "RNN": results.refinement(ws)[-1].argmax(0)}
+        scores.score_tables(ws, maps)
+scores.reference_panel(ws, "train")
+
+
+def _when(t: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+st.subheader("Model history")
+kept = model_history.entries(ws)
+now = model_history.current(ws)
+if not kept:
+    st.caption(
+        "Every RNN trained here is kept (and the one a run replaces), so a new RNN never destroys the "
+        "previous one. None trained yet."
+    )
+else:
+    if now is not None and now.best_step is not None:
+        st.info(
+            f"The current RNN, **{now.name}**, has the weights of step {now.best_step} of its run, its best "
+            f"evaluation on the held-out pixels (mean IoU {now.held_out_mean_iou:.3f}), not those of its last "
+            f"step ({now.last_step}): each run keeps its best checkpoint."
+        )
+    elif now is None and has_model:
+        st.caption("The current RNN is not in the history yet: it is kept there when the next run starts.")
+    names = ws.classes.names
+    st.table(
+        [
+            {
+                "": "current" if now is not None and e.id == now.id else "",
+                "RNN": e.name,
+                "trained": _when(e.created),
+                "steps": f"{e.steps:,}",
+                "held-out mean IoU": f"{e.held_out_mean_iou:.3f}" if e.held_out_mean_iou is not None else "–",
+                "kept step": str(e.best_step) if e.best_step is not None else "–",
+                **{
+                    f"IoU {n}": f"{v:.3f}" if v is not None else "–"
+                    for n, v in zip(names, e.held_out_iou or [None] * len(names), strict=False)
+                },
+                "started from": e.started_from,
+                "T, variant": f"{e.iterations}, {e.variant}",
+            }
+            for e in kept
+        ]
+    )
+    others = {e.id: e for e in kept if now is None or e.id != now.id}
+    if msg := st.session_state.pop("restored", None):
+        st.success(msg)
+    if others:
+        h1, h2 = st.columns([3, 1])
+        choice = h1.selectbox(
+            "Restore an earlier RNN",
+            list(others),
+            format_func=lambda i: f"{others[i].name} ({_when(others[i].created)}, {others[i].steps} steps)",
+            key="restore_choice",
+        )
+        h2.write("")
+        if h2.button("Make it the current RNN", key="restore_rnn", disabled=running):
+            with common.guard("restoring the RNN"):
+                back = model_history.restore(ws, choice)
+            st.session_state["restored"] = (
+                f"{back.name} is the current RNN again; the one it replaced stays in the history."
+            )
+            st.rerun()
 st.caption(
     "Checkpoints are written to the workspace (`models/checkpoint`); the trained model to "
     "`models/rnn`. Leaving this page, refreshing or restarting does not lose them."

@@ -7,12 +7,13 @@ import streamlit as st
 from refiner import results, viz
 from webapp import common
 from webapp import presets as model_choice
+from webapp import scores as score_panel
 
 ws = common.page("Iterations")
 st.write(
     "The RNN moves the coarse probabilities step by step (u₀ → u₁ → … → u_T). Slide through the "
     "iterations to see boundaries snap to image edges (the paper's Fig. 6), and how accuracy and "
-    "IoU change on held-out labels (Fig. 7b)."
+    "IoU change on the held-out painted regions and, when attached, on a reference mask (Fig. 7b)."
 )
 
 model, params = model_choice.choose("iter_model")
@@ -29,7 +30,7 @@ c1, c2, c3 = st.columns([2, 1, 1])
 t = c1.slider("Iteration t", 0, T, T, key="iteration" if model == model_choice.LEARNED else f"iteration_{model}")
 cls = c2.selectbox("Fuzzy map of class", classes.names, index=min(1, len(classes) - 1), key="fuzzy_class")
 opacity = c3.slider("Opacity", 0.0, 1.0, 0.6, 0.05, key="iter_opacity")
-view = common.view_controls(tile.shape, "iter", max_canvas=480)
+view = common.view_controls(tile.shape, "iter", max_canvas=480, ws=ws)
 
 rgb = viz.to_rgb(tile.image)
 p_t = probs[t]
@@ -50,16 +51,19 @@ with right:
 st.caption("Colours: " + ", ".join(f"{n} = rgb{tuple(c)}" for n, c in zip(classes.names, classes.colors, strict=True)))
 
 st.subheader("Scores per iteration")
-ev = results.eval_labels(ws)
-if ev is None:
-    st.info("Paint some labels on the Label page to score the iterations.")
-else:
-    scores = results.iteration_scores(probs, ev.labels)
-    st.plotly_chart(viz.iteration_figure(scores, classes), key="iteration_chart")
-    st.caption(f"Scored on {ev.pixels:,} pixels: {ev.description}.")
-    s = scores[t]
+sets = results.score_sets(ws)
+if not sets:
+    st.info("Paint some labels on the Label page (or attach a reference) to score the iterations.")
+per_set = [results.iteration_scores(probs, ev.labels) for ev in sets]
+for i, (col, ev, scores) in enumerate(zip(st.columns(len(sets)) if sets else [], sets, per_set, strict=True)):
+    with col:
+        st.plotly_chart(viz.iteration_figure(scores, classes, t=t, title=ev.title.lower()), key=f"iteration_chart_{i}")
+        st.caption(f"Scored on {ev.pixels:,} pixels: {ev.description}. Dotted: the coarse map (t = 0).")
+for ev, scores in zip(sets, per_set, strict=True):  # one full-width row of numbers per set
+    s, s0 = scores[t], scores[0]
     m = st.columns(len(classes) + 2)
-    m[0].metric(f"Accuracy at t = {t}", f"{s.overall_accuracy:.3f}")
-    m[1].metric("Mean IoU", f"{s.mean_iou:.3f}")
-    for i, n in enumerate(classes.names):
-        m[i + 2].metric(f"IoU {n}", "–" if s.iou[i] != s.iou[i] else f"{s.iou[i]:.3f}")
+    m[0].metric(f"Accuracy at t = {t}", f"{s.overall_accuracy:.3f}", help=ev.title)
+    m[1].metric(f"Mean IoU ({ev.title.lower()})", f"{s.mean_iou:.3f}", f"{s.mean_iou - s0.mean_iou:+.3f} vs t = 0")
+    for j, n in enumerate(classes.names):
+        m[j + 2].metric(f"IoU {n}", "–" if s.iou[j] != s.iou[j] else f"{s.iou[j]:.3f}")
+score_panel.reference_panel(ws, "iter")

@@ -1,4 +1,4 @@
-"""Export: the refined map and probabilities as GeoTIFF, polygons as GeoPackage."""
+"""Export: the refined map and probabilities as GeoTIFF, polygons and road centre-lines as GeoPackage."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import streamlit as st
 
 from refiner import access, jobs, results, scene_job
-from refiner.export import write_geopackage
+from refiner.export import LINES, POLYGONS, road_class, write_geopackage
 from refiner.raster import write_class_map, write_probs
 from webapp import common
 
@@ -26,33 +26,54 @@ out = ws.results_dir()
 crs = georef.crs.to_string() if georef else "none (plain picture: pixel coordinates)"
 st.caption(f"CRS: {crs}")
 
+unit = "m" if georef is not None and georef.crs.is_projected else ("map units" if georef else "px")
+pixel = georef.resolution if georef is not None else 1.0
 c1, c2, c3 = st.columns(3)
 with c1:
     st.subheader("Class map")
     path = write_class_map(out / "refined_map.tif", class_map, georef, classes)
-    common.download(path, ws.name, "dl_map")
-    st.caption(f"One band, mask values {list(classes.values)}, with a colour table.")
+    common.download(path, ws.name, "dl_map", "Download class map (GeoTIFF)")
+    st.caption(
+        f"`{path.name}`, {common.size(path)}: one band, mask values {list(classes.values)}, a colour table; "
+        "deflate-compressed."
+    )
 with c2:
     st.subheader("Probabilities")
-    path = write_probs(out / "refined_probs.tif", probs, georef, classes)
-    common.download(path, ws.name, "dl_probs")
-    st.caption(f"{len(classes)} float32 bands: {', '.join(classes.names)}.")
+    quantise = st.checkbox(
+        "8-bit (steps of 1/255, a quarter of the size)", False, key="probs_8bit",
+        help="uint8 0-255 with a scale factor of 1/255 in the file, so a GIS reads 0-1; at most 0.002 off.",
+    )  # fmt: skip
+    path = write_probs(out / "refined_probs.tif", probs, georef, classes, quantise=quantise)
+    kind = "8-bit" if quantise else "float32"
+    common.download(path, ws.name, "dl_probs", "Download probabilities (GeoTIFF)")
+    st.caption(
+        f"`{path.name}`, {common.size(path)}: {len(classes)} {kind} bands ({', '.join(classes.names)}); "
+        "deflate-compressed."
+    )
 with c3:
-    st.subheader("Polygons")
+    st.subheader("Polygons and centre-lines")
     skip_bg = st.checkbox(f"Leave out '{classes.names[0]}'", True, key="skip_bg")
     min_px = st.number_input("Drop regions smaller than (pixels)", 0, 10_000, 10, key="min_px")
+    tolerance = st.number_input(
+        f"Simplify: tolerance ({unit})", 0.0, 100.0 * pixel, float(pixel), step=float(pixel) / 2, key="tolerance",
+        help="How far an edge may move to drop the pixel staircase (0 keeps pixel edges). Neighbouring "
+        "polygons are simplified together, so they still share their edges.",
+    )  # fmt: skip
+    road = road_class(classes)
+    lines = road is not None and st.checkbox(
+        f"Centre-lines of '{classes.names[road]}' as a line layer", True, key="centrelines"
+    )
     with common.guard("writing polygons"):
+        gpkg = out / "refined_polygons.gpkg"
         n = write_geopackage(
-            out / "refined_polygons.gpkg",
-            class_map,
-            georef,
-            classes,
-            skip=(0,) if skip_bg else (),
-            min_pixels=int(min_px),
-        )
-    gpkg = out / "refined_polygons.gpkg"
-    common.download(gpkg, ws.name, "dl_gpkg", f"Download {gpkg.name} ({n} polygons)")
-    st.caption("Fields: class, value, area (in CRS units²).")
+            gpkg, class_map, georef, classes, skip=(0,) if skip_bg else (), min_pixels=int(min_px),
+            simplify=float(tolerance), lines=lines, min_length=10 * pixel,
+        )  # fmt: skip
+    common.download(gpkg, ws.name, "dl_gpkg", "Download polygons (GeoPackage)")
+    st.caption(
+        f"`{gpkg.name}`, {common.size(gpkg)}: layer `{POLYGONS}`, {n[POLYGONS]} polygons (class, value, area "
+        f"in {unit}²)" + (f"; layer `{LINES}`, {n[LINES]} centre-lines (length in {unit})." if LINES in n else ".")
+    )
 
 # --------------------------------------------------------------------------- the whole scene
 st.divider()
@@ -74,13 +95,24 @@ with st.form("scene_form"):
         "Coarse probabilities of the scene (optional GeoTIFF; empty: compute them with the coarse CNN)",
         key="scene_coarse",
     )
+    scene_8bit = st.checkbox("Probabilities in 8 bits (a quarter of the size)", True, key="scene_8bit")
     go = st.form_submit_button("Refine the scene", disabled=scene_running, type="primary")
 if go:
     with common.guard("starting the scene run"):
         shipped = (scene_job.ASSETS,)  # the demo's own scene may be read; other server paths need a data root
         safe_coarse = access.check_source(coarse_in, shipped) if coarse_in.strip() else ""
-        scene_job.start_scene_job(ws, access.check_source(source, shipped), coarse=safe_coarse, scheduler=scheduler)
+        scene_job.start_scene_job(
+            ws, access.check_source(source, shipped), coarse=safe_coarse, scheduler=scheduler, quantise=scene_8bit
+        )
     st.rerun()
+
+
+SCENE_FILES = {
+    "coarse_probs": "coarse probabilities",
+    "refined_map": "class map",
+    "refined_probs": "probabilities",
+    "polygons": "polygons and centre-lines",
+}
 
 
 @st.fragment(run_every=1.0 if scene_running else None)
@@ -89,7 +121,7 @@ def scene_panel() -> None:
     if now is None:
         st.caption("No scene run yet in this workspace.")
         return
-    stage = {"coarse": "Coarse CNN", "refine": "RNN"}.get(now.stage, "Starting")
+    stage = {"coarse": "Coarse CNN", "refine": "RNN", "vectors": "Polygons"}.get(now.stage, "Starting")
     label = common.job_label(now.state, f"{stage}: window {now.done} of {now.total or '…'}")
     st.progress(now.fraction, text=label)
     if now.state == "failed":
@@ -101,7 +133,7 @@ def scene_panel() -> None:
             p = Path(path)
             size = p.stat().st_size if p.is_file() else 0
             if 0 < size <= scene_job.DOWNLOAD_LIMIT:
-                label = f"Download {p.name} ({size / 2**20:.1f} MiB)"
+                label = f"Download scene {SCENE_FILES.get(name, name)} ({p.name}, {common.size(p)})"
                 common.download(p, f"{ws.name}_scene", f"dl_scene_{name}", label)
             else:
                 st.caption(f"`{p}` ({size / 2**20:.0f} MiB: too large to download here; copy it from the server)")

@@ -3,7 +3,8 @@
 A job is a plain function of paths and numbers (:func:`run_training`): it reads the tile, labels
 and coarse probabilities from the workspace, trains, and writes its status (step, loss history,
 validation scores, device, state) to ``jobs/train.json`` as it goes, checkpoints into
-``models/checkpoint`` and, at the end, the model into ``models/rnn``. Cancelling is a file
+``models/checkpoint`` and, at the end, the model into ``models/rnn`` (the one it replaces is kept
+in ``models/history``, see :mod:`refiner.model_history`). Cancelling is a file
 (``jobs/train.cancel``) that the training loop polls. Because everything goes through the
 workspace folder, where the job runs is a detail: :class:`ThreadBackend` runs it in a thread of
 the app's process (the default); a Dask backend only has to implement :class:`Backend` with
@@ -16,6 +17,7 @@ from the last checkpoint with ``resume=True``.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import threading
@@ -29,28 +31,38 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from refiner import model_history
+from refiner.models.rnn import RNNConfig
+from refiner.train import RNNTrainConfig
 from refiner.workspace import Workspace, atomic_write_json, read_json
 
-STATUS, CANCEL = "train.json", "train.cancel"
+STATUS, CANCEL, CURVES = "train.json", "train.cancel", "train_curves.json"
 #: A running job rewrites its status at least this often (seconds); older means it died.
 HEARTBEAT = 10.0
 ACTIVE = ("queued", "running")
 
 
+_RNN_FIELDS = RNNConfig.__dataclass_fields__
+_TRAIN = RNNTrainConfig()
+
+
 @dataclass
 class TrainParams:
-    """What the Train page asks for (defaults: the paper's, scaled to a CPU)."""
+    """What the Train page asks for: :class:`~refiner.train.RNNTrainConfig`'s and
+    :class:`~refiner.models.rnn.RNNConfig`'s defaults (the paper's), with fewer steps for a CPU."""
 
-    steps: int = 300
-    iterations: int = 5  # T
-    variant: str = "class_specific"
-    lr: float = 0.01
-    batch_size: int = 8
-    patch_size: int = 48
-    holdout: float = 0.2
+    steps: int = 300  # a few minutes on a CPU (RNNTrainConfig's 1500 is for the paper's protocol)
+    iterations: int = _RNN_FIELDS["iterations"].default  # T
+    variant: str = _RNN_FIELDS["variant"].default
+    lr: float = _TRAIN.lr
+    batch_size: int = _TRAIN.batch_size
+    patch_size: int = _TRAIN.patch_size
+    holdout: float = _TRAIN.holdout
     eval_every: int = 25
+    #: ... or every this many seconds, whichever comes first (None: by steps only)
+    eval_seconds: float | None = _TRAIN.eval_seconds
     checkpoint_every: int = 50
-    seed: int = 0
+    seed: int = _TRAIN.seed
     resume: bool = True  # continue from the workspace's current RNN (else start a new one)
     #: When not resuming: the shipped RNN (a folder name in assets/pretrained) to fine-tune from,
     #: with :data:`refiner.train.FINETUNE_DEFAULTS`' regularisation; "" = a new RNN from scratch.
@@ -90,11 +102,17 @@ class JobStatus(JobState):
     steps: int = 0
     device: str = ""
     host: str = ""  # where it runs: hostname:pid (a Dask worker's, or the app's own)
-    loss: list[tuple[int, float]] = field(default_factory=list)  # (step, loss)
-    val: list[dict] = field(default_factory=list)  # {step, overall_accuracy, mean_iou, iou: [...]}
+    #: (step, loss) and {step, overall_accuracy, mean_iou, iou: [...]}, steps counted over the
+    #: model's whole life (``start_step`` + this run's step), so a continued run's curve goes on
+    loss: list[tuple[int, float]] = field(default_factory=list)
+    val: list[dict] = field(default_factory=list)
+    #: the curves of the earlier runs this one continues (same model, steps before ``start_step``)
+    earlier_loss: list[tuple[int, float]] = field(default_factory=list)
+    earlier_val: list[dict] = field(default_factory=list)
     best_val: float | None = None
     params: dict = field(default_factory=dict)
     start_step: int = 0  # steps the model had before this run
+    best_step: int | None = None  # the step whose weights were kept (best on the held-out regions)
 
     @property
     def fraction(self) -> float:
@@ -104,6 +122,7 @@ class JobStatus(JobState):
     def from_dict(cls, d: dict) -> JobStatus:
         status = super().from_dict(d)
         status.loss = [tuple(x) for x in status.loss]
+        status.earlier_loss = [tuple(x) for x in status.earlier_loss]
         return status
 
 
@@ -150,14 +169,13 @@ def run_training(workspace: str | Path, params: dict, job_id: str) -> dict:
     Pure function of the workspace folder, so any backend (thread, process, Dask worker) can
     run it.
     """
-    from refiner.models.io import load_model, save_model
-    from refiner.models.rnn import RNNConfig
+    from refiner.models.io import load_model
     from refiner.raster import to_working
     from refiner.train import (
         FINETUNE_DEFAULTS,
         Progress,
-        RNNTrainConfig,
         check_labels,
+        holdout_guard,
         pick_device,
         split_holdout,
         train_rnn,
@@ -186,8 +204,6 @@ def run_training(workspace: str | Path, params: dict, job_id: str) -> dict:
         probs = ws.coarse_probs()
         labels = ws.labels()
         check_labels(labels, len(classes), "painted labels")
-        train_labels, val_labels = split_holdout(labels, p.holdout, seed=p.seed)
-        ws.write_holdout(val_labels)
         init, start = None, "a new RNN (from scratch)"
         if p.resume:
             src = ws.model_dir("checkpoint") if _checkpoint_is_newer(ws) else ws.model_dir("rnn")
@@ -198,12 +214,22 @@ def run_training(workspace: str | Path, params: dict, job_id: str) -> dict:
             init = _pretrained_rnn(p.pretrained, classes)
             start = f"the pretrained RNN {p.pretrained}"
         resolution = init.resolution if init is not None else (ws.settings.get("coarse") or {}).get("resolution")
+        arch = RNNConfig(
+            num_classes=len(classes), in_channels=tile.image.shape[0], iterations=p.iterations, variant=p.variant
+        )
+        # held-out regions on the tile's grid (the pages score there), the guard in working pixels
+        scale = resolution / tile.resolution if resolution and tile.resolution else 1.0
+        guard = math.ceil(holdout_guard(init.net.cfg if init is not None else arch) * scale)
+        train_labels, val_labels = split_holdout(labels, p.holdout, guard=guard, seed=p.seed)
+        ws.write_holdout(val_labels)
+        ws.update_settings(holdout={"fraction": p.holdout, "guard_px": guard})
         working = to_working(tile, resolution, probs, [train_labels, val_labels])
         work, probs, (train_labels, val_labels) = working.tile, working.probs, working.labels
         status.start_step = int(init.info.get("trained_steps", 0)) if init is not None else 0
-        arch = RNNConfig(
-            num_classes=len(classes), in_channels=work.image.shape[0], iterations=p.iterations, variant=p.variant
-        )
+        earlier = read_json(_jobs_dir(ws) / CURVES) or {}
+        if init is not None and p.resume and earlier.get("model_steps") == status.start_step:
+            status.earlier_loss = [tuple(x) for x in earlier.get("loss", [])]
+            status.earlier_val = list(earlier.get("val", []))
         cfg = RNNTrainConfig(
             steps=p.steps,
             batch_size=p.batch_size,
@@ -212,22 +238,25 @@ def run_training(workspace: str | Path, params: dict, job_id: str) -> dict:
             seed=p.seed,
             holdout=0.0,
             eval_every=p.eval_every,
+            eval_seconds=p.eval_seconds,
             checkpoint_every=p.checkpoint_every,
         )
         if not p.resume and p.pretrained:  # a patch fine-tune: the regularisation measured for it
             d = FINETUNE_DEFAULTS
-            cfg = replace(cfg, patience=d.patience, anchor=d.anchor, jitter=d.jitter, fresh_optimizer=True)
-            cfg = replace(cfg, eval_seconds=d.eval_seconds)
+            cfg = replace(cfg, patience=d.patience, anchor=d.anchor, jitter=d.jitter, fresh_optimizer=True,
+                          distill=d.distill)  # fmt: skip
+            if p.eval_seconds is not None:
+                cfg = replace(cfg, eval_seconds=d.eval_seconds)
         status.message = f"started from {start}"
         status.params = {**status.params, "started_from": start}
 
         def progress(rep: Progress) -> None:
             status.step = rep.step
-            status.loss.append((rep.step, float(rep.loss)))
+            status.loss.append((status.start_step + rep.step, float(rep.loss)))
             if rep.val is not None:
                 status.val.append(
                     {
-                        "step": rep.step,
+                        "step": status.start_step + rep.step,
                         "overall_accuracy": rep.val.overall_accuracy,
                         "mean_iou": rep.val.mean_iou,
                         "iou": [None if np.isnan(v) else v for v in rep.val.iou],
@@ -252,15 +281,29 @@ def run_training(workspace: str | Path, params: dict, job_id: str) -> dict:
             checkpoint_dir=ws.model_dir("checkpoint"),
             val_labels=val_labels if has_val else np.full_like(val_labels, 255),
         )
-        save_model(result.bundle, ws.model_dir("rnn"))
+        # the RNN this replaces stays in the workspace's model history
+        model_history.save_trained(ws, result.bundle, started_from=start, val=status.val, stopped=result.stopped)
         ws.clear_results()
         status.step = max(status.step, result.history[-1].step if result.history else 0)
         status.best_val = result.best_val
         status.state = "cancelled" if result.stopped == "cancelled" else "finished"
         total = result.bundle.info.get("trained_steps", status.step)
+        status.best_step = result.bundle.info.get("best_step")
+        curves = {"loss": status.earlier_loss + status.loss, "val": status.earlier_val + status.val}
+        atomic_write_json(_jobs_dir(ws) / CURVES, {"model_steps": total, **curves})
         status.message = f"{result.stopped} after {status.step} steps ({total} in all) from {start}; model saved"
+        if status.best_step is not None and status.best_step != total:
+            which = "the model it started from" if status.best_step == status.start_step else (
+                f"the weights of step {status.best_step}")
+            status.message += (
+                f" with {which}, the best on the held-out regions (mean IoU {status.best_val:.3f}), "
+                "not the last step's"
+            )
         if not has_val:
-            status.message += "; no pixels could be held back for validation (paint more than one 16x16 block)"
+            status.message += (
+                f"; no pixels could be held back for validation (paint regions more than {2 * guard} px "
+                "apart, or a larger area, so whole regions can be held out)"
+            )
     except Exception as exc:  # the page shows the message; the traceback goes to the server log
         traceback.print_exc()
         status.state = "failed"

@@ -8,6 +8,7 @@ page does not recompute them, and retraining or new probabilities invalidates th
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -115,6 +116,7 @@ def crf_params(ws: Workspace) -> CRFParams:
 class EvalLabels:
     labels: np.ndarray
     description: str
+    title: str = "Held-out painted regions"
 
     @property
     def pixels(self) -> int:
@@ -126,11 +128,40 @@ def eval_labels(ws: Workspace) -> EvalLabels | None:
     pixels (when no run has used them). None when nothing is labelled."""
     held = ws.holdout()
     if held is not None and (held != IGNORE).any():
-        return EvalLabels(held, "the painted pixels the last training run held back")
+        guard = (ws.settings.get("holdout") or {}).get("guard_px")
+        apart = f", at least {guard} px from any pixel it trained on" if guard else ""
+        return EvalLabels(held, f"whole painted regions the last training run held back{apart}")
     labels = ws.labels()
     if not (labels != IGNORE).any():
         return None
-    return EvalLabels(labels, "all painted pixels (no training run has held any back yet)")
+    return EvalLabels(labels, "all painted pixels (no training run has held any back yet)", "Painted pixels")
+
+
+def reference_eval(ws: Workspace) -> EvalLabels | None:
+    """The attached reference mask (:mod:`refiner.reference`) over the whole tile, or None."""
+    from refiner import reference
+
+    ref = reference.reference_labels(ws)
+    if ref is None or not (ref != IGNORE).any():
+        return None
+    what = f"the reference, {reference.describe(ws)}, over the whole tile (never trained on)"
+    return EvalLabels(ref, what, "Reference mask")
+
+
+def score_sets(ws: Workspace) -> list[EvalLabels]:
+    """What the pages score on, side by side: the held-out regions, then the reference if attached."""
+    return [e for e in (eval_labels(ws), reference_eval(ws)) if e is not None]
+
+
+def score_table(maps: dict[str, np.ndarray], truth: np.ndarray, names: tuple[str, ...] | list[str]) -> list[dict]:
+    """One row per class map: overall accuracy, mean IoU and IoU per class against ``truth``."""
+    rows = []
+    for name, m in maps.items():
+        s = evaluate(m, truth, len(names))
+        row = {"method": name, "overall accuracy": round(s.overall_accuracy, 4), "mean IoU": round(s.mean_iou, 4)}
+        row.update({f"IoU {n}": round(v, 4) for n, v in zip(names, s.iou, strict=True)})
+        rows.append(row)
+    return rows
 
 
 def training_labels(ws: Workspace) -> np.ndarray:
@@ -147,14 +178,34 @@ def iteration_scores(probs: list[np.ndarray], truth: np.ndarray) -> list[Scores]
     return [evaluate(p.argmax(0).astype(np.uint8), truth, k) for p in probs]
 
 
-def search_crf(ws: Workspace, grid: dict | None = None) -> GridSearchResult:
-    """Grid-search the CRF on the painted (not held-out) labels and keep the best parameters."""
+def search_crf(
+    ws: Workspace,
+    grid: dict | None = None,
+    *,
+    progress: Callable[[int, int, dict, float], None] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> GridSearchResult:
+    """Grid-search the CRF on the painted (not held-out) labels and keep the best parameters.
+
+    A cancelled search keeps the best it found; ``progress`` gets (done, total, best parameters
+    so far, their mean IoU).
+    """
     labels = training_labels(ws)
     if not (labels != IGNORE).any():
         raise ValueError("the grid search needs painted labels: paint some on the Label page")
-    result = grid_search(ws.tile().image, ws.coarse_probs(), labels, grid or DEFAULT_GRID, base=crf_params(ws))
-    ws.update_settings(crf=result.best.to_dict())
-    return result
+    best: list = []
+
+    def tick(done: int, total: int) -> None:
+        if progress:
+            progress(done, total, best[0].to_dict(), best[1].mean_iou)
+
+    found = grid_search(
+        ws.tile().image, ws.coarse_probs(), labels, grid or DEFAULT_GRID, base=crf_params(ws), progress=tick,
+        best_so_far=lambda p, s: best.__setitem__(slice(None), [p, s]), should_stop=should_stop,
+    )  # fmt: skip
+    if found.trials:  # also a cancelled search's best so far: the user waited for it
+        ws.update_settings(crf=found.best.to_dict())
+    return found
 
 
 def current_class_map(ws: Workspace) -> tuple[np.ndarray | None, str]:

@@ -24,6 +24,8 @@ from refiner.workspace import ASSETS, Workspace
 SCENE_STATUS, SCENE_CANCEL = "scene.json", "scene.cancel"
 #: Output files up to this size get a download button in the app; larger ones stay on the server.
 DOWNLOAD_LIMIT = 200 * 2**20
+#: The scene's class map is turned into polygons and centre-lines by windows of this side (px).
+VECTOR_WINDOW = 4096
 
 
 class Cancelled(Exception):
@@ -34,7 +36,7 @@ class Cancelled(Exception):
 class SceneStatus(JobState):
     """What the Export page shows about the last whole-scene run."""
 
-    stage: str = ""  # coarse | refine
+    stage: str = ""  # coarse | refine | vectors
     done: int = 0  # windows of the current stage
     total: int = 0
     source: str = ""
@@ -49,7 +51,8 @@ class SceneStatus(JobState):
 def scene_outputs(ws: Workspace) -> dict[str, Path]:
     """Where a scene run writes: coarse probabilities (when computed), class map, probabilities."""
     folder = ws.results_dir() / "scene"
-    return {n: folder / f"{n}.tif" for n in ("coarse_probs", "refined_map", "refined_probs")}
+    out = {n: folder / f"{n}.tif" for n in ("coarse_probs", "refined_map", "refined_probs")}
+    return {**out, "polygons": folder / "refined_polygons.gpkg"}
 
 
 def default_source(ws: Workspace) -> str:
@@ -70,8 +73,14 @@ def request_scene_cancel(ws: Workspace) -> None:
     (_jobs_dir(ws) / SCENE_CANCEL).touch()
 
 
-def run_scene_job(workspace: str | Path, source: str, coarse: str, scheduler: str, job_id: str) -> dict:
-    """Coarse probabilities (unless ``coarse`` names them) and the refined map of the ``source`` scene."""
+def run_scene_job(
+    workspace: str | Path, source: str, coarse: str, scheduler: str, job_id: str, quantise: bool = False
+) -> dict:
+    """Coarse probabilities (unless ``coarse`` names them), the refined map and probabilities
+    (``quantise``: 8-bit) of the ``source`` scene, and its polygons and road centre-lines as a
+    GeoPackage (by windows of 4096 px: features crossing a window edge are split there)."""
+    from refiner.export import class_map_windows, write_geopackage_windows
+    from refiner.raster import raster_shape
     from refiner.scene import predict_scene, refine_scene
 
     ws = Workspace(Path(workspace))
@@ -114,10 +123,26 @@ def run_scene_job(workspace: str | Path, source: str, coarse: str, scheduler: st
             coarse_path,
             out["refined_map"],
             probs_out=out["refined_probs"],
+            quantise=quantise,
             progress=progress,
             scheduler=cluster,
         )
         status.outputs.update(refined_map=str(out["refined_map"]), refined_probs=str(out["refined_probs"]))
+        status.stage, status.done = "vectors", 0
+        h, w, georef, res = raster_shape(out["refined_map"])
+        status.total = -(-h // VECTOR_WINDOW) * -(-w // VECTOR_WINDOW)
+
+        def windows():
+            for i, win in enumerate(class_map_windows(out["refined_map"], VECTOR_WINDOW)):
+                progress(i, status.total)
+                yield win
+
+        write_geopackage_windows(
+            out["polygons"], windows(), ws.classes, crs=georef.crs.to_wkt() if georef else None,
+            simplify=res or 1.0, min_pixels=4, lines=True, min_length=10 * (res or 1.0),
+        )  # fmt: skip
+        progress(status.total, status.total)
+        status.outputs["polygons"] = str(out["polygons"])
         status.state = "finished"
         status.message = f"{status.total} windows refined in {time.time() - status.started:.0f} s"
     except Cancelled:
@@ -133,7 +158,13 @@ def run_scene_job(workspace: str | Path, source: str, coarse: str, scheduler: st
 
 
 def start_scene_job(
-    ws: Workspace, source: str, *, coarse: str = "", scheduler: str = "", backend: Backend | None = None
+    ws: Workspace,
+    source: str,
+    *,
+    coarse: str = "",
+    scheduler: str = "",
+    quantise: bool = False,
+    backend: Backend | None = None,
 ) -> SceneStatus:
     """Start refining ``source`` (a GeoTIFF path or URL) unless a scene run is already going."""
     source, coarse = source.strip(), coarse.strip()
@@ -141,7 +172,7 @@ def start_scene_job(
         raise ValueError("give the scene's GeoTIFF: a file path on the server or a URL")
     job_id = new_job_id()
     status = SceneStatus(id=job_id, source=source, scheduler=scheduler, started=time.time())
-    args = (str(ws.path), source, coarse, scheduler, job_id)
+    args = (str(ws.path), source, coarse, scheduler, job_id, quantise)
     files = (SCENE_STATUS, SCENE_CANCEL)
     return launch(ws, status, files, read_scene_status, "scene run", run_scene_job, *args, backend=backend)
 

@@ -55,6 +55,25 @@ def blend(rgb: np.ndarray, rgba: np.ndarray, opacity: float = 0.5) -> np.ndarray
     return (out + 0.5).astype(np.uint8)
 
 
+def outline(rgb: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``rgb`` (H, W, 3) with the edges of the labelled regions of ``labels`` (H, W, same grid)
+    drawn in black where the picture is light and white where it is dark, so every class's
+    outline shows on any imagery, whatever its own colour."""
+    lab = np.asarray(labels)
+    edge = np.zeros(lab.shape, bool)
+    d = lab[1:] != lab[:-1]  # between rows: mark the labelled side(s) of each change
+    edge[1:] |= d & (lab[1:] != IGNORE)
+    edge[:-1] |= d & (lab[:-1] != IGNORE)
+    d = lab[:, 1:] != lab[:, :-1]
+    edge[:, 1:] |= d & (lab[:, 1:] != IGNORE)
+    edge[:, :-1] |= d & (lab[:, :-1] != IGNORE)
+    out = rgb.copy()
+    light = rgb[..., :3].astype(np.float32) @ np.array([0.2126, 0.7152, 0.0722], np.float32) > 127
+    out[edge & light] = 0
+    out[edge & ~light] = 255
+    return out
+
+
 def _ramp(values: np.ndarray, stops: np.ndarray) -> np.ndarray:
     x = np.clip(values, 0, 1) * (len(stops) - 1)
     i = np.minimum(x.astype(np.int64), len(stops) - 2)
@@ -172,25 +191,42 @@ def _layout(fig: go.Figure, title: str, height: int = 320) -> go.Figure:
 
 
 def loss_figure(
-    loss: Sequence[tuple[int, float]], val: Sequence[dict] = (), classes: ClassSpec | None = None
+    loss: Sequence[tuple[int, float]],
+    val: Sequence[dict] = (),
+    classes: ClassSpec | None = None,
+    *,
+    earlier_loss: Sequence[tuple[int, float]] = (),
+    earlier_val: Sequence[dict] = (),
+    start_step: int = 0,
+    best_step: int | None = None,
 ) -> go.Figure:
-    """Training loss per step, and the held-out mean IoU on a second axis."""
+    """Training loss per step and the held-out mean IoU on a second axis.
+
+    Steps count over the model's life: a continued run goes on from ``start_step`` (marked),
+    beside the earlier runs' curves (grey); ``best_step`` marks the weights that were kept.
+    """
     fig = go.Figure()
-    if loss:
-        steps, values = zip(*loss, strict=True)
-        fig.add_trace(go.Scatter(x=steps, y=values, mode="lines", name="training loss"))
-    if val:
-        fig.add_trace(
-            go.Scatter(
-                x=[v["step"] for v in val],
-                y=[v["mean_iou"] for v in val],
-                mode="lines+markers",
-                name="held-out mean IoU",
-                yaxis="y2",
+    for points, name, style in ((earlier_loss, "loss, earlier runs", {"color": "#aaaaaa"}),
+                                (loss, "training loss", {})):  # fmt: skip
+        if points:
+            steps, values = zip(*points, strict=True)
+            fig.add_trace(go.Scatter(x=steps, y=values, mode="lines", name=name, line=style))
+    for points, name, style in ((earlier_val, "held-out mean IoU, earlier", {"color": "#bbbbbb", "dash": "dot"}),
+                                (val, "held-out mean IoU", {})):  # fmt: skip
+        if points:
+            fig.add_trace(
+                go.Scatter(
+                    x=[v["step"] for v in points], y=[v["mean_iou"] for v in points], mode="lines+markers",
+                    name=name, yaxis="y2", line=style,
+                )  # fmt: skip
             )
-        )
+    if start_step:
+        fig.add_vline(x=start_step, line={"dash": "dash", "color": "#888888"}, annotation_text="continued")
+    if best_step is not None:
+        fig.add_vline(x=best_step, line={"dash": "dot", "color": "#2ca02c"}, annotation_text="kept (best held-out)",
+                      annotation_position="bottom left")  # fmt: skip
     fig.update_layout(
-        xaxis_title="step",
+        xaxis_title="step (of the model's training)",
         yaxis={"title": "cross-entropy"},
         yaxis2={"title": "mean IoU", "overlaying": "y", "side": "right", "range": [0, 1]},
         legend={"orientation": "h", "y": -0.25},
@@ -198,23 +234,36 @@ def loss_figure(
     return _layout(fig, "Training")
 
 
-def iteration_figure(scores: Sequence, classes: ClassSpec) -> go.Figure:
-    """Overall accuracy and IoU of each class against the iteration t (the paper's Fig. 7b)."""
-    t = list(range(len(scores)))
+def iteration_figure(
+    scores: Sequence, classes: ClassSpec, *, t: int | None = None, title: str = "held-out labels"
+) -> go.Figure:
+    """Overall accuracy and IoU of each class against the iteration t (the paper's Fig. 7b).
+
+    A dotted line marks the coarse map's (t = 0) mean IoU, the baseline refinement must beat;
+    a vertical line marks the iteration ``t`` shown beside the chart.
+    """
+    ts = list(range(len(scores)))
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=t, y=[s.overall_accuracy for s in scores], mode="lines+markers", name="accuracy"))
+    fig.add_trace(go.Scatter(x=ts, y=[s.overall_accuracy for s in scores], mode="lines+markers", name="accuracy"))
     fig.add_trace(
-        go.Scatter(x=t, y=[s.mean_iou for s in scores], mode="lines+markers", name="mean IoU", line={"dash": "dash"})
+        go.Scatter(x=ts, y=[s.mean_iou for s in scores], mode="lines+markers", name="mean IoU", line={"dash": "dash"})
     )
     for k, name in enumerate(classes.names):
         colour = "rgb({},{},{})".format(*classes.colors[k])
         fig.add_trace(
             go.Scatter(
-                x=t, y=[s.iou[k] for s in scores], mode="lines+markers", name=f"IoU {name}", line={"color": colour}
+                x=ts, y=[s.iou[k] for s in scores], mode="lines+markers", name=f"IoU {name}", line={"color": colour}
             )
         )
+    if scores:
+        fig.add_hline(
+            y=scores[0].mean_iou, line={"dash": "dot", "color": "#666666"},
+            annotation_text=f"t = 0 (coarse) mean IoU {scores[0].mean_iou:.3f}", annotation_position="bottom right",
+        )  # fmt: skip
+    if t is not None:
+        fig.add_vline(x=t, line={"color": "#d62728", "width": 2}, annotation_text=f"t = {t}")
     fig.update_layout(xaxis={"title": "iteration t", "dtick": 1}, yaxis={"title": "score", "range": [0, 1]})
-    return _layout(fig, "Scores along the iterations (held-out labels)")
+    return _layout(fig, f"Scores along the iterations ({title})")
 
 
 def kernel_figure(kernel: np.ndarray, title: str = "") -> go.Figure:

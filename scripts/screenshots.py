@@ -1,14 +1,17 @@
 """Take the README's screenshots from the real app (demo workspace) in Chromium.
 
     .venv/bin/python scripts/screenshots.py      # or: make screenshots
+    .venv/bin/python scripts/screenshots.py 1_start 2_label    # only these (stops after the last)
 
-Starts ``streamlit run`` on a fresh workspace root, paints a stroke, trains a few steps, and
-saves one PNG per page to ``docs/screenshots`` (two for the Learn page: the equation and its
-filters, then the preset's iterations beside the learned RNN's).
+Starts ``streamlit run`` on a fresh workspace root, paints a stroke, attaches the demo's truth as
+the reference mask, trains a few steps, runs the CRF grid search, and saves one PNG per page to
+``docs/screenshots`` (two for the Learn page: the equation and its filters, then the preset's
+iterations beside the learned RNN's).
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import tempfile
 from pathlib import Path
@@ -38,16 +41,25 @@ def largest_building() -> tuple[slice, slice]:
     return ndimage.find_objects(comps)[int(sizes.argmax()) - 1]
 
 
-def main() -> None:
+class Done(Exception):
+    """Every screenshot asked for is taken."""
+
+
+def main(wanted: set[str]) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
+    taken: set[str] = set()
     with tempfile.TemporaryDirectory() as root, streamlit_server(Path(root)) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(300_000)
 
         def shot(name: str, full: bool = False) -> None:
-            page.screenshot(path=str(OUT / f"{name}.png"), full_page=full)
-            print("wrote", OUT / f"{name}.png")
+            if not wanted or name in wanted:
+                page.screenshot(path=str(OUT / f"{name}.png"), full_page=full)
+                print("wrote", OUT / f"{name}.png")
+                taken.add(name)
+            if wanted and wanted <= taken:
+                raise Done
 
         open_page(page, url)
         page.frame_locator("iframe").first.locator("img.leaflet-image-layer").first.wait_for()
@@ -57,6 +69,8 @@ def main() -> None:
 
         open_page(page, url, "Label")
         page.get_by_text("building (#").click()
+        settle(page)
+        page.locator('[data-testid="stRadio"]').filter(has_text="Under the labels").get_by_text("coarse map").click()
         settle(page)
         canvas = page.locator("canvas").last
         box = canvas.bounding_box()
@@ -76,15 +90,28 @@ def main() -> None:
         shot("2_label")
 
         open_page(page, url, "Train", wait_for="text=Start training")
+        # the demo's exact truth as the independent reference, so the pages score on it too
+        page.get_by_text("Reference for scoring (none attached)").click()
+        uploader = page.locator('[data-testid="stFileUploader"]').filter(has_text="Mask (GeoTIFF or PNG")
+        uploader.locator("input[type=file]").set_input_files(str(REPO / "assets" / "demo" / "truth.tif"))
+        page.get_by_role("button", name="Attach as the reference").click()
+        page.get_by_text("Reference for scoring: the mask truth.tif").wait_for()
+        settle(page)
         for label, value in (("Steps", "60"),):
             field = page.get_by_label(label, exact=True)
             field.fill(value)
             field.press("Tab")
         page.get_by_role("button", name="Start training").click()
-        # 60 steps take ~2 min on 2 idle cores; a shared machine can take many times that
+        # 60 steps: a minute on an idle 2-core machine, several on a busy one
         page.locator('[data-testid="stProgress"]').filter(has_text="Finished").wait_for(timeout=1_200_000)
+        page.get_by_text("The current RNN's scores").wait_for()
+        page.locator('[data-testid="stTable"]').last.wait_for()
         settle(page)
+        page.set_viewport_size({"width": 1400, "height": 1500})
         page.mouse.wheel(0, 420)
+        page.wait_for_timeout(800)
+        page.get_by_text("Model history").scroll_into_view_if_needed()
+        page.mouse.wheel(0, -250)
         page.wait_for_timeout(800)
         shot("3_train")
 
@@ -94,15 +121,19 @@ def main() -> None:
         slider.press("ArrowLeft")
         slider.press("ArrowLeft")
         settle(page)
-        page.mouse.wheel(0, 250)
+        page.mouse.wheel(0, 520)
         page.wait_for_timeout(800)
         shot("4_iterations", full=True)
 
+        page.set_viewport_size({"width": 1400, "height": 1900})
         open_page(page, url, "Compare", wait_for='[data-testid="stTable"]')
-        page.mouse.wheel(0, 200)
-        page.wait_for_timeout(800)
+        page.get_by_role("button", name="Grid search on the painted labels").click()
+        page.locator('[data-testid="stProgress"]').filter(has_text="Finished").wait_for(timeout=1_200_000)
+        page.locator('[data-testid="stTable"]').last.wait_for()
+        settle(page)
         shot("5_compare", full=True)
 
+        page.set_viewport_size({"width": 1400, "height": 1000})
         open_page(page, url, "Filters", wait_for='[data-testid="stImage"]')
         shot("6_filters", full=True)
 
@@ -129,9 +160,10 @@ def main() -> None:
         shot("9_learn_iterations")
 
         open_page(page, url, "Export", wait_for='[data-testid="stDownloadButton"]')
-        shot("7_export")
+        shot("7_export", full=True)
         browser.close()
 
 
 if __name__ == "__main__":
-    main()
+    with contextlib.suppress(Done):
+        main(set(sys.argv[1:]))

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from refiner.crf import CRFParams, dense_crf, grid_search
+from refiner.crf import CRFParams, dense_crf, grid_search, label_windows
 from refiner.metrics import evaluate
 from tests.conftest import coarse_probs_from_labels
 
@@ -33,3 +33,29 @@ def test_params_from_dict_rejects_unknown_keys():
     assert CRFParams.from_dict({"bilateral_sxy": 7}).bilateral_sxy == 7
     with pytest.raises(ValueError, match="unknown CRF parameter"):
         CRFParams.from_dict({"theta": 1})
+
+
+def test_the_search_runs_on_windows_around_the_labels_and_scores_each_pixel_once():
+    labels = np.full((1500, 1500), 255, np.uint8)
+    labels[100:140, 100:400] = 1  # a stroke across two 256 px cells
+    labels[1200:1210, 1300:1310] = 0  # a dab far away
+    windows = label_windows(labels, pad=40)
+    area = sum((r.stop - r.start) * (c.stop - c.start) for (r, c), _ in windows)
+    assert len(windows) == 3 and area < 0.1 * labels.size
+    assert sum(int((lab != 255).sum()) for _, lab in windows) == int((labels != 255).sum())
+    for (r, c), lab in windows:  # each window holds the labels it scores, padded by 40 px
+        assert ((lab == 255) | (lab == labels[r, c])).all()
+    box = np.full((300, 300), 255, np.uint8)
+    box[50:250, 50:250] = 2  # one painted box: one window around it is cheaper than cells
+    (win, lab), = label_windows(box, pad=40)
+    assert win == (slice(10, 290), slice(10, 290)) and (lab != 255).sum() == 200 * 200
+
+
+def test_grid_search_on_windows_stops_when_asked(scene):
+    probs = coarse_probs_from_labels(scene.truth, 3, sigma=3)
+    labels = np.full_like(scene.truth, 255)
+    labels[:40, :40] = scene.truth[:40, :40]
+    seen = []
+    res = grid_search(scene.image, probs, labels, {"bilateral_compat": (1.0, 4.0, 8.0)},
+                      progress=lambda i, n: seen.append(i), should_stop=lambda: len(seen) >= 2)  # fmt: skip
+    assert len(res.trials) == 2 and not res.complete and res.searched_pixels < labels.size

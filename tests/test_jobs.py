@@ -22,7 +22,8 @@ def ws(tmp_path, scene):
 
 
 def test_training_runs_in_the_background_and_reports(ws):
-    params = jobs.TrainParams(steps=12, eval_every=4, checkpoint_every=6, batch_size=2, patch_size=24, resume=False)
+    params = jobs.TrainParams(steps=12, eval_every=4, eval_seconds=None, checkpoint_every=6, batch_size=2,
+                             patch_size=24, resume=False)  # fmt: skip
     st = jobs.start_training(ws, params)
     assert st.state == "queued"
     with pytest.raises(RuntimeError, match="already going"):
@@ -45,6 +46,11 @@ def test_continue_training_adds_steps(ws):
     st = jobs.wait(ws, 120)
     assert st.state == "finished" and st.start_step == 5
     assert load_model(ws.model_dir("rnn")).info["trained_steps"] == 9
+    # the loss curve goes on from step 5 and keeps the first run's curve
+    assert [s for s, _ in st.earlier_loss] == [5] and [s for s, _ in st.loss] == [9]
+    jobs.start_training(ws, jobs.TrainParams(steps=5, batch_size=2, patch_size=24, resume=False))
+    st = jobs.wait(ws, 120)  # a new RNN: a new curve
+    assert st.start_step == 0 and not st.earlier_loss and [s for s, _ in st.loss] == [5]
 
 
 def test_cancel_stops_the_run_and_keeps_a_model(ws):

@@ -221,3 +221,15 @@ def test_a_picture_with_a_stated_pixel_size_resamples_to_the_working_grid_at_any
         work = to_working_resolution(Tile(image=image, valid=np.ones((n, n), bool), pixel_size=0.3), 1.0)
         assert work.image.shape == (3, round(n * 0.3), round(n * 0.3)) and work.valid.all()
         assert abs(float(work.image.mean()) - float(image.mean())) < 0.01
+
+
+def test_quantised_probabilities_are_rounded_and_read_back(tmp_path):
+    from refiner.raster import quantise_probs, read_probs, write_probs
+    from refiner.synthetic import DEMO_CLASSES
+
+    p = np.random.default_rng(0).dirichlet((1, 1, 1), (64, 64)).transpose(2, 0, 1).astype(np.float32)
+    q = quantise_probs(p)
+    assert q.dtype == np.uint8 and np.abs(q / 255 - p).max() <= 0.5 / 255 + 1e-7
+    write_probs(tmp_path / "q.tif", p, None, DEMO_CLASSES, quantise=True)
+    back, classes, _ = read_probs(tmp_path / "q.tif", check_sums=True)
+    assert np.abs(back - p).max() <= 0.5 / 255 + 1e-6 and classes.names == DEMO_CLASSES.names

@@ -1,8 +1,11 @@
 """The app's whole-scene job: the workspace's models over a GeoTIFF, in the background, cancellable."""
 
+import pyogrio
 import pytest
+import rasterio
 
 from refiner import scene_job
+from refiner.raster import Georef
 from refiner.scene import refine_scene
 from tests.app.conftest import make_workspace
 from tests.test_scene import files  # noqa: F401  (module fixture: a small georeferenced scene)
@@ -20,9 +23,16 @@ def test_scene_job_refines_with_given_coarse_probabilities(ws, files, tmp_path):
         scene_job.start_scene_job(ws, str(d / "image.tif"))
     done = scene_job.wait_scene(ws, timeout=300)
     assert done.state == "finished", done.message
-    assert done.stage == "refine" and done.done == done.total > 0 and done.seconds > 0
+    assert done.stage == "vectors" and done.done == done.total > 0 and done.seconds > 0
     out = scene_job.scene_outputs(ws)
-    assert set(done.outputs) == {"refined_map", "refined_probs"}  # no coarse stage: it was given
+    assert set(done.outputs) == {"refined_map", "refined_probs", "polygons"}  # no coarse stage: it was given
+    from refiner.export import POLYGONS, class_polygons
+
+    n = pyogrio.read_info(out["polygons"], layer=POLYGONS)["features"]
+    with rasterio.open(out["refined_map"]) as ds:  # the scene's polygons are its class map's
+        m = ws.classes.encode_mask(ds.read(1))
+        expected, _ = class_polygons(m, Georef(ds.crs, ds.transform), ws.classes, min_pixels=4, simplify=ds.res[0])
+    assert n == len(expected) > 0
     refine_scene(ws.model_dir("rnn"), d / "image.tif", d / "probs.tif", tmp_path / "ref.tif")
     assert out["refined_map"].read_bytes() == (tmp_path / "ref.tif").read_bytes()
 
@@ -31,7 +41,7 @@ def test_scene_job_computes_coarse_probabilities_with_the_shipped_cnn(ws, files)
     scene_job.start_scene_job(ws, str(files["dir"] / "image.tif"))
     done = scene_job.wait_scene(ws, timeout=300)
     assert done.state == "finished", done.message
-    assert set(done.outputs) == {"coarse_probs", "refined_map", "refined_probs"}
+    assert set(done.outputs) == {"coarse_probs", "refined_map", "refined_probs", "polygons"}
     assert all(scene_job.scene_outputs(ws)[n].is_file() for n in done.outputs)
 
 

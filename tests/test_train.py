@@ -46,13 +46,30 @@ def test_patch_sampler_pads_images_smaller_than_a_patch():
     assert x.shape == (3, 3, 24, 24) and (y[:, 10:] == IGNORE).all() and (y[:, :10, :12] == 0).all()
 
 
-def test_holdout_split_is_by_blocks_and_disjoint():
-    labels = np.zeros((64, 64), np.uint8)
-    train, val = split_holdout(labels, 0.25, block=16, seed=0)
-    assert ((train != IGNORE) ^ (val != IGNORE)).all()
-    assert (val != IGNORE).sum() == 4 * 256  # 4 of the 16 blocks
-    blocks = (val != IGNORE).reshape(4, 16, 4, 16).any((1, 3))
-    assert blocks.sum() == 4
+def test_holdout_keeps_whole_regions_a_guard_band_away_from_training_pixels():
+    from scipy import ndimage
+
+    labels = np.full((128, 128), IGNORE, np.uint8)
+    labels[:64, :64] = 0  # a painted box
+    labels[100:104, 10:120] = 1  # a stroke
+    train, val = split_holdout(labels, 0.25, guard=8, seed=0)
+    held, kept = val != IGNORE, train != IGNORE
+    assert held.any() and kept.any() and not (held & kept).any()
+    assert (val[held] == labels[held]).all() and (train[kept] == labels[kept]).all()
+    # no training pixel within the guard band of a held-out one
+    assert ndimage.distance_transform_cdt(~held, metric="chessboard")[kept].min() > 8
+    # whole regions: each held-out piece is a full cell (16 px = 2 x guard) of a stroke or box
+    pieces, n = ndimage.label(held)
+    assert all((pieces == i).sum() >= 4 * 16 for i in range(1, n + 1))
+    # about a quarter of the labelled pixels, as whole units
+    assert 0.1 < held.sum() / (labels != IGNORE).sum() < 0.4
+
+
+def test_holdout_without_room_for_two_regions_holds_nothing_back():
+    labels = np.full((40, 40), IGNORE, np.uint8)
+    labels[:10, :10] = 1
+    train, val = split_holdout(labels, 0.2, guard=8, seed=0)  # one 16 px cell: one region
+    assert (val == IGNORE).all() and np.array_equal(train, labels)
 
 
 def test_label_checks():
@@ -89,13 +106,16 @@ def test_cancel_checkpoint_and_continue(scene, tmp_path):
         probs,
         scene.truth,
         scene.classes,
-        RNNTrainConfig(steps=100, eval_every=5),
+        RNNTrainConfig(steps=100, eval_every=5, checkpoint_every=4),
         should_stop=stop,
         checkpoint_dir=tmp_path / "rnn",
     )
     assert res.stopped == "cancelled" and res.bundle.info["trained_steps"] == 12
     saved = load_model(tmp_path / "rnn", expect="rnn")
     assert saved.optimizer_state  # AdaGrad accumulators travel with the checkpoint
+    # a checkpoint says it is one, and at which step; the result it came from does not
+    assert saved.info["stopped"] == "checkpoint" and saved.info["checkpoint_step"] == 12
+    assert "checkpoint_step" not in res.bundle.info
     more = train_rnn(scene.image, probs, scene.truth, scene.classes, RNNTrainConfig(steps=5), init=saved)
     assert more.bundle.info["trained_steps"] == 17
 
@@ -306,3 +326,36 @@ def test_finetune_from_pretrained_leaves_the_start_model_and_the_anchor_holds_we
     assert drift[10.0] < drift[0.0] * 0.5, drift
     with pytest.raises(ValueError, match="RNN"):
         finetune_from_pretrained(image, probs, truth, ModelBundle("coarse", CoarseCNN(CoarseConfig(2)), classes))
+
+
+def test_distillation_keeps_a_finetune_close_to_its_start_where_the_patch_says_nothing():
+    """A patch painted all road pulls an undistilled fine-tune towards road everywhere; the KL
+    pull towards the start's probabilities (``distill``) keeps the rest of the tile near them."""
+    from dataclasses import replace
+
+    from refiner.classes import ClassSpec
+    from refiner.inference import refine
+    from refiner.models.io import ModelBundle
+    from refiner.models.rnn import RefinerRNN, RNNConfig
+    from refiner.raster import Tile
+    from refiner.train import FINETUNE_DEFAULTS
+
+    torch.manual_seed(0)
+    classes = ClassSpec(("background", "road"))
+    init = ModelBundle("rnn", RefinerRNN(RNNConfig(2, iterations=2)).eval(), classes, resolution=1.0)
+    rng = np.random.default_rng(0)
+    image = rng.random((3, 64, 64)).astype(np.float32)
+    truth = np.zeros((64, 64), np.uint8)
+    truth[30:36] = 1
+    probs = coarse_probs_from_labels(truth, 2, sigma=3.0)
+    painted = np.full((64, 64), 255, np.uint8)
+    painted[:24, :24] = 1  # a patch that says "road" only
+    tile = Tile(image=image, valid=np.ones((64, 64), bool))
+    start = refine(init, tile, probs).final
+    drift = {}
+    for distill in (0.0, 50.0):
+        cfg = replace(FINETUNE_DEFAULTS, steps=20, patience=0, eval_every=10**6, holdout=0.0, anchor=0.0,
+                      lr=0.05, distill=distill)  # fmt: skip
+        res = finetune_from_pretrained(image, probs, painted, init, cfg)
+        drift[distill] = float(np.abs(refine(res.bundle, tile, probs).final - start)[:, 32:, 32:].mean())
+    assert drift[50.0] < 0.5 * drift[0.0], drift

@@ -57,5 +57,30 @@ def test_figures_have_the_expected_traces():
     from refiner.metrics import Scores
 
     s = [Scores(0.5, (0.1, 0.2, 0.3), 0.2, 10), Scores(0.6, (0.2, 0.3, 0.4), 0.3, 10)]
-    fig = viz.iteration_figure(s, DEMO_CLASSES)
+    fig = viz.iteration_figure(s, DEMO_CLASSES, t=1)
     assert len(fig.data) == 5 and list(fig.data[0].y) == [0.5, 0.6]
+    shapes = fig.layout.shapes
+    lines = {(sh.type, sh.x0 if sh.x0 == sh.x1 else None, sh.y0 if sh.y0 == sh.y1 else None) for sh in shapes}
+    assert ("line", None, 0.2) in lines  # the t = 0 baseline (its mean IoU)
+    assert ("line", 1, None) in lines  # the current t
+
+
+def test_a_continued_run_goes_on_from_its_start_beside_the_earlier_curve():
+    fig = viz.loss_figure([(10, 0.5), (15, 0.4)], [{"step": 15, "mean_iou": 0.6}], earlier_loss=[(5, 1.0), (10, 0.7)],
+                          earlier_val=[{"step": 10, "mean_iou": 0.5}], start_step=10)  # fmt: skip
+    names = [t.name for t in fig.data]
+    assert names == ["loss, earlier runs", "training loss", "held-out mean IoU, earlier", "held-out mean IoU"]
+    assert list(fig.data[1].x) == [10, 15] and list(fig.data[0].x) == [5, 10]
+    assert [sh.x0 for sh in fig.layout.shapes] == [10]
+
+
+def test_label_outlines_contrast_with_the_picture():
+    from refiner.viz import outline
+
+    rgb = np.zeros((6, 6, 3), np.uint8)
+    rgb[:, 3:] = 230  # dark left half, light right half
+    labels = np.full((6, 6), IGNORE, np.uint8)
+    labels[1:5, 1:5] = 0
+    out = outline(rgb, labels)
+    assert (out[1, 1] == 255).all() and (out[1, 4] == 0).all()  # white on dark, black on light
+    assert (out[2:4, 2:4] == rgb[2:4, 2:4]).all() and (out[0] == rgb[0]).all()  # inside and outside untouched

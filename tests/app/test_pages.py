@@ -10,6 +10,7 @@ from streamlit.testing.v1 import AppTest
 
 from refiner import jobs, results
 from refiner.classes import IGNORE
+from refiner.metrics import evaluate
 from refiner.workspace import Workspace
 from tests.app.conftest import REPO, make_workspace
 
@@ -129,14 +130,53 @@ def test_pages_that_need_an_rnn_say_so(tmp_path, monkeypatch):
 
 
 def test_compare_page_table_and_grid_search(app_ws):
+    from refiner import crf_job
+    from refiner.crf import CRFParams
+
     at = run("pages/4_Compare.py")
     table = at.table[0].value
     assert list(table.index) == ["Coarse CNN", "Dense CRF", "RNN"]
     assert {"overall accuracy", "mean IoU", "IoU building", "IoU road"} <= set(table.columns)
     assert ((table["overall accuracy"] >= 0) & (table["overall accuracy"] <= 1)).all()
-    at.button(key="grid_search").click().run()
-    assert at.success and "Best of 48 settings" in at.success[0].value
-    assert Workspace(app_ws.path).settings["crf"] is not None
+    # a hand-set value first, so the search's result must replace what the form shows
+    at.number_input(key="b_rgb").set_value(77.0)
+    next(b for b in at.button if b.label == "Apply").click().run()
+    assert results.crf_params(app_ws).bilateral_srgb == 77.0
+    at.button(key="grid_search").click().run()  # starts the search in the background
+    done = crf_job.wait_crf(app_ws, timeout=TIMEOUT)
+    assert done.state == "finished" and done.done == done.total == 48, done.message
+    assert 0 < done.searched_pixels <= done.tile_pixels
+    found = results.crf_params(app_ws)
+    assert found.to_dict() == {**found.to_dict(), **done.best} and found.bilateral_srgb != 77.0
+    at.run()
+    assert not at.exception and any("best of 48 settings" in c.value for c in at.caption)
+    # the form shows the searched parameters; changing one field keeps the others
+    assert at.number_input(key="b_rgb").value == found.bilateral_srgb
+    assert at.number_input(key="b_sxy").value == found.bilateral_sxy
+    at.number_input(key="g_sxy").set_value(7.5)
+    next(b for b in at.button if b.label == "Apply").click().run()
+    assert results.crf_params(app_ws) == CRFParams(**{**found.to_dict(), "gaussian_sxy": 7.5})
+
+
+def test_grid_search_can_be_cancelled_and_keeps_its_best_so_far(app_ws, monkeypatch):
+    from refiner import crf, crf_job
+
+    real = crf.dense_crf
+    calls = []
+
+    def slow(*a, **k):  # the job's thread polls the cancel file between trials
+        calls.append(1)
+        if len(calls) == 3:
+            crf_job.request_crf_cancel(app_ws)
+        return real(*a, **k)
+
+    monkeypatch.setattr(crf, "dense_crf", slow)
+    crf_job.start_crf_search(app_ws)
+    done = crf_job.wait_crf(app_ws, timeout=TIMEOUT)
+    assert done.state == "cancelled" and 0 < done.done < 48 and "best so far" in done.message
+    assert results.crf_params(app_ws).to_dict() == {**results.crf_params(app_ws).to_dict(), **done.best}
+    at = run("pages/4_Compare.py")
+    assert any("cancelled after" in c.value for c in at.caption)
 
 
 def test_filters_page_shows_kernels_and_a_response(app_ws):
@@ -149,17 +189,43 @@ def test_filters_page_shows_kernels_and_a_response(app_ws):
 
 
 def test_export_page_writes_georeferenced_files(app_ws):
+    import rasterio
+    import shapely
+
+    from refiner.export import LINES, POLYGONS
+    from refiner.raster import quantise_probs
+
     at = run("pages/6_Export.py")
     assert not at.error
     out = app_ws.path / "results"
-    import rasterio
-
     with rasterio.open(out / "refined_map.tif") as ds:
         assert ds.crs.to_epsg() == 32614 and ds.shape == (96, 96)
     with rasterio.open(out / "refined_probs.tif") as ds:
-        assert ds.count == 3 and np.allclose(ds.read().sum(0), 1, atol=1e-3)
-    meta = pyogrio.read_info(out / "refined_polygons.gpkg")
+        assert ds.count == 3 and ds.dtypes[0] == "float32" and ds.compression.name == "deflate"
+        floats = ds.read()
+        assert np.allclose(floats.sum(0), 1, atol=1e-3)
+    meta = pyogrio.read_info(out / "refined_polygons.gpkg", layer=POLYGONS)
     assert meta["features"] > 0 and "32614" in meta["crs"]
+    assert dict(pyogrio.list_layers(out / "refined_polygons.gpkg"))[LINES] == "MultiLineString"
+    labels = [b.label for b in at.get("download_button")]
+    assert labels == ["Download class map (GeoTIFF)", "Download probabilities (GeoTIFF)",
+                      "Download polygons (GeoPackage)"]  # fmt: skip
+    captions = " ".join(c.value for c in at.caption)
+    assert "3 float32 bands" in captions and "centre-lines (length in m)" in captions
+
+    def vertices() -> int:
+        _, _, geoms, _ = pyogrio.raw.read(out / "refined_polygons.gpkg", layer=POLYGONS)
+        return int(shapely.get_num_coordinates(shapely.from_wkb(geoms)).sum())
+
+    simplified = vertices()
+    at.number_input(key="tolerance").set_value(0.0).run()  # pixel edges: the staircase
+    assert vertices() > simplified
+    at.checkbox(key="probs_8bit").check().run()
+    with rasterio.open(out / "refined_probs.tif") as ds:
+        assert ds.dtypes[0] == "uint8" and ds.scales == (1 / 255,) * 3
+        assert np.abs(ds.read() / 255 - floats).max() < 1.5 / 255  # the cache keeps float16
+        assert np.array_equal(ds.read(), quantise_probs(results.refinement(app_ws)[-1]))
+    assert any("3 8-bit bands" in c.value for c in at.caption)
 
 
 def test_export_page_refines_a_whole_scene_in_the_background(app_ws, monkeypatch):
@@ -182,7 +248,13 @@ def test_export_page_refines_a_whole_scene_in_the_background(app_ws, monkeypatch
     assert done.state == "finished", done.message
     at.run()
     labels = [b.label for b in at.get("download_button")]
-    assert any(lab.startswith("Download refined_map.tif") for lab in labels), labels
+    assert any(lab.startswith("Download scene class map (refined_map.tif") for lab in labels), labels
+    assert any(lab.startswith("Download scene polygons and centre-lines") for lab in labels), labels
+    import rasterio
+
+    with rasterio.open(done.outputs["refined_probs"]) as ds:
+        assert ds.dtypes[0] == "uint8"  # 8-bit by default for a scene
+    assert pyogrio.read_info(done.outputs["polygons"], layer="classes")["features"] > 0
 
 
 def test_first_start_creates_the_demo(tmp_path, monkeypatch):
@@ -217,3 +289,74 @@ def test_a_window_of_a_cloud_optimized_geotiff_becomes_a_workspace(app_ws, tmp_p
     assert tile.shape == (64, 96)
     assert tile.georef.transform.c == scene.georef.transform.c + 20  # the window's own origin
     assert metrics(at)["Size (rows × cols)"] == "64 × 96"  # the app switched to it
+
+
+def _truth_png(values=(10, 20, 30)) -> tuple[bytes, np.ndarray]:
+    import io
+
+    from PIL import Image
+
+    from refiner.synthetic import make_scene
+
+    truth = make_scene(96, seed=5).truth  # the app workspace's scene: its exact classes
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(values, np.uint8)[truth]).save(buf, format="PNG")
+    return buf.getvalue(), truth
+
+
+def test_a_reference_mask_is_scored_beside_the_held_out_regions(app_ws):
+    data, truth = _truth_png()
+    at = run("pages/4_Compare.py")
+    assert len(at.table) == 1  # held-out (here: painted) pixels only
+    at.file_uploader(key="compare_ref_file").set_value(("truth.png", data, "image/png")).run()
+    # values that are no class's mask value: proposed in order, each can be changed
+    assert [at.selectbox(key=f"compare_ref_v{v}").value for v in (10, 20, 30)] == ["background", "building", "road"]
+    at.button(key="compare_ref_attach").click().run()
+    assert not at.exception and not at.error
+    assert app_ws.settings["reference"]["name"] == "truth.png"
+    held, ref = (t.value for t in at.table)
+    crf = results.crf_probs(app_ws, results.crf_params(app_ws)).argmax(0)
+    rnn = results.refinement(app_ws)[-1].argmax(0)
+    for name, m in {"Coarse CNN": app_ws.coarse_probs().argmax(0), "Dense CRF": crf, "RNN": rnn}.items():
+        assert ref.loc[name, "mean IoU"] == round(evaluate(m, truth, 3).mean_iou, 4), name
+    assert ref.loc["RNN", "mean IoU"] != held.loc["RNN", "mean IoU"]  # a different, whole-tile set
+    assert any("over the whole tile" in c.value for c in at.caption)
+    # the Iterations page scores every iteration on it too, beside the held-out chart
+    at = run("pages/3_Iterations.py")
+    at.slider(key="iteration").set_value(1).run()
+    expected = results.iteration_scores(results.refinement(app_ws), truth)[1].mean_iou
+    assert metrics(at)["Mean IoU (reference mask)"] == f"{expected:.3f}"
+    assert len(at.get("plotly_chart")) == 2
+    # the Train page shows the current RNN's scores on both; the reference can be detached
+    at = run("pages/2_Train.py")
+    assert [t.value.index.tolist() for t in at.table] == [["Coarse CNN", "RNN"]] * 2
+    at.button(key="train_ref_detach").click().run()
+    assert results.reference_eval(Workspace(app_ws.path)) is None and len(at.table) == 1
+
+
+def test_another_workspaces_labels_can_be_the_reference(app_ws):
+    other = make_workspace(app_ws.path.parent, "surveyed")
+    _, truth = _truth_png()
+    other.write_labels(truth)
+    (app_ws.path.parent / ".last_workspace").write_text(app_ws.name)
+    at = run("pages/2_Train.py")
+    at.radio(key="train_ref_from").set_value("another workspace").run()
+    at.selectbox(key="train_ref_ws").set_value("surveyed").run()
+    at.button(key="train_ref_attach_ws").click().run()
+    assert not at.error
+    ev = results.reference_eval(app_ws)
+    assert ev is not None and np.array_equal(ev.labels, truth) and "surveyed" in ev.description
+
+
+def test_a_reference_that_does_not_fit_is_one_clear_message(app_ws):
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((50, 40), np.uint8)).save(buf, format="PNG")
+    at = run("pages/4_Compare.py")
+    at.file_uploader(key="compare_ref_file").set_value(("small.png", buf.getvalue(), "image/png")).run()
+    at.button(key="compare_ref_attach").click().run()
+    assert not at.exception and at.error and "50x40 pixels but the tile is 96x96" in at.error[0].value
+    assert results.reference_eval(app_ws) is None

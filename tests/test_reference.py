@@ -1,0 +1,59 @@
+"""The reference mask: value -> class mapping, placing a mask on the tile's grid, attach / detach."""
+
+import io
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+
+from refiner import reference
+from refiner.classes import IGNORE, ClassSpec
+from refiner.synthetic import DEMO_CLASSES
+from tests.app.conftest import make_workspace
+
+
+def test_the_proposed_mapping_uses_class_values_then_the_free_classes_in_order():
+    two = ClassSpec(("background", "building"), (0, 1))
+    assert reference.propose_mapping([0, 255], two) == {0: 0, 255: 1}  # Inria: 255 is a building, not unlabelled
+    assert reference.propose_mapping([1, 2], DEMO_CLASSES) == {1: 1, 2: 2}
+    assert reference.propose_mapping([0, 7, 9, 11], DEMO_CLASSES) == {0: 0, 7: 1, 9: 2, 11: None}
+    raw = np.array([[0, 7], [9, 11]], np.uint8)
+    assert reference.encode(raw, {0: 0, 7: 1, 9: None, 11: 2}, 3).tolist() == [[0, 1], [IGNORE, 2]]
+    with pytest.raises(ValueError, match="not one of the 3 classes"):
+        reference.encode(raw, {0: 5}, 3)
+    with pytest.raises(ValueError, match="distinct values"):
+        reference.mask_values(np.arange(100, dtype=np.uint8).reshape(10, 10))
+
+
+def _geotiff(array: np.ndarray, transform: Affine, crs: str) -> bytes:
+    buf = io.BytesIO()
+    with rasterio.MemoryFile() as mem:
+        with mem.open(driver="GTiff", height=array.shape[0], width=array.shape[1], count=1, dtype="uint8",
+                      crs=crs, transform=transform) as ds:  # fmt: skip
+            ds.write(array, 1)
+        buf.write(mem.read())
+    return buf.getvalue()
+
+
+def test_a_larger_georeferenced_mask_is_cut_to_the_tile_and_uncovered_pixels_are_unlabelled(tmp_path):
+    ws = make_workspace(tmp_path)
+    t = ws.georef.transform
+    # a mask 20 px larger on the left and top, 40 px short on the right: 255 = building
+    big = np.zeros((116, 76), np.uint8)
+    big[20:30, 20:40] = 255
+    shifted = t * Affine.translation(-20, -20)
+    raw, georef = reference.read_mask(_geotiff(big, shifted, ws.georef.crs.to_wkt()), "ref.tif")
+    labels = reference.attach_mask(ws, raw, georef, {0: 0, 255: 1}, "ref.tif")
+    assert labels.shape == ws.shape
+    assert (labels[:10, :20] == 1).all() and labels[:10, 20:56].max() == 0
+    assert (labels[:, 56:] == IGNORE).all()  # beyond the mask's extent: not scored
+    assert np.array_equal(reference.reference_labels(ws), labels)
+    assert ws.settings["reference"]["mapping"] == {"0": 0, "255": 1}
+    reference.detach(ws)
+    assert reference.reference_labels(ws) is None and ws.settings["reference"] is None
+    other = tmp_path / "ref_other_crs.tif"
+    other.write_bytes(_geotiff(big, shifted, "EPSG:4326"))
+    raw, georef = reference.read_mask(other.read_bytes(), "other.tif")
+    with pytest.raises(ValueError, match="reproject it first"):
+        reference.attach_mask(ws, raw, georef, {0: 0, 255: 1}, "other.tif")

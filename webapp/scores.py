@@ -1,0 +1,79 @@
+"""What the Train, Iterations and Compare pages share about scores: the reference-mask panel and
+the score tables on the held-out regions and on the reference, side by side."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from refiner import reference, results
+from refiner.workspace import Workspace, list_workspaces
+from webapp import common
+
+UNLABELLED = "unlabelled (not scored)"
+
+
+def reference_panel(ws: Workspace, key: str) -> None:
+    """Attach, show or detach the workspace's independent reference mask (used only for scoring)."""
+    current = ws.settings.get("reference")
+    title = f"Reference for scoring: {reference.describe(ws)}" if current else "Reference for scoring (none attached)"
+    with st.expander(title, expanded=False):
+        st.caption(
+            "An independent mask of this tile (e.g. the Inria or OSM reference), or another workspace's "
+            "labels on the same grid. It is never trained on: the pages score every map on it over the "
+            "whole tile, beside the held-out painted regions."
+        )
+        if current:
+            if st.button("Detach the reference", key=f"{key}_ref_detach"):
+                reference.detach(ws)
+                st.rerun()
+            return
+        src = st.radio("From", ["a mask file", "another workspace"], horizontal=True, key=f"{key}_ref_from")
+        if src == "another workspace":
+            others = [n for n in list_workspaces(common.root()) if n != ws.name]
+            if not others:
+                st.caption("There is no other workspace.")
+                return
+            other = st.selectbox("Workspace", others, key=f"{key}_ref_ws")
+            if st.button("Attach its labels as the reference", key=f"{key}_ref_attach_ws"):
+                with common.guard("attaching the reference"):
+                    reference.attach_workspace(ws, Workspace.open(common.root(), other))
+                st.rerun()
+            return
+        up = st.file_uploader("Mask (GeoTIFF or PNG, one band)", type=["tif", "tiff", "png"], key=f"{key}_ref_file")
+        if up is None:
+            return
+        with common.guard("reading the mask"):
+            raw, georef = reference.read_mask(up.getvalue(), up.name)
+            counts = reference.mask_values(raw)
+        proposal = reference.propose_mapping(list(counts), ws.classes)
+        names = [*ws.classes.names, UNLABELLED]
+        st.caption("Which class is each value of the mask? (proposed from the classes' mask values)")
+        mapping: dict[int, int | None] = {}
+        cols = st.columns(min(4, len(counts)))
+        for i, (v, n) in enumerate(counts.items()):
+            guess = proposal[v]
+            choice = cols[i % len(cols)].selectbox(
+                f"value {v} ({n:,} px)", names, index=len(names) - 1 if guess is None else guess, key=f"{key}_ref_v{v}"
+            )
+            mapping[v] = None if choice == UNLABELLED else names.index(choice)
+        if st.button("Attach as the reference", key=f"{key}_ref_attach", type="primary"):
+            with common.guard("attaching the reference"):
+                reference.attach_mask(ws, raw, georef, mapping, up.name)
+            st.rerun()
+
+
+def score_tables(ws: Workspace, maps: dict[str, np.ndarray]) -> None:
+    """Score tables of ``maps`` on each score set (held-out regions, reference), side by side."""
+    sets = results.score_sets(ws)
+    if not sets:
+        st.info("Paint some labels on the Label page (or attach a reference) to score the maps.")
+        return
+    cols = st.columns(len(sets))
+    for col, ev in zip(cols, sets, strict=True):
+        with col:
+            st.markdown(f"**{ev.title}**")
+            st.table(pd.DataFrame(results.score_table(maps, ev.labels, ws.classes.names)).set_index("method"))
+            st.caption(f"On {ev.pixels:,} pixels: {ev.description}.")
+
