@@ -5,7 +5,8 @@
 
 Starts ``streamlit run`` on a fresh workspace root, paints a stroke, attaches the demo's truth as
 the reference mask, trains a few steps, runs the CRF grid search, and saves one PNG per page to
-``docs/screenshots``.
+``docs/screenshots`` (two for the Learn page: the equation and its filters, then the preset's
+iterations beside the learned RNN's).
 """
 
 from __future__ import annotations
@@ -135,6 +136,28 @@ def main(wanted: set[str]) -> None:
         page.set_viewport_size({"width": 1400, "height": 1000})
         open_page(page, url, "Filters", wait_for='[data-testid="stImage"]')
         shot("6_filters", full=True)
+
+        # Learn: Perona-Malik's equation and its terms as filters, then its iterations beside the
+        # learned RNN's (the page scrolls inside Streamlit's container, so one viewport per view).
+        open_page(page, url, "Learn", wait_for='[data-testid="stTable"]')
+        page.get_by_text("Perona–Malik", exact=True).click()
+        page.get_by_text("Perona–Malik, t = 10", exact=True).wait_for()
+        settle(page)
+
+        def scroll_to(heading: str) -> None:
+            page.get_by_role("heading", name=heading).evaluate("e => e.scrollIntoView({block: 'start'})")
+            page.wait_for_timeout(800)
+
+        scroll_to("1 · Pick an equation")
+        shot("8_learn_equations")
+        slider = page.locator('[data-testid="stSlider"]').filter(has_text="Iteration t").get_by_role("slider")
+        slider.focus()
+        for _ in range(6):
+            slider.press("ArrowLeft")
+        page.get_by_text("Perona–Malik at t = 4", exact=True).wait_for()
+        settle(page)
+        scroll_to("3 · Run it on this tile, beside the learned RNN")
+        shot("9_learn_iterations")
 
         open_page(page, url, "Export", wait_for='[data-testid="stDownloadButton"]')
         shot("7_export", full=True)
