@@ -15,12 +15,14 @@ from refiner.real_demo import REAL_DEMOS, create_real_demo
 from refiner.real_demo import unavailable as real_demo_unavailable
 from refiner.workspace import (
     DEMO_NAME,
+    MAX_PIXELS,
     Workspace,
     check_pixel_size,
     create_demo,
     list_workspaces,
     load_tile,
     tile_from_upload,
+    upload_shape,
 )
 from webapp import common
 
@@ -67,18 +69,21 @@ st.caption(
 )
 
 rgb = viz.to_rgb(tile.image)
-opacity = st.slider("Class map opacity", 0.0, 1.0, 0.5, 0.05, key="start_opacity")
 if tile.georef is not None:
     from webapp.maps import tile_map
 
     layers = [("tile", np.dstack([rgb, np.full(tile.shape, 255, np.uint8)]), 1.0)]
     if class_map is not None:
-        layers.append((f"class map ({map_kind})", viz.colorize(class_map, ws.classes), opacity))
+        layers.append((f"class map ({map_kind})", viz.colorize(class_map, ws.classes), 0.5))
     with common.guard("drawing the map"):
-        tile_map(tile.georef, layers)
-    st.caption("Map without a basemap (the app works offline); toggle the layers at the top right.")
+        tile_map(tile.georef, layers, state_key=ws.name)
+    st.caption(
+        "Map without a basemap (the app works offline): toggle the layers at the top right, set the class "
+        "map's opacity at the bottom left; your browser keeps the zoom, position and layers."
+    )
 else:
     st.info("This tile has no georeferencing, so it is shown as a picture rather than on a map.")
+    opacity = st.slider("Class map opacity", 0.0, 1.0, 0.5, 0.05, key="start_opacity")
     shown = rgb if class_map is None else viz.blend(rgb, viz.colorize(class_map, ws.classes), opacity)
     common.show(viz.downscale_to(shown, 1024), caption=map_kind or "tile")
 
@@ -159,6 +164,19 @@ def _classes_inputs(key: str) -> ClassSpec:
     return ClassSpec.parse(names, values)
 
 
+def _window_inputs(key: str, shape: tuple[int, int] | None = None) -> tuple[int, int, int, int]:
+    """Row, column, height, width of a window (inside ``shape`` when it is known); the Upload and
+    the URL tabs share these fields."""
+    side = int(MAX_PIXELS**0.5)
+    h_max, w_max = (min(shape[0], side), min(shape[1], side)) if shape else (side, side)
+    w1, w2, w3, w4 = st.columns(4)
+    row = w1.number_input("Row", 0, max(0, shape[0] - 16) if shape else None, 0, key=f"{key}_row")
+    col = w2.number_input("Column", 0, max(0, shape[1] - 16) if shape else None, 0, key=f"{key}_col")
+    height = w3.number_input("Height", 16, max(16, h_max), min(1024, max(16, h_max)), key=f"{key}_h")
+    width = w4.number_input("Width", 16, max(16, w_max), min(1024, max(16, w_max)), key=f"{key}_w")
+    return int(row), int(col), int(height), int(width)
+
+
 def _create(name: str, tile, classes: ClassSpec, source: dict) -> None:
     new = Workspace.create(common.root(), name, tile, classes, source=source)
     common.remember(new.name)
@@ -216,24 +234,40 @@ with tab_upload:
     name_u = st.text_input("Workspace name", "my-tile", key="upload_name")
     with common.guard("class list"):
         classes_u = _classes_inputs("upload")
-    if f is not None and st.button("Create workspace", key="create_upload"):
+    window_u = None
+    shape_u = None
+    if f is not None:
+        try:  # said at once, and the rest of the page stays
+            shape_u = upload_shape(f.getvalue(), f.name)
+        except ValueError as exc:
+            st.error(f"reading {f.name}: {exc}")
+    if shape_u is not None:
+        too_big = shape_u[0] * shape_u[1] > MAX_PIXELS
+        if too_big:
+            side = int(MAX_PIXELS**0.5)
+            st.warning(
+                f"{f.name} is {shape_u[0]} × {shape_u[1]} pixels, more than the app works on at once "
+                f"({MAX_PIXELS // 1_000_000} megapixels). Choose a window of it below (up to {side} × {side}), "
+                "then create the workspace; or cut the image smaller first. The whole scene can be refined later "
+                "from a path or URL on the Export page, or with `python -m refiner refine`."
+            )
+        if st.toggle("Read a window of it", value=too_big, disabled=too_big, key="upload_windowed"):
+            window_u = _window_inputs("upload", shape_u)
+    if shape_u is not None and st.button("Create workspace", key="create_upload"):
         with common.guard(f"reading {f.name}"):
-            new_tile = tile_from_upload(f.getvalue(), f.name)
+            new_tile = tile_from_upload(f.getvalue(), f.name, window=window_u)
             if new_tile.georef is None:
                 new_tile.pixel_size = check_pixel_size(pixel_size)
-            _create(name_u, new_tile, classes_u, {"kind": "upload", "name": f.name})
+            source = {"kind": "upload", "name": f.name, **({"window": list(window_u)} if window_u else {})}
+            _create(name_u, new_tile, classes_u, source)
 
 with tab_url:
     url = st.text_input("URL of a Cloud-Optimized GeoTIFF", key="cog_url", placeholder="https://.../image.tif")
-    w1, w2, w3, w4 = st.columns(4)
-    row = w1.number_input("Row", 0, value=0, key="cog_row")
-    col = w2.number_input("Column", 0, value=0, key="cog_col")
-    height = w3.number_input("Height", 16, 4096, 1024, key="cog_h")
-    width = w4.number_input("Width", 16, 4096, 1024, key="cog_w")
+    row, col, height, width = _window_inputs("cog")
     name_c = st.text_input("Workspace name", "cog-window", key="cog_name")
     with common.guard("class list"):
         classes_c = _classes_inputs("cog")
     if url and st.button("Read the window", key="read_cog"):
         with common.guard(f"reading {url}"), st.spinner("Reading the window..."):
-            new_tile = load_tile(access.check_source(url), window=(int(row), int(col), int(height), int(width)))
+            new_tile = load_tile(access.check_source(url), window=(row, col, height, width))
             _create(name_c, new_tile, classes_c, {"kind": "cog", "name": url, "window": [row, col, height, width]})

@@ -4,48 +4,77 @@ from __future__ import annotations
 
 import html
 
+import numpy as np
 import streamlit as st
 
-from refiner import hints, results, viz
-from refiner.painting import ERASER, apply_strokes, brush_colors, hex_color
-from webapp import common
+from refiner import hints, mask_import, results, viz
+from refiner.classes import IGNORE
+from refiner.painting import ERASER, brush_colors, hex_color, resize_nearest
+from webapp import canvas, common
 
 ws = common.page("Label")
 st.write(
     "Paint a few accurate labels: a brush per class, the eraser to unlabel. Every stroke is saved "
-    "to the workspace (`labels.tif`, 255 = unlabelled). A small, carefully painted area is enough."
+    "to the workspace (`labels.tif`, 255 = unlabelled), however fast you paint; **Undo** takes back "
+    "the last stroke or import. A small, carefully painted area is enough."
 )
 
 with common.guard("reading the workspace"):
     classes = ws.classes
     tile = ws.tile()
+with common.guard("saving your strokes"):
+    canvas.merge_reported(ws, common.root())  # before anything is drawn: the picture shows them
     labels = ws.labels()
 
 brushes = [*classes.names, "eraser"]
 colors = brush_colors(classes)
+layers = ["imagery only"]
+if ws.has_coarse():
+    layers.append("coarse map")
+    if ws.has_model("rnn"):
+        layers.append("refined map")
+VIEW_KEYS = ["brush", "brush_size", "label_opacity", "label_layer", "layer_opacity", "show_hints"]
+common.restore_view(
+    ws,
+    "label_page",
+    {"brush": brushes[0], "brush_size": 16, "label_opacity": 0.55, "label_layer": layers[0], "layer_opacity": 0.35,
+     "show_hints": False},  # fmt: skip
+    {"brush": brushes, "label_layer": layers},
+)
+
+
+def _swatch(rgb: tuple[int, int, int]) -> str:
+    return (
+        f'<span style="display:inline-block;width:0.9em;height:0.9em;background:{hex_color(rgb)};'
+        'border:1px solid #000;outline:1px solid #fff;vertical-align:middle"></span>'
+    )
+
+
 side, main = st.columns([1, 3])
 with side:
     brush = st.radio(
-        "Brush",
-        brushes,
-        key="brush",
-        format_func=lambda b: f"{b} ({hex_color(colors[brushes.index(b)])})",
+        "Brush", brushes, key="brush", format_func=lambda b: f"{b} ({hex_color(colors[brushes.index(b)])})"
     )
     st.markdown(
-        " ".join(
-            f'<span style="display:inline-block;width:0.9em;height:0.9em;background:{hex_color(c)};'
-            f'border:1px solid #888;vertical-align:middle"></span> {html.escape(b)}'  # class names are user text
-            for b, c in zip(brushes, colors, strict=True)
-        ),
+        " ".join(f"{_swatch(c)} {html.escape(b)}" for b, c in zip(brushes, colors, strict=True)),  # names: user text
         unsafe_allow_html=True,
     )
-    size = st.slider("Brush size (screen pixels)", 1, 60, 16, key="brush_size")
-    opacity = st.slider("Label opacity", 0.0, 1.0, 0.55, 0.05, key="label_opacity")
+    size = st.slider("Brush size (screen pixels)", 1, 60, key="brush_size")
+    opacity = st.slider("Label opacity", 0.0, 1.0, step=0.05, key="label_opacity")
+    layer = st.radio(
+        "Under the labels",
+        layers,
+        key="label_layer",
+        help="Show the coarse or the refined class map, semi-transparent, under your labels and strokes.",
+    )
+    layer_opacity = st.slider(
+        "Map opacity", 0.0, 1.0, step=0.05, key="layer_opacity", disabled=layer == layers[0]
+    )
     if st.button("Undo last change", disabled=ws.undo_depth() == 0, key="undo"):
         ws.undo()
-        st.session_state["canvas_epoch"] = st.session_state.get("canvas_epoch", 0) + 1
+        canvas.bump()  # a fresh canvas: the undone stroke must not stay drawn on it
         st.rerun()
-    st.caption(f"{ws.undo_depth()} change(s) can be undone.")
+    st.caption(f"{ws.undo_depth()} change(s) can be undone (each stroke, each import).")
     show_hints = st.toggle(
         "Show where to label next",
         key="show_hints",
@@ -53,37 +82,47 @@ with side:
         "and a few suggested boxes; it follows each training run.",
     )
 
+
+def _stop(key: str, value: object) -> callable:
+    return lambda: st.session_state.__setitem__(key, value)
+
+
 with main:
-    view = common.view_controls(tile.shape, "label")
-    background = viz.blend(viz.to_rgb(tile.image), viz.colorize(labels, classes), opacity)
+    view = common.view_controls(tile.shape, "label", ws=ws)
+    background = viz.to_rgb(tile.image)
+    if layer != layers[0]:
+        with common.guard(f"drawing the {layer}"):
+            if layer == "coarse map":
+                class_map = ws.coarse_probs().argmax(0).astype(np.uint8)
+            else:
+                class_map = common.run_busy(
+                    "Refining the tile for the map layer (cached afterwards)",
+                    lambda: results.refinement(ws)[-1].argmax(0).astype(np.uint8),
+                    "stop_layer",
+                    _stop("label_layer", layers[0]),
+                )
+            background = viz.blend(background, viz.colorize(class_map, classes), layer_opacity)
+    background = viz.blend(background, viz.colorize(labels, classes), opacity)
     boxes, hint_source = [], ""
     if show_hints:
         try:  # no hints is no reason to stop painting: say why and keep the canvas
-            with st.spinner("Finding where labels would help most..."):
-                need, hint_source = results.label_need(ws, labels)
-                boxes = hints.suggest_boxes(need, labels, n=5, size=max(16, min(64, min(tile.shape) // 8)))
+            need, hint_source = common.run_busy(
+                "Finding where labels would help most",
+                lambda: results.label_need(ws, labels),
+                "stop_hints",
+                _stop("show_hints", False),
+            )
+            boxes = hints.suggest_boxes(need, labels, n=5, size=max(16, min(64, min(tile.shape) // 8)))
         except ValueError as exc:
             st.warning(f"No hints: {exc}")
             show_hints = False
         else:
             heat = viz.heat_rgba(need, 0.0, max(float(need.max()), 1e-6))
             background = hints.draw_boxes(viz.blend(background, heat, 0.6), boxes)
-    background = background[view.slices]
-    ch, cw = view.canvas_size
-    bg = common.to_png(background).resize((cw, ch), resample=0)  # nearest: crisp pixels when zoomed
-    epoch = st.session_state.get("canvas_epoch", 0)
-    from streamlit_drawable_canvas import st_canvas
-
-    result = st_canvas(
-        stroke_width=size,
-        stroke_color=hex_color(colors[brushes.index(brush)]),
-        background_image=bg,
-        height=ch,
-        width=cw,
-        drawing_mode="freedraw",
-        return_image_data=True,
-        key=f"canvas_{ws.name}_{epoch}_{view.row}_{view.col}_{view.height}_{int(show_hints)}",
-    )
+    # crisp pixels when zoomed, and a black-and-white outline around every labelled region
+    shown = resize_nearest(background[view.slices], view.canvas_size)
+    shown = viz.outline(shown, resize_nearest(labels[view.slices], view.canvas_size))
+    canvas.draw(ws, view, common.to_png(shown), hex_color(colors[brushes.index(brush)]), size)
     if show_hints:
         st.caption(
             f"Where to label next (yellow = most needed), from {hint_source}, times the distance from your "
@@ -93,15 +132,10 @@ with main:
         )
     st.caption(
         f"Showing rows {view.row}–{view.row + view.height - 1}, columns {view.col}–{view.col + view.width - 1} "
-        f"at {view.scale:.2f} screen px per pixel."
+        f"at {view.scale:.2f} screen px per pixel"
+        + (f", over the {layer}." if layer != layers[0] else ".")
     )
-    strokes = result.image_data if result is not None else None
-    if strokes is not None and strokes.ndim == 3 and (strokes[..., 3] >= 128).any():
-        # merged into the labels as they are now (another session may have painted meanwhile)
-        labels = ws.edit_labels(lambda now: apply_strokes(now, strokes, view, classes)[0])
-        # a fresh canvas shows the merged labels as its background
-        st.session_state["canvas_epoch"] = epoch + 1
-        st.rerun()
+common.save_view(ws, "label_page", VIEW_KEYS)
 
 # --------------------------------------------------------------------------- counts, import, export
 st.subheader("Labelled pixels")
@@ -115,18 +149,44 @@ cols[-1].metric("unlabelled", f"{counts['unlabelled']:,}", help=f"{total:,} labe
 ic, ec = st.columns(2)
 with ic:
     st.subheader("Import a mask")
+    if msg := st.session_state.pop("import_done", None):
+        st.success(msg)
     up = st.file_uploader(
-        f"GeoTIFF/PNG mask of the tile's size, pixel values {list(classes.values)} (255 = unlabelled), "
-        "or GeoJSON polygons",
+        "GeoTIFF/PNG mask of the tile's size (any pixel values: you say which class each is), "
+        "or GeoJSON polygons with a `class` property",
         type=["tif", "tiff", "png", "geojson", "json"],
         key="mask_upload",
     )
-    if up is not None and st.button("Replace the labels with this mask", key="import_mask"):
-        with common.guard(f"importing {up.name}"):
-            ws.import_labels(up.getvalue(), up.name)
-        st.session_state["canvas_epoch"] = st.session_state.get("canvas_epoch", 0) + 1
-        st.success(f"Imported {up.name}.")
-        st.rerun()
+    if up is not None:
+        with common.guard(f"reading {up.name}"):
+            mask = mask_import.read_mask(up.getvalue(), up.name, tile, classes)
+        proposed = mask_import.propose_mapping(mask, classes)
+        choices = [*range(len(classes)), IGNORE]
+        st.caption(f"{up.name} holds {len(mask.values)} pixel value(s). Which class is each?")
+        mapping = {}
+        grid = st.columns(min(4, len(mask.values)))
+        for j, (v, n) in enumerate(zip(mask.values, mask.counts, strict=True)):
+            mapping[v] = grid[j % len(grid)].selectbox(
+                f"value {v} ({n:,} px)",
+                choices,
+                index=choices.index(proposed[v]),
+                format_func=lambda c: "unlabelled" if c == IGNORE else classes.names[c],
+                key=f"map_{up.file_id}_{v}",
+            )
+        mode = st.radio(
+            "With the labels painted so far", list(mask_import.MODES), format_func=mask_import.MODES.get,
+            key="import_mode",
+        )  # fmt: skip
+        if st.button("Import the mask", key="import_mask"):
+            with common.guard(f"importing {up.name}"):
+                imported = mask_import.apply_mapping(mask, mapping, classes)
+                ws.edit_labels(lambda now: mask_import.merge(now, imported, mode))
+            canvas.bump()
+            st.session_state["import_done"] = (
+                f"Imported {up.name} ({mask_import.describe(mapping, classes)}; {mask_import.MODES[mode]}). "
+                "Undo takes it back."
+            )
+            st.rerun()
 with ec:
     st.subheader("Export the labels")
     common.download(ws.path / "labels.tif", ws.name, "download_labels", "Download labels.tif (GeoTIFF, the tile's CRS)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from refiner import jobs, results, viz
+from refiner import jobs, model_history, results, viz
 from refiner.models.rnn import VARIANTS
 from refiner.pretrained import pick_rnn
 from refiner.train import FINETUNE_DEFAULTS, pick_device
@@ -64,6 +64,8 @@ if from_pretrained:
     )
 elif pick.model is None:
     st.caption(f"Training from scratch: {pick.reason}.")
+if start_from != CONTINUE and has_model:
+    st.caption("The current RNN is not lost: it stays in the model history below, ready to restore.")
 
 D = jobs.TrainParams()  # the defaults: refiner.train's and refiner.models.rnn's config dataclasses
 with st.form("train_form"):
@@ -163,6 +165,70 @@ if not running and has_model:
         maps = {"Coarse CNN": ws.coarse_probs().argmax(0), "RNN": results.refinement(ws)[-1].argmax(0)}
         scores.score_tables(ws, maps)
 scores.reference_panel(ws, "train")
+
+
+def _when(t: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+st.subheader("Model history")
+kept = model_history.entries(ws)
+now = model_history.current(ws)
+if not kept:
+    st.caption(
+        "Every RNN trained here is kept (and the one a run replaces), so a new RNN never destroys the "
+        "previous one. None trained yet."
+    )
+else:
+    if now is not None and now.best_step is not None:
+        st.info(
+            f"The current RNN, **{now.name}**, has the weights of step {now.best_step} of its run, its best "
+            f"evaluation on the held-out pixels (mean IoU {now.held_out_mean_iou:.3f}), not those of its last "
+            f"step ({now.last_step}): each run keeps its best checkpoint."
+        )
+    elif now is None and has_model:
+        st.caption("The current RNN is not in the history yet: it is kept there when the next run starts.")
+    names = ws.classes.names
+    st.table(
+        [
+            {
+                "": "current" if now is not None and e.id == now.id else "",
+                "RNN": e.name,
+                "trained": _when(e.created),
+                "steps": f"{e.steps:,}",
+                "held-out mean IoU": f"{e.held_out_mean_iou:.3f}" if e.held_out_mean_iou is not None else "–",
+                "kept step": str(e.best_step) if e.best_step is not None else "–",
+                **{
+                    f"IoU {n}": f"{v:.3f}" if v is not None else "–"
+                    for n, v in zip(names, e.held_out_iou or [None] * len(names), strict=False)
+                },
+                "started from": e.started_from,
+                "T, variant": f"{e.iterations}, {e.variant}",
+            }
+            for e in kept
+        ]
+    )
+    others = {e.id: e for e in kept if now is None or e.id != now.id}
+    if msg := st.session_state.pop("restored", None):
+        st.success(msg)
+    if others:
+        h1, h2 = st.columns([3, 1])
+        choice = h1.selectbox(
+            "Restore an earlier RNN",
+            list(others),
+            format_func=lambda i: f"{others[i].name} ({_when(others[i].created)}, {others[i].steps} steps)",
+            key="restore_choice",
+        )
+        h2.write("")
+        if h2.button("Make it the current RNN", key="restore_rnn", disabled=running):
+            with common.guard("restoring the RNN"):
+                back = model_history.restore(ws, choice)
+            st.session_state["restored"] = (
+                f"{back.name} is the current RNN again; the one it replaced stays in the history."
+            )
+            st.rerun()
 st.caption(
     "Checkpoints are written to the workspace (`models/checkpoint`); the trained model to "
     "`models/rnn`. Leaving this page, refreshing or restarting does not lose them."

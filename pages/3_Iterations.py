@@ -30,7 +30,7 @@ c1, c2, c3 = st.columns([2, 1, 1])
 t = c1.slider("Iteration t", 0, T, T, key="iteration" if model == model_choice.LEARNED else f"iteration_{model}")
 cls = c2.selectbox("Fuzzy map of class", classes.names, index=min(1, len(classes) - 1), key="fuzzy_class")
 opacity = c3.slider("Opacity", 0.0, 1.0, 0.6, 0.05, key="iter_opacity")
-view = common.view_controls(tile.shape, "iter", max_canvas=480)
+view = common.view_controls(tile.shape, "iter", max_canvas=480, ws=ws)
 
 rgb = viz.to_rgb(tile.image)
 p_t = probs[t]

@@ -64,7 +64,7 @@ with common.guard("computing the response"):
         class_index=classes.names.index(cls),
         block=block,
     )
-view = common.view_controls(tile.shape, "filters", max_canvas=480)
+view = common.view_controls(tile.shape, "filters", max_canvas=480, ws=ws)
 left, right = st.columns(2)
 with left:
     common.show(viz.signed(response), view=view, caption=f"response of {'M' if kind.startswith('M') else 'N'}{index}")

@@ -103,7 +103,7 @@ else:
 s1, s2 = st.columns([2, 1])
 t = s1.slider("Iteration t", 0, T, T, key=f"learn_t_{T}")  # keyed by T: a smaller T resets t
 cls = s2.selectbox("Fuzzy map of class", classes.names, index=min(1, len(classes) - 1), key="learn_class")
-view = common.view_controls(tile.shape, "learn", max_canvas=400)
+view = common.view_controls(tile.shape, "learn", max_canvas=400, ws=ws)
 rgb = viz.to_rgb(tile.image)
 k = classes.names.index(cls)
 left, right = st.columns(2)

@@ -6,9 +6,11 @@ Errors are one clear line on stderr and exit status 2; long work shows a progres
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -68,6 +70,19 @@ def _progress(desc: str) -> Callable[[int, int], None]:
         state["bar"](done)
 
     return update
+
+
+def _json_file(path: Path, what: str) -> dict:
+    """A JSON object from ``path``, with errors that name the file."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    try:
+        data = json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}) — fix it, or write it again") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds {type(data).__name__}, not the JSON object of {what} expected")
+    return data
 
 
 def _classes(args: argparse.Namespace, fallback=None):
@@ -137,26 +152,21 @@ def cmd_predict(args: argparse.Namespace) -> None:
 def cmd_finetune(args: argparse.Namespace) -> None:
     from refiner.models.io import load_model
     from refiner.models.rnn import RNNConfig
-    from refiner.raster import read_image, read_labels, read_probs, to_working
+    from refiner.raster import read_labels, to_working
     from refiner.train import RNNTrainConfig, restrict_to_window, train_rnn
 
-    tile = read_image(args.image, bands=args.bands)
-    probs, prob_classes, _ = read_probs(args.probs, check_sums=True)
-    classes = _classes(args, prob_classes)
-    if probs.shape[1:] != tile.shape:
-        raise ValueError(
-            f"probabilities {probs.shape[1:]} and image {tile.shape} differ in size: predict on this image"
-        )
+    if args.init and args.resume:
+        raise ValueError("give --init (start a fine-tune from a pretrained RNN) or --resume, not both")
+    start = load_model(args.init or args.resume, expect="rnn") if args.init or args.resume else None
+    tile, probs, classes = _image_and_probs(args, start.classes if start is not None else None)
     labels = read_labels(args.labels, classes, like=tile, line_width=args.line_width)
     if args.window:
         labels = restrict_to_window(labels, args.window)
     working = to_working(tile, args.resolution, probs, [labels])
     work, probs, labels = working.tile, working.probs, working.labels[0]
-    if args.init and args.resume:
-        raise ValueError("give --init (start a fine-tune from a pretrained RNN) or --resume, not both")
     if args.init:
-        return _finetune_from_pretrained(args, work, probs, labels, classes)
-    init = load_model(args.resume, expect="rnn") if args.resume else None
+        return _finetune_from_pretrained(args, work, probs, labels, classes, start)
+    init = start
     cfg = RNNTrainConfig(
         steps=1500 if args.steps is None else args.steps,
         batch_size=args.batch_size,
@@ -174,14 +184,12 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     )
     if args.scheduler:  # train on a cluster worker (one with a GPU resource when there is one)
         from refiner.distributed import run_on_gpu_worker
-        from refiner.models.io import save_model
 
         kwargs = dict(arch=arch, init=init, resolution=args.resolution, device=args.device)
         log = lambda m: print(f"note: {m}", file=sys.stderr)  # noqa: E731
         result = run_on_gpu_worker(
             args.scheduler, train_rnn, work.image, probs, labels, classes, cfg, log=log, **kwargs
         )
-        save_model(result.bundle, args.out)
     else:
         tick = _bar("fine-tune RNN", cfg.steps)
         result = train_rnn(
@@ -195,32 +203,72 @@ def cmd_finetune(args: argparse.Namespace) -> None:
             resolution=args.resolution,
             device=args.device,
             progress=lambda p: tick(p.step),
-            checkpoint_dir=args.out,
+            checkpoint_dir=_checkpoints(args),
         )
+    _save_finetuned(args, result)
+
+
+def _image_and_probs(args: argparse.Namespace, model_classes=None):
+    """The image, its coarse probabilities (checked: sums, size, CRS and place) and the classes."""
+    from refiner.raster import PREDICT_ON_IT, check_same_place, read_image, read_probs
+
+    tile = read_image(args.image, bands=args.bands)
+    probs, prob_classes, georef = read_probs(args.probs, check_sums=True)
+    classes = _classes(args, prob_classes or model_classes)
+    if probs.shape[1:] != tile.shape:
+        raise ValueError(
+            f"probabilities {probs.shape[1:]} and image {tile.shape} differ in size — predict them on this image"
+        )
+    what = f"the probability map {Path(args.probs).name}"
+    check_same_place(georef, tile.georef, what, Path(args.image).name, PREDICT_ON_IT)
+    return tile, probs, classes
+
+
+def _checkpoint_dir(args: argparse.Namespace) -> Path:
+    """``<out>.checkpoint``: where ``--checkpoint-every`` writes, beside ``--out``, never in it, so
+    an interrupted run leaves no partial model under the final name."""
+    from refiner.models.io import CHECKPOINT_SUFFIX
+
+    return args.out.with_name(args.out.name + CHECKPOINT_SUFFIX)
+
+
+def _checkpoints(args: argparse.Namespace) -> Path | None:
+    return _checkpoint_dir(args) if args.checkpoint_every else None
+
+
+def _save_finetuned(args: argparse.Namespace, result) -> None:
+    """The finished model, written whole; a checkpoint beside it is then of no more use."""
+    import shutil
+
+    from refiner.atomic import sweep
+    from refiner.models.io import save_model
+
+    save_model(result.bundle, args.out)
+    shutil.rmtree(_checkpoint_dir(args), ignore_errors=True)
+    sweep(_checkpoint_dir(args))  # temporaries of a killed run's checkpoint
     best = f", held-out mean IoU {result.best_val:.3f}" if result.best_val is not None else ""
     print(f"saved the RNN to {args.out} ({result.stopped} after {result.bundle.info['trained_steps']} steps{best})")
 
 
-def _finetune_from_pretrained(args: argparse.Namespace, work, probs, labels, classes) -> None:
+def _finetune_from_pretrained(args: argparse.Namespace, work, probs, labels, classes, init) -> None:
     from dataclasses import replace
 
-    from refiner.models.io import load_model
     from refiner.train import FINETUNE_DEFAULTS, finetune_from_pretrained
 
-    init = load_model(args.init, expect="rnn")
     if list(init.classes.names) != list(classes.names):
         raise ValueError(
             f"{args.init} refines classes {list(init.classes.names)}, the probabilities have {list(classes.names)}"
         )
     over = {k: v for k, v in (("steps", args.steps), ("lr", args.lr), ("patience", args.patience)) if v is not None}
-    cfg = replace(FINETUNE_DEFAULTS, seed=args.seed, max_seconds=args.max_seconds, **over)
+    cfg = replace(
+        FINETUNE_DEFAULTS, seed=args.seed, max_seconds=args.max_seconds, checkpoint_every=args.checkpoint_every, **over
+    )
     tick = _bar("fine-tune RNN", cfg.steps)
     result = finetune_from_pretrained(
         work.image, probs, labels, init, cfg, device=args.device, progress=lambda p: tick(p.step),
-        checkpoint_dir=args.out,
+        checkpoint_dir=_checkpoints(args),
     )  # fmt: skip
-    best = f", held-out mean IoU {result.best_val:.3f}" if result.best_val is not None else ""
-    print(f"saved the RNN to {args.out} ({result.stopped} after {result.bundle.info['trained_steps']} steps{best})")
+    _save_finetuned(args, result)
 
 
 def cmd_refine(args: argparse.Namespace) -> None:
@@ -244,24 +292,19 @@ def cmd_refine(args: argparse.Namespace) -> None:
 
 
 def cmd_crf(args: argparse.Namespace) -> None:
+    from refiner.atomic import atomic_write_bytes
     from refiner.crf import CRFParams, dense_crf, grid_search
-    from refiner.raster import read_image, read_labels, read_probs, write_class_map, write_probs
+    from refiner.raster import read_labels, write_class_map, write_probs
 
-    tile = read_image(args.image, bands=args.bands)
-    probs, prob_classes, _ = read_probs(args.probs, check_sums=True)
-    classes = _classes(args, prob_classes)
-    if probs.shape[1:] != tile.shape:
-        raise ValueError(f"probabilities {probs.shape[1:]} and image {tile.shape} differ in size")
-    params = CRFParams()
-    if args.params:
-        params = CRFParams.from_dict(json.loads(Path(args.params).read_text()))
+    params = CRFParams.from_dict(_json_file(args.params, "CRF parameters")) if args.params else CRFParams()
+    tile, probs, classes = _image_and_probs(args)
     if args.search_labels:
         labels = read_labels(args.search_labels, classes, like=tile)
         res = grid_search(tile.image, probs, labels, progress=_progress("CRF grid search"))
         params = res.best
         print(f"grid search: best mean IoU {res.best_scores.mean_iou:.3f} with {json.dumps(params.to_dict())}")
         if args.params_out:
-            Path(args.params_out).write_text(json.dumps(params.to_dict(), indent=2))
+            atomic_write_bytes(args.params_out, json.dumps(params.to_dict(), indent=2).encode())
     out = dense_crf(tile.image, probs, params)
     cls_map = out.argmax(0).astype(np.uint8)
     cls_map[~tile.valid] = 255
@@ -273,13 +316,16 @@ def cmd_crf(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from refiner.metrics import evaluate
-    from refiner.raster import read_labels
+    from refiner.raster import check_same_place, raster_shape, read_labels
 
     classes = _classes(args)
     pred = read_labels(args.pred, classes)
     truth = read_labels(args.truth, classes)
     if pred.shape != truth.shape:
-        raise ValueError(f"prediction {pred.shape} and truth {truth.shape} differ in size")
+        raise ValueError(f"prediction {pred.shape} and truth {truth.shape} differ in size — compare maps of one image")
+    where = {p: raster_shape(p)[2] for p in (args.pred, args.truth)}
+    check_same_place(where[args.pred], where[args.truth], f"the prediction {Path(args.pred).name}",
+                     f"the truth {Path(args.truth).name}", "compare maps of one image")  # fmt: skip
     pred = np.where(pred == 255, 0, pred).astype(np.uint8)  # nodata in a prediction counts as background
     scores = evaluate(pred, truth, len(classes))
     report = scores.to_dict(classes.names)
@@ -482,7 +528,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-#: Numeric options and the range they must lie in (checked before any work): (low, high, what to do).
+#: Numeric options and the range they must lie in (checked before any work): (low, high, what to do);
+#: a low bound in :data:`_ABOVE` is exclusive (the value must be larger).
 _RANGES = {
     "steps": (1, None, "give at least 1 training step"),
     "batch_size": (1, None, "give a batch of at least 1 patch"),
@@ -490,14 +537,28 @@ _RANGES = {
     "iterations": (0, None, "give 0 or more iterations"),
     "checkpoint_every": (0, None, "give 0 (no checkpoints) or a number of steps"),
     "holdout": (0.0, 0.99, "give a fraction below 1, e.g. 0.2"),
+    "lr": (0.0, None, "give a positive learning rate, e.g. 0.01"),
+    "resolution": (0.0, None, "give the metres per pixel the networks work at, e.g. 1"),
+    "line_width": (0.0, None, "give a road width in metres, e.g. 7"),
+    "max_seconds": (0.0, None, "give a positive number of seconds, or leave it out for no budget"),
+    "eval_seconds": (0.0, None, "give a positive number of seconds, e.g. 5"),
+    "patience": (0, None, "give 0 (never stop early) or a number of evaluations"),
+    "degrade_shift": (0, None, "give 0 or more pixels"),
+    "degrade_drop": (0.0, 1.0, "give a probability from 0 to 1"),
+    "threads": (1, None, "give at least 1 thread"),
+    "size": (32, None, "give a scene size of at least 32 pixels"),
+    "window": (1, None, "give a window of at least 1 pixel, e.g. 512"),
 }
+_ABOVE = {"lr", "resolution", "line_width", "max_seconds", "eval_seconds"}
 
 
 def check_args(args: argparse.Namespace) -> None:
     """Refuse out-of-range numbers and devices that do not exist, before any work starts."""
     for name, (low, high, todo) in _RANGES.items():
         value = getattr(args, name, None)
-        if value is not None and (value < low or (high is not None and value > high)):
+        if not isinstance(value, (int, float)):  # unset, or a tuple (finetune's --window)
+            continue
+        if value < low or (name in _ABOVE and value == low) or (high is not None and value > high):
             raise ValueError(f"--{name.replace('_', '-')} {value} is out of range — {todo}")
     device = getattr(args, "device", None)
     if device is not None:
@@ -512,22 +573,107 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError("--device mps was asked for but this machine has no Apple GPU — use --device cpu")
 
 
+#: Outputs of each command: (option, "model" folder, "folder" or "file"), checked before any work.
+_OUTPUTS = {
+    "demo-data": [("out", "folder")],
+    "train-coarse": [("out", "model")],
+    "finetune": [("out", "model")],
+    "pretrain": [("out", "model")],
+    "predict": [("out", "file")],
+    "refine": [("out", "file"), ("probs_out", "file"), ("iterations_out", "file")],
+    "crf": [("out", "file"), ("probs_out", "file"), ("params_out", "file")],
+    "experiment": [("out", "file"), ("save_models", "folder")],
+}
+_INPUTS = ("image", "probs", "labels", "model", "params", "search_labels", "resume", "init", "config")
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Refuse, before any work, outputs that could not be written: a file where a folder goes (or
+    the reverse), a folder of other files as a model, an unwritable place, an input as output."""
+    from refiner.atomic import check_writable
+    from refiner.models.io import check_model_output
+
+    inputs = {}
+    for name in _INPUTS:
+        value = getattr(args, name, None)
+        for v in value if isinstance(value, list) else [value]:
+            if v and "://" not in str(v):
+                inputs[Path(v).resolve()] = name
+    for name, kind in _OUTPUTS.get(args.command, []):
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        opt, path = f"--{name.replace('_', '-')}", Path(value)
+        if path.resolve() in inputs and kind != "model":
+            raise ValueError(f"{opt} {path} is also the input --{inputs[path.resolve()]} — write to another file")
+        if kind == "model":
+            check_model_output(path)
+        elif kind == "folder" and path.exists() and not path.is_dir():
+            raise ValueError(f"{opt} {path} is a file, and a folder is written there — give a folder name")
+        elif kind == "file" and path.is_dir():
+            raise ValueError(f"{opt} {path} is a folder — give a file name, e.g. {path / 'out.tif'}")
+        else:
+            check_writable(path)
+    if args.command == "finetune" and args.checkpoint_every:
+        check_model_output(_checkpoint_dir(args))
+
+
+def _os_error(exc: OSError) -> str:
+    """One line for a failed read or write: what, where, and what to do."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno == errno.ENOSPC:
+        return f"no space left on the device{where} — free some space and run again (nothing was written)"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{exc.strerror}{where} — give a path you can write, or change its permissions"
+    if isinstance(exc, FileNotFoundError) and not exc.strerror:
+        return str(exc)
+    return f"{exc.strerror or exc}{where} — check the path and run again"
+
+
+def _note(message, category, filename, lineno, file=None, line=None) -> None:
+    """Scaling notes as ``note:`` lines; other warnings as Python shows them."""
+    from refiner.raster import ScaleNote
+
+    if issubclass(category, ScaleNote):
+        print(f"note: {message}", file=sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        check_args(args)
-        args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _note
+            check_args(args)
+            check_outputs(args)
+            args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (FileNotFoundError, ValueError, OSError, KeyError) as exc:
+    except OSError as exc:
+        if args.debug:
+            raise
+        msg = str(exc) if exc.errno is None and str(exc) else _os_error(exc)
+        if " — " not in msg:
+            msg += " — check the path and run again"
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    except (ValueError, KeyError) as exc:
+        if args.debug:
+            raise
         msg = str(exc) if not isinstance(exc, KeyError) else f"missing entry {exc}"
+        if " — " not in msg:  # an engine message without its "what to do"
+            msg += " — check the inputs, or run again with --debug for the details"
         print(f"error: {msg}", file=sys.stderr)
         return 2
     except Exception as exc:  # a bug or an unforeseen input: one line, the traceback with --debug
         if args.debug:
             raise
+        if "No space left on device" in str(exc):  # GDAL's and safetensors' own errors for ENOSPC
+            print(f"error: {_os_error(OSError(errno.ENOSPC, 'No space left on device'))}", file=sys.stderr)
+            return 2
         print(f"error: {type(exc).__name__}: {exc} — run again with --debug for the details", file=sys.stderr)
         return 2
     return 0

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from refiner.atomic import atomic_write_bytes
 from refiner.classes import ClassSpec
 from refiner.crf import DEFAULT_GRID, dense_crf, grid_search
 from refiner.inference import predict_coarse, refine
@@ -321,8 +322,5 @@ def format_table(report: dict, *, markdown: bool = False) -> str:
 
 def write_report(report: dict, path: str | Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(report, indent=2))
-    tmp.replace(path)
+    atomic_write_bytes(path, json.dumps(report, indent=2).encode())
     return path

@@ -3,6 +3,9 @@
 The map combines three signals, each in [0, 1]:
 
 - **entropy** of the refined probabilities (normalised by ``log K``): where the model hesitates;
+  given several probability maps (a committee: coarse CNN, CRF, RNN), the entropy of their mean
+  (query-by-committee's consensus entropy), so an RNN fine-tuned on a few boxes, confident
+  everywhere, does not silence the calibrated coarse CNN's doubt;
 - **disagreement** between the coarse, CRF and RNN class maps: where methods are each confident
   but differ, which entropy alone misses (a confidently wrong map has low entropy);
 - **distance from existing labels** (``1 - exp(-d / scale)``): training patches are drawn around
@@ -64,29 +67,46 @@ def novelty(labels: np.ndarray, scale: float = HintWeights.distance_scale) -> np
     return (1 - np.exp(-d / scale)).astype(np.float32)
 
 
+Probs = np.ndarray | Sequence[np.ndarray]
+
+
+def consensus(probs: Probs) -> np.ndarray:
+    """One probability map (K, H, W) as it is, or the mean of several (a committee's consensus)."""
+    if isinstance(probs, np.ndarray):
+        return probs
+    if not probs:
+        raise ValueError("no probabilities to take the entropy of")
+    shapes = {p.shape for p in probs}
+    if len(shapes) > 1:
+        raise ValueError(f"the committee's probabilities differ in shape: {sorted(shapes)}")
+    return np.mean(np.stack([p.astype(np.float32) for p in probs]), axis=0)
+
+
 def need_map(
-    probs: np.ndarray,
+    probs: Probs,
     maps: Sequence[np.ndarray],
     labels: np.ndarray,
     weights: HintWeights = HintWeights(),
 ) -> np.ndarray:
     """Where labels would help most: (H, W) float32 in [0, 1] (see the module docstring).
 
-    ``probs``: the refined (or best available) probabilities (K, H, W); ``maps``: class maps of
-    the methods to compare (coarse, CRF, RNN); ``labels``: the painted labels (255 = none).
+    ``probs``: the refined (or best available) probabilities (K, H, W), or several (coarse, CRF,
+    RNN: the entropy of their mean is used); ``maps``: class maps of the methods to compare
+    (coarse, CRF, RNN); ``labels``: the painted labels (255 = none).
     """
+    probs = consensus(probs)
     if probs.shape[1:] != labels.shape:
         raise ValueError(f"probabilities {probs.shape[1:]} and labels {labels.shape} differ in size")
     return (uncertainty(probs, maps, weights) * novelty(labels, weights.distance_scale)).astype(np.float32)
 
 
-def uncertainty(probs: np.ndarray, maps: Sequence[np.ndarray], weights: HintWeights = HintWeights()) -> np.ndarray:
+def uncertainty(probs: Probs, maps: Sequence[np.ndarray], weights: HintWeights = HintWeights()) -> np.ndarray:
     """The model half of the need map, ``(w_e * entropy + w_d * disagreement) / (w_e + w_d)``:
     it changes only when a model does, so the app caches it per model (the labels half is cheap)."""
     total = weights.entropy + weights.disagreement
     if total <= 0:
         raise ValueError("at least one of the entropy and disagreement weights must be positive")
-    u = weights.entropy * entropy(probs)
+    u = weights.entropy * entropy(consensus(probs))
     if maps:
         u = u + weights.disagreement * disagreement(maps)
     return (u / total).astype(np.float32)

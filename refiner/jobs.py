@@ -3,7 +3,8 @@
 A job is a plain function of paths and numbers (:func:`run_training`): it reads the tile, labels
 and coarse probabilities from the workspace, trains, and writes its status (step, loss history,
 validation scores, device, state) to ``jobs/train.json`` as it goes, checkpoints into
-``models/checkpoint`` and, at the end, the model into ``models/rnn``. Cancelling is a file
+``models/checkpoint`` and, at the end, the model into ``models/rnn`` (the one it replaces is kept
+in ``models/history``, see :mod:`refiner.model_history`). Cancelling is a file
 (``jobs/train.cancel``) that the training loop polls. Because everything goes through the
 workspace folder, where the job runs is a detail: :class:`ThreadBackend` runs it in a thread of
 the app's process (the default); a Dask backend only has to implement :class:`Backend` with
@@ -30,6 +31,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from refiner import model_history
 from refiner.models.rnn import RNNConfig
 from refiner.train import RNNTrainConfig
 from refiner.workspace import Workspace, atomic_write_json, read_json
@@ -57,6 +59,8 @@ class TrainParams:
     patch_size: int = _TRAIN.patch_size
     holdout: float = _TRAIN.holdout
     eval_every: int = 25
+    #: ... or every this many seconds, whichever comes first (None: by steps only)
+    eval_seconds: float | None = _TRAIN.eval_seconds
     checkpoint_every: int = 50
     seed: int = _TRAIN.seed
     resume: bool = True  # continue from the workspace's current RNN (else start a new one)
@@ -165,7 +169,7 @@ def run_training(workspace: str | Path, params: dict, job_id: str) -> dict:
     Pure function of the workspace folder, so any backend (thread, process, Dask worker) can
     run it.
     """
-    from refiner.models.io import load_model, save_model
+    from refiner.models.io import load_model
     from refiner.raster import to_working
     from refiner.train import (
         FINETUNE_DEFAULTS,
@@ -234,12 +238,15 @@ def run_training(workspace: str | Path, params: dict, job_id: str) -> dict:
             seed=p.seed,
             holdout=0.0,
             eval_every=p.eval_every,
+            eval_seconds=p.eval_seconds,
             checkpoint_every=p.checkpoint_every,
         )
         if not p.resume and p.pretrained:  # a patch fine-tune: the regularisation measured for it
             d = FINETUNE_DEFAULTS
-            cfg = replace(cfg, patience=d.patience, anchor=d.anchor, jitter=d.jitter, fresh_optimizer=True)
-            cfg = replace(cfg, eval_seconds=d.eval_seconds)
+            cfg = replace(cfg, patience=d.patience, anchor=d.anchor, jitter=d.jitter, fresh_optimizer=True,
+                          distill=d.distill)  # fmt: skip
+            if p.eval_seconds is not None:
+                cfg = replace(cfg, eval_seconds=d.eval_seconds)
         status.message = f"started from {start}"
         status.params = {**status.params, "started_from": start}
 
@@ -274,7 +281,8 @@ def run_training(workspace: str | Path, params: dict, job_id: str) -> dict:
             checkpoint_dir=ws.model_dir("checkpoint"),
             val_labels=val_labels if has_val else np.full_like(val_labels, 255),
         )
-        save_model(result.bundle, ws.model_dir("rnn"))
+        # the RNN this replaces stays in the workspace's model history
+        model_history.save_trained(ws, result.bundle, started_from=start, val=status.val, stopped=result.stopped)
         ws.clear_results()
         status.step = max(status.step, result.history[-1].step if result.history else 0)
         status.best_val = result.best_val

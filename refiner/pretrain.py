@@ -75,10 +75,20 @@ class TileData:
         return Tile(image=self.image.astype(np.float32) / 255, valid=np.ones(self.labels.shape, bool))
 
 
+def _toml(path: Path) -> dict:
+    """A recipe or split TOML, with errors that name the file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no such recipe: {path} — see experiments/pretrained/ for the shipped ones")
+    try:
+        return tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not valid TOML ({exc}) — fix it, or take the shipped one again") from exc
+
+
 def load_split(path: str | Path) -> dict[str, SetSpec]:
     """The data sets and their train / val / test (/ patch) tiles from a split TOML."""
     path = Path(path)
-    raw = tomllib.loads(path.read_text())
+    raw = _toml(path)
     sets = {}
     for name, d in raw["sets"].items():
         sets[name] = SetSpec(
@@ -363,7 +373,7 @@ def _rel(path: Path) -> str:
 def run_pretrain(config: str | Path, *, steps: int | None = None, out: str | Path | None = None) -> Path:
     """Train one shipped model from a recipe TOML (``kind = "coarse"`` or ``"rnn"``); returns its folder."""
     config = Path(config)
-    raw = tomllib.loads(config.read_text())
+    raw = _toml(config)
     root = config.parent
     split_file = root / raw["split"]
     sets = load_split(split_file)

@@ -141,7 +141,7 @@ def _resolution_note(model: Shipped, resolution: float | None) -> tuple[bool, st
     return True, f"the tile ({resolution:.2f} m/px) is resampled to its {model.resolution:g} m and back"
 
 
-def _class_merge(workspace: ClassSpec, model: ClassSpec) -> tuple[tuple[tuple[int, ...], ...] | None, str]:
+def class_merge(workspace: ClassSpec, model: ClassSpec) -> tuple[tuple[tuple[int, ...], ...] | None, str]:
     """How the model's classes map onto the workspace's, or None and why not."""
     ws_names, m_names = [_norm(n) for n in workspace.names], [_norm(n) for n in model.names]
     missing = [workspace.names[i] for i, n in enumerate(ws_names) if n not in m_names]
@@ -166,7 +166,7 @@ def pick_coarse(classes: ClassSpec, resolution: float | None, *, root: str | Pat
     for m in catalogue(root):
         if m.kind != "coarse":
             continue
-        merge, how = _class_merge(classes, m.classes)
+        merge, how = class_merge(classes, m.classes)
         ok, res_note = _resolution_note(m, resolution)
         if merge is None or not ok:
             why_not.append(f"{m.name}: {how if merge is None else res_note}")

@@ -8,7 +8,8 @@ Conventions inside the engine (see ``docs/architecture.md``):
 
 **Scaling rule** for imagery: ``uint8`` is divided by 255; ``uint16`` by ``2**NBITS - 1`` when
 the file declares ``NBITS`` (e.g. 11- or 12-bit sensors) and by 65535 otherwise; floating-point
-data is taken as already in [0, 1] and clipped. Pass ``scale=`` to override (e.g. ``scale=10000``
+data is taken as already in [0, 1], or as 0-255 (divided by 255, with a :class:`ScaleNote`) when
+its values pass 1.5, and refused beyond 255. Pass ``scale=`` to override (e.g. ``scale=10000``
 for reflectance x 10000). Models standardise the scaled values with the mean and standard
 deviation of their training imagery, so the rule only has to be the same at training and use.
 
@@ -19,9 +20,9 @@ nodata (255 in class maps).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -32,10 +33,11 @@ import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
-from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
 from rasterio.warp import reproject, transform_geom
 from rasterio.windows import Window
 
+from refiner.atomic import atomic_file, commit, temp_beside
 from refiner.classes import IGNORE, ClassSpec
 
 VECTOR_SUFFIXES = (".geojson", ".json")
@@ -144,6 +146,19 @@ def _open(path: str | Path):
         raise RasterError(f"cannot read {path} as a raster (GeoTIFF, PNG or JPEG): {exc}") from exc
 
 
+def _read(ds, path: str | Path, *args, **kwargs) -> np.ndarray:
+    """``ds.read`` with a damaged or truncated file named in one line (rasterio's own message is
+    "Read failed. See previous exception for details.")."""
+    try:
+        return ds.read(*args, **kwargs)
+    except (RasterioIOError, RasterioError) as exc:
+        cause = str(exc.__cause__ or exc).splitlines()[0][:200]
+        raise RasterError(
+            f"{Path(str(path)).name} is damaged or truncated: its pixels cannot be read ({cause}) — "
+            "export or download it again"
+        ) from exc
+
+
 def _georef(ds) -> Georef | None:
     if ds.crs is None or ds.transform == Affine.identity():
         return None
@@ -163,6 +178,48 @@ def scale_factor(dtype: str, nbits: int | None = None, scale: float | None = Non
     if dtype.startswith("float"):
         return 1.0
     raise RasterError(f"unsupported image data type {dtype}: use uint8, uint16 or float imagery")
+
+
+class ScaleNote(UserWarning):
+    """How imagery was scaled where its file did not say (the CLI prints it as a ``note:`` line)."""
+
+
+#: Float imagery is taken as 0-1 (scaling rule); one whose values pass this is taken as 0-255
+#: (an 8-bit image saved as float: clipping it to 1 made 99.998 % of a scene white).
+FLOAT_AS_255_ABOVE = 1.5
+_FLOAT_PEAKS: dict[tuple, float] = {}
+
+
+def _float_divisor(ds, bands: Sequence[int], path: str | Path) -> float:
+    """1 for float imagery in 0-1, 255 (with a :class:`ScaleNote`) for 0-255; other ranges are refused.
+
+    Decided from the whole file (a sample of at most 512 x 512 pixels, cached per file), so every
+    window of a scene is scaled alike.
+    """
+    p = Path(str(path))
+    stamp = p.stat().st_mtime_ns if "://" not in str(path) and p.exists() else 0
+    key = (str(path), stamp, tuple(bands))
+    if key not in _FLOAT_PEAKS:
+        shape = (len(bands), min(ds.height, 512), min(ds.width, 512))
+        sample = _read(ds, path, list(bands), out_shape=shape, masked=True)
+        values = sample.compressed() if np.ma.isMaskedArray(sample) else sample.ravel()
+        values = values[np.isfinite(values)]
+        if len(_FLOAT_PEAKS) > 1024:  # a long-running server sees many files
+            _FLOAT_PEAKS.clear()
+        _FLOAT_PEAKS[key] = float(values.max()) if values.size else 0.0
+    peak = _FLOAT_PEAKS[key]
+    if peak <= FLOAT_AS_255_ABOVE:
+        return 1.0
+    if peak <= 255 * 1.001:
+        warnings.warn(
+            ScaleNote(f"{p.name} is float imagery with values up to {peak:.4g}: taken as 0-255 and divided by 255"),
+            stacklevel=3,
+        )
+        return 255.0
+    raise RasterError(
+        f"{p.name} is float imagery with values up to {peak:.6g}, neither 0-1 nor 0-255 — convert it to 8- or "
+        "16-bit integers or to floats in 0-1 (e.g. gdal_translate -ot Byte -scale)"
+    )
 
 
 def _to_window(window: Sequence[int] | None) -> Window | None:
@@ -205,16 +262,18 @@ def read_image(
         count = ds.count
         bands = tuple(bands) if bands else default_bands(count, ds)
         if len(bands) != 3:
-            raise RasterError(f"give exactly three bands for RGB, got {list(bands)}")
+            raise RasterError(f"--bands {list(bands)} is not three bands — give three for RGB, e.g. --bands 1,2,3")
         bad = [b for b in bands if not 1 <= b <= count]
         if bad:
-            raise RasterError(f"band(s) {bad} do not exist: {path} has {count} band(s)")
+            raise RasterError(f"band(s) {bad} do not exist: {path} has {count} band(s) — pick bands 1 to {count}")
         win = _to_window(window)
         check_declared_size(ds, win, path)
-        data = ds.read(list(bands), window=win, boundless=False)
+        data = _read(ds, path, list(bands), window=win, boundless=False)
         valid = _valid(ds, bands, win)
         nbits = ds.tags(bands[0], ns="IMAGE_STRUCTURE").get("NBITS")
         divisor = scale_factor(ds.dtypes[bands[0] - 1], int(nbits) if nbits else None, scale)
+        if scale is None and ds.dtypes[bands[0] - 1].startswith("float"):
+            divisor = _float_divisor(ds, bands, path)
         georef = _georef(ds)
         if georef is not None and win is not None:
             georef = Georef(georef.crs, ds.window_transform(win))
@@ -275,8 +334,14 @@ def read_labels(
         labels = rasterize_vectors(path, like, classes, line_width=line_width)
     else:
         with _open(path) as ds:
-            raw = ds.read(1, window=_to_window(window))
+            win = _to_window(window)
+            raw = _read(ds, path, 1, window=win)
+            georef = _georef(ds)
+            if georef is not None and win is not None:
+                georef = Georef(georef.crs, ds.window_transform(win))
         labels = classes.encode_mask(raw, strict=strict)
+        if like is not None:
+            check_same_place(georef, like.georef, f"the label mask {Path(str(path)).name}", Path(like.source).name)
     if like is not None:
         if labels.shape != like.shape:
             raise RasterError(
@@ -286,6 +351,45 @@ def read_labels(
         labels = labels.copy()
         labels[~like.valid] = IGNORE
     return labels
+
+
+#: What to do about probabilities that do not fit their image.
+PREDICT_ON_IT = "predict the probabilities on this image (`python -m refiner predict`)"
+
+
+def check_same_place(
+    georef: Georef | None,
+    image: Georef | None,
+    what: str,
+    image_name: str = "the image",
+    todo: str = "give the file made on this image's grid",
+) -> None:
+    """Refuse ``what`` (probabilities, labels) lying in another CRS or place than the image it is
+    given with, before any work. Only when both are georeferenced: a plain PNG mask is taken to
+    be on the image's grid, as its size is checked.
+
+    The grids must share the CRS, the pixel size (to 0.1 %) and the origin (to 1 % of a pixel).
+    """
+    if georef is None or image is None:
+        return
+    image_name = image_name or "the image"
+    if georef.crs != image.crs:
+        raise RasterError(
+            f"{what} is in {georef.crs.to_string()} but {image_name} is in {image.crs.to_string()} — {todo}"
+        )
+    a, b = georef.transform, image.transform
+    px = max(abs(b.a), abs(b.e), 1e-12)
+    scale_off = max(abs(a.a - b.a), abs(a.e - b.e), abs(a.b - b.b), abs(a.d - b.d)) > 1e-3 * px
+    if scale_off:
+        raise RasterError(
+            f"{what} has {abs(a.a):g} x {abs(a.e):g} pixels but {image_name} has {abs(b.a):g} x {abs(b.e):g} — {todo}"
+        )
+    dx, dy = a.c - b.c, a.f - b.f
+    if max(abs(dx), abs(dy)) > 0.01 * px:
+        raise RasterError(
+            f"{what} is not where {image_name} is: its top-left corner is off by ({dx:+.6g}, {dy:+.6g}) "
+            f"{georef.crs.linear_units or 'CRS units'} — {todo}"
+        )
 
 
 def _load_geojson(path: str | Path) -> dict:
@@ -341,10 +445,20 @@ def rasterize_vectors(
     from shapely.geometry import mapping, shape
 
     data = path_or_geojson if isinstance(path_or_geojson, dict) else _load_geojson(path_or_geojson)
+    name = "the GeoJSON" if isinstance(path_or_geojson, dict) else Path(path_or_geojson).name
     src_crs = CRS.from_epsg(4326)
     named = (data.get("crs") or {}).get("properties", {}).get("name")
     if named:
-        src_crs = CRS.from_user_input(named)
+        try:
+            src_crs = CRS.from_user_input(named)
+        except Exception as exc:  # rasterio's CRSError
+            raise RasterError(f"{name} names an unknown CRS {named!r} — use an EPSG code, e.g. EPSG:32619") from exc
+    features = [f for f in data.get("features") or [] if isinstance(f, dict) and f.get("geometry")]
+    if not any(f["geometry"].get("type") not in ("Point", "MultiPoint") for f in features):
+        raise RasterError(
+            f"{name} has no polygon or line features, so there is nothing to label — "
+            "check that it is the right file (points are not used)"
+        )
     h, w = like.shape
     if like.georef is not None:
         transform, dst_crs = like.georef.transform, like.georef.crs
@@ -357,13 +471,11 @@ def rasterize_vectors(
     else:
         transform, dst_crs, width_units = Affine.identity(), None, line_width
     shapes: list[tuple[dict, int]] = []
-    for feat in data.get("features", []):
-        geom = feat.get("geometry")
-        if not geom:
-            continue
+    for feat in features:
+        geom = feat["geometry"]
         cls = _feature_class(feat.get("properties"), classes, class_property)
         if dst_crs is not None:
-            geom = transform_geom(src_crs, dst_crs, geom)
+            geom = _reproject_geometry(geom, src_crs, dst_crs, name)
         g = shape(geom)
         if g.geom_type in ("LineString", "MultiLineString"):
             g = g.buffer(width_units / 2)
@@ -372,9 +484,61 @@ def rasterize_vectors(
         if not g.is_empty:
             shapes.append((mapping(g), cls))
     shapes.sort(key=lambda s: s[1])
-    if not shapes:
-        return np.full((h, w), fill, dtype=np.uint8)
+    from rasterio.transform import array_bounds
+    from shapely.geometry import box
+
+    west, south, east, north = array_bounds(h, w, transform)
+    footprint = box(min(west, east), min(south, north), max(west, east), max(south, north))
+    if not any(shape(geom).intersects(footprint) for geom, _ in shapes):
+        where = f"{like.georef.crs.to_string()} bounds {footprint.bounds}" if like.georef else f"{h}x{w} pixels"
+        raise RasterError(
+            f"no feature of {name} ({len(features)} in all) lies on the image ({where}) — check that the "
+            "GeoJSON covers this image and that its coordinates are in its CRS (longitude, latitude unless it "
+            "names another)"
+        )
     return rasterize(shapes, out_shape=(h, w), transform=transform, fill=fill, dtype="uint8")
+
+
+def _coordinates(geom: dict) -> np.ndarray:
+    """All (x, y) positions of a GeoJSON geometry, as an (N, 2) array (N = 0 for an empty one)."""
+    flat: list[float] = []
+
+    def walk(c) -> None:
+        if isinstance(c, (list, tuple)) and c and isinstance(c[0], (int, float)):
+            flat.extend(float(v) for v in c[:2])
+        elif isinstance(c, (list, tuple)):
+            for x in c:
+                walk(x)
+
+    walk(geom.get("coordinates", []))
+    for g in geom.get("geometries", []) or []:
+        walk(g.get("coordinates", []))
+    return np.asarray(flat, dtype=np.float64).reshape(-1, 2)
+
+
+def _reproject_geometry(geom: dict, src: CRS, dst: CRS, name: str) -> dict:
+    """``geom`` from ``src`` to ``dst``, refusing coordinates outside ``src``'s range in one line
+    (longitude/latitude beyond +-180/+-90, projected coordinates PROJ cannot invert)."""
+    xy = _coordinates(geom)
+    if src.is_geographic and xy.size and (np.abs(xy[:, 0]).max() > 180 or np.abs(xy[:, 1]).max() > 90):
+        bad = xy[(np.abs(xy[:, 0]) > 180) | (np.abs(xy[:, 1]) > 90)][0]
+        raise RasterError(
+            f"{name} has coordinates ({bad[0]:g}, {bad[1]:g}) outside {src.to_string()}'s range (longitude "
+            "-180..180, latitude -90..90) — if they are projected metres, name their CRS in the GeoJSON's "
+            '"crs" member, e.g. {"type": "name", "properties": {"name": "EPSG:32619"}}'
+        )
+    outside = RasterError(
+        f"{name} has coordinates outside the range of its CRS {src.to_string()} (they cannot be placed in the "
+        f"image's {dst.to_string()}) — check the GeoJSON's coordinates and its \"crs\" member"
+    )
+    try:
+        out = transform_geom(src, dst, geom)
+    except Exception as exc:  # GDAL/PROJ errors (CPLE_AppDefinedError: "Full reprojection failed")
+        raise outside from exc
+    moved = _coordinates(out)
+    if moved.size and not np.isfinite(moved).all():
+        raise outside
+    return out
 
 
 def read_probs(
@@ -391,7 +555,7 @@ def read_probs(
             raise RasterError(f"{path} has {ds.count} band; a probability map has one band per class (>= 2)")
         win = _to_window(window)
         check_declared_size(ds, win, path)
-        data = ds.read(window=win).astype(np.float32)
+        data = _read(ds, path, window=win).astype(np.float32)
         tags = ds.tags()
         georef = _georef(ds)
         if georef is not None and win is not None:
@@ -406,8 +570,19 @@ def read_probs(
         )
     if check_sums:
         check_prob_sums(data, path, whole=window is None)
-    classes = ClassSpec.from_dict(json.loads(tags["refiner_classes"])) if "refiner_classes" in tags else None
-    return data, classes, georef
+    return data, tagged_classes(tags, path), georef
+
+
+def tagged_classes(tags: dict[str, str], path: str | Path) -> ClassSpec | None:
+    """The class list a Refiner output carries in its ``refiner_classes`` tag (None when untagged)."""
+    if "refiner_classes" not in tags:
+        return None
+    try:
+        return ClassSpec.from_dict(json.loads(tags["refiner_classes"]))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise RasterError(
+            f"{Path(str(path)).name} has a damaged refiner_classes tag ({exc}) — write the file again"
+        ) from exc
 
 
 def check_prob_sums(data: np.ndarray, path: str | Path, whole: bool = True) -> None:
@@ -461,27 +636,20 @@ def write_raster(
         profile.update(blockxsize=256, blockysize=256)
     if georef is not None:
         profile.update(crs=georef.crs, transform=georef.transform)
-    # A unique temp name per writer: with one fixed name, two sessions writing the same file
-    # at once renamed each other's half-written file away ("No such file" on one of them).
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".part")
-    os.close(fd)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(tmp, "w", **profile) as dst:
-                dst.write(arr)
-                for i, d in enumerate(descriptions or []):
-                    dst.set_band_description(i + 1, d)
-                if tags:
-                    dst.update_tags(**tags)
-                if colormap and b == 1:
-                    dst.write_colormap(1, colormap)
-                if scales:
-                    dst.scales = tuple(scales)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # A unique temp name per writer (refiner.atomic): with one fixed name, two sessions writing the
+    # same file at once renamed each other's half-written file away ("No such file" on one of them).
+    with atomic_file(path, suffix=".part") as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(arr)
+            for i, d in enumerate(descriptions or []):
+                dst.set_band_description(i + 1, d)
+            if tags:
+                dst.update_tags(**tags)
+            if colormap and b == 1:
+                dst.write_colormap(1, colormap)
+            if scales:
+                dst.scales = tuple(scales)
     return path
 
 
@@ -660,8 +828,7 @@ class RasterWriter:
         quantise: bool = False,
     ) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(self.path.name + ".part")
+        self.tmp = temp_beside(self.path, ".part")  # unique: two writers of one path never collide
         profile = {
             "driver": "GTiff",
             "height": height,
@@ -679,18 +846,22 @@ class RasterWriter:
         }
         if georef is not None:
             profile.update(crs=georef.crs, transform=georef.transform)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            self.ds = rasterio.open(self.tmp, "w", **profile)
-        for i, d in enumerate(descriptions or []):
-            self.ds.set_band_description(i + 1, d)
-        if tags:
-            self.ds.update_tags(**tags)
-        if colormap and count == 1:
-            self.ds.write_colormap(1, colormap)
-        self.quantise = quantise  # probabilities written as uint8 steps of 1/255 (see quantise_probs)
-        if quantise:
-            self.ds.scales = (1 / 255,) * count
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                self.ds = rasterio.open(self.tmp, "w", **profile)
+            for i, d in enumerate(descriptions or []):
+                self.ds.set_band_description(i + 1, d)
+            if tags:
+                self.ds.update_tags(**tags)
+            if colormap and count == 1:
+                self.ds.write_colormap(1, colormap)
+            self.quantise = quantise  # probabilities written as uint8 steps of 1/255 (see quantise_probs)
+            if quantise:
+                self.ds.scales = (1 / 255,) * count
+        except BaseException:
+            self.close(keep=False)
+            raise
 
     def write(self, array: np.ndarray, row: int, col: int) -> None:
         """Write (B, h, w) or (h, w) with its top-left corner at ``(row, col)``."""
@@ -700,11 +871,20 @@ class RasterWriter:
         self.ds.write(arr.astype(self.ds.dtypes[0], copy=False), window=Window(col, row, arr.shape[2], arr.shape[1]))
 
     def close(self, *, keep: bool = True) -> Path:
-        self.ds.close()
-        if keep:
-            os.replace(self.tmp, self.path)
-        else:
+        """Finish the file under its final name (``keep``), or remove it; a failed finish removes it too."""
+        ds = getattr(self, "ds", None)
+        if not keep:
+            with contextlib.suppress(Exception):  # e.g. a full disk failing the last flush again
+                if ds is not None:
+                    ds.close()
             self.tmp.unlink(missing_ok=True)
+            return self.path
+        try:
+            ds.close()
+            commit(self.tmp, self.path)
+        except BaseException:
+            self.tmp.unlink(missing_ok=True)
+            raise
         return self.path
 
     def __enter__(self) -> RasterWriter:

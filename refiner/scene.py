@@ -42,14 +42,17 @@ from refiner.models.coarse import COARSE_HALO
 from refiner.models.fused import scene_window
 from refiner.models.io import ModelBundle, load_model
 from refiner.raster import (
+    PREDICT_ON_IT,
     Georef,
     RasterWriter,
+    check_same_place,
     raster_shape,
     read_image,
     read_probs,
     read_valid,
     resolution_differs,
     streaming_env,
+    tagged_classes,
 )
 from refiner.tiling import WindowSpec, even_windows, iter_windows
 
@@ -149,14 +152,17 @@ def _stream(
 @contextmanager
 def _all_or_nothing(writers: dict[str, RasterWriter]) -> Iterator[None]:
     """Finish every output when the block succeeds; on any error (or Ctrl-C) remove them all."""
+    done: list[RasterWriter] = []
     try:
         yield
+        for w in writers.values():
+            w.close()
+            done.append(w)
     except BaseException:
         for w in writers.values():
-            w.close(keep=False)
+            if w not in done:
+                w.close(keep=False)
         raise
-    for w in writers.values():
-        w.close()
 
 
 def _streamable(image: str | Path, bundle: ModelBundle) -> tuple[int, int, tuple[Georef | None, bool]]:
@@ -295,11 +301,15 @@ def _iteration_bands(classes: ClassSpec, t_max: int) -> list[str]:
     return [f"t{t}:{n}" for t in range(t_max + 1) for n in classes.names]
 
 
-def _check_probs(probs: str | Path, h: int, w: int, bundle: ModelBundle) -> None:
+def _check_probs(probs: str | Path, h: int, w: int, georef: Georef | None, bundle: ModelBundle, image: str) -> None:
+    """The probabilities fit the model (classes, bands) and the image (size, CRS, place), before any work."""
+    if "://" not in str(probs) and not Path(probs).is_file():
+        raise FileNotFoundError(f"no such file: {probs}")
     with rasterio.open(probs) as ds:
         tags, shape, count = ds.tags(), (ds.height, ds.width), ds.count
-    if "refiner_classes" in tags:
-        names = ClassSpec.from_dict(json.loads(tags["refiner_classes"])).names
+    tagged = tagged_classes(tags, probs)
+    if tagged is not None:
+        names = tagged.names
         if list(names) != list(bundle.classes.names):
             raise ValueError(
                 f"the probabilities are for classes {list(names)} but the RNN for {list(bundle.classes.names)}"
@@ -307,7 +317,9 @@ def _check_probs(probs: str | Path, h: int, w: int, bundle: ModelBundle) -> None
     if count != len(bundle.classes):
         raise ValueError(f"the probability map has {count} bands but the model has {len(bundle.classes)} classes")
     if shape != (h, w):
-        raise ValueError(f"probabilities {shape} and image {(h, w)} differ in size")
+        raise ValueError(f"probabilities {shape} and image {(h, w)} differ in size — predict them on this image")
+    what = f"the probability map {Path(str(probs)).name}"
+    check_same_place(raster_shape(probs)[2], georef, what, image, PREDICT_ON_IT)
 
 
 def refine_scene(
@@ -336,7 +348,7 @@ def refine_scene(
     """
     bundle = load_model(model, expect="rnn")
     h, w, (georef, resample) = _streamable(image, bundle)
-    _check_probs(probs, h, w, bundle)
+    _check_probs(probs, h, w, georef, bundle, Path(str(image)).name)
     t_max = bundle.net.cfg.iterations if iterations is None else iterations
     classes = bundle.classes
     task = SceneTask(

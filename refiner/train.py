@@ -23,7 +23,7 @@ from refiner.classes import IGNORE, ClassSpec
 from refiner.metrics import Scores, evaluate
 from refiner.models.coarse import CoarseCNN, CoarseConfig
 from refiner.models.fused import FusedRNN
-from refiner.models.io import ModelBundle, image_stats, save_model
+from refiner.models.io import ModelBundle, image_stats, save_checkpoint
 from refiner.models.rnn import RefinerRNN, RNNConfig
 
 
@@ -70,6 +70,14 @@ def check_labels(labels: np.ndarray, num_classes: int, what: str = "labels") -> 
     if top >= num_classes:
         raise ValueError(f"the {what} contain class index {top}, but there are only {num_classes} classes")
     return n
+
+
+def check_counts(**counts: int) -> None:
+    """Refuse training step, batch and patch counts below 1 before any work (an untrained model
+    saved as if trained, or ``high <= 0`` from the sampler)."""
+    for name, value in counts.items():
+        if value < 1:
+            raise ValueError(f"{name.replace('_', ' ')} {value} is below 1 — give at least 1")
 
 
 def restrict_to_window(labels: np.ndarray, window: tuple[int, ...] | list[int]) -> np.ndarray:
@@ -350,6 +358,7 @@ def train_coarse(
     """
     if len(images) != len(labels) or not images:
         raise ValueError("give one label raster per image (and at least one image)")
+    check_counts(steps=cfg.steps, batch_size=cfg.batch_size)
     allowed = allowed_table(len(classes), partial)
     for im, lab in zip(images, labels, strict=True):
         if im.shape[1:] != lab.shape:
@@ -536,6 +545,9 @@ def train_rnn(
     training an existing model (with its AdaGrad state when it has one).
     """
     k = len(classes)
+    check_counts(steps=cfg.steps, batch_size=cfg.batch_size, patch_size=cfg.patch_size)
+    if not 0 <= cfg.holdout < 1:
+        raise ValueError(f"holdout {cfg.holdout} is not a fraction below 1 — keep e.g. 0.2 of the labelled blocks")
     if probs.shape[0] != k:
         raise ValueError(f"the probability map has {probs.shape[0]} bands but there are {k} classes")
     if image.shape[1:] != probs.shape[1:] or labels.shape != probs.shape[1:]:
@@ -653,7 +665,7 @@ def train_rnn(
         if checkpoint_dir and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
             bundle.optimizer_state = _adagrad_state(opt, net)
             bundle.info = {**bundle.info, "trained_steps": done_before + step}
-            save_model(bundle, checkpoint_dir)
+            save_checkpoint(bundle, checkpoint_dir, done_before + step)
         if cfg.patience and stale >= cfg.patience:
             result.stopped = "early_stopping"
             break
@@ -665,7 +677,7 @@ def train_rnn(
         result.best_val = best
     net.eval()
     bundle.info = {
-        **bundle.info,
+        **{k: v for k, v in bundle.info.items() if k != "checkpoint_step"},
         "trained_steps": done_before + step,
         "train_config": cfg.__dict__.copy(),
         "best_val_mean_iou": result.best_val,
@@ -673,8 +685,6 @@ def train_rnn(
         "stopped": result.stopped,
     }
     bundle.optimizer_state = _adagrad_state(opt, net)
-    if checkpoint_dir:
-        save_model(bundle, checkpoint_dir)
     return result
 
 

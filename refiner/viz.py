@@ -55,6 +55,25 @@ def blend(rgb: np.ndarray, rgba: np.ndarray, opacity: float = 0.5) -> np.ndarray
     return (out + 0.5).astype(np.uint8)
 
 
+def outline(rgb: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``rgb`` (H, W, 3) with the edges of the labelled regions of ``labels`` (H, W, same grid)
+    drawn in black where the picture is light and white where it is dark, so every class's
+    outline shows on any imagery, whatever its own colour."""
+    lab = np.asarray(labels)
+    edge = np.zeros(lab.shape, bool)
+    d = lab[1:] != lab[:-1]  # between rows: mark the labelled side(s) of each change
+    edge[1:] |= d & (lab[1:] != IGNORE)
+    edge[:-1] |= d & (lab[:-1] != IGNORE)
+    d = lab[:, 1:] != lab[:, :-1]
+    edge[:, 1:] |= d & (lab[:, 1:] != IGNORE)
+    edge[:, :-1] |= d & (lab[:, :-1] != IGNORE)
+    out = rgb.copy()
+    light = rgb[..., :3].astype(np.float32) @ np.array([0.2126, 0.7152, 0.0722], np.float32) > 127
+    out[edge & light] = 0
+    out[edge & ~light] = 255
+    return out
+
+
 def _ramp(values: np.ndarray, stops: np.ndarray) -> np.ndarray:
     x = np.clip(values, 0, 1) * (len(stops) - 1)
     i = np.minimum(x.astype(np.int64), len(stops) - 2)

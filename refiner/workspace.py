@@ -40,11 +40,14 @@ import numpy as np
 import rasterio
 from rasterio.errors import RasterioError
 
+from refiner.atomic import atomic_dir, atomic_file, atomic_write_bytes
 from refiner.classes import IGNORE, ClassSpec
 from refiner.raster import (
+    PREDICT_ON_IT,
     Georef,
     RasterError,
     Tile,
+    check_same_place,
     raster_info,
     read_image,
     read_labels,
@@ -80,19 +83,6 @@ def check_name(name: str) -> str:
             "starting with a letter or digit"
         )
     return name
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` whole or not at all, through a unique temp file in the same folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @contextlib.contextmanager
@@ -172,13 +162,14 @@ def load_tile(source: str | Path, *, window: tuple[int, int, int, int] | None = 
     if h * w > MAX_PIXELS:
         raise ValueError(
             f"{label} is {info['height']}x{info['width']} pixels; the app works on tiles up to "
-            f"{MAX_PIXELS // 1_000_000} megapixels: read a window of it (row, col, height, width)"
+            f"{MAX_PIXELS // 1_000_000} megapixels: read a window of it — give its row, column, height and "
+            "width in the window fields (under the upload, or with the URL), or cut the image smaller first"
         )
     bands = (1, 1, 1) if info["bands"] < 3 else None
     try:
         return read_image(source, bands=bands, window=window)
-    except RasterError as exc:
-        raise ValueError(str(exc)) from exc
+    except RasterError as exc:  # the upload's name, never the server's temporary file
+        raise ValueError(str(exc).replace(str(source), label).replace(Path(str(source)).name, label)) from exc
     except (RasterioError, OSError) as exc:
         raise ValueError(f"{label} is damaged or truncated and its pixels cannot be read: {_short(exc)}") from exc
 
@@ -195,18 +186,34 @@ def check_pixel_size(metres: float) -> float:
     return metres
 
 
-def tile_from_upload(data: bytes, name: str) -> Tile:
-    """Check and read an uploaded image (GeoTIFF, PNG, JPEG)."""
+def tile_from_upload(data: bytes, name: str, *, window: tuple[int, int, int, int] | None = None) -> Tile:
+    """Check and read an uploaded image (GeoTIFF, PNG, JPEG), or a ``window`` (row, col, height,
+    width) of it (one above :data:`MAX_PIXELS` needs one)."""
     if not name.lower().endswith(IMAGE_SUFFIXES):
         raise ValueError(f"{name}: upload a GeoTIFF (.tif), PNG or JPEG image")
     sniff_image(data, name)
     tmp = _staged(data, name)
     try:
-        tile = load_tile(tmp, name=name)
+        tile = load_tile(tmp, window=window, name=name)
     finally:
         tmp.unlink(missing_ok=True)
     tile.source = name
     return tile
+
+
+def upload_shape(data: bytes, name: str) -> tuple[int, int]:
+    """(height, width) of an uploaded image, from its header (to offer a window of a large one)."""
+    if not name.lower().endswith(IMAGE_SUFFIXES):
+        raise ValueError(f"{name}: upload a GeoTIFF (.tif), PNG or JPEG image")
+    sniff_image(data, name)
+    tmp = _staged(data, name)
+    try:
+        info = raster_info(tmp)
+    except (RasterError, RasterioError) as exc:
+        raise ValueError(f"{name} could not be opened as an image: {_short(exc).replace(str(tmp), name)}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    return int(info["height"]), int(info["width"])
 
 
 # --------------------------------------------------------------------------- the workspace
@@ -393,12 +400,14 @@ class Workspace:
         try:
             tile = self.tile()
             labels = read_labels(tmp, self.classes, like=tile)
-        except RasterError as exc:
-            raise ValueError(str(exc).replace(tmp.name, name)) from exc
+        except RasterError as exc:  # the upload's name, never the server's temporary path
+            raise ValueError(str(exc).replace(str(tmp), name).replace(tmp.name, name)) from exc
         except (RasterioError, OSError) as exc:
             raise ValueError(f"{name} could not be read as a label mask: {_short(exc)}") from exc
         finally:
             tmp.unlink(missing_ok=True)
+        if not (labels != IGNORE).any():  # e.g. an empty GeoJSON: never swap painted labels for nothing
+            raise ValueError(f"{name} labels no pixel of the tile — nothing was imported; the labels are unchanged")
         self.write_labels(labels)
         return labels
 
@@ -409,10 +418,8 @@ class Workspace:
         d = self._undo_dir()
         d.mkdir(exist_ok=True)
         stamp = f"{time.time_ns():020d}.npy"
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=stamp + ".", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
+        with atomic_file(d / stamp) as tmp, open(tmp, "wb") as f:
             np.save(f, labels)
-        os.replace(tmp, d / stamp)
         for old in sorted(d.glob("*.npy"))[:-UNDO_DEPTH]:
             old.unlink(missing_ok=True)
 
@@ -473,9 +480,10 @@ class Workspace:
         sniff_image(data, name)
         tmp = _staged(data, name)
         try:
-            probs, classes, _ = read_probs(tmp, check_sums=True)
+            probs, classes, georef = read_probs(tmp, check_sums=True)
+            check_same_place(georef, self.georef, f"the probability map {name}", "the tile", PREDICT_ON_IT)
         except RasterError as exc:
-            raise ValueError(str(exc).replace(str(tmp), name)) from exc
+            raise ValueError(str(exc).replace(str(tmp), name).replace(tmp.name, name)) from exc
         except (RasterioError, OSError) as exc:
             raise ValueError(f"{name} is damaged and its pixels cannot be read: {_short(exc)}") from exc
         finally:
@@ -506,16 +514,8 @@ class Workspace:
 
     def install_model(self, src: str | Path, kind: str) -> None:
         """Copy a model folder into the workspace (replacing the one there)."""
-        dst = self.model_dir(kind)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=dst.name + ".", suffix=".tmp")) / "m"
-        try:
-            shutil.copytree(src, tmp)
-            with self.lock():
-                shutil.rmtree(dst, ignore_errors=True)
-                os.replace(tmp, dst)
-        finally:
-            shutil.rmtree(tmp.parent, ignore_errors=True)
+        with self.lock(), atomic_dir(self.model_dir(kind)) as tmp:
+            shutil.copytree(src, tmp, dirs_exist_ok=True)
 
     # ----------------------------------------------------------------- results
     def results_dir(self) -> Path:
@@ -543,14 +543,8 @@ class Workspace:
     def save_result(self, name: str, stamp: str, **arrays: np.ndarray) -> None:
         p = self.results_dir() / f"{name}.npz"
         # unique per writer: the fixed name ``refinement.npz.tmp.npz`` failed 2 of 4 fresh pages
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=p.name + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, stamp=np.array(stamp), **arrays)
-            os.replace(tmp, p)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_file(p) as tmp, open(tmp, "wb") as f:
+            np.savez(f, stamp=np.array(stamp), **arrays)
 
 
 def list_workspaces(root: str | Path) -> list[str]:

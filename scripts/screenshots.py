@@ -1,14 +1,17 @@
 """Take the README's screenshots from the real app (demo workspace) in Chromium.
 
     .venv/bin/python scripts/screenshots.py      # or: make screenshots
+    .venv/bin/python scripts/screenshots.py 1_start 2_label    # only these (stops after the last)
 
 Starts ``streamlit run`` on a fresh workspace root, paints a stroke, attaches the demo's truth as
 the reference mask, trains a few steps, runs the CRF grid search, and saves one PNG per page to
-``docs/screenshots``.
+``docs/screenshots`` (two for the Learn page: the equation and its filters, then the preset's
+iterations beside the learned RNN's).
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import tempfile
 from pathlib import Path
@@ -38,16 +41,25 @@ def largest_building() -> tuple[slice, slice]:
     return ndimage.find_objects(comps)[int(sizes.argmax()) - 1]
 
 
-def main() -> None:
+class Done(Exception):
+    """Every screenshot asked for is taken."""
+
+
+def main(wanted: set[str]) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
+    taken: set[str] = set()
     with tempfile.TemporaryDirectory() as root, streamlit_server(Path(root)) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(300_000)
 
         def shot(name: str, full: bool = False) -> None:
-            page.screenshot(path=str(OUT / f"{name}.png"), full_page=full)
-            print("wrote", OUT / f"{name}.png")
+            if not wanted or name in wanted:
+                page.screenshot(path=str(OUT / f"{name}.png"), full_page=full)
+                print("wrote", OUT / f"{name}.png")
+                taken.add(name)
+            if wanted and wanted <= taken:
+                raise Done
 
         open_page(page, url)
         page.frame_locator("iframe").first.locator("img.leaflet-image-layer").first.wait_for()
@@ -57,6 +69,8 @@ def main() -> None:
 
         open_page(page, url, "Label")
         page.get_by_text("building (#").click()
+        settle(page)
+        page.locator('[data-testid="stRadio"]').filter(has_text="Under the labels").get_by_text("coarse map").click()
         settle(page)
         canvas = page.locator("canvas").last
         box = canvas.bounding_box()
@@ -96,6 +110,9 @@ def main() -> None:
         page.set_viewport_size({"width": 1400, "height": 1500})
         page.mouse.wheel(0, 420)
         page.wait_for_timeout(800)
+        page.get_by_text("Model history").scroll_into_view_if_needed()
+        page.mouse.wheel(0, -250)
+        page.wait_for_timeout(800)
         shot("3_train")
 
         open_page(page, url, "Iterations")
@@ -120,10 +137,33 @@ def main() -> None:
         open_page(page, url, "Filters", wait_for='[data-testid="stImage"]')
         shot("6_filters", full=True)
 
+        # Learn: Perona-Malik's equation and its terms as filters, then its iterations beside the
+        # learned RNN's (the page scrolls inside Streamlit's container, so one viewport per view).
+        open_page(page, url, "Learn", wait_for='[data-testid="stTable"]')
+        page.get_by_text("Perona–Malik", exact=True).click()
+        page.get_by_text("Perona–Malik, t = 10", exact=True).wait_for()
+        settle(page)
+
+        def scroll_to(heading: str) -> None:
+            page.get_by_role("heading", name=heading).evaluate("e => e.scrollIntoView({block: 'start'})")
+            page.wait_for_timeout(800)
+
+        scroll_to("1 · Pick an equation")
+        shot("8_learn_equations")
+        slider = page.locator('[data-testid="stSlider"]').filter(has_text="Iteration t").get_by_role("slider")
+        slider.focus()
+        for _ in range(6):
+            slider.press("ArrowLeft")
+        page.get_by_text("Perona–Malik at t = 4", exact=True).wait_for()
+        settle(page)
+        scroll_to("3 · Run it on this tile, beside the learned RNN")
+        shot("9_learn_iterations")
+
         open_page(page, url, "Export", wait_for='[data-testid="stDownloadButton"]')
         shot("7_export", full=True)
         browser.close()
 
 
 if __name__ == "__main__":
-    main()
+    with contextlib.suppress(Done):
+        main(set(sys.argv[1:]))

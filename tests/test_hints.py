@@ -108,3 +108,24 @@ def test_spread_sends_the_next_box_to_another_hot_spot():
     assert all(b.row == 0 for b in piled)
     spread = hints.suggest_boxes(need, labels, n=2, size=16, spread=24)
     assert spread[0].row == 0 and (spread[1].row, spread[1].col) == (48, 48)
+
+
+def test_a_committee_keeps_the_doubt_an_overconfident_member_hides():
+    """An RNN fine-tuned on a few boxes can be sure everywhere; the coarse CNN's doubt (and the
+    members' disagreement in probability) still counts through the entropy of their mean."""
+    sure = np.zeros((2, 8, 8), np.float32)
+    sure[0] = 1.0
+    doubtful = sure.copy()
+    doubtful[:, :4] = 0.5  # the top four rows
+    opposite = 1 - sure
+    assert hints.entropy(sure).max() < 1e-4
+    e = hints.entropy(hints.consensus([sure, doubtful]))
+    assert e[4:].max() < 1e-4 and e[:4].min() > 0.5
+    assert np.allclose(hints.entropy(hints.consensus([sure, opposite])), 1, atol=1e-4)  # sure, but opposed
+    assert hints.consensus(sure) is sure  # one map: as before
+    labels = np.full((8, 8), IGNORE, np.uint8)
+    alone = hints.need_map(sure, [], labels, hints.HintWeights(disagreement=0))
+    together = hints.need_map([sure, doubtful], [], labels, hints.HintWeights(disagreement=0))
+    assert alone.max() < 1e-4 and together[:4].min() > 0.5
+    with pytest.raises(ValueError, match="differ in shape"):
+        hints.consensus([sure, sure[:, :4]])

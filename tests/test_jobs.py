@@ -22,7 +22,8 @@ def ws(tmp_path, scene):
 
 
 def test_training_runs_in_the_background_and_reports(ws):
-    params = jobs.TrainParams(steps=12, eval_every=4, checkpoint_every=6, batch_size=2, patch_size=24, resume=False)
+    params = jobs.TrainParams(steps=12, eval_every=4, eval_seconds=None, checkpoint_every=6, batch_size=2,
+                             patch_size=24, resume=False)  # fmt: skip
     st = jobs.start_training(ws, params)
     assert st.state == "queued"
     with pytest.raises(RuntimeError, match="already going"):

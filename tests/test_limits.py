@@ -27,9 +27,21 @@ def huge_tiff(path: Path, n: int = 10**6) -> Path:
     return path
 
 
-def test_a_tiny_file_declaring_a_huge_raster_is_refused_before_reading(tmp_path):
+def _no_pixel_read(monkeypatch) -> None:
+    """Fail the test if any pixel is read: the refusal must come from the header alone."""
+    import rasterio.io
+
+    def fail(self, *a, **k):
+        pytest.fail("pixels were read before the declared size was checked")
+
+    for name in ("read", "read_masks"):
+        monkeypatch.setattr(rasterio.io.DatasetReader, name, fail)
+
+
+def test_a_tiny_file_declaring_a_huge_raster_is_refused_before_reading(tmp_path, monkeypatch):
     path = huge_tiff(tmp_path / "huge.tif")
     assert path.stat().st_size < 200
+    _no_pixel_read(monkeypatch)
     limit = DEFAULT_MAX_READ_PIXELS // 2**20
     with pytest.raises(RasterError, match=rf"declares 1000000 x 1000000 pixels.*{limit} megapix"):
         read_image(path, bands=(1, 1, 1))  # from the header: reading 10^12 pixels would need 3 TB
@@ -37,10 +49,11 @@ def test_a_tiny_file_declaring_a_huge_raster_is_refused_before_reading(tmp_path)
         load_tile(path, name="huge.tif")
 
 
-def test_the_cli_refuses_it_in_one_line_with_exit_2(tmp_path, capsys):
+def test_the_cli_refuses_it_in_one_line_with_exit_2(tmp_path, capsys, monkeypatch):
     if not (ASSETS / "coarse" / "config.json").is_file():
         pytest.skip("demo assets not built")
     path = huge_tiff(tmp_path / "huge.tif")
+    _no_pixel_read(monkeypatch)
     code = main(["predict", "--model", str(ASSETS / "coarse"), "--image", str(path), "--out", str(tmp_path / "p.tif")])
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert code == 2 and len(err) == 1 and "declares 1000000 x 1000000 pixels" in err[0]

@@ -38,3 +38,39 @@ def test_views_stay_inside_the_tile():
     assert v.height == 128 and v.row == 384 and v.col == 0 and v.canvas_size == (640, 640)
     v = make_view((100, 3000), 2, (0.5, 0.5), 600)
     assert v.height == 100 and v.width == 1500
+
+
+def _path(points, color, width=4):
+    """A Fabric.js freehand stroke as the canvas reports it."""
+    cmds = [["M", *points[0]]] + [["Q", *a, *b] for a, b in zip(points[:-1], points[1:], strict=True)]
+    return {"type": "Path", "stroke": color, "strokeWidth": width, "path": cmds}
+
+
+def test_canvas_objects_are_painted_in_order_on_the_tile_grid():
+    from refiner.painting import apply_objects, brush_colors, hex_color
+
+    colors = [hex_color(c) for c in brush_colors(DEMO_CLASSES)]
+    labels = np.full((100, 100), IGNORE, np.uint8)
+    view = View(row=40, col=20, height=20, width=20, scale=2.0)  # 40x40 canvas px
+    road = _path([(0, 10), (39, 10)], colors[2], width=4)  # canvas y = 10 -> tile rows 44-45
+    building = _path([(20, 0), (20, 39)], colors[1], width=4)
+    out = apply_objects(labels, [road, building], view, DEMO_CLASSES)
+    assert (out[44:46, 20:29] == 2).all() and (out[44:46, 31:40] == 2).all()
+    assert (out[40:60, 29:31] == 1).all()  # the later stroke paints over the earlier one
+    assert (out[:40] == IGNORE).all() and (out[60:] == IGNORE).all() and (out[:, :20] == IGNORE).all()
+    # an eraser stroke unlabels; an object of no brush's colour is skipped
+    erased = apply_objects(out, [_path([(0, 10), (10, 10)], colors[-1]), _path([(0, 30), (39, 30)], "#123456")],
+                           view, DEMO_CLASSES)  # fmt: skip
+    assert (erased[44:46, 20:24] == IGNORE).all() and np.array_equal(erased[50:], out[50:])
+
+
+def test_dark_brushes_are_lifted_so_they_show_and_stay_distinct():
+    from refiner.classes import ClassSpec
+    from refiner.painting import brush_colors, luminance
+
+    colors = brush_colors(DEMO_CLASSES)
+    assert colors[0] != tuple(DEMO_CLASSES.colors[0]) and luminance(colors[0]) >= 0.29  # #282828
+    assert colors[1:3] == [tuple(c) for c in DEMO_CLASSES.colors[1:]]  # bright ones unchanged
+    assert len(set(colors)) == len(colors)
+    two_dark = ClassSpec(("a", "b"), (0, 1), ((0, 0, 0), (1, 1, 1)))
+    assert len(set(brush_colors(two_dark))) == 3

@@ -106,13 +106,16 @@ def test_cancel_checkpoint_and_continue(scene, tmp_path):
         probs,
         scene.truth,
         scene.classes,
-        RNNTrainConfig(steps=100, eval_every=5),
+        RNNTrainConfig(steps=100, eval_every=5, checkpoint_every=4),
         should_stop=stop,
         checkpoint_dir=tmp_path / "rnn",
     )
     assert res.stopped == "cancelled" and res.bundle.info["trained_steps"] == 12
     saved = load_model(tmp_path / "rnn", expect="rnn")
     assert saved.optimizer_state  # AdaGrad accumulators travel with the checkpoint
+    # a checkpoint says it is one, and at which step; the result it came from does not
+    assert saved.info["stopped"] == "checkpoint" and saved.info["checkpoint_step"] == 12
+    assert "checkpoint_step" not in res.bundle.info
     more = train_rnn(scene.image, probs, scene.truth, scene.classes, RNNTrainConfig(steps=5), init=saved)
     assert more.bundle.info["trained_steps"] == 17
 

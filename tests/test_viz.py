@@ -72,3 +72,15 @@ def test_a_continued_run_goes_on_from_its_start_beside_the_earlier_curve():
     assert names == ["loss, earlier runs", "training loss", "held-out mean IoU, earlier", "held-out mean IoU"]
     assert list(fig.data[1].x) == [10, 15] and list(fig.data[0].x) == [5, 10]
     assert [sh.x0 for sh in fig.layout.shapes] == [10]
+
+
+def test_label_outlines_contrast_with_the_picture():
+    from refiner.viz import outline
+
+    rgb = np.zeros((6, 6, 3), np.uint8)
+    rgb[:, 3:] = 230  # dark left half, light right half
+    labels = np.full((6, 6), IGNORE, np.uint8)
+    labels[1:5, 1:5] = 0
+    out = outline(rgb, labels)
+    assert (out[1, 1] == 255).all() and (out[1, 4] == 0).all()  # white on dark, black on light
+    assert (out[2:4, 2:4] == rgb[2:4, 2:4]).all() and (out[0] == rgb[0]).all()  # inside and outside untouched

@@ -136,3 +136,51 @@ def test_a_picture_keeps_its_stated_ground_resolution(tmp_path):
     assert ws.tile().pixel_size == 2.0
     with pytest.raises(ValueError, match="out of range"):
         ws.set_pixel_size(0)
+
+
+def test_an_import_that_labels_nothing_keeps_the_painted_labels(ws):
+    """An empty GeoJSON (or one elsewhere, or an all-255 mask) is refused; it used to replace the
+    painted labels with all-background and say "Imported"."""
+    painted = ws.labels().copy()
+    painted[:8, :8] = 1
+    ws.write_labels(painted)
+    h, w = ws.shape
+    empty = b'{"type": "FeatureCollection", "features": []}'
+    elsewhere = (b'{"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {"class": "road"}, '
+                 b'"geometry": {"type": "LineString", "coordinates": [[10, 10], [10.001, 10]]}}]}')  # fmt: skip
+    for data, name, needle in [
+        (empty, "mine.geojson", "mine.geojson has no polygon or line features"),
+        (elsewhere, "far.geojson", "no feature of far.geojson"),
+        (_png(np.full((h, w), 255, np.uint8)), "blank.png", "blank.png labels no pixel"),
+    ]:
+        with pytest.raises(ValueError, match=needle) as err:
+            ws.import_labels(data, name)
+        assert "/tmp" not in str(err.value)  # the upload's name, not the server's temporary file
+        assert np.array_equal(ws.labels(), painted)
+
+
+def test_probabilities_from_another_place_are_refused(tmp_path, ws):
+    from affine import Affine
+
+    from refiner.raster import Georef
+
+    h, w = ws.shape
+    moved = Georef(ws.georef.crs, ws.georef.transform * Affine.translation(5, 0))
+    write_probs(tmp_path / "p.tif", np.full((3, h, w), 1 / 3, np.float32), moved, DEMO_CLASSES)
+    with pytest.raises(ValueError, match="the probability map mine.tif is not where the tile is"):
+        ws.import_probs((tmp_path / "p.tif").read_bytes(), "mine.tif")
+    assert not ws.has_coarse()
+
+
+def test_damaged_uploads_are_named_by_the_upload_not_the_server_temp_file(tmp_path, ws):
+    h, w = ws.shape
+    p = tmp_path / "x.tif"
+    write_raster(p, np.random.default_rng(0).integers(0, 255, (3, 512, 512), dtype=np.uint8), None)
+    half = p.read_bytes()[: p.stat().st_size // 2]
+    with pytest.raises(ValueError) as err:
+        tile_from_upload(half, "half.tif")
+    assert "half.tif" in str(err.value) and "tmp" not in str(err.value).replace("half.tif", "")
+    write_probs(p, np.full((3, h, w), 1 / 3, np.float32), ws.georef, DEMO_CLASSES)
+    with pytest.raises(ValueError) as err:
+        ws.import_probs(p.read_bytes()[: p.stat().st_size // 2], "mine.tif")
+    assert "mine.tif" in str(err.value) and "/tmp" not in str(err.value)

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import TimeoutError as FuturesTimeout
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import streamlit as st
@@ -19,7 +22,15 @@ from PIL import Image
 
 from refiner import viz
 from refiner.painting import View, make_view
-from refiner.workspace import DEMO_NAME, Workspace, default_root, list_workspaces, open_or_create_demo
+from refiner.workspace import (
+    DEMO_NAME,
+    Workspace,
+    atomic_write_json,
+    default_root,
+    list_workspaces,
+    open_or_create_demo,
+    read_json,
+)
 
 LOG = logging.getLogger("refiner.app")
 LAST = ".last_workspace"
@@ -148,15 +159,85 @@ def to_png(rgb: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(rgb))
 
 
-def view_controls(shape: tuple[int, int], key: str, max_canvas: int = 640) -> View:
-    """Zoom and pan for a tile larger than the screen (shared by pages through ``key``)."""
+ZOOMS = [1, 2, 4, 8]
+VIEW_FILE = "view.json"
+
+
+def restore_view(ws: Workspace, page: str, defaults: dict[str, Any], options: dict[str, list] | None = None) -> None:
+    """Give the view widgets of ``page`` (zoom, pan, brush, layers: widget key -> default) their
+    remembered values: this session's, else those saved in the workspace (``view.json``, so a
+    reload or a restart keeps them), else ``defaults``. ``options`` lists the values a
+    choice widget allows (a saved value no longer offered falls back to the default)."""
+    saved = read_json(ws.path / VIEW_FILE, {}).get(page, {})
+    for k, default in defaults.items():
+        if k in st.session_state:
+            continue
+        v = saved.get(k, default)
+        allowed = (options or {}).get(k)
+        ok = v in allowed if allowed is not None else isinstance(v, type(default)) or (
+            isinstance(default, float) and isinstance(v, int) and not isinstance(v, bool)
+        )
+        st.session_state[k] = v if ok else default
+
+
+def save_view(ws: Workspace, page: str, keys: list[str]) -> None:
+    """Store the current values of ``keys`` as ``page``'s view in the workspace (when they changed)."""
+    path = ws.path / VIEW_FILE
+    views = read_json(path, {})
+    now = {k: st.session_state[k] for k in keys if k in st.session_state}
+    if views.get(page) != now:
+        views[page] = now
+        with contextlib.suppress(OSError):
+            atomic_write_json(path, views)
+
+
+def view_keys(key: str) -> list[str]:
+    return [f"{key}_zoom", f"{key}_cy", f"{key}_cx"]
+
+
+def view_controls(shape: tuple[int, int], key: str, max_canvas: int = 640, ws: Workspace | None = None) -> View:
+    """Zoom and pan for a tile larger than the screen (shared by pages through ``key``); with
+    ``ws``, remembered in the workspace across reloads (see :func:`restore_view`)."""
+    zk, yk, xk = view_keys(key)
+    if ws is not None:
+        restore_view(ws, key, {zk: 1, yk: 0.5, xk: 0.5}, {zk: ZOOMS})
+    for k, default in ((zk, 1), (yk, 0.5), (xk, 0.5)):
+        st.session_state.setdefault(k, default)
     c1, c2, c3 = st.columns(3)
-    zoom = c1.select_slider(
-        "Zoom", options=[1, 2, 4, 8], value=st.session_state.get(f"{key}_zoom", 1), key=f"{key}_zoom"
-    )
-    cy = c2.slider("Pan ↓ (rows)", 0.0, 1.0, 0.5, 0.05, key=f"{key}_cy", disabled=zoom == 1)
-    cx = c3.slider("Pan → (columns)", 0.0, 1.0, 0.5, 0.05, key=f"{key}_cx", disabled=zoom == 1)
+    zoom = c1.select_slider("Zoom", options=ZOOMS, key=zk)
+    cy = c2.slider("Pan ↓ (rows)", 0.0, 1.0, step=0.05, key=yk, disabled=zoom == 1)
+    cx = c3.slider("Pan → (columns)", 0.0, 1.0, step=0.05, key=xk, disabled=zoom == 1)
+    if ws is not None:
+        save_view(ws, key, [zk, yk, xk])
     return make_view(shape, zoom, (cy, cx), max_canvas)
+
+
+_BUSY_POOL: list[Any] = []
+
+
+def run_busy(what: str, fn: Callable[[], Any], stop_key: str, on_stop: Callable[[], None] | None = None) -> Any:
+    """Run ``fn`` (engine work, no Streamlit calls) under a visible busy box with elapsed time
+    and a Stop button. Stop frees the page at once (``on_stop`` then turns off what asked for
+    the work, so the next run does not start it again); the work itself finishes in the
+    background, and the engine's caches keep its result for next time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not _BUSY_POOL:
+        _BUSY_POOL.append(ThreadPoolExecutor(max_workers=2, thread_name_prefix="refiner-busy"))
+    future = _BUSY_POOL[0].submit(fn)
+    t0 = time.monotonic()
+    try:
+        return future.result(timeout=0.3)  # quick work: no box at all
+    except FuturesTimeout:
+        pass
+    box = st.status(f"{what}…", state="running", expanded=True)
+    with box:
+        st.button("Stop", key=stop_key, on_click=on_stop, help="Stop waiting for this; the page stays usable")
+    while not future.done():
+        time.sleep(0.25)
+        box.update(label=f"{what}… {time.monotonic() - t0:.0f} s")  # a rerun (Stop) interrupts here
+    box.update(label=f"{what}: done in {time.monotonic() - t0:.0f} s", state="complete", expanded=False)
+    return future.result()
 
 
 def show(rgb: np.ndarray, caption: str = "", view: View | None = None, width: int | None = None) -> None:

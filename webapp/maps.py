@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import re
 from functools import cache
 from pathlib import Path
@@ -17,6 +18,8 @@ import folium
 import leafmap.foliumap as leafmap
 import numpy as np
 import streamlit as st
+from branca.element import MacroElement
+from jinja2 import Template
 from PIL import Image
 from rasterio.enums import Resampling
 from rasterio.transform import array_bounds
@@ -74,8 +77,15 @@ def to_wgs84(image: np.ndarray, georef: Georef) -> tuple[np.ndarray, tuple[float
     return out.transpose(1, 2, 0), (west, south, east, north)
 
 
-def build_map(georef: Georef, layers: list[tuple[str, np.ndarray, float]]) -> folium.Map:
-    """A leafmap map with ``layers`` (name, RGBA uint8 image on the tile grid, opacity)."""
+def build_map(
+    georef: Georef, layers: list[tuple[str, np.ndarray, float]], *, state_key: str = ""
+) -> folium.Map:
+    """A leafmap map with ``layers`` (name, RGBA uint8 image on the tile grid, opacity).
+
+    Each layer after the first gets an opacity slider on the map itself, so changing it does not
+    rebuild the map; with ``state_key``, the browser keeps the zoom, centre, layers shown and
+    opacities (``localStorage``) across reruns, rebuilt maps and reloads.
+    """
     warped = [(name, *to_wgs84(image, georef), opacity) for name, image, opacity in layers]
     west, south, east, north = warped[0][2]
     m = leafmap.Map(
@@ -88,15 +98,88 @@ def build_map(georef: Georef, layers: list[tuple[str, np.ndarray, float]]) -> fo
         fullscreen_control=False,
         scale_control=True,
     )
+    overlays = {}
     for name, image, _, opacity in warped:
-        folium.raster_layers.ImageOverlay(
+        overlay = folium.raster_layers.ImageOverlay(
             png_data_url(image), bounds=[[south, west], [north, east]], name=name, opacity=opacity
-        ).add_to(m)
+        )
+        overlay.add_to(m)
+        overlays[name] = overlay.get_name()
     m.fit_bounds([[south, west], [north, east]])
     folium.LayerControl(collapsed=False).add_to(m)
+    # the view belongs to this place: a new tile under the same workspace name starts afresh
+    key = f"{state_key}@{west:.6f},{south:.6f},{east:.6f},{north:.6f}" if state_key else ""
+    _Script(_view_script(m.get_name(), overlays, key)).add_to(m)  # after the layers and control
     return m
 
 
-def tile_map(georef: Georef, layers: list[tuple[str, np.ndarray, float]], *, height: int = 480) -> None:
-    """Draw the layers on an offline map in the page."""
-    st.iframe(offline_html(build_map(georef, layers)), height=height)
+class _Script(MacroElement):
+    """Raw JavaScript rendered in the map's script, in the order children are added."""
+
+    _template = Template("{% macro script(this, kwargs) %}{{ this.code }}{% endmacro %}")
+
+    def __init__(self, code: str) -> None:
+        super().__init__()
+        self._name = "RefinerScript"
+        self.code = code
+
+
+def _view_script(map_var: str, overlays: dict[str, str], state_key: str) -> str:
+    """Leaflet code: opacity sliders for the overlays after the first, and the view kept."""
+    layers = "{" + ",".join(f"{json.dumps(n)}: {v}" for n, v in overlays.items()) + "}"
+    return f"""
+(function () {{
+  var map = {map_var}, layers = {layers}, names = Object.keys(layers);
+  var key = {json.dumps("refiner-map:" + state_key) if state_key else "null"}, saved = null;
+  try {{ saved = key && JSON.parse(window.localStorage.getItem(key) || "null"); }} catch (e) {{ saved = null; }}
+  if (saved) {{
+    var back = function () {{ map.setView(saved.center, saved.zoom, {{animate: false}}); }};
+    if (saved.center && saved.zoom !== undefined) {{
+      back();  // and again when the fitBounds above ends its animation (next frames), or it would win
+      map.once("zoomend", back);
+      setTimeout(function () {{ map.off("zoomend", back); }}, 1500);
+    }}
+    names.forEach(function (n) {{
+      if (saved.opacity && saved.opacity[n] !== undefined) layers[n].setOpacity(saved.opacity[n]);
+      if (saved.hidden && saved.hidden.indexOf(n) >= 0 && map.hasLayer(layers[n])) map.removeLayer(layers[n]);
+    }});
+  }}
+  function save() {{
+    if (!key) return;
+    var op = {{}}, hidden = [];
+    names.forEach(function (n) {{ op[n] = layers[n].options.opacity; if (!map.hasLayer(layers[n])) hidden.push(n); }});
+    try {{
+      var view = {{center: map.getCenter(), zoom: map.getZoom(), hidden: hidden, opacity: op}};
+      window.localStorage.setItem(key, JSON.stringify(view));
+    }} catch (e) {{}}
+  }}
+  map.on("moveend zoomend overlayadd overlayremove", save);
+  if (names.length > 1) {{
+    var ctl = L.control({{position: "bottomleft"}});
+    ctl.onAdd = function () {{
+      var div = L.DomUtil.create("div", "leaflet-bar refiner-opacity");
+      div.style.background = "white"; div.style.padding = "4px 8px"; div.style.font = "12px sans-serif";
+      names.slice(1).forEach(function (n) {{
+        var label = L.DomUtil.create("label", "", div);
+        label.style.display = "block";
+        label.appendChild(document.createTextNode(n + " opacity "));
+        var input = L.DomUtil.create("input", "", label);
+        input.type = "range"; input.min = 0; input.max = 1; input.step = 0.05;
+        input.value = layers[n].options.opacity; input.setAttribute("aria-label", n + " opacity");
+        input.addEventListener("input", function () {{ layers[n].setOpacity(parseFloat(input.value)); save(); }});
+      }});
+      L.DomEvent.disableClickPropagation(div);
+      L.DomEvent.disableScrollPropagation(div);
+      return div;
+    }};
+    ctl.addTo(map);
+  }}
+}})();
+"""
+
+
+def tile_map(
+    georef: Georef, layers: list[tuple[str, np.ndarray, float]], *, height: int = 480, state_key: str = ""
+) -> None:
+    """Draw the layers on an offline map in the page (see :func:`build_map` for ``state_key``)."""
+    st.iframe(offline_html(build_map(georef, layers, state_key=state_key)), height=height)

@@ -7,8 +7,6 @@ working resolution and the image normalisation the network was trained with.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from refiner.atomic import atomic_dir, check_writable
 from refiner.classes import ClassSpec
 from refiner.models.coarse import CoarseCNN, CoarseConfig
 from refiner.models.rnn import RefinerRNN, RNNConfig
@@ -60,10 +59,40 @@ def image_stats(images: list[np.ndarray]) -> tuple[tuple[float, ...], tuple[floa
     return tuple(float(x) for x in flat.mean(axis=1)), tuple(float(x) for x in std)
 
 
-def save_model(bundle: ModelBundle, folder: str | Path) -> Path:
-    """Write weights and config atomically (a crash never leaves a half-written model)."""
+CHECKPOINT_SUFFIX = ".checkpoint"
+
+
+def is_model_folder(folder: str | Path) -> bool:
+    return (Path(folder) / CONFIG).is_file()
+
+
+def check_model_output(folder: str | Path) -> Path:
+    """Refuse, before any work, a model output that could not be written or would destroy other files.
+
+    ``folder`` may be new, empty or a model folder (replaced whole); not a file, and not a folder
+    with other things in it; and it must be writable (:func:`refiner.atomic.check_writable`).
+    """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    if folder.is_file() or (folder.exists() and not folder.is_dir()):
+        raise ValueError(f"{folder} is a file, and a model is a folder — give a new folder name for the model")
+    if folder.is_dir() and any(folder.iterdir()) and not is_model_folder(folder):
+        raise ValueError(
+            f"{folder} is a folder with other files in it, not a Refiner model — give a new or empty folder "
+            "(a model folder is replaced whole)"
+        )
+    check_writable(folder)
+    return folder
+
+
+def save_model(bundle: ModelBundle, folder: str | Path) -> Path:
+    """Write weights and config as one folder, whole or not at all (:func:`refiner.atomic.atomic_dir`).
+
+    A crash, a ``kill -9`` or a full disk leaves either the previous model or the new one under
+    ``folder``, never a mix, and no temporary files.
+    """
+    folder = Path(folder)
+    if folder.is_dir() and any(folder.iterdir()) and not is_model_folder(folder):
+        check_model_output(folder)  # never replace a folder of other files
     config = {
         "format": FORMAT,
         "version": VERSION,
@@ -79,58 +108,136 @@ def save_model(bundle: ModelBundle, folder: str | Path) -> Path:
         "info": bundle.info,
     }
     state = {k: v.detach().cpu().contiguous() for k, v in bundle.net.state_dict().items()}
-    _save_tensors(state, folder / WEIGHTS)
-    if bundle.optimizer_state:
-        _save_tensors(bundle.optimizer_state, folder / OPTIMIZER)
-    tmp_c = folder / (CONFIG + ".tmp")
-    tmp_c.write_text(json.dumps(config, indent=2))
-    os.replace(tmp_c, folder / CONFIG)
+    optimizer = {k: v.detach().cpu().contiguous() for k, v in (bundle.optimizer_state or {}).items()}
+    with atomic_dir(folder) as tmp:
+        save_file(state, str(tmp / WEIGHTS))
+        if optimizer:
+            save_file(optimizer, str(tmp / OPTIMIZER))
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2))
     return folder
 
 
-def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
-        tmp = f.name
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp)
-    os.chmod(tmp, 0o644)  # NamedTemporaryFile makes it private; a model is an ordinary file
-    os.replace(tmp, path)
+def save_checkpoint(bundle: ModelBundle, folder: str | Path, step: int) -> Path:
+    """A checkpoint of a training run at ``step``: a model folder whose ``info`` says so
+    (``"stopped": "checkpoint"``), written whole like :func:`save_model`."""
+    info = bundle.info
+    bundle.info = {**info, "stopped": "checkpoint", "checkpoint_step": int(step)}
+    try:
+        return save_model(bundle, folder)
+    finally:
+        bundle.info = info
+
+
+def _check_safetensors(path: Path) -> None:
+    """Refuse a weights file that is not safetensors (a ``torch.save`` pickle renamed, say) before
+    anything parses it: it is never unpickled."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    size = path.stat().st_size
+    n = int.from_bytes(head[:8], "little") if len(head) >= 8 else -1
+    if len(head) < 9 or not 0 < n <= size - 8 or head[8:9] != b"{":
+        kind = "a zip or torch.save file" if head.startswith(b"PK") else "a pickle" if head[:1] == b"\x80" else ""
+        raise ValueError(
+            f"{path} is not a safetensors file{f' (it looks like {kind})' if kind else ''}; Refiner never "
+            "loads pickles — convert the weights with safetensors.torch.save_file, or train the model again"
+        )
+
+
+def _config_error(cfg_path: Path, what: str) -> ValueError:
+    return ValueError(f"{cfg_path} {what} — restore the model folder's original config.json, or train the model again")
+
+
+def _arch(cfg_path: Path, cls, arch: dict):
+    """The architecture dataclass from ``config.json``, with unknown or bad keys named."""
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(arch) - known)
+    if unknown:
+        raise _config_error(cfg_path, f"has unknown architecture key(s) {unknown}")
+    try:
+        return cls(**arch)
+    except (TypeError, ValueError) as exc:
+        raise _config_error(cfg_path, f"has an invalid architecture ({exc})") from exc
+
+
+def _load_weights(net: torch.nn.Module, w_path: Path, cfg_path: Path) -> None:
+    try:
+        state = load_file(str(w_path))
+    except Exception as exc:  # safetensors raises its own SafetensorError
+        raise ValueError(f"{w_path} cannot be read ({exc}) — copy the model folder again, or train again") from exc
+    want = net.state_dict()
+    missing = sorted(set(want) - set(state))
+    extra = sorted(set(state) - set(want))
+    shapes = [k for k in want if k in state and tuple(state[k].shape) != tuple(want[k].shape)]
+    if missing or extra or shapes:
+        if shapes:
+            k = shapes[0]
+            detail = f"{k} is {tuple(state[k].shape)} in the weights but {tuple(want[k].shape)} by the config"
+        else:
+            detail = f"weights {(missing or extra)[:3]} are {'missing' if missing else 'unexpected'}"
+        raise ValueError(
+            f"{w_path} and {cfg_path.name} do not match: {detail} — restore the model folder's original "
+            "config.json, or train the model again"
+        )
+    net.load_state_dict(state)
 
 
 def load_model(folder: str | Path, *, expect: str | None = None, device: str | torch.device = "cpu") -> ModelBundle:
     """Load a model folder written by :func:`save_model`; ``expect`` checks its kind."""
     folder = Path(folder)
     cfg_path, w_path = folder / CONFIG, folder / WEIGHTS
+    if not w_path.is_file() and is_model_folder(folder.with_name(folder.name + CHECKPOINT_SUFFIX)):
+        ck = folder.with_name(folder.name + CHECKPOINT_SUFFIX)
+        raise FileNotFoundError(
+            f"there is no finished model in {folder}: its training did not finish — continue it from the last "
+            f"checkpoint with `python -m refiner finetune ... --resume {ck} --out {folder}`"
+        )
     if not folder.is_dir() or not cfg_path.is_file() or not w_path.is_file():
         raise FileNotFoundError(
-            f"{folder} is not a Refiner model folder (it needs {CONFIG} and {WEIGHTS}); "
+            f"{folder} is not a Refiner model folder (it needs {CONFIG} and {WEIGHTS}) — "
             "train one with `python -m refiner train-coarse` or `finetune`"
         )
     try:
         config = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{cfg_path} is not valid JSON: {exc}") from exc
-    if config.get("format") != FORMAT:
-        raise ValueError(f"{cfg_path} is not a Refiner model config (format {config.get('format')!r})")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _config_error(cfg_path, f"is not valid JSON ({exc})") from exc
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise _config_error(cfg_path, 'is not a Refiner model config (no "format": "refiner-model")')
+    missing = [k for k in ("kind", "architecture", "classes") if k not in config]
+    if missing:
+        raise _config_error(cfg_path, f"lacks {missing}")
     kind = config["kind"]
     if expect and kind != expect:
         raise ValueError(f"{folder} holds a {kind} model, but a {expect} model is needed here")
     arch = config["architecture"]
+    if not isinstance(arch, dict):
+        raise _config_error(cfg_path, "has an architecture that is not a JSON object")
     if kind == "coarse":
-        net: torch.nn.Module = CoarseCNN(CoarseConfig(**arch))
+        net: torch.nn.Module = CoarseCNN(_arch(cfg_path, CoarseConfig, arch))
     elif kind == "rnn":
-        net = RefinerRNN(RNNConfig(**arch))
+        net = RefinerRNN(_arch(cfg_path, RNNConfig, arch))
     else:
-        raise ValueError(f"{cfg_path}: unknown model kind {kind!r}")
-    net.load_state_dict(load_file(str(w_path)))
+        raise _config_error(cfg_path, f"names an unknown model kind {kind!r} (coarse or rnn)")
+    _check_safetensors(w_path)
+    _load_weights(net, w_path, cfg_path)
     net.to(device).eval()
     norm = config.get("normalisation", {})
+    try:
+        classes = ClassSpec.from_dict(config["classes"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _config_error(cfg_path, f"has an invalid class list ({exc})") from exc
+    optimizer = None
+    if (folder / OPTIMIZER).is_file():
+        _check_safetensors(folder / OPTIMIZER)
+        optimizer = load_file(str(folder / OPTIMIZER))
     return ModelBundle(
         kind=kind,
         net=net,
-        classes=ClassSpec.from_dict(config["classes"]),
+        classes=classes,
         resolution=config.get("resolution"),
         mean=tuple(norm.get("mean", (0.5, 0.5, 0.5))),
         std=tuple(norm.get("std", (0.25, 0.25, 0.25))),
         info=config.get("info", {}),
-        optimizer_state=load_file(str(folder / OPTIMIZER)) if (folder / OPTIMIZER).is_file() else None,
+        optimizer_state=optimizer,
     )

@@ -24,3 +24,17 @@ def test_the_map_needs_no_network():
     assert not re.search(r'<(script|link|img)[^>]*(src|href)="https?://', html)  # no CDN script, style or basemap tile
     assert "L.map(" in html or "L.map (" in html
     assert "leafletjs.com" in html  # Leaflet itself is inlined
+
+
+def test_the_map_keeps_its_view_per_workspace_and_place():
+    s = make_scene(32)
+    layers = [("tile", np.zeros((32, 32, 4), np.uint8), 1.0), ("class map", np.zeros((32, 32, 4), np.uint8), 0.5)]
+    html = offline_html(build_map(s.georef, layers, state_key="demo"))
+    assert re.search(r'"refiner-map:demo@-?\d+\.\d{6},', html) and "localStorage" in html
+    assert 'aria-label", n + " opacity"' in html  # the class map's opacity is set on the map
+    other = make_scene(32, seed=3)
+    other.georef = type(s.georef)(s.georef.crs, s.georef.transform * s.georef.transform.translation(500, 0))
+    moved = offline_html(build_map(other.georef, layers, state_key="demo"))
+    key = re.compile(r'"refiner-map:demo@[^"]+"')
+    assert key.search(html).group() != key.search(moved).group()
+    assert "var key = null" in offline_html(build_map(s.georef, layers))  # nothing kept without a key

@@ -8,8 +8,14 @@ from tests.browser.harness import CHROMIUM, CHROMIUM_ARGS, streamlit_server
 
 
 @pytest.fixture(scope="module")
-def url(tmp_path_factory):
-    with streamlit_server(tmp_path_factory.mktemp("workspaces")) as u:
+def workspaces(tmp_path_factory):
+    """The server's workspace root, for tests that check what reached the disk."""
+    return tmp_path_factory.mktemp("workspaces")
+
+
+@pytest.fixture(scope="module")
+def url(workspaces):
+    with streamlit_server(workspaces) as u:
         yield u
 
 

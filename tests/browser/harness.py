@@ -103,6 +103,15 @@ def settle(page, timeout: float = 120_000) -> None:
     page.wait_for_timeout(300)
 
 
+def stroke(page, x: float, y: float, dx: float, dy: float, moves: int = 15) -> None:
+    """Paint one stroke with the mouse from (x, y), ``moves`` steps of (dx, dy) page pixels."""
+    page.mouse.move(x, y)
+    page.mouse.down()
+    for k in range(1, moves + 1):
+        page.mouse.move(x + dx * k, y + dy * k)
+    page.mouse.up()
+
+
 def metrics(page) -> dict[str, str]:
     labels = page.locator('[data-testid="stMetricLabel"]').all_inner_texts()
     values = page.locator('[data-testid="stMetricValue"]').all_inner_texts()

@@ -1,0 +1,87 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from refiner.classes import IGNORE, ClassSpec
+from refiner.mask_import import apply_mapping, merge, propose_mapping, read_mask
+from refiner.raster import write_raster
+from refiner.synthetic import DEMO_CLASSES
+
+BUILDINGS = ClassSpec(("background", "building"), (0, 1))
+
+
+def _png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _inria_like(shape):
+    """A 0/255 building mask as the Inria data set ships them."""
+    m = np.zeros(shape, np.uint8)
+    m[10:30, 20:50] = 255
+    return m
+
+
+def test_a_0_255_mask_becomes_background_and_building_not_unlabelled(scene):
+    tile = scene.tile()
+    mask = read_mask(_png(_inria_like(tile.shape)), "austin1.png", tile, BUILDINGS)
+    assert mask.values == [0, 255] and mask.nodata is None
+    mapping = propose_mapping(mask, BUILDINGS)
+    assert mapping == {0: 0, 255: 1}
+    labels = apply_mapping(mask, mapping, BUILDINGS)
+    assert (labels[10:30, 20:50] == 1).all() and (labels == 1).sum() == 20 * 30
+    assert (labels != IGNORE).all()
+    # on three classes, 0 is background (its mask value) and 255 the first foreground class
+    assert propose_mapping(read_mask(_png(_inria_like(tile.shape)), "m.png", tile, DEMO_CLASSES), DEMO_CLASSES) == {
+        0: 0,
+        255: 1,
+    }
+
+
+def test_class_values_map_to_their_classes_and_only_nodata_is_proposed_unlabelled(tmp_path, scene):
+    tile = scene.tile()
+    raw = np.full(tile.shape, 9, np.uint8)
+    raw[:5] = 2
+    raw[5:10] = 0
+    raw[10:12] = 7
+    p = tmp_path / "m.tif"
+    write_raster(p, raw, tile.georef, nodata=9)
+    mask = read_mask(p.read_bytes(), "m.tif", tile, DEMO_CLASSES)
+    assert mask.values == [0, 2, 7, 9] and mask.nodata == 9
+    mapping = propose_mapping(mask, DEMO_CLASSES)
+    assert mapping == {0: 0, 2: 2, 7: 1, 9: IGNORE}
+    # the user's choice wins: 7 is unlabelled after all
+    labels = apply_mapping(mask, {**mapping, 7: IGNORE}, DEMO_CLASSES)
+    assert (labels[:5] == 2).all() and (labels[5:10] == 0).all() and (labels[10:] == IGNORE).all()
+    with pytest.raises(ValueError, match="no class chosen"):
+        apply_mapping(mask, {0: 0}, DEMO_CLASSES)
+
+
+def test_merge_keeps_or_replaces_the_painted_labels():
+    painted = np.full((4, 4), IGNORE, np.uint8)
+    painted[0] = 2
+    imported = np.zeros((4, 4), np.uint8)
+    imported[3] = IGNORE
+    keep = merge(painted, imported, "keep")
+    assert (keep[0] == 2).all() and (keep[1:3] == 0).all() and (keep[3] == IGNORE).all()
+    wins = merge(painted, imported, "mask")
+    assert (wins[:3] == 0).all() and (wins[3] == IGNORE).all()
+    painted[3, 0] = 1
+    assert merge(painted, imported, "mask")[3, 0] == 1  # painted where the mask has nothing
+    assert np.array_equal(merge(painted, imported, "replace"), imported)
+
+
+def test_bad_masks_say_what_is_wrong(scene):
+    tile = scene.tile()
+    with pytest.raises(ValueError, match="must cover the same grid"):
+        read_mask(_png(np.zeros((tile.shape[0] + 1, tile.shape[1]), np.uint8)), "small.png", tile, BUILDINGS)
+    with pytest.raises(ValueError, match="different pixel values"):
+        noise = np.random.default_rng(0).integers(0, 255, tile.shape, dtype=np.uint8)
+        read_mask(_png(noise), "photo.png", tile, BUILDINGS)
+    with pytest.raises(ValueError, match="could not be read"):
+        read_mask(b"II*\x00 not really", "broken.tif", tile, BUILDINGS)
+    with pytest.raises(ValueError, match="GeoTIFF or PNG"):
+        read_mask(b"x", "notes.txt", tile, BUILDINGS)

@@ -1,0 +1,123 @@
+"""The Label page's drawing canvas: every stroke merged exactly once, one undo, visible strokes.
+
+Strokes were lost when the page remounted the canvas after each one (a new key to clear it):
+a stroke drawn while that rerun was in flight went to the canvas being thrown away. Now a
+canvas keeps its key while the view stays, and each run first merges the strokes that any of
+this session's canvases reported since the last run, by their index in the canvas's object
+list (:func:`merge_reported`), before anything is drawn. A rerun that is interrupted or
+superseded loses nothing: the next run finds the same objects and the same count of those
+already merged. Each stroke is its own change on the workspace's undo stack.
+
+The canvas's own toolbar (undo, redo, reset, edit) is hidden: its undo would only remove a
+stroke from the screen, never from the saved labels, beside the app's Undo. Strokes get a thin
+black-and-white halo, so every brush shows on dark and light imagery.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+from PIL import Image
+
+from refiner.painting import View, apply_objects, canvas_objects
+from refiner.workspace import Workspace
+
+#: Session-state entry: canvas key -> {"ws": name, "view": [row, col, h, w, scale], "applied": n}.
+RECORDS = "label_canvases"
+EPOCH = "canvas_epoch"
+_NAME = "streamlit-drawable-canvas.streamlit_drawable_canvas"
+#: No toolbar; a halo around the strokes (the fabric canvases hold only strokes, the picture is
+#: on ``dc-background-canvas``).
+_CSS = """
+.dc-toolbar { display: none !important; }
+.dc-container canvas:not(.dc-background-canvas) {
+  filter: drop-shadow(1px 0 0 #fff) drop-shadow(-1px 0 0 #fff) drop-shadow(0 1px 0 #fff) drop-shadow(0 -1px 0 #fff)
+    drop-shadow(0 0 1px #000) drop-shadow(0 0 1px #000);
+}
+"""
+
+
+@st.cache_resource
+def _component() -> Any:
+    """The drawable canvas, registered again with the CSS above (its shadow DOM keeps page CSS out)."""
+    import streamlit_drawable_canvas as sdc
+
+    css = "".join(p.read_text() for p in (Path(sdc.__file__).parent / "frontend" / "build").glob("index-*.css"))
+    log = logging.getLogger("streamlit.components.v2.component_registry")
+    level = log.level
+    log.setLevel(logging.ERROR)  # "already registered, overwriting": that is the point
+    try:
+        return st.components.v2.component(
+            _NAME, js="index-*.js", css=css + _CSS, html='<div class="canvas-root"></div>', isolate_styles=True
+        )
+    finally:
+        log.setLevel(level)
+
+
+def bump() -> None:
+    """A fresh, empty canvas on the next run (after Undo or an import: the background shows the labels)."""
+    st.session_state[EPOCH] = st.session_state.get(EPOCH, 0) + 1
+
+
+def key_for(ws: Workspace, view: View) -> str:
+    return f"canvas_{ws.name}_{st.session_state.get(EPOCH, 0)}_{view.row}_{view.col}_{view.height}_{view.width}"
+
+
+def merge_reported(ws: Workspace, root: Path) -> int:
+    """Merge the strokes this session's canvases reported and no run has merged yet, in order,
+    each as one change (one undo step); returns how many were merged."""
+    records: dict[str, dict] = st.session_state.setdefault(RECORDS, {})
+    merged = 0
+    for key, rec in list(records.items()):
+        if key not in st.session_state:  # that canvas is gone and nothing is pending on it
+            if key != st.session_state.get(f"{RECORDS}_last"):
+                records.pop(key, None)
+            continue
+        objects = canvas_objects(st.session_state[key])
+        new = objects[rec["applied"] :]
+        if not new:
+            rec["applied"] = len(objects)
+            continue
+        target = ws if rec["ws"] == ws.name else _open(root, rec["ws"])
+        if target is not None:
+            view, classes = View(*rec["view"]), target.classes
+            for i, obj in enumerate(new, start=rec["applied"]):
+                target.edit_labels(lambda now, o=obj, v=view, c=classes: apply_objects(now, [o], v, c))
+                rec["applied"] = i + 1  # counted once written: an interrupted run redoes only the rest
+                merged += 1
+        rec["applied"] = len(objects)
+    return merged
+
+
+def _open(root: Path, name: str) -> Workspace | None:
+    try:
+        return Workspace.open(root, name)
+    except ValueError:
+        return None  # deleted meanwhile: nothing to paint on
+
+
+def draw(ws: Workspace, view: View, background: Image.Image, stroke_color: str, stroke_width: int) -> str:
+    """The canvas over ``background`` (already at the canvas's size); returns its key."""
+    import streamlit_drawable_canvas as sdc
+    from streamlit_drawable_canvas import st_canvas
+
+    sdc.out = _component()
+    key = key_for(ws, view)
+    records: dict[str, dict] = st.session_state.setdefault(RECORDS, {})
+    spec = [view.row, view.col, view.height, view.width, view.scale]
+    records.setdefault(key, {"ws": ws.name, "view": spec, "applied": 0})
+    st.session_state[f"{RECORDS}_last"] = key
+    ch, cw = view.canvas_size
+    st_canvas(
+        stroke_width=stroke_width,
+        stroke_color=stroke_color,
+        background_image=background,
+        height=ch,
+        width=cw,
+        drawing_mode="freedraw",
+        key=key,
+    )
+    return key
