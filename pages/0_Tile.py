@@ -11,22 +11,13 @@ import streamlit as st
 from refiner import access, results, viz
 from refiner.classes import ClassSpec
 from refiner.pretrained import coarse_into_workspace, pick_coarse, workspace_resolution
-from refiner.real_demo import REAL_DEMOS, create_real_demo
+from refiner.real_demo import REAL_DEMOS
 from refiner.real_demo import unavailable as real_demo_unavailable
-from refiner.workspace import (
-    DEMO_NAME,
-    MAX_PIXELS,
-    Workspace,
-    check_pixel_size,
-    create_demo,
-    list_workspaces,
-    load_tile,
-    tile_from_upload,
-    upload_shape,
-)
+from refiner.workspace import DEMO_NAME, MAX_PIXELS, check_pixel_size, load_tile, tile_from_upload, upload_shape
 from webapp import common
 
 ws = common.page("Refiner: tile and workspace")
+sess = common.this_session()
 st.markdown(
     "Refiner sharpens a coarse classification map with an RNN that learns, from a few painted "
     "pixels, how to move class boundaries onto image edges (Maggiori et al., TGRS 2017). "
@@ -130,6 +121,7 @@ with pc2:
     files = st.file_uploader(
         "config.json and model.safetensors of a coarse CNN", accept_multiple_files=True, key="coarse_model"
     )
+    st.caption(common.upload_limits())
     if files and st.button("Use this model", key="use_coarse_model"):
         from refiner.models.io import load_model
 
@@ -146,6 +138,7 @@ with pc2:
 with pc3:
     st.subheader("Bring your own probabilities")
     up = st.file_uploader("Probability GeoTIFF, one band per class", type=["tif", "tiff"], key="probs_upload")
+    st.caption(common.upload_limits(tile=True))
     if up is not None and st.button("Use these probabilities", key="use_probs"):
         with common.guard(f"reading {up.name}"):
             ws.import_probs(up.getvalue(), up.name)
@@ -178,11 +171,36 @@ def _window_inputs(key: str, shape: tuple[int, int] | None = None) -> tuple[int,
 
 
 def _create(name: str, tile, classes: ClassSpec, source: dict) -> None:
-    new = Workspace.create(common.root(), name, tile, classes, source=source)
+    new = sess.create(name, tile, classes, source=source)
     common.remember(new.name)
     with st.spinner("Computing coarse probabilities with the shipped model that fits..."):
         coarse_into_workspace(new)  # when none fits, the start page says why and what else to do
     st.rerun()
+
+
+def reset_button(name: str, what: str) -> None:
+    """Reset the session's own copy of a shipped demo, after a confirmation (the template never changes)."""
+    if name not in sess.names():
+        return
+    asked = f"confirm_reset_{name}"
+    key = "reset_demo" if name == DEMO_NAME else f"reset_{name}"
+    if st.button(f"Reset your copy of {what}…", key=key):
+        st.session_state[asked] = True
+    if st.session_state.get(asked):
+        st.warning(
+            f"Resetting discards the labels, models and results in your copy of {what}. Only your copy "
+            "changes: the shipped demo and everyone else's copies stay as they are."
+        )
+        y, n = st.columns(2)
+        if y.button("Yes, reset it", key=f"{key}_yes", type="primary"):
+            with common.guard(f"resetting {what}"):
+                st.session_state.pop(asked, None)
+                common.remember(sess.reset(name).name)
+            st.session_state["canvas_epoch"] = st.session_state.get("canvas_epoch", 0) + 1
+            st.rerun()
+        if n.button("No, keep it", key=f"{key}_no"):
+            st.session_state.pop(asked, None)
+            st.rerun()
 
 
 with tab_demo:
@@ -191,16 +209,10 @@ with tab_demo:
         "another scene, and an RNN trained on a third; the top-left 192×192 corner starts labelled."
     )
     if st.button("Open the demo", key="open_demo"):
-        common.remember(DEMO_NAME)
+        with common.guard("opening the demo"), st.spinner("Making your copy of the demo..."):
+            common.remember(sess.open_template_copy(DEMO_NAME).name)
         st.rerun()
-    if st.button("Reset the demo (discard its labels and models)", key="reset_demo"):
-        import shutil
-
-        with common.guard("resetting the demo"):
-            shutil.rmtree(common.root() / DEMO_NAME, ignore_errors=True)
-            create_demo(common.root())
-        common.remember(DEMO_NAME)
-        st.rerun()
+    reset_button(DEMO_NAME, "the demo")
 
     st.subheader("Real imagery")
     st.write(
@@ -212,15 +224,16 @@ with tab_demo:
         why_not = real_demo_unavailable(demo_name)
         if why_not:
             st.info(f"{demo.title}: not offered here, {why_not}.")
-        elif st.button(f"Open the real demo: {demo.title}", key=f"open_{demo_name}"):
-            with common.guard("building the real demo"), st.spinner("Reading the tile and computing its coarse map..."):
-                if demo_name not in list_workspaces(common.root()):
-                    create_real_demo(common.root(), demo_name)
-            common.remember(demo_name)
-            st.rerun()
+        else:
+            if st.button(f"Open the real demo: {demo.title}", key=f"open_{demo_name}"):
+                with common.guard("building the real demo"), st.spinner("Reading the tile and its coarse map..."):
+                    common.remember(sess.open_template_copy(demo_name).name)
+                st.rerun()
+            reset_button(demo_name, f"the real demo {demo_name}")
 
 with tab_upload:
     f = st.file_uploader("GeoTIFF, PNG or JPEG", key="tile_upload")
+    st.caption(common.upload_limits(tile=True) + " Larger scenes: read a window of them (URL tab).")
     pixel_size = st.number_input(
         "Ground resolution (m/px) if the file has no georeferencing",
         0.05,

@@ -23,7 +23,7 @@ with common.guard("reading the workspace"):
     classes = ws.classes
     tile = ws.tile()
 with common.guard("saving your strokes"):
-    canvas.merge_reported(ws, common.root())  # before anything is drawn: the picture shows them
+    canvas.merge_reported(ws)  # before anything is drawn: the picture shows them
     labels = ws.labels()
 
 brushes = [*classes.names, "eraser"]
@@ -70,8 +70,9 @@ with side:
     layer_opacity = st.slider(
         "Map opacity", 0.0, 1.0, step=0.05, key="layer_opacity", disabled=layer == layers[0]
     )
-    if st.button("Undo last change", disabled=ws.undo_depth() == 0, key="undo"):
-        ws.undo()
+    if st.button("Undo last change", disabled=ws.undo_depth() == 0 or bool(ws.readonly), key="undo"):
+        with common.guard("undoing"):
+            ws.undo()
         canvas.bump()  # a fresh canvas: the undone stroke must not stay drawn on it
         st.rerun()
     st.caption(f"{ws.undo_depth()} change(s) can be undone (each stroke, each import).")
@@ -122,7 +123,11 @@ with main:
     # crisp pixels when zoomed, and a black-and-white outline around every labelled region
     shown = resize_nearest(background[view.slices], view.canvas_size)
     shown = viz.outline(shown, resize_nearest(labels[view.slices], view.canvas_size))
-    canvas.draw(ws, view, common.to_png(shown), hex_color(colors[brushes.index(brush)]), size)
+    if ws.readonly:  # a link to look at: the labels as a picture, no canvas to paint on
+        st.info(f"Read-only: {ws.readonly}.")
+        st.image(common.to_png(shown))
+    else:
+        canvas.draw(ws, view, common.to_png(shown), hex_color(colors[brushes.index(brush)]), size)
     if show_hints:
         st.caption(
             f"Where to label next (yellow = most needed), from {hint_source}, times the distance from your "
@@ -131,8 +136,9 @@ with main:
             + ("." if boxes else "none: no free room left.")
         )
     st.caption(
-        f"Showing rows {view.row}–{view.row + view.height - 1}, columns {view.col}–{view.col + view.width - 1} "
-        f"at {view.scale:.2f} screen px per pixel"
+        # after the canvas: once it names the brush, the canvas paints with it (the browser tests wait on it)
+        f"Brush: {brush}, {size} px. Showing rows {view.row}–{view.row + view.height - 1}, columns "
+        f"{view.col}–{view.col + view.width - 1} at {view.scale:.2f} screen px per pixel"
         + (f", over the {layer}." if layer != layers[0] else ".")
     )
 common.save_view(ws, "label_page", VIEW_KEYS)
@@ -157,6 +163,7 @@ with ic:
         type=["tif", "tiff", "png", "geojson", "json"],
         key="mask_upload",
     )
+    st.caption(common.upload_limits(tile=True))
     if up is not None:
         with common.guard(f"reading {up.name}"):
             mask = mask_import.read_mask(up.getvalue(), up.name, tile, classes)

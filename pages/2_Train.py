@@ -96,7 +96,7 @@ with st.form("train_form"):
         "The model kept at the end is the one that scored best on the held-out regions during the run "
         "(its step is marked on the chart), not necessarily the last."
     )
-    submitted = st.form_submit_button("Start training", disabled=running, type="primary")
+    submitted = st.form_submit_button("Start training", disabled=running or bool(ws.readonly), type="primary")
 
 if submitted:
     params = jobs.TrainParams(
@@ -115,7 +115,8 @@ if submitted:
     with common.guard("starting training"):
         if not ws.has_coarse():
             raise ValueError("compute or upload coarse probabilities on the start page first")
-        jobs.start_training(ws, params, backend=jobs.backend_for(scheduler))
+        others = common.this_session().workspaces()  # one job at a time per session
+        jobs.start_training(ws, params, backend=jobs.backend_for(scheduler), others=others)
     st.rerun()
 
 
@@ -151,7 +152,7 @@ def progress_panel() -> None:
     elif st_now.message:
         st.caption(st_now.message)
     if st_now.active:
-        if st.button("Cancel training", key="cancel"):
+        if st.button("Cancel training", key="cancel", disabled=bool(ws.readonly)):
             jobs.request_cancel(ws)
             st.toast("Cancelling: the model trained so far will be kept.")
     elif running:  # it just ended: rerun the page so polling stops and the form unlocks

@@ -101,8 +101,10 @@ if go:
     with common.guard("starting the scene run"):
         shipped = (scene_job.ASSETS,)  # the demo's own scene may be read; other server paths need a data root
         safe_coarse = access.check_source(coarse_in, shipped) if coarse_in.strip() else ""
+        others = common.this_session().workspaces()  # one job at a time per session
+        source = access.check_source(source, shipped)
         scene_job.start_scene_job(
-            ws, access.check_source(source, shipped), coarse=safe_coarse, scheduler=scheduler, quantise=scene_8bit
+            ws, source, coarse=safe_coarse, scheduler=scheduler, quantise=scene_8bit, others=others
         )
     st.rerun()
 
@@ -138,7 +140,7 @@ def scene_panel() -> None:
             else:
                 st.caption(f"`{p}` ({size / 2**20:.0f} MiB: too large to download here; copy it from the server)")
     if now.active:
-        if st.button("Cancel the scene run", key="cancel_scene"):
+        if st.button("Cancel the scene run", key="cancel_scene", disabled=bool(ws.readonly)):
             scene_job.request_scene_cancel(ws)
             st.toast("Cancelling: the partial files will be removed.")
     elif scene_running:  # it just ended: rerun so polling stops and the form unlocks

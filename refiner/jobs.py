@@ -24,7 +24,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -157,7 +157,24 @@ def read_job(ws: Workspace, kind: type, file: str, interrupted: str) -> Any:
 
 
 def request_cancel(ws: Workspace) -> None:
+    ws.check_writable()
     (_jobs_dir(ws) / CANCEL).touch()
+
+
+#: What each status file under ``jobs/`` is, for messages (other kinds are named by their file).
+KINDS = {"train": "training run", "scene": "scene run", "crf": "CRF search"}
+
+
+def active_job(ws: Workspace) -> str:
+    """The kind of job going in ``ws`` now ("training run", "scene run"), or "" when none is."""
+    folder = ws.path / "jobs"
+    for f in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+        if not {"id", "state"} <= set(read_json(f, {}) or {}):
+            continue  # not a job's status (the loss curves kept between runs)
+        status = read_job(ws, JobState, f.name, "")
+        if status is not None and status.active:
+            return KINDS.get(f.stem, f"{f.stem} job")
+    return ""
 
 
 # --------------------------------------------------------------------------- the job
@@ -413,12 +430,16 @@ def launch(
     fn: Callable[..., Any],
     *args: Any,
     backend: Backend | None = None,
+    others: Iterable[Workspace] = (),
 ) -> Any:
-    """Start ``fn(*args)`` as this workspace's job of one kind, unless one is active already.
+    """Start ``fn(*args)`` as this workspace's job of one kind, unless a job is active already.
 
     ``files`` are the kind's status and cancel files under ``jobs/``; ``status`` (already
     carrying the job's id) is written before the job starts, so a page sees it at once.
+    ``others`` are the starting session's other workspaces: one job at a time per session, so
+    one person cannot fill a shared server with runs.
     """
+    ws.check_writable()
     with _LOCK:
         for jid, h in list(_LIVE.items()):
             if h.done():
@@ -426,6 +447,14 @@ def launch(
         current = read(ws)
         if current is not None and current.active:
             raise RuntimeError(f"a {what} is already going in this workspace: cancel it or wait")
+        for other in [ws, *others]:
+            kind = active_job(other)
+            if kind:
+                where = "this workspace" if other.path == ws.path else f"your workspace {other.name!r}"
+                raise RuntimeError(
+                    f"a {kind} is already going in {where}: one job at a time per session, "
+                    "so cancel it or wait for it to finish"
+                )
         (_jobs_dir(ws) / files[1]).unlink(missing_ok=True)
         write_status(ws, status, files[0])
         _LIVE[status.id] = (backend or ThreadBackend()).submit(fn, *args)
@@ -443,12 +472,15 @@ def wait_for(read: Callable[[Workspace], Any], ws: Workspace, timeout: float = 6
     return read(ws)
 
 
-def start_training(ws: Workspace, params: TrainParams, backend: Backend | None = None) -> JobStatus:
-    """Start fine-tuning unless a run is already active in this workspace."""
+def start_training(
+    ws: Workspace, params: TrainParams, backend: Backend | None = None, others: Iterable[Workspace] = ()
+) -> JobStatus:
+    """Start fine-tuning unless a job is already active in this workspace or the session's ``others``."""
     job_id = new_job_id()
     status = JobStatus(id=job_id, state="queued", steps=params.steps, started=time.time(), params=asdict(params))
     args = (str(ws.path), asdict(params), job_id)
-    return launch(ws, status, (STATUS, CANCEL), read_status, "training run", run_training, *args, backend=backend)
+    files = (STATUS, CANCEL)
+    return launch(ws, status, files, read_status, "training run", run_training, *args, backend=backend, others=others)
 
 
 def wait(ws: Workspace, timeout: float = 600.0, poll: float = 0.2) -> JobStatus | None:

@@ -82,6 +82,7 @@ def _config(folder: Path) -> dict:
 
 
 def _add(ws: Workspace, src: Path, **meta: Any) -> Entry:
+    ws.check_writable()
     """Copy the model folder ``src`` into the history with ``meta``; the existing entry if these
     weights are kept already."""
     h = _hash(src)
@@ -150,6 +151,7 @@ def save_trained(ws: Workspace, bundle: Any, *, started_from: str, val: list[dic
 
 def restore(ws: Workspace, entry_id: str) -> Entry:
     """Make a kept RNN the current one again (the current one stays in the history)."""
+    ws.check_writable()
     found = {e.id: e for e in entries(ws)}
     if entry_id not in found:  # only ids the history lists: never another path
         raise ValueError("that RNN is not in this workspace's history any more: pick another one")

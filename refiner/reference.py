@@ -116,6 +116,7 @@ def attach_mask(
     ws: Workspace, raw: np.ndarray, georef: Georef | None, mapping: Mapping[int, int | None], source: str
 ) -> np.ndarray:
     """Store ``raw`` through ``mapping``, on the tile's grid, as the workspace's reference; returns class indices."""
+    ws.check_writable()
     labels = on_tile_grid(ws, encode(raw, mapping, len(ws.classes)), georef, source)
     labels[~ws.tile().valid] = IGNORE  # no score where the image has no data
     if not (labels != IGNORE).any():
@@ -126,6 +127,7 @@ def attach_mask(
 
 def attach_workspace(ws: Workspace, other: Workspace) -> np.ndarray:
     """Use ``other``'s painted labels (same tile grid and classes) as ``ws``'s reference."""
+    ws.check_writable()
     if other.path == ws.path:
         raise ValueError("a workspace's own labels are what it trains on: pick another workspace")
     if list(other.classes.names) != list(ws.classes.names):
@@ -147,6 +149,7 @@ def _save(ws: Workspace, labels: np.ndarray, origin: dict) -> None:
 
 
 def detach(ws: Workspace) -> None:
+    ws.check_writable()
     (ws.path / REFERENCE).unlink(missing_ok=True)
     ws.update_settings(reference=None)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 import traceback
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -70,6 +71,7 @@ def read_scene_status(ws: Workspace) -> SceneStatus | None:
 
 
 def request_scene_cancel(ws: Workspace) -> None:
+    ws.check_writable()
     (_jobs_dir(ws) / SCENE_CANCEL).touch()
 
 
@@ -165,8 +167,9 @@ def start_scene_job(
     scheduler: str = "",
     quantise: bool = False,
     backend: Backend | None = None,
+    others: Iterable[Workspace] = (),
 ) -> SceneStatus:
-    """Start refining ``source`` (a GeoTIFF path or URL) unless a scene run is already going."""
+    """Start refining ``source`` (a GeoTIFF path or URL) unless a job is going here or in the session's ``others``."""
     source, coarse = source.strip(), coarse.strip()
     if not source:
         raise ValueError("give the scene's GeoTIFF: a file path on the server or a URL")
@@ -174,7 +177,8 @@ def start_scene_job(
     status = SceneStatus(id=job_id, source=source, scheduler=scheduler, started=time.time())
     args = (str(ws.path), source, coarse, scheduler, job_id, quantise)
     files = (SCENE_STATUS, SCENE_CANCEL)
-    return launch(ws, status, files, read_scene_status, "scene run", run_scene_job, *args, backend=backend)
+    kind = (read_scene_status, "scene run")
+    return launch(ws, status, files, *kind, run_scene_job, *args, backend=backend, others=others)
 
 
 def wait_scene(ws: Workspace, timeout: float = 600.0, poll: float = 0.2) -> SceneStatus | None:

@@ -16,6 +16,8 @@ refresh or a server restart finds them again. Layout::
         jobs/                 training status (see :mod:`refiner.jobs`)
         results/              cached refinements, CRF maps, exports
         undo/                 previous label rasters, newest last
+        access.json, .used    who owns it, its share links, when it was last opened (see
+                              :mod:`refiner.sessions`, which decides who may open it)
 
 Every write goes to a temporary file that is then renamed, so a crash never leaves half a file.
 Uploads are checked here, with :class:`ValueError` messages that say what is wrong.
@@ -76,6 +78,7 @@ def default_root() -> Path:
 
 
 def check_name(name: str) -> str:
+    """A workspace name typed by a user, checked: one folder name, never a path (no '/', no '..')."""
     name = name.strip()
     if not _NAME.match(name):
         raise ValueError(
@@ -83,6 +86,15 @@ def check_name(name: str) -> str:
             "starting with a letter or digit"
         )
     return name
+
+
+def _inside(root: str | Path, name: str) -> Path:
+    """``root/name`` for a checked name, refused when it resolves outside ``root`` (a link placed there)."""
+    folder = Path(root) / check_name(name)
+    base = Path(root).resolve()
+    if folder.exists() and base not in folder.resolve().parents:
+        raise ValueError(f"{name!r} is not a usable workspace name: pick another")
+    return folder
 
 
 @contextlib.contextmanager
@@ -221,9 +233,21 @@ def upload_shape(data: bytes, name: str) -> tuple[int, int]:
 
 @dataclass
 class Workspace:
-    """A workspace folder; see the module docstring for its layout."""
+    """A workspace folder; see the module docstring for its layout.
+
+    ``readonly``, when not empty, says why this workspace may not be changed here (a share link
+    to look at, a shipped template): every method that changes labels, models, probabilities,
+    settings or jobs then raises ``ValueError`` with it. Cached results may still be written:
+    they are what any page showing the workspace computes.
+    """
 
     path: Path
+    readonly: str = ""
+
+    def check_writable(self) -> None:
+        """Raise ``ValueError`` (what is wrong, what to do) when this workspace is read-only here."""
+        if self.readonly:
+            raise ValueError(f"the workspace {self.name!r} is read-only: {self.readonly}")
 
     # ----------------------------------------------------------------- create / open
     @classmethod
@@ -238,7 +262,7 @@ class Workspace:
         overwrite: bool = False,
     ) -> Workspace:
         """A new workspace holding ``tile``, with empty labels."""
-        folder = Path(root) / check_name(name)
+        folder = _inside(root, name)
         if folder.exists():
             if not overwrite:
                 raise ValueError(f"a workspace called {name!r} exists already: open it or pick another name")
@@ -277,7 +301,7 @@ class Workspace:
 
     @classmethod
     def open(cls, root: str | Path, name: str) -> Workspace:
-        folder = Path(root) / check_name(name)
+        folder = _inside(root, name)
         if not (folder / SETTINGS).is_file() or not (folder / TILE).is_file():
             raise ValueError(f"there is no workspace called {name!r} in {root}")
         return cls(folder)
@@ -292,6 +316,7 @@ class Workspace:
         return read_json(self.path / SETTINGS, {})
 
     def save_settings(self, settings: dict) -> None:
+        self.check_writable()
         atomic_write_json(self.path / SETTINGS, settings)
 
     def update_settings(self, **changes: Any) -> dict:
@@ -354,6 +379,7 @@ class Workspace:
 
     def write_labels(self, labels: np.ndarray, *, undo: bool = True) -> None:
         """Store class indices (H, W); the previous labels go on the undo stack."""
+        self.check_writable()
         if labels.shape != self.shape:
             raise ValueError(f"labels are {labels.shape} but the tile is {self.shape}")
         with self.lock():
@@ -371,6 +397,7 @@ class Workspace:
         the same workspace at once each had a stale copy, and the later write dropped the other's
         stroke; applying each stroke to the current labels keeps both. Returns the new labels.
         """
+        self.check_writable()
         with self.lock():
             current = self.labels()
             new = edit(current)
@@ -390,6 +417,7 @@ class Workspace:
 
     def import_labels(self, data: bytes, name: str) -> np.ndarray:
         """Replace the labels by an uploaded mask (pixel values = the classes' mask values)."""
+        self.check_writable()
         if name.lower().endswith((".geojson", ".json")):
             tmp = _staged(data, name)
         else:
@@ -429,6 +457,7 @@ class Workspace:
 
     def undo(self) -> bool:
         """Restore the labels before the last change; False when there is nothing to undo."""
+        self.check_writable()
         d = self._undo_dir()
         steps = sorted(d.glob("*.npy")) if d.is_dir() else []
         if not steps:
@@ -449,6 +478,7 @@ class Workspace:
         return self.classes.encode_mask(raw, strict=False)
 
     def write_holdout(self, labels: np.ndarray) -> None:
+        self.check_writable()
         write_raster(self.path / HOLDOUT, self.classes.decode(labels), self.georef, nodata=IGNORE)
 
     # ----------------------------------------------------------------- coarse probabilities
@@ -462,6 +492,7 @@ class Workspace:
         return probs
 
     def write_coarse_probs(self, probs: np.ndarray, origin: dict) -> None:
+        self.check_writable()
         k = len(self.classes)
         if probs.shape != (k, *self.shape):
             raise ValueError(
@@ -475,6 +506,7 @@ class Workspace:
 
     def import_probs(self, data: bytes, name: str) -> None:
         """Bring your own model: an uploaded probability GeoTIFF (one band per class)."""
+        self.check_writable()
         if not name.lower().endswith((".tif", ".tiff")):
             raise ValueError(f"{name}: upload probabilities as a GeoTIFF with one band per class")
         sniff_image(data, name)
@@ -514,6 +546,7 @@ class Workspace:
 
     def install_model(self, src: str | Path, kind: str) -> None:
         """Copy a model folder into the workspace (replacing the one there)."""
+        self.check_writable()
         with self.lock(), atomic_dir(self.model_dir(kind)) as tmp:
             shutil.copytree(src, tmp, dirs_exist_ok=True)
 
@@ -524,6 +557,7 @@ class Workspace:
         return d
 
     def clear_results(self) -> None:
+        self.check_writable()
         for p in self.results_dir().glob("*.npz"):
             p.unlink(missing_ok=True)
 
@@ -587,17 +621,3 @@ def create_demo(root: str | Path, name: str = DEMO_NAME, *, assets: Path = ASSET
     ws.write_labels(labels, undo=False)
     return ws
 
-
-def open_or_create_demo(root: str | Path) -> Workspace:
-    """The demo workspace, created on first use (once, even when two sessions start together)."""
-    import fcntl
-
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".demo.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            return Workspace.open(root, DEMO_NAME)
-        except ValueError:
-            shutil.rmtree(root / DEMO_NAME, ignore_errors=True)  # a half-made one from a crash
-            return create_demo(root)

@@ -35,3 +35,22 @@ def test_a_real_demo_is_a_window_with_painted_boxes_and_a_coarse_map(name, tmp_p
     assert 0.01 < painted.mean() < 0.5  # a few boxes, not the whole reference
     assert len(np.unique(labels[painted])) == 2  # background and the data set's one class
     assert ws.settings["coarse"]["model"] == "coarse_1m" and ws.coarse_probs().shape == (3, *ws.shape)
+
+
+def test_a_real_demo_is_a_read_only_template_each_session_copies(tmp_path, monkeypatch):
+    from refiner import sessions
+
+    if unavailable("real-roads"):
+        pytest.skip(unavailable("real-roads"))
+    write_fixture_model(tmp_path / "pretrained", "coarse_1m", "coarse", REAL_DEMOS["real-roads"].classes)
+    monkeypatch.setenv("REFINER_PRETRAINED", str(tmp_path / "pretrained"))
+    root = tmp_path / "ws"
+    a, b = (sessions.Session(root, sessions.browser_key(sessions.new_token())) for _ in range(2))
+    mine, theirs = a.open_template_copy("real-roads"), b.open_template_copy("real-roads")
+    template = sessions.template(root, "real-roads")
+    assert template.readonly and len({mine.path, theirs.path, template.path}) == 3
+    mine.edit_labels(lambda now: np.full_like(now, IGNORE))
+    with pytest.raises(ValueError, match="read-only"):
+        template.edit_labels(lambda now: np.full_like(now, IGNORE))
+    assert (theirs.labels() != IGNORE).any() and np.array_equal(theirs.labels(), template.labels())
+    assert np.array_equal(a.reset("real-roads").labels(), template.labels())

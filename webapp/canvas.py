@@ -25,7 +25,8 @@ from PIL import Image
 from refiner.painting import View, apply_objects, canvas_objects
 from refiner.workspace import Workspace
 
-#: Session-state entry: canvas key -> {"ws": name, "view": [row, col, h, w, scale], "applied": n}.
+#: Session-state entry: canvas key -> {"ws": folder, "view": [row, col, h, w, scale], "applied": n}
+#: (the folder, not the name: two workspaces of one session, its own and a shared one, may share a name).
 RECORDS = "label_canvases"
 EPOCH = "canvas_epoch"
 _NAME = "streamlit-drawable-canvas.streamlit_drawable_canvas"
@@ -63,10 +64,11 @@ def bump() -> None:
 
 
 def key_for(ws: Workspace, view: View) -> str:
-    return f"canvas_{ws.name}_{st.session_state.get(EPOCH, 0)}_{view.row}_{view.col}_{view.height}_{view.width}"
+    where = f"{ws.path.parent.name[:8]}_{ws.name}"  # the owner's folder too: names repeat across sessions
+    return f"canvas_{where}_{st.session_state.get(EPOCH, 0)}_{view.row}_{view.col}_{view.height}_{view.width}"
 
 
-def merge_reported(ws: Workspace, root: Path) -> int:
+def merge_reported(ws: Workspace) -> int:
     """Merge the strokes this session's canvases reported and no run has merged yet, in order,
     each as one change (one undo step); returns how many were merged."""
     records: dict[str, dict] = st.session_state.setdefault(RECORDS, {})
@@ -81,7 +83,7 @@ def merge_reported(ws: Workspace, root: Path) -> int:
         if not new:
             rec["applied"] = len(objects)
             continue
-        target = ws if rec["ws"] == ws.name else _open(root, rec["ws"])
+        target = ws if rec["ws"] == str(ws.path) else _open(Path(rec["ws"]))
         if target is not None:
             view, classes = View(*rec["view"]), target.classes
             for i, obj in enumerate(new, start=rec["applied"]):
@@ -92,11 +94,11 @@ def merge_reported(ws: Workspace, root: Path) -> int:
     return merged
 
 
-def _open(root: Path, name: str) -> Workspace | None:
-    try:
-        return Workspace.open(root, name)
-    except ValueError:
+def _open(folder: Path) -> Workspace | None:
+    """A workspace this session drew on before (a folder it was given by :mod:`refiner.sessions`)."""
+    if not (folder / "workspace.json").is_file():
         return None  # deleted meanwhile: nothing to paint on
+    return Workspace(folder)
 
 
 def draw(ws: Workspace, view: View, background: Image.Image, stroke_color: str, stroke_width: int) -> str:
@@ -108,7 +110,7 @@ def draw(ws: Workspace, view: View, background: Image.Image, stroke_color: str, 
     key = key_for(ws, view)
     records: dict[str, dict] = st.session_state.setdefault(RECORDS, {})
     spec = [view.row, view.col, view.height, view.width, view.scale]
-    records.setdefault(key, {"ws": ws.name, "view": spec, "applied": 0})
+    records.setdefault(key, {"ws": str(ws.path), "view": spec, "applied": 0})
     st.session_state[f"{RECORDS}_last"] = key
     ch, cw = view.canvas_size
     st_canvas(

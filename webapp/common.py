@@ -1,8 +1,11 @@
-"""What every page shares: finding the user's workspace, the sidebar, error display, images.
+"""What every page shares: the user's session and workspace, the sidebar, error display, images.
 
-The current workspace is remembered three ways, so neither a page switch, a browser refresh nor
-a server restart loses it: the session state, the ``?ws=`` query parameter, and a
-``.last_workspace`` file in the workspace root. With none of them, the demo opens.
+Who may open what is decided in :mod:`refiner.sessions`; this module only carries the session
+between page runs. The session is the ``?session=`` token in the page's address (kept there on
+every page, so a refresh, a bookmark or a server restart finds the same workspaces), or the
+signed-in user when the operator turned sign-in on (``REFINER_AUTH=1``). The current workspace
+is ``?ws=<name>`` (one of the session's) or ``?share=<token>`` (a workspace shared by a link).
+A session nobody has seen before gets its own copy of the demo.
 """
 
 from __future__ import annotations
@@ -20,76 +23,198 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
-from refiner import viz
+from refiner import sessions, viz
 from refiner.painting import View, make_view
-from refiner.workspace import (
-    DEMO_NAME,
-    Workspace,
-    atomic_write_json,
-    default_root,
-    list_workspaces,
-    open_or_create_demo,
-    read_json,
-)
+from refiner.raster import max_read_pixels
+from refiner.workspace import DEMO_NAME, MAX_PIXELS, Workspace, atomic_write_json, default_root, read_json
 
 LOG = logging.getLogger("refiner.app")
-LAST = ".last_workspace"
+SESSION, WS, SHARE = "session", "ws", "share"
 
 
 def root() -> Path:
     r = default_root()
     r.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):
+        sessions.cleanup_if_due(r)  # idle session workspaces, at most hourly
     return r
 
 
+def _auth_configured() -> bool:
+    try:
+        return "auth" in st.secrets
+    except Exception:  # no secrets.toml at all
+        return False
+
+
+def session() -> sessions.Session:
+    """This browser's session: the signed-in user (``REFINER_AUTH=1``), else the URL's token."""
+    if sessions.auth_required():
+        if not _auth_configured():
+            st.error(
+                "Sign-in is turned on (REFINER_AUTH=1) but Streamlit's [auth] section is missing from "
+                ".streamlit/secrets.toml: the operator must add it (see docs/security.md)."
+            )
+            st.stop()
+        if not st.user.get("is_logged_in"):
+            st.title("Refiner")
+            st.write("This server asks you to sign in: your workspaces belong to your account.")
+            if st.button("Sign in", key="login", type="primary"):
+                st.login(sessions.auth_provider())
+            st.stop()
+        return sessions.Session(root(), sessions.user_key(st.user.to_dict()))
+    token = st.session_state.get(SESSION) or st.query_params.get(SESSION)
+    if not sessions.valid_token(token):
+        token = sessions.new_token()
+    st.session_state[SESSION] = token
+    if st.query_params.get(SESSION) != token:  # page links drop it: put it back, so a refresh keeps it
+        st.query_params[SESSION] = token
+    return sessions.Session(root(), sessions.browser_key(token))
+
+
 def remember(name: str) -> None:
-    st.session_state["ws"] = name
-    st.query_params["ws"] = name
-    with contextlib.suppress(OSError):
-        (root() / LAST).write_text(name)
+    """Make the session's own workspace ``name`` the current one."""
+    st.session_state[WS] = name
+    st.session_state.pop(SHARE, None)
+    st.query_params[WS] = name
+    st.query_params.pop(SHARE, None)
 
 
-def current() -> Workspace:
-    """The user's workspace (the demo, created on first start, when there is none)."""
-    r = root()
-    names = list_workspaces(r)
-    for candidate in (
-        st.session_state.get("ws"),
-        st.query_params.get("ws"),
-        (r / LAST).read_text().strip() if (r / LAST).is_file() else None,
-    ):
+def remember_share(token: str, label: str) -> None:
+    """Make the workspace of share link ``token`` the current one (and list it in the sidebar)."""
+    st.session_state[SHARE] = token
+    st.session_state.setdefault("shares_seen", {})[token] = label
+    st.query_params[SHARE] = token
+    st.query_params.pop(WS, None)
+
+
+def current(sess: sessions.Session) -> Workspace:
+    """The workspace this session works on: a shared one, one of its own, or its copy of the demo."""
+    share = st.query_params.get(SHARE) or st.session_state.get(SHARE)
+    if share:
+        try:
+            ws = sess.open_shared(share)
+        except ValueError as exc:
+            st.query_params.pop(SHARE, None)
+            st.session_state.pop(SHARE, None)
+            st.session_state.get("shares_seen", {}).pop(share, None)
+            st.warning(str(exc))
+        else:
+            remember_share(share, f"{ws.name} (shared{', read-only' if ws.readonly else ''})")
+            return ws
+    names = sess.names()
+    for candidate in (st.session_state.get(WS), st.query_params.get(WS), sess.last_used()):
         if candidate and candidate in names:
             remember(candidate)
-            return Workspace.open(r, candidate)
-    with st.spinner("Creating the demo workspace (first start)..."):
-        ws = open_or_create_demo(r)
+            return sess.open(candidate)
+    with st.spinner("Making your copy of the demo workspace..."):
+        ws = sess.open_template_copy(DEMO_NAME)
     remember(ws.name)
     return ws
 
 
 def page(title: str, icon: str = "🛰️") -> Workspace:
-    """Page setup: config, sidebar with the workspace switcher; returns the workspace."""
+    """Page setup: config, session, sidebar with the workspace switcher; returns the workspace."""
     st.set_page_config(page_title=f"Refiner · {title}", page_icon=icon, layout="wide")
     with guard():
-        ws = current()
-    sidebar(ws)
+        sess = session()
+        ws = current(sess)
+    st.session_state["_session_obj"] = sess
+    sidebar(sess, ws)
     st.title(title)
     return ws
 
 
-def sidebar(ws: Workspace) -> None:
-    names = list_workspaces(root())
+def this_session() -> sessions.Session:
+    """The session :func:`page` found (for pages that start jobs or make workspaces)."""
+    return st.session_state["_session_obj"]
+
+
+def sidebar(sess: sessions.Session, ws: Workspace) -> None:
+    seen = st.session_state.get("shares_seen", {})
+    shared = st.session_state.get(SHARE)
+    # own workspaces by name; shared ones as "share:<token>" (a name never holds ':')
+    options = sess.names() + [f"{SHARE}:{t}" for t in seen]
+    here = f"{SHARE}:{shared}" if shared else ws.name
     with st.sidebar:
         st.caption("Workspace")
-        choice = st.selectbox("Workspace", names, index=names.index(ws.name), label_visibility="collapsed")
-        if choice != ws.name:
-            remember(choice)
+        choice = st.selectbox(
+            "Workspace",
+            options,
+            index=options.index(here) if here in options else 0,
+            format_func=lambda o: seen.get(o.split(":", 1)[1], "shared") if o.startswith(f"{SHARE}:") else o,
+            label_visibility="collapsed",
+        )
+        if choice != here:
+            if choice.startswith(f"{SHARE}:"):
+                token = choice.split(":", 1)[1]
+                remember_share(token, seen[token])
+            else:
+                remember(choice)
             st.rerun()
         s = ws.settings.get("source", {})
         st.caption(f"{s.get('height')}×{s.get('width')} px · {', '.join(ws.classes.names)}")
-        if ws.name == DEMO_NAME:
-            st.caption("The embedded demo: a synthetic scene with a pretrained coarse CNN and RNN.")
+        if ws.readonly:
+            st.caption(f"Read-only: {ws.readonly}.")
+        elif shared:
+            st.caption("Shared with you by a link: your changes are saved in its owner's workspace.")
+        if s.get("kind") == "demo":
+            st.caption("Your copy of the embedded demo: a synthetic scene with a pretrained coarse CNN and RNN.")
+        if not shared:
+            share_panel(sess, ws)
+        account(sess)
         compute_setting(ws)
+
+
+def share_panel(sess: sessions.Session, ws: Workspace) -> None:
+    """Make a link that opens this workspace for someone else (read-only or editable), or stop sharing."""
+    with st.expander("Share", expanded=False):
+        st.caption("A link opens this workspace for whoever has it; a new link of a kind replaces the old one.")
+        c1, c2 = st.columns(2)
+        made = None
+        if c1.button("Link to look", key="share_read"):
+            made = ("read-only", sess.share(ws.name, "read"))
+        if c2.button("Link to edit", key="share_edit"):
+            made = ("editable", sess.share(ws.name, "edit"))
+        if made:
+            st.session_state[f"share_link_{ws.name}"] = made
+        shown = st.session_state.get(f"share_link_{ws.name}")
+        if shown and shown[1] and sessions.find_share(sess.root, shown[1]):
+            st.caption(f"The {shown[0]} link (shown only now: copy it):")
+            st.code(share_url(shown[1]), language=None)
+        active = sess.shared_modes(ws.name)
+        if active:
+            st.caption("Working links: " + ", ".join({"read": "read-only", "edit": "editable"}[m] for m in active))
+            if st.button("Stop sharing", key="unshare"):
+                sess.unshare(ws.name)
+                st.session_state.pop(f"share_link_{ws.name}", None)
+                st.rerun()
+
+
+def share_url(token: str) -> str:
+    base = ""
+    with contextlib.suppress(Exception):
+        base = (st.context.url or "").split("?")[0]
+    return f"{base}?{SHARE}={token}"
+
+
+def account(sess: sessions.Session) -> None:
+    if sessions.auth_required():
+        st.caption(f"Signed in as {st.user.get('email') or st.user.get('name') or 'you'}.")
+        if st.button("Sign out", key="logout"):
+            st.logout()
+    else:
+        st.caption(
+            "Your workspaces belong to this page's address (its session key): bookmark it to come back. "
+            "To show a workspace to someone, make a Share link; never give them your own address."
+        )
+
+
+def upload_limits(tile: bool = False) -> str:
+    """What an upload may be, said next to the uploader (the server's Streamlit and Refiner limits)."""
+    mb = st.get_option("server.maxUploadSize")
+    pixels = min(MAX_PIXELS, max_read_pixels()) if tile else max_read_pixels()
+    return f"Up to {mb} MB per file and {pixels / 1e6:.1f} megapixels (limits set by the server's operator)."
 
 
 def compute_setting(ws: Workspace) -> None:
@@ -181,7 +306,10 @@ def restore_view(ws: Workspace, page: str, defaults: dict[str, Any], options: di
 
 
 def save_view(ws: Workspace, page: str, keys: list[str]) -> None:
-    """Store the current values of ``keys`` as ``page``'s view in the workspace (when they changed)."""
+    """Store the current values of ``keys`` as ``page``'s view in the workspace (when they changed;
+    never in a workspace that is read-only here: a look-only guest does not move the owner's view)."""
+    if ws.readonly:
+        return
     path = ws.path / VIEW_FILE
     views = read_json(path, {})
     now = {k: st.session_state[k] for k in keys if k in st.session_state}

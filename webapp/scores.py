@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from refiner import reference, results
-from refiner.workspace import Workspace, list_workspaces
+from refiner.workspace import Workspace
 from webapp import common
 
 UNLABELLED = "unlabelled (not scored)"
@@ -31,14 +31,14 @@ def reference_panel(ws: Workspace, key: str) -> None:
             return
         src = st.radio("From", ["a mask file", "another workspace"], horizontal=True, key=f"{key}_ref_from")
         if src == "another workspace":
-            others = [n for n in list_workspaces(common.root()) if n != ws.name]
+            others = [n for n in common.this_session().names() if n != ws.name]  # the session's own only
             if not others:
                 st.caption("There is no other workspace.")
                 return
             other = st.selectbox("Workspace", others, key=f"{key}_ref_ws")
             if st.button("Attach its labels as the reference", key=f"{key}_ref_attach_ws"):
                 with common.guard("attaching the reference"):
-                    reference.attach_workspace(ws, Workspace.open(common.root(), other))
+                    reference.attach_workspace(ws, common.this_session().open(other))
                 st.rerun()
             return
         up = st.file_uploader("Mask (GeoTIFF or PNG, one band)", type=["tif", "tiff", "png"], key=f"{key}_ref_file")

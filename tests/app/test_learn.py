@@ -3,19 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-from streamlit.testing.v1 import AppTest
 
 from refiner import results
 from refiner.models import presets
-from tests.app.conftest import REPO
-
-TIMEOUT = 180
-
-
-def run(page: str) -> AppTest:
-    at = AppTest.from_file(str(REPO / page), default_timeout=TIMEOUT).run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+from tests.app.conftest import run
 
 
 def test_learn_page_walks_through_a_preset_beside_the_learned_rnn(app_ws):

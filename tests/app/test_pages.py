@@ -12,15 +12,7 @@ from refiner import jobs, results
 from refiner.classes import IGNORE
 from refiner.metrics import evaluate
 from refiner.workspace import Workspace
-from tests.app.conftest import REPO, make_workspace
-
-TIMEOUT = 180
-
-
-def run(page: str) -> AppTest:
-    at = AppTest.from_file(str(REPO / page), default_timeout=TIMEOUT).run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+from tests.app.conftest import REPO, TIMEOUT, TOKEN, make_workspace, run, session
 
 
 def metrics(at: AppTest) -> dict[str, str]:
@@ -46,16 +38,22 @@ def test_a_bad_cog_url_is_an_error_message_not_a_traceback(app_ws, tmp_path, mon
     assert at.error and "could not be opened" in at.error[0].value
 
 
-def test_workspace_survives_a_new_session(app_ws):
-    """A refresh or restart is a new session: it must find the same workspace and labels."""
-    other = make_workspace(app_ws.path.parent, "second")
+def test_workspace_survives_a_new_session(app_ws, tmp_path):
+    """A refresh or restart is a new session with the same address: same workspace, same labels."""
+    other = make_workspace(tmp_path, "second")
     labels = other.labels()
     labels[:] = IGNORE
     labels[:3, :3] = 1
     other.write_labels(labels)
-    at = run("pages/1_Label.py")  # .last_workspace names "second" now
-    assert at.sidebar.selectbox[0].value == "second"
+    at = run("pages/1_Label.py", ws="t")
+    assert at.sidebar.selectbox[0].value == "t" and at.sidebar.selectbox[0].options == ["second", "t"]
+    at.sidebar.selectbox[0].select("second").run()
     assert metrics(at)["building"] == "9"
+    address = dict(at.query_params)  # what the browser's address bar now holds
+    assert address == {"session": TOKEN, "ws": "second"}
+    again = run("pages/1_Label.py", **address)  # the refresh
+    assert again.sidebar.selectbox[0].value == "second" and metrics(again)["building"] == "9"
+    assert run("pages/1_Label.py").sidebar.selectbox[0].value == "second"  # no ?ws=: the last one used
 
 
 def test_label_page_counts_and_undo(app_ws):
@@ -258,14 +256,19 @@ def test_export_page_refines_a_whole_scene_in_the_background(app_ws, monkeypatch
 
 
 def test_first_start_creates_the_demo(tmp_path, monkeypatch):
+    """A browser never seen before gets a session key and its own copy of the demo template."""
     if not (REPO / "assets" / "demo" / "tile.tif").is_file():
         pytest.skip("demo assets not built")
     monkeypatch.setenv("REFINER_WORKSPACES", str(tmp_path))
-    at = run("app.py")
-    assert (tmp_path / "demo" / "workspace.json").is_file() and not at.error
+    at = run("app.py", token=None)
+    token = at.query_params["session"]
+    assert len(token) >= 32 and not at.error
     assert metrics(at)["Size (rows × cols)"] == "512 × 512"
-    ws = Workspace.open(tmp_path, "demo")
+    ws = session(tmp_path, token).open("demo")
     assert ws.has_model("rnn") and ws.has_coarse() and ws.label_counts()["unlabelled"] == 512 * 512 - 192 * 192
+    template = tmp_path / "templates" / "demo"
+    assert (template / "workspace.json").is_file() and ws.path != template
+    assert not (tmp_path / ".last_workspace").exists()  # nothing server-wide remembers "the last workspace"
 
 
 def test_a_window_of_a_cloud_optimized_geotiff_becomes_a_workspace(app_ws, tmp_path, monkeypatch):
@@ -334,12 +337,14 @@ def test_a_reference_mask_is_scored_beside_the_held_out_regions(app_ws):
     assert results.reference_eval(Workspace(app_ws.path)) is None and len(at.table) == 1
 
 
-def test_another_workspaces_labels_can_be_the_reference(app_ws):
-    other = make_workspace(app_ws.path.parent, "surveyed")
+def test_another_workspaces_labels_can_be_the_reference(app_ws, tmp_path):
+    other = make_workspace(tmp_path, "surveyed")  # another of this session's workspaces
     _, truth = _truth_png()
     other.write_labels(truth)
-    (app_ws.path.parent / ".last_workspace").write_text(app_ws.name)
-    at = run("pages/2_Train.py")
+    make_workspace(tmp_path, "elsewhere", token="another-browser-session-0123456789")
+    at = run("pages/2_Train.py", ws=app_ws.name)
+    at.radio(key="train_ref_from").set_value("another workspace").run()
+    assert at.selectbox(key="train_ref_ws").options == ["surveyed"]  # never another session's
     at.radio(key="train_ref_from").set_value("another workspace").run()
     at.selectbox(key="train_ref_ws").set_value("surveyed").run()
     at.button(key="train_ref_attach_ws").click().run()

@@ -27,12 +27,13 @@ pytestmark = pytest.mark.skipif(
 
 
 def test_the_apps_reference_score_on_austin_is_the_whole_tile_score(tmp_path, monkeypatch):
-    from refiner.real_demo import REAL_DEMOS, create_real_demo
+    from refiner.real_demo import REAL_DEMOS
 
     monkeypatch.setenv("REFINER_WORKSPACES", str(tmp_path))
     monkeypatch.chdir(REPO)
-    ws = create_real_demo(tmp_path, "real-buildings")
-    (tmp_path / ".last_workspace").write_text(ws.name)
+    from tests.app.conftest import session
+
+    ws = session(tmp_path).open_template_copy("real-buildings")  # this test's browser session's copy
     params = jobs.TrainParams(steps=60, eval_every=20, checkpoint_every=60, resume=False, pretrained="rnn_1m")
     jobs.start_training(ws, params)
     done = jobs.wait(ws, timeout=900)

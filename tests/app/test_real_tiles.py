@@ -11,23 +11,14 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
-from streamlit.testing.v1 import AppTest
 
 from refiner import jobs
 from refiner.classes import ClassSpec
 from refiner.models.io import load_model
 from refiner.synthetic import DEMO_CLASSES
 from refiner.workspace import Workspace
-from tests.app.conftest import REPO, make_workspace
+from tests.app.conftest import REPO, make_workspace, run, session
 from tests.test_pretrained import write_fixture_model
-
-TIMEOUT = 180
-
-
-def run(page: str) -> AppTest:
-    at = AppTest.from_file(str(REPO / page), default_timeout=TIMEOUT).run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
 
 
 @pytest.fixture()
@@ -69,9 +60,8 @@ def test_when_no_shipped_model_fits_the_page_says_what_else_to_do(shipped, works
     from refiner.synthetic import make_scene
 
     scene = make_scene(48, seed=1)
-    ws = Workspace.create(workspaces, "water", scene.tile(), ClassSpec(("background", "water")))
-    (workspaces / ".last_workspace").write_text(ws.name)
-    at = run("app.py")
+    ws = session(workspaces).create("water", scene.tile(), ClassSpec(("background", "water")))
+    at = run("app.py", ws=ws.name)
     warning = at.warning[0].value
     assert "No shipped coarse CNN fits the classes background, water" in warning
     assert "does not know water" in warning and "Bring your own probabilities" in warning
@@ -87,9 +77,8 @@ def test_a_picture_upload_asks_for_its_ground_resolution(shipped, workspaces):
 
     tile = tile_from_upload(_png(), "photo.png")
     tile.pixel_size = check_pixel_size(at.number_input(key="upload_pixel_size").value)
-    ws = Workspace.create(workspaces, "photo", tile, DEMO_CLASSES, source={"kind": "upload", "name": "photo.png"})
-    (workspaces / ".last_workspace").write_text("photo")
-    at = run("app.py")
+    ws = session(workspaces).create("photo", tile, DEMO_CLASSES, source={"kind": "upload", "name": "photo.png"})
+    at = run("app.py", ws="photo")
     assert {m.label: m.value for m in at.metric}["Ground resolution"] == "0.50 m/px"
     assert any("resampled to its 1 m" in c.value for c in at.caption)  # the pick uses the stated 0.5 m
     field = at.number_input(key="pixel_size_photo")

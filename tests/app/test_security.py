@@ -7,8 +7,8 @@ import pytest
 from refiner import access, scene_job
 from refiner.classes import ClassSpec
 from refiner.synthetic import make_scene
-from refiner.workspace import Workspace, list_workspaces
-from tests.app.test_pages import run
+from refiner.workspace import list_workspaces
+from tests.app.conftest import run, session
 
 
 @pytest.fixture(autouse=True)
@@ -51,8 +51,7 @@ def test_class_names_are_shown_as_text_not_html(tmp_path, monkeypatch):
     monkeypatch.setenv("REFINER_WORKSPACES", str(tmp_path))
     monkeypatch.chdir(REPO)
     evil = '<img src=x onerror="alert(1)">'
-    ws = Workspace.create(tmp_path, "t", make_scene(48, seed=1).tile(), ClassSpec(("background", evil), (0, 1)))
-    (tmp_path / ".last_workspace").write_text(ws.name)
+    session(tmp_path).create("t", make_scene(48, seed=1).tile(), ClassSpec(("background", evil), (0, 1)))
     at = run("pages/1_Label.py")
     legend = [m.value for m in at.markdown if "display:inline-block" in m.value]
     assert legend and "<img" not in legend[0] and "&lt;img" in legend[0]

@@ -1,4 +1,5 @@
-"""Fixtures of the browser tests: one ``streamlit run`` server and one Chromium page per test module."""
+"""Fixtures of the browser tests: one ``streamlit run`` server and one Chromium page per test module
+(``browser`` for tests that open several contexts: several people on that server)."""
 
 from __future__ import annotations
 
@@ -20,11 +21,17 @@ def url(workspaces):
 
 
 @pytest.fixture(scope="module")
-def page(url):
+def browser():
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        pg = browser.new_page(viewport={"width": 1400, "height": 1100})
-        pg.set_default_timeout(120_000)
-        yield pg
-        browser.close()
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def page(url, browser):
+    pg = browser.new_page(viewport={"width": 1400, "height": 1100})
+    pg.set_default_timeout(120_000)
+    yield pg
+    pg.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -118,7 +119,44 @@ def metrics(page) -> dict[str, str]:
     return {lab.strip(): val.strip() for lab, val in zip(labels, values, strict=False)}
 
 
+def session_query(page) -> str:
+    """The ``?session=…`` of the page's address (the browser's session key), or "" before the first visit."""
+    from urllib.parse import parse_qs, urlencode, urlsplit
+
+    token = parse_qs(urlsplit(page.url).query).get("session")
+    return "?" + urlencode({"session": token[0]}) if token else ""
+
+
 def open_page(page, url: str, name: str = "", wait_for: str = '[data-testid="stMetricValue"]') -> None:
-    page.goto(f"{url}/{name}")
+    """Go to page ``name`` as the same user: the session key of the address goes along (as a bookmark would)."""
+    page.goto(f"{url}/{name}{session_query(page)}")
     page.wait_for_selector(wait_for, timeout=180_000)
     settle(page)
+
+
+def metric_changed(page, name: str, before: str, timeout: float = 60_000) -> None:
+    """Wait until the metric labelled ``name`` shows something other than ``before``."""
+    page.wait_for_function(
+        "([name, before]) => { const l = [...document.querySelectorAll('[data-testid=stMetricLabel]')];"
+        " const v = [...document.querySelectorAll('[data-testid=stMetricValue]')];"
+        " const i = l.findIndex(x => x.innerText.trim() === name);"
+        " return i >= 0 && v[i] && v[i].innerText.trim() !== before; }",
+        arg=[name, before],
+        timeout=timeout,
+    )
+    settle(page)
+
+
+def paint_stroke(page, brush: str = "road", where: tuple[float, float] = (0.7, 0.8), steps: int = 15) -> None:
+    """Paint one stroke with ``brush`` on the Label page's canvas; returns once the counts show it."""
+    before = metrics(page)[brush]
+    page.get_by_text(re.compile(rf"^{re.escape(brush)} \(#")).click()
+    # the rerun that gives the canvas the brush's colour may start late on a busy machine: wait for
+    # the caption drawn after the canvas to name the brush
+    page.get_by_text(re.compile(rf"^Brush: {re.escape(brush)},")).wait_for()
+    settle(page)
+    canvas = page.locator("canvas").last
+    canvas.wait_for()
+    box = canvas.bounding_box()
+    stroke(page, box["x"] + box["width"] * where[0], box["y"] + box["height"] * where[1], 6, -2, steps)
+    metric_changed(page, brush, before)

@@ -1,6 +1,7 @@
 """The app in a real browser: Chromium (Debian's) driven by Playwright against ``streamlit run``.
 
-Runs in file order on one server and one demo workspace, the way a user would go through it:
+Runs in file order on one server, as one user (one session: its own copy of the demo), the way a
+user would go through it:
 open the demo, paint, train a few steps, slide through the iterations, compare.
 """
 
@@ -13,9 +14,9 @@ import pytest
 from tests.browser.harness import (
     metrics,
     open_page,
+    paint_stroke,
     require_chromium,
     settle,
-    stroke,
 )
 
 require_chromium()
@@ -49,19 +50,7 @@ def test_the_demo_opens_without_an_upload(page, url):
 def test_painting_a_stroke_changes_the_class_pixel_count(page, url):
     open_page(page, url, "Label")
     before = metrics(page)
-    page.get_by_text(re.compile(r"^road \(#")).click()
-    settle(page)
-    canvas = page.locator("canvas").last
-    canvas.wait_for()
-    box = canvas.bounding_box()
-    stroke(page, box["x"] + box["width"] * 0.7, box["y"] + box["height"] * 0.8, 6, -2)
-    page.wait_for_function(
-        "(before) => { const v = [...document.querySelectorAll('[data-testid=stMetricValue]')];"
-        " return v.length > 3 && v[2].innerText !== before[0] && v[3].innerText !== before[1]; }",
-        arg=[before["road"], before["unlabelled"]],
-        timeout=60_000,
-    )
-    settle(page)
+    paint_stroke(page, "road")
     after = metrics(page)
     num = lambda s: int(s.replace(",", ""))  # noqa: E731
     assert num(after["road"]) > num(before["road"]) + 100

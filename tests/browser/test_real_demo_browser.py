@@ -46,4 +46,5 @@ def test_the_real_roads_demo_opens_with_a_coarse_map(tmp_path):
         page.get_by_text("Picked for this workspace:").first.wait_for()
         assert page.locator('[data-testid="stException"]').count() == 0
         browser.close()
-    assert (tmp_path / "real-roads" / "coarse_probs.tif").is_file()
+    assert (tmp_path / "templates" / "real-roads" / "coarse_probs.tif").is_file()  # the template, built once
+    assert len(list(tmp_path.glob("owners/*/real-roads/coarse_probs.tif"))) == 1  # and the session's copy
