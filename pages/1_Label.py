@@ -155,8 +155,11 @@ cols[-1].metric("unlabelled", f"{counts['unlabelled']:,}", help=f"{total:,} labe
 ic, ec = st.columns(2)
 with ic:
     st.subheader("Import a mask")
-    if msg := st.session_state.pop("import_done", None):
-        st.success(msg)
+    # shown until the labels change again, not only on the next run: the fresh canvas can rerun
+    # the page at once, and a message shown for one run only was gone before anyone read it
+    done = st.session_state.get("import_done")
+    if done and done[1] == ws.undo_depth():
+        st.success(done[0])
     up = st.file_uploader(
         "GeoTIFF/PNG mask of the tile's size (any pixel values: you say which class each is), "
         "or GeoJSON polygons with a `class` property",
@@ -191,7 +194,8 @@ with ic:
             canvas.bump()
             st.session_state["import_done"] = (
                 f"Imported {up.name} ({mask_import.describe(mapping, classes)}; {mask_import.MODES[mode]}). "
-                "Undo takes it back."
+                "Undo takes it back.",
+                ws.undo_depth(),
             )
             st.rerun()
 with ec:
