@@ -118,6 +118,15 @@ def test_a_0_255_mask_imports_as_background_and_building(page, url, workspaces):
     assert page.locator('[data-testid="stException"]').count() == 0
 
 
+def _wait_wider(page, images, width: float, seconds: float = 15) -> None:
+    """Wait for Leaflet's zoom animation (slow on a busy machine) to leave the image wider than ``width``."""
+    for _ in range(int(seconds / 0.2)):
+        if images.first.bounding_box()["width"] > width:
+            return
+        page.wait_for_timeout(200)
+    assert images.first.bounding_box()["width"] > width
+
+
 def test_the_start_page_map_keeps_zoom_and_opacity_across_a_reload(page, url):
     open_page(page, url)
     frame = page.frame_locator("iframe").first
@@ -127,15 +136,13 @@ def test_the_start_page_map_keeps_zoom_and_opacity_across_a_reload(page, url):
     opacity = frame.get_by_label(re.compile(r"^class map .* opacity$"))
     opacity.fill("0.2")  # a range input: sets the value and fires input
     frame.locator("a.leaflet-control-zoom-in").click()
-    page.wait_for_timeout(1000)
-    assert images.first.bounding_box()["width"] > 1.8 * w0
+    _wait_wider(page, images, 1.8 * w0)
     assert images.nth(1).evaluate("e => getComputedStyle(e).opacity") == "0.2"
     page.reload()
     page.wait_for_selector('[data-testid="stMetricValue"]')
     settle(page)
     frame = page.frame_locator("iframe").first
     frame.locator(".leaflet-container").wait_for()
-    page.wait_for_timeout(1000)
     images = frame.locator("img.leaflet-image-layer")
-    assert images.first.bounding_box()["width"] > 1.8 * w0  # still zoomed in
+    _wait_wider(page, images, 1.8 * w0)  # still zoomed in
     assert images.nth(1).evaluate("e => getComputedStyle(e).opacity") == "0.2"
