@@ -11,11 +11,10 @@ search) become the workspace's CRF settings, so they survive leaving the page.
 from __future__ import annotations
 
 import time
-import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from refiner.jobs import Backend, JobState, _jobs_dir, launch, new_job_id, read_job, wait_for, write_status
+from refiner.jobs import Backend, JobState, _jobs_dir, launch, mark_failed, new_job_id, read_job, wait_for, write_status
 from refiner.workspace import Workspace
 
 CRF_STATUS, CRF_CANCEL = "crf.json", "crf.cancel"
@@ -85,10 +84,8 @@ def run_crf_search(workspace: str | Path, job_id: str) -> dict:
                 f"cancelled after {len(found.trials)} of {status.total} settings"
                 + ("; the best so far is now in use" if found.trials else "; the parameters are unchanged")
             )
-    except Exception as exc:  # the page shows the message; the traceback goes to the server log
-        traceback.print_exc()
-        status.state = "failed"
-        status.message = str(exc) or type(exc).__name__
+    except Exception as exc:
+        mark_failed(status, exc)
     finally:
         cancel.unlink(missing_ok=True)
         save()

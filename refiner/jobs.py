@@ -94,6 +94,13 @@ class JobState:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
+def mark_failed(status: JobState, exc: BaseException) -> None:
+    """End a job as failed: the page shows the message, the traceback goes to the server log."""
+    traceback.print_exc()
+    status.state = "failed"
+    status.message = str(exc) or type(exc).__name__
+
+
 @dataclass
 class JobStatus(JobState):
     """What a page shows about the last training run."""
@@ -321,10 +328,8 @@ def run_training(workspace: str | Path, params: dict, job_id: str) -> dict:
                 f"; no pixels could be held back for validation (paint regions more than {2 * guard} px "
                 "apart, or a larger area, so whole regions can be held out)"
             )
-    except Exception as exc:  # the page shows the message; the traceback goes to the server log
-        traceback.print_exc()
-        status.state = "failed"
-        status.message = str(exc) or type(exc).__name__
+    except Exception as exc:
+        mark_failed(status, exc)
     finally:
         cancel.unlink(missing_ok=True)
         save(force=True)

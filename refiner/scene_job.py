@@ -14,12 +14,11 @@ page can show live progress and a refresh or restart loses nothing but the run i
 from __future__ import annotations
 
 import time
-import traceback
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from refiner.jobs import Backend, JobState, _jobs_dir, launch, new_job_id, read_job, wait_for, write_status
+from refiner.jobs import Backend, JobState, _jobs_dir, launch, mark_failed, new_job_id, read_job, wait_for, write_status
 from refiner.workspace import ASSETS, Workspace
 
 SCENE_STATUS, SCENE_CANCEL = "scene.json", "scene.cancel"
@@ -149,10 +148,8 @@ def run_scene_job(
         status.message = f"{status.total} windows refined in {time.time() - status.started:.0f} s"
     except Cancelled:
         status.state, status.message = "cancelled", "cancelled; the partial files were removed"
-    except Exception as exc:  # the page shows the message; the traceback goes to the server log
-        traceback.print_exc()
-        status.state = "failed"
-        status.message = str(exc) or type(exc).__name__
+    except Exception as exc:
+        mark_failed(status, exc)
     finally:
         cancel.unlink(missing_ok=True)
         save(force=True)
