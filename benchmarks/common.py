@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from refiner.synthetic import coarse_like
+from refiner.data.synthetic import coarse_like
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The shared real data; ``REFINER_SHARED_DATA`` points elsewhere (the GPU machine gets a staged

@@ -30,10 +30,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.common import machine, roads_tile, stand_in_coarse  # noqa: E402
-from refiner.classes import IGNORE, ClassSpec  # noqa: E402
-from refiner.metrics import evaluate  # noqa: E402
-from refiner.synthetic import degrade_labels  # noqa: E402
-from refiner.train import RNNTrainConfig, split_holdout, train_rnn  # noqa: E402
+from refiner.core.classes import IGNORE, ClassSpec  # noqa: E402
+from refiner.core.metrics import evaluate  # noqa: E402
+from refiner.data.synthetic import degrade_labels  # noqa: E402
+from refiner.train.rnn import RNNTrainConfig, train_rnn
+from refiner.train.sampling import split_holdout  # noqa: E402
 
 CLASSES = ClassSpec.parse("background,road", "0,255")
 

@@ -53,12 +53,13 @@ import torch  # noqa: E402
 from benchmarks.common import machine  # noqa: E402
 from benchmarks.finetune_time_to_quality import CLASSES, patch_of  # noqa: E402
 from benchmarks.finetune_time_to_quality import run as finetune_run  # noqa: E402
-from refiner.classes import IGNORE  # noqa: E402
-from refiner.metrics import evaluate  # noqa: E402
+from refiner.core.classes import IGNORE  # noqa: E402
+from refiner.core.metrics import evaluate  # noqa: E402
+from refiner.data.synthetic import coarse_like  # noqa: E402
 from refiner.models.fused import FusedRNN  # noqa: E402
-from refiner.models.io import load_model  # noqa: E402
-from refiner.synthetic import coarse_like  # noqa: E402
-from refiner.train import RNNTrainConfig, split_holdout, train_rnn  # noqa: E402
+from refiner.models.store import load_model  # noqa: E402
+from refiner.train.rnn import RNNTrainConfig, train_rnn  # noqa: E402
+from refiner.train.sampling import split_holdout  # noqa: E402
 
 PRETRAINED = ROOT / "assets" / "pretrained"
 TILE = "01"

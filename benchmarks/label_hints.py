@@ -45,17 +45,17 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.common import machine, roads_tile, stand_in_coarse  # noqa: E402
-from refiner import hints  # noqa: E402
-from refiner.classes import IGNORE, ClassSpec  # noqa: E402
-from refiner.crf import dense_crf  # noqa: E402
-from refiner.inference import predict_coarse, refine  # noqa: E402
-from refiner.metrics import evaluate  # noqa: E402
+from refiner.app import hints  # noqa: E402
+from refiner.baselines.crf import dense_crf  # noqa: E402
+from refiner.core.classes import IGNORE, ClassSpec  # noqa: E402
+from refiner.core.metrics import evaluate  # noqa: E402
+from refiner.data.synthetic import degrade_labels  # noqa: E402
+from refiner.data.tile import Tile  # noqa: E402
 from refiner.models.coarse import COARSE_HALO  # noqa: E402
-from refiner.models.io import load_model  # noqa: E402
-from refiner.pretrained import Pick, class_merge  # noqa: E402
-from refiner.raster import Tile  # noqa: E402
-from refiner.synthetic import degrade_labels  # noqa: E402
-from refiner.train import RNNTrainConfig, train_rnn  # noqa: E402
+from refiner.models.inference import predict_coarse, refine  # noqa: E402
+from refiner.models.pretrained import Pick, class_merge  # noqa: E402
+from refiner.models.store import load_model  # noqa: E402
+from refiner.train.rnn import RNNTrainConfig, train_rnn  # noqa: E402
 
 CLASSES = ClassSpec.parse("background,road", "0,255")
 STAND_IN = "stand-in"

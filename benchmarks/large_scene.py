@@ -68,9 +68,9 @@ def generate(folder: Path, size: int, pixel: float = 1.0) -> tuple[Path, Path]:
 def make_model(folder: Path) -> Path:
     import torch
 
-    from refiner.classes import ClassSpec
-    from refiner.models.io import ModelBundle, save_model
+    from refiner.core.classes import ClassSpec
     from refiner.models.rnn import RefinerRNN, RNNConfig
+    from refiner.models.store import ModelBundle, save_model
 
     torch.manual_seed(0)
     net = RefinerRNN(RNNConfig(2, iterations=5)).eval()
@@ -84,7 +84,7 @@ def child(args) -> None:
     from refiner.models.fused import fused, scene_window
 
     # warm-up outside the timing: model load and the one-off kernel compilation (seconds)
-    from refiner.scene import SceneTask, refine_scene, task_model
+    from refiner.scale.scene import SceneTask, refine_scene, task_model
 
     net = task_model(SceneTask("refine", str(args.model), str(args.image))).net
     read = (args.window or scene_window(net.cfg)) + 2 * net.cfg.halo  # the windows' read shape
@@ -100,9 +100,9 @@ def child(args) -> None:
 
 def _time_stages() -> dict[str, float]:
     """Wrap the scene loop's stages (reading, the RNN, writing) to add up the seconds each takes."""
-    import refiner.scene as scene
+    import refiner.scale.scene as scene
+    from refiner.data.write import RasterWriter
     from refiner.models.fused import FusedRNN
-    from refiner.raster import RasterWriter
 
     spent: dict[str, float] = {}
 

@@ -24,12 +24,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from refiner.classes import IGNORE
-from refiner.crf import DEFAULT_GRID, dense_crf, grid_search
-from refiner.inference import predict_coarse, refine
-from refiner.models.io import load_model
-from refiner.pretrain import MACHINE, PARTIAL, TASK_CLASS, TileData, load_split, load_tile, scores_2x2, task_confusion
-from refiner.train import FINETUNE_DEFAULTS, finetune_from_pretrained
+from refiner.baselines.crf import DEFAULT_GRID, dense_crf, grid_search
+from refiner.core.classes import IGNORE
+from refiner.models.inference import predict_coarse, refine
+from refiner.models.store import load_model
+from refiner.recipes.pretrain import (
+    MACHINE,
+    PARTIAL,
+    TASK_CLASS,
+    TileData,
+    load_split,
+    load_tile,
+    scores_2x2,
+    task_confusion,
+)
+from refiner.train.rnn import FINETUNE_DEFAULTS, finetune_from_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = {

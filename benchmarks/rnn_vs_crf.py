@@ -33,13 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from benchmarks.common import machine, roads_tile, stand_in_coarse  # noqa: E402
-from refiner.classes import ClassSpec  # noqa: E402
-from refiner.crf import CRFParams, dense_crf  # noqa: E402
-from refiner.inference import refine  # noqa: E402
+from refiner.baselines.crf import CRFParams, dense_crf  # noqa: E402
+from refiner.core.classes import ClassSpec  # noqa: E402
+from refiner.data.tile import Tile  # noqa: E402
 from refiner.models import native  # noqa: E402
-from refiner.models.io import ModelBundle  # noqa: E402
+from refiner.models.inference import refine  # noqa: E402
 from refiner.models.rnn import RefinerRNN, RNNConfig  # noqa: E402
-from refiner.raster import Tile  # noqa: E402
+from refiner.models.store import ModelBundle  # noqa: E402
 
 PEAK_FLOPS = 140e9  # torch fp32 matmul peak measured on this 2-core machine (issue 4)
 

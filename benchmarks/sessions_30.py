@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from benchmarks.common import machine  # noqa: E402
-from refiner import sessions  # noqa: E402
-from refiner.classes import IGNORE  # noqa: E402
-from refiner.workspace import Workspace  # noqa: E402
+from refiner.app import sessions  # noqa: E402
+from refiner.app.workspace import Workspace  # noqa: E402
+from refiner.core.classes import IGNORE  # noqa: E402
 from tests.browser.harness import CHROMIUM, CHROMIUM_ARGS, streamlit_server  # noqa: E402
 
 STEPS, DX, DY = 8, 6, 2  # the stroke: 8 moves of (+6, -2) screen px, as tests/browser/harness.paint_stroke

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from refiner import access, results, viz
-from refiner.classes import ClassSpec
-from refiner.pretrained import coarse_into_workspace, pick_coarse, workspace_resolution
-from refiner.real_demo import REAL_DEMOS
-from refiner.real_demo import unavailable as real_demo_unavailable
-from refiner.workspace import DEMO_NAME, MAX_PIXELS, check_pixel_size, load_tile, tile_from_upload, upload_shape
+from refiner.app import access, results, viz
+from refiner.app.demos import DEMO_NAME, REAL_DEMOS
+from refiner.app.demos import unavailable as real_demo_unavailable
+from refiner.app.uploads import MAX_PIXELS, check_pixel_size, load_tile, tile_from_upload, upload_shape
+from refiner.core.classes import ClassSpec
+from refiner.models.pretrained import coarse_into_workspace, pick_coarse, workspace_resolution
 from webapp import common
 
 ws = common.page("Refiner: tile and workspace")
@@ -99,8 +99,8 @@ with pc1:
         )
     which = "this workspace's coarse CNN" if own else f"the shipped {pick.model.name}" if pick.model else "it"
     if st.button(f"Compute with {which}", key="compute_coarse", disabled=not own and pick.model is None):
-        from refiner.inference import predict_coarse
-        from refiner.models.io import load_model
+        from refiner.models.inference import predict_coarse
+        from refiner.models.store import load_model
 
         with common.guard("computing coarse probabilities"), st.spinner("Running the coarse CNN..."):
             if own:
@@ -123,7 +123,7 @@ with pc2:
     )
     st.caption(common.upload_limits())
     if files and st.button("Use this model", key="use_coarse_model"):
-        from refiner.models.io import load_model
+        from refiner.models.store import load_model
 
         with common.guard("loading the coarse CNN"):
             names = {f.name: f for f in files}

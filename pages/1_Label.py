@@ -7,9 +7,10 @@ import html
 import numpy as np
 import streamlit as st
 
-from refiner import hints, mask_import, results, viz
-from refiner.classes import IGNORE
-from refiner.painting import ERASER, brush_colors, hex_color, resize_nearest
+from refiner.app import hints, results, viz
+from refiner.app.painting import ERASER, brush_colors, hex_color, resize_nearest
+from refiner.core.classes import IGNORE
+from refiner.data import masks as mask_import
 from webapp import canvas, common
 
 ws = common.page("Label")

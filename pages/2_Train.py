@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from refiner import jobs, model_history, results, viz
+from refiner.app import jobs, model_history, results, viz
+from refiner.core.device import pick_device
+from refiner.models.pretrained import pick_rnn
 from refiner.models.rnn import VARIANTS
-from refiner.pretrained import pick_rnn
-from refiner.train import FINETUNE_DEFAULTS, pick_device
+from refiner.train.rnn import FINETUNE_DEFAULTS
 from webapp import common, scores
 
 ws = common.page("Train")
@@ -30,7 +31,7 @@ running = status is not None and status.active
 has_model = ws.has_model("rnn")
 model_info = {}
 if has_model:
-    from refiner.models.io import load_model
+    from refiner.models.store import load_model
 
     with common.guard("reading the current RNN"):
         current_model = load_model(ws.model_dir("rnn"), expect="rnn")

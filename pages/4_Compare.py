@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from refiner import results, viz
+from refiner.app import results, viz
 from webapp import common, crf_panel, scores
 from webapp import presets as model_choice
 

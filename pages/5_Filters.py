@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from refiner import viz
-from refiner.models.io import load_model
+from refiner.app import viz
+from refiner.models.store import load_model
 from webapp import common
 
 ws = common.page("Filters")

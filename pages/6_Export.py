@@ -6,9 +6,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from refiner import access, jobs, results, scene_job
-from refiner.export import LINES, POLYGONS, road_class, write_geopackage
-from refiner.raster import write_class_map, write_probs
+from refiner.app import access, jobs, results
+from refiner.app.jobs import scene as scene_job
+from refiner.data.export import LINES, POLYGONS, road_class, write_geopackage
+from refiner.data.write import write_class_map, write_probs
 from webapp import common
 
 ws = common.page("Export")

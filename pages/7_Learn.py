@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from refiner import results, viz
+from refiner.app import results, viz
 from refiner.models import presets
-from refiner.models.io import load_model
+from refiner.models.store import load_model
 from webapp import common
 from webapp import presets as choice
 

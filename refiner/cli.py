@@ -86,7 +86,7 @@ def _json_file(path: Path, what: str) -> dict:
 
 
 def _classes(args: argparse.Namespace, fallback=None):
-    from refiner.classes import ClassSpec
+    from refiner.core.classes import ClassSpec
 
     if getattr(args, "classes", None):
         return ClassSpec.parse(args.classes, args.values)
@@ -99,17 +99,18 @@ def _classes(args: argparse.Namespace, fallback=None):
 
 
 def cmd_demo_data(args: argparse.Namespace) -> None:
-    from refiner.demo import write_demo_data
+    from refiner.recipes.demo import write_demo_data
 
     paths = write_demo_data(args.out, size=args.size, seed=args.seed)
     print(f"wrote the synthetic demo data to {args.out}; run: python -m refiner experiment {paths['config']}")
 
 
 def cmd_train_coarse(args: argparse.Namespace) -> None:
-    from refiner.models.io import save_model
-    from refiner.raster import read_image, read_labels, to_working
-    from refiner.synthetic import degrade_labels
-    from refiner.train import CoarseTrainConfig, train_coarse
+    from refiner.data.read import read_image, read_labels
+    from refiner.data.resample import to_working
+    from refiner.data.synthetic import degrade_labels
+    from refiner.models.store import save_model
+    from refiner.train.coarse import CoarseTrainConfig, train_coarse
 
     if len(args.images) != len(args.labels):
         raise ValueError(f"{len(args.images)} images but {len(args.labels)} label files: give one per image")
@@ -134,7 +135,7 @@ def cmd_train_coarse(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from refiner.scene import predict_scene
+    from refiner.scale.scene import predict_scene
 
     predict_scene(
         args.model,
@@ -150,10 +151,12 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
-    from refiner.models.io import load_model
+    from refiner.data.read import read_labels
+    from refiner.data.resample import to_working
     from refiner.models.rnn import RNNConfig
-    from refiner.raster import read_labels, to_working
-    from refiner.train import RNNTrainConfig, restrict_to_window, train_rnn
+    from refiner.models.store import load_model
+    from refiner.train.rnn import RNNTrainConfig, train_rnn
+    from refiner.train.sampling import restrict_to_window
 
     if args.init and args.resume:
         raise ValueError("give --init (start a fine-tune from a pretrained RNN) or --resume, not both")
@@ -183,7 +186,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         num_classes=len(classes), in_channels=work.image.shape[0], iterations=args.iterations, variant=args.variant
     )
     if args.scheduler:  # train on a cluster worker (one with a GPU resource when there is one)
-        from refiner.distributed import run_on_gpu_worker
+        from refiner.scale.cluster import run_on_gpu_worker
 
         kwargs = dict(arch=arch, init=init, resolution=args.resolution, device=args.device)
         log = lambda m: print(f"note: {m}", file=sys.stderr)  # noqa: E731
@@ -210,7 +213,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
 def _image_and_probs(args: argparse.Namespace, model_classes=None):
     """The image, its coarse probabilities (checked: sums, size, CRS and place) and the classes."""
-    from refiner.raster import PREDICT_ON_IT, check_same_place, read_image, read_probs
+    from refiner.data.read import PREDICT_ON_IT, check_same_place, read_image, read_probs
 
     tile = read_image(args.image, bands=args.bands)
     probs, prob_classes, georef = read_probs(args.probs, check_sums=True)
@@ -227,7 +230,7 @@ def _image_and_probs(args: argparse.Namespace, model_classes=None):
 def _checkpoint_dir(args: argparse.Namespace) -> Path:
     """``<out>.checkpoint``: where ``--checkpoint-every`` writes, beside ``--out``, never in it, so
     an interrupted run leaves no partial model under the final name."""
-    from refiner.models.io import CHECKPOINT_SUFFIX
+    from refiner.models.store import CHECKPOINT_SUFFIX
 
     return args.out.with_name(args.out.name + CHECKPOINT_SUFFIX)
 
@@ -240,8 +243,8 @@ def _save_finetuned(args: argparse.Namespace, result) -> None:
     """The finished model, written whole; a checkpoint beside it is then of no more use."""
     import shutil
 
-    from refiner.atomic import sweep
-    from refiner.models.io import save_model
+    from refiner.core.atomic import sweep
+    from refiner.models.store import save_model
 
     save_model(result.bundle, args.out)
     shutil.rmtree(_checkpoint_dir(args), ignore_errors=True)
@@ -253,7 +256,7 @@ def _save_finetuned(args: argparse.Namespace, result) -> None:
 def _finetune_from_pretrained(args: argparse.Namespace, work, probs, labels, classes, init) -> None:
     from dataclasses import replace
 
-    from refiner.train import FINETUNE_DEFAULTS, finetune_from_pretrained
+    from refiner.train.rnn import FINETUNE_DEFAULTS, finetune_from_pretrained
 
     if list(init.classes.names) != list(classes.names):
         raise ValueError(
@@ -272,7 +275,7 @@ def _finetune_from_pretrained(args: argparse.Namespace, work, probs, labels, cla
 
 
 def cmd_refine(args: argparse.Namespace) -> None:
-    from refiner.scene import refine_scene
+    from refiner.scale.scene import refine_scene
 
     refine_scene(
         args.model,
@@ -292,9 +295,10 @@ def cmd_refine(args: argparse.Namespace) -> None:
 
 
 def cmd_crf(args: argparse.Namespace) -> None:
-    from refiner.atomic import atomic_write_bytes
-    from refiner.crf import CRFParams, dense_crf, grid_search
-    from refiner.raster import read_labels, write_class_map, write_probs
+    from refiner.baselines.crf import CRFParams, dense_crf, grid_search
+    from refiner.core.atomic import atomic_write_bytes
+    from refiner.data.read import read_labels
+    from refiner.data.write import write_class_map, write_probs
 
     params = CRFParams.from_dict(_json_file(args.params, "CRF parameters")) if args.params else CRFParams()
     tile, probs, classes = _image_and_probs(args)
@@ -315,8 +319,8 @@ def cmd_crf(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from refiner.metrics import evaluate
-    from refiner.raster import check_same_place, raster_shape, read_labels
+    from refiner.core.metrics import evaluate
+    from refiner.data.read import check_same_place, raster_shape, read_labels
 
     classes = _classes(args)
     pred = read_labels(args.pred, classes)
@@ -340,14 +344,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_pretrain(args: argparse.Namespace) -> None:
     import torch
 
-    from refiner.pretrain import run_pretrain
+    from refiner.recipes.pretrain import run_pretrain
 
     torch.set_num_threads(args.threads)
     run_pretrain(args.config, steps=args.steps, out=args.out)
 
 
 def cmd_experiment(args: argparse.Namespace) -> None:
-    from refiner.experiment import ExperimentConfig, format_table, run_experiment, write_report
+    from refiner.recipes.experiment import ExperimentConfig, format_table, run_experiment, write_report
 
     cfg = ExperimentConfig.load(args.config)
     if args.coarse_model:  # reuse a coarse CNN from an earlier run of the same protocol
@@ -590,8 +594,8 @@ _INPUTS = ("image", "probs", "labels", "model", "params", "search_labels", "resu
 def check_outputs(args: argparse.Namespace) -> None:
     """Refuse, before any work, outputs that could not be written: a file where a folder goes (or
     the reverse), a folder of other files as a model, an unwritable place, an input as output."""
-    from refiner.atomic import check_writable
-    from refiner.models.io import check_model_output
+    from refiner.core.atomic import check_writable
+    from refiner.models.store import check_model_output
 
     inputs = {}
     for name in _INPUTS:
@@ -632,7 +636,7 @@ def _os_error(exc: OSError) -> str:
 
 def _note(message, category, filename, lineno, file=None, line=None) -> None:
     """Scaling notes as ``note:`` lines; other warnings as Python shows them."""
-    from refiner.raster import ScaleNote
+    from refiner.data.read import ScaleNote
 
     if issubclass(category, ScaleNote):
         print(f"note: {message}", file=sys.stderr)

@@ -23,12 +23,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, no install
 
-from refiner.inference import predict_coarse  # noqa: E402
-from refiner.models.io import save_model
+from refiner.data.synthetic import DEMO_CLASSES, make_scene
+from refiner.data.write import write_raster
+from refiner.models.inference import predict_coarse  # noqa: E402
 from refiner.models.rnn import RNNConfig
-from refiner.raster import write_raster
-from refiner.synthetic import DEMO_CLASSES, make_scene
-from refiner.train import CoarseTrainConfig, RNNTrainConfig, train_coarse, train_rnn
+from refiner.models.store import save_model
+from refiner.train.coarse import CoarseTrainConfig, train_coarse
+from refiner.train.rnn import RNNTrainConfig, train_rnn
 
 SIZE = 512
 COARSE_SEED, TILE_SEED, RNN_SEED = 1, 2, 3

@@ -19,9 +19,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, no install
 
-from refiner.classes import IGNORE  # noqa: E402
-from refiner.raster import read_image  # noqa: E402
-from refiner.real_demo import LABELS_DIR, REAL_DEMOS, data_dir  # noqa: E402
+from refiner.app.demos import LABELS_DIR, REAL_DEMOS, data_dir  # noqa: E402
+from refiner.core.classes import IGNORE  # noqa: E402
+from refiner.data.read import read_image  # noqa: E402
 
 BOXES, BOX_M, SEED = 4, 60.0, 0
 

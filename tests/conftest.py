@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from refiner.synthetic import coarse_like, make_scene
+from refiner.data.synthetic import coarse_like, make_scene
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from refiner import access
+from refiner.app import access
 
 
 @pytest.fixture(autouse=True)

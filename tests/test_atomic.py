@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from refiner.atomic import atomic_dir, atomic_file, atomic_write_bytes, check_writable, sweep
+from refiner.core.atomic import atomic_dir, atomic_file, atomic_write_bytes, check_writable, sweep
 
 
 def _full_disk(*a, **k):

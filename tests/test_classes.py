@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from refiner.classes import ClassSpec
+from refiner.core.classes import ClassSpec
 
 
 def test_encode_decode_round_trip():

@@ -295,8 +295,8 @@ def test_train_coarse_from_geojson_vector_labels(demo, tmp_path, capsys):
     }
     path = tmp_path / "osm.geojson"
     path.write_text(json.dumps(gj))
-    from refiner.classes import ClassSpec
-    from refiner.raster import read_image, read_labels
+    from refiner.core.classes import ClassSpec
+    from refiner.data.read import read_image, read_labels
 
     burnt = read_labels(path, ClassSpec(("background", "building", "road")), like=read_image(demo / "coarse.tif"))
     assert abs(int((burnt == 2).sum()) - 7 * 96) <= 96 and int((burnt == 1).sum()) == 15 * 15

@@ -84,11 +84,11 @@ def chain(tmp_path_factory):
     """Demo scenes, untrained models saved as the CLI saves them, and the coarse probabilities."""
     import torch
 
-    from refiner.classes import ClassSpec
-    from refiner.demo import write_demo_data
+    from refiner.core.classes import ClassSpec
     from refiner.models.coarse import CoarseCNN, CoarseConfig
-    from refiner.models.io import ModelBundle, save_model
     from refiner.models.rnn import RefinerRNN, RNNConfig
+    from refiner.models.store import ModelBundle, save_model
+    from refiner.recipes.demo import write_demo_data
 
     d = tmp_path_factory.mktemp("chain")
     write_demo_data(d, size=64, seed=0)
@@ -114,13 +114,16 @@ def _refine(chain, out, *extra, model=None, probs=None, image=None):
 
 def no_work(monkeypatch):
     """Make any training or inference fail the test: the check must come before the work."""
-    import refiner.scene
-    import refiner.train
+    import refiner.scale.scene
+    import refiner.train.coarse
+    import refiner.train.rnn
 
     def fail(*a, **k):
         pytest.fail("work started before the input was checked")
 
-    for mod, name in [(refiner.train, "train_rnn"), (refiner.train, "train_coarse"), (refiner.scene, "_run_scene")]:
+    targets = [(refiner.train.rnn, "train_rnn"), (refiner.train.coarse, "train_coarse"),
+               (refiner.scale.scene, "_run_scene")]  # fmt: skip
+    for mod, name in targets:
         monkeypatch.setattr(mod, name, fail)
 
 
@@ -259,7 +262,7 @@ def test_evaluate_refuses_a_prediction_of_another_place(chain, tmp_path, capsys)
 def test_float_imagery_in_0_255_is_scaled_with_a_note_not_clipped_to_white(chain, tmp_path, capsys):
     import rasterio
 
-    from refiner.raster import read_image
+    from refiner.data.read import read_image
 
     with rasterio.open(chain / "enhance.tif") as ds:
         profile, data = ds.profile, ds.read()
@@ -306,8 +309,9 @@ def test_more_numbers_out_of_range(chain, tmp_path, capsys, monkeypatch, argv, n
 
 
 def test_the_engine_refuses_zero_steps_too():
-    from refiner.classes import ClassSpec
-    from refiner.train import CoarseTrainConfig, RNNTrainConfig, train_coarse, train_rnn
+    from refiner.core.classes import ClassSpec
+    from refiner.train.coarse import CoarseTrainConfig, train_coarse
+    from refiner.train.rnn import RNNTrainConfig, train_rnn
 
     im, lab = np.zeros((3, 40, 40), np.float32), np.zeros((40, 40), np.uint8)
     with pytest.raises(ValueError, match="steps 0 is below 1"):
@@ -384,13 +388,13 @@ def _full_disk_after_some_bytes(path, *a, **k):
 
 def test_a_full_disk_while_saving_a_model_is_one_line_and_the_previous_model_stays(chain, tmp_path, capsys,
                                                                                     monkeypatch):  # fmt: skip
-    import refiner.models.io
+    import refiner.models.store
 
     out = tmp_path / "coarse"
     assert _train_coarse(chain, out, seed=1) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     capsys.readouterr()
-    monkeypatch.setattr(refiner.models.io, "save_file", lambda t, path, *a: _full_disk_after_some_bytes(path))
+    monkeypatch.setattr(refiner.models.store, "save_file", lambda t, path, *a: _full_disk_after_some_bytes(path))
     assert _train_coarse(chain, out, seed=2) == 2
     assert "no space left on the device" in one_error_line(capsys)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the previous model, whole
@@ -398,7 +402,7 @@ def test_a_full_disk_while_saving_a_model_is_one_line_and_the_previous_model_sta
 
 
 def test_a_full_disk_while_writing_a_raster_leaves_no_output_and_no_part_file(chain, tmp_path, capsys, monkeypatch):
-    from refiner.raster import RasterWriter
+    from refiner.data.write import RasterWriter
 
     monkeypatch.setattr(RasterWriter, "write", lambda self, *a, **k: _full_disk())
     assert _refine(chain, tmp_path / "map.tif", "--probs-out", str(tmp_path / "p.tif")) == 2
@@ -411,7 +415,7 @@ def _full_disk(*a, **k):
 
 
 def test_a_training_killed_with_sigkill_leaves_no_model_under_the_final_name(chain, tmp_path, capsys):
-    from refiner.models.io import load_model
+    from refiner.models.store import load_model
 
     out, ck = tmp_path / "rnn", tmp_path / "rnn.checkpoint"
     argv = [sys.executable, "-m", "refiner", "finetune", "--image", str(chain / "enhance.tif"), "--probs",

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
-from refiner.classes import IGNORE
-from refiner.raster import write_raster
-from refiner.synthetic import DEMO_CLASSES, make_scene
-from refiner.workspace import Workspace
+from refiner.app.workspace import Workspace
+from refiner.core.classes import IGNORE
+from refiner.data.synthetic import DEMO_CLASSES, make_scene
+from refiner.data.write import write_raster
 
 SIZE, STROKES = 32, 6
 

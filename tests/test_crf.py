@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from refiner.crf import CRFParams, dense_crf, grid_search, label_windows
-from refiner.metrics import evaluate
+from refiner.baselines.crf import CRFParams, dense_crf, grid_search, label_windows
+from refiner.core.metrics import evaluate
 from tests.conftest import coarse_probs_from_labels
 
 

@@ -5,7 +5,7 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from refiner.scene import predict_scene, refine_scene
+from refiner.scale.scene import predict_scene, refine_scene
 from tests.test_scene import at_pixel_size, files  # noqa: F401  (module fixture: random models and a small scene)
 
 distributed = pytest.importorskip("dask.distributed")
@@ -46,7 +46,8 @@ def test_cluster_scene_equals_single_process_byte_for_byte(files, client, tmp_pa
     predict_scene(d / "coarse", d / "image.tif", tmp_path / "c_dask.tif", window=64, scheduler=client)
     assert (tmp_path / "c_local.tif").read_bytes() == (tmp_path / "c_dask.tif").read_bytes()
     # the windows really ran on the workers: each loaded the models there
-    assert sum(client.run(lambda: __import__("refiner.scene").scene._cached_model.cache_info().currsize).values()) > 0
+    cached = client.run(lambda: __import__("refiner.scale.scene").scale.scene._cached_model.cache_info().currsize)
+    assert sum(cached.values()) > 0
 
 
 def test_cluster_runs_scenes_at_another_resolution_on_the_working_grid(files, client, tmp_path):  # noqa: F811
@@ -59,7 +60,7 @@ def test_cluster_runs_scenes_at_another_resolution_on_the_working_grid(files, cl
 
 
 def test_finetuning_falls_back_clearly_without_gpu_workers(client):
-    from refiner.distributed import has_gpu_workers, run_on_gpu_worker
+    from refiner.scale.cluster import has_gpu_workers, run_on_gpu_worker
 
     assert not has_gpu_workers(client)
     messages = []
@@ -82,8 +83,8 @@ def test_cli_scheduler_option_runs_on_the_cluster(files, client, tmp_path):  # n
 def test_app_training_jobs_run_on_a_cluster_worker(client, tmp_path):
     import os
 
-    from refiner import jobs
-    from refiner.distributed import DaskBackend
+    from refiner.app import jobs
+    from refiner.scale.cluster import DaskBackend
     from tests.app.conftest import make_workspace
 
     ws = make_workspace(tmp_path, with_rnn=False)
@@ -100,8 +101,8 @@ def test_app_training_jobs_run_on_a_cluster_worker(client, tmp_path):
 
 
 def test_scheduler_settings_and_clear_errors(tmp_path, monkeypatch):
-    from refiner import jobs
-    from refiner.distributed import check_address
+    from refiner.app import jobs
+    from refiner.scale.cluster import check_address
     from tests.app.conftest import make_workspace
 
     ws = make_workspace(tmp_path, with_rnn=False)
@@ -120,15 +121,15 @@ def test_scheduler_settings_and_clear_errors(tmp_path, monkeypatch):
 
 
 def test_app_scene_runs_send_windows_to_the_cluster(files, client, tmp_path):  # noqa: F811
-    from refiner import scene_job
-    from refiner.distributed import close_shared_clients
+    from refiner.app.jobs import scene as scene_job
+    from refiner.scale.cluster import close_shared_clients
     from tests.app.conftest import make_workspace
 
     ws = make_workspace(tmp_path)
     d = files["dir"]
 
     def calls():  # model lookups by window tasks on the workers
-        info = client.run(lambda: __import__("refiner.scene").scene._cached_model.cache_info())
+        info = client.run(lambda: __import__("refiner.scale.scene").scale.scene._cached_model.cache_info())
         return sum(i.hits + i.misses for i in info.values())
 
     before = calls()

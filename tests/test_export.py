@@ -2,8 +2,8 @@ import numpy as np
 import pyogrio
 import shapely
 
-from refiner.export import LINES, POLYGONS, centre_lines, class_polygons, thin, write_geopackage
-from refiner.synthetic import DEMO_CLASSES
+from refiner.data.export import LINES, POLYGONS, centre_lines, class_polygons, thin, write_geopackage
+from refiner.data.synthetic import DEMO_CLASSES
 
 
 def test_polygons_keep_class_area_and_crs(tmp_path, scene):

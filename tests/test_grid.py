@@ -6,9 +6,19 @@ import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 
-from refiner.grid import Grid, probs_back_on, read_image_on, read_probs_on, source_window, working_grid_of
-from refiner.raster import Georef, probs_to_grid, read_image, read_probs, to_working
-from refiner.tiling import iter_windows
+from refiner.core.windows import iter_windows
+from refiner.data.read import read_image, read_probs
+from refiner.data.resample import (
+    Grid,
+    probs_back_on,
+    probs_to_grid,
+    read_image_on,
+    read_probs_on,
+    source_window,
+    to_working,
+    working_grid_of,
+)
+from refiner.data.tile import Georef
 
 CRS_UTM = CRS.from_epsg(32619)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from refiner import hints
-from refiner.classes import IGNORE
+from refiner.app import hints
+from refiner.core.classes import IGNORE
 
 
 def test_entropy_is_zero_when_sure_and_one_when_uniform():

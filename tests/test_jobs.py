@@ -3,11 +3,12 @@ import time
 import numpy as np
 import pytest
 
-from refiner import jobs
-from refiner.classes import IGNORE
-from refiner.models.io import load_model
-from refiner.synthetic import DEMO_CLASSES
-from refiner.workspace import Workspace
+from refiner.app import jobs
+from refiner.app.workspace import Workspace
+from refiner.core.atomic import atomic_write_json, read_json
+from refiner.core.classes import IGNORE
+from refiner.data.synthetic import DEMO_CLASSES
+from refiner.models.store import load_model
 from tests.conftest import coarse_probs_from_labels
 
 
@@ -75,7 +76,7 @@ def test_a_run_whose_process_died_reads_as_interrupted(ws):
     st = jobs.JobStatus(id="gone", state="running", steps=10)
     jobs.write_status(ws, st)
     assert jobs.read_status(ws).state == "running"  # fresh heartbeat: maybe another worker
-    d = jobs.read_json(ws.path / "jobs" / jobs.STATUS)
+    d = read_json(ws.path / "jobs" / jobs.STATUS)
     d["updated"] -= 3600
-    jobs.atomic_write_json(ws.path / "jobs" / jobs.STATUS, d)
+    atomic_write_json(ws.path / "jobs" / jobs.STATUS, d)
     assert jobs.read_status(ws).state == "interrupted"

@@ -8,10 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from refiner.app.uploads import load_tile
+from refiner.app.workspace import Workspace
 from refiner.cli import main
-from refiner.raster import DEFAULT_MAX_READ_PIXELS, RasterError, read_image, read_probs, write_raster
-from refiner.synthetic import DEMO_CLASSES, make_scene
-from refiner.workspace import Workspace, load_tile
+from refiner.data.read import DEFAULT_MAX_READ_PIXELS, read_image, read_probs
+from refiner.data.synthetic import DEMO_CLASSES, make_scene
+from refiner.data.tile import RasterError
+from refiner.data.write import write_raster
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "demo"
 

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from refiner.classes import IGNORE, ClassSpec
-from refiner.mask_import import apply_mapping, merge, propose_mapping, read_mask
-from refiner.raster import write_raster
-from refiner.synthetic import DEMO_CLASSES
+from refiner.core.classes import IGNORE, ClassSpec
+from refiner.data.masks import apply_mapping, merge, propose_mapping, read_mask
+from refiner.data.synthetic import DEMO_CLASSES
+from refiner.data.write import write_raster
 
 BUILDINGS = ClassSpec(("background", "building"), (0, 1))
 

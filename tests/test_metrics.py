@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from refiner.metrics import confusion_matrix, evaluate
+from refiner.core.metrics import confusion_matrix, evaluate
 
 
 def test_scores_equal_hand_computed_values():

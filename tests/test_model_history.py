@@ -3,7 +3,7 @@ from dataclasses import asdict
 
 import pytest
 
-from refiner import jobs, model_history
+from refiner.app import jobs, model_history
 from tests.app.conftest import make_workspace
 
 

@@ -1,8 +1,8 @@
 import numpy as np
 
-from refiner.classes import IGNORE
-from refiner.painting import ERASER, UNPAINTED, View, apply_strokes, decode_strokes, make_view
-from refiner.synthetic import DEMO_CLASSES
+from refiner.app.painting import ERASER, UNPAINTED, View, apply_strokes, decode_strokes, make_view
+from refiner.core.classes import IGNORE
+from refiner.data.synthetic import DEMO_CLASSES
 
 
 def test_strokes_map_to_the_nearest_brush_and_ignore_faint_pixels():
@@ -47,7 +47,7 @@ def _path(points, color, width=4):
 
 
 def test_canvas_objects_are_painted_in_order_on_the_tile_grid():
-    from refiner.painting import apply_objects, brush_colors, hex_color
+    from refiner.app.painting import apply_objects, brush_colors, hex_color
 
     colors = [hex_color(c) for c in brush_colors(DEMO_CLASSES)]
     labels = np.full((100, 100), IGNORE, np.uint8)
@@ -65,8 +65,8 @@ def test_canvas_objects_are_painted_in_order_on_the_tile_grid():
 
 
 def test_dark_brushes_are_lifted_so_they_show_and_stay_distinct():
-    from refiner.classes import ClassSpec
-    from refiner.painting import brush_colors, luminance
+    from refiner.app.painting import brush_colors, luminance
+    from refiner.core.classes import ClassSpec
 
     colors = brush_colors(DEMO_CLASSES)
     assert colors[0] != tuple(DEMO_CLASSES.colors[0]) and luminance(colors[0]) >= 0.29  # #282828

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from refiner.classes import IGNORE
-from refiner.pretrain import area_resize, load_split, load_tile, scores_2x2, task_confusion
-from refiner.train import NOT_BUILDING, NOT_ROAD
+from refiner.core.classes import IGNORE
+from refiner.recipes.pretrain import area_resize, load_split, load_tile, scores_2x2, task_confusion
+from refiner.train.losses import NOT_BUILDING, NOT_ROAD
 
 SPLIT = """
 [sets.roads]
@@ -69,7 +69,7 @@ def test_area_resize_votes_labels_and_averages_the_image():
 
 
 def test_task_scores_count_building_predictions_as_not_road():
-    from refiner.pretrain import TileData
+    from refiner.recipes.pretrain import TileData
 
     labels = np.array([[NOT_ROAD, NOT_ROAD, 2, 2]], np.uint8)
     d = TileData("s", "t", np.zeros((3, 1, 4), np.uint8), labels, ("road",))
@@ -82,7 +82,7 @@ def test_task_scores_count_building_predictions_as_not_road():
 
 
 def _road_tile(labels):
-    from refiner.pretrain import TileData
+    from refiner.recipes.pretrain import TileData
 
     return TileData("s", "t", np.zeros((3, *labels.shape), np.uint8), labels, ("road",))
 
@@ -90,7 +90,7 @@ def _road_tile(labels):
 def test_best_offsets_find_the_road_prior_that_argmax_misses():
     """A map whose road scores sit just under background everywhere on the road: no road at
     offset 0, the whole road (and nothing else) once road is shifted up."""
-    from refiner.pretrain import best_offsets
+    from refiner.recipes.pretrain import best_offsets
 
     labels = np.full((10, 10), NOT_ROAD, np.uint8)
     labels[4:6] = 2
@@ -110,9 +110,9 @@ def test_coarse_class_bias_is_added_to_the_scores_and_survives_save_and_load(tmp
 
     import torch
 
-    from refiner.classes import ClassSpec
+    from refiner.core.classes import ClassSpec
     from refiner.models.coarse import CoarseCNN, CoarseConfig
-    from refiner.models.io import ModelBundle, load_model, save_model
+    from refiner.models.store import ModelBundle, load_model, save_model
 
     torch.manual_seed(0)
     net = CoarseCNN(CoarseConfig(3)).eval()
@@ -135,11 +135,11 @@ def test_calibrating_an_rnn_moves_each_class_bias_by_its_offset_over_t():
 
     import torch
 
-    from refiner.classes import ClassSpec
-    from refiner.inference import refine
-    from refiner.models.io import ModelBundle
+    from refiner.core.classes import ClassSpec
+    from refiner.models.inference import refine
     from refiner.models.rnn import RefinerRNN, RNNConfig
-    from refiner.pretrain import calibrate_rnn_bias, score_probs
+    from refiner.models.store import ModelBundle
+    from refiner.recipes.pretrain import calibrate_rnn_bias, score_probs
 
     torch.manual_seed(0)
     labels = np.full((24, 24), NOT_ROAD, np.uint8)

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from refiner.classes import ClassSpec
+from refiner.core.classes import ClassSpec
+from refiner.data.tile import Tile
 from refiner.models.coarse import CoarseCNN, CoarseConfig
-from refiner.models.io import ModelBundle, save_model
+from refiner.models.pretrained import catalogue, coarse_probs_for, pick_coarse, pick_rnn
 from refiner.models.rnn import RefinerRNN, RNNConfig
-from refiner.pretrained import catalogue, coarse_probs_for, pick_coarse, pick_rnn
-from refiner.raster import Tile
+from refiner.models.store import ModelBundle, save_model
 
 THREE = ClassSpec(("background", "building", "road"))
 ROADS = ClassSpec(("background", "road"), (0, 255))

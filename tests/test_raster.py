@@ -7,24 +7,12 @@ from affine import Affine
 from PIL import Image
 from rasterio.crs import CRS
 
-from refiner.classes import ClassSpec
-from refiner.raster import (
-    Georef,
-    RasterError,
-    RasterWriter,
-    Tile,
-    labels_to_grid,
-    rasterize_vectors,
-    read_image,
-    read_labels,
-    read_probs,
-    streaming_env,
-    to_working,
-    to_working_resolution,
-    write_class_map,
-    write_probs,
-    write_raster,
-)
+from refiner.core.classes import ClassSpec
+from refiner.data.read import read_image, read_labels, read_probs, streaming_env
+from refiner.data.resample import labels_to_grid, to_working, to_working_resolution
+from refiner.data.tile import Georef, RasterError, Tile
+from refiner.data.vector import rasterize_vectors
+from refiner.data.write import RasterWriter, write_class_map, write_probs, write_raster
 
 UTM = Georef(CRS.from_epsg(32614), Affine(0.5, 0, 617000, 0, -0.5, 3345000))
 CLASSES = ClassSpec(("background", "road"), (0, 255))
@@ -214,7 +202,8 @@ def test_window_by_window_writing_keeps_tiles_in_the_cache_until_they_are_whole(
 
 def test_a_picture_with_a_stated_pixel_size_resamples_to_the_working_grid_at_any_size():
     """A local grid cornered at the projection origin came back all zeros from GDAL for 650^2 at 0.3 m."""
-    from refiner.raster import Tile, to_working_resolution
+    from refiner.data.resample import to_working_resolution
+    from refiner.data.tile import Tile
 
     for n in (256, 650):
         image = np.random.default_rng(n).random((3, n, n), dtype=np.float32)
@@ -224,8 +213,9 @@ def test_a_picture_with_a_stated_pixel_size_resamples_to_the_working_grid_at_any
 
 
 def test_quantised_probabilities_are_rounded_and_read_back(tmp_path):
-    from refiner.raster import quantise_probs, read_probs, write_probs
-    from refiner.synthetic import DEMO_CLASSES
+    from refiner.data.read import read_probs
+    from refiner.data.synthetic import DEMO_CLASSES
+    from refiner.data.write import quantise_probs, write_probs
 
     p = np.random.default_rng(0).dirichlet((1, 1, 1), (64, 64)).transpose(2, 0, 1).astype(np.float32)
     q = quantise_probs(p)

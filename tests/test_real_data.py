@@ -5,12 +5,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from refiner.classes import ClassSpec
-from refiner.inference import refine
-from refiner.metrics import evaluate
-from refiner.raster import read_image, read_labels
-from refiner.synthetic import degrade_labels
-from refiner.train import RNNTrainConfig, train_rnn
+from refiner.core.classes import ClassSpec
+from refiner.core.metrics import evaluate
+from refiner.data.read import read_image, read_labels
+from refiner.data.synthetic import degrade_labels
+from refiner.models.inference import refine
+from refiner.train.rnn import RNNTrainConfig, train_rnn
 from tests.conftest import SHARED_DATA, coarse_probs_from_labels
 
 ROADS = SHARED_DATA / "massachusetts_roads"
@@ -48,10 +48,10 @@ def test_a_real_03m_tile_streams_through_the_1m_working_grid_like_the_whole_tile
     import rasterio
     import torch
 
-    from refiner.models.io import ModelBundle, save_model
+    from refiner.data.write import write_probs
     from refiner.models.rnn import RefinerRNN, RNNConfig
-    from refiner.raster import write_probs
-    from refiner.scene import refine_scene
+    from refiner.models.store import ModelBundle, save_model
+    from refiner.scale.scene import refine_scene
 
     image = INRIA / "images" / "austin_x617100_y3344400.tif"
     classes = ClassSpec(("background", "building"), (0, 255))
@@ -80,14 +80,14 @@ BUILDING_FLOOR, ROAD_FLOOR = 0.25, 0.15
 
 
 def _pretrained_tile(set_name: str, tile: str):
-    from refiner.pretrain import load_split, load_tile
+    from refiner.recipes.pretrain import load_split, load_tile
 
     sets = load_split(PRETRAINED.parents[1] / "experiments" / "pretrained" / "split.toml")
     return load_tile(sets[set_name], tile), sets
 
 
 def _task_iou(probs, data, task):
-    from refiner.pretrain import scores_2x2, task_confusion
+    from refiner.recipes.pretrain import scores_2x2, task_confusion
 
     return scores_2x2(task_confusion(probs, data, task))
 
@@ -96,9 +96,9 @@ def _task_iou(probs, data, task):
 def test_the_shipped_coarse_model_maps_held_out_real_tiles_sensibly():
     """On test tiles it never trained on or was selected on, the shipped 3-class coarse CNN finds
     roads and buildings (the synthetic demo model scores ~0 here: it paints Austin as road)."""
-    from refiner.inference import predict_coarse
-    from refiner.models.io import load_model
-    from refiner.pretrain import crop_center
+    from refiner.models.inference import predict_coarse
+    from refiner.models.store import load_model
+    from refiner.recipes.pretrain import crop_center
 
     coarse = load_model(PRETRAINED / "coarse_1m", expect="coarse")
     building, sets = _pretrained_tile("inria_austin", "austin_x617100_y3344400")
@@ -115,9 +115,9 @@ def test_the_pretrained_rnn_keeps_held_out_tiles_as_good_as_the_coarse_map():
     """On held-out test tiles the shipped RNN, calibrated on the validation tiles, is within a
     point of mean IoU of the coarse map it refines (measured: +0.007 roads, -0.004 buildings; the
     old 60-step placeholder dropped road IoU to 0.003)."""
-    from refiner.inference import predict_coarse
-    from refiner.models.io import load_model
-    from refiner.pretrain import crop_center
+    from refiner.models.inference import predict_coarse
+    from refiner.models.store import load_model
+    from refiner.recipes.pretrain import crop_center
 
     coarse = load_model(PRETRAINED / "coarse_1m", expect="coarse")
     rnn = load_model(PRETRAINED / "rnn_1m", expect="rnn")
@@ -136,10 +136,10 @@ def test_a_short_finetune_from_the_pretrained_rnn_does_not_make_the_tile_worse()
     than the pretrained RNN's map (the old from-scratch patch RNN made unseen pixels worse)."""
     from dataclasses import replace
 
-    from refiner.inference import predict_coarse
-    from refiner.models.io import load_model
-    from refiner.pretrain import PARTIAL, TileData
-    from refiner.train import FINETUNE_DEFAULTS, finetune_from_pretrained
+    from refiner.models.inference import predict_coarse
+    from refiner.models.store import load_model
+    from refiner.recipes.pretrain import PARTIAL, TileData
+    from refiner.train.rnn import FINETUNE_DEFAULTS, finetune_from_pretrained
 
     coarse = load_model(PRETRAINED / "coarse_1m", expect="coarse")
     rnn = load_model(PRETRAINED / "rnn_1m", expect="rnn")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from refiner.classes import IGNORE
-from refiner.real_demo import REAL_DEMOS, create_real_demo, data_dir, unavailable
+from refiner.app.demos import REAL_DEMOS, create_real_demo, data_dir, unavailable
+from refiner.core.classes import IGNORE
 from tests.test_pretrained import write_fixture_model
 
 
@@ -38,7 +38,7 @@ def test_a_real_demo_is_a_window_with_painted_boxes_and_a_coarse_map(name, tmp_p
 
 
 def test_a_real_demo_is_a_read_only_template_each_session_copies(tmp_path, monkeypatch):
-    from refiner import sessions
+    from refiner.app import sessions
 
     if unavailable("real-roads"):
         pytest.skip(unavailable("real-roads"))

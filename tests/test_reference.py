@@ -7,9 +7,9 @@ import pytest
 import rasterio
 from affine import Affine
 
-from refiner import reference
-from refiner.classes import IGNORE, ClassSpec
-from refiner.synthetic import DEMO_CLASSES
+from refiner.app import reference
+from refiner.core.classes import IGNORE, ClassSpec
+from refiner.data.synthetic import DEMO_CLASSES
 from tests.app.conftest import make_workspace
 
 

@@ -7,11 +7,11 @@ import torch
 from affine import Affine
 from rasterio.crs import CRS
 
-from refiner.classes import ClassSpec
+from refiner.core.classes import ClassSpec
 from refiner.models.coarse import CoarseCNN, CoarseConfig
-from refiner.models.io import ModelBundle, save_model
 from refiner.models.rnn import RefinerRNN, RNNConfig
-from refiner.scene import predict_scene, refine_scene
+from refiner.models.store import ModelBundle, save_model
+from refiner.scale.scene import predict_scene, refine_scene
 from tests.conftest import coarse_probs_from_labels
 
 CLASSES = ClassSpec.parse("background,building,road", "0,1,2")
@@ -127,12 +127,12 @@ def at_pixel_size(files, folder, pixel: float):
 @pytest.mark.parametrize("pixel", [0.5, 2.0])  # a coarser working grid (area average) and a finer one
 def test_scenes_at_another_resolution_stream_and_equal_whole_tile_inference(files, tmp_path, monkeypatch, pixel):
     """Windows on the working grid, then windows back on the scene grid: the whole-tile path's result."""
-    import refiner.scene
-    from refiner.inference import predict_coarse, refine
-    from refiner.models.io import load_model
-    from refiner.raster import read_image
+    import refiner.scale.scene
+    from refiner.data.read import read_image
+    from refiner.models.inference import predict_coarse, refine
+    from refiner.models.store import load_model
 
-    monkeypatch.setattr(refiner.scene, "REGRID_WINDOW", 50)  # several windows on the way back too
+    monkeypatch.setattr(refiner.scale.scene, "REGRID_WINDOW", 50)  # several windows on the way back too
     image, probs = at_pixel_size(files, tmp_path, pixel)
     tile = read_image(image)
     rnn, coarse = load_model(files["dir"] / "rnn"), load_model(files["dir"] / "coarse")
@@ -161,7 +161,7 @@ def test_scenes_at_another_resolution_stream_and_equal_whole_tile_inference(file
 
 def test_a_failing_resampled_scene_run_leaves_no_outputs_and_no_working_files(files, tmp_path, monkeypatch):
     """Bad input is refused before any work; a failure in the second pass removes every output."""
-    import refiner.scene
+    import refiner.scale.scene
 
     image, probs = at_pixel_size(files, tmp_path, 0.5)
     out = tmp_path / "out"
@@ -176,7 +176,7 @@ def test_a_failing_resampled_scene_run_leaves_no_outputs_and_no_working_files(fi
         calls.append(1)
         raise OSError("disk full")
 
-    monkeypatch.setattr(refiner.scene, "probs_back_on", broken)
+    monkeypatch.setattr(refiner.scale.scene, "probs_back_on", broken)
     with pytest.raises(OSError, match="disk full"):
         refine_scene(files["dir"] / "rnn", image, probs, out / "map.tif", probs_out=out / "p.tif", window=32)
     assert calls and not list(out.iterdir())  # no map, no probabilities, no .part, no working folder

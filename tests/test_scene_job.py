@@ -4,9 +4,9 @@ import pyogrio
 import pytest
 import rasterio
 
-from refiner import scene_job
-from refiner.raster import Georef
-from refiner.scene import refine_scene
+from refiner.app.jobs import scene as scene_job
+from refiner.data.tile import Georef
+from refiner.scale.scene import refine_scene
 from tests.app.conftest import make_workspace
 from tests.test_scene import files  # noqa: F401  (module fixture: a small georeferenced scene)
 
@@ -26,7 +26,7 @@ def test_scene_job_refines_with_given_coarse_probabilities(ws, files, tmp_path):
     assert done.stage == "vectors" and done.done == done.total > 0 and done.seconds > 0
     out = scene_job.scene_outputs(ws)
     assert set(done.outputs) == {"refined_map", "refined_probs", "polygons"}  # no coarse stage: it was given
-    from refiner.export import POLYGONS, class_polygons
+    from refiner.data.export import POLYGONS, class_polygons
 
     n = pyogrio.read_info(out["polygons"], layer=POLYGONS)["features"]
     with rasterio.open(out["refined_map"]) as ds:  # the scene's polygons are its class map's

@@ -8,10 +8,10 @@ import time
 import numpy as np
 import pytest
 
-from refiner import jobs, sessions
-from refiner.classes import IGNORE
-from refiner.synthetic import DEMO_CLASSES, make_scene
-from refiner.workspace import Workspace, list_workspaces
+from refiner.app import jobs, sessions
+from refiner.app.workspace import Workspace, list_workspaces
+from refiner.core.classes import IGNORE
+from refiner.data.synthetic import DEMO_CLASSES, make_scene
 
 TILE = make_scene(32, seed=2).tile()
 
@@ -199,7 +199,7 @@ def test_one_job_at_a_time_per_session(root, monkeypatch):
     status = jobs.JobStatus(id="x", state="running", started=time.time())
     jobs.write_status(a, status)  # a run going in 'a' (its heartbeat is fresh)
     assert jobs.active_job(a) == "training run" and s.busy() == "training run in 'a'"
-    from refiner import scene_job
+    from refiner.app.jobs import scene as scene_job
 
     with pytest.raises(RuntimeError, match="training run is already going in your workspace 'a': one job at a time"):
         scene_job.start_scene_job(b, "https://example.org/x.tif", others=s.workspaces())

@@ -1,8 +1,8 @@
 import numpy as np
 
-from refiner.classes import IGNORE
-from refiner.metrics import evaluate
-from refiner.synthetic import BUILDING, ROAD, degrade_labels, make_scene
+from refiner.core.classes import IGNORE
+from refiner.core.metrics import evaluate
+from refiner.data.synthetic import BUILDING, ROAD, degrade_labels, make_scene
 
 
 def test_scene_has_all_classes_and_is_deterministic():

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from refiner.tiling import even_size, even_windows, iter_windows, run_windowed
+from refiner.core.windows import even_size, even_windows, iter_windows, run_windowed
 
 
 @pytest.mark.parametrize("fixed", [False, True])

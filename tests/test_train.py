@@ -2,20 +2,13 @@ import numpy as np
 import pytest
 import torch
 
-from refiner.classes import IGNORE
-from refiner.inference import refine
-from refiner.metrics import evaluate
-from refiner.models.io import load_model
-from refiner.train import (
-    NoLabelsError,
-    PatchSampler,
-    RNNTrainConfig,
-    check_labels,
-    restrict_to_window,
-    segmentation_loss,
-    split_holdout,
-    train_rnn,
-)
+from refiner.core.classes import IGNORE
+from refiner.core.metrics import evaluate
+from refiner.models.inference import refine
+from refiner.models.store import load_model
+from refiner.train.losses import segmentation_loss
+from refiner.train.rnn import RNNTrainConfig, train_rnn
+from refiner.train.sampling import NoLabelsError, PatchSampler, check_labels, restrict_to_window, split_holdout
 from tests.conftest import coarse_probs_from_labels
 
 
@@ -151,19 +144,11 @@ def test_restrict_to_window_keeps_only_the_window():
 # --------------------------------------------------------------------------- partial labels, sampling, schedule
 
 from refiner.models.coarse import CoarseCNN, CoarseConfig  # noqa: E402
-from refiner.train import (  # noqa: E402
-    NOT_BUILDING,
-    NOT_ROAD,
-    CoarseTrainConfig,
-    CoarseTrainResult,
-    allowed_table,
-    finetune_from_pretrained,
-    jitter,
-    lr_at,
-    partial_label_loss,
-    partial_mean_iou,
-    train_coarse,
-)
+from refiner.train.coarse import CoarseTrainConfig, CoarseTrainResult, train_coarse  # noqa: E402
+from refiner.train.loop import lr_at  # noqa: E402
+from refiner.train.losses import NOT_BUILDING, NOT_ROAD, allowed_table, partial_label_loss, partial_mean_iou  # noqa: E402
+from refiner.train.rnn import finetune_from_pretrained  # noqa: E402
+from refiner.train.sampling import jitter  # noqa: E402
 
 PARTIAL = {NOT_ROAD: (0, 1), NOT_BUILDING: (0, 2)}  # classes background, building, road
 
@@ -267,7 +252,7 @@ def _toy_partial_tiles():
 
 
 def test_train_coarse_returns_the_checkpoint_that_validated_best():
-    from refiner.classes import ClassSpec
+    from refiner.core.classes import ClassSpec
 
     images, labels = _toy_partial_tiles()
     classes = ClassSpec(("background", "building", "road"))
@@ -288,7 +273,7 @@ def test_train_coarse_returns_the_checkpoint_that_validated_best():
 
 
 def test_train_coarse_rejects_unknown_label_codes():
-    from refiner.classes import ClassSpec
+    from refiner.core.classes import ClassSpec
 
     images, labels = _toy_partial_tiles()
     labels[0][0, 0] = 77
@@ -300,10 +285,10 @@ def test_train_coarse_rejects_unknown_label_codes():
 def test_finetune_from_pretrained_leaves_the_start_model_and_the_anchor_holds_weights():
     from dataclasses import replace
 
-    from refiner.classes import ClassSpec
-    from refiner.models.io import ModelBundle
+    from refiner.core.classes import ClassSpec
     from refiner.models.rnn import RefinerRNN, RNNConfig
-    from refiner.train import FINETUNE_DEFAULTS
+    from refiner.models.store import ModelBundle
+    from refiner.train.rnn import FINETUNE_DEFAULTS
 
     torch.manual_seed(0)
     classes = ClassSpec(("background", "road"))
@@ -333,12 +318,12 @@ def test_distillation_keeps_a_finetune_close_to_its_start_where_the_patch_says_n
     pull towards the start's probabilities (``distill``) keeps the rest of the tile near them."""
     from dataclasses import replace
 
-    from refiner.classes import ClassSpec
-    from refiner.inference import refine
-    from refiner.models.io import ModelBundle
+    from refiner.core.classes import ClassSpec
+    from refiner.data.tile import Tile
+    from refiner.models.inference import refine
     from refiner.models.rnn import RefinerRNN, RNNConfig
-    from refiner.raster import Tile
-    from refiner.train import FINETUNE_DEFAULTS
+    from refiner.models.store import ModelBundle
+    from refiner.train.rnn import FINETUNE_DEFAULTS
 
     torch.manual_seed(0)
     classes = ClassSpec(("background", "road"))

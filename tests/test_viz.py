@@ -1,11 +1,11 @@
 import numpy as np
 import torch
 
-from refiner import viz
-from refiner.classes import IGNORE
-from refiner.models.io import ModelBundle
+from refiner.app import viz
+from refiner.core.classes import IGNORE
+from refiner.data.synthetic import DEMO_CLASSES
 from refiner.models.rnn import RefinerRNN, RNNConfig
-from refiner.synthetic import DEMO_CLASSES
+from refiner.models.store import ModelBundle
 
 
 def test_colorize_uses_class_colours_and_leaves_unlabelled_transparent():
@@ -54,7 +54,7 @@ def test_filter_response_is_the_convolution_with_that_kernel():
 def test_figures_have_the_expected_traces():
     fig = viz.loss_figure([(1, 1.0), (2, 0.5)], [{"step": 2, "mean_iou": 0.4}])
     assert [t.name for t in fig.data] == ["training loss", "held-out mean IoU"]
-    from refiner.metrics import Scores
+    from refiner.core.metrics import Scores
 
     s = [Scores(0.5, (0.1, 0.2, 0.3), 0.2, 10), Scores(0.6, (0.2, 0.3, 0.4), 0.3, 10)]
     fig = viz.iteration_figure(s, DEMO_CLASSES, t=1)
@@ -75,7 +75,7 @@ def test_a_continued_run_goes_on_from_its_start_beside_the_earlier_curve():
 
 
 def test_label_outlines_contrast_with_the_picture():
-    from refiner.viz import outline
+    from refiner.app.viz import outline
 
     rgb = np.zeros((6, 6, 3), np.uint8)
     rgb[:, 3:] = 230  # dark left half, light right half

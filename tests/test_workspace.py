@@ -5,10 +5,11 @@ import pytest
 import rasterio
 from PIL import Image
 
-from refiner.classes import IGNORE, ClassSpec
-from refiner.raster import write_probs, write_raster
-from refiner.synthetic import DEMO_CLASSES
-from refiner.workspace import Workspace, list_workspaces, load_tile, tile_from_upload
+from refiner.app.uploads import load_tile, tile_from_upload
+from refiner.app.workspace import Workspace, list_workspaces
+from refiner.core.classes import IGNORE, ClassSpec
+from refiner.data.synthetic import DEMO_CLASSES
+from refiner.data.write import write_probs, write_raster
 
 
 @pytest.fixture()
@@ -104,7 +105,7 @@ def test_probability_upload_must_match_tile_and_classes(tmp_path, ws, scene):
 
 
 def test_large_rasters_need_a_window(tmp_path, monkeypatch):
-    import refiner.workspace as wsmod
+    import refiner.app.uploads as wsmod
 
     p = tmp_path / "big.tif"
     write_raster(p, np.zeros((3, 64, 64), np.uint8), None)
@@ -162,7 +163,7 @@ def test_an_import_that_labels_nothing_keeps_the_painted_labels(ws):
 def test_probabilities_from_another_place_are_refused(tmp_path, ws):
     from affine import Affine
 
-    from refiner.raster import Georef
+    from refiner.data.tile import Georef
 
     h, w = ws.shape
     moved = Georef(ws.georef.crs, ws.georef.transform * Affine.translation(5, 0))

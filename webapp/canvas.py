@@ -22,8 +22,8 @@ from typing import Any
 import streamlit as st
 from PIL import Image
 
-from refiner.painting import View, apply_objects, canvas_objects
-from refiner.workspace import Workspace
+from refiner.app.painting import View, apply_objects, canvas_objects
+from refiner.app.workspace import Workspace
 
 #: Session-state entry: canvas key -> {"ws": folder, "view": [row, col, h, w, scale], "applied": n}
 #: (the folder, not the name: two workspaces of one session, its own and a shared one, may share a name).

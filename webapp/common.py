@@ -23,10 +23,13 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
-from refiner import sessions, viz
-from refiner.painting import View, make_view
-from refiner.raster import max_read_pixels
-from refiner.workspace import DEMO_NAME, MAX_PIXELS, Workspace, atomic_write_json, default_root, read_json
+from refiner.app import sessions, viz
+from refiner.app.demos import DEMO_NAME
+from refiner.app.painting import View, make_view
+from refiner.app.uploads import MAX_PIXELS
+from refiner.app.workspace import Workspace, default_root
+from refiner.core.atomic import atomic_write_json, read_json
+from refiner.data.read import max_read_pixels
 
 LOG = logging.getLogger("refiner.app")
 SESSION, WS, SHARE = "session", "ws", "share"
@@ -219,7 +222,7 @@ def upload_limits(tile: bool = False) -> str:
 
 def compute_setting(ws: Workspace) -> None:
     """Where training jobs run, read-only: the operator sets it (``$REFINER_SCHEDULER``), never a browser."""
-    from refiner.jobs import scheduler_setting
+    from refiner.app.jobs.base import scheduler_setting
 
     current = scheduler_setting(ws)
     with st.expander("Compute", expanded=False):

@@ -7,9 +7,9 @@ import math
 
 import streamlit as st
 
-from refiner import crf_job
-from refiner.crf import DEFAULT_GRID, CRFParams
-from refiner.workspace import Workspace
+from refiner.app.jobs import crf as crf_job
+from refiner.app.workspace import Workspace
+from refiner.baselines.crf import DEFAULT_GRID, CRFParams
 from webapp import common
 
 TRIALS = math.prod(len(v) for v in DEFAULT_GRID.values())

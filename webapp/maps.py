@@ -25,7 +25,7 @@ from rasterio.enums import Resampling
 from rasterio.transform import array_bounds
 from rasterio.warp import calculate_default_transform, reproject, transform_bounds
 
-from refiner.raster import Georef
+from refiner.data.tile import Georef
 
 VENDOR = Path(__file__).parent / "vendor" / "leaflet"
 _EXTERNAL = re.compile(r'<script[^>]*src="https?://[^"]*"[^>]*></script>|<link[^>]*href="https?://[^"]*"[^>]*/?>')

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from refiner import reference, results
-from refiner.workspace import Workspace
+from refiner.app import reference, results
+from refiner.app.workspace import Workspace
 from webapp import common
 
 UNLABELLED = "unlabelled (not scored)"

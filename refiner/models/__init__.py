@@ -1,8 +1,8 @@
 """Networks: the coarse CNN, the refinement RNN, and their on-disk format."""
 
 from refiner.models.coarse import CoarseCNN, CoarseConfig
-from refiner.models.io import ModelBundle, load_model, save_model
 from refiner.models.rnn import VARIANTS, RefinerRNN, RNNConfig
+from refiner.models.store import ModelBundle, load_model, save_model
 
 __all__ = [
     "VARIANTS",

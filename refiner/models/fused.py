@@ -33,9 +33,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from refiner.core.windows import even_size
 from refiner.models import native
 from refiner.models.rnn import RefinerRNN, RNNConfig, probs_to_scores
-from refiner.tiling import even_size
 
 #: Bytes of one set of hidden features a CPU block may hold (``K * hidden`` fp32 maps over the
 #: block and its halo) with the torch ops, which keep two such sets (pre-activations and image

@@ -32,9 +32,9 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from refiner.classes import ClassSpec
-from refiner.models.io import ModelBundle
+from refiner.core.classes import ClassSpec
 from refiner.models.rnn import RefinerRNN, RNNConfig
+from refiner.models.store import ModelBundle
 
 PRESETS: tuple[str, ...] = ("heat", "perona_malik", "image_guided")
 TITLES = {"heat": "Heat equation", "perona_malik": "Perona–Malik", "image_guided": "Image-guided diffusion"}

@@ -13,12 +13,12 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from refiner.classes import IGNORE
-from refiner.models.io import ModelBundle, save_model
+from refiner.app.sessions import Session, browser_key
+from refiner.app.workspace import Workspace
+from refiner.core.classes import IGNORE
+from refiner.data.synthetic import DEMO_CLASSES, make_scene
 from refiner.models.rnn import RefinerRNN, RNNConfig
-from refiner.sessions import Session, browser_key
-from refiner.synthetic import DEMO_CLASSES, make_scene
-from refiner.workspace import Workspace
+from refiner.models.store import ModelBundle, save_model
 from tests.conftest import coarse_probs_from_labels
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,8 +9,8 @@ import numpy as np
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-import refiner.workspace as wsmod
-from refiner.workspace import Workspace
+import refiner.app.uploads as wsmod
+from refiner.app.workspace import Workspace
 from tests.app.conftest import REPO
 
 

@@ -9,9 +9,9 @@ import numpy as np
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from refiner.classes import IGNORE
-from refiner.painting import brush_colors, hex_color
-from refiner.synthetic import DEMO_CLASSES
+from refiner.app.painting import brush_colors, hex_color
+from refiner.core.classes import IGNORE
+from refiner.data.synthetic import DEMO_CLASSES
 from tests.app.conftest import REPO
 
 PAGE = str(REPO / "pages" / "1_Label.py")
@@ -119,7 +119,7 @@ def test_the_view_and_layer_choice_survive_a_new_session(app_ws):
 def test_long_work_shows_a_busy_box_whose_stop_turns_it_off(app_ws, monkeypatch):
     import time
 
-    from refiner import results
+    from refiner.app import results
 
     real = results.label_need
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from refiner import results
+from refiner.app import results
 from refiner.models import presets
 from tests.app.conftest import run
 
@@ -78,8 +78,8 @@ def test_the_hint_map_follows_each_training_run(app_ws):
 
     import torch
 
-    from refiner.models.io import ModelBundle, save_model
     from refiner.models.rnn import RefinerRNN, RNNConfig
+    from refiner.models.store import ModelBundle, save_model
 
     before, what = results.label_need(app_ws)
     assert "RNN" in what

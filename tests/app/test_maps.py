@@ -2,7 +2,7 @@ import re
 
 import numpy as np
 
-from refiner.synthetic import make_scene
+from refiner.data.synthetic import make_scene
 from webapp.maps import build_map, offline_html, to_wgs84, wgs84_bounds
 
 

@@ -8,10 +8,10 @@ import pyogrio
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from refiner import jobs, results
-from refiner.classes import IGNORE
-from refiner.metrics import evaluate
-from refiner.workspace import Workspace
+from refiner.app import jobs, results
+from refiner.app.workspace import Workspace
+from refiner.core.classes import IGNORE
+from refiner.core.metrics import evaluate
 from tests.app.conftest import REPO, TIMEOUT, TOKEN, make_workspace, run, session
 
 
@@ -128,8 +128,8 @@ def test_pages_that_need_an_rnn_say_so(tmp_path, monkeypatch):
 
 
 def test_compare_page_table_and_grid_search(app_ws):
-    from refiner import crf_job
-    from refiner.crf import CRFParams
+    from refiner.app.jobs import crf as crf_job
+    from refiner.baselines.crf import CRFParams
 
     at = run("pages/4_Compare.py")
     table = at.table[0].value
@@ -157,7 +157,8 @@ def test_compare_page_table_and_grid_search(app_ws):
 
 
 def test_grid_search_can_be_cancelled_and_keeps_its_best_so_far(app_ws, monkeypatch):
-    from refiner import crf, crf_job
+    from refiner.app.jobs import crf as crf_job
+    from refiner.baselines import crf
 
     real = crf.dense_crf
     calls = []
@@ -190,8 +191,8 @@ def test_export_page_writes_georeferenced_files(app_ws):
     import rasterio
     import shapely
 
-    from refiner.export import LINES, POLYGONS
-    from refiner.raster import quantise_probs
+    from refiner.data.export import LINES, POLYGONS
+    from refiner.data.write import quantise_probs
 
     at = run("pages/6_Export.py")
     assert not at.error
@@ -227,7 +228,7 @@ def test_export_page_writes_georeferenced_files(app_ws):
 
 
 def test_export_page_refines_a_whole_scene_in_the_background(app_ws, monkeypatch):
-    from refiner import scene_job
+    from refiner.app.jobs import scene as scene_job
 
     monkeypatch.setenv("REFINER_DATA_ROOTS", str(app_ws.path.parent))  # the operator lets this folder be read
     scene = app_ws.path / "tile.tif"  # any GeoTIFF at the model's resolution will do
@@ -273,8 +274,8 @@ def test_first_start_creates_the_demo(tmp_path, monkeypatch):
 
 def test_a_window_of_a_cloud_optimized_geotiff_becomes_a_workspace(app_ws, tmp_path, monkeypatch):
     monkeypatch.setenv("REFINER_DATA_ROOTS", str(tmp_path))  # the operator lets this folder be read
-    from refiner.raster import write_raster
-    from refiner.synthetic import make_scene
+    from refiner.data.synthetic import make_scene
+    from refiner.data.write import write_raster
 
     scene = make_scene(200, seed=3)
     cog = tmp_path / "scene.tif"  # a local path stands in for the URL: rasterio reads both alike
@@ -299,7 +300,7 @@ def _truth_png(values=(10, 20, 30)) -> tuple[bytes, np.ndarray]:
 
     from PIL import Image
 
-    from refiner.synthetic import make_scene
+    from refiner.data.synthetic import make_scene
 
     truth = make_scene(96, seed=5).truth  # the app workspace's scene: its exact classes
     buf = io.BytesIO()

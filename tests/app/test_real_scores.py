@@ -10,10 +10,10 @@ import rasterio
 from rasterio.windows import Window
 from streamlit.testing.v1 import AppTest
 
-from refiner import jobs, results
-from refiner.inference import refine
-from refiner.models.io import load_model
-from refiner.raster import read_image
+from refiner.app import jobs, results
+from refiner.data.read import read_image
+from refiner.models.inference import refine
+from refiner.models.store import load_model
 from tests.app.conftest import REPO
 from tests.conftest import SHARED_DATA
 
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def test_the_apps_reference_score_on_austin_is_the_whole_tile_score(tmp_path, monkeypatch):
-    from refiner.real_demo import REAL_DEMOS
+    from refiner.app.demos import REAL_DEMOS
 
     monkeypatch.setenv("REFINER_WORKSPACES", str(tmp_path))
     monkeypatch.chdir(REPO)

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from refiner import jobs
-from refiner.classes import ClassSpec
-from refiner.models.io import load_model
-from refiner.synthetic import DEMO_CLASSES
-from refiner.workspace import Workspace
+from refiner.app import jobs
+from refiner.app.workspace import Workspace
+from refiner.core.classes import ClassSpec
+from refiner.data.synthetic import DEMO_CLASSES
+from refiner.models.store import load_model
 from tests.app.conftest import REPO, make_workspace, run, session
 from tests.test_pretrained import write_fixture_model
 
@@ -57,7 +57,7 @@ def test_the_start_page_picks_the_shipped_model_and_says_why(shipped, workspaces
 
 
 def test_when_no_shipped_model_fits_the_page_says_what_else_to_do(shipped, workspaces):
-    from refiner.synthetic import make_scene
+    from refiner.data.synthetic import make_scene
 
     scene = make_scene(48, seed=1)
     ws = session(workspaces).create("water", scene.tile(), ClassSpec(("background", "water")))
@@ -73,7 +73,7 @@ def test_a_picture_upload_asks_for_its_ground_resolution(shipped, workspaces):
     at = run("app.py")
     at.number_input(key="upload_pixel_size").set_value(0.5)
     # AppTest cannot drive a file uploader: the page's create path is run with the same inputs
-    from refiner.workspace import check_pixel_size, tile_from_upload
+    from refiner.app.uploads import check_pixel_size, tile_from_upload
 
     tile = tile_from_upload(_png(), "photo.png")
     tile.pixel_size = check_pixel_size(at.number_input(key="upload_pixel_size").value)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from refiner import access, scene_job
-from refiner.classes import ClassSpec
-from refiner.synthetic import make_scene
-from refiner.workspace import list_workspaces
+from refiner.app import access
+from refiner.app.jobs import scene as scene_job
+from refiner.app.workspace import list_workspaces
+from refiner.core.classes import ClassSpec
+from refiner.data.synthetic import make_scene
 from tests.app.conftest import run, session
 
 

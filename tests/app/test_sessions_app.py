@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from refiner import jobs, sessions
-from refiner.workspace import Workspace
+from refiner.app import jobs, sessions
+from refiner.app.workspace import Workspace
 from tests.app.conftest import REPO, make_template, make_workspace, run, session
 
 ALICE, BOB = "alice-session-token-0123456789ab", "bob-session-token-0123456789abcd"

@@ -8,10 +8,10 @@ import hashlib
 import torch
 from streamlit.testing.v1 import AppTest
 
-from refiner import model_history
-from refiner.models.io import ModelBundle
+from refiner.app import model_history
+from refiner.data.synthetic import DEMO_CLASSES
 from refiner.models.rnn import RefinerRNN, RNNConfig
-from refiner.synthetic import DEMO_CLASSES
+from refiner.models.store import ModelBundle
 from tests.app.conftest import REPO
 
 

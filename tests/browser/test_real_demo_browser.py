@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from refiner.pretrained import pick_coarse
-from refiner.real_demo import REAL_DEMOS, unavailable
+from refiner.app.demos import REAL_DEMOS, unavailable
+from refiner.models.pretrained import pick_coarse
 from tests.browser.harness import (
     CHROMIUM,
     CHROMIUM_ARGS,

@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from refiner.classes import ClassSpec
-from refiner.metrics import evaluate
+from refiner.core.classes import ClassSpec
+from refiner.core.metrics import evaluate
+from refiner.data.synthetic import coarse_like, degrade_labels
 from refiner.models.fused import FusedRNN
-from refiner.models.io import load_model, save_model
 from refiner.models.rnn import VARIANTS, RefinerRNN, RNNConfig
-from refiner.synthetic import coarse_like, degrade_labels
-from refiner.train import RNNTrainConfig, segmentation_loss, train_rnn
+from refiner.models.store import load_model, save_model
+from refiner.train.losses import segmentation_loss
+from refiner.train.rnn import RNNTrainConfig, train_rnn
 
 pytestmark = [
     pytest.mark.gpu,

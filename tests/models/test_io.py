@@ -3,10 +3,10 @@ import json
 import pytest
 import torch
 
-from refiner.classes import ClassSpec
+from refiner.core.classes import ClassSpec
 from refiner.models.coarse import CoarseCNN, CoarseConfig
-from refiner.models.io import ModelBundle, load_model, save_model
 from refiner.models.rnn import RefinerRNN, RNNConfig
+from refiner.models.store import ModelBundle, load_model, save_model
 
 
 def test_round_trip_keeps_weights_and_metadata(tmp_path):

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from refiner.classes import ClassSpec
-from refiner.inference import refine
+from refiner.core.classes import ClassSpec
+from refiner.data.tile import Tile
 from refiner.models import presets
 from refiner.models.fused import FusedRNN
+from refiner.models.inference import refine
 from refiner.models.rnn import probs_to_scores
-from refiner.raster import Tile
 
 FLOAT_TOL = 1e-4  # float32 rounding of a few hundred operations on values up to ~10
 

@@ -1,0 +1,212 @@
+"""Jobs that run off the UI thread and report through their workspace's ``jobs/`` folder.
+
+Status files with a heartbeat (a job whose process went away reads as interrupted), a cancel
+file the job polls, one job per workspace, and the backends that run them: a thread of the
+app's process by default, or a Dask cluster the operator configured.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from refiner.app.workspace import Workspace
+from refiner.core.atomic import atomic_write_json, read_json
+
+STATUS, CANCEL, CURVES = "train.json", "train.cancel", "train_curves.json"
+#: A running job rewrites its status at least this often (seconds); older means it died.
+HEARTBEAT = 10.0
+ACTIVE = ("queued", "running")
+
+
+@dataclass
+class JobState:
+    """What every background job's status has (saved as JSON under ``jobs/``, read back by pages)."""
+
+    id: str
+    state: str = "queued"  # queued | running | finished | cancelled | failed | interrupted
+    started: float = 0.0
+    updated: float = 0.0
+    seconds: float = 0.0
+    message: str = ""
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Any:
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+def mark_failed(status: JobState, exc: BaseException) -> None:
+    """End a job as failed: the page shows the message, the traceback goes to the server log."""
+    traceback.print_exc()
+    status.state = "failed"
+    status.message = str(exc) or type(exc).__name__
+
+
+def _jobs_dir(ws: Workspace) -> Path:
+    d = ws.path / "jobs"
+    d.mkdir(exist_ok=True)
+    return d
+
+
+def write_status(ws: Workspace, status: Any, file: str = STATUS) -> None:
+    """Save a job's status (a dataclass with ``id``, ``state``, ``updated``) as ``jobs/<file>``."""
+    status.updated = time.time()
+    atomic_write_json(_jobs_dir(ws) / file, asdict(status))
+
+
+def read_job(ws: Workspace, kind: type, file: str, interrupted: str) -> Any:
+    """A job's status from ``jobs/<file>``; an active one whose heartbeat stopped reads as ``interrupted``."""
+    d = read_json(ws.path / "jobs" / file)
+    if not d:
+        return None
+    status = kind.from_dict(d)
+    if status.state in ACTIVE and status.id not in _LIVE and time.time() - status.updated > 3 * HEARTBEAT:
+        status.state = "interrupted"
+        status.message = interrupted
+    return status
+
+
+def request_cancel(ws: Workspace) -> None:
+    ws.check_writable()
+    (_jobs_dir(ws) / CANCEL).touch()
+
+
+#: What each status file under ``jobs/`` is, for messages (other kinds are named by their file).
+KINDS = {"train": "training run", "scene": "scene run", "crf": "CRF search"}
+
+
+def active_job(ws: Workspace) -> str:
+    """The kind of job going in ``ws`` now ("training run", "scene run"), or "" when none is."""
+    folder = ws.path / "jobs"
+    for f in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+        if not {"id", "state"} <= set(read_json(f, {}) or {}):
+            continue  # not a job's status (the loss curves kept between runs)
+        status = read_job(ws, JobState, f.name, "")
+        if status is not None and status.active:
+            return KINDS.get(f.stem, f"{f.stem} job")
+    return ""
+
+
+# --------------------------------------------------------------------------- backends
+
+
+class Handle(Protocol):
+    def done(self) -> bool: ...
+
+
+class Backend(Protocol):
+    """Where jobs run. ``submit`` must not block; the job reports through the workspace."""
+
+    def submit(self, fn: Any, *args: Any) -> Handle: ...
+
+
+class _ThreadHandle:
+    def __init__(self, thread: threading.Thread) -> None:
+        self.thread = thread
+
+    def done(self) -> bool:
+        return not self.thread.is_alive()
+
+
+class ThreadBackend:
+    """Run jobs in a daemon thread of this process (torch releases the GIL while it computes)."""
+
+    def submit(self, fn: Any, *args: Any) -> Handle:
+        t = threading.Thread(target=fn, args=args, daemon=True, name="refiner-job")
+        t.start()
+        return _ThreadHandle(t)
+
+
+def scheduler_setting(ws: Workspace | None = None) -> str:
+    """Where jobs run: the operator's ``$REFINER_SCHEDULER`` (empty: this process, the default).
+
+    Only the operator sets it: a workspace setting could be written from a browser, and a Dask
+    handshake with an address a user typed would let anyone point the server at any host (and
+    its pickle protocol). ``ws`` is accepted for callers that pass it; its settings are ignored.
+    """
+    return os.environ.get("REFINER_SCHEDULER", "").strip()
+
+
+def backend_for(scheduler: str) -> Backend:
+    """The backend for a scheduler setting: a thread here, or a Dask cluster (GPU worker if any)."""
+    if not scheduler:
+        return ThreadBackend()
+    from refiner.scale.cluster import DaskBackend
+
+    try:
+        return DaskBackend(scheduler)
+    except OSError as exc:
+        raise RuntimeError(
+            f"{exc}. Ask the operator to check REFINER_SCHEDULER, or unset it to train on this machine"
+        ) from exc
+
+
+#: Jobs started by this process that have not finished: id -> handle.
+_LIVE: dict[str, Handle] = {}
+_LOCK = threading.Lock()
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def launch(
+    ws: Workspace,
+    status: Any,
+    files: tuple[str, str],
+    read: Callable[[Workspace], Any],
+    what: str,
+    fn: Callable[..., Any],
+    *args: Any,
+    backend: Backend | None = None,
+    others: Iterable[Workspace] = (),
+) -> Any:
+    """Start ``fn(*args)`` as this workspace's job of one kind, unless a job is active already.
+
+    ``files`` are the kind's status and cancel files under ``jobs/``; ``status`` (already
+    carrying the job's id) is written before the job starts, so a page sees it at once.
+    ``others`` are the starting session's other workspaces: one job at a time per session, so
+    one person cannot fill a shared server with runs.
+    """
+    ws.check_writable()
+    with _LOCK:
+        for jid, h in list(_LIVE.items()):
+            if h.done():
+                _LIVE.pop(jid, None)
+        current = read(ws)
+        if current is not None and current.active:
+            raise RuntimeError(f"a {what} is already going in this workspace: cancel it or wait")
+        for other in [ws, *others]:
+            kind = active_job(other)
+            if kind:
+                where = "this workspace" if other.path == ws.path else f"your workspace {other.name!r}"
+                raise RuntimeError(
+                    f"a {kind} is already going in {where}: one job at a time per session, "
+                    "so cancel it or wait for it to finish"
+                )
+        (_jobs_dir(ws) / files[1]).unlink(missing_ok=True)
+        write_status(ws, status, files[0])
+        _LIVE[status.id] = (backend or ThreadBackend()).submit(fn, *args)
+        return status
+
+
+def wait_for(read: Callable[[Workspace], Any], ws: Workspace, timeout: float = 600.0, poll: float = 0.2) -> Any:
+    """Block until ``read(ws)`` is no longer an active job (for scripts and tests)."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        st = read(ws)
+        if st is None or not st.active:
+            return st
+        time.sleep(poll)
+    return read(ws)

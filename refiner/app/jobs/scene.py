@@ -1,0 +1,194 @@
+"""Refining a whole scene from the app: the workspace's models over a GeoTIFF of any size.
+
+Users paint a corner of a scene in the browser, train the RNN on it, and then want the whole
+scene refined. :func:`run_scene_job` runs :func:`refiner.scene.predict_scene` (the workspace's
+coarse CNN, or the shipped one; skipped when the user gives coarse probabilities for the scene)
+and :func:`refiner.scene.refine_scene` window by window into the workspace's ``results/scene/``
+folder: on this machine, or as window tasks across a Dask cluster when the workspace has a
+scheduler setting (:func:`refiner.jobs.scheduler_setting`). The job itself only drives: it runs
+in a thread of the app and reports through ``jobs/scene.json`` the way training does, so a
+page can show live progress and a refresh or restart loses nothing but the run in flight
+(partial outputs are ``.part`` files that are removed).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from refiner.app.demos import ASSETS
+from refiner.app.jobs.base import (
+    Backend,
+    JobState,
+    _jobs_dir,
+    launch,
+    mark_failed,
+    new_job_id,
+    read_job,
+    wait_for,
+    write_status,
+)
+from refiner.app.workspace import Workspace
+
+SCENE_STATUS, SCENE_CANCEL = "scene.json", "scene.cancel"
+#: Output files up to this size get a download button in the app; larger ones stay on the server.
+DOWNLOAD_LIMIT = 200 * 2**20
+#: The scene's class map is turned into polygons and centre-lines by windows of this side (px).
+VECTOR_WINDOW = 4096
+
+
+class Cancelled(Exception):
+    """Raised from the progress callback when the user cancels; the scene writers clean up."""
+
+
+@dataclass
+class SceneStatus(JobState):
+    """What the Export page shows about the last whole-scene run."""
+
+    stage: str = ""  # coarse | refine | vectors
+    done: int = 0  # windows of the current stage
+    total: int = 0
+    source: str = ""
+    scheduler: str = ""
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.done / self.total) if self.total else 0.0
+
+
+def scene_outputs(ws: Workspace) -> dict[str, Path]:
+    """Where a scene run writes: coarse probabilities (when computed), class map, probabilities."""
+    folder = ws.results_dir() / "scene"
+    out = {n: folder / f"{n}.tif" for n in ("coarse_probs", "refined_map", "refined_probs")}
+    return {**out, "polygons": folder / "refined_polygons.gpkg"}
+
+
+def default_source(ws: Workspace) -> str:
+    """The scene a workspace's tile was read from, when the app knows it (a URL or file), else ""."""
+    src = ws.settings.get("source") or {}
+    if src.get("kind") == "cog":
+        return str(src.get("name", ""))
+    if src.get("kind") == "demo":
+        return str(ASSETS / "tile.tif")  # the demo's scene is its tile: the run shows the machinery
+    return ""
+
+
+def read_scene_status(ws: Workspace) -> SceneStatus | None:
+    return read_job(ws, SceneStatus, SCENE_STATUS, "the server stopped during the scene run; start it again")
+
+
+def request_scene_cancel(ws: Workspace) -> None:
+    ws.check_writable()
+    (_jobs_dir(ws) / SCENE_CANCEL).touch()
+
+
+def run_scene_job(
+    workspace: str | Path, source: str, coarse: str, scheduler: str, job_id: str, quantise: bool = False
+) -> dict:
+    """Coarse probabilities (unless ``coarse`` names them), the refined map and probabilities
+    (``quantise``: 8-bit) of the ``source`` scene, and its polygons and road centre-lines as a
+    GeoPackage (by windows of 4096 px: features crossing a window edge are split there)."""
+    from refiner.data.export import class_map_windows, write_geopackage_windows
+    from refiner.data.read import raster_shape
+    from refiner.scale.scene import predict_scene, refine_scene
+
+    ws = Workspace(Path(workspace))
+    status = SceneStatus(id=job_id, state="running", source=source, scheduler=scheduler, started=time.time())
+    cancel = _jobs_dir(ws) / SCENE_CANCEL
+    out = scene_outputs(ws)
+    out["refined_map"].parent.mkdir(exist_ok=True)
+
+    def save(force: bool = False) -> None:
+        now = time.time()
+        if force or now - status.updated > 0.5:
+            status.seconds = now - status.started
+            write_status(ws, status, SCENE_STATUS)
+
+    def progress(done: int, total: int) -> None:
+        status.done, status.total = done, total
+        save()
+        if cancel.exists():
+            raise Cancelled
+
+    try:
+        save(force=True)
+        cluster = None
+        if scheduler:  # one client for the app's lifetime, not one (or one LocalCluster) per run
+            from refiner.scale.cluster import shared_client
+
+            cluster = shared_client(scheduler)
+        if not ws.has_model("rnn"):
+            raise ValueError("this workspace has no RNN yet: train it on the Train page first")
+        coarse_path = coarse
+        if not coarse_path:
+            status.stage = "coarse"
+            folder = ws.model_dir("coarse") if ws.has_model("coarse") else ASSETS / "coarse"
+            coarse_path = str(predict_scene(folder, source, out["coarse_probs"], progress=progress, scheduler=cluster))
+            status.outputs["coarse_probs"] = coarse_path
+        status.stage, status.done, status.total = "refine", 0, 0
+        refine_scene(
+            ws.model_dir("rnn"),
+            source,
+            coarse_path,
+            out["refined_map"],
+            probs_out=out["refined_probs"],
+            quantise=quantise,
+            progress=progress,
+            scheduler=cluster,
+        )
+        status.outputs.update(refined_map=str(out["refined_map"]), refined_probs=str(out["refined_probs"]))
+        status.stage, status.done = "vectors", 0
+        h, w, georef, res = raster_shape(out["refined_map"])
+        status.total = -(-h // VECTOR_WINDOW) * -(-w // VECTOR_WINDOW)
+
+        def windows():
+            for i, win in enumerate(class_map_windows(out["refined_map"], VECTOR_WINDOW)):
+                progress(i, status.total)
+                yield win
+
+        write_geopackage_windows(
+            out["polygons"], windows(), ws.classes, crs=georef.crs.to_wkt() if georef else None,
+            simplify=res or 1.0, min_pixels=4, lines=True, min_length=10 * (res or 1.0),
+        )  # fmt: skip
+        progress(status.total, status.total)
+        status.outputs["polygons"] = str(out["polygons"])
+        status.state = "finished"
+        status.message = f"{status.total} windows refined in {time.time() - status.started:.0f} s"
+    except Cancelled:
+        status.state, status.message = "cancelled", "cancelled; the partial files were removed"
+    except Exception as exc:
+        mark_failed(status, exc)
+    finally:
+        cancel.unlink(missing_ok=True)
+        save(force=True)
+    return asdict(status)
+
+
+def start_scene_job(
+    ws: Workspace,
+    source: str,
+    *,
+    coarse: str = "",
+    scheduler: str = "",
+    quantise: bool = False,
+    backend: Backend | None = None,
+    others: Iterable[Workspace] = (),
+) -> SceneStatus:
+    """Start refining ``source`` (a GeoTIFF path or URL) unless a job is going here or in the session's ``others``."""
+    source, coarse = source.strip(), coarse.strip()
+    if not source:
+        raise ValueError("give the scene's GeoTIFF: a file path on the server or a URL")
+    job_id = new_job_id()
+    status = SceneStatus(id=job_id, source=source, scheduler=scheduler, started=time.time())
+    args = (str(ws.path), source, coarse, scheduler, job_id, quantise)
+    files = (SCENE_STATUS, SCENE_CANCEL)
+    kind = (read_scene_status, "scene run")
+    return launch(ws, status, files, *kind, run_scene_job, *args, backend=backend, others=others)
+
+
+def wait_scene(ws: Workspace, timeout: float = 600.0, poll: float = 0.2) -> SceneStatus | None:
+    """Block until the workspace's scene run is no longer active (for scripts and tests)."""
+    return wait_for(read_scene_status, ws, timeout, poll)

@@ -1,0 +1,307 @@
+"""Training jobs that run off the UI thread and report through the workspace.
+
+A job is a plain function of paths and numbers (:func:`run_training`): it reads the tile, labels
+and coarse probabilities from the workspace, trains, and writes its status (step, loss history,
+validation scores, device, state) to ``jobs/train.json`` as it goes, checkpoints into
+``models/checkpoint`` and, at the end, the model into ``models/rnn`` (the one it replaces is kept
+in ``models/history``, see :mod:`refiner.model_history`). Cancelling is a file
+(``jobs/train.cancel``) that the training loop polls. Because everything goes through the
+workspace folder, where the job runs is a detail: :class:`ThreadBackend` runs it in a thread of
+the app's process (the default); a Dask backend only has to implement :class:`Backend` with
+``client.submit(run_training, ...)`` for workers that share the workspace's file system.
+
+A page reads the status with :func:`read_status` on every refresh; a status left "running" by a
+process that has gone (server restart) is reported as "interrupted", and training continues
+from the last checkpoint with ``resume=True``."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from refiner.app import model_history
+from refiner.app.jobs.base import (
+    CANCEL,
+    CURVES,
+    STATUS,
+    Backend,
+    JobState,
+    _jobs_dir,
+    launch,
+    mark_failed,
+    new_job_id,
+    read_job,
+    wait_for,
+    write_status,
+)
+from refiner.app.workspace import Workspace
+from refiner.core.atomic import atomic_write_json, read_json
+from refiner.models.rnn import RNNConfig
+from refiner.train.rnn import RNNTrainConfig
+
+_RNN_FIELDS = RNNConfig.__dataclass_fields__
+_TRAIN = RNNTrainConfig()
+
+
+@dataclass
+class TrainParams:
+    """What the Train page asks for: :class:`~refiner.train.RNNTrainConfig`'s and
+    :class:`~refiner.models.rnn.RNNConfig`'s defaults (the paper's), with fewer steps for a CPU."""
+
+    steps: int = 300  # a few minutes on a CPU (RNNTrainConfig's 1500 is for the paper's protocol)
+    iterations: int = _RNN_FIELDS["iterations"].default  # T
+    variant: str = _RNN_FIELDS["variant"].default
+    lr: float = _TRAIN.lr
+    batch_size: int = _TRAIN.batch_size
+    patch_size: int = _TRAIN.patch_size
+    holdout: float = _TRAIN.holdout
+    eval_every: int = 25
+    #: ... or every this many seconds, whichever comes first (None: by steps only)
+    eval_seconds: float | None = _TRAIN.eval_seconds
+    checkpoint_every: int = 50
+    seed: int = _TRAIN.seed
+    resume: bool = True  # continue from the workspace's current RNN (else start a new one)
+    #: When not resuming: the shipped RNN (a folder name in assets/pretrained) to fine-tune from,
+    #: with :data:`refiner.train.FINETUNE_DEFAULTS`' regularisation; "" = a new RNN from scratch.
+    pretrained: str = ""
+    device: str | None = None  # None = cuda, mps or cpu, whichever is there
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainParams:
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class JobStatus(JobState):
+    """What a page shows about the last training run."""
+
+    step: int = 0
+    steps: int = 0
+    device: str = ""
+    host: str = ""  # where it runs: hostname:pid (a Dask worker's, or the app's own)
+    #: (step, loss) and {step, overall_accuracy, mean_iou, iou: [...]}, steps counted over the
+    #: model's whole life (``start_step`` + this run's step), so a continued run's curve goes on
+    loss: list[tuple[int, float]] = field(default_factory=list)
+    val: list[dict] = field(default_factory=list)
+    #: the curves of the earlier runs this one continues (same model, steps before ``start_step``)
+    earlier_loss: list[tuple[int, float]] = field(default_factory=list)
+    earlier_val: list[dict] = field(default_factory=list)
+    best_val: float | None = None
+    params: dict = field(default_factory=dict)
+    start_step: int = 0  # steps the model had before this run
+    best_step: int | None = None  # the step whose weights were kept (best on the held-out regions)
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, self.step / self.steps) if self.steps else 0.0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> JobStatus:
+        status = super().from_dict(d)
+        status.loss = [tuple(x) for x in status.loss]
+        status.earlier_loss = [tuple(x) for x in status.earlier_loss]
+        return status
+
+
+def read_status(ws: Workspace) -> JobStatus | None:
+    """The last training run's status; a run whose process went away reads as ``interrupted``."""
+    why = "the server stopped during training; continue training to resume from the last checkpoint"
+    return read_job(ws, JobStatus, STATUS, why)
+
+
+# --------------------------------------------------------------------------- the job
+
+
+def run_training(workspace: str | Path, params: dict, job_id: str) -> dict:
+    """Fine-tune the workspace's RNN on its painted labels; returns the final status as a dict.
+
+    Pure function of the workspace folder, so any backend (thread, process, Dask worker) can
+    run it.
+    """
+    from refiner.core.device import pick_device
+    from refiner.data.resample import to_working
+    from refiner.models.store import load_model
+    from refiner.train.loop import Progress
+    from refiner.train.rnn import FINETUNE_DEFAULTS, train_rnn
+    from refiner.train.sampling import check_labels, holdout_guard, split_holdout
+
+    ws = Workspace(Path(workspace))
+    p = TrainParams.from_dict(params)
+    status = JobStatus(id=job_id, state="running", steps=p.steps, started=time.time(), params=asdict(p))
+    cancel = _jobs_dir(ws) / CANCEL
+    last_write = [0.0]
+
+    def save(force: bool = False) -> None:
+        now = time.time()
+        if force or now - last_write[0] > 0.5:
+            status.seconds = now - status.started
+            write_status(ws, status)
+            last_write[0] = now
+
+    try:
+        dev = pick_device(p.device)
+        status.device = str(dev)
+        status.host = f"{socket.gethostname()}:{os.getpid()}"
+        save(force=True)
+        classes = ws.classes
+        tile = ws.tile()
+        probs = ws.coarse_probs()
+        labels = ws.labels()
+        check_labels(labels, len(classes), "painted labels")
+        init, start = None, "a new RNN (from scratch)"
+        if p.resume:
+            src = ws.model_dir("checkpoint") if _checkpoint_is_newer(ws) else ws.model_dir("rnn")
+            if (src / "config.json").is_file():
+                init = load_model(src, expect="rnn")
+                start = "the workspace's RNN (continued)"
+        elif p.pretrained:
+            init = _pretrained_rnn(p.pretrained, classes)
+            start = f"the pretrained RNN {p.pretrained}"
+        resolution = init.resolution if init is not None else (ws.settings.get("coarse") or {}).get("resolution")
+        arch = RNNConfig(
+            num_classes=len(classes), in_channels=tile.image.shape[0], iterations=p.iterations, variant=p.variant
+        )
+        # held-out regions on the tile's grid (the pages score there), the guard in working pixels
+        scale = resolution / tile.resolution if resolution and tile.resolution else 1.0
+        guard = math.ceil(holdout_guard(init.net.cfg if init is not None else arch) * scale)
+        train_labels, val_labels = split_holdout(labels, p.holdout, guard=guard, seed=p.seed)
+        ws.write_holdout(val_labels)
+        ws.update_settings(holdout={"fraction": p.holdout, "guard_px": guard})
+        working = to_working(tile, resolution, probs, [train_labels, val_labels])
+        work, probs, (train_labels, val_labels) = working.tile, working.probs, working.labels
+        status.start_step = int(init.info.get("trained_steps", 0)) if init is not None else 0
+        earlier = read_json(_jobs_dir(ws) / CURVES) or {}
+        if init is not None and p.resume and earlier.get("model_steps") == status.start_step:
+            status.earlier_loss = [tuple(x) for x in earlier.get("loss", [])]
+            status.earlier_val = list(earlier.get("val", []))
+        cfg = RNNTrainConfig(
+            steps=p.steps,
+            batch_size=p.batch_size,
+            patch_size=p.patch_size,
+            lr=p.lr,
+            seed=p.seed,
+            holdout=0.0,
+            eval_every=p.eval_every,
+            eval_seconds=p.eval_seconds,
+            checkpoint_every=p.checkpoint_every,
+        )
+        if not p.resume and p.pretrained:  # a patch fine-tune: the regularisation measured for it
+            d = FINETUNE_DEFAULTS
+            cfg = replace(cfg, patience=d.patience, anchor=d.anchor, jitter=d.jitter, fresh_optimizer=True,
+                          distill=d.distill)  # fmt: skip
+            if p.eval_seconds is not None:
+                cfg = replace(cfg, eval_seconds=d.eval_seconds)
+        status.message = f"started from {start}"
+        status.params = {**status.params, "started_from": start}
+
+        def progress(rep: Progress) -> None:
+            status.step = rep.step
+            status.loss.append((status.start_step + rep.step, float(rep.loss)))
+            if rep.val is not None:
+                status.val.append(
+                    {
+                        "step": status.start_step + rep.step,
+                        "overall_accuracy": rep.val.overall_accuracy,
+                        "mean_iou": rep.val.mean_iou,
+                        "iou": [None if np.isnan(v) else v for v in rep.val.iou],
+                    }
+                )
+                status.best_val = rep.best_val
+            save(force=rep.val is not None)
+
+        has_val = bool((val_labels != 255).any())
+        result = train_rnn(
+            work.image,
+            probs,
+            train_labels,
+            classes,
+            cfg,
+            arch=arch,
+            init=init,
+            resolution=resolution,
+            device=dev,
+            progress=progress,
+            should_stop=cancel.exists,
+            checkpoint_dir=ws.model_dir("checkpoint"),
+            val_labels=val_labels if has_val else np.full_like(val_labels, 255),
+        )
+        # the RNN this replaces stays in the workspace's model history
+        model_history.save_trained(ws, result.bundle, started_from=start, val=status.val, stopped=result.stopped)
+        ws.clear_results()
+        status.step = max(status.step, result.history[-1].step if result.history else 0)
+        status.best_val = result.best_val
+        status.state = "cancelled" if result.stopped == "cancelled" else "finished"
+        total = result.bundle.info.get("trained_steps", status.step)
+        status.best_step = result.bundle.info.get("best_step")
+        curves = {"loss": status.earlier_loss + status.loss, "val": status.earlier_val + status.val}
+        atomic_write_json(_jobs_dir(ws) / CURVES, {"model_steps": total, **curves})
+        status.message = f"{result.stopped} after {status.step} steps ({total} in all) from {start}; model saved"
+        if status.best_step is not None and status.best_step != total:
+            which = "the model it started from" if status.best_step == status.start_step else (
+                f"the weights of step {status.best_step}")
+            status.message += (
+                f" with {which}, the best on the held-out regions (mean IoU {status.best_val:.3f}), "
+                "not the last step's"
+            )
+        if not has_val:
+            status.message += (
+                f"; no pixels could be held back for validation (paint regions more than {2 * guard} px "
+                "apart, or a larger area, so whole regions can be held out)"
+            )
+    except Exception as exc:
+        mark_failed(status, exc)
+    finally:
+        cancel.unlink(missing_ok=True)
+        save(force=True)
+    return asdict(status)
+
+
+def _pretrained_rnn(name: str, classes: Any) -> Any:
+    """The shipped RNN ``name`` (only a catalogue entry: a name typed in a browser never reaches
+    another path), checked against the workspace's classes."""
+    from refiner.models.pretrained import catalogue
+
+    found = {m.name: m for m in catalogue() if m.kind == "rnn"}
+    if name not in found:
+        raise ValueError(f"there is no shipped RNN called {name!r}: pick another start on the Train page")
+    bundle = found[name].load()
+    if list(bundle.classes.names) != list(classes.names):
+        raise ValueError(
+            f"the pretrained RNN {name} knows classes {list(bundle.classes.names)}, this workspace has "
+            f"{list(classes.names)}: train a new RNN instead"
+        )
+    bundle.optimizer_state = None  # a new task: a fresh AdaGrad
+    bundle.net.train()
+    return bundle
+
+
+def _checkpoint_is_newer(ws: Workspace) -> bool:
+    """True when an interrupted run left a checkpoint newer than the saved model."""
+    ck, cur = ws.model_dir("checkpoint") / "model.safetensors", ws.model_dir("rnn") / "model.safetensors"
+    if not ck.is_file():
+        return False
+    return not cur.is_file() or ck.stat().st_mtime_ns > cur.stat().st_mtime_ns
+
+
+def start_training(
+    ws: Workspace, params: TrainParams, backend: Backend | None = None, others: Iterable[Workspace] = ()
+) -> JobStatus:
+    """Start fine-tuning unless a job is already active in this workspace or the session's ``others``."""
+    job_id = new_job_id()
+    status = JobStatus(id=job_id, state="queued", steps=params.steps, started=time.time(), params=asdict(params))
+    args = (str(ws.path), asdict(params), job_id)
+    files = (STATUS, CANCEL)
+    return launch(ws, status, files, read_status, "training run", run_training, *args, backend=backend, others=others)
+
+
+def wait(ws: Workspace, timeout: float = 600.0, poll: float = 0.2) -> JobStatus | None:
+    """Block until the workspace's training run is no longer active (for scripts and tests)."""
+    return wait_for(read_status, ws, timeout, poll)

@@ -1,0 +1,175 @@
+"""An independent reference mask per workspace, used only for scoring (never for training).
+
+Held-out painted regions say how the model does near where the user painted; a reference mask
+(the Inria or OSM mask of the tile, or the labels of another workspace on the same grid) says
+how it does over the whole tile. The issue that asked for it measured the gap on Austin: building
+IoU 0.77 on painted blocks, 0.46 against the reference over the tile.
+
+A mask file's pixel values go through an explicit value -> class mapping (:func:`propose_mapping`
+reads the values present and suggests one; ``None`` = unlabelled, only when chosen). The mask is
+stored as ``reference.tif`` on the tile's grid (class mask values, 255 = unlabelled) with its
+origin in the workspace settings under ``reference``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+import numpy as np
+import rasterio
+from rasterio.errors import RasterioError
+from rasterio.io import MemoryFile
+
+from refiner.app.uploads import sniff_image
+from refiner.app.workspace import Workspace
+from refiner.core.classes import IGNORE, ClassSpec
+from refiner.data.resample import labels_to_grid, resample
+from refiner.data.tile import Georef
+from refiner.data.write import write_raster
+
+REFERENCE = "reference.tif"
+#: More distinct values than this: not a class mask (a photo or a probability map).
+MAX_VALUES = 32
+
+
+def mask_values(raw: np.ndarray) -> dict[int, int]:
+    """The pixel values of a mask and how many pixels have each (raises if it is no class mask)."""
+    values, counts = np.unique(raw, return_counts=True)
+    if len(values) > MAX_VALUES:
+        raise ValueError(
+            f"the mask has {len(values)} distinct values: a class mask has a few (e.g. 0 and 255) — "
+            "upload a single-band mask of class values"
+        )
+    return {int(v): int(c) for v, c in zip(values, counts, strict=True)}
+
+
+def propose_mapping(values: list[int], classes: ClassSpec) -> dict[int, int | None]:
+    """A value -> class index (None = unlabelled) suggestion for the values found in a mask.
+
+    A value equal to a class's mask value maps to that class; the rest go, in increasing order,
+    to the classes not taken yet (Inria's 0 / 255 on background / building gives background,
+    building); values beyond the classes are unlabelled. 255 stays a value like any other.
+    """
+    lookup = {v: i for i, v in enumerate(classes.values)}
+    out: dict[int, int | None] = {v: lookup[v] for v in values if v in lookup}
+    free = [i for i in range(len(classes)) if i not in out.values()]
+    for v in sorted(v for v in values if v not in out):
+        out[v] = free.pop(0) if free else None
+    return dict(sorted(out.items()))
+
+
+def encode(raw: np.ndarray, mapping: Mapping[int, int | None], num_classes: int) -> np.ndarray:
+    """Raw mask values -> class indices (255 = unlabelled) through ``mapping``; unmapped values are unlabelled."""
+    lut = np.full(256 if raw.dtype == np.uint8 else int(raw.max()) + 1, IGNORE, np.uint8)
+    for v, c in mapping.items():
+        if c is not None and not 0 <= c < num_classes:
+            raise ValueError(f"class index {c} for value {v} is not one of the {num_classes} classes")
+        if 0 <= v < lut.size:
+            lut[v] = IGNORE if c is None else c
+    if raw.min() < 0:
+        raise ValueError("mask values must not be negative")
+    return lut[raw]
+
+
+def read_mask(data: bytes, name: str) -> tuple[np.ndarray, Georef | None]:
+    """An uploaded single-band mask (GeoTIFF or PNG): its raw values and georeferencing."""
+    if not name.lower().endswith((".tif", ".tiff", ".png")):
+        raise ValueError(f"{name}: upload a reference mask as GeoTIFF or PNG (one band of class values)")
+    sniff_image(data, name)
+    try:
+        with MemoryFile(data) as mem, mem.open() as ds:
+            raw = ds.read(1)
+            georef = Georef(ds.crs, ds.transform) if ds.crs is not None else None
+    except (RasterioError, OSError) as exc:
+        raise ValueError(f"{name} could not be read as a mask: {exc}") from exc
+    if raw.dtype.kind not in "ui":
+        raise ValueError(f"{name} has {raw.dtype} pixels: a class mask has integer values")
+    mask_values(raw)  # a photo or a probability map is refused here, with what to upload instead
+    return raw, georef
+
+
+def on_tile_grid(ws: Workspace, labels: np.ndarray, georef: Georef | None, name: str = "the mask") -> np.ndarray:
+    """Class indices of a mask placed on the workspace's tile grid.
+
+    Same size as the tile (and no other georeferencing): taken as is. A georeferenced mask of
+    another extent or resolution in the tile's CRS (a whole Inria tile for a window of it):
+    resampled by nearest neighbour (majority vote when coarser); pixels it does not cover are
+    unlabelled.
+    """
+    shape, target = ws.shape, ws.georef
+    if labels.shape == shape and (georef is None or target is None or georef == target):
+        return labels
+    if georef is None or target is None:
+        raise ValueError(
+            f"{name} is {labels.shape[0]}x{labels.shape[1]} pixels but the tile is {shape[0]}x{shape[1]}, and "
+            "without georeferencing on both it cannot be placed: upload a mask of the tile's size"
+        )
+    if georef.crs != target.crs:
+        raise ValueError(
+            f"{name} is in {georef.crs.to_string()}, the tile in {target.crs.to_string()}: reproject it first"
+        )
+    out = labels_to_grid(labels, georef, target, shape)
+    covered = resample(np.ones(labels.shape, np.uint8), georef, shape, target, method="nearest").astype(bool)
+    out[~covered] = IGNORE
+    return out
+
+
+def attach_mask(
+    ws: Workspace, raw: np.ndarray, georef: Georef | None, mapping: Mapping[int, int | None], source: str
+) -> np.ndarray:
+    """Store ``raw`` through ``mapping``, on the tile's grid, as the workspace's reference; returns class indices."""
+    ws.check_writable()
+    labels = on_tile_grid(ws, encode(raw, mapping, len(ws.classes)), georef, source)
+    labels[~ws.tile().valid] = IGNORE  # no score where the image has no data
+    if not (labels != IGNORE).any():
+        raise ValueError("with this mapping no pixel of the tile has a class: map at least one value to a class")
+    _save(ws, labels, {"kind": "file", "name": source, "mapping": {str(k): v for k, v in mapping.items()}})
+    return labels
+
+
+def attach_workspace(ws: Workspace, other: Workspace) -> np.ndarray:
+    """Use ``other``'s painted labels (same tile grid and classes) as ``ws``'s reference."""
+    ws.check_writable()
+    if other.path == ws.path:
+        raise ValueError("a workspace's own labels are what it trains on: pick another workspace")
+    if list(other.classes.names) != list(ws.classes.names):
+        raise ValueError(
+            f"{other.name} has classes {list(other.classes.names)}, this workspace {list(ws.classes.names)}"
+        )
+    if other.shape != ws.shape or other.georef != ws.georef:
+        raise ValueError(f"{other.name}'s tile is not on this tile's grid (size or georeferencing differ)")
+    labels = other.labels()
+    if not (labels != IGNORE).any():
+        raise ValueError(f"{other.name} has no labelled pixel yet")
+    _save(ws, labels, {"kind": "workspace", "name": other.name})
+    return labels
+
+
+def _save(ws: Workspace, labels: np.ndarray, origin: dict) -> None:
+    write_raster(ws.path / REFERENCE, ws.classes.decode(labels), ws.georef, nodata=IGNORE)
+    ws.update_settings(reference={**origin, "attached": time.time()})
+
+
+def detach(ws: Workspace) -> None:
+    ws.check_writable()
+    (ws.path / REFERENCE).unlink(missing_ok=True)
+    ws.update_settings(reference=None)
+
+
+def reference_labels(ws: Workspace) -> np.ndarray | None:
+    """The attached reference as class indices (H, W), or None."""
+    p = ws.path / REFERENCE
+    if not p.is_file():
+        return None
+    with rasterio.open(p) as ds:
+        raw = ds.read(1)
+    return ws.classes.encode_mask(raw, strict=False)
+
+
+def describe(ws: Workspace) -> str:
+    """Where the reference came from, for captions."""
+    ref = ws.settings.get("reference") or {}
+    if ref.get("kind") == "workspace":
+        return f"the labels of workspace {ref['name']}"
+    return f"the mask {ref.get('name', '?')}" if ref else ""

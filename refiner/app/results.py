@@ -1,0 +1,220 @@
+"""What the app's pages show, computed from a workspace and cached in it.
+
+Refinements (every iteration), CRF maps and scores are cached in ``results/`` under a stamp of
+their inputs (model file times, probabilities, parameters), so moving a slider or reopening a
+page does not recompute them, and retraining or new probabilities invalidates them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from refiner.app.workspace import Workspace
+from refiner.baselines.crf import DEFAULT_GRID, CRFParams, GridSearchResult, dense_crf, grid_search
+from refiner.core.classes import IGNORE
+from refiner.core.metrics import Scores, evaluate
+
+
+def refinement(ws: Workspace) -> list[np.ndarray]:
+    """The RNN's probabilities at t = 0..T over the tile: a list of (K, H, W) float32."""
+    from refiner.models.inference import refine
+    from refiner.models.store import load_model
+
+    if not ws.has_model("rnn"):
+        raise ValueError("this workspace has no refinement RNN yet: train one on the Train page")
+    stamp = f"{ws.model_stamp('rnn')}:{ws.probs_stamp()}"
+    cached = ws.load_result("refinement", stamp)
+    if cached is not None:
+        return [p.astype(np.float32) for p in cached["probs"]]
+    bundle = load_model(ws.model_dir("rnn"), expect="rnn")
+    if list(bundle.classes.names) != list(ws.classes.names):
+        raise ValueError(
+            f"the RNN was trained for classes {list(bundle.classes.names)}, "
+            f"this workspace has {list(ws.classes.names)}: train a new one"
+        )
+    out = refine(bundle, ws.tile(), ws.coarse_probs(), keep_all=True)
+    ws.save_result("refinement", stamp, probs=np.stack(out.probs).astype(np.float16))
+    return out.probs
+
+
+def preset_refinement(ws: Workspace, name: str, **params: float) -> list[np.ndarray]:
+    """A hand-set PDE preset's probabilities at t = 0..T (:mod:`refiner.models.presets`), through
+    the same inference as the learned RNN; cached per preset, parameters and coarse map."""
+    from refiner.models.inference import refine
+    from refiner.models.presets import preset_bundle
+
+    stamp = f"{ws.probs_stamp()}:{json.dumps(params, sort_keys=True)}"
+    cached = ws.load_result(f"preset_{name}", stamp)
+    if cached is not None:
+        return [p.astype(np.float32) for p in cached["probs"]]
+    tile = ws.tile()
+    bundle = preset_bundle(name, ws.classes, tile.image.shape[0], **params)
+    out = refine(bundle, tile, ws.coarse_probs(), keep_all=True)
+    ws.save_result(f"preset_{name}", stamp, probs=np.stack(out.probs).astype(np.float16))
+    return out.probs
+
+
+def model_refinement(ws: Workspace, model: str = "learned", **params: float) -> list[np.ndarray]:
+    """``model="learned"``: the workspace's RNN (:func:`refinement`); else a preset's name."""
+    return refinement(ws) if model == "learned" else preset_refinement(ws, model, **params)
+
+
+def label_need(ws: Workspace, labels: np.ndarray | None = None) -> tuple[np.ndarray, str]:
+    """Where labels would help most (:func:`refiner.hints.need_map`) and what it was made from.
+
+    The model half (entropy of the refined map, coarse / CRF / RNN disagreement) is cached per
+    RNN file and coarse map, so it follows each training run; the distance from the labels is
+    recomputed from the current labels.
+    """
+    from refiner.app import hints
+
+    if not ws.has_coarse():
+        raise ValueError("this workspace has no coarse probabilities yet: add them on the Tile page")
+    labels = ws.labels() if labels is None else labels
+    stamp = f"{ws.model_stamp('rnn')}:{ws.probs_stamp()}:{json.dumps(crf_params(ws).to_dict(), sort_keys=True)}"
+    coarse = ws.coarse_probs()
+    try:
+        refined = refinement(ws)[-1] if ws.has_model("rnn") else None
+    except ValueError:
+        refined = None  # an RNN for other classes: hint from the coarse map alone
+    what = "the RNN's probabilities and where the coarse, CRF and RNN maps disagree"
+    if refined is None:
+        what = "the coarse probabilities and where the coarse and CRF maps disagree (no RNN yet)"
+    cached = ws.load_result("hints", stamp)
+    if cached is not None:
+        return hints.need_map_from(cached["uncertainty"].astype(np.float32), labels), what
+    maps = [coarse.argmax(0), crf_probs(ws, crf_params(ws)).argmax(0)]
+    if refined is not None:
+        maps.append(refined.argmax(0))
+    u = hints.uncertainty(refined if refined is not None else coarse, maps).astype(np.float16)
+    ws.save_result("hints", stamp, uncertainty=u)  # float16: the same map fresh or from the cache
+    u = u.astype(np.float32)
+    return hints.need_map_from(u, labels), what
+
+
+def crf_probs(ws: Workspace, params: CRFParams) -> np.ndarray:
+    """The dense CRF's probabilities (K, H, W) on the coarse ones, with ``params``."""
+    stamp = f"{ws.probs_stamp()}:{json.dumps(params.to_dict(), sort_keys=True)}"
+    cached = ws.load_result("crf", stamp)
+    if cached is not None:
+        return cached["probs"].astype(np.float32)
+    probs = dense_crf(ws.tile().image, ws.coarse_probs(), params)
+    ws.save_result("crf", stamp, probs=probs.astype(np.float16))
+    return probs
+
+
+def crf_params(ws: Workspace) -> CRFParams:
+    d = ws.settings.get("crf")
+    return CRFParams.from_dict(d) if d else CRFParams()
+
+
+@dataclass
+class EvalLabels:
+    labels: np.ndarray
+    description: str
+    title: str = "Held-out painted regions"
+
+    @property
+    def pixels(self) -> int:
+        return int((self.labels != IGNORE).sum())
+
+
+def eval_labels(ws: Workspace) -> EvalLabels | None:
+    """Labels to score maps against: what the last training run held back, else all painted
+    pixels (when no run has used them). None when nothing is labelled."""
+    held = ws.holdout()
+    if held is not None and (held != IGNORE).any():
+        guard = (ws.settings.get("holdout") or {}).get("guard_px")
+        apart = f", at least {guard} px from any pixel it trained on" if guard else ""
+        return EvalLabels(held, f"whole painted regions the last training run held back{apart}")
+    labels = ws.labels()
+    if not (labels != IGNORE).any():
+        return None
+    return EvalLabels(labels, "all painted pixels (no training run has held any back yet)", "Painted pixels")
+
+
+def reference_eval(ws: Workspace) -> EvalLabels | None:
+    """The attached reference mask (:mod:`refiner.reference`) over the whole tile, or None."""
+    from refiner.app import reference
+
+    ref = reference.reference_labels(ws)
+    if ref is None or not (ref != IGNORE).any():
+        return None
+    what = f"the reference, {reference.describe(ws)}, over the whole tile (never trained on)"
+    return EvalLabels(ref, what, "Reference mask")
+
+
+def score_sets(ws: Workspace) -> list[EvalLabels]:
+    """What the pages score on, side by side: the held-out regions, then the reference if attached."""
+    return [e for e in (eval_labels(ws), reference_eval(ws)) if e is not None]
+
+
+def score_table(maps: dict[str, np.ndarray], truth: np.ndarray, names: tuple[str, ...] | list[str]) -> list[dict]:
+    """One row per class map: overall accuracy, mean IoU and IoU per class against ``truth``."""
+    rows = []
+    for name, m in maps.items():
+        s = evaluate(m, truth, len(names))
+        row = {"method": name, "overall accuracy": round(s.overall_accuracy, 4), "mean IoU": round(s.mean_iou, 4)}
+        row.update({f"IoU {n}": round(v, 4) for n, v in zip(names, s.iou, strict=True)})
+        rows.append(row)
+    return rows
+
+
+def training_labels(ws: Workspace) -> np.ndarray:
+    """Painted pixels minus the held-out ones: what a grid search may tune on."""
+    labels = ws.labels().copy()
+    held = ws.holdout()
+    if held is not None:
+        labels[held != IGNORE] = IGNORE
+    return labels
+
+
+def iteration_scores(probs: list[np.ndarray], truth: np.ndarray) -> list[Scores]:
+    k = probs[0].shape[0]
+    return [evaluate(p.argmax(0).astype(np.uint8), truth, k) for p in probs]
+
+
+def search_crf(
+    ws: Workspace,
+    grid: dict | None = None,
+    *,
+    progress: Callable[[int, int, dict, float], None] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> GridSearchResult:
+    """Grid-search the CRF on the painted (not held-out) labels and keep the best parameters.
+
+    A cancelled search keeps the best it found; ``progress`` gets (done, total, best parameters
+    so far, their mean IoU).
+    """
+    labels = training_labels(ws)
+    if not (labels != IGNORE).any():
+        raise ValueError("the grid search needs painted labels: paint some on the Label page")
+    best: list = []
+
+    def tick(done: int, total: int) -> None:
+        if progress:
+            progress(done, total, best[0].to_dict(), best[1].mean_iou)
+
+    found = grid_search(
+        ws.tile().image, ws.coarse_probs(), labels, grid or DEFAULT_GRID, base=crf_params(ws), progress=tick,
+        best_so_far=lambda p, s: best.__setitem__(slice(None), [p, s]), should_stop=should_stop,
+    )  # fmt: skip
+    if found.trials:  # also a cancelled search's best so far: the user waited for it
+        ws.update_settings(crf=found.best.to_dict())
+    return found
+
+
+def current_class_map(ws: Workspace) -> tuple[np.ndarray | None, str]:
+    """The best map there is for display: refined when an RNN exists, else the coarse argmax."""
+    if not ws.has_coarse():
+        return None, ""
+    if ws.has_model("rnn"):
+        try:
+            return refinement(ws)[-1].argmax(0).astype(np.uint8), "refined (RNN)"
+        except ValueError:
+            pass
+    return ws.coarse_probs().argmax(0).astype(np.uint8), "coarse CNN"

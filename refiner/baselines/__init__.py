@@ -1,0 +1,1 @@
+"""Baselines the learned refiner is compared with: the fully connected (dense) CRF."""

@@ -1,0 +1,75 @@
+"""A tile in memory: the image with its georeferencing (or a local pixel grid for plain pictures)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from affine import Affine
+from rasterio.crs import CRS
+
+
+@dataclass(frozen=True)
+class Georef:
+    """Where a raster lies on Earth: coordinate reference system and pixel-to-map transform."""
+
+    crs: CRS
+    transform: Affine
+
+    @property
+    def resolution(self) -> float:
+        """Ground size of a pixel (mean of x and y) in CRS units, metres for projected CRSs."""
+        return float((abs(self.transform.a) + abs(self.transform.e)) / 2)
+
+    def window(self, row: int, col: int) -> Georef:
+        """Georeferencing of a sub-window starting at ``(row, col)``."""
+        return Georef(self.crs, self.transform @ Affine.translation(col, row))
+
+
+@dataclass
+class Tile:
+    """An image in the engine's conventions, with its georeferencing (None for plain pictures)."""
+
+    image: np.ndarray  # float32 (C, H, W) in [0, 1]
+    valid: np.ndarray  # bool (H, W): False where the source has nodata
+    georef: Georef | None = None
+    source: str = ""
+    dtype: str = "uint8"  # the source's data type, for display
+    band_count: int = 3  # bands in the source file (before picking the RGB ones)
+    #: Metres per pixel a user stated for a picture without georeferencing (PNG, JPEG, plain TIFF).
+    pixel_size: float | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return int(self.image.shape[1]), int(self.image.shape[2])
+
+    @property
+    def resolution(self) -> float | None:
+        """Metres per pixel when georeferenced in a projected CRS (or stated, see ``pixel_size``), else None."""
+        if self.georef is None:
+            return self.pixel_size
+        if not self.georef.crs.is_projected:
+            return None
+        return self.georef.resolution
+
+
+#: Stand-in CRS for resampling a picture with a stated pixel size: any projected CRS will do, as
+#: source and target grids share it (nothing with this CRS is ever written to a file).
+_PIXEL_CRS = CRS.from_epsg(3857)
+_PIXEL_ORIGIN = 1e6  # metres; larger than any picture's extent, so the grid never crosses 0
+
+
+def grid_of(tile: Tile) -> Georef | None:
+    """The tile's georeferencing, or for a picture with a stated ``pixel_size`` a local pixel grid
+    of that size (so it resamples like a georeferenced tile); None otherwise."""
+    if tile.georef is not None:
+        return tile.georef
+    if tile.pixel_size:
+        # origin far from (0, 0): GDAL's warper returned all zeros for grids whose corner sits
+        # exactly at the projection origin (a 650^2 picture at 0.3 m; 256^2 worked)
+        return Georef(_PIXEL_CRS, Affine(tile.pixel_size, 0, _PIXEL_ORIGIN, 0, -tile.pixel_size, _PIXEL_ORIGIN))
+    return None
+
+
+class RasterError(ValueError):
+    """A raster could not be used; the message says what is wrong and what to do."""

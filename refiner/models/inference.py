@@ -1,0 +1,113 @@
+"""Applying trained models to tiles: coarse probabilities and refined maps at every iteration.
+
+Networks work at their training resolution (1 m in the paper): a georeferenced tile at another
+resolution is resampled to it, and outputs are upsampled back to the tile's grid bilinearly.
+Large tiles are processed window by window with a halo (:mod:`refiner.tiling`), which gives
+exactly the whole-image result at bounded memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from refiner.core.device import pick_device
+from refiner.core.windows import run_windowed
+from refiner.data.resample import probs_to_grid, to_working, to_working_resolution
+from refiner.data.tile import Tile, grid_of
+from refiner.models.coarse import COARSE_HALO
+from refiner.models.fused import fused
+from refiner.models.store import ModelBundle
+
+WINDOW = 512
+
+
+def _as_tensor(a: np.ndarray, dev: torch.device) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a))[None].to(dev)
+
+
+def predict_coarse(
+    bundle: ModelBundle,
+    tile: Tile,
+    *,
+    device: str | torch.device | None = None,
+    window: int = WINDOW,
+    progress: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
+    """Class probabilities (K, H, W) of the coarse CNN on the tile's own grid."""
+    if bundle.kind != "coarse":
+        raise ValueError("predict needs a coarse CNN model")
+    dev = pick_device(device)
+    net = bundle.net.to(dev).eval()
+    work = to_working_resolution(tile, bundle.resolution)
+    if work.image.shape[0] != net.cfg.in_channels:
+        raise ValueError(f"the model expects {net.cfg.in_channels} bands, the image has {work.image.shape[0]}")
+
+    @torch.no_grad()
+    def fn(arrays: list[np.ndarray]) -> np.ndarray:
+        scores = net(bundle.normalise(_as_tensor(arrays[0], dev)))
+        return torch.softmax(scores, 1)[0].float().cpu().numpy()
+
+    probs = run_windowed(
+        fn, [work.image], len(bundle.classes), size=window, halo=COARSE_HALO, align=net.cfg.stride, progress=progress
+    )
+    if work is not tile:
+        probs = probs_to_grid(probs, work.georef, grid_of(tile), tile.shape)
+    return probs
+
+
+@dataclass
+class Refinement:
+    """Probabilities after each iteration: ``probs[0]`` is the input, ``probs[-1]`` the result."""
+
+    probs: list[np.ndarray]
+
+    @property
+    def final(self) -> np.ndarray:
+        return self.probs[-1]
+
+    def class_map(self, t: int = -1) -> np.ndarray:
+        return self.probs[t].argmax(0).astype(np.uint8)
+
+
+def refine(
+    bundle: ModelBundle,
+    tile: Tile,
+    probs: np.ndarray,
+    *,
+    iterations: int | None = None,
+    keep_all: bool = False,
+    device: str | torch.device | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Refinement:
+    """Run the RNN on coarse ``probs`` (K, H, W) over ``tile``; every iteration when ``keep_all``.
+
+    The tile goes to :class:`~refiner.models.fused.FusedRNN` whole: it works in cache-sized
+    blocks with exact halos itself, so memory beyond the inputs and outputs stays bounded
+    (scenes larger than memory go through :mod:`refiner.scene` instead).
+    """
+    if bundle.kind != "rnn":
+        raise ValueError("refine needs an RNN model (from `finetune`)")
+    k = len(bundle.classes)
+    if probs.shape[0] != k:
+        raise ValueError(f"the probability map has {probs.shape[0]} bands but the model has {k} classes")
+    if probs.shape[1:] != tile.shape:
+        raise ValueError(f"probabilities {probs.shape[1:]} and image {tile.shape} differ in size")
+    dev = pick_device(device)
+    net = bundle.net.to(dev).eval()
+    t_max = net.cfg.iterations if iterations is None else iterations
+    working = to_working(tile, bundle.resolution, probs)
+    work, work_probs = working.tile, working.probs
+    fast = fused(net)  # exact fused inference (refiner.models.fused), folded once per model
+    with torch.inference_mode():
+        image = bundle.normalise(_as_tensor(work.image.astype(np.float32, copy=False), dev))
+        probs_t = _as_tensor(work_probs.astype(np.float32, copy=False), dev)
+        us = fast(image, probs_t, iterations=t_max, keep_all=keep_all, progress=progress)
+        del image, probs_t
+        maps = [torch.softmax(u.float(), 1)[0].cpu().numpy() for u in us]
+    if work is not tile:
+        maps = [probs_to_grid(m, work.georef, grid_of(tile), tile.shape) for m in maps]
+    return Refinement(maps)

@@ -1,0 +1,227 @@
+"""The shipped real-data models (``assets/pretrained``) and which one fits a workspace.
+
+Every sub-folder of ``assets/pretrained`` holding a model (``config.json`` +
+``model.safetensors``, see :mod:`refiner.models.io`) is in the catalogue; its ``card.json``
+(classes, ``resolution_m``, ``kind``, split, scores) is read when there, else ``config.json``.
+
+**Which model fits** (:func:`pick_coarse`, :func:`pick_rnn`). Class names are compared
+case-insensitively and without a plural ``s`` ("Buildings" = "building").
+
+* A coarse CNN fits when every workspace class is one of the model's classes and the model's
+  extra classes can be merged into the workspace's ``background``: a background/road workspace
+  uses a background/building/road model with ``p(background) = p(background) + p(building)``
+  (a building is "not road"). A model that does not know one of the workspace's classes does not
+  fit. The same class set is preferred to a merge.
+* An RNN fits only with exactly the workspace's classes in the same order: fine-tuning keeps its
+  class-specific weights, so they cannot be merged or reordered.
+* Resolution: the engine resamples the tile to the model's resolution (1 m) and back, so a model
+  fits tiles from ``resolution / 10`` (0.1 m: downsampling loses nothing the model needs) to
+  ``2 x resolution`` (2 m: objects a 1 m model sees as a few pixels would vanish). A tile of
+  unknown resolution is taken to be at the model's resolution, and the reason says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from refiner.core.classes import ClassSpec
+from refiner.models.store import CONFIG, WEIGHTS, ModelBundle, load_model
+
+PRETRAINED = Path(__file__).resolve().parents[2] / "assets" / "pretrained"
+#: A model fits tiles from resolution * FINEST to resolution * COARSEST metres per pixel.
+FINEST, COARSEST = 0.1, 2.0
+BACKGROUND = "background"
+
+
+def pretrained_root() -> Path:
+    """``$REFINER_PRETRAINED`` (tests, operators with their own models), else ``assets/pretrained``."""
+    env = os.environ.get("REFINER_PRETRAINED")
+    return Path(env) if env else PRETRAINED
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """One shipped model: where it is and what its card says."""
+
+    name: str  # the folder name, e.g. "coarse_1m"
+    kind: str  # "coarse" or "rnn"
+    folder: Path
+    classes: ClassSpec
+    resolution: float | None
+    card: dict = field(default_factory=dict, hash=False, compare=False)
+
+    def load(self) -> ModelBundle:
+        return load_model(self.folder, expect=self.kind)
+
+    def summary(self) -> str:
+        """One line for the UI: name, classes, resolution and, when the card has them, test scores."""
+        res = f"{self.resolution:g} m" if self.resolution else "any resolution"
+        text = f"{self.name} ({', '.join(self.classes.names)}; {res})"
+        return text + (f", test {self.test_scores()}" if self.test_scores() else "")
+
+    def test_scores(self) -> str:
+        """The card's scores on its test tiles in words: mean IoU, or the IoU per test set
+        (``test_scores: {set: {iou: ...}}``, as ``refiner pretrain`` writes them)."""
+        scores = self.card.get("test_scores") or self.card.get("test") or {}
+        if not isinstance(scores, dict):
+            return ""
+        if isinstance(scores.get("mean_iou"), int | float):
+            return f"mean IoU {scores['mean_iou']:.3f}"
+        parts = [
+            f"{name} IoU {s['iou']:.2f}"
+            for name, s in scores.items()
+            if isinstance(s, dict) and isinstance(s.get("iou"), int | float)
+        ]
+        return ", ".join(parts)
+
+
+def _norm(name: str) -> str:
+    n = name.strip().lower()
+    return n[:-1] if n.endswith("s") and len(n) > 3 else n
+
+
+def catalogue(root: str | Path | None = None) -> list[Shipped]:
+    """The shipped models under ``root`` (default :func:`pretrained_root`), sorted by name."""
+    root = Path(root) if root is not None else pretrained_root()
+    if not root.is_dir():
+        return []
+    out = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        if not (d / CONFIG).is_file() or not (d / WEIGHTS).is_file():
+            continue
+        try:
+            config = json.loads((d / CONFIG).read_text())
+            card = json.loads((d / "card.json").read_text()) if (d / "card.json").is_file() else {}
+        except (OSError, json.JSONDecodeError):
+            continue  # a broken folder is not offered; load_model would say why if asked
+        classes = card.get("classes") or config.get("classes")
+        if isinstance(classes, list):
+            classes = {"names": classes}
+        try:
+            spec = ClassSpec.from_dict(classes)
+        except (TypeError, ValueError, KeyError):
+            continue
+        res = card.get("resolution_m", config.get("resolution"))
+        out.append(Shipped(d.name, card.get("kind", config.get("kind")), d, spec, res, card))
+    return out
+
+
+@dataclass(frozen=True)
+class Pick:
+    """The model that fits (or None) and why, in words for the UI."""
+
+    model: Shipped | None
+    reason: str
+    #: For each workspace class, the model classes whose probabilities are summed into it.
+    merge: tuple[tuple[int, ...], ...] = ()
+
+    def adapt(self, probs: np.ndarray) -> np.ndarray:
+        """The model's probabilities (K_model, H, W) as the workspace's classes (K, H, W)."""
+        return np.stack([probs[list(src)].sum(0) for src in self.merge]).astype(np.float32)
+
+
+def _resolution_note(model: Shipped, resolution: float | None) -> tuple[bool, str]:
+    if not model.resolution:
+        return True, "it works at any resolution"
+    if resolution is None:
+        return True, f"the tile's resolution is unknown, so it is taken to be {model.resolution:g} m"
+    lo, hi = model.resolution * FINEST, model.resolution * COARSEST
+    if not lo <= resolution <= hi:
+        return False, (
+            f"the tile is {resolution:.2f} m/px, outside the {lo:g}-{hi:g} m range a "
+            f"{model.resolution:g} m model can be resampled to"
+        )
+    if abs(resolution - model.resolution) / model.resolution <= 0.01:
+        return True, f"the tile is at its {model.resolution:g} m"
+    return True, f"the tile ({resolution:.2f} m/px) is resampled to its {model.resolution:g} m and back"
+
+
+def class_merge(workspace: ClassSpec, model: ClassSpec) -> tuple[tuple[tuple[int, ...], ...] | None, str]:
+    """How the model's classes map onto the workspace's, or None and why not."""
+    ws_names, m_names = [_norm(n) for n in workspace.names], [_norm(n) for n in model.names]
+    missing = [workspace.names[i] for i, n in enumerate(ws_names) if n not in m_names]
+    if missing:
+        return None, f"it does not know {', '.join(missing)}"
+    merge = [[m_names.index(n)] for n in ws_names]
+    extra = [i for i, n in enumerate(m_names) if n not in ws_names]
+    if extra:
+        if BACKGROUND not in ws_names:
+            names = ", ".join(model.names[i] for i in extra)
+            return None, f"it also predicts {names}, which can only be merged into a '{BACKGROUND}' class"
+        merge[ws_names.index(BACKGROUND)] += extra
+        names = ", ".join(model.names[i] for i in extra)
+        return tuple(tuple(m) for m in merge), f"its {names} merged into {BACKGROUND}"
+    return tuple(tuple(m) for m in merge), "the same classes"
+
+
+def pick_coarse(classes: ClassSpec, resolution: float | None, *, root: str | Path | None = None) -> Pick:
+    """The shipped coarse CNN for a workspace's classes and ground resolution (rules: module doc)."""
+    fits: list[tuple[tuple, Shipped, tuple, str]] = []
+    why_not = []
+    for m in catalogue(root):
+        if m.kind != "coarse":
+            continue
+        merge, how = class_merge(classes, m.classes)
+        ok, res_note = _resolution_note(m, resolution)
+        if merge is None or not ok:
+            why_not.append(f"{m.name}: {how if merge is None else res_note}")
+            continue
+        exact = len(m.classes) == len(classes)
+        rank = (not exact, abs((m.resolution or 1.0) - (resolution or m.resolution or 1.0)), m.name)
+        fits.append((rank, m, merge, f"{how}; {res_note}"))
+    if not fits:
+        return Pick(None, _none_reason("coarse CNN", classes, why_not))
+    _, m, merge, why = min(fits, key=lambda f: f[0])
+    return Pick(m, f"{m.summary()} fits: {why}", merge)
+
+
+def pick_rnn(classes: ClassSpec, resolution: float | None, *, root: str | Path | None = None) -> Pick:
+    """The shipped RNN to fine-tune from: exactly the workspace's classes, in order (module doc)."""
+    why_not = []
+    for m in catalogue(root):
+        if m.kind != "rnn":
+            continue
+        if [_norm(n) for n in m.classes.names] != [_norm(n) for n in classes.names]:
+            why_not.append(f"{m.name}: its classes are {', '.join(m.classes.names)}")
+            continue
+        ok, res_note = _resolution_note(m, resolution)
+        if not ok:
+            why_not.append(f"{m.name}: {res_note}")
+            continue
+        return Pick(m, f"{m.summary()} fits: the same classes; {res_note}", tuple((i,) for i in range(len(classes))))
+    return Pick(None, _none_reason("RNN", classes, why_not))
+
+
+def _none_reason(what: str, classes: ClassSpec, why_not: list[str]) -> str:
+    head = f"no shipped {what} fits the classes {', '.join(classes.names)}"
+    return head + (" (" + "; ".join(why_not) + ")" if why_not else " (none is installed in assets/pretrained)")
+
+
+def coarse_probs_for(pick: Pick, tile) -> np.ndarray:
+    """Run the picked coarse CNN on ``tile`` and return probabilities in the workspace's classes."""
+    from refiner.models.inference import predict_coarse
+
+    if pick.model is None:
+        raise ValueError(pick.reason)
+    return pick.adapt(predict_coarse(pick.model.load(), tile))
+
+
+def workspace_resolution(ws) -> float | None:
+    """A workspace's ground resolution: from its georeferencing, or as the user stated it."""
+    return (ws.settings.get("source") or {}).get("resolution")
+
+
+def coarse_into_workspace(ws, *, root: str | Path | None = None) -> Pick:
+    """Pick the shipped coarse CNN for a workspace and, when one fits, write its probabilities
+    there (the source says which model and why); the pick is returned either way."""
+    pick = pick_coarse(ws.classes, workspace_resolution(ws), root=root)
+    if pick.model is not None:
+        probs = coarse_probs_for(pick, ws.tile())
+        origin = {"source": f"shipped coarse CNN {pick.model.name}", "model": pick.model.name, "why": pick.reason}
+        ws.write_coarse_probs(probs, {**origin, "resolution": pick.model.resolution})
+    return pick

@@ -1,0 +1,243 @@
+"""Saving and loading models: ``model.safetensors`` + ``config.json`` in one folder. Never pickle.
+
+The JSON carries everything needed to use the weights correctly: architecture, class list,
+working resolution and the image normalisation the network was trained with.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from refiner.core.atomic import atomic_dir, check_writable
+from refiner.core.classes import ClassSpec
+from refiner.models.coarse import CoarseCNN, CoarseConfig
+from refiner.models.rnn import RefinerRNN, RNNConfig
+
+FORMAT = "refiner-model"
+VERSION = 1
+WEIGHTS = "model.safetensors"
+OPTIMIZER = "optimizer.safetensors"
+CONFIG = "config.json"
+
+
+@dataclass
+class ModelBundle:
+    """A network together with what it needs to be used: classes, resolution, normalisation."""
+
+    kind: str  # "coarse" or "rnn"
+    net: torch.nn.Module
+    classes: ClassSpec
+    resolution: float | None = None  # metres per pixel the network works at; None = as given
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.25, 0.25, 0.25)
+    info: dict[str, Any] = field(default_factory=dict)  # training provenance, JSON-able
+    #: AdaGrad accumulators by parameter name, so "continue training" resumes exactly.
+    optimizer_state: dict[str, torch.Tensor] | None = None
+
+    def normalise(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) in [0, 1] -> standardised per band as during training."""
+        mean = torch.tensor(self.mean, dtype=image.dtype, device=image.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=image.dtype, device=image.device).view(1, -1, 1, 1)
+        return (image - mean) / std
+
+    @property
+    def config(self) -> CoarseConfig | RNNConfig:
+        return self.net.cfg  # type: ignore[return-value]
+
+
+def image_stats(images: list[np.ndarray]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-band mean and std over images (C, H, W) in [0, 1], for ``ModelBundle`` normalisation."""
+    flat = np.concatenate([im.reshape(im.shape[0], -1) for im in images], axis=1)
+    std = np.maximum(flat.std(axis=1), 1e-3)
+    return tuple(float(x) for x in flat.mean(axis=1)), tuple(float(x) for x in std)
+
+
+CHECKPOINT_SUFFIX = ".checkpoint"
+
+
+def is_model_folder(folder: str | Path) -> bool:
+    return (Path(folder) / CONFIG).is_file()
+
+
+def check_model_output(folder: str | Path) -> Path:
+    """Refuse, before any work, a model output that could not be written or would destroy other files.
+
+    ``folder`` may be new, empty or a model folder (replaced whole); not a file, and not a folder
+    with other things in it; and it must be writable (:func:`refiner.atomic.check_writable`).
+    """
+    folder = Path(folder)
+    if folder.is_file() or (folder.exists() and not folder.is_dir()):
+        raise ValueError(f"{folder} is a file, and a model is a folder — give a new folder name for the model")
+    if folder.is_dir() and any(folder.iterdir()) and not is_model_folder(folder):
+        raise ValueError(
+            f"{folder} is a folder with other files in it, not a Refiner model — give a new or empty folder "
+            "(a model folder is replaced whole)"
+        )
+    check_writable(folder)
+    return folder
+
+
+def save_model(bundle: ModelBundle, folder: str | Path) -> Path:
+    """Write weights and config as one folder, whole or not at all (:func:`refiner.atomic.atomic_dir`).
+
+    A crash, a ``kill -9`` or a full disk leaves either the previous model or the new one under
+    ``folder``, never a mix, and no temporary files.
+    """
+    folder = Path(folder)
+    if folder.is_dir() and any(folder.iterdir()) and not is_model_folder(folder):
+        check_model_output(folder)  # never replace a folder of other files
+    config = {
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": bundle.kind,
+        "architecture": bundle.config.to_dict(),
+        "classes": bundle.classes.to_dict(),
+        "resolution": bundle.resolution,
+        "normalisation": {
+            "rule": "x = (pixel scaled to [0, 1] - mean) / std, per band",
+            "mean": list(bundle.mean),
+            "std": list(bundle.std),
+        },
+        "info": bundle.info,
+    }
+    state = {k: v.detach().cpu().contiguous() for k, v in bundle.net.state_dict().items()}
+    optimizer = {k: v.detach().cpu().contiguous() for k, v in (bundle.optimizer_state or {}).items()}
+    with atomic_dir(folder) as tmp:
+        save_file(state, str(tmp / WEIGHTS))
+        if optimizer:
+            save_file(optimizer, str(tmp / OPTIMIZER))
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2))
+    return folder
+
+
+def save_checkpoint(bundle: ModelBundle, folder: str | Path, step: int) -> Path:
+    """A checkpoint of a training run at ``step``: a model folder whose ``info`` says so
+    (``"stopped": "checkpoint"``), written whole like :func:`save_model`."""
+    info = bundle.info
+    bundle.info = {**info, "stopped": "checkpoint", "checkpoint_step": int(step)}
+    try:
+        return save_model(bundle, folder)
+    finally:
+        bundle.info = info
+
+
+def _check_safetensors(path: Path) -> None:
+    """Refuse a weights file that is not safetensors (a ``torch.save`` pickle renamed, say) before
+    anything parses it: it is never unpickled."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    size = path.stat().st_size
+    n = int.from_bytes(head[:8], "little") if len(head) >= 8 else -1
+    if len(head) < 9 or not 0 < n <= size - 8 or head[8:9] != b"{":
+        kind = "a zip or torch.save file" if head.startswith(b"PK") else "a pickle" if head[:1] == b"\x80" else ""
+        raise ValueError(
+            f"{path} is not a safetensors file{f' (it looks like {kind})' if kind else ''}; Refiner never "
+            "loads pickles — convert the weights with safetensors.torch.save_file, or train the model again"
+        )
+
+
+def _config_error(cfg_path: Path, what: str) -> ValueError:
+    return ValueError(f"{cfg_path} {what} — restore the model folder's original config.json, or train the model again")
+
+
+def _arch(cfg_path: Path, cls, arch: dict):
+    """The architecture dataclass from ``config.json``, with unknown or bad keys named."""
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(arch) - known)
+    if unknown:
+        raise _config_error(cfg_path, f"has unknown architecture key(s) {unknown}")
+    try:
+        return cls(**arch)
+    except (TypeError, ValueError) as exc:
+        raise _config_error(cfg_path, f"has an invalid architecture ({exc})") from exc
+
+
+def _load_weights(net: torch.nn.Module, w_path: Path, cfg_path: Path) -> None:
+    try:
+        state = load_file(str(w_path))
+    except Exception as exc:  # safetensors raises its own SafetensorError
+        raise ValueError(f"{w_path} cannot be read ({exc}) — copy the model folder again, or train again") from exc
+    want = net.state_dict()
+    missing = sorted(set(want) - set(state))
+    extra = sorted(set(state) - set(want))
+    shapes = [k for k in want if k in state and tuple(state[k].shape) != tuple(want[k].shape)]
+    if missing or extra or shapes:
+        if shapes:
+            k = shapes[0]
+            detail = f"{k} is {tuple(state[k].shape)} in the weights but {tuple(want[k].shape)} by the config"
+        else:
+            detail = f"weights {(missing or extra)[:3]} are {'missing' if missing else 'unexpected'}"
+        raise ValueError(
+            f"{w_path} and {cfg_path.name} do not match: {detail} — restore the model folder's original "
+            "config.json, or train the model again"
+        )
+    net.load_state_dict(state)
+
+
+def load_model(folder: str | Path, *, expect: str | None = None, device: str | torch.device = "cpu") -> ModelBundle:
+    """Load a model folder written by :func:`save_model`; ``expect`` checks its kind."""
+    folder = Path(folder)
+    cfg_path, w_path = folder / CONFIG, folder / WEIGHTS
+    if not w_path.is_file() and is_model_folder(folder.with_name(folder.name + CHECKPOINT_SUFFIX)):
+        ck = folder.with_name(folder.name + CHECKPOINT_SUFFIX)
+        raise FileNotFoundError(
+            f"there is no finished model in {folder}: its training did not finish — continue it from the last "
+            f"checkpoint with `python -m refiner finetune ... --resume {ck} --out {folder}`"
+        )
+    if not folder.is_dir() or not cfg_path.is_file() or not w_path.is_file():
+        raise FileNotFoundError(
+            f"{folder} is not a Refiner model folder (it needs {CONFIG} and {WEIGHTS}) — "
+            "train one with `python -m refiner train-coarse` or `finetune`"
+        )
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _config_error(cfg_path, f"is not valid JSON ({exc})") from exc
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise _config_error(cfg_path, 'is not a Refiner model config (no "format": "refiner-model")')
+    missing = [k for k in ("kind", "architecture", "classes") if k not in config]
+    if missing:
+        raise _config_error(cfg_path, f"lacks {missing}")
+    kind = config["kind"]
+    if expect and kind != expect:
+        raise ValueError(f"{folder} holds a {kind} model, but a {expect} model is needed here")
+    arch = config["architecture"]
+    if not isinstance(arch, dict):
+        raise _config_error(cfg_path, "has an architecture that is not a JSON object")
+    if kind == "coarse":
+        net: torch.nn.Module = CoarseCNN(_arch(cfg_path, CoarseConfig, arch))
+    elif kind == "rnn":
+        net = RefinerRNN(_arch(cfg_path, RNNConfig, arch))
+    else:
+        raise _config_error(cfg_path, f"names an unknown model kind {kind!r} (coarse or rnn)")
+    _check_safetensors(w_path)
+    _load_weights(net, w_path, cfg_path)
+    net.to(device).eval()
+    norm = config.get("normalisation", {})
+    try:
+        classes = ClassSpec.from_dict(config["classes"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _config_error(cfg_path, f"has an invalid class list ({exc})") from exc
+    optimizer = None
+    if (folder / OPTIMIZER).is_file():
+        _check_safetensors(folder / OPTIMIZER)
+        optimizer = load_file(str(folder / OPTIMIZER))
+    return ModelBundle(
+        kind=kind,
+        net=net,
+        classes=classes,
+        resolution=config.get("resolution"),
+        mean=tuple(norm.get("mean", (0.5, 0.5, 0.5))),
+        std=tuple(norm.get("std", (0.25, 0.25, 0.25))),
+        info=config.get("info", {}),
+        optimizer_state=optimizer,
+    )

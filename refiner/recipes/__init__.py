@@ -1,0 +1,1 @@
+"""End-to-end recipes driven by TOML files: the paper's experiment, the shipped pretrained models, the demo data."""

@@ -1,0 +1,465 @@
+"""Pretrained real-data models: the written split, the data at 1 m, the recipes, the model cards.
+
+``python -m refiner pretrain experiments/pretrained/coarse.toml`` (then ``rnn.toml``) rebuilds
+``assets/pretrained/coarse_1m`` and ``rnn_1m`` from ``../shared/data`` (read at run time, never
+copied). One 3-class model (background / building / road) learns from road-only and
+building-only sets through partial labels: on a road tile a non-road pixel is ``NOT_ROAD``
+(background or building), on a building tile ``NOT_BUILDING`` (background or road).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import time
+import tomllib
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+from rasterio.errors import NotGeoreferencedWarning
+
+from refiner.core.classes import IGNORE, ClassSpec
+from refiner.data.read import read_image
+from refiner.data.resample import labels_to_grid, to_working_resolution
+from refiner.data.tile import Tile
+from refiner.models.inference import predict_coarse, refine
+from refiner.models.store import ModelBundle, load_model, save_model
+from refiner.train.coarse import CoarseTrainConfig, CoarseTrainResult, train_coarse
+from refiner.train.loop import Progress
+from refiner.train.losses import NOT_BUILDING, NOT_ROAD
+from refiner.train.rnn import RNNTrainConfig, train_rnn_tiles
+
+CLASSES = ClassSpec(("background", "building", "road"), (0, 1, 2))
+PARTIAL = {NOT_ROAD: (0, 1), NOT_BUILDING: (0, 2)}
+#: What a mask value may be declared as in the split file.
+CODES = {"background": 0, "building": 1, "road": 2, "not_road": NOT_ROAD, "not_building": NOT_BUILDING}
+#: The task each set scores: the class its labels are about (merged tiles score both).
+TASK_CLASS = {"road": 2, "building": 1}
+MACHINE = "2-core AMD EPYC (Zen 2, AVX2)"
+
+
+@dataclass
+class SetSpec:
+    name: str
+    root: Path
+    images: str
+    masks: str
+    label_map: dict[int, int]  # mask value -> class index or partial code
+    resolution: float  # m/px for files without projected georeferencing
+    tasks: tuple[str, ...]  # "road" and/or "building"
+    nodata_white: bool
+    roles: dict[str, list[str]]  # train / val / test / patch -> tile names
+
+
+@dataclass
+class TileData:
+    """A tile at 1 m: uint8 image (3, H, W) and label codes (H, W), 255 = unlabelled / no-data."""
+
+    set: str
+    name: str
+    image: np.ndarray
+    labels: np.ndarray
+    tasks: tuple[str, ...]
+
+    def tile(self) -> Tile:
+        return Tile(image=self.image.astype(np.float32) / 255, valid=np.ones(self.labels.shape, bool))
+
+
+def _toml(path: Path) -> dict:
+    """A recipe or split TOML, with errors that name the file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no such recipe: {path} — see experiments/pretrained/ for the shipped ones")
+    try:
+        return tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not valid TOML ({exc}) — fix it, or take the shipped one again") from exc
+
+
+def load_split(path: str | Path) -> dict[str, SetSpec]:
+    """The data sets and their train / val / test (/ patch) tiles from a split TOML."""
+    path = Path(path)
+    raw = _toml(path)
+    sets = {}
+    for name, d in raw["sets"].items():
+        sets[name] = SetSpec(
+            name=name,
+            root=(path.parent / d["root"]).resolve(),
+            images=d.get("images", "images"),
+            masks=d.get("masks", "masks"),
+            label_map={int(k): CODES[v] for k, v in d["label_map"].items()},
+            resolution=float(d["resolution"]),
+            tasks=tuple(d["tasks"]),
+            nodata_white=bool(d.get("nodata_white", False)),
+            roles={r: list(d.get(r, [])) for r in ("train", "val", "test", "patch")},
+        )
+    names = [(s.name, t) for s in sets.values() for r in ("train", "val") for t in s.roles[r]]
+    tests = {(s.name, t) for s in sets.values() for t in s.roles["test"]}
+    leak = tests & set(names)
+    if leak:
+        raise ValueError(f"test tiles also used for training or validation: {sorted(leak)}")
+    return sets
+
+
+def _find(folder: Path, name: str) -> Path:
+    hits = sorted(p for p in folder.glob(name + ".*") if p.suffix.lower() in (".png", ".jpg", ".tif", ".tiff"))
+    if not hits:
+        raise FileNotFoundError(f"no image named {name}.* in {folder}")
+    return hits[0]
+
+
+def load_tile(spec: SetSpec, name: str, resolution: float = 1.0) -> TileData:
+    """One tile of a set at ``resolution`` m: image by area average, label codes by majority vote."""
+    tile = read_image(_find(spec.root / spec.images, name))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(_find(spec.root / spec.masks, name)) as ds:
+            raw = ds.read(1)
+    lut = np.full(256, IGNORE, np.uint8)
+    for v, code in spec.label_map.items():
+        lut[v] = code
+    labels = lut[raw]
+    labels[~tile.valid] = IGNORE
+    if spec.nodata_white:  # mosaic-edge tiles: pure white is no-data, not background
+        labels[(tile.image.min(axis=0) >= 250 / 255)] = IGNORE
+    if tile.georef is not None and tile.georef.crs.is_projected:  # the engine's own resampling
+        work = to_working_resolution(tile, resolution)
+        if work is not tile:
+            labels = labels_to_grid(labels, tile.georef, work.georef, work.shape)
+        image_1m = work.image
+    else:  # a plain picture (or degrees): the set's stated pixel size
+        # Area average by torch, not raster.to_working_resolution: on the stand-in pixel grid,
+        # rasterio's "average" returned all zeros for a 650^2 picture at 0.3 m (256^2 worked).
+        h, w = labels.shape
+        shape = (max(1, round(h * spec.resolution / resolution)), max(1, round(w * spec.resolution / resolution)))
+        image_1m, labels = area_resize(tile.image, labels, shape)
+    image = np.round(image_1m * 255).astype(np.uint8)
+    return TileData(spec.name, name, image, labels, spec.tasks)
+
+
+def area_resize(image: np.ndarray, labels: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Image (C, H, W) by area average and labels by area majority vote (255 where under half
+    of the area is labelled), to ``shape``: what the engine's resampling does on a real grid."""
+    if shape == labels.shape:
+        return image, labels
+    pool = torch.nn.functional.adaptive_avg_pool2d
+    img = pool(torch.from_numpy(np.ascontiguousarray(image))[None], shape)[0].numpy()
+    values = [v for v in np.unique(labels) if v != IGNORE]
+    if not values:
+        return img, np.full(shape, IGNORE, np.uint8)
+    onehot = torch.from_numpy(np.stack([(labels == v) for v in values]).astype(np.float32))[None]
+    frac = pool(onehot, shape)[0].numpy()
+    out = np.asarray(values, np.uint8)[frac.argmax(0)]
+    out[frac.sum(0) < 0.5] = IGNORE
+    return img, out
+
+
+def load_role(sets: dict[str, SetSpec], role: str, *, only: list[str] | None = None) -> list[TileData]:
+    return [load_tile(s, t) for s in sets.values() if only is None or s.name in only for t in s.roles[role]]
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def task_confusion(probs: np.ndarray, data: TileData, task: str) -> np.ndarray:
+    """2x2 confusion (not-class, class) of the 3-class output against a tile's labels for ``task``."""
+    c = TASK_CLASS[task]
+    lab = data.labels
+    used = lab != IGNORE
+    truth = lab == c
+    pred = probs.argmax(0) == c
+    cm = np.zeros((2, 2), np.int64)
+    for t in (0, 1):
+        for p in (0, 1):
+            cm[t, p] = int((used & (truth == bool(t)) & (pred == bool(p))).sum())
+    return cm
+
+
+def scores_2x2(cm: np.ndarray) -> dict:
+    """Overall accuracy, IoU of not-class and class, and their mean."""
+    tn, fp, fn, tp = cm[0, 0], cm[0, 1], cm[1, 0], cm[1, 1]
+    iou1 = tp / max(1, tp + fp + fn)
+    iou0 = tn / max(1, tn + fp + fn)
+    return {"overall_accuracy": float((tp + tn) / max(1, cm.sum())), "iou_other": float(iou0),
+            "iou": float(iou1), "mean_iou": float((iou0 + iou1) / 2), "pixels": int(cm.sum())}  # fmt: skip
+
+
+def score_probs(items: list[tuple[np.ndarray, TileData]]) -> dict[str, dict]:
+    """Per task, scores over all the tiles that have that task."""
+    out = {}
+    for task in ("road", "building"):
+        cms = [task_confusion(p, d, task) for p, d in items if task in d.tasks]
+        if cms:
+            out[task] = scores_2x2(sum(cms))
+    return out
+
+
+def crop_center(data: TileData, size: int) -> TileData:
+    h, w = data.labels.shape
+    r, c = max(0, (h - size) // 2), max(0, (w - size) // 2)
+    return TileData(data.set, data.name, data.image[:, r : r + size, c : c + size],
+                    data.labels[r : r + size, c : c + size], data.tasks)  # fmt: skip
+
+
+#: Offsets tried for building and road (background fixed at 0) when calibrating: checkpoint
+#: selection uses the coarse grid, the final calibration the fine one.
+SELECT_GRID = np.arange(-1.0, 3.01, 0.5)
+CALIBRATE_GRID = np.arange(-1.0, 3.01, 0.25)
+
+
+def validation_score(res: dict[str, dict]) -> float:
+    """What checkpoints and offsets are chosen by: the mean over tasks of their mean IoU."""
+    return float(np.mean([r["mean_iou"] for r in res.values()]))
+
+
+def best_offsets(
+    logps: list[np.ndarray], tiles: list[TileData], grid: np.ndarray = CALIBRATE_GRID
+) -> tuple[float, tuple[float, ...]]:
+    """The validation score (mean over tasks of their mean IoU) at the best per-class score offsets.
+
+    A network trained with partial labels and class-balanced patches ends with priors that
+    argmax turns into too few (or too many) road and building pixels, and IoU of thin, rare
+    classes is very sensitive to that. A constant offset per class on the log-probabilities,
+    chosen on validation tiles only, is the cheapest fix; checkpoints are compared at their own
+    best offsets, so selection is not fooled by a prior that drifts during training. The score
+    is mean IoU (class and not-class), the paper's measure: the class IoU alone pays any number
+    of false positives for a few more hits (building offsets chosen on it cost 0.15 IoU of the
+    background on the test tiles).
+    """
+    k = logps[0].shape[0]
+    fg = [TASK_CLASS["building"], TASK_CLASS["road"]]
+    best, best_bias = -np.inf, (0.0,) * k
+    for offsets in np.stack(np.meshgrid(*[grid] * len(fg), indexing="ij"), -1).reshape(-1, len(fg)):
+        bias = np.zeros(k, np.float32)
+        bias[fg] = offsets
+        res = score_probs([(lp + bias[:, None, None], d) for lp, d in zip(logps, tiles, strict=True)])
+        value = validation_score(res)
+        if value > best + 1e-9:
+            best, best_bias = value, tuple(float(b) for b in bias)
+    return best, best_bias
+
+
+def _logp(probs: np.ndarray) -> np.ndarray:
+    return np.log(np.maximum(probs, 1e-6))
+
+
+def calibrate_class_bias(bundle: ModelBundle, val: list[TileData]) -> tuple[float, ...]:
+    """Per-class score offsets for a coarse model (its config's ``class_bias``), by :func:`best_offsets`."""
+    if bundle.net.cfg.class_bias is not None:
+        raise ValueError("the model is calibrated already")
+    return best_offsets([_logp(predict_coarse(bundle, d.tile(), device="cpu")) for d in val], val)[1]
+
+
+def calibrate_rnn_bias(
+    bundle: ModelBundle, val: list[TileData], vprobs: list[np.ndarray], grid: np.ndarray = CALIBRATE_GRID
+) -> tuple[float, ...]:
+    """Shift each class's update bias so the refined maps score best on the validation tiles.
+
+    The reason is :func:`best_offsets`'; here the offset ``beta_k`` is spread over the
+    iterations (``beta_k / T`` on the class MLP's output bias), so it lives in the weights and
+    every inference path (fused, native, scenes, Dask) applies it. Starts from the offsets that
+    are best on the final scores, then a coordinate search, a class at a time, refining each
+    candidate. Returns the offsets applied (zeros for the class-agnostic variant: one shared bias).
+    """
+    net = bundle.net
+    k = len(bundle.classes)
+    if net.cfg.variant == "class_agnostic":
+        return (0.0,) * k
+    t = net.cfg.iterations
+    base = [blk.output.bias.detach().clone() for blk in net.blocks]
+
+    def apply(beta: np.ndarray) -> None:
+        with torch.no_grad():
+            for blk, b0 in zip(net.blocks, base, strict=True):
+                blk.output.bias.copy_(b0 + torch.as_tensor(beta, dtype=b0.dtype) / t)
+
+    def value(beta: np.ndarray) -> float:
+        apply(beta)
+        res = score_probs([(refine(bundle, d.tile(), p).final, d) for p, d in zip(vprobs, val, strict=True)])
+        return validation_score(res)
+
+    zero = np.zeros(k, np.float32)
+    final = [_logp(refine(bundle, d.tile(), p).final) for p, d in zip(vprobs, val, strict=True)]
+    start = np.asarray(best_offsets(final, val)[1], np.float32)
+    best, beta = max((value(zero), zero), (value(start), start), key=lambda x: x[0])
+    for c in (TASK_CLASS["road"], TASK_CLASS["building"]):
+        for g in beta[c] + np.array([-0.5, -0.25, 0.25, 0.5], np.float32):
+            trial = beta.copy()
+            trial[c] = g
+            v = value(trial)
+            if v > best + 1e-9:
+                best, beta = v, trial
+    apply(beta)
+    return tuple(float(b) for b in beta)
+
+
+def coarse_validator(val: list[TileData]) -> Callable[[ModelBundle], float]:
+    """Mean over tasks of the class IoU on the validation tiles, at the checkpoint's best class
+    offsets (:func:`best_offsets`): the checkpoint selector."""
+
+    def score(bundle: ModelBundle) -> float:
+        logps = [_logp(predict_coarse(bundle, d.tile(), device="cpu")) for d in val]
+        plain = score_probs(list(zip(logps, val, strict=True)))
+        value, bias = best_offsets(logps, val, SELECT_GRID)
+        print("  validation IoU " + ", ".join(f"{t} {r['iou']:.3f}" for t, r in plain.items())
+              + f"; calibrated {value:.3f} at offsets {bias}", flush=True)  # fmt: skip
+        return value
+
+    return score
+
+
+# --------------------------------------------------------------------------- recipes
+
+
+def _log(desc: str) -> Callable[[Progress], None]:
+    def show(p: Progress) -> None:
+        if p.message or p.step % max(1, p.steps // 20) == 0:
+            extra = f", {p.message}" if p.message else ""
+            print(f"{desc}: step {p.step}/{p.steps} ({100 * p.step / p.steps:.0f} %), loss {p.loss:.3f}, "
+                  f"{p.seconds:.0f} s{extra}", flush=True)  # fmt: skip
+
+    return show
+
+
+def _task_weights(tiles: list[TileData], shares: dict[str, float]) -> list[float]:
+    """Share the batch between tasks as ``shares`` says, within a task by labelled pixels."""
+    w = []
+    for d in tiles:
+        task = d.tasks[0] if len(d.tasks) == 1 else "merged"
+        same = [e for e in tiles if (e.tasks[0] if len(e.tasks) == 1 else "merged") == task]
+        total = sum(int((e.labels != IGNORE).sum()) for e in same)
+        w.append(shares.get(task, 0.0) * int((d.labels != IGNORE).sum()) / max(1, total))
+    return w
+
+
+def _card(folder: Path, card: dict) -> None:
+    (folder / "card.json").write_text(json.dumps(card, indent=2))
+    lines = [f"# {card['title']}", "", card["summary"], "",
+             f"- kind: {card['kind']}; classes: {', '.join(card['classes'])}; resolution: {card['resolution_m']} m/px",
+             f"- trained: {card['steps']} steps in {card['training_seconds']:.0f} s on {card['machine']} "
+             f"(torch threads: {card['torch_threads']}), seed {card['seed']}; rebuild: `{card['rebuild']}`",
+             f"- selected checkpoint: step {card.get('best_step')} (validation score {card.get('best_val')})",
+             *([f"- continued from: `{card['init']}`"] if card.get("init") else []),
+             *([f"- class score offsets (calibrated on the validation tiles): {card['class_bias']}"]
+               if card.get("class_bias") else []),
+             f"- split: `{card['split_file']}`", "", "| set | train | val | test |", "|---|---|---|---|"]  # fmt: skip
+    for name, roles in card["data"].items():
+        lines.append(f"| {name} | {len(roles['train'])} | {len(roles['val'])} | {', '.join(roles['test']) or '-'} |")
+    lines += ["", "## Test scores (test tiles only, at 1 m; IoU of the class against everything else)", "",
+              "| task | OA | IoU other | IoU class | mean IoU | pixels |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for task, s in card["test_scores"].items():
+        lines.append(f"| {task} | {s['overall_accuracy']:.3f} | {s['iou_other']:.3f} | {s['iou']:.3f} | "
+                     f"{s['mean_iou']:.3f} | {s['pixels']} |")  # fmt: skip
+    lines += ["", "Data: see each set's PROVENANCE.md in ../shared/data (research use; cite the sources)."]
+    (folder / "card.md").write_text("\n".join(lines) + "\n")
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def run_pretrain(config: str | Path, *, steps: int | None = None, out: str | Path | None = None) -> Path:
+    """Train one shipped model from a recipe TOML (``kind = "coarse"`` or ``"rnn"``); returns its folder."""
+    config = Path(config)
+    raw = _toml(config)
+    root = config.parent
+    split_file = root / raw["split"]
+    sets = load_split(split_file)
+    seed = int(raw.get("seed", 0))
+    torch.manual_seed(seed)
+    folder = Path(out) if out else root / raw["out"]
+    kind = raw["kind"]
+    t_load = time.perf_counter()
+    train = load_role(sets, "train", only=raw.get("sets"))
+    val = [crop_center(d, int(raw.get("val_crop", 400))) for d in load_role(sets, "val", only=raw.get("sets"))]
+    test = load_role(sets, "test", only=raw.get("sets"))
+    print(f"pretrain {kind}: {len(train)} training, {len(val)} validation, {len(test)} test tiles at 1 m "
+          f"(loaded in {time.perf_counter() - t_load:.0f} s)", flush=True)  # fmt: skip
+    weights = _task_weights(train, raw.get("shares", {"road": 0.5, "building": 0.5}))
+    t0 = time.perf_counter()
+    tr = dict(raw.get("train", {}))
+    if steps is not None:
+        tr["steps"] = steps
+    if kind == "coarse":
+        cfg = CoarseTrainConfig(seed=seed, **tr)
+        res = CoarseTrainResult(None)  # type: ignore[arg-type]
+        init = load_model(root / raw["init"], expect="coarse") if raw.get("init") else None
+        bundle = train_coarse([d.image for d in train], [d.labels for d in train], CLASSES, cfg, resolution=1.0,
+                              device="cpu", progress=_log("coarse"), partial=PARTIAL, tile_weights=weights,
+                              validate=coarse_validator(val), result=res, init=init)  # fmt: skip
+        best_step, best_val = res.best_step, res.best_val
+        if raw.get("calibrate"):  # on the whole validation tiles, never the test tiles
+            bias = calibrate_class_bias(bundle, load_role(sets, "val", only=raw.get("sets")))
+            bundle.net.cfg = dataclasses.replace(bundle.net.cfg, class_bias=bias)
+            bundle.info = {**bundle.info, "class_bias": list(bias)}
+            print(f"pretrain coarse: class score offsets chosen on the validation tiles: {bias}", flush=True)
+        seconds = time.perf_counter() - t0
+        scores = score_probs([(predict_coarse(bundle, d.tile(), device="cpu"), d) for d in test])
+    elif kind == "rnn":
+        coarse = load_model(root / raw["coarse"], expect="coarse")
+        limit = int(raw.get("tiles_per_set", 1000))
+        chosen, per = [], {}
+        for d in train:
+            per[d.set] = per.get(d.set, 0) + 1
+            if per[d.set] <= limit:
+                chosen.append(d)
+        train = chosen
+        weights = _task_weights(train, raw.get("shares", {"road": 0.5, "building": 0.5}))
+        probs = [np.round(predict_coarse(coarse, d.tile(), device="cpu") * 255).astype(np.uint8) for d in train]
+        vprobs = [predict_coarse(coarse, d.tile(), device="cpu") for d in val]
+        print(f"pretrain rnn: coarse outputs on {len(train)} tiles in {time.perf_counter() - t0:.0f} s", flush=True)
+
+        def validate(b: ModelBundle) -> float:
+            logps = [_logp(refine(b, d.tile(), p).final) for p, d in zip(vprobs, val, strict=True)]
+            res = score_probs(list(zip(logps, val, strict=True)))
+            value, bias = best_offsets(logps, val, SELECT_GRID)
+            print("  validation IoU " + ", ".join(f"{t} {r['iou']:.3f}" for t, r in res.items())
+                  + f"; calibrated {value:.3f} at offsets {bias}", flush=True)  # fmt: skip
+            return value
+
+        cfg = RNNTrainConfig(seed=seed, **tr)
+        result = train_rnn_tiles([d.image for d in train], probs, [d.labels for d in train], CLASSES, cfg,
+                                 partial=PARTIAL, tile_weights=weights, resolution=1.0, stats=(coarse.mean, coarse.std),
+                                 validate=validate, progress=_log("rnn"), centre_stride=4,
+                                 identity_start=bool(raw.get("identity_start", False)),
+                                 balance=bool(raw.get("balance", True)))  # fmt: skip
+        bundle = result.bundle
+        bundle.optimizer_state = None  # fine-tunes start a fresh AdaGrad (FINETUNE_DEFAULTS)
+        if raw.get("calibrate"):
+            beta = calibrate_rnn_bias(bundle, val, vprobs)
+            bundle.info = {**bundle.info, "class_bias": list(beta)}
+            print(f"pretrain rnn: class offsets chosen on the validation tiles: {beta}", flush=True)
+        best_step, best_val = bundle.info.get("best_step"), result.best_val
+        seconds = time.perf_counter() - t0
+        scores = {}
+        items = []
+        for d in test:
+            items.append((refine(bundle, d.tile(), predict_coarse(coarse, d.tile(), device="cpu")).final, d))
+        scores = score_probs(items)
+    else:
+        raise ValueError(f"{config}: kind must be 'coarse' or 'rnn', not {kind!r}")
+    bundle.info = {**bundle.info, "recipe": str(config), "training_seconds": seconds}
+    save_model(bundle, folder)
+    used = {s.name: s.roles for s in sets.values() if raw.get("sets") is None or s.name in raw["sets"]}
+    _card(folder, {
+        "title": f"Pretrained {kind} model, 3 classes at 1 m",
+        "summary": raw.get("summary", ""),
+        "kind": kind, "classes": list(CLASSES.names), "resolution_m": 1.0,
+        "partial_labels": {"not_road": list(PARTIAL[NOT_ROAD]), "not_building": list(PARTIAL[NOT_BUILDING])},
+        "data": used, "split_file": _rel(split_file),
+        "steps": int(bundle.info.get("trained_steps", 0)), "best_step": best_step, "best_val": best_val,
+        "training_seconds": round(seconds, 1), "machine": f"{MACHINE}, {platform.system()}, torch {torch.__version__}",
+        "torch_threads": torch.get_num_threads(), "seed": seed,
+        "rebuild": f"python -m refiner pretrain {config}", "train_config": bundle.info.get("train_config"),
+        "test_scores": scores, "init": raw.get("init"), "class_bias": bundle.info.get("class_bias"),
+    })  # fmt: skip
+    print(f"pretrain {kind}: saved {folder} ({seconds:.0f} s); test scores: {json.dumps(scores)}", flush=True)
+    return folder

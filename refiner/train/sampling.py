@@ -1,0 +1,180 @@
+"""Training pixels: label checks, held-out validation regions, and random patches around labelled pixels."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from refiner.core.classes import IGNORE
+from refiner.models.rnn import RNNConfig
+
+
+class NoLabelsError(ValueError):
+    """The label raster has no labelled pixel to learn from."""
+
+
+def check_labels(labels: np.ndarray, num_classes: int, what: str = "labels") -> int:
+    """Count labelled pixels, with clear errors for empty or out-of-range labels."""
+    labelled = labels != IGNORE
+    n = int(labelled.sum())
+    if n == 0:
+        raise NoLabelsError(
+            f"the {what} have no labelled pixel (all are 255 = unlabelled): paint or import some labels first"
+        )
+    top = int(labels[labelled].max())
+    if top >= num_classes:
+        raise ValueError(f"the {what} contain class index {top}, but there are only {num_classes} classes")
+    return n
+
+
+def check_counts(**counts: int) -> None:
+    """Refuse training step, batch and patch counts below 1 before any work (an untrained model
+    saved as if trained, or ``high <= 0`` from the sampler)."""
+    for name, value in counts.items():
+        if value < 1:
+            raise ValueError(f"{name.replace('_', ' ')} {value} is below 1 — give at least 1")
+
+
+def restrict_to_window(labels: np.ndarray, window: tuple[int, ...] | list[int]) -> np.ndarray:
+    """Keep only the labels inside ``window`` = (row, col, height, width); the rest become 255.
+
+    Simulates a painted patch from a fully labelled tile; a window outside the labels is an error.
+    """
+    if len(window) != 4:
+        raise ValueError(f"a window is row, col, height, width; got {list(window)}")
+    r, c, h, w = (int(v) for v in window)
+    if r < 0 or c < 0 or h <= 0 or w <= 0 or r + h > labels.shape[0] or c + w > labels.shape[1]:
+        raise ValueError(
+            f"window {[r, c, h, w]} (row, col, height, width) does not fit in the "
+            f"{labels.shape[0]}x{labels.shape[1]} labels"
+        )
+    out = np.full_like(labels, IGNORE)
+    out[r : r + h, c : c + w] = labels[r : r + h, c : c + w]
+    return out
+
+
+def split_holdout(
+    labels: np.ndarray, fraction: float = 0.2, *, guard: int = 0, block: int | None = None, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split labelled pixels into (train, validation) *regions*, ``guard`` px apart.
+
+    Neighbouring pixels are nearly copies of each other, so scoring on pixels beside (or inside)
+    the training strokes flatters the model: on the Inria Austin tile 16 px blocks of the strokes
+    said building IoU 0.77 where the whole tile, against the reference mask, gave 0.46. Here the
+    units held out are whole connected labelled regions (strokes, boxes), cut by a grid of
+    ``block`` px squares (default ``max(16, 2 * guard)``) so that one painted box still gives
+    several; about ``fraction`` of the labelled pixels are held out as whole units, and training
+    pixels closer than ``guard`` px (chessboard distance) to a held-out one are dropped from both,
+    so no training pixel's receptive field overlaps a held-out pixel's when ``guard`` is twice the
+    RNN's halo (:func:`holdout_guard`). Returns two label maps with the other part set to 255;
+    the validation map is empty when fewer than 2 units exist or the guard would leave nothing
+    to train on.
+    """
+    from scipy import ndimage
+
+    labelled = labels != IGNORE
+    train, val = labels.copy(), np.full_like(labels, IGNORE)
+    if fraction <= 0 or not labelled.any():
+        return train, val
+    block = block or max(16, 2 * guard)
+    h, w = labels.shape
+    comp, _ = ndimage.label(labelled, structure=np.ones((3, 3), bool))
+    by, bx = np.arange(h) // block, np.arange(w) // block
+    cell = by[:, None] * (bx.max() + 1) + bx[None, :]
+    unit_of = np.where(labelled, comp.astype(np.int64) * (cell.max() + 1) + cell, -1)
+    ids, sizes = np.unique(unit_of[labelled], return_counts=True)
+    if len(ids) < 2:
+        return train, val
+    order = np.random.default_rng(seed).permutation(len(ids))
+    taken = np.cumsum(sizes[order]) <= max(fraction * sizes.sum(), sizes[order[0]])
+    chosen = ids[order[: max(1, min(len(ids) - 1, int(taken.sum())))]]
+    held = np.isin(unit_of, chosen)
+    near = ndimage.distance_transform_cdt(~held, metric="chessboard") <= guard if guard else held
+    keep = labelled & ~near
+    if not keep.any():
+        return train, val
+    val[held] = labels[held]
+    train[~keep] = IGNORE
+    return train, val
+
+
+def holdout_guard(arch: RNNConfig) -> int:
+    """The guard band between training and held-out pixels: twice the RNN's receptive-field radius."""
+    return 2 * arch.halo
+
+
+class PatchSampler:
+    """Random square patches (with a context margin) centred near labelled pixels.
+
+    The image is padded by replicating its edge, as inference pads it, and the labels by 255,
+    so patches at the border see what whole-image inference sees there.
+    """
+
+    def __init__(
+        self,
+        arrays: list[np.ndarray],
+        labels: np.ndarray,
+        size: int,
+        margin: int,
+        *,
+        seed: int = 0,
+        augment: bool = True,
+        balance: bool = False,
+        stride: int = 1,
+    ) -> None:
+        self.size, self.margin, self.augment = size, margin, augment
+        h, w = labels.shape
+        extra_h, extra_w = max(0, size - h), max(0, size - w)
+        pad = ((margin, margin + extra_h), (margin, margin + extra_w))
+        self.arrays = [np.pad(a, ((0, 0), *pad), mode="edge") for a in arrays]
+        self.labels = np.pad(labels, ((0, extra_h), (0, extra_w)), constant_values=IGNORE)
+        # candidate centres on a ``stride`` grid: a 1500^2 tile's every pixel as int64 indices
+        # would cost 36 MB per tile, every 4th row and column 2 MB, with the same coverage
+        sub = self.labels[::stride, ::stride]
+        ys, xs = np.nonzero(sub != IGNORE)
+        if ys.size == 0:
+            raise NoLabelsError("no labelled pixel to sample training patches from")
+        self.ys, self.xs = (ys * stride).astype(np.int32), (xs * stride).astype(np.int32)
+        # balance: centre patches on each label value equally often (roads are 4-8 % of a
+        # Massachusetts tile; uniform centres show the network a road in few patches)
+        values = sub[ys, xs]
+        self.groups = [np.flatnonzero(values == v) for v in np.unique(values)] if balance else []
+        self.rng = np.random.default_rng(seed)
+
+    def sample(self, n: int) -> tuple[list[np.ndarray], np.ndarray]:
+        s, m = self.size, self.margin
+        hp, wp = self.labels.shape
+        if self.groups:
+            g = self.rng.integers(0, len(self.groups), n)
+            idx = np.array([self.groups[i][self.rng.integers(0, self.groups[i].size)] for i in g])
+        else:
+            idx = self.rng.integers(0, self.ys.size, n)
+        tops = np.clip(self.ys[idx] - self.rng.integers(0, s, n), 0, hp - s)
+        lefts = np.clip(self.xs[idx] - self.rng.integers(0, s, n), 0, wp - s)
+        outs = [
+            np.stack([a[:, t : t + s + 2 * m, lft : lft + s + 2 * m] for t, lft in zip(tops, lefts, strict=False)])
+            for a in self.arrays
+        ]
+        lab = np.stack([self.labels[t : t + s, lft : lft + s] for t, lft in zip(tops, lefts, strict=False)])
+        if self.augment:  # the 8 symmetries of the square: aerial views have no "up"
+            k, flip = int(self.rng.integers(4)), bool(self.rng.integers(2))
+            outs = [np.rot90(o, k, axes=(-2, -1)) for o in outs]
+            lab = np.rot90(lab, k, axes=(-2, -1))
+            if flip:
+                outs = [o[..., ::-1] for o in outs]
+                lab = lab[..., ::-1]
+        return [np.ascontiguousarray(o) for o in outs], np.ascontiguousarray(lab)
+
+
+def jitter(x: torch.Tensor, amount: float, gen: torch.Generator | None = None) -> torch.Tensor:
+    """Per-patch brightness (+-amount/2) and contrast (x(1 +- amount)) jitter of (B, C, H, W) in [0, 1].
+
+    Tiles of one set share a camera and season; other users' imagery does not.
+    """
+    if amount <= 0:
+        return x
+    b = x.shape[0]
+    c = 1 + amount * (2 * torch.rand(b, 1, 1, 1, generator=gen) - 1)
+    o = amount / 2 * (2 * torch.rand(b, 1, 1, 1, generator=gen) - 1)
+    m = x.mean(dim=(1, 2, 3), keepdim=True)
+    return ((x - m) * c.to(x) + m + o.to(x)).clamp(0, 1)
