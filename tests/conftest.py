@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from refiner.data.synthetic import coarse_like, make_scene
+from refiner.data.synthetic import make_scene
 
 
 @pytest.fixture(autouse=True)
@@ -20,10 +20,6 @@ def _keep_main_module():
     if main is not None:
         sys.modules["__main__"] = main
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-coarse_probs_from_labels = coarse_like  # the tests' name for it
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +30,10 @@ def scene():
 @pytest.fixture(scope="session")
 def scene_b():
     return make_scene(160, seed=12)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Everything under ``tests/browser`` is a browser test (``-m "not browser"`` skips them all)."""
+    for item in items:
+        if "browser" in Path(str(item.fspath)).parts:
+            item.add_marker(pytest.mark.browser)

@@ -1,6 +1,5 @@
 """On real imagery from ../shared/data (read at run time, never copied into the project)."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ from refiner.data.read import read_image, read_labels
 from refiner.data.synthetic import degrade_labels
 from refiner.models.inference import refine
 from refiner.train.rnn import RNNTrainConfig, train_rnn
-from tests.conftest import SHARED_DATA, coarse_probs_from_labels
+from tests.helpers import REPO, SHARED_DATA, coarse_probs_from_labels
 
 ROADS = SHARED_DATA / "massachusetts_roads"
 INRIA = SHARED_DATA / "inria_austin"
@@ -72,7 +71,7 @@ def test_a_real_03m_tile_streams_through_the_1m_working_grid_like_the_whole_tile
     assert np.array_equal(streamed, classes.decode(ref.class_map()))
 
 
-PRETRAINED = Path(__file__).resolve().parents[1] / "assets" / "pretrained"
+PRETRAINED = REPO / "assets" / "pretrained"
 # the shipped coarse_1m scores building IoU 0.37 on the Austin test tile and road IoU 0.23 on the
 # middle 600 m of Massachusetts 08 (0.29 and 0.31 over all their test tiles); the synthetic demo
 # model scores ~0 on both

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from refiner.models.rnn import PROB_FLOOR, RefinerRNN, RNNConfig, probs_to_scores
-from tests.conftest import coarse_probs_from_labels
+from tests.helpers import coarse_probs_from_labels
 
 
 def _inputs(b=2, k=3, h=33, w=29, seed=0):

@@ -10,7 +10,7 @@ import pytest
 
 from refiner.app import jobs, sessions
 from refiner.app.workspace import Workspace
-from tests.app.conftest import REPO, make_template, make_workspace, run, session
+from tests.helpers import REPO, make_template, make_workspace, run, session
 
 ALICE, BOB = "alice-session-token-0123456789ab", "bob-session-token-0123456789abcd"
 

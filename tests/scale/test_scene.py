@@ -12,7 +12,7 @@ from refiner.models.coarse import CoarseCNN, CoarseConfig
 from refiner.models.rnn import RefinerRNN, RNNConfig
 from refiner.models.store import ModelBundle, save_model
 from refiner.scale.scene import predict_scene, refine_scene
-from tests.conftest import coarse_probs_from_labels
+from tests.helpers import coarse_probs_from_labels
 
 CLASSES = ClassSpec.parse("background,building,road", "0,1,2")
 H, W = 157, 203  # odd sizes: edge windows are partial

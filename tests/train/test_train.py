@@ -9,7 +9,7 @@ from refiner.models.store import load_model
 from refiner.train.losses import segmentation_loss
 from refiner.train.rnn import RNNTrainConfig, train_rnn
 from refiner.train.sampling import NoLabelsError, PatchSampler, check_labels, restrict_to_window, split_holdout
-from tests.conftest import coarse_probs_from_labels
+from tests.helpers import coarse_probs_from_labels
 
 
 def test_unlabelled_pixels_contribute_no_gradient():

@@ -7,7 +7,7 @@ import pytest
 
 from refiner.app.demos import REAL_DEMOS, create_real_demo, data_dir, unavailable
 from refiner.core.classes import IGNORE
-from tests.test_pretrained import write_fixture_model
+from tests.models.test_pretrained import write_fixture_model
 
 
 def test_without_the_data_the_demo_is_not_offered_and_says_why(tmp_path, monkeypatch):

@@ -7,8 +7,8 @@ import rasterio
 from refiner.app.jobs import scene as scene_job
 from refiner.data.tile import Georef
 from refiner.scale.scene import refine_scene
-from tests.app.conftest import make_workspace
-from tests.test_scene import files  # noqa: F401  (module fixture: a small georeferenced scene)
+from tests.helpers import make_workspace
+from tests.scale.test_scene import files  # noqa: F401  (module fixture: a small georeferenced scene)
 
 
 @pytest.fixture()

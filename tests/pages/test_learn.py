@@ -6,7 +6,7 @@ import numpy as np
 
 from refiner.app import results
 from refiner.models import presets
-from tests.app.conftest import run
+from tests.helpers import run
 
 
 def test_learn_page_walks_through_a_preset_beside_the_learned_rnn(app_ws):
@@ -37,7 +37,7 @@ def test_learn_page_walks_through_a_preset_beside_the_learned_rnn(app_ws):
 
 
 def test_learn_page_without_an_rnn_still_runs_the_presets(tmp_path, monkeypatch):
-    from tests.app.conftest import make_workspace
+    from tests.helpers import make_workspace
 
     monkeypatch.setenv("REFINER_WORKSPACES", str(tmp_path))
     make_workspace(tmp_path, "bare", with_rnn=False)

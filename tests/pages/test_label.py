@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 from refiner.app.painting import brush_colors, hex_color
 from refiner.core.classes import IGNORE
 from refiner.data.synthetic import DEMO_CLASSES
-from tests.app.conftest import REPO
+from tests.helpers import REPO
 
 PAGE = str(REPO / "pages" / "1_Label.py")
 

@@ -1,6 +1,8 @@
-"""Fixtures for the app tests: a small workspace made in code (no dependence on the demo assets).
+"""What the tests share, built in code: small workspaces, page runs, synthetic probabilities, data paths.
 
-Every app test is one browser session: :data:`TOKEN` in the page's ``?session=`` (what
+Fixtures stay in ``conftest.py`` files; plain functions and constants live here so a test imports
+them by name (``from tests.helpers import make_workspace``) instead of reaching into a conftest.
+Every page test is one browser session: :data:`TOKEN` in the page's ``?session=`` (what
 :func:`run` passes), owning the workspaces :func:`make_workspace` makes.
 """
 
@@ -9,19 +11,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
 from refiner.app.sessions import Session, browser_key
 from refiner.app.workspace import Workspace
 from refiner.core.classes import IGNORE
-from refiner.data.synthetic import DEMO_CLASSES, make_scene
+from refiner.data.synthetic import DEMO_CLASSES, coarse_like, make_scene
 from refiner.models.rnn import RefinerRNN, RNNConfig
 from refiner.models.store import ModelBundle, save_model
-from tests.conftest import coarse_probs_from_labels
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
+#: The real imagery beside the project (``../shared/data``); tests that need it skip without it.
+SHARED_DATA = REPO.parent / "shared" / "data"
+coarse_probs_from_labels = coarse_like  # the tests' name for it
 TIMEOUT = 180
 #: The test browser's session key (any valid token; a real browser gets a random one).
 TOKEN = "test-session-token-0123456789abcdef"
@@ -75,21 +78,3 @@ def _fill(ws: Workspace, scene, with_rnn: bool) -> Workspace:
     return ws
 
 
-@pytest.fixture(autouse=True)
-def _one_browser(monkeypatch):
-    """Every ``AppTest.from_file`` of these tests starts as the browser of session :data:`TOKEN`."""
-    made = AppTest.from_file.__func__
-
-    def from_file(cls, *args, **kwargs):
-        at = made(cls, *args, **kwargs)
-        at.query_params["session"] = TOKEN
-        return at
-
-    monkeypatch.setattr(AppTest, "from_file", classmethod(from_file))
-
-
-@pytest.fixture()
-def app_ws(tmp_path, monkeypatch):
-    monkeypatch.setenv("REFINER_WORKSPACES", str(tmp_path))
-    monkeypatch.chdir(REPO)
-    return make_workspace(tmp_path)

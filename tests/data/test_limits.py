@@ -16,7 +16,7 @@ from refiner.data.synthetic import DEMO_CLASSES, make_scene
 from refiner.data.tile import RasterError
 from refiner.data.write import write_raster
 
-ASSETS = Path(__file__).resolve().parents[1] / "assets" / "demo"
+ASSETS = Path(__file__).resolve().parents[2] / "assets" / "demo"
 
 
 def huge_tiff(path: Path, n: int = 10**6) -> Path:

@@ -3,7 +3,7 @@ import pytest
 
 from refiner.baselines.crf import CRFParams, dense_crf, grid_search, label_windows
 from refiner.core.metrics import evaluate
-from tests.conftest import coarse_probs_from_labels
+from tests.helpers import coarse_probs_from_labels
 
 
 def test_dense_crf_snaps_blurry_probabilities_to_image_edges(scene):

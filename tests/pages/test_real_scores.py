@@ -14,8 +14,7 @@ from refiner.app import jobs, results
 from refiner.data.read import read_image
 from refiner.models.inference import refine
 from refiner.models.store import load_model
-from tests.app.conftest import REPO
-from tests.conftest import SHARED_DATA
+from tests.helpers import REPO, SHARED_DATA
 
 INRIA = SHARED_DATA / "inria_austin"
 NAME = "austin_x617100_y3344400.tif"
@@ -31,7 +30,7 @@ def test_the_apps_reference_score_on_austin_is_the_whole_tile_score(tmp_path, mo
 
     monkeypatch.setenv("REFINER_WORKSPACES", str(tmp_path))
     monkeypatch.chdir(REPO)
-    from tests.app.conftest import session
+    from tests.helpers import session
 
     ws = session(tmp_path).open_template_copy("real-buildings")  # this test's browser session's copy
     params = jobs.TrainParams(steps=60, eval_every=20, checkpoint_every=60, resume=False, pretrained="rnn_1m")

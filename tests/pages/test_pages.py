@@ -12,7 +12,7 @@ from refiner.app import jobs, results
 from refiner.app.workspace import Workspace
 from refiner.core.classes import IGNORE
 from refiner.core.metrics import evaluate
-from tests.app.conftest import REPO, TIMEOUT, TOKEN, make_workspace, run, session
+from tests.helpers import REPO, TIMEOUT, TOKEN, make_workspace, run, session
 
 
 def metrics(at: AppTest) -> dict[str, str]:

@@ -4,7 +4,7 @@ from dataclasses import asdict
 import pytest
 
 from refiner.app import jobs, model_history
-from tests.app.conftest import make_workspace
+from tests.helpers import make_workspace
 
 
 def _weights(ws) -> str:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from refiner.scale.scene import predict_scene, refine_scene
-from tests.test_scene import at_pixel_size, files  # noqa: F401  (module fixture: random models and a small scene)
+from tests.scale.test_scene import at_pixel_size, files  # noqa: F401  (module fixture: random models and a small scene)
 
 distributed = pytest.importorskip("dask.distributed")
 
@@ -85,7 +85,7 @@ def test_app_training_jobs_run_on_a_cluster_worker(client, tmp_path):
 
     from refiner.app import jobs
     from refiner.scale.cluster import DaskBackend
-    from tests.app.conftest import make_workspace
+    from tests.helpers import make_workspace
 
     ws = make_workspace(tmp_path, with_rnn=False)
     backend = DaskBackend(client)
@@ -103,7 +103,7 @@ def test_app_training_jobs_run_on_a_cluster_worker(client, tmp_path):
 def test_scheduler_settings_and_clear_errors(tmp_path, monkeypatch):
     from refiner.app import jobs
     from refiner.scale.cluster import check_address
-    from tests.app.conftest import make_workspace
+    from tests.helpers import make_workspace
 
     ws = make_workspace(tmp_path, with_rnn=False)
     monkeypatch.delenv("REFINER_SCHEDULER", raising=False)
@@ -123,7 +123,7 @@ def test_scheduler_settings_and_clear_errors(tmp_path, monkeypatch):
 def test_app_scene_runs_send_windows_to_the_cluster(files, client, tmp_path):  # noqa: F811
     from refiner.app.jobs import scene as scene_job
     from refiner.scale.cluster import close_shared_clients
-    from tests.app.conftest import make_workspace
+    from tests.helpers import make_workspace
 
     ws = make_workspace(tmp_path)
     d = files["dir"]

@@ -9,7 +9,7 @@ from refiner.app.jobs import scene as scene_job
 from refiner.app.workspace import list_workspaces
 from refiner.core.classes import ClassSpec
 from refiner.data.synthetic import make_scene
-from tests.app.conftest import run, session
+from tests.helpers import run, session
 
 
 @pytest.fixture(autouse=True)
@@ -47,7 +47,7 @@ def test_the_export_scene_field_reads_no_server_file(app_ws):
 
 
 def test_class_names_are_shown_as_text_not_html(tmp_path, monkeypatch):
-    from tests.app.conftest import REPO
+    from tests.helpers import REPO
 
     monkeypatch.setenv("REFINER_WORKSPACES", str(tmp_path))
     monkeypatch.chdir(REPO)

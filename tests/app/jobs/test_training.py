@@ -9,7 +9,7 @@ from refiner.core.atomic import atomic_write_json, read_json
 from refiner.core.classes import IGNORE
 from refiner.data.synthetic import DEMO_CLASSES
 from refiner.models.store import load_model
-from tests.conftest import coarse_probs_from_labels
+from tests.helpers import coarse_probs_from_labels
 
 
 @pytest.fixture()

@@ -12,7 +12,7 @@ from refiner.app import model_history
 from refiner.data.synthetic import DEMO_CLASSES
 from refiner.models.rnn import RefinerRNN, RNNConfig
 from refiner.models.store import ModelBundle
-from tests.app.conftest import REPO
+from tests.helpers import REPO
 
 
 def _weights(ws) -> str:

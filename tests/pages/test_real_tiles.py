@@ -17,8 +17,8 @@ from refiner.app.workspace import Workspace
 from refiner.core.classes import ClassSpec
 from refiner.data.synthetic import DEMO_CLASSES
 from refiner.models.store import load_model
-from tests.app.conftest import REPO, make_workspace, run, session
-from tests.test_pretrained import write_fixture_model
+from tests.helpers import REPO, make_workspace, run, session
+from tests.models.test_pretrained import write_fixture_model
 
 
 @pytest.fixture()

@@ -10,7 +10,7 @@ from affine import Affine
 from refiner.app import reference
 from refiner.core.classes import IGNORE, ClassSpec
 from refiner.data.synthetic import DEMO_CLASSES
-from tests.app.conftest import make_workspace
+from tests.helpers import make_workspace
 
 
 def test_the_proposed_mapping_uses_class_values_then_the_free_classes_in_order():

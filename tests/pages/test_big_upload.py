@@ -11,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 
 import refiner.app.uploads as wsmod
 from refiner.app.workspace import Workspace
-from tests.app.conftest import REPO
+from tests.helpers import REPO
 
 
 def _png(h: int, w: int) -> bytes:
