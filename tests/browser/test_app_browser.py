@@ -77,7 +77,8 @@ def test_training_a_few_steps_shows_progress(page, url):
     settle(page)
     m = metrics(page)
     assert m["Step"] == "6 / 6" and m["Device"] == "cpu"
-    assert page.locator(".js-plotly-plot").count() >= 1  # the loss curve
+    # the loss curve: Plotly draws after the page settles (its bundle loads lazily), so wait for it
+    page.locator(".js-plotly-plot").first.wait_for(timeout=60_000)
 
 
 def test_the_iteration_slider_moves_through_t(page, url):
