@@ -42,7 +42,7 @@ def machine() -> dict:
     return info
 
 
-stand_in_coarse = coarse_like  # a coarse CNN's output stand-in (``refiner.synthetic.coarse_like``)
+stand_in_coarse = coarse_like  # a coarse CNN's output stand-in (``refiner.data.synthetic.coarse_like``)
 
 
 def roads_tile(name: str = "01") -> tuple[np.ndarray, np.ndarray]:

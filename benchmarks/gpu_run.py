@@ -7,7 +7,7 @@
 Writes ``gpu_run.json`` (``gpu_run_quick.json`` with ``--quick``) to ``$OUT`` when set, else to
 ``benchmarks/results/``, after every section, so a run stopped at its time limit still leaves
 what it measured. Needs only torch, numpy and PIL (the device machine's Python has no rasterio):
-it imports ``refiner.models``, ``refiner.train`` and ``refiner.synthetic``'s label helpers only.
+it imports ``refiner.models``, ``refiner.train`` and ``refiner.data.synthetic``'s label helpers only.
 
 Sections (what issue 15 asks for):
 

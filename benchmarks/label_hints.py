@@ -10,17 +10,17 @@ road fraction 5-30 % (drawn at random), and a coarse map of the whole tile, eith
   ``benchmarks.common.stand_in_coarse``): its error is the same everywhere; or
 - ``--coarse PATH``: a coarse CNN model folder (e.g. ``assets/pretrained/coarse_1m``), whose
   errors are local; classes other than road are merged into background, as the app does
-  (:func:`refiner.pretrained.class_merge`). Use tiles it was not tested on (its test tiles
+  (:func:`refiner.models.pretrained.class_merge`). Use tiles it was not tested on (its test tiles
   are 08, 11, 12 in ``experiments/pretrained/split.toml``).
 
 The labeller starts with one random ``--box`` px box painted with the
 true labels (with ``--start-road f``: one with at least a fraction f of road), and an RNN is
 trained on it (``--steps0`` steps). Then two arms, same pixel budget:
 
-- **suggested**: the labeller paints the ``--boxes`` boxes :func:`refiner.hints.suggest_boxes`
+- **suggested**: the labeller paints the ``--boxes`` boxes :func:`refiner.app.hints.suggest_boxes`
   proposes (need map from that RNN's probabilities, the coarse / CRF / RNN maps, the labels);
 - **committee** (with ``--committee``): the same, with the entropy of the mean of the coarse,
-  CRF and RNN probabilities (:func:`refiner.hints.consensus`) instead of the RNN's alone;
+  CRF and RNN probabilities (:func:`refiner.app.hints.consensus`) instead of the RNN's alone;
 - **random**: the same number of same-size random boxes under the same rules (not on painted
   pixels, not overlapping).
 

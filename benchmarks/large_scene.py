@@ -10,7 +10,7 @@ map with mirroring. Then ``python -m refiner refine`` runs in a fresh subprocess
 RNN, K = 2, T = 5, the paper's architecture; cost does not depend on the weights) and reports its
 own peak RSS (``getrusage``) and wall time. Targets (issue 4): peak RSS <= 2 GiB and flat s/Mpx.
 ``--pixel`` labels the scene with another pixel size than the model's 1 m, so it is refined on
-the working grid and brought back (``refiner.grid``), both by windows.
+the working grid and brought back (``refiner.data.resample``), both by windows.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 For each task (roads on Massachusetts, buildings on Inria), on the split's test tiles at 1 m:
 the coarse CNN, the dense CRF grid-searched on a painted patch, the pretrained RNN, and the RNN
-fine-tuned from that patch with :func:`refiner.train.finetune_from_pretrained` (per-iteration
+fine-tuned from that patch with :func:`refiner.train.rnn.finetune_from_pretrained` (per-iteration
 curve too). Scores are per task: IoU of the class against everything else, and their mean
 (argmax over the three classes, then class / not class, as in the model cards; the CRF's
 parameters are grid-searched on the patch's collapsed 2-class map, then it runs on the 3-class map).

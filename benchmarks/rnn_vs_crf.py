@@ -9,7 +9,7 @@ has 2 classes; ``--classes 2`` measures that). The RNN has the paper's architect
 T = 5) with random weights: its cost does not depend on them.
 
 Both are timed end to end from arrays to probabilities (the RNN through
-``refiner.inference.refine``, normalisation and softmax included), interleaved so both see the
+``refiner.models.inference.refine``, normalisation and softmax included), interleaved so both see the
 same machine load. The ratio is reported for the best run of each and for the medians: this
 shared 2-core machine varies by +-20 % between runs, the CRF as much as the RNN.
 

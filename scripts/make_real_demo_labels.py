@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/make_real_demo_labels.py
 
-For each demo of :mod:`refiner.real_demo`, the reference mask of its window is read from the
+For each demo of :mod:`refiner.app.demos`, the reference mask of its window is read from the
 shared data and ``BOXES`` boxes of ``BOX_M`` metres are kept where both classes are present
 (a foreground fraction of 15-60 %, far from each other), chosen with a fixed seed; everything
 else is unlabelled (255). The result, ``assets/real_demo/<name>_labels.png`` (class indices), is

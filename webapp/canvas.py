@@ -95,7 +95,7 @@ def merge_reported(ws: Workspace) -> int:
 
 
 def _open(folder: Path) -> Workspace | None:
-    """A workspace this session drew on before (a folder it was given by :mod:`refiner.sessions`)."""
+    """A workspace this session drew on before (a folder it was given by :mod:`refiner.app.sessions`)."""
     if not (folder / "workspace.json").is_file():
         return None  # deleted meanwhile: nothing to paint on
     return Workspace(folder)

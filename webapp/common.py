@@ -1,6 +1,6 @@
 """What every page shares: the user's session and workspace, the sidebar, error display, images.
 
-Who may open what is decided in :mod:`refiner.sessions`; this module only carries the session
+Who may open what is decided in :mod:`refiner.app.sessions`; this module only carries the session
 between page runs. The session is the ``?session=`` token in the page's address (kept there on
 every page, so a refresh, a bookmark or a server restart finds the same workspaces), or the
 signed-in user when the operator turned sign-in on (``REFINER_AUTH=1``). The current workspace

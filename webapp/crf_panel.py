@@ -1,5 +1,5 @@
 """The Compare page's CRF panel: the parameters in use (hand-set or grid-searched) and the grid
-search, which runs in the background (:mod:`refiner.crf_job`) with progress, estimate and cancel."""
+search, which runs in the background (:mod:`refiner.app.jobs.crf`) with progress, estimate and cancel."""
 
 from __future__ import annotations
 

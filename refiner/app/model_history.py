@@ -8,7 +8,7 @@ current RNN is the one in ``models/rnn``; the history entry it came from is foun
 weights' hash, so restoring an entry (:func:`restore`) is just installing its folder again.
 
 The weights a run keeps are those of its best evaluation on the held-out pixels, not of its
-last step (:func:`refiner.train.train_rnn`); each entry records that step and score.
+last step (:func:`refiner.train.rnn.train_rnn`); each entry records that step and score.
 """
 
 from __future__ import annotations

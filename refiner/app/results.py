@@ -64,7 +64,7 @@ def model_refinement(ws: Workspace, model: str = "learned", **params: float) -> 
 
 
 def label_need(ws: Workspace, labels: np.ndarray | None = None) -> tuple[np.ndarray, str]:
-    """Where labels would help most (:func:`refiner.hints.need_map`) and what it was made from.
+    """Where labels would help most (:func:`refiner.app.hints.need_map`) and what it was made from.
 
     The model half (entropy of the refined map, coarse / CRF / RNN disagreement) is cached per
     RNN file and coarse map, so it follows each training run; the distance from the labels is
@@ -138,7 +138,7 @@ def eval_labels(ws: Workspace) -> EvalLabels | None:
 
 
 def reference_eval(ws: Workspace) -> EvalLabels | None:
-    """The attached reference mask (:mod:`refiner.reference`) over the whole tile, or None."""
+    """The attached reference mask (:mod:`refiner.app.reference`) over the whole tile, or None."""
     from refiner.app import reference
 
     ref = reference.reference_labels(ws)

@@ -13,11 +13,11 @@ refresh or a server restart finds them again. Layout::
         models/rnn/           the current refinement RNN
         models/checkpoint/    the latest checkpoint of a training run
         holdout.tif           the labels the last training run held back for validation
-        jobs/                 training status (see :mod:`refiner.jobs`)
+        jobs/                 training status (see :mod:`refiner.app.jobs`)
         results/              cached refinements, CRF maps, exports
         undo/                 previous label rasters, newest last
         access.json, .used    who owns it, its share links, when it was last opened (see
-                              :mod:`refiner.sessions`, which decides who may open it)
+                              :mod:`refiner.app.sessions`, which decides who may open it)
 
 Every write goes to a temporary file that is then renamed, so a crash never leaves half a file.
 Uploads are checked here, with :class:`ValueError` messages that say what is wrong."""

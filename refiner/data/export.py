@@ -1,5 +1,5 @@
 """Exporting results as vectors a GIS user expects: class polygons, simplified, and road
-centre-lines, in one GeoPackage (rasters go through :mod:`refiner.raster`).
+centre-lines, in one GeoPackage (rasters go through :mod:`refiner.data`).
 
 Polygons come from :func:`rasterio.features.shapes` (connected regions of equal class, traced
 along pixel edges, in the tile's CRS); raw, they are pixel staircases, so they are simplified

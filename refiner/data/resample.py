@@ -163,7 +163,7 @@ class Grid:
 
 
 def working_grid_of(scene: Grid, resolution: float) -> Grid:
-    """The grid covering ``scene``'s ground at ``resolution`` (as :func:`refiner.raster.to_working_resolution`)."""
+    """The grid covering ``scene``'s ground at ``resolution`` (as :func:`to_working_resolution`)."""
     georef, shape = working_grid(scene.georef, scene.shape, resolution)
     return Grid(georef, shape)
 
@@ -201,7 +201,7 @@ def probs_back_on(path: str | Path, work: Grid, dst: Grid, bands_per_map: int) -
     """Working-grid probability maps of ``path`` brought onto the scene window ``dst``.
 
     The file may hold several maps of ``bands_per_map`` bands (every iteration); each is
-    upsampled and renormalised on its own by :func:`refiner.raster.probs_to_grid`.
+    upsampled and renormalised on its own by :func:`refiner.data.resample.probs_to_grid`.
     """
     probs, _, georef = read_probs(path, window=source_window(work, dst))
     assert georef is not None

@@ -53,7 +53,7 @@ def write_raster(
         profile.update(blockxsize=256, blockysize=256)
     if georef is not None:
         profile.update(crs=georef.crs, transform=georef.transform)
-    # A unique temp name per writer (refiner.atomic): with one fixed name, two sessions writing the
+    # A unique temp name per writer (refiner.core.atomic): with one fixed name, two sessions writing the
     # same file at once renamed each other's half-written file away ("No such file" on one of them).
     with atomic_file(path, suffix=".part") as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)

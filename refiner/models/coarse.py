@@ -27,7 +27,7 @@ class CoarseConfig:
     in_channels: int = 3
     stride: int = 4
     #: Per-class offsets added to the output scores, chosen on validation tiles after training
-    #: (:func:`refiner.pretrain.calibrate_class_bias`): argmax IoU of thin, rare classes such as
+    #: (:func:`refiner.recipes.pretrain.calibrate_class_bias`): argmax IoU of thin, rare classes such as
     #: roads is very sensitive to the prior a partial-label network ends with. None = no offset.
     class_bias: tuple[float, ...] | None = None
 

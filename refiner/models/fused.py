@@ -15,7 +15,7 @@ a compiled tail), which compute the same values more slowly.
 Why blocks: each iteration touches ``K * hidden`` feature maps per pixel (96 for K = 3), and on
 a CPU those passes are memory bound; a 256x256 block's features stay in cache, a whole tile's
 do not. Each block is computed with a halo of ``r * T`` pixels (``r`` = filter radius), so the
-stitched result is exactly the whole-image one (:mod:`refiner.tiling`). Bigger blocks waste less
+stitched result is exactly the whole-image one (:mod:`refiner.core.windows`). Bigger blocks waste less
 on halos until their features fall out of the cache (see :func:`cpu_block`), and each step only
 computes the region later steps still need (for a 256 px core and T = 5, 1.06x the core's
 pixels per step on average, against 1.16x if every step covered the whole padded block).

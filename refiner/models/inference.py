@@ -2,7 +2,7 @@
 
 Networks work at their training resolution (1 m in the paper): a georeferenced tile at another
 resolution is resampled to it, and outputs are upsampled back to the tile's grid bilinearly.
-Large tiles are processed window by window with a halo (:mod:`refiner.tiling`), which gives
+Large tiles are processed window by window with a halo (:mod:`refiner.core.windows`), which gives
 exactly the whole-image result at bounded memory.
 """
 
@@ -87,7 +87,7 @@ def refine(
 
     The tile goes to :class:`~refiner.models.fused.FusedRNN` whole: it works in cache-sized
     blocks with exact halos itself, so memory beyond the inputs and outputs stays bounded
-    (scenes larger than memory go through :mod:`refiner.scene` instead).
+    (scenes larger than memory go through :mod:`refiner.scale.scene` instead).
     """
     if bundle.kind != "rnn":
         raise ValueError("refine needs an RNN model (from `finetune`)")

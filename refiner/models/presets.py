@@ -2,7 +2,7 @@
 
 Each preset is an ordinary :class:`~refiner.models.rnn.RefinerRNN` whose weights are set by
 hand instead of learned, so it runs through the same inference (``FusedRNN``,
-:func:`refiner.inference.refine`), the same iteration slider and the same Compare table:
+:func:`refiner.models.inference.refine`), the same iteration slider and the same Compare table:
 
 - **heat** (Eq. 1), ``du/dt = Δu``: ``M_0`` is the 5-point Laplacian; the MLP passes it through
   as ``dt * (relu(Δu) - relu(-Δu)) = dt * Δu``. Exact (float rounding only).
@@ -254,7 +254,7 @@ def preset_rnn(name: str, num_classes: int, in_channels: int = 3, **params: floa
 
 
 def preset_bundle(name: str, classes: ClassSpec, in_channels: int = 3, **params: float) -> ModelBundle:
-    """A preset as a model bundle for :func:`refiner.inference.refine`: it works on the tile's own
+    """A preset as a model bundle for :func:`refiner.models.inference.refine`: it works on the tile's own
     grid, on the image scaled to [0, 1] (mean 0, std 1: κ is in those grey levels)."""
     net = preset_rnn(name, len(classes), in_channels, **params)
     return ModelBundle(

@@ -1,7 +1,7 @@
 """The shipped real-data models (``assets/pretrained``) and which one fits a workspace.
 
 Every sub-folder of ``assets/pretrained`` holding a model (``config.json`` +
-``model.safetensors``, see :mod:`refiner.models.io`) is in the catalogue; its ``card.json``
+``model.safetensors``, see :mod:`refiner.models.store`) is in the catalogue; its ``card.json``
 (classes, ``resolution_m``, ``kind``, split, scores) is read when there, else ``config.json``.
 
 **Which model fits** (:func:`pick_coarse`, :func:`pick_rnn`). Class names are compared

@@ -70,7 +70,7 @@ def check_model_output(folder: str | Path) -> Path:
     """Refuse, before any work, a model output that could not be written or would destroy other files.
 
     ``folder`` may be new, empty or a model folder (replaced whole); not a file, and not a folder
-    with other things in it; and it must be writable (:func:`refiner.atomic.check_writable`).
+    with other things in it; and it must be writable (:func:`refiner.core.atomic.check_writable`).
     """
     folder = Path(folder)
     if folder.is_file() or (folder.exists() and not folder.is_dir()):
@@ -85,7 +85,7 @@ def check_model_output(folder: str | Path) -> Path:
 
 
 def save_model(bundle: ModelBundle, folder: str | Path) -> Path:
-    """Write weights and config as one folder, whole or not at all (:func:`refiner.atomic.atomic_dir`).
+    """Write weights and config as one folder, whole or not at all (:func:`refiner.core.atomic.atomic_dir`).
 
     A crash, a ``kill -9`` or a full disk leaves either the previous model or the new one under
     ``folder``, never a mix, and no temporary files.

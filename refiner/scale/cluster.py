@@ -148,7 +148,7 @@ class _FutureHandle:
 
 
 class DaskBackend:
-    """A :class:`refiner.jobs.Backend` that runs jobs on a Dask cluster, on a GPU worker when there is one.
+    """A :class:`refiner.app.jobs.base.Backend` that runs jobs on a Dask cluster, on a GPU worker when there is one.
 
     Jobs report through their workspace folder, so workers must see it at the same path (a shared
     file system). ``gpu`` says whether a worker declares a ``GPU`` resource; without one the job

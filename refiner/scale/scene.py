@@ -1,23 +1,23 @@
 """File-to-file inference on scenes of any size: the ``predict`` and ``refine`` commands.
 
-A scene is cut into windows (:func:`refiner.tiling.iter_windows`); each window is read from disk
+A scene is cut into windows (:func:`refiner.core.windows.iter_windows`); each window is read from disk
 with a halo equal to the network's receptive field, run, and its core written into tiled,
-compressed GeoTIFFs opened once (:class:`refiner.raster.RasterWriter`) with the source's
+compressed GeoTIFFs opened once (:class:`refiner.data.write.RasterWriter`) with the source's
 georeferencing. The stitched result equals whole-image inference exactly, scene borders included,
 and memory depends on the window size, not on the scene. Every iteration's probabilities (for
 the slider) are written window by window the same way.
 
-A window's work is a :class:`SceneTask` plus a :class:`~refiner.tiling.WindowSpec`, both small
+A window's work is a :class:`SceneTask` plus a :class:`~refiner.core.windows.WindowSpec`, both small
 and picklable: :func:`run_window` reads its own inputs from the file paths and loads the model
 from its folder (cached per process), so the same function runs here or on Dask workers
-(:mod:`refiner.distributed`, ``scheduler=``). Results are written in window order either way,
+(:mod:`refiner.scale.cluster`, ``scheduler=``). Results are written in window order either way,
 so the files are identical byte for byte. Read windows all have one size (edge windows grow
-inwards, :func:`~refiner.tiling.iter_windows` ``fixed=True``), so every process runs the same
+inwards, :func:`~refiner.core.windows.iter_windows` ``fixed=True``), so every process runs the same
 compiled kernels on the same shapes, whatever order windows reach it in.
 
 Scenes at another resolution than the model's take two streaming passes (:func:`_on_working_grid`):
 the windows above run on the working grid, each reading its inputs resampled from just the
-source pixels under it (:mod:`refiner.grid`), into temporary working-grid files; a second pass
+source pixels under it (:mod:`refiner.data.resample`), into temporary working-grid files; a second pass
 brings the probabilities back onto the scene's grid window by window. Both equal resampling the
 whole scene, so memory stays bounded whatever the scene's size or resolution.
 """
@@ -264,7 +264,7 @@ def predict_scene(
     """Coarse probabilities of ``image`` written to ``out`` (K float32 bands, class list in tags).
 
     ``scheduler``: ``None`` runs here; a Dask scheduler address or ``Client`` runs the windows
-    on the cluster (:mod:`refiner.distributed`).
+    on the cluster (:mod:`refiner.scale.cluster`).
     """
     bundle = load_model(model, expect="coarse")
     h, w, (georef, resample) = _streamable(image, bundle)

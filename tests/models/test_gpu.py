@@ -3,7 +3,7 @@
 Marked ``gpu`` and skipped without a CUDA device (CI has none); ``benchmarks/gpu_run.py`` runs
 them on the device machine first. That machine's Python has torch and numpy but no rasterio or
 streamlit, so this module imports only ``refiner.models``, ``refiner.train`` and the label
-helpers of ``refiner.synthetic`` (all rasterio-free at import; ``refiner.inference`` is not, it
+helpers of ``refiner.data.synthetic`` (all rasterio-free at import; ``refiner.models.inference`` is not, it
 reads rasters), and builds its fixtures in code.
 """
 

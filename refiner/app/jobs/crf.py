@@ -1,7 +1,7 @@
-"""The app's CRF grid search, in the background like training (:mod:`refiner.jobs`).
+"""The app's CRF grid search, in the background like training (:mod:`refiner.app.jobs`).
 
 On a 1500^2 tile the search took 446 s inside the page, with a spinner only; leaving the page
-lost it. Here :func:`run_crf_search` runs :func:`refiner.results.search_crf` (windows around the
+lost it. Here :func:`run_crf_search` runs :func:`refiner.app.results.search_crf` (windows around the
 painted, not held-out, labels) in a thread and writes ``jobs/crf.json`` after every trial: how
 many are done, an estimate of the time left, the best parameters so far. Cancelling is a file
 (``jobs/crf.cancel``) polled between trials; the best parameters found (also of a cancelled

@@ -1,11 +1,11 @@
 """Refining a whole scene from the app: the workspace's models over a GeoTIFF of any size.
 
 Users paint a corner of a scene in the browser, train the RNN on it, and then want the whole
-scene refined. :func:`run_scene_job` runs :func:`refiner.scene.predict_scene` (the workspace's
+scene refined. :func:`run_scene_job` runs :func:`refiner.scale.scene.predict_scene` (the workspace's
 coarse CNN, or the shipped one; skipped when the user gives coarse probabilities for the scene)
-and :func:`refiner.scene.refine_scene` window by window into the workspace's ``results/scene/``
+and :func:`refiner.scale.scene.refine_scene` window by window into the workspace's ``results/scene/``
 folder: on this machine, or as window tasks across a Dask cluster when the workspace has a
-scheduler setting (:func:`refiner.jobs.scheduler_setting`). The job itself only drives: it runs
+scheduler setting (:func:`refiner.app.jobs.base.scheduler_setting`). The job itself only drives: it runs
 in a thread of the app and reports through ``jobs/scene.json`` the way training does, so a
 page can show live progress and a refresh or restart loses nothing but the run in flight
 (partial outputs are ``.part`` files that are removed).

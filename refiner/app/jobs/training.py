@@ -4,7 +4,7 @@ A job is a plain function of paths and numbers (:func:`run_training`): it reads 
 and coarse probabilities from the workspace, trains, and writes its status (step, loss history,
 validation scores, device, state) to ``jobs/train.json`` as it goes, checkpoints into
 ``models/checkpoint`` and, at the end, the model into ``models/rnn`` (the one it replaces is kept
-in ``models/history``, see :mod:`refiner.model_history`). Cancelling is a file
+in ``models/history``, see :mod:`refiner.app.model_history`). Cancelling is a file
 (``jobs/train.cancel``) that the training loop polls. Because everything goes through the
 workspace folder, where the job runs is a detail: :class:`ThreadBackend` runs it in a thread of
 the app's process (the default); a Dask backend only has to implement :class:`Backend` with
@@ -53,7 +53,7 @@ _TRAIN = RNNTrainConfig()
 
 @dataclass
 class TrainParams:
-    """What the Train page asks for: :class:`~refiner.train.RNNTrainConfig`'s and
+    """What the Train page asks for: :class:`~refiner.train.rnn.RNNTrainConfig`'s and
     :class:`~refiner.models.rnn.RNNConfig`'s defaults (the paper's), with fewer steps for a CPU."""
 
     steps: int = 300  # a few minutes on a CPU (RNNTrainConfig's 1500 is for the paper's protocol)
@@ -70,7 +70,7 @@ class TrainParams:
     seed: int = _TRAIN.seed
     resume: bool = True  # continue from the workspace's current RNN (else start a new one)
     #: When not resuming: the shipped RNN (a folder name in assets/pretrained) to fine-tune from,
-    #: with :data:`refiner.train.FINETUNE_DEFAULTS`' regularisation; "" = a new RNN from scratch.
+    #: with :data:`refiner.train.rnn.FINETUNE_DEFAULTS`' regularisation; "" = a new RNN from scratch.
     pretrained: str = ""
     device: str | None = None  # None = cuda, mps or cpu, whichever is there
 
