@@ -1,0 +1,146 @@
+"""The package's layers, enforced: a module imports only its own layer and the layers below it.
+
+The order is the one ``docs/architecture.md`` draws. Every import counts, also those inside
+functions (a lazy import is still a dependency); only ``if TYPE_CHECKING:`` blocks are exempt.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "refiner"
+
+#: Layer of each sub-package, lowest first. Equal numbers are side by side: they may not import
+#: each other (train and baselines, scale and recipes), only what is below them.
+LAYERS = {
+    "core": 0,
+    "data": 1,
+    "models": 2,
+    "train": 3,
+    "baselines": 3,
+    "scale": 4,
+    "recipes": 4,
+    "app": 5,
+    "cli": 6,  # the command line: every engine layer, never the app's
+    "__main__": 7,
+    "__init__": 7,  # the public API re-exports from the engine
+}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def layer_of(module: str) -> str:
+    """``refiner.data.read`` -> ``data``; the package itself (``refiner``) is its public API."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _type_checking_only(node: ast.If) -> bool:
+    return isinstance(node.test, ast.Name | ast.Attribute) and "TYPE_CHECKING" in ast.unparse(node.test)
+
+
+def imports_of(path: Path) -> list[tuple[int, str]]:
+    """(line, module) for every ``refiner`` import in ``path``, skipping ``if TYPE_CHECKING:`` blocks."""
+    found: list[tuple[int, str]] = []
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and _type_checking_only(node):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            found.extend((node.lineno, a.name) for a in node.names if a.name.split(".")[0] == "refiner")
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolve against this module's package
+                base = module_name(path).split(".")
+                if path.name != "__init__.py":
+                    base = base[:-1]
+                base = base[: len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.split(".")[0] == "refiner":
+                # ``from refiner.app import jobs`` imports the module refiner.app.jobs; a name that
+                # is not a module resolves to the module that defines it (see :func:`edges`)
+                found.extend(
+                    (node.lineno, f"{target}.{a.name}")
+                    for a in node.names
+                    if (target, a.name) != ("refiner", "__version__")  # a constant, not the API
+                )
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text()))
+    return found
+
+
+def _is_module(name: str) -> bool:
+    rel = Path(*name.split(".")[1:])
+    return (PACKAGE / rel).with_suffix(".py").is_file() or (PACKAGE / rel / "__init__.py").is_file()
+
+
+def edges() -> list[tuple[str, int, str]]:
+    out = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for line, target in imports_of(path):
+            while not _is_module(target) and "." in target:  # `from refiner.x import name`
+                target = target.rsplit(".", 1)[0]
+            out.append((module_name(path), line, target))
+    return out
+
+
+def test_every_subpackage_has_a_layer():
+    named = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
+    named |= {p.stem for p in PACKAGE.glob("*.py")}
+    assert named <= set(LAYERS), f"give {sorted(named - set(LAYERS))} a layer in LAYERS and docs/architecture.md"
+
+
+def test_lower_layers_never_import_higher_ones():
+    wrong = []
+    for source, line, target in edges():
+        a, b = layer_of(source), layer_of(target)
+        if a != b and LAYERS[b] >= LAYERS[a]:
+            wrong.append(f"{source}:{line} imports {target} ({a} is layer {LAYERS[a]}, {b} is {LAYERS[b]})")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_there_is_no_import_cycle():
+    graph: dict[str, set[str]] = {}
+    for source, _, target in edges():
+        if source != target and not target.startswith(source + "."):  # a package imports its own modules
+            graph.setdefault(source, set()).add(target)
+    state: dict[str, int] = {}  # 1 = on the path, 2 = done
+    path: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                pytest.fail("import cycle: " + " -> ".join(path[path.index(nxt) :] + [nxt]))
+            if nxt not in state:
+                visit(nxt)
+        path.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+
+
+def test_the_checker_sees_a_violation(tmp_path):
+    """The checks above can fail: a data module importing the app is reported."""
+    bad = PACKAGE / "data" / "_layer_probe.py"
+    bad.write_text("from refiner.app.workspace import Workspace\n")
+    try:
+        assert ("refiner.data._layer_probe", 1, "refiner.app.workspace") in edges()
+        with pytest.raises(AssertionError, match="_layer_probe:1 imports refiner.app.workspace"):
+            test_lower_layers_never_import_higher_ones()
+    finally:
+        bad.unlink()
