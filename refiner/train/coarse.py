@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,9 +13,9 @@ from refiner.core.classes import IGNORE, ClassSpec
 from refiner.core.device import pick_device
 from refiner.models.coarse import CoarseCNN, CoarseConfig
 from refiner.models.store import ModelBundle, image_stats
-from refiner.train.loop import Progress, ProgressFn, _as_float, lr_at
+from refiner.train.loop import BestWeights, Progress, ProgressFn, centre, lr_at, validate_and_keep, validation_due
 from refiner.train.losses import allowed_table, partial_label_loss, segmentation_loss
-from refiner.train.sampling import PatchSampler, check_counts, check_labels, jitter
+from refiner.train.sampling import PatchSampler, TileMix, check_counts, check_labels, jitter
 
 # --------------------------------------------------------------------------- coarse CNN
 
@@ -44,10 +43,50 @@ class CoarseTrainConfig:
 
 @dataclass
 class CoarseTrainResult:
+    """What a :func:`train_coarse` run leaves besides the model: its validation history and best checkpoint."""
+
     bundle: ModelBundle
     history: list[dict] = field(default_factory=list)  # {"step", "loss", "val", "seconds"}
     best_val: float | None = None
     best_step: int | None = None
+
+
+def _check_coarse_labels(
+    images: list[np.ndarray], labels: list[np.ndarray], num_classes: int, allowed: torch.Tensor, partial: bool
+) -> None:
+    """Refuse mismatched sizes and label values that are neither a class index nor a partial code."""
+    for im, lab in zip(images, labels, strict=True):
+        if im.shape[1:] != lab.shape:
+            raise ValueError(f"image {im.shape[1:]} and labels {lab.shape} differ in size")
+        if not partial or not (lab != IGNORE).any():
+            check_labels(lab, num_classes)
+        if not partial:
+            continue
+        present = np.unique(lab[lab != IGNORE])
+        bad = [int(v) for v in present if not allowed[int(v)].any()]
+        if bad:
+            raise ValueError(f"labels contain value(s) {bad[:8]} that are neither a class index nor a partial code")
+
+
+def _start_net(images: list[np.ndarray], classes: ClassSpec, init: ModelBundle | None, dev: torch.device) -> CoarseCNN:
+    """A Glorot-initialised coarse CNN, or one holding ``init``'s weights (same classes required)."""
+    net = CoarseCNN(CoarseConfig(num_classes=len(classes), in_channels=images[0].shape[0])).to(dev)
+    if init is not None:
+        if init.kind != "coarse" or tuple(init.classes.names) != tuple(classes.names):
+            raise ValueError("init must be a coarse model with the same classes")
+        net.load_state_dict(init.net.state_dict())
+    return net
+
+
+def _provenance(cfg: CoarseTrainConfig, steps: int, init: ModelBundle | None, result: CoarseTrainResult) -> dict:
+    """The trained model's ``info``: steps in all (``init``'s included), the config, the checkpoint kept."""
+    before = int(init.info.get("trained_steps", 0)) if init is not None else 0
+    info = {"trained_steps": before + steps, "train_config": cfg.__dict__.copy()}
+    if init is not None:
+        info["init_steps"] = before
+    if result.best_step is not None:
+        info.update(best_step=result.best_step, best_val=result.best_val)
+    return info
 
 
 def train_coarse(
@@ -74,31 +113,19 @@ def train_coarse(
     scores the model every ``cfg.eval_every`` steps and the best-scoring weights are returned
     (history in ``result`` when given). ``init`` continues from a trained coarse model (its
     weights and normalisation; the recipe's second stage), else training starts from Glorot.
+    ``cfg.steps`` below 1 is a ``ValueError`` (a model saved as trained must have been), and
+    ``info["trained_steps"]`` counts the steps that ran (fewer when ``should_stop`` ends it).
     """
     if len(images) != len(labels) or not images:
         raise ValueError("give one label raster per image (and at least one image)")
     check_counts(steps=cfg.steps, batch_size=cfg.batch_size)
     allowed = allowed_table(len(classes), partial)
-    for im, lab in zip(images, labels, strict=True):
-        if im.shape[1:] != lab.shape:
-            raise ValueError(f"image {im.shape[1:]} and labels {lab.shape} differ in size")
-        if not partial:
-            check_labels(lab, len(classes))
-            continue
-        if not (lab != IGNORE).any():
-            check_labels(lab, len(classes))
-        present = np.unique(lab[lab != IGNORE])
-        bad = [int(v) for v in present if not allowed[int(v)].any()]
-        if bad:
-            raise ValueError(f"labels contain value(s) {bad[:8]} that are neither a class index nor a partial code")
+    _check_coarse_labels(images, labels, len(classes), allowed, bool(partial))
     dev = pick_device(device)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    net = CoarseCNN(CoarseConfig(num_classes=len(classes), in_channels=images[0].shape[0])).to(dev)
+    net = _start_net(images, classes, init, dev)
     if init is not None:
-        if init.kind != "coarse" or tuple(init.classes.names) != tuple(classes.names):
-            raise ValueError("init must be a coarse model with the same classes")
-        net.load_state_dict(init.net.state_dict())
         stats = stats or (init.mean, init.std)
     mean, std = stats or image_stats([im.astype(np.float32) / 255 if im.dtype == np.uint8 else im for im in images])
     bundle = ModelBundle("coarse", net, classes, resolution, mean, std)
@@ -109,14 +136,11 @@ def train_coarse(
         )  # fmt: skip
         for i, (im, lab) in enumerate(zip(images, labels, strict=True))
     ]
-    weights = np.array(tile_weights if tile_weights is not None else [s.ys.size for s in samplers], float)
-    weights /= weights.sum()
-    rng = np.random.default_rng(cfg.seed)
+    batches = TileMix(samplers, tile_weights, seed=cfg.seed)
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     t0 = time.perf_counter()
     net.train()
-    m, s = cfg.context, cfg.output_size
-    best, best_state = -math.inf, None
+    best = BestWeights()
     result = result if result is not None else CoarseTrainResult(bundle)
     result.bundle = bundle
     step = 0
@@ -125,41 +149,23 @@ def train_coarse(
             break
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.schedule, cfg.warmup)
-        counts = rng.multinomial(cfg.batch_size, weights)
-        xs, ys = [], []
-        for sampler, n in zip(samplers, counts, strict=True):
-            if n:
-                (x,), y = sampler.sample(int(n))
-                xs.append(_as_float(x))
-                ys.append(y)
-        x = jitter(torch.cat(xs), cfg.jitter, gen)
-        x = bundle.normalise(x.to(dev))
-        y = torch.from_numpy(np.concatenate(ys)).long().to(dev)
-        scores = net(x)[..., m : m + s, m : m + s]
+        (x,), y = batches.sample(cfg.batch_size)
+        x = bundle.normalise(jitter(x, cfg.jitter, gen).to(dev))
+        scores = centre(net(x), cfg.context, cfg.output_size)
+        y = y.to(dev)
         loss = partial_label_loss(scores, y, allowed) if partial else segmentation_loss(scores, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         report = Progress(step, cfg.steps, loss.item(), time.perf_counter() - t0)
-        if validate is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
-            net.eval()
-            score = float(validate(bundle))
-            net.train()
+        if validate is not None and validation_due(step, cfg.steps, cfg.eval_every):
+            score = validate_and_keep(net, bundle, validate, best, report)
             result.history.append({"step": step, "loss": report.loss, "val": score, "seconds": report.seconds})
-            if score > best:
-                best, result.best_val, result.best_step = score, score, step
-                best_state = {n: t.detach().clone() for n, t in net.state_dict().items()}
-            report.best_val = best
-            report.message = f"validation {score:.3f} (best {best:.3f})"
+            if best.step == step:  # this step's weights are the new best
+                result.best_val, result.best_step = score, step
         if progress and (step % 10 == 0 or step == cfg.steps or report.message):
             progress(report)
-    if best_state is not None:  # the checkpoint that did best on the validation tiles
-        net.load_state_dict(best_state)
+    best.restore(net)  # the checkpoint that did best on the validation tiles
     net.eval()
-    before = int(init.info.get("trained_steps", 0)) if init is not None else 0
-    bundle.info = {"trained_steps": before + step, "train_config": cfg.__dict__.copy()}
-    if init is not None:
-        bundle.info["init_steps"] = before
-    if result.best_step is not None:
-        bundle.info.update(best_step=result.best_step, best_val=result.best_val)
+    bundle.info = _provenance(cfg, step, init, result)
     return bundle

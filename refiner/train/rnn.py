@@ -18,9 +18,18 @@ from refiner.core.metrics import Scores, evaluate
 from refiner.models.fused import FusedRNN
 from refiner.models.rnn import RefinerRNN, RNNConfig
 from refiner.models.store import ModelBundle, image_stats, save_checkpoint
-from refiner.train.loop import Progress, ProgressFn, _as_float
+from refiner.train.loop import BestWeights, Progress, ProgressFn, centre, validate_and_keep, validation_due
 from refiner.train.losses import allowed_table, partial_label_loss, partial_mean_iou, segmentation_loss
-from refiner.train.sampling import PatchSampler, check_counts, check_labels, holdout_guard, jitter, split_holdout
+from refiner.train.sampling import (
+    PatchSampler,
+    TileMix,
+    as_float,
+    check_counts,
+    check_labels,
+    holdout_guard,
+    jitter,
+    split_holdout,
+)
 
 # --------------------------------------------------------------------------- RNN
 
@@ -59,6 +68,8 @@ class RNNTrainConfig:
 
 @dataclass
 class RNNTrainResult:
+    """A trained RNN with its per-step reports, best held-out score and why training ended."""
+
     bundle: ModelBundle
     history: list[Progress] = field(default_factory=list)
     best_val: float | None = None
@@ -96,6 +107,227 @@ def _load_adagrad_state(opt: torch.optim.Optimizer, net: torch.nn.Module, sums: 
             opt.state[p].setdefault("step", torch.tensor(0.0))
 
 
+def _optimizer(net: RefinerRNN, cfg: RNNTrainConfig, init: ModelBundle | None) -> torch.optim.Adagrad:
+    """AdaGrad at ``cfg.lr``; a continued run resumes ``init``'s accumulators unless ``cfg.fresh_optimizer``."""
+    opt = torch.optim.Adagrad(net.parameters(), lr=cfg.lr)
+    if init is not None and init.optimizer_state and not cfg.fresh_optimizer:
+        _load_adagrad_state(opt, net, init.optimizer_state)
+    return opt
+
+
+def _check_inputs(image: np.ndarray, probs: np.ndarray, labels: np.ndarray, k: int, cfg: RNNTrainConfig) -> None:
+    """Refuse bad counts, a holdout that is not a fraction and mismatched shapes, before any work."""
+    check_counts(steps=cfg.steps, batch_size=cfg.batch_size, patch_size=cfg.patch_size)
+    if not 0 <= cfg.holdout < 1:
+        raise ValueError(f"holdout {cfg.holdout} is not a fraction below 1 — keep e.g. 0.2 of the labelled blocks")
+    if probs.shape[0] != k:
+        raise ValueError(f"the probability map has {probs.shape[0]} bands but there are {k} classes")
+    if image.shape[1:] != probs.shape[1:] or labels.shape != probs.shape[1:]:
+        raise ValueError(
+            f"image {image.shape[1:]}, probabilities {probs.shape[1:]} and labels {labels.shape} "
+            "must have the same size"
+        )
+
+
+def _start_bundle(
+    image: np.ndarray,
+    classes: ClassSpec,
+    arch: RNNConfig | None,
+    init: ModelBundle | None,
+    resolution: float | None,
+    dev: torch.device,
+) -> tuple[ModelBundle, RefinerRNN]:
+    """The model training starts from: ``init`` itself (trained in place), else a new RNN normalised on ``image``."""
+    if init is None:
+        net = RefinerRNN(arch or RNNConfig(num_classes=len(classes), in_channels=image.shape[0])).to(dev)
+        mean, std = image_stats([image])
+        return ModelBundle("rnn", net, classes, resolution, mean, std), net
+    if not isinstance(init.net, RefinerRNN):
+        raise ValueError(f"training continues from an RNN model, not a {init.kind} one")
+    init.net.to(dev)
+    if list(init.classes.names) != list(classes.names):
+        raise ValueError(f"the model was trained for classes {list(init.classes.names)}, not {list(classes.names)}")
+    return init, init.net
+
+
+def _held_out_scores(pred: np.ndarray, labels: np.ndarray, allowed: torch.Tensor, partial: bool) -> Scores:
+    """Scores of a prediction on held-out labels; with partial codes, IoU on exact labels and partial accuracy."""
+    k = allowed.shape[1]
+    if not partial:
+        return evaluate(pred, labels, k)
+    exact = np.where(labels < k, labels, IGNORE).astype(np.uint8)
+    iou = evaluate(pred, exact, k).iou if (exact != IGNORE).any() else (float("nan"),) * k
+    used = labels != IGNORE
+    acc = float(allowed.numpy()[labels[used], pred[used]].mean()) if used.any() else float("nan")
+    return Scores(acc, iou, partial_mean_iou(pred, labels, allowed), int(used.sum()))
+
+
+def _held_out_scorer(
+    bundle: ModelBundle,
+    net: RefinerRNN,
+    image: np.ndarray,
+    probs: np.ndarray,
+    val_labels: np.ndarray,
+    allowed: torch.Tensor,
+    partial: bool,
+    dev: torch.device,
+) -> Callable[[], Scores] | None:
+    """Score the current weights on the held-out pixels (None when there are none).
+
+    Only the crop around them (plus the receptive field) is refined, on the exact inference
+    path: refolded each time as the weights change, eager (no compile wait), several times
+    faster than the training graph on a CPU.
+    """
+    crop = _val_crop(val_labels, net.cfg.halo)
+    if crop is None:
+        return None
+    v_img = torch.from_numpy(np.ascontiguousarray(image[:, crop[0], crop[1]]))[None].to(dev)
+    v_probs = torch.from_numpy(np.ascontiguousarray(probs[:, crop[0], crop[1]]))[None].to(dev)
+    v_lab = val_labels[crop]
+
+    def score() -> Scores:
+        with torch.inference_mode():
+            u = FusedRNN(net, compile=False)(bundle.normalise(v_img), v_probs, keep_all=False)[-1]
+        return _held_out_scores(u[0].argmax(0).cpu().numpy().astype(np.uint8), v_lab, allowed, partial)
+
+    return score
+
+
+class _Objective:
+    """train_rnn's loss: the labelled pixels' cross-entropy (partial-label when codes are given),
+    plus the L2-SP pull towards the starting weights (``cfg.anchor``) and the per-pixel KL pull
+    towards the starting model's probabilities (``cfg.distill``, only when continuing from ``init``)."""
+
+    def __init__(
+        self, net: RefinerRNN, cfg: RNNTrainConfig, allowed: torch.Tensor, partial: bool, from_init: bool
+    ) -> None:
+        self.net, self.cfg, self.allowed, self.partial = net, cfg, allowed, partial
+        self.amp = next(net.parameters()).device.type == "cuda"
+        self.anchor = {n: t.detach().clone() for n, t in net.named_parameters()} if cfg.anchor > 0 else None
+        self.teacher = None
+        if cfg.distill > 0 and from_init:
+            import copy
+
+            self.teacher = copy.deepcopy(net).eval().requires_grad_(False)
+
+    def __call__(self, x: torch.Tensor, p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The loss of one batch: normalised images ``x``, coarse probabilities ``p``, labels ``y``."""
+        halo, size = self.net.cfg.halo, self.cfg.patch_size
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            u = centre(self.net(x, p)[-1], halo, size)
+            loss = partial_label_loss(u, y, self.allowed) if self.partial else segmentation_loss(u, y)
+        if self.anchor is not None:
+            anchor = self.anchor
+            loss = loss + self.cfg.anchor * sum(((q - anchor[n]) ** 2).sum() for n, q in self.net.named_parameters())
+        if self.teacher is not None:  # KL(start || now) per pixel, summed over classes
+            with torch.no_grad():
+                ref = centre(self.teacher(x, p)[-1], halo, size)
+            loss = loss + self.cfg.distill * F.kl_div(
+                F.log_softmax(u.float(), 1), F.log_softmax(ref.float(), 1), log_target=True, reduction="none"
+            ).sum(1).mean()
+        return loss
+
+
+@dataclass
+class _Schedule:
+    """What :func:`train_rnn` does after a step, by step count and wall-clock: validate, report, checkpoint.
+
+    Validations come every ``cfg.eval_every`` steps or after ``cfg.eval_seconds`` of training,
+    whichever is first (best-weights selection needs them early, and on a busy CPU 50 steps can
+    outlast an app user's whole budget), the wait stretched to 4x the last validation's cost so
+    that validation stays under ~20 % of the wall-clock; and always after the last step.
+    """
+
+    cfg: RNNTrainConfig
+    t0: float = field(default_factory=time.perf_counter)
+    last_eval: float = 0.0  # seconds since t0 when the last validation ended
+    cost: float = 0.0  # how long the last validation took
+
+    def elapsed(self) -> float:
+        """Seconds since training started."""
+        return time.perf_counter() - self.t0
+
+    def is_last(self, step: int, elapsed: float) -> bool:
+        """Whether ``step`` is the final one: the last of ``cfg.steps``, or the time budget is spent."""
+        budget = self.cfg.max_seconds
+        return step == self.cfg.steps or (budget is not None and elapsed >= budget)
+
+    def validate_now(self, step: int, elapsed: float, last: bool) -> bool:
+        """Whether to validate after ``step``, ``elapsed`` seconds in."""
+        wait = None if self.cfg.eval_seconds is None else max(self.cfg.eval_seconds, 4 * self.cost)
+        due = step % self.cfg.eval_every == 0 or (wait is not None and elapsed - self.last_eval >= wait)
+        return due or last
+
+    def timed(self, score: Callable[[], Scores]) -> Scores:
+        """Run one validation, noting its cost and when it ended."""
+        start = time.perf_counter()
+        val = score()
+        self.cost = time.perf_counter() - start
+        self.last_eval = time.perf_counter() - self.t0
+        return val
+
+    def report_now(self, report: Progress, last: bool) -> bool:
+        """Whether to pass ``report`` to the progress callback: every 5 steps, each validation, the end."""
+        return report.step % 5 == 0 or report.val is not None or last
+
+    def checkpoint_now(self, step: int) -> bool:
+        """Whether to save a checkpoint after ``step`` (every ``cfg.checkpoint_every`` steps; 0 = never)."""
+        return bool(self.cfg.checkpoint_every) and step % self.cfg.checkpoint_every == 0
+
+
+def _train_step(
+    sampler: PatchSampler,
+    bundle: ModelBundle,
+    objective: _Objective,
+    opt: torch.optim.Optimizer,
+    cfg: RNNTrainConfig,
+    gen: torch.Generator,
+    dev: torch.device,
+) -> float:
+    """One AdaGrad step on a batch of jittered patches; returns its loss."""
+    (x, p), y = sampler.sample(cfg.batch_size)
+    x_t = bundle.normalise(jitter(as_float(x), cfg.jitter, gen).to(dev))
+    loss = objective(x_t, as_float(p).to(dev), torch.from_numpy(y).long().to(dev))
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
+def _stop_reason(cfg: RNNTrainConfig, stale: int, last: bool, step: int) -> str | None:
+    """Why training ends after ``step`` before ``cfg.steps``, if it does: no improvement for
+    ``cfg.patience`` validations, or the wall-clock budget spent."""
+    if cfg.patience and stale >= cfg.patience:
+        return "early_stopping"
+    if last and step != cfg.steps:
+        return "time_budget"
+    return None
+
+
+def _save_checkpoint(bundle: ModelBundle, opt: torch.optim.Optimizer, step: int, folder: str | Path) -> None:
+    """Save the weights and AdaGrad state as they are at ``step`` (steps in all) under ``folder``."""
+    bundle.optimizer_state = _adagrad_state(opt, bundle.net)
+    bundle.info = {**bundle.info, "trained_steps": step}
+    save_checkpoint(bundle, folder, step)
+
+
+def _provenance(
+    info: dict, cfg: RNNTrainConfig, done_before: int, steps: int, best_step: int | None, result: RNNTrainResult
+) -> dict:
+    """The trained model's ``info``: steps in all, the config, the weights kept and why training ended.
+
+    Keys of the starting model's ``info`` carry over, except that it was a checkpoint.
+    """
+    return {
+        **{k: v for k, v in info.items() if k != "checkpoint_step"},
+        "trained_steps": done_before + steps,
+        "train_config": cfg.__dict__.copy(),
+        "best_val_mean_iou": result.best_val,
+        "best_step": done_before + best_step if best_step is not None else None,  # the weights kept
+        "stopped": result.stopped,
+    }
+
+
 def train_rnn(
     image: np.ndarray,
     probs: np.ndarray,
@@ -120,78 +352,26 @@ def train_rnn(
     of labelled blocks is kept for validation unless ``val_labels`` are given. ``init`` continues
     training an existing model (with its AdaGrad state when it has one).
     """
-    k = len(classes)
-    check_counts(steps=cfg.steps, batch_size=cfg.batch_size, patch_size=cfg.patch_size)
-    if not 0 <= cfg.holdout < 1:
-        raise ValueError(f"holdout {cfg.holdout} is not a fraction below 1 — keep e.g. 0.2 of the labelled blocks")
-    if probs.shape[0] != k:
-        raise ValueError(f"the probability map has {probs.shape[0]} bands but there are {k} classes")
-    if image.shape[1:] != probs.shape[1:] or labels.shape != probs.shape[1:]:
-        raise ValueError(
-            f"image {image.shape[1:]}, probabilities {probs.shape[1:]} and labels {labels.shape} "
-            "must have the same size"
-        )
-    allowed = allowed_table(k, partial)
-    if partial:
-        if not (labels != IGNORE).any():
-            check_labels(labels, k)
-    else:
-        check_labels(labels, k)
+    _check_inputs(image, probs, labels, len(classes), cfg)
+    allowed = allowed_table(len(classes), partial)
+    if not partial or not (labels != IGNORE).any():  # with partial codes, only that some label exists
+        check_labels(labels, len(classes))
     dev = pick_device(device)
     torch.manual_seed(cfg.seed)
-    if init is not None:
-        bundle = init
-        bundle.net.to(dev)
-        if list(init.classes.names) != list(classes.names):
-            raise ValueError(f"the model was trained for classes {list(init.classes.names)}, not {list(classes.names)}")
-    else:
-        arch = arch or RNNConfig(num_classes=k, in_channels=image.shape[0])
-        mean, std = image_stats([image])
-        bundle = ModelBundle("rnn", RefinerRNN(arch).to(dev), classes, resolution, mean, std)
-    net: RefinerRNN = bundle.net  # type: ignore[assignment]
-    halo = net.cfg.halo
+    bundle, net = _start_bundle(image, classes, arch, init, resolution, dev)
     if val_labels is None:
         labels, val_labels = split_holdout(labels, cfg.holdout, guard=holdout_guard(net.cfg), seed=cfg.seed)
-    sampler = PatchSampler([image, probs], labels, cfg.patch_size, halo, seed=cfg.seed, augment=cfg.augment)
-    opt = torch.optim.Adagrad(net.parameters(), lr=cfg.lr)
-    if init is not None and init.optimizer_state and not cfg.fresh_optimizer:
-        _load_adagrad_state(opt, net, init.optimizer_state)
-    anchor = {n: t.detach().clone() for n, t in net.named_parameters()} if cfg.anchor > 0 else None
-    teacher = None
-    if cfg.distill > 0 and init is not None:
-        import copy
-
-        teacher = copy.deepcopy(net).eval().requires_grad_(False)
+    sampler = PatchSampler([image, probs], labels, cfg.patch_size, net.cfg.halo, seed=cfg.seed, augment=cfg.augment)
+    opt = _optimizer(net, cfg, init)
+    objective = _Objective(net, cfg, allowed, bool(partial), from_init=init is not None)
     gen = torch.Generator().manual_seed(cfg.seed)
-    amp = dev.type == "cuda"
-    crop = _val_crop(val_labels, halo)
-    if crop is not None:
-        v_img = torch.from_numpy(np.ascontiguousarray(image[:, crop[0], crop[1]]))[None].to(dev)
-        v_probs = torch.from_numpy(np.ascontiguousarray(probs[:, crop[0], crop[1]]))[None].to(dev)
-        v_lab = val_labels[crop]
-
-    def validate() -> Scores:
-        # the exact inference path (refolded each time, the weights change; eager, so no compile
-        # wait): several times faster than the training graph on a CPU
-        with torch.inference_mode():
-            u = FusedRNN(net, compile=False)(bundle.normalise(v_img), v_probs, keep_all=False)[-1]
-        pred = u[0].argmax(0).cpu().numpy().astype(np.uint8)
-        if not partial:
-            return evaluate(pred, v_lab, k)
-        exact = np.where(v_lab < k, v_lab, IGNORE).astype(np.uint8)
-        iou = evaluate(pred, exact, k).iou if (exact != IGNORE).any() else (float("nan"),) * k
-        used = v_lab != IGNORE
-        acc = float(allowed.numpy()[v_lab[used], pred[used]].mean()) if used.any() else float("nan")
-        return Scores(acc, iou, partial_mean_iou(pred, v_lab, allowed), int(used.sum()))
-
+    score = _held_out_scorer(bundle, net, image, probs, val_labels, allowed, bool(partial), dev)
     result = RNNTrainResult(bundle)
-    best_state, best, stale, best_step = None, -math.inf, 0, 0
-    if init is not None and crop is not None:  # the start is a candidate: a fine-tune never ends worse
+    best, stale = BestWeights(min_delta=1e-4), 0
+    if init is not None and score is not None:  # the start is a candidate: a fine-tune never ends worse
         net.eval()  # on the held-out pixels than the model it started from
-        best = validate().mean_iou
-        best_state = {n: t.detach().clone() for n, t in net.state_dict().items()}
-    t0 = time.perf_counter()
-    last_eval, eval_cost = 0.0, 0.0
+        best.keep(net, score().mean_iou, 0)
+    schedule = _Schedule(cfg)
     done_before = int(bundle.info.get("trained_steps", 0)) if init is not None else 0
     step = 0
     net.train()
@@ -200,66 +380,26 @@ def train_rnn(
             result.stopped = "cancelled"
             step -= 1  # this step did not run
             break
-        (x, p), y = sampler.sample(cfg.batch_size)
-        x = bundle.normalise(jitter(_as_float(x), cfg.jitter, gen).to(dev))
-        p, y = _as_float(p).to(dev), torch.from_numpy(y).long().to(dev)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-            u = net(x, p)[-1][..., halo : halo + cfg.patch_size, halo : halo + cfg.patch_size]
-            loss = partial_label_loss(u, y, allowed) if partial else segmentation_loss(u, y)
-        if anchor is not None:
-            loss = loss + cfg.anchor * sum(((q - anchor[n]) ** 2).sum() for n, q in net.named_parameters())
-        if teacher is not None:  # KL(start || now) per pixel, summed over classes
-            with torch.no_grad():
-                ref = teacher(x, p)[-1][..., halo : halo + cfg.patch_size, halo : halo + cfg.patch_size]
-            loss = loss + cfg.distill * F.kl_div(
-                F.log_softmax(u.float(), 1), F.log_softmax(ref.float(), 1), log_target=True, reduction="none"
-            ).sum(1).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        elapsed = time.perf_counter() - t0
-        report = Progress(step, cfg.steps, loss.item(), elapsed)
-        last = step == cfg.steps or (cfg.max_seconds is not None and elapsed >= cfg.max_seconds)
-        # time-based evaluations also keep validation under ~20% of the wall-clock
-        wait = None if cfg.eval_seconds is None else max(cfg.eval_seconds, 4 * eval_cost)
-        due = step % cfg.eval_every == 0 or (wait is not None and elapsed - last_eval >= wait)
-        if crop is not None and (due or last):
-            t_eval = time.perf_counter()
-            report.val = validate()
-            eval_cost = time.perf_counter() - t_eval
-            last_eval = time.perf_counter() - t0
-            score = report.val.mean_iou
-            if score > best + 1e-4:
-                best, stale, best_step = score, 0, step
-                best_state = {n: t.detach().clone() for n, t in net.state_dict().items()}
-            else:
-                stale += 1
-            report.best_val = best
+        loss = _train_step(sampler, bundle, objective, opt, cfg, gen, dev)
+        report = Progress(step, cfg.steps, loss, schedule.elapsed())
+        last = schedule.is_last(step, report.seconds)
+        if score is not None and schedule.validate_now(step, report.seconds, last):
+            report.val = schedule.timed(score)
+            stale = 0 if best.offer(net, report.val.mean_iou, step) else stale + 1
+            report.best_val = best.score
         result.history.append(report)
-        if progress and (step % 5 == 0 or report.val is not None or last):
+        if progress and schedule.report_now(report, last):
             progress(report)
-        if checkpoint_dir and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-            bundle.optimizer_state = _adagrad_state(opt, net)
-            bundle.info = {**bundle.info, "trained_steps": done_before + step}
-            save_checkpoint(bundle, checkpoint_dir, done_before + step)
-        if cfg.patience and stale >= cfg.patience:
-            result.stopped = "early_stopping"
+        if checkpoint_dir and schedule.checkpoint_now(step):
+            _save_checkpoint(bundle, opt, done_before + step, checkpoint_dir)
+        stopped = _stop_reason(cfg, stale, last, step)
+        if stopped:
+            result.stopped = stopped
             break
-        if last and step != cfg.steps:
-            result.stopped = "time_budget"
-            break
-    if best_state is not None:  # keep the weights that did best on the held-out pixels
-        net.load_state_dict(best_state)
-        result.best_val = best
+    if best.restore(net):  # keep the weights that did best on the held-out pixels
+        result.best_val = best.score
     net.eval()
-    bundle.info = {
-        **{k: v for k, v in bundle.info.items() if k != "checkpoint_step"},
-        "trained_steps": done_before + step,
-        "train_config": cfg.__dict__.copy(),
-        "best_val_mean_iou": result.best_val,
-        "best_step": done_before + best_step if best_state is not None else None,  # the weights kept
-        "stopped": result.stopped,
-    }
+    bundle.info = _provenance(bundle.info, cfg, done_before, step, best.step, result)
     bundle.optimizer_state = _adagrad_state(opt, net)
     return result
 
@@ -333,14 +473,13 @@ def train_rnn_tiles(
     starts from ``du = 0`` (the refined map equals the coarse one) instead of a random update
     that first has to be unlearnt.
     """
-    k = len(classes)
-    allowed = allowed_table(k, partial)
+    check_counts(steps=cfg.steps, batch_size=cfg.batch_size, patch_size=cfg.patch_size)
+    allowed = allowed_table(len(classes), partial)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    arch = RNNConfig(num_classes=k, in_channels=images[0].shape[0])
+    net = RefinerRNN(RNNConfig(num_classes=len(classes), in_channels=images[0].shape[0]))
     mean, std = stats or image_stats([im.astype(np.float32) / 255 if im.dtype == np.uint8 else im for im in images])
-    bundle = ModelBundle("rnn", RefinerRNN(arch), classes, resolution, mean, std)
-    net: RefinerRNN = bundle.net  # type: ignore[assignment]
+    bundle = ModelBundle("rnn", net, classes, resolution, mean, std)
     if identity_start:
         with torch.no_grad():
             for blk in net.blocks:
@@ -352,55 +491,36 @@ def train_rnn_tiles(
                      balance=balance, stride=centre_stride)  # fmt: skip
         for i, (im, pr, lab) in enumerate(zip(images, probs, labels, strict=True))
     ]
-    weights = np.array(tile_weights if tile_weights is not None else [s.ys.size for s in samplers], float)
-    weights /= weights.sum()
-    rng = np.random.default_rng(cfg.seed)
+    batches = TileMix(samplers, tile_weights, seed=cfg.seed)
     opt = torch.optim.Adagrad(net.parameters(), lr=cfg.lr)
     result = RNNTrainResult(bundle)
-    best, best_state, best_step = -math.inf, None, 0
+    best = BestWeights()
     if validate is not None and cfg.eval_every:  # the start is a candidate: never end worse than it
         net.eval()
-        best = float(validate(bundle))
-        best_state = {n: t.detach().clone() for n, t in net.state_dict().items()}
+        best.keep(net, float(validate(bundle)), 0)
         if progress:
-            message = f"validation at the start {best:.3f}"
-            progress(Progress(0, cfg.steps, math.nan, 0.0, best_val=best, message=message))
+            message = f"validation at the start {best.score:.3f}"
+            progress(Progress(0, cfg.steps, math.nan, 0.0, best_val=best.score, message=message))
     t0 = time.perf_counter()
     net.train()
     step = 0
     for step in range(1, cfg.steps + 1):
-        counts = rng.multinomial(cfg.batch_size, weights)
-        xs, ps, ys = [], [], []
-        for sampler, n in zip(samplers, counts, strict=True):
-            if n:
-                (x, p), y = sampler.sample(int(n))
-                xs.append(_as_float(x))
-                ps.append(_as_float(p))
-                ys.append(torch.from_numpy(y))
-        x = bundle.normalise(jitter(torch.cat(xs), cfg.jitter, gen))
-        u = net(x, torch.cat(ps))[-1][..., halo : halo + cfg.patch_size, halo : halo + cfg.patch_size]
-        loss = partial_label_loss(u, torch.cat(ys).long(), allowed)
+        (x, p), y = batches.sample(cfg.batch_size)
+        u = centre(net(bundle.normalise(jitter(x, cfg.jitter, gen)), p)[-1], halo, cfg.patch_size)
+        loss = partial_label_loss(u, y, allowed)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         report = Progress(step, cfg.steps, loss.item(), time.perf_counter() - t0)
-        if validate is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
-            net.eval()
-            score = float(validate(bundle))
-            net.train()
-            if score > best:
-                best, best_step = score, step
-                best_state = {n: t.detach().clone() for n, t in net.state_dict().items()}
-            report.best_val = best
-            report.message = f"validation {score:.3f} (best {best:.3f})"
+        if validate is not None and validation_due(step, cfg.steps, cfg.eval_every):
+            validate_and_keep(net, bundle, validate, best, report)
         result.history.append(report)
         if progress and (step % 10 == 0 or step == cfg.steps or report.message):
             progress(report)
-    if best_state is not None:
-        net.load_state_dict(best_state)
-        result.best_val = best
+    if best.restore(net):
+        result.best_val = best.score
     net.eval()
-    bundle.info = {"trained_steps": step, "train_config": cfg.__dict__.copy(), "best_step": best_step,
+    bundle.info = {"trained_steps": step, "train_config": cfg.__dict__.copy(), "best_step": best.step or 0,
                    "best_val": result.best_val}  # fmt: skip
     bundle.optimizer_state = _adagrad_state(opt, net)
     return result

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -164,6 +166,39 @@ class PatchSampler:
                 outs = [o[..., ::-1] for o in outs]
                 lab = lab[..., ::-1]
         return [np.ascontiguousarray(o) for o in outs], np.ascontiguousarray(lab)
+
+
+def as_float(x: np.ndarray) -> torch.Tensor:
+    """Patches to float [0, 1]: uint8 imagery (kept as uint8 to save memory) is scaled."""
+    t = torch.from_numpy(x)
+    return t.float() / 255.0 if t.dtype == torch.uint8 else t
+
+
+class TileMix:
+    """Batches from several tiles' samplers, each tile's share of a batch drawn by its weight.
+
+    ``weights`` default to each tile's number of candidate centres (its labelled pixels), so a
+    tile with more labels is seen more often; each batch's split is multinomial (``seed``).
+    """
+
+    def __init__(self, samplers: list[PatchSampler], weights: Sequence[float] | None = None, *, seed: int = 0) -> None:
+        self.samplers = samplers
+        w = np.array(weights if weights is not None else [s.ys.size for s in samplers], float)
+        w /= w.sum()
+        self.weights = w
+        self.rng = np.random.default_rng(seed)
+
+    def sample(self, n: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """``n`` patches: each sampler array as float [0, 1] (B, C, h, w) tensors, and the labels (B, s, s) as long."""
+        counts = self.rng.multinomial(n, self.weights)
+        arrays: list[list[torch.Tensor]] = []
+        labels = []
+        for sampler, count in zip(self.samplers, counts, strict=True):
+            if count:
+                xs, y = sampler.sample(int(count))
+                arrays.append([as_float(x) for x in xs])
+                labels.append(torch.from_numpy(y))
+        return [torch.cat(parts) for parts in zip(*arrays, strict=True)], torch.cat(labels).long()
 
 
 def jitter(x: torch.Tensor, amount: float, gen: torch.Generator | None = None) -> torch.Tensor:
