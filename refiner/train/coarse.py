@@ -146,6 +146,7 @@ def train_coarse(
     step = 0
     for step in range(1, cfg.steps + 1):
         if should_stop():
+            step -= 1  # this step did not run
             break
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.schedule, cfg.warmup)

@@ -471,7 +471,8 @@ def train_rnn_tiles(
     partial labels, class-balanced centres, and the best weights by ``validate`` every
     ``cfg.eval_every`` steps. ``identity_start`` zeroes the MLPs' output layers, so training
     starts from ``du = 0`` (the refined map equals the coarse one) instead of a random update
-    that first has to be unlearnt.
+    that first has to be unlearnt. ``cfg.steps``, ``batch_size`` or ``patch_size`` below 1 is a
+    ``ValueError``, as in :func:`train_rnn`.
     """
     check_counts(steps=cfg.steps, batch_size=cfg.batch_size, patch_size=cfg.patch_size)
     allowed = allowed_table(len(classes), partial)

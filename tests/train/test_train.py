@@ -283,6 +283,46 @@ def test_train_coarse_rejects_unknown_label_codes():
                      CoarseTrainConfig(steps=1, batch_size=2, output_size=16, context=8), partial=PARTIAL)  # fmt: skip
 
 
+def test_train_coarse_counts_only_the_steps_that_ran():
+    """A cancelled run's model says how many steps it trained: none when cancelled before the first."""
+    from refiner.core.classes import ClassSpec
+
+    images, labels = _toy_partial_tiles()
+    classes = ClassSpec(("background", "building", "road"))
+    cfg = CoarseTrainConfig(steps=10, batch_size=2, output_size=16, context=8)
+    calls = iter(range(100))
+    reports = []
+    bundle = train_coarse(images, labels, classes, cfg, partial=PARTIAL, should_stop=lambda: next(calls) >= 3,
+                          progress=reports.append)  # fmt: skip
+    assert bundle.info["trained_steps"] == 3 and reports == []  # reports come every 10 steps
+    before = {k: v.clone() for k, v in bundle.net.state_dict().items()}
+    again = train_coarse(images, labels, classes, cfg, partial=PARTIAL, should_stop=lambda: True, init=bundle)
+    assert again.info["trained_steps"] == 3 and again.info["init_steps"] == 3
+    assert all(torch.equal(v, before[k]) for k, v in again.net.state_dict().items())
+
+
+def test_training_refuses_zero_steps_and_a_coarse_start_for_the_rnn():
+    """Zero steps would save an untrained model as trained: every loop refuses it before any work."""
+    from refiner.core.classes import ClassSpec
+    from refiner.train.rnn import train_rnn_tiles
+
+    images, labels = _toy_partial_tiles()
+    classes = ClassSpec(("background", "building", "road"))
+    with pytest.raises(ValueError, match="steps 0 is below 1"):
+        train_coarse(images, labels, classes, CoarseTrainConfig(steps=0), partial=PARTIAL)
+    probs = [np.full((3, 48, 48), 1 / 3, np.float32)] * 2
+    with pytest.raises(ValueError, match="steps 0 is below 1"):
+        train_rnn_tiles(images, probs, labels, classes, RNNTrainConfig(steps=0), partial=PARTIAL)
+    with pytest.raises(ValueError, match="batch size 0 is below 1"):
+        train_rnn_tiles(images, probs, labels, classes, RNNTrainConfig(batch_size=0), partial=PARTIAL)
+    from refiner.models.store import ModelBundle
+
+    coarse = ModelBundle("coarse", CoarseCNN(CoarseConfig(3)), classes)
+    truth = np.zeros((48, 48), np.uint8)
+    with pytest.raises(ValueError, match="from an RNN model, not a coarse one"):
+        train_rnn(images[0], probs[0], truth, classes, RNNTrainConfig(steps=1), init=coarse)
+
+
 def test_finetune_from_pretrained_leaves_the_start_model_and_the_anchor_holds_weights():
     from dataclasses import replace
 
