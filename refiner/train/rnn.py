@@ -194,9 +194,12 @@ def _held_out_scorer(
 
 
 class _Objective:
-    """train_rnn's loss: the labelled pixels' cross-entropy (partial-label when codes are given),
-    plus the L2-SP pull towards the starting weights (``cfg.anchor``) and the per-pixel KL pull
-    towards the starting model's probabilities (``cfg.distill``, only when continuing from ``init``)."""
+    """The loss :func:`train_rnn` minimises, with the pulls that keep a fine-tune near its start.
+
+    The labelled pixels' cross-entropy (partial-label when codes are given), plus the L2-SP pull
+    towards the starting weights (``cfg.anchor``) and the per-pixel KL pull towards the starting
+    model's probabilities (``cfg.distill``, only when continuing from ``init``).
+    """
 
     def __init__(
         self, net: RefinerRNN, cfg: RNNTrainConfig, allowed: torch.Tensor, partial: bool, from_init: bool
@@ -295,8 +298,7 @@ def _train_step(
 
 
 def _stop_reason(cfg: RNNTrainConfig, stale: int, last: bool, step: int) -> str | None:
-    """Why training ends after ``step`` before ``cfg.steps``, if it does: no improvement for
-    ``cfg.patience`` validations, or the wall-clock budget spent."""
+    """Why training ends early after ``step``: no gain in ``cfg.patience`` validations, or time up."""
     if cfg.patience and stale >= cfg.patience:
         return "early_stopping"
     if last and step != cfg.steps:

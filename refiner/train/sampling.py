@@ -30,8 +30,11 @@ def check_labels(labels: np.ndarray, num_classes: int, what: str = "labels") -> 
 
 
 def check_counts(**counts: int) -> None:
-    """Refuse training step, batch and patch counts below 1 before any work (an untrained model
-    saved as if trained, or ``high <= 0`` from the sampler)."""
+    """Refuse training step, batch and patch counts below 1 before any work.
+
+    Zero steps would save an untrained model as if trained; a zero batch or patch size fails
+    deep in the sampler (``high <= 0``).
+    """
     for name, value in counts.items():
         if value < 1:
             raise ValueError(f"{name.replace('_', ' ')} {value} is below 1 — give at least 1")
@@ -144,6 +147,10 @@ class PatchSampler:
         self.rng = np.random.default_rng(seed)
 
     def sample(self, n: int) -> tuple[list[np.ndarray], np.ndarray]:
+        """``n`` patches: per array (n, C, size + 2 margin, size + 2 margin), and labels (n, size, size).
+
+        Randomly rotated and flipped together when ``augment`` is on.
+        """
         s, m = self.size, self.margin
         hp, wp = self.labels.shape
         if self.groups:
