@@ -27,8 +27,10 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def _log_lines(desc: str, total: int, every: float = 5.0, stream=None) -> Callable[[int], None]:
-    """Progress as plain lines, one per ``every`` percent (and the last): what a log file needs,
-    where a tqdm bar writes one line and then nothing until the end."""
+    """Progress as plain lines, one per ``every`` percent (and the last): what a log file needs.
+
+    A tqdm bar writes one line there and then nothing until the end.
+    """
     t0 = time.perf_counter()
     state = {"next": 0.0}
 
@@ -43,8 +45,10 @@ def _log_lines(desc: str, total: int, every: float = 5.0, stream=None) -> Callab
 
 
 def _bar(desc: str, total: int) -> Callable[[int], None]:
-    """A tqdm bar driven by absolute positions (what the engine's callbacks report); progress
-    lines every 5 % instead when stderr is not a terminal (a log file)."""
+    """A tqdm bar driven by absolute positions (what the engine's callbacks report).
+
+    Progress lines every 5 % instead when stderr is not a terminal (a log file).
+    """
     from tqdm import tqdm
 
     if not sys.stderr.isatty():
@@ -228,8 +232,10 @@ def _image_and_probs(args: argparse.Namespace, model_classes=None):
 
 
 def _checkpoint_dir(args: argparse.Namespace) -> Path:
-    """``<out>.checkpoint``: where ``--checkpoint-every`` writes, beside ``--out``, never in it, so
-    an interrupted run leaves no partial model under the final name."""
+    """``<out>.checkpoint``: where ``--checkpoint-every`` writes, beside ``--out``, never in it.
+
+    So an interrupted run leaves no partial model under the final name.
+    """
     from refiner.models.store import CHECKPOINT_SUFFIX
 
     return args.out.with_name(args.out.name + CHECKPOINT_SUFFIX)
@@ -592,8 +598,11 @@ _INPUTS = ("image", "probs", "labels", "model", "params", "search_labels", "resu
 
 
 def check_outputs(args: argparse.Namespace) -> None:
-    """Refuse, before any work, outputs that could not be written: a file where a folder goes (or
-    the reverse), a folder of other files as a model, an unwritable place, an input as output."""
+    """Refuse, before any work, outputs that could not be written.
+
+    A file where a folder goes (or the reverse), a folder of other files as a model, an
+    unwritable place, an input as output.
+    """
     from refiner.core.atomic import check_writable
     from refiner.models.store import check_model_output
 

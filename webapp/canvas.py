@@ -69,8 +69,10 @@ def key_for(ws: Workspace, view: View) -> str:
 
 
 def merge_reported(ws: Workspace) -> int:
-    """Merge the strokes this session's canvases reported and no run has merged yet, in order,
-    each as one change (one undo step); returns how many were merged."""
+    """Merge the strokes this session's canvases reported and no run has merged yet; how many.
+
+    In order, each as one change (one undo step).
+    """
     records: dict[str, dict] = st.session_state.setdefault(RECORDS, {})
     merged = 0
     for key, rec in list(records.items()):

@@ -292,10 +292,13 @@ VIEW_FILE = "view.json"
 
 
 def restore_view(ws: Workspace, page: str, defaults: dict[str, Any], options: dict[str, list] | None = None) -> None:
-    """Give the view widgets of ``page`` (zoom, pan, brush, layers: widget key -> default) their
-    remembered values: this session's, else those saved in the workspace (``view.json``, so a
-    reload or a restart keeps them), else ``defaults``. ``options`` lists the values a
-    choice widget allows (a saved value no longer offered falls back to the default)."""
+    """Give the view widgets of ``page`` (zoom, pan, brush, layers) their remembered values.
+
+    ``defaults`` maps widget key -> default. The values are this session's, else those saved in
+    the workspace (``view.json``, so a reload or a restart keeps them), else ``defaults``.
+    ``options`` lists the values a choice widget allows (a saved value no longer offered falls
+    back to the default).
+    """
     saved = read_json(ws.path / VIEW_FILE, {}).get(page, {})
     for k, default in defaults.items():
         if k in st.session_state:
@@ -309,8 +312,10 @@ def restore_view(ws: Workspace, page: str, defaults: dict[str, Any], options: di
 
 
 def save_view(ws: Workspace, page: str, keys: list[str]) -> None:
-    """Store the current values of ``keys`` as ``page``'s view in the workspace (when they changed;
-    never in a workspace that is read-only here: a look-only guest does not move the owner's view)."""
+    """Store the current values of ``keys`` as ``page``'s view in the workspace, when they changed.
+
+    Never in a workspace that is read-only here: a look-only guest does not move the owner's view.
+    """
     if ws.readonly:
         return
     path = ws.path / VIEW_FILE
@@ -327,8 +332,10 @@ def view_keys(key: str) -> list[str]:
 
 
 def view_controls(shape: tuple[int, int], key: str, max_canvas: int = 640, ws: Workspace | None = None) -> View:
-    """Zoom and pan for a tile larger than the screen (shared by pages through ``key``); with
-    ``ws``, remembered in the workspace across reloads (see :func:`restore_view`)."""
+    """Zoom and pan for a tile larger than the screen (shared by pages through ``key``).
+
+    With ``ws``, remembered in the workspace across reloads (see :func:`restore_view`).
+    """
     zk, yk, xk = view_keys(key)
     if ws is not None:
         restore_view(ws, key, {zk: 1, yk: 0.5, xk: 0.5}, {zk: ZOOMS})
@@ -347,10 +354,12 @@ _BUSY_POOL: list[Any] = []
 
 
 def run_busy(what: str, fn: Callable[[], Any], stop_key: str, on_stop: Callable[[], None] | None = None) -> Any:
-    """Run ``fn`` (engine work, no Streamlit calls) under a visible busy box with elapsed time
-    and a Stop button. Stop frees the page at once (``on_stop`` then turns off what asked for
-    the work, so the next run does not start it again); the work itself finishes in the
-    background, and the engine's caches keep its result for next time."""
+    """Run ``fn`` (engine work, no Streamlit calls) under a busy box with elapsed time and a Stop button.
+
+    Stop frees the page at once (``on_stop`` then turns off what asked for the work, so the next
+    run does not start it again); the work itself finishes in the background, and the engine's
+    caches keep its result for next time.
+    """
     from concurrent.futures import ThreadPoolExecutor
 
     if not _BUSY_POOL:

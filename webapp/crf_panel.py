@@ -1,5 +1,7 @@
-"""The Compare page's CRF panel: the parameters in use (hand-set or grid-searched) and the grid
-search, which runs in the background (:mod:`refiner.app.jobs.crf`) with progress, estimate and cancel."""
+"""The Compare page's CRF panel: the parameters in use (hand-set or grid-searched) and the grid search.
+
+The search runs in the background (:mod:`refiner.app.jobs.crf`) with progress, estimate and cancel.
+"""
 
 from __future__ import annotations
 

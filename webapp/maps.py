@@ -58,8 +58,10 @@ def offline_html(m: folium.Map) -> str:
 
 
 def to_wgs84(image: np.ndarray, georef: Georef) -> tuple[np.ndarray, tuple[float, float, float, float]]:
-    """Warp an (H, W, 4) RGBA picture onto a lon/lat grid (nearest neighbour; outside = transparent),
-    so Leaflet can stretch it between its bounds; returns it with (west, south, east, north)."""
+    """Warp an (H, W, 4) RGBA picture onto a lon/lat grid, so Leaflet can stretch it between its bounds.
+
+    Nearest neighbour, transparent outside; returned with its (west, south, east, north).
+    """
     h, w = image.shape[:2]
     src_bounds = array_bounds(h, w, georef.transform)
     dst_transform, dw, dh = calculate_default_transform(georef.crs, "EPSG:4326", w, h, *src_bounds)

@@ -1,5 +1,7 @@
-"""The model choice shared by the Learn, Iterations and Compare pages: the learned RNN or a
-hand-set PDE preset, with the parameters last set on the Learn page."""
+"""The model choice shared by the Learn, Iterations and Compare pages: the learned RNN or a PDE preset.
+
+The hand-set PDE presets come with the parameters last set on the Learn page.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
-"""What the Train, Iterations and Compare pages share about scores: the reference-mask panel and
-the score tables on the held-out regions and on the reference, side by side."""
+"""What the Train, Iterations and Compare pages share about scores: reference panel and score tables.
+
+The reference-mask panel, and the score tables on the held-out regions and on the reference,
+side by side.
+"""
 
 from __future__ import annotations
 

@@ -16,7 +16,8 @@ road box is painted background, as a user painting roads only would.
 Each starts with a few "painted" labels: ``assets/real_demo/<name>_labels.png`` (class indices,
 255 = unlabelled), made by ``scripts/make_real_demo_labels.py`` from the data's reference masks
 as a few boxes: the reference inside each box, nothing elsewhere. The data folder is
-``$REFINER_DATA``, else ``<repo>/../shared/data``; without it the demos are not offered."""
+``$REFINER_DATA``, else ``<repo>/../shared/data``; without it the demos are not offered.
+"""
 
 from __future__ import annotations
 

@@ -47,8 +47,11 @@ def entropy(probs: np.ndarray) -> np.ndarray:
 
 
 def disagreement(maps: Sequence[np.ndarray]) -> np.ndarray:
-    """Share of the maps (H, W class indices each) that differ from the pixel's majority class,
-    scaled so 1 = no two agree: (H, W) in [0, 1]; 0 with fewer than two maps."""
+    """Where the class maps (H, W each) disagree: (H, W) in [0, 1], 1 where no two agree.
+
+    The share of the maps that differ from the pixel's majority class, scaled so that 1 means
+    no two agree; 0 everywhere with fewer than two maps.
+    """
     if len(maps) < 2:
         return np.zeros(np.asarray(maps[0]).shape if maps else (0, 0), np.float32)
     stack = np.stack([np.asarray(m) for m in maps])
@@ -58,8 +61,10 @@ def disagreement(maps: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def novelty(labels: np.ndarray, scale: float = HintWeights.distance_scale) -> np.ndarray:
-    """``1 - exp(-d / scale)`` with ``d`` the distance (px) to the nearest painted pixel:
-    0 on painted pixels, towards 1 far away; all 1 when nothing is painted."""
+    """How far each pixel is from the painted ones: ``1 - exp(-d / scale)``, ``d`` in px.
+
+    0 on painted pixels, towards 1 far away; all 1 when nothing is painted.
+    """
     painted = labels != IGNORE
     if not painted.any():
         return np.ones(labels.shape, np.float32)
@@ -101,8 +106,10 @@ def need_map(
 
 
 def uncertainty(probs: Probs, maps: Sequence[np.ndarray], weights: HintWeights = HintWeights()) -> np.ndarray:
-    """The model half of the need map, ``(w_e * entropy + w_d * disagreement) / (w_e + w_d)``:
-    it changes only when a model does, so the app caches it per model (the labels half is cheap)."""
+    """The model half of the need map: ``(w_e * entropy + w_d * disagreement) / (w_e + w_d)``.
+
+    It changes only when a model does, so the app caches it per model (the labels half is cheap).
+    """
     total = weights.entropy + weights.disagreement
     if total <= 0:
         raise ValueError("at least one of the entropy and disagreement weights must be positive")
@@ -151,12 +158,12 @@ def _free_windows(labels: np.ndarray, size: int, taken: Sequence[Box] = ()) -> n
 def suggest_boxes(
     need: np.ndarray, labels: np.ndarray, n: int = 5, size: int = 32, spread: float = HintWeights.distance_scale
 ) -> list[Box]:
-    """Up to ``n`` non-overlapping ``size`` x ``size`` boxes with the highest mean need, none on
-    painted pixels (fewer when the tile has no more room).
+    """Up to ``n`` non-overlapping ``size`` x ``size`` boxes of highest mean need, off painted pixels.
 
-    With ``spread`` > 0, each chosen box counts as painted for the next choice (the need is
-    multiplied by :func:`novelty` of the boxes so far, scale ``spread``), so five boxes do not
-    pile up on one hot spot: neighbouring boxes would teach the same thing twice.
+    Fewer when the tile has no more room. With ``spread`` > 0, each chosen box counts as painted
+    for the next choice (the need is multiplied by :func:`novelty` of the boxes so far, scale
+    ``spread``), so five boxes do not pile up on one hot spot: neighbouring boxes would teach the
+    same thing twice.
     """
     h, w = need.shape
     if size < 1 or size > min(h, w):

@@ -129,9 +129,11 @@ def keep_current(ws: Workspace, name: str = "") -> Entry | None:
 
 
 def save_trained(ws: Workspace, bundle: Any, *, started_from: str, val: list[dict], stopped: str) -> Entry:
-    """Install a freshly trained RNN as the workspace's current one and keep it in the history
-    (the RNN it replaces is kept first). ``val``: the run's held-out evaluations
-    (``{"step", "mean_iou", "iou"}``), to record which one's weights were kept."""
+    """Install a freshly trained RNN as the workspace's current one and keep it in the history.
+
+    The RNN it replaces is kept first. ``val``: the run's held-out evaluations
+    (``{"step", "mean_iou", "iou"}``), to record which one's weights were kept.
+    """
     from refiner.models.store import save_model
 
     keep_current(ws)

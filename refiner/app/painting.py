@@ -51,8 +51,10 @@ class View:
 
 
 def make_view(shape: tuple[int, int], zoom: float, center: tuple[float, float], max_canvas: int = 640) -> View:
-    """The view of a tile of ``shape`` at ``zoom`` (1 = the whole tile fits ``max_canvas``) centred
-    near ``center`` (fractions of height and width), clipped to the tile."""
+    """The view of a tile of ``shape`` at ``zoom`` centred near ``center``, clipped to the tile.
+
+    ``zoom`` 1 fits the whole tile in ``max_canvas``; ``center`` is in fractions of height and width.
+    """
     h, w = shape
     fit = max_canvas / max(h, w)
     scale = fit * max(1.0, float(zoom))
@@ -84,9 +86,11 @@ def visible_color(rgb: Sequence[int]) -> tuple[int, int, int]:
 
 
 def brush_colors(classes: ClassSpec) -> list[tuple[int, int, int]]:
-    """Colours of the brushes on the canvas: one per class (dark ones lifted, see
-    :func:`visible_color`), then the eraser. Distinct colours stay distinct: a lifted colour that
-    would meet another brush's is kept as it was."""
+    """Colours of the brushes on the canvas: one per class (dark ones lifted), then the eraser.
+
+    Dark colours are lifted by :func:`visible_color`; distinct colours stay distinct: a lifted
+    colour that would meet another brush's is kept as it was.
+    """
     out: list[tuple[int, int, int]] = []
     for c in classes.colors:
         lifted = visible_color(c)
@@ -99,8 +103,7 @@ def hex_color(rgb: tuple[int, int, int]) -> str:
 
 
 def decode_strokes(rgba: np.ndarray, classes: ClassSpec) -> np.ndarray:
-    """Canvas RGBA (h, w, 4) -> class index per canvas pixel; IGNORE where erased, UNPAINTED
-    where no stroke is."""
+    """Canvas RGBA (h, w, 4) -> class index per canvas pixel; IGNORE where erased, UNPAINTED elsewhere."""
     rgba = np.asarray(rgba)
     if rgba.ndim != 3 or rgba.shape[2] < 4:
         raise ValueError("strokes must be an RGBA image")
@@ -177,9 +180,11 @@ def _polyline(path: Sequence[Sequence[Any]]) -> list[tuple[float, float]]:
 
 
 def rasterize_stroke(obj: dict, view: View) -> np.ndarray | None:
-    """The view pixels (view.height, view.width) a freehand canvas stroke covers, as a bool mask;
+    """The view pixels (view.height, view.width) a freehand canvas stroke covers, as a bool mask.
+
     None for an object that is not a freehand path. Drawn as round-capped lines of the stroke's
-    width, straight on the tile's grid (a thin stroke at any zoom still marks the pixels it crosses)."""
+    width, straight on the tile's grid (a thin stroke at any zoom still marks the pixels it crosses).
+    """
     if str(obj.get("type", "")).lower() != "path" or not obj.get("path"):
         return None
     ch, cw = view.canvas_size
@@ -208,8 +213,10 @@ def canvas_objects(state: Any) -> list[dict]:
 
 
 def apply_objects(labels: np.ndarray, objects: Sequence[dict], view: View, classes: ClassSpec) -> np.ndarray:
-    """New labels with the canvas strokes ``objects`` of ``view`` painted in, in order (a later
-    stroke paints over an earlier one). Objects of no brush's colour are skipped."""
+    """New labels with the canvas strokes ``objects`` of ``view`` painted in, in order.
+
+    A later stroke paints over an earlier one; objects of no brush's colour are skipped.
+    """
     out = labels.copy()
     window = out[view.slices]
     for obj in objects:

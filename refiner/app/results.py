@@ -42,8 +42,10 @@ def refinement(ws: Workspace) -> list[np.ndarray]:
 
 
 def preset_refinement(ws: Workspace, name: str, **params: float) -> list[np.ndarray]:
-    """A hand-set PDE preset's probabilities at t = 0..T (:mod:`refiner.models.presets`), through
-    the same inference as the learned RNN; cached per preset, parameters and coarse map."""
+    """A hand-set PDE preset's probabilities at t = 0..T (:mod:`refiner.models.presets`).
+
+    Through the same inference as the learned RNN; cached per preset, parameters and coarse map.
+    """
     from refiner.models.inference import refine
     from refiner.models.presets import preset_bundle
 
@@ -124,8 +126,10 @@ class EvalLabels:
 
 
 def eval_labels(ws: Workspace) -> EvalLabels | None:
-    """Labels to score maps against: what the last training run held back, else all painted
-    pixels (when no run has used them). None when nothing is labelled."""
+    """Labels to score maps against: what the last training run held back, else all painted pixels.
+
+    All painted pixels only when no run has used them; None when nothing is labelled.
+    """
     held = ws.holdout()
     if held is not None and (held != IGNORE).any():
         guard = (ws.settings.get("holdout") or {}).get("guard_px")

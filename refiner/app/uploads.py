@@ -88,8 +88,10 @@ def check_pixel_size(metres: float) -> float:
 
 
 def tile_from_upload(data: bytes, name: str, *, window: tuple[int, int, int, int] | None = None) -> Tile:
-    """Check and read an uploaded image (GeoTIFF, PNG, JPEG), or a ``window`` (row, col, height,
-    width) of it (one above :data:`MAX_PIXELS` needs one)."""
+    """Check and read an uploaded image (GeoTIFF, PNG, JPEG), or a ``window`` of it.
+
+    ``window`` is (row, col, height, width); an image above :data:`MAX_PIXELS` needs one.
+    """
     if not name.lower().endswith(IMAGE_SUFFIXES):
         raise ValueError(f"{name}: upload a GeoTIFF (.tif), PNG or JPEG image")
     sniff_image(data, name)

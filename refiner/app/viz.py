@@ -56,9 +56,11 @@ def blend(rgb: np.ndarray, rgba: np.ndarray, opacity: float = 0.5) -> np.ndarray
 
 
 def outline(rgb: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """``rgb`` (H, W, 3) with the edges of the labelled regions of ``labels`` (H, W, same grid)
-    drawn in black where the picture is light and white where it is dark, so every class's
-    outline shows on any imagery, whatever its own colour."""
+    """``rgb`` (H, W, 3) with the edges of the labelled regions of ``labels`` (H, W, same grid) drawn.
+
+    Black where the picture is light and white where it is dark, so every class's outline shows
+    on any imagery, whatever its own colour.
+    """
     lab = np.asarray(labels)
     edge = np.zeros(lab.shape, bool)
     d = lab[1:] != lab[:-1]  # between rows: mark the labelled side(s) of each change
@@ -110,8 +112,10 @@ def disagreement(maps: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def disagreement_image(maps: Sequence[np.ndarray], rgb: np.ndarray | None = None) -> np.ndarray:
-    """Disagreement as a picture: white where all maps agree (or the dimmed image), orange where
-    two differ, red where all differ."""
+    """Disagreement as a picture: white where all maps agree, orange where two differ, red where all do.
+
+    With ``rgb``, the dimmed image shows instead of white where the maps agree.
+    """
     d = disagreement(maps)
     colours = np.array([[255, 255, 255, 0], [250, 150, 30, 255], [200, 20, 30, 255]], np.uint8)
     rgba = colours[np.minimum(d, 2)]
@@ -144,8 +148,10 @@ def image_kernels(net: torch.nn.Module, block: int = 0) -> np.ndarray:
 
 
 def kernel_image(kernel: np.ndarray, size: int = 60) -> np.ndarray:
-    """One kernel as a small picture: (k, k) signed -> blue/white/red; (C, k, k) -> RGB, each
-    filter stretched to the full range (the way the paper's Fig. 11 shows them)."""
+    """One kernel as a small picture: (k, k) signed -> blue/white/red; (C, k, k) -> RGB.
+
+    Each filter is stretched to the full range, the way the paper's Fig. 11 shows them.
+    """
     if kernel.ndim == 2:
         img = signed(kernel)
     else:

@@ -20,7 +20,8 @@ refresh or a server restart finds them again. Layout::
                               :mod:`refiner.app.sessions`, which decides who may open it)
 
 Every write goes to a temporary file that is then renamed, so a crash never leaves half a file.
-Uploads are checked here, with :class:`ValueError` messages that say what is wrong."""
+Uploads are checked here, with :class:`ValueError` messages that say what is wrong.
+"""
 
 from __future__ import annotations
 
@@ -193,8 +194,10 @@ class Workspace:
         return tile
 
     def set_pixel_size(self, metres: float) -> None:
-        """State the ground resolution of a tile without georeferencing; networks resample it to
-        their own resolution with it. Refused for georeferenced tiles (their files say it)."""
+        """State the ground resolution of a tile without georeferencing, so networks can resample it.
+
+        Refused for georeferenced tiles (their files say it).
+        """
         if self.georef is not None:
             raise ValueError("this tile is georeferenced: its ground resolution comes from the file")
         metres = check_pixel_size(metres)

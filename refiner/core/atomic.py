@@ -141,9 +141,11 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 
 
 def check_writable(path: str | Path) -> None:
-    """Raise ``ValueError`` unless a file or folder can be created as ``path``, before any work: its
-    nearest existing parent accepts a new file (tried, not guessed from permission bits, which say
-    nothing for root or on a read-only mount); nothing is left behind."""
+    """Raise ``ValueError`` unless a file or folder can be created as ``path``, before any work.
+
+    Its nearest existing parent must accept a new file: tried, not guessed from permission bits,
+    which say nothing for root or on a read-only mount; nothing is left behind.
+    """
     parent = Path(path).absolute().parent
     while not parent.exists():
         parent = parent.parent

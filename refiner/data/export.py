@@ -1,8 +1,8 @@
-"""Exporting results as vectors a GIS user expects: class polygons, simplified, and road
-centre-lines, in one GeoPackage (rasters go through :mod:`refiner.data`).
+"""Exporting results as vectors a GIS user expects: simplified class polygons and road centre-lines.
 
-Polygons come from :func:`rasterio.features.shapes` (connected regions of equal class, traced
-along pixel edges, in the tile's CRS); raw, they are pixel staircases, so they are simplified
+Both go into one GeoPackage (rasters go through :mod:`refiner.data`). Polygons come from
+:func:`rasterio.features.shapes` (connected regions of equal class, traced along pixel edges, in
+the tile's CRS); raw, they are pixel staircases, so they are simplified
 with shapely's coverage simplification, which moves the edge two neighbouring regions share
 once, for both (no gaps or overlaps between them, unlike simplifying each polygon on its own).
 Roads are lines to a GIS user, not areas: the road mask is thinned to a one-pixel skeleton
@@ -172,9 +172,12 @@ def write_geopackage(
     min_length: float = 0.0,
     layer: str = POLYGONS,
 ) -> dict[str, int]:
-    """Write the class map's regions to a GeoPackage layer (fields: class, value, area) and, with
-    ``lines`` and a road class, the roads' centre-lines to a ``road_centrelines`` layer (field:
-    length); returns the number of features per layer."""
+    """Write the class map's regions (and roads' centre-lines) to a GeoPackage; features per layer.
+
+    Regions go to a layer with fields class, value, area; with ``lines`` and a road class, the
+    roads' centre-lines to a ``road_centrelines`` layer (field: length). Returns the number of
+    features per layer.
+    """
     return write_geopackage_windows(
         path, [(class_map, georef)], classes, crs=georef.crs.to_wkt() if georef else None, skip=skip,
         min_pixels=min_pixels, simplify=simplify, lines=lines, min_length=min_length, layer=layer,
@@ -194,8 +197,10 @@ def write_geopackage_windows(
     min_length: float = 0.0,
     layer: str = POLYGONS,
 ) -> dict[str, int]:
-    """:func:`write_geopackage` for a class map given as windows (each with its own georef), the
-    features of each window appended, so a scene of any size is written at bounded memory."""
+    """:func:`write_geopackage` for a class map given as windows, each with its own georef.
+
+    The features of each window are appended, so a scene of any size is written at bounded memory.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".part.gpkg")

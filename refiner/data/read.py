@@ -15,7 +15,8 @@ deviation of their training imagery, so the rule only has to be the same at trai
 
 **Nodata** (a declared nodata value, an alpha band or an internal mask) marks invalid pixels:
 their image values are set to 0, they become unlabelled in labels, and outputs mark them as
-nodata (255 in class maps)."""
+nodata (255 in class maps).
+"""
 
 from __future__ import annotations
 
@@ -73,8 +74,10 @@ def _open(path: str | Path):
 
 
 def _read(ds, path: str | Path, *args, **kwargs) -> np.ndarray:
-    """``ds.read`` with a damaged or truncated file named in one line (rasterio's own message is
-    "Read failed. See previous exception for details.")."""
+    """``ds.read`` with a damaged or truncated file named in one line.
+
+    Rasterio's own message is "Read failed. See previous exception for details.".
+    """
     try:
         return ds.read(*args, **kwargs)
     except (RasterioIOError, RasterioError) as exc:
@@ -290,11 +293,11 @@ def check_same_place(
     image_name: str = "the image",
     todo: str = "give the file made on this image's grid",
 ) -> None:
-    """Refuse ``what`` (probabilities, labels) lying in another CRS or place than the image it is
-    given with, before any work. Only when both are georeferenced: a plain PNG mask is taken to
-    be on the image's grid, as its size is checked.
+    """Refuse ``what`` (probabilities, labels) lying in another CRS or place than its image.
 
-    The grids must share the CRS, the pixel size (to 0.1 %) and the origin (to 1 % of a pixel).
+    Checked before any work, and only when both are georeferenced: a plain PNG mask is taken to
+    be on the image's grid, as its size is checked. The grids must share the CRS, the pixel size
+    (to 0.1 %) and the origin (to 1 % of a pixel).
     """
     if georef is None or image is None:
         return

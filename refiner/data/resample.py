@@ -64,8 +64,7 @@ def resolution_differs(res: float | None, resolution: float | None, tolerance: f
 
 
 def needs_resampling(tile: Tile, resolution: float | None) -> bool:
-    """True when the tile is georeferenced (or has a stated pixel size) at a resolution other
-    than the networks' one."""
+    """True when the tile is georeferenced (or has a stated pixel size) at another resolution than the networks'."""
     return resolution_differs(tile.resolution, resolution)
 
 
@@ -84,8 +83,11 @@ def to_working_resolution(tile: Tile, resolution: float | None) -> Tile:
 
 
 def resample_tile(tile: Tile, dst: Georef, shape: tuple[int, int]) -> Tile:
-    """The tile on grid ``dst`` of ``shape``: image by area average when ``dst`` is coarser, else
-    bilinear; the validity mask by nearest neighbour."""
+    """The tile on grid ``dst`` of ``shape``.
+
+    The image by area average when ``dst`` is coarser, else bilinear; the validity mask by
+    nearest neighbour.
+    """
     assert tile.georef is not None
     method = "average" if dst.resolution > tile.georef.resolution else "bilinear"
     image = resample(tile.image, tile.georef, shape, dst, method=method)
@@ -105,8 +107,11 @@ class Working:
 def to_working(
     tile: Tile, resolution: float | None, probs: np.ndarray | None = None, labels: Sequence[np.ndarray] = ()
 ) -> Working:
-    """The tile, its class probabilities (bilinear) and label masks (majority vote when coarsening)
-    at the working resolution; the same objects when the tile is already there."""
+    """The tile, its class probabilities and label masks at the working resolution.
+
+    Probabilities bilinear, labels by majority vote when coarsening; the same objects when the
+    tile is already there.
+    """
     work = to_working_resolution(tile, resolution)
     if work is tile:
         return Working(tile, probs, list(labels))

@@ -155,9 +155,9 @@ def make_scene(
 def degrade_labels(
     labels: np.ndarray, *, shift: int = 3, drop: float = 0.2, seed: int = 0, background: int = 0
 ) -> np.ndarray:
-    """Make accurate labels OSM-like: each object (connected component of a foreground class)
-    is moved by its own random offset of up to ``shift`` px and dropped with probability ``drop``.
+    """Make accurate labels OSM-like: objects shifted by up to ``shift`` px, dropped with probability ``drop``.
 
+    Each object (connected component of a foreground class) moves by its own random offset.
     Unlabelled pixels (255) stay unlabelled; background fills where objects moved away.
     """
     rng = np.random.default_rng(seed)

@@ -60,8 +60,11 @@ _PIXEL_ORIGIN = 1e6  # metres; larger than any picture's extent, so the grid nev
 
 
 def grid_of(tile: Tile) -> Georef | None:
-    """The tile's georeferencing, or for a picture with a stated ``pixel_size`` a local pixel grid
-    of that size (so it resamples like a georeferenced tile); None otherwise."""
+    """The tile's georeferencing, or a local pixel grid for a picture with a stated ``pixel_size``.
+
+    The local grid has that pixel size, so the picture resamples like a georeferenced tile;
+    None otherwise.
+    """
     if tile.georef is not None:
         return tile.georef
     if tile.pixel_size:

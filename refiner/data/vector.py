@@ -141,8 +141,10 @@ def _coordinates(geom: dict) -> np.ndarray:
 
 
 def _reproject_geometry(geom: dict, src: CRS, dst: CRS, name: str) -> dict:
-    """``geom`` from ``src`` to ``dst``, refusing coordinates outside ``src``'s range in one line
-    (longitude/latitude beyond +-180/+-90, projected coordinates PROJ cannot invert)."""
+    """``geom`` from ``src`` to ``dst``, refusing coordinates outside ``src``'s range in one line.
+
+    Out of range: longitude/latitude beyond +-180/+-90, projected coordinates PROJ cannot invert.
+    """
     xy = _coordinates(geom)
     if src.is_geographic and xy.size and (np.abs(xy[:, 0]).max() > 180 or np.abs(xy[:, 1]).max() > 90):
         bad = xy[(np.abs(xy[:, 0]) > 180) | (np.abs(xy[:, 1]) > 90)][0]

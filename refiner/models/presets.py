@@ -84,8 +84,10 @@ def pm_flux_pl(x: np.ndarray, kappa: float) -> np.ndarray:
 
 @dataclass(frozen=True)
 class FluxFit:
-    """8 ReLU units ``relu(A x + B y / κ + C)`` with output weights ``V`` approximating
-    ``x g(|y|)`` (x: score difference, y: grey-level difference); ``max_error`` on the fit box."""
+    """8 ReLU units ``relu(A x + B y / κ + C)`` with output weights ``V`` approximating ``x g(|y|)``.
+
+    x: score difference, y: grey-level difference; ``max_error`` on the fit box.
+    """
 
     A: np.ndarray
     B: np.ndarray
@@ -219,8 +221,10 @@ def perona_malik_rnn(
 def image_guided_rnn(
     num_classes: int, in_channels: int = 3, *, dt: float = 0.2, kappa: float = 0.1, iterations: int = 10
 ) -> RefinerRNN:
-    """Class maps diffuse except across image edges: ``div(g(|∇I|) ∇u)`` with the fitted flux
-    (:func:`image_guided_fit`); ``kappa`` is in grey levels of the image scaled to [0, 1]."""
+    """Class maps diffuse except across image edges: ``div(g(|∇I|) ∇u)`` with the fitted flux.
+
+    The flux is :func:`image_guided_fit`'s; ``kappa`` is in grey levels of the image scaled to [0, 1].
+    """
     _check(dt, iterations)
     fit = image_guided_fit(float(kappa))
     net = _blank(num_classes, in_channels, iterations)
@@ -254,8 +258,11 @@ def preset_rnn(name: str, num_classes: int, in_channels: int = 3, **params: floa
 
 
 def preset_bundle(name: str, classes: ClassSpec, in_channels: int = 3, **params: float) -> ModelBundle:
-    """A preset as a model bundle for :func:`refiner.models.inference.refine`: it works on the tile's own
-    grid, on the image scaled to [0, 1] (mean 0, std 1: κ is in those grey levels)."""
+    """A preset as a model bundle for :func:`refiner.models.inference.refine`.
+
+    It works on the tile's own grid, on the image scaled to [0, 1] (mean 0, std 1: κ is in those
+    grey levels).
+    """
     net = preset_rnn(name, len(classes), in_channels, **params)
     return ModelBundle(
         "rnn", net, classes, None, (0.0,) * in_channels, (1.0,) * in_channels, {"preset": name, "params": params}

@@ -65,8 +65,10 @@ class Shipped:
         return text + (f", test {self.test_scores()}" if self.test_scores() else "")
 
     def test_scores(self) -> str:
-        """The card's scores on its test tiles in words: mean IoU, or the IoU per test set
-        (``test_scores: {set: {iou: ...}}``, as ``refiner pretrain`` writes them)."""
+        """The card's scores on its test tiles in words: mean IoU, or the IoU per test set.
+
+        Per set from ``test_scores: {set: {iou: ...}}``, as ``refiner pretrain`` writes them.
+        """
         scores = self.card.get("test_scores") or self.card.get("test") or {}
         if not isinstance(scores, dict):
             return ""
@@ -217,8 +219,10 @@ def workspace_resolution(ws) -> float | None:
 
 
 def coarse_into_workspace(ws, *, root: str | Path | None = None) -> Pick:
-    """Pick the shipped coarse CNN for a workspace and, when one fits, write its probabilities
-    there (the source says which model and why); the pick is returned either way."""
+    """Pick the shipped coarse CNN for a workspace and, when one fits, write its probabilities there.
+
+    The probabilities' source says which model and why; the pick is returned either way.
+    """
     pick = pick_coarse(ws.classes, workspace_resolution(ws), root=root)
     if pick.model is not None:
         probs = coarse_probs_for(pick, ws.tile())

@@ -118,8 +118,10 @@ def save_model(bundle: ModelBundle, folder: str | Path) -> Path:
 
 
 def save_checkpoint(bundle: ModelBundle, folder: str | Path, step: int) -> Path:
-    """A checkpoint of a training run at ``step``: a model folder whose ``info`` says so
-    (``"stopped": "checkpoint"``), written whole like :func:`save_model`."""
+    """A checkpoint of a training run at ``step``, written whole like :func:`save_model`.
+
+    A model folder whose ``info`` says so (``"stopped": "checkpoint"``).
+    """
     info = bundle.info
     bundle.info = {**info, "stopped": "checkpoint", "checkpoint_step": int(step)}
     try:
@@ -129,8 +131,10 @@ def save_checkpoint(bundle: ModelBundle, folder: str | Path, step: int) -> Path:
 
 
 def _check_safetensors(path: Path) -> None:
-    """Refuse a weights file that is not safetensors (a ``torch.save`` pickle renamed, say) before
-    anything parses it: it is never unpickled."""
+    """Refuse a weights file that is not safetensors before anything parses it: it is never unpickled.
+
+    A ``torch.save`` pickle renamed, say.
+    """
     with open(path, "rb") as f:
         head = f.read(9)
     size = path.stat().st_size

@@ -143,8 +143,11 @@ def load_tile(spec: SetSpec, name: str, resolution: float = 1.0) -> TileData:
 
 
 def area_resize(image: np.ndarray, labels: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Image (C, H, W) by area average and labels by area majority vote (255 where under half
-    of the area is labelled), to ``shape``: what the engine's resampling does on a real grid."""
+    """Image (C, H, W) by area average and labels by area majority vote, to ``shape``.
+
+    Labels are 255 where under half of the area is labelled: what the engine's resampling does
+    on a real grid.
+    """
     if shape == labels.shape:
         return image, labels
     pool = torch.nn.functional.adaptive_avg_pool2d
@@ -299,8 +302,10 @@ def calibrate_rnn_bias(
 
 
 def coarse_validator(val: list[TileData]) -> Callable[[ModelBundle], float]:
-    """Mean over tasks of the class IoU on the validation tiles, at the checkpoint's best class
-    offsets (:func:`best_offsets`): the checkpoint selector."""
+    """The checkpoint selector: mean over tasks of the class IoU on the validation tiles.
+
+    Scored at the checkpoint's best class offsets (:func:`best_offsets`).
+    """
 
     def score(bundle: ModelBundle) -> float:
         logps = [_logp(predict_coarse(bundle, d.tile(), device="cpu")) for d in val]

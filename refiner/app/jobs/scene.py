@@ -88,9 +88,12 @@ def request_scene_cancel(ws: Workspace) -> None:
 def run_scene_job(
     workspace: str | Path, source: str, coarse: str, scheduler: str, job_id: str, quantise: bool = False
 ) -> dict:
-    """Coarse probabilities (unless ``coarse`` names them), the refined map and probabilities
-    (``quantise``: 8-bit) of the ``source`` scene, and its polygons and road centre-lines as a
-    GeoPackage (by windows of 4096 px: features crossing a window edge are split there)."""
+    """Refine the ``source`` scene into files: class map, probabilities and a GeoPackage of vectors.
+
+    Coarse probabilities (unless ``coarse`` names them), the refined map and probabilities
+    (``quantise``: 8-bit), and the polygons and road centre-lines as a GeoPackage (by windows of
+    4096 px: features crossing a window edge are split there).
+    """
     from refiner.data.export import class_map_windows, write_geopackage_windows
     from refiner.data.read import raster_shape
     from refiner.scale.scene import predict_scene, refine_scene

@@ -12,7 +12,8 @@ the app's process (the default); a Dask backend only has to implement :class:`Ba
 
 A page reads the status with :func:`read_status` on every refresh; a status left "running" by a
 process that has gone (server restart) is reported as "interrupted", and training continues
-from the last checkpoint with ``resume=True``."""
+from the last checkpoint with ``resume=True``.
+"""
 
 from __future__ import annotations
 
@@ -53,8 +54,11 @@ _TRAIN = RNNTrainConfig()
 
 @dataclass
 class TrainParams:
-    """What the Train page asks for: :class:`~refiner.train.rnn.RNNTrainConfig`'s and
-    :class:`~refiner.models.rnn.RNNConfig`'s defaults (the paper's), with fewer steps for a CPU."""
+    """What the Train page asks for, with the engine's defaults (the paper's) but fewer steps for a CPU.
+
+    The defaults are :class:`~refiner.train.rnn.RNNTrainConfig`'s and
+    :class:`~refiner.models.rnn.RNNConfig`'s.
+    """
 
     steps: int = 300  # a few minutes on a CPU (RNNTrainConfig's 1500 is for the paper's protocol)
     iterations: int = _RNN_FIELDS["iterations"].default  # T
@@ -265,8 +269,10 @@ def run_training(workspace: str | Path, params: dict, job_id: str) -> dict:
 
 
 def _pretrained_rnn(name: str, classes: Any) -> Any:
-    """The shipped RNN ``name`` (only a catalogue entry: a name typed in a browser never reaches
-    another path), checked against the workspace's classes."""
+    """The shipped RNN ``name``, checked against the workspace's classes.
+
+    Only a catalogue entry: a name typed in a browser never reaches another path.
+    """
     from refiner.models.pretrained import catalogue
 
     found = {m.name: m for m in catalogue() if m.kind == "rnn"}
