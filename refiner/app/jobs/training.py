@@ -80,6 +80,7 @@ class TrainParams:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainParams:
+        """Parameters from JSON, ignoring keys this version does not know."""
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
@@ -105,10 +106,12 @@ class JobStatus(JobState):
 
     @property
     def fraction(self) -> float:
+        """Share of this run's steps done, 0 to 1 (for the progress bar)."""
         return min(1.0, self.step / self.steps) if self.steps else 0.0
 
     @classmethod
     def from_dict(cls, d: dict) -> JobStatus:
+        """A status from its JSON, the loss curves back as (step, loss) tuples."""
         status = super().from_dict(d)
         status.loss = [tuple(x) for x in status.loss]
         status.earlier_loss = [tuple(x) for x in status.earlier_loss]
@@ -132,9 +135,8 @@ def run_training(workspace: str | Path, params: dict, job_id: str) -> dict:
     """
     from refiner.core.device import pick_device
     from refiner.data.resample import to_working
-    from refiner.models.store import load_model
     from refiner.train.loop import Progress
-    from refiner.train.rnn import FINETUNE_DEFAULTS, train_rnn
+    from refiner.train.rnn import train_rnn
     from refiner.train.sampling import check_labels, holdout_guard, split_holdout
 
     ws = Workspace(Path(workspace))
@@ -160,15 +162,7 @@ def run_training(workspace: str | Path, params: dict, job_id: str) -> dict:
         probs = ws.coarse_probs()
         labels = ws.labels()
         check_labels(labels, len(classes), "painted labels")
-        init, start = None, "a new RNN (from scratch)"
-        if p.resume:
-            src = ws.model_dir("checkpoint") if _checkpoint_is_newer(ws) else ws.model_dir("rnn")
-            if (src / "config.json").is_file():
-                init = load_model(src, expect="rnn")
-                start = "the workspace's RNN (continued)"
-        elif p.pretrained:
-            init = _pretrained_rnn(p.pretrained, classes)
-            start = f"the pretrained RNN {p.pretrained}"
+        init, start = _starting_rnn(ws, p, classes)
         resolution = init.resolution if init is not None else (ws.settings.get("coarse") or {}).get("resolution")
         arch = RNNConfig(
             num_classes=len(classes), in_channels=tile.image.shape[0], iterations=p.iterations, variant=p.variant
@@ -186,23 +180,7 @@ def run_training(workspace: str | Path, params: dict, job_id: str) -> dict:
         if init is not None and p.resume and earlier.get("model_steps") == status.start_step:
             status.earlier_loss = [tuple(x) for x in earlier.get("loss", [])]
             status.earlier_val = list(earlier.get("val", []))
-        cfg = RNNTrainConfig(
-            steps=p.steps,
-            batch_size=p.batch_size,
-            patch_size=p.patch_size,
-            lr=p.lr,
-            seed=p.seed,
-            holdout=0.0,
-            eval_every=p.eval_every,
-            eval_seconds=p.eval_seconds,
-            checkpoint_every=p.checkpoint_every,
-        )
-        if not p.resume and p.pretrained:  # a patch fine-tune: the regularisation measured for it
-            d = FINETUNE_DEFAULTS
-            cfg = replace(cfg, patience=d.patience, anchor=d.anchor, jitter=d.jitter, fresh_optimizer=True,
-                          distill=d.distill)  # fmt: skip
-            if p.eval_seconds is not None:
-                cfg = replace(cfg, eval_seconds=d.eval_seconds)
+        cfg = _train_config(p)
         status.message = f"started from {start}"
         status.params = {**status.params, "started_from": start}
 
@@ -247,25 +225,76 @@ def run_training(workspace: str | Path, params: dict, job_id: str) -> dict:
         status.best_step = result.bundle.info.get("best_step")
         curves = {"loss": status.earlier_loss + status.loss, "val": status.earlier_val + status.val}
         atomic_write_json(_jobs_dir(ws) / CURVES, {"model_steps": total, **curves})
-        status.message = f"{result.stopped} after {status.step} steps ({total} in all) from {start}; model saved"
-        if status.best_step is not None and status.best_step != total:
-            which = "the model it started from" if status.best_step == status.start_step else (
-                f"the weights of step {status.best_step}")
-            status.message += (
-                f" with {which}, the best on the held-out regions (mean IoU {status.best_val:.3f}), "
-                "not the last step's"
-            )
-        if not has_val:
-            status.message += (
-                f"; no pixels could be held back for validation (paint regions more than {2 * guard} px "
-                "apart, or a larger area, so whole regions can be held out)"
-            )
+        status.message = _final_message(status, result.stopped, total, start, has_val, guard)
     except Exception as exc:
         mark_failed(status, exc)
     finally:
         cancel.unlink(missing_ok=True)
         save(force=True)
     return asdict(status)
+
+
+def _starting_rnn(ws: Workspace, p: TrainParams, classes: Any) -> tuple[Any, str]:
+    """The RNN a run starts from, and those words for the status; None for a new one.
+
+    Resuming continues the workspace's RNN (or the checkpoint an interrupted run left, when
+    newer); else ``p.pretrained`` names a shipped RNN to fine-tune; else training starts anew.
+    """
+    from refiner.models.store import load_model
+
+    if p.resume:
+        src = ws.model_dir("checkpoint") if _checkpoint_is_newer(ws) else ws.model_dir("rnn")
+        if (src / "config.json").is_file():
+            return load_model(src, expect="rnn"), "the workspace's RNN (continued)"
+    elif p.pretrained:
+        return _pretrained_rnn(p.pretrained, classes), f"the pretrained RNN {p.pretrained}"
+    return None, "a new RNN (from scratch)"
+
+
+def _train_config(p: TrainParams) -> RNNTrainConfig:
+    """The engine's training config for the page's parameters.
+
+    No hold-out of its own (the job splits the labels on the tile's grid); a patch fine-tune from
+    a pretrained RNN gets the regularisation measured for it (:data:`FINETUNE_DEFAULTS`).
+    """
+    from refiner.train.rnn import FINETUNE_DEFAULTS
+
+    cfg = RNNTrainConfig(
+        steps=p.steps,
+        batch_size=p.batch_size,
+        patch_size=p.patch_size,
+        lr=p.lr,
+        seed=p.seed,
+        holdout=0.0,
+        eval_every=p.eval_every,
+        eval_seconds=p.eval_seconds,
+        checkpoint_every=p.checkpoint_every,
+    )
+    if not p.resume and p.pretrained:  # a patch fine-tune: the regularisation measured for it
+        d = FINETUNE_DEFAULTS
+        cfg = replace(cfg, patience=d.patience, anchor=d.anchor, jitter=d.jitter, fresh_optimizer=True,
+                      distill=d.distill)  # fmt: skip
+        if p.eval_seconds is not None:
+            cfg = replace(cfg, eval_seconds=d.eval_seconds)
+    return cfg
+
+
+def _final_message(status: JobStatus, stopped: str, total: int, start: str, has_val: bool, guard: int) -> str:
+    """What the Train page says when a run ends: how, which weights were kept, and why none were held out."""
+    message = f"{stopped} after {status.step} steps ({total} in all) from {start}; model saved"
+    if status.best_step is not None and status.best_step != total:
+        which = "the model it started from" if status.best_step == status.start_step else (
+            f"the weights of step {status.best_step}")
+        message += (
+            f" with {which}, the best on the held-out regions (mean IoU {status.best_val:.3f}), "
+            "not the last step's"
+        )
+    if not has_val:
+        message += (
+            f"; no pixels could be held back for validation (paint regions more than {2 * guard} px "
+            "apart, or a larger area, so whole regions can be held out)"
+        )
+    return message
 
 
 def _pretrained_rnn(name: str, classes: Any) -> Any:
