@@ -103,6 +103,7 @@ def _classes(args: argparse.Namespace, fallback=None):
 
 
 def cmd_demo_data(args: argparse.Namespace) -> None:
+    """``demo-data``: write the synthetic demo tiles and an experiment config that runs on them."""
     from refiner.recipes.demo import write_demo_data
 
     paths = write_demo_data(args.out, size=args.size, seed=args.seed)
@@ -110,6 +111,7 @@ def cmd_demo_data(args: argparse.Namespace) -> None:
 
 
 def cmd_train_coarse(args: argparse.Namespace) -> None:
+    """``train-coarse``: train the coarse CNN on images and their (imprecise) labels, at the working resolution."""
     from refiner.data.read import read_image, read_labels
     from refiner.data.resample import to_working
     from refiner.data.synthetic import degrade_labels
@@ -139,6 +141,7 @@ def cmd_train_coarse(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
+    """``predict``: the coarse CNN's class probabilities over a whole scene, window by window."""
     from refiner.scale.scene import predict_scene
 
     predict_scene(
@@ -155,6 +158,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
+    """``finetune``: train the RNN on labelled pixels, new, from a pretrained one (``--init``) or resumed."""
     from refiner.data.read import read_labels
     from refiner.data.resample import to_working
     from refiner.models.rnn import RNNConfig
@@ -281,6 +285,7 @@ def _finetune_from_pretrained(args: argparse.Namespace, work, probs, labels, cla
 
 
 def cmd_refine(args: argparse.Namespace) -> None:
+    """``refine``: sharpen a scene's coarse probabilities with a trained RNN, window by window."""
     from refiner.scale.scene import refine_scene
 
     refine_scene(
@@ -301,6 +306,7 @@ def cmd_refine(args: argparse.Namespace) -> None:
 
 
 def cmd_crf(args: argparse.Namespace) -> None:
+    """``crf``: the dense CRF baseline, with given or grid-searched parameters."""
     from refiner.baselines.crf import CRFParams, dense_crf, grid_search
     from refiner.core.atomic import atomic_write_bytes
     from refiner.data.read import read_labels
@@ -325,6 +331,7 @@ def cmd_crf(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    """``evaluate``: score a class map against a truth mask of the same image."""
     from refiner.core.metrics import evaluate
     from refiner.data.read import check_same_place, raster_shape, read_labels
 
@@ -348,6 +355,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
+    """``pretrain``: rebuild a shipped pretrained model from its recipe."""
     import torch
 
     from refiner.recipes.pretrain import run_pretrain
@@ -357,6 +365,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def cmd_experiment(args: argparse.Namespace) -> None:
+    """``experiment``: the paper's protocol from a TOML config; prints the score table and writes the report."""
     from refiner.recipes.experiment import ExperimentConfig, format_table, run_experiment, write_report
 
     cfg = ExperimentConfig.load(args.config)
@@ -378,6 +387,7 @@ def cmd_experiment(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line: one subcommand per ``cmd_*`` function, each with its checked options."""
     p = argparse.ArgumentParser(
         prog="python -m refiner",
         description="Learn to sharpen coarse satellite classification maps (Maggiori et al. 2017).",
@@ -654,6 +664,7 @@ def _note(message, category, filename, lineno, file=None, line=None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status: 0, 2 for an error in one line, 130 when interrupted."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

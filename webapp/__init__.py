@@ -1,0 +1,1 @@
+"""The Streamlit pages' shared widgets: only wiring from widgets to the engine (:mod:`refiner.app`)."""

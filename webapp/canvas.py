@@ -64,6 +64,7 @@ def bump() -> None:
 
 
 def key_for(ws: Workspace, view: View) -> str:
+    """The canvas widget's key: new for another workspace, view or epoch, so no strokes carry over."""
     where = f"{ws.path.parent.name[:8]}_{ws.name}"  # the owner's folder too: names repeat across sessions
     return f"canvas_{where}_{st.session_state.get(EPOCH, 0)}_{view.row}_{view.col}_{view.height}_{view.width}"
 

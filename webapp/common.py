@@ -36,6 +36,7 @@ SESSION, WS, SHARE = "session", "ws", "share"
 
 
 def root() -> Path:
+    """The workspaces root (made if missing), cleaning up idle session workspaces at most hourly."""
     r = default_root()
     r.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(OSError):
@@ -134,6 +135,7 @@ def this_session() -> sessions.Session:
 
 
 def sidebar(sess: sessions.Session, ws: Workspace) -> None:
+    """The sidebar: switch workspace (own or shared), what this one is, share links, account, compute."""
     seen = st.session_state.get("shares_seen", {})
     shared = st.session_state.get(SHARE)
     # own workspaces by name; shared ones as "share:<token>" (a name never holds ':')
@@ -195,6 +197,7 @@ def share_panel(sess: sessions.Session, ws: Workspace) -> None:
 
 
 def share_url(token: str) -> str:
+    """The app's address with share ``token`` in place of the session (what a share link opens)."""
     base = ""
     with contextlib.suppress(Exception):
         base = (st.context.url or "").split("?")[0]
@@ -202,6 +205,7 @@ def share_url(token: str) -> str:
 
 
 def account(sess: sessions.Session) -> None:
+    """Who owns this session's workspaces: the signed-in user (with Sign out), or this page's address."""
     if sessions.auth_required():
         st.caption(f"Signed in as {st.user.get('email') or st.user.get('name') or 'you'}.")
         if st.button("Sign out", key="logout"):
@@ -284,6 +288,7 @@ def size(path: Path) -> str:
 
 
 def to_png(rgb: np.ndarray) -> Image.Image:
+    """An (H, W, 3) uint8 array as a PIL image, as Streamlit and the canvas take it."""
     return Image.fromarray(np.ascontiguousarray(rgb))
 
 
@@ -328,6 +333,7 @@ def save_view(ws: Workspace, page: str, keys: list[str]) -> None:
 
 
 def view_keys(key: str) -> list[str]:
+    """The session-state keys of a view's zoom and centre (``restore_view`` and ``save_view`` take them)."""
     return [f"{key}_zoom", f"{key}_cy", f"{key}_cx"]
 
 

@@ -18,6 +18,7 @@ STATE = "preset_params"  # not a widget key: it survives switching pages
 
 
 def label(choice: str) -> str:
+    """How a model choice reads in the selector."""
     return "learned RNN" if choice == LEARNED else f"{TITLES[choice]} (preset)"
 
 
@@ -31,6 +32,7 @@ def params(name: str) -> dict:
 
 
 def remember(name: str, values: dict) -> None:
+    """Keep a preset's parameters for the other pages (in the session, not in a widget)."""
     st.session_state.setdefault(STATE, {})[name] = dict(values)
 
 
@@ -41,6 +43,7 @@ def choose(key: str, where=st) -> tuple[str, dict]:
 
 
 def describe(choice: str, values: dict) -> str:
+    """The model choice in words for captions, with a preset's parameters."""
     if choice == LEARNED:
         return "the learned RNN"
     return (

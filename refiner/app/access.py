@@ -31,6 +31,7 @@ def data_roots() -> list[Path]:
 
 
 def private_hosts_allowed() -> bool:
+    """Whether the operator lets URLs reach private and local hosts (``$REFINER_ALLOW_PRIVATE_HOSTS``; off)."""
     return os.environ.get(PRIVATE_ENV, "").strip().lower() in {"1", "true", "yes"}
 
 

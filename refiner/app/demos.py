@@ -55,6 +55,7 @@ class RealDemo:
 
     @property
     def labels_file(self) -> Path:
+        """The demo's shipped starting labels, made by ``scripts/make_real_demo_labels.py``."""
         return LABELS_DIR / f"{self.name}_labels.png"
 
 

@@ -130,6 +130,8 @@ def need_map_from(
 
 @dataclass(frozen=True)
 class Box:
+    """A suggested box to paint next, with its mean need."""
+
     row: int
     col: int
     height: int
@@ -138,6 +140,7 @@ class Box:
 
     @property
     def slices(self) -> tuple[slice, slice]:
+        """The box's rows and columns in the tile."""
         return slice(self.row, self.row + self.height), slice(self.col, self.col + self.width)
 
 

@@ -50,6 +50,7 @@ class Entry:
 
     @classmethod
     def from_dict(cls, d: dict) -> Entry:
+        """An entry from the history's JSON, ignoring keys this version does not know."""
         known = cls.__dataclass_fields__
         return cls(**{k: v for k, v in d.items() if k in known})
 

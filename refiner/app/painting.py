@@ -42,6 +42,7 @@ class View:
 
     @property
     def slices(self) -> tuple[slice, slice]:
+        """The view's rows and columns in the tile."""
         return slice(self.row, self.row + self.height), slice(self.col, self.col + self.width)
 
     @property
@@ -99,6 +100,7 @@ def brush_colors(classes: ClassSpec) -> list[tuple[int, int, int]]:
 
 
 def hex_color(rgb: tuple[int, int, int]) -> str:
+    """``#rrggbb`` for an RGB triple, as the canvas and Streamlit take colours."""
     return "#{:02x}{:02x}{:02x}".format(*rgb)
 
 

@@ -152,6 +152,7 @@ def _save(ws: Workspace, labels: np.ndarray, origin: dict) -> None:
 
 
 def detach(ws: Workspace) -> None:
+    """Remove the workspace's reference mask; the pages stop scoring against it."""
     ws.check_writable()
     (ws.path / REFERENCE).unlink(missing_ok=True)
     ws.update_settings(reference=None)

@@ -110,18 +110,22 @@ def crf_probs(ws: Workspace, params: CRFParams) -> np.ndarray:
 
 
 def crf_params(ws: Workspace) -> CRFParams:
+    """The workspace's CRF parameters (set by hand or by a grid search), else the defaults."""
     d = ws.settings.get("crf")
     return CRFParams.from_dict(d) if d else CRFParams()
 
 
 @dataclass
 class EvalLabels:
+    """Labels to score maps against, with the words the pages show about them."""
+
     labels: np.ndarray
     description: str
     title: str = "Held-out painted regions"
 
     @property
     def pixels(self) -> int:
+        """Labelled pixels, the count the score tables quote."""
         return int((self.labels != IGNORE).sum())
 
 
@@ -178,6 +182,7 @@ def training_labels(ws: Workspace) -> np.ndarray:
 
 
 def iteration_scores(probs: list[np.ndarray], truth: np.ndarray) -> list[Scores]:
+    """Scores against ``truth`` of the class map after each iteration (the Iterations page's curve)."""
     k = probs[0].shape[0]
     return [evaluate(p.argmax(0).astype(np.uint8), truth, k) for p in probs]
 

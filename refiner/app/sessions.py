@@ -55,10 +55,12 @@ def new_token() -> str:
 
 
 def valid_token(token: object) -> bool:
+    """Whether ``token`` looks like one :func:`new_token` makes; anything else is refused before use."""
     return isinstance(token, str) and bool(_TOKEN.match(token))
 
 
 def digest(text: str) -> str:
+    """SHA-256 hex of ``text``: what is stored of tokens and owner keys, never the text itself."""
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -93,6 +95,7 @@ def auth_provider() -> str | None:
 
 
 def ttl_hours() -> float:
+    """Hours a session workspace may lie unused before the clean-up removes it (``$REFINER_SESSION_TTL_HOURS``, 72)."""
     raw = os.environ.get(TTL_ENV, "").strip()
     try:
         value = float(raw) if raw else DEFAULT_TTL_HOURS
@@ -105,6 +108,7 @@ def ttl_hours() -> float:
 
 
 def read_access(folder: Path) -> dict:
+    """A workspace's access record (owner, template, shares); empty when it has none."""
     return read_json(folder / ACCESS, {}) or {}
 
 
@@ -127,6 +131,7 @@ def touch(folder: Path) -> None:
 
 
 def last_used(folder: Path) -> float:
+    """When a workspace was last opened (its ``.used`` stamp, else its record's or folder's time); 0 if gone."""
     for p in (folder / USED, folder / ACCESS, folder):
         try:
             return p.stat().st_mtime
@@ -149,6 +154,7 @@ def _builders() -> dict:
 
 
 def template_names() -> list[str]:
+    """The templates this server can build: the synthetic demo and the real-imagery demos."""
     return list(_builders())
 
 
@@ -200,10 +206,12 @@ class Session:
 
     @property
     def owner(self) -> str:
+        """The owner id that access records store: the SHA-256 of the session key."""
         return digest(self.key)
 
     @property
     def space(self) -> Path:
+        """The folder of this owner's workspaces."""
         return Path(self.root) / OWNERS / self.owner[:32]
 
     # ----------------------------------------------------------------- own workspaces

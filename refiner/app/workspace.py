@@ -151,6 +151,7 @@ class Workspace:
 
     @classmethod
     def open(cls, root: str | Path, name: str) -> Workspace:
+        """The existing workspace ``name`` under ``root``; refuses a name that is none or resolves outside ``root``."""
         folder = _inside(root, name)
         if not (folder / SETTINGS).is_file() or not (folder / TILE).is_file():
             raise ValueError(f"there is no workspace called {name!r} in {root}")
@@ -158,18 +159,22 @@ class Workspace:
 
     @property
     def name(self) -> str:
+        """The workspace's name: its folder's."""
         return self.path.name
 
     # ----------------------------------------------------------------- settings
     @property
     def settings(self) -> dict:
+        """``workspace.json``, read afresh each time: another page or a job may have changed it."""
         return read_json(self.path / SETTINGS, {})
 
     def save_settings(self, settings: dict) -> None:
+        """Replace ``workspace.json`` whole, atomically."""
         self.check_writable()
         atomic_write_json(self.path / SETTINGS, settings)
 
     def update_settings(self, **changes: Any) -> dict:
+        """Change some settings and save them; returns the new settings."""
         s = self.settings
         s.update(changes)
         self.save_settings(s)
@@ -177,10 +182,12 @@ class Workspace:
 
     @property
     def classes(self) -> ClassSpec:
+        """The classes the tile is labelled with: names, mask values, colours."""
         return ClassSpec.from_dict(self.settings["classes"])
 
     # ----------------------------------------------------------------- tile
     def tile(self) -> Tile:
+        """The workspace's image as a :class:`Tile`, with the source's validity mask, data type and band count."""
         tile = read_image(self.path / TILE)
         valid_path = self.path / "valid.npy"
         if valid_path.is_file():
@@ -208,11 +215,13 @@ class Workspace:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """(height, width) of the tile, from the settings (the image is not read)."""
         s = self.settings["source"]
         return int(s["height"]), int(s["width"])
 
     @property
     def georef(self) -> Georef | None:
+        """The tile's georeferencing, or None for a picture without one."""
         with rasterio.open(self.path / TILE) as ds:
             if ds.crs is None:
                 return None
@@ -304,6 +313,7 @@ class Workspace:
             old.unlink(missing_ok=True)
 
     def undo_depth(self) -> int:
+        """How many label edits can be undone."""
         d = self._undo_dir()
         return len(list(d.glob("*.npy"))) if d.is_dir() else 0
 
@@ -330,20 +340,24 @@ class Workspace:
         return self.classes.encode_mask(raw, strict=False)
 
     def write_holdout(self, labels: np.ndarray) -> None:
+        """Save the labels a training run held back, on the tile's grid: what the pages score on."""
         self.check_writable()
         write_raster(self.path / HOLDOUT, self.classes.decode(labels), self.georef, nodata=IGNORE)
 
     # ----------------------------------------------------------------- coarse probabilities
     def has_coarse(self) -> bool:
+        """Whether coarse probabilities have been computed or uploaded."""
         return (self.path / COARSE_PROBS).is_file()
 
     def coarse_probs(self) -> np.ndarray:
+        """The coarse probabilities (K, H, W); a clear error when there are none yet."""
         if not self.has_coarse():
             raise ValueError("this workspace has no coarse probabilities yet: compute or upload them on the start page")
         probs, _, _ = read_probs(self.path / COARSE_PROBS)
         return probs
 
     def write_coarse_probs(self, probs: np.ndarray, origin: dict) -> None:
+        """Save coarse probabilities (K, H, W) of this tile with their ``origin``; cached results are dropped."""
         self.check_writable()
         k = len(self.classes)
         if probs.shape != (k, *self.shape):
@@ -385,6 +399,7 @@ class Workspace:
         return self.path / "models" / kind
 
     def has_model(self, kind: str) -> bool:
+        """Whether a model of ``kind`` (``coarse``, ``rnn``, ``checkpoint``) is saved here."""
         return (self.model_dir(kind) / "config.json").is_file()
 
     def model_stamp(self, kind: str) -> str:
@@ -393,6 +408,7 @@ class Workspace:
         return f"{p.stat().st_mtime_ns}" if p.is_file() else ""
 
     def probs_stamp(self) -> str:
+        """Changes whenever the coarse probabilities are rewritten (for caching results made from them)."""
         p = self.path / COARSE_PROBS
         return f"{p.stat().st_mtime_ns}" if p.is_file() else ""
 
@@ -404,11 +420,13 @@ class Workspace:
 
     # ----------------------------------------------------------------- results
     def results_dir(self) -> Path:
+        """The folder of cached results, made on first use."""
         d = self.path / "results"
         d.mkdir(exist_ok=True)
         return d
 
     def clear_results(self) -> None:
+        """Drop every cached result (the inputs they were made from changed)."""
         self.check_writable()
         for p in self.results_dir().glob("*.npz"):
             p.unlink(missing_ok=True)
@@ -427,6 +445,7 @@ class Workspace:
             return None
 
     def save_result(self, name: str, stamp: str, **arrays: np.ndarray) -> None:
+        """Cache ``arrays`` as ``name`` with the ``stamp`` of their inputs (read back by :meth:`load_result`)."""
         p = self.results_dir() / f"{name}.npz"
         # unique per writer: the fixed name ``refinement.npz.tmp.npz`` failed 2 of 4 fresh pages
         with atomic_file(p) as tmp, open(tmp, "wb") as f:

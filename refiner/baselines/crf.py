@@ -32,10 +32,12 @@ class CRFParams:
     iterations: int = 5
 
     def to_dict(self) -> dict:
+        """The parameters as JSON (kept in workspace settings, read by ``crf --params``)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> CRFParams:
+        """Parameters from JSON, refusing unknown names (a typo would otherwise silently keep a default)."""
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown CRF parameter(s) {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
@@ -76,6 +78,8 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, params: CRFParams = CRFParam
 
 @dataclass
 class GridSearchResult:
+    """What :func:`grid_search` found: the best parameters and their scores, every trial, where the CRF ran."""
+
     best: CRFParams
     best_scores: Scores
     trials: list[tuple[CRFParams, Scores]]
@@ -85,6 +89,7 @@ class GridSearchResult:
 
     @property
     def searched_pixels(self) -> int:
+        """Pixels inside the windows the CRF ran on: the search's cost, against the whole tile's."""
         return sum((r.stop - r.start) * (c.stop - c.start) for r, c in self.windows)
 
 

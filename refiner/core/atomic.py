@@ -177,6 +177,7 @@ def file_lock(path: Path) -> Iterator[None]:
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as indented JSON, whole or not at all; numpy scalars and paths are allowed."""
     atomic_write_bytes(path, json.dumps(data, indent=2, default=_json_default).encode())
 
 
@@ -189,6 +190,7 @@ def _json_default(o: Any) -> Any:
 
 
 def read_json(path: Path, default: Any = None) -> Any:
+    """The JSON in ``path``, or ``default`` when the file is missing or not valid JSON."""
     try:
         return json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):

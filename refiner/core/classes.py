@@ -89,10 +89,12 @@ class ClassSpec:
         return lut[np.asarray(index_map, dtype=np.uint8)]
 
     def to_dict(self) -> dict:
+        """The JSON form kept in workspace settings and model configs (:meth:`from_dict` reads it back)."""
         return {"names": list(self.names), "values": list(self.values), "colors": [list(c) for c in self.colors]}
 
     @classmethod
     def from_dict(cls, d: dict) -> ClassSpec:
+        """A class spec from :meth:`to_dict`'s JSON; missing label values and colours take the defaults."""
         return cls(tuple(d["names"]), tuple(d.get("values", ())), tuple(tuple(c) for c in d.get("colors", ())))
 
     @classmethod

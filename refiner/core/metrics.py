@@ -37,6 +37,7 @@ class Scores:
     pixels: int
 
     def to_dict(self, names: tuple[str, ...] | list[str]) -> dict:
+        """The scores as JSON, IoU keyed by class name (an absent class's NaN as None)."""
         return {
             "overall_accuracy": self.overall_accuracy,
             "mean_iou": self.mean_iou,
@@ -46,6 +47,7 @@ class Scores:
 
 
 def scores_from_confusion(cm: np.ndarray) -> Scores:
+    """Overall accuracy, IoU per class and their mean from a confusion matrix ``cm[t, p]``; refuses an empty one."""
     cm = np.asarray(cm, dtype=np.float64)
     total = cm.sum()
     if total == 0:

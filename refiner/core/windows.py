@@ -36,10 +36,12 @@ class WindowSpec:
 
     @property
     def core(self) -> tuple[slice, slice]:
+        """The core window's rows and columns in the whole raster: where its output goes."""
         return slice(self.row, self.row + self.height), slice(self.col, self.col + self.width)
 
     @property
     def read(self) -> tuple[slice, slice]:
+        """The padded window's rows and columns in the whole raster: what is read from the inputs."""
         return slice(self.read_row, self.read_row + self.read_height), slice(
             self.read_col, self.read_col + self.read_width
         )

@@ -160,10 +160,12 @@ class Grid:
     shape: tuple[int, int]
 
     def window(self, row: int, col: int, height: int, width: int) -> Grid:
+        """The sub-grid of ``height`` x ``width`` pixels whose top-left pixel is (``row``, ``col``)."""
         return Grid(self.georef.window(row, col), (height, width))
 
     @property
     def resolution(self) -> float:
+        """Ground size of a pixel in CRS units (metres for projected CRSs)."""
         return self.georef.resolution
 
 

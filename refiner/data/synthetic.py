@@ -33,6 +33,8 @@ DEMO_ORIGIN = (617000.0, 3345000.0)
 
 @dataclass
 class SyntheticScene:
+    """A made-up tile for tests and demos: an image, its exact labels and OSM-like degraded ones."""
+
     image: np.ndarray  # float32 (3, H, W) in [0, 1]
     truth: np.ndarray  # uint8 (H, W) class indices
     osm: np.ndarray  # uint8 (H, W) degraded labels
@@ -40,6 +42,7 @@ class SyntheticScene:
     classes: ClassSpec = DEMO_CLASSES
 
     def tile(self) -> Tile:
+        """The scene's image as a :class:`Tile` (every pixel valid), as a file read from disk would be."""
         from refiner.data.tile import Tile
 
         h, w = self.truth.shape

@@ -41,6 +41,7 @@ class Tile:
 
     @property
     def shape(self) -> tuple[int, int]:
+        """(height, width) in pixels."""
         return int(self.image.shape[1]), int(self.image.shape[2])
 
     @property

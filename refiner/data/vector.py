@@ -168,4 +168,5 @@ def _reproject_geometry(geom: dict, src: CRS, dst: CRS, name: str) -> dict:
 
 
 def is_vector(path: str | Path) -> bool:
+    """Whether ``path`` names vector labels (GeoJSON) rather than a raster, by its suffix."""
     return str(path).lower().endswith(VECTOR_SUFFIXES)

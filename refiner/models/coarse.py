@@ -39,6 +39,7 @@ class CoarseConfig:
             object.__setattr__(self, "class_bias", bias)
 
     def to_dict(self) -> dict:
+        """The architecture as JSON, kept in the model's ``config.json``."""
         return asdict(self)
 
 
@@ -83,6 +84,7 @@ class CoarseCNN(nn.Module):
             self.upsample.weight.copy_(_bilinear_kernel(cfg.num_classes, 2 * s))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Class scores (B, K, H, W) at full resolution for a normalised ``image`` (B, C, H, W) of any size."""
         h, w = image.shape[-2:]
         s = self.cfg.stride
         ph, pw = (-h) % s, (-w) % s

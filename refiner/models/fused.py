@@ -125,10 +125,12 @@ class FoldedBlock:
 
     @property
     def groups(self) -> int:
+        """Class groups G of the MLP: one per class, or 1 for the class-agnostic variant."""
         return int(self.out_w.shape[0])
 
     @property
     def hidden(self) -> int:
+        """Hidden units of each group's MLP."""
         return int(self.out_w.shape[1])
 
 
@@ -162,6 +164,7 @@ class FusedRNN:
         )
 
     def to(self, device: str | torch.device) -> FusedRNN:
+        """Move the folded weights to ``device``; returns self, as ``nn.Module.to`` does."""
         device = torch.device(device)
         self.blocks = [
             FoldedBlock(*(getattr(b, f).to(device) for f in FoldedBlock.__dataclass_fields__)) for b in self.blocks

@@ -67,9 +67,11 @@ class Refinement:
 
     @property
     def final(self) -> np.ndarray:
+        """The refined probabilities (K, H, W), after the last iteration."""
         return self.probs[-1]
 
     def class_map(self, t: int = -1) -> np.ndarray:
+        """Class indices (H, W) after iteration ``t`` (default: the last)."""
         return self.probs[t].argmax(0).astype(np.uint8)
 
 

@@ -98,6 +98,7 @@ class FluxFit:
     rms_error: float
 
     def __call__(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """The fitted flux at score differences ``x`` and grey-level differences ``y`` (broadcast together)."""
         x, y = np.asarray(x, np.float64)[..., None], np.asarray(y, np.float64)[..., None]
         return (np.maximum(self.A * x + self.B * y / self.kappa + self.C, 0) * self.V).sum(-1)
 
@@ -315,6 +316,8 @@ def operator_bank(kernel_size: int = 5) -> dict[str, np.ndarray]:
 
 @dataclass(frozen=True)
 class FilterMatch:
+    """How closely one learned map filter ``M_index`` matches a derivative operator."""
+
     operator: str
     index: int  # the learned filter M_index
     correlation: float  # |cosine| between the zero-mean kernels

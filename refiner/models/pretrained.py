@@ -56,6 +56,7 @@ class Shipped:
     card: dict = field(default_factory=dict, hash=False, compare=False)
 
     def load(self) -> ModelBundle:
+        """The model itself, checked to be of the card's kind."""
         return load_model(self.folder, expect=self.kind)
 
     def summary(self) -> str:

@@ -68,6 +68,7 @@ class RNNConfig:
         return (self.kernel_size // 2) * self.iterations
 
     def to_dict(self) -> dict:
+        """The architecture as JSON, kept in the model's ``config.json``."""
         return asdict(self)
 
 
@@ -111,6 +112,7 @@ class IterationParams(nn.Module):
 
     @property
     def groups(self) -> int:
+        """Class groups G of the MLP: one per class, or 1 for the class-agnostic variant (one shared MLP)."""
         return 1 if self.cfg.variant == "class_agnostic" else self.cfg.num_classes
 
     def folded(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -179,6 +181,7 @@ class RefinerRNN(nn.Module):
         self.blocks = nn.ModuleList([IterationParams(cfg) for _ in range(n)])
 
     def block(self, t: int) -> IterationParams:
+        """The parameters of iteration ``t``: its own in the non-recurrent variant, else the shared set."""
         return self.blocks[t if len(self.blocks) > 1 else 0]
 
     def forward(

@@ -49,6 +49,7 @@ class ModelBundle:
 
     @property
     def config(self) -> CoarseConfig | RNNConfig:
+        """The network's architecture (a coarse or an RNN config)."""
         return self.net.cfg  # type: ignore[return-value]
 
 
@@ -63,6 +64,7 @@ CHECKPOINT_SUFFIX = ".checkpoint"
 
 
 def is_model_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a saved model (it has a ``config.json``)."""
     return (Path(folder) / CONFIG).is_file()
 
 

@@ -44,6 +44,8 @@ METHOD_KEYS = {"class_specific": "rnn", "class_agnostic": "rnn_class_agnostic", 
 
 @dataclass
 class Split:
+    """One part of an experiment (``[coarse]``, ``[enhance]`` or ``[test]``): images, labels, how to use them."""
+
     images: list[Path]
     labels: list[Path]
     steps: int | None = None
@@ -55,6 +57,8 @@ class Split:
 
 @dataclass
 class ExperimentConfig:
+    """An experiment read from TOML: the classes, the three splits, the RNN variants and the CRF grid to compare."""
+
     classes: ClassSpec
     resolution: float | None
     seed: int
@@ -69,6 +73,7 @@ class ExperimentConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> ExperimentConfig:
+        """Read an experiment TOML file; paths in it are relative to its folder."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no such experiment config: {path}")
@@ -80,6 +85,7 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, raw: dict, root: Path) -> ExperimentConfig:
+        """An experiment from parsed TOML, paths relative to ``root``; refuses one without the classes or a split."""
         for key in ("classes", "coarse", "enhance", "test"):
             if key not in raw:
                 raise ValueError(f"the experiment config needs a `{key}` entry")
@@ -140,6 +146,7 @@ class Prepared:
     work_labels: np.ndarray
 
     def to_source(self, probs: np.ndarray) -> np.ndarray:
+        """Probabilities from the working resolution back on the source grid (bilinear, renormalised)."""
         if self.work is self.tile:
             return probs
         return probs_to_grid(probs, self.work.georef, self.tile.georef, self.tile.shape)
@@ -325,6 +332,7 @@ def format_table(report: dict, *, markdown: bool = False) -> str:
 
 
 def write_report(report: dict, path: str | Path) -> Path:
+    """Write the experiment's report as JSON, whole or not at all; returns its path."""
     path = Path(path)
     atomic_write_bytes(path, json.dumps(report, indent=2).encode())
     return path

@@ -46,6 +46,8 @@ MACHINE = "2-core AMD EPYC (Zen 2, AVX2)"
 
 @dataclass
 class SetSpec:
+    """One data set of the pretraining config: its images and masks, their classes, each tile's role."""
+
     name: str
     root: Path
     images: str
@@ -68,6 +70,7 @@ class TileData:
     tasks: tuple[str, ...]
 
     def tile(self) -> Tile:
+        """The tile as the engine takes it: image in [0, 1], every pixel valid."""
         return Tile(image=self.image.astype(np.float32) / 255, valid=np.ones(self.labels.shape, bool))
 
 
@@ -163,6 +166,7 @@ def area_resize(image: np.ndarray, labels: np.ndarray, shape: tuple[int, int]) -
 
 
 def load_role(sets: dict[str, SetSpec], role: str, *, only: list[str] | None = None) -> list[TileData]:
+    """Every tile with role ``role`` (train, val, test or patch) in the sets (or in those named in ``only``)."""
     return [load_tile(s, t) for s in sets.values() if only is None or s.name in only for t in s.roles[role]]
 
 
@@ -203,6 +207,7 @@ def score_probs(items: list[tuple[np.ndarray, TileData]]) -> dict[str, dict]:
 
 
 def crop_center(data: TileData, size: int) -> TileData:
+    """The ``size`` x ``size`` centre of a tile (all of it along a side shorter than ``size``)."""
     h, w = data.labels.shape
     r, c = max(0, (h - size) // 2), max(0, (w - size) // 2)
     return TileData(data.set, data.name, data.image[:, r : r + size, c : c + size],

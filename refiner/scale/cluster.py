@@ -160,5 +160,6 @@ class DaskBackend:
         self.gpu = has_gpu_workers(self.client)
 
     def submit(self, fn: Callable, *args: Any, **kwargs: Any) -> _FutureHandle:
+        """Start ``fn(*args, **kwargs)`` on the cluster, on a GPU worker when there is one, without waiting."""
         extra = {"resources": {"GPU": 1}} if self.gpu else {}
         return _FutureHandle(self.client.submit(fn, *args, pure=False, **extra, **kwargs))

@@ -39,10 +39,12 @@ class JobState:
 
     @property
     def active(self) -> bool:
+        """True while the job is queued or running."""
         return self.state in ACTIVE
 
     @classmethod
     def from_dict(cls, d: dict) -> Any:
+        """A status from its JSON, ignoring keys this version does not know (a file from another version)."""
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
@@ -78,6 +80,7 @@ def read_job(ws: Workspace, kind: type, file: str, interrupted: str) -> Any:
 
 
 def request_cancel(ws: Workspace) -> None:
+    """Ask the running training job to stop: it polls for the cancel file and saves what it has trained."""
     ws.check_writable()
     (_jobs_dir(ws) / CANCEL).touch()
 
@@ -102,13 +105,17 @@ def active_job(ws: Workspace) -> str:
 
 
 class Handle(Protocol):
-    def done(self) -> bool: ...
+    """A job started by a :class:`Backend`: enough to tell whether it has ended."""
+
+    def done(self) -> bool:
+        """Whether the job has ended (finished, failed or cancelled)."""
 
 
 class Backend(Protocol):
     """Where jobs run. ``submit`` must not block; the job reports through the workspace."""
 
-    def submit(self, fn: Any, *args: Any) -> Handle: ...
+    def submit(self, fn: Any, *args: Any) -> Handle:
+        """Start ``fn(*args)`` and return at once."""
 
 
 class _ThreadHandle:
@@ -123,6 +130,7 @@ class ThreadBackend:
     """Run jobs in a daemon thread of this process (torch releases the GIL while it computes)."""
 
     def submit(self, fn: Any, *args: Any) -> Handle:
+        """Start ``fn(*args)`` in a new daemon thread and return at once."""
         t = threading.Thread(target=fn, args=args, daemon=True, name="refiner-job")
         t.start()
         return _ThreadHandle(t)
@@ -158,6 +166,7 @@ _LOCK = threading.Lock()
 
 
 def new_job_id() -> str:
+    """A short random id (12 hex digits) that names a job in its status file."""
     return uuid.uuid4().hex[:12]
 
 

@@ -43,6 +43,7 @@ class CRFSearchStatus(JobState):
 
     @property
     def fraction(self) -> float:
+        """Share of the trials done, 0 to 1 (for the progress bar)."""
         return min(1.0, self.done / self.total) if self.total else 0.0
 
     @property
@@ -54,10 +55,12 @@ class CRFSearchStatus(JobState):
 
 
 def read_crf_status(ws: Workspace) -> CRFSearchStatus | None:
+    """The last grid search's status, or None; one left running by a server that stopped reads as interrupted."""
     return read_job(ws, CRFSearchStatus, CRF_STATUS, "the server stopped during the grid search; start it again")
 
 
 def request_crf_cancel(ws: Workspace) -> None:
+    """Ask the running grid search to stop; it keeps the best parameters found so far."""
     (_jobs_dir(ws) / CRF_CANCEL).touch()
 
 

@@ -56,6 +56,7 @@ class SceneStatus(JobState):
 
     @property
     def fraction(self) -> float:
+        """Share of the current stage's windows done, 0 to 1 (for the progress bar)."""
         return min(1.0, self.done / self.total) if self.total else 0.0
 
 
@@ -77,10 +78,12 @@ def default_source(ws: Workspace) -> str:
 
 
 def read_scene_status(ws: Workspace) -> SceneStatus | None:
+    """The last scene run's status, or None; one left running by a server that stopped reads as interrupted."""
     return read_job(ws, SceneStatus, SCENE_STATUS, "the server stopped during the scene run; start it again")
 
 
 def request_scene_cancel(ws: Workspace) -> None:
+    """Ask the running scene job to stop; its writers remove the partial outputs."""
     ws.check_writable()
     (_jobs_dir(ws) / SCENE_CANCEL).touch()
 
