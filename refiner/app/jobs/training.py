@@ -21,7 +21,7 @@ import os
 import socket
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,28 +45,31 @@ from refiner.app.jobs.base import (
 from refiner.app.workspace import Workspace
 from refiner.core.atomic import atomic_write_json, read_json
 from refiner.models.rnn import RNNConfig
-from refiner.train.rnn import RNNTrainConfig
+from refiner.train.rnn import FINETUNE_DEFAULTS, RNNTrainConfig
 
-_RNN_FIELDS = RNNConfig.__dataclass_fields__
+_ARCH = {f.name: f.default for f in fields(RNNConfig)}
 _TRAIN = RNNTrainConfig()
 
 
 @dataclass
 class TrainParams:
-    """What the Train page asks for: :class:`~refiner.train.rnn.RNNTrainConfig`'s and
-    :class:`~refiner.models.rnn.RNNConfig`'s defaults (the paper's), with fewer steps for a CPU."""
+    """What the Train page asks for, every default taken from a config dataclass: the length of a
+    run and how often it is evaluated from :data:`~refiner.train.rnn.FINETUNE_DEFAULTS` (a few
+    minutes on a CPU; the app's usual start is the pretrained RNN), the rest from
+    :class:`~refiner.train.rnn.RNNTrainConfig` and :class:`~refiner.models.rnn.RNNConfig` (the
+    paper's). The regularisation of a fine-tune from the pretrained RNN is added by :func:`run_config`."""
 
-    steps: int = 300  # a few minutes on a CPU (RNNTrainConfig's 1500 is for the paper's protocol)
-    iterations: int = _RNN_FIELDS["iterations"].default  # T
-    variant: str = _RNN_FIELDS["variant"].default
-    lr: float = _TRAIN.lr
+    steps: int = FINETUNE_DEFAULTS.steps  # RNNTrainConfig's 1500 is for the paper's protocol
+    iterations: int = _ARCH["iterations"]  # T
+    variant: str = _ARCH["variant"]
+    lr: float = _TRAIN.lr  # the page offers FINETUNE_DEFAULTS.lr for a fine-tune from the pretrained RNN
     batch_size: int = _TRAIN.batch_size
     patch_size: int = _TRAIN.patch_size
     holdout: float = _TRAIN.holdout
-    eval_every: int = 25
+    eval_every: int = FINETUNE_DEFAULTS.eval_every
     #: ... or every this many seconds, whichever comes first (None: by steps only)
     eval_seconds: float | None = _TRAIN.eval_seconds
-    checkpoint_every: int = 50
+    checkpoint_every: int = 50  # the app's own (the page asks for one every fifth of the run)
     seed: int = _TRAIN.seed
     resume: bool = True  # continue from the workspace's current RNN (else start a new one)
     #: When not resuming: the shipped RNN (a folder name in assets/pretrained) to fine-tune from,
@@ -77,6 +80,36 @@ class TrainParams:
     @classmethod
     def from_dict(cls, d: dict) -> TrainParams:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+    @property
+    def from_pretrained(self) -> bool:
+        """A patch fine-tune of a shipped RNN (not continuing the workspace's, not from scratch)."""
+        return not self.resume and bool(self.pretrained)
+
+
+def run_config(p: TrainParams) -> RNNTrainConfig:
+    """The :class:`~refiner.train.rnn.RNNTrainConfig` a run of ``p`` trains with.
+
+    A fine-tune from the pretrained RNN starts from :data:`~refiner.train.rnn.FINETUNE_DEFAULTS`
+    (the regularisation measured for a painted patch: early stopping, the pull towards the start,
+    jitter, distillation, a fresh AdaGrad; evaluation by steps unless ``eval_seconds`` is None),
+    any other run from the dataclass's defaults; the page's values replace either. The held-out
+    regions are split off by the job on the tile's grid (hence ``holdout=0`` here).
+    """
+    base = FINETUNE_DEFAULTS if p.from_pretrained else RNNTrainConfig()
+    eval_seconds = base.eval_seconds if p.from_pretrained and p.eval_seconds is not None else p.eval_seconds
+    return replace(
+        base,
+        steps=p.steps,
+        batch_size=p.batch_size,
+        patch_size=p.patch_size,
+        lr=p.lr,
+        seed=p.seed,
+        holdout=0.0,
+        eval_every=p.eval_every,
+        eval_seconds=eval_seconds,
+        checkpoint_every=p.checkpoint_every,
+    )
 
 
 @dataclass
@@ -130,7 +163,7 @@ def run_training(workspace: str | Path, params: dict, job_id: str) -> dict:
     from refiner.data.resample import to_working
     from refiner.models.store import load_model
     from refiner.train.loop import Progress
-    from refiner.train.rnn import FINETUNE_DEFAULTS, train_rnn
+    from refiner.train.rnn import train_rnn
     from refiner.train.sampling import check_labels, holdout_guard, split_holdout
 
     ws = Workspace(Path(workspace))
@@ -182,23 +215,7 @@ def run_training(workspace: str | Path, params: dict, job_id: str) -> dict:
         if init is not None and p.resume and earlier.get("model_steps") == status.start_step:
             status.earlier_loss = [tuple(x) for x in earlier.get("loss", [])]
             status.earlier_val = list(earlier.get("val", []))
-        cfg = RNNTrainConfig(
-            steps=p.steps,
-            batch_size=p.batch_size,
-            patch_size=p.patch_size,
-            lr=p.lr,
-            seed=p.seed,
-            holdout=0.0,
-            eval_every=p.eval_every,
-            eval_seconds=p.eval_seconds,
-            checkpoint_every=p.checkpoint_every,
-        )
-        if not p.resume and p.pretrained:  # a patch fine-tune: the regularisation measured for it
-            d = FINETUNE_DEFAULTS
-            cfg = replace(cfg, patience=d.patience, anchor=d.anchor, jitter=d.jitter, fresh_optimizer=True,
-                          distill=d.distill)  # fmt: skip
-            if p.eval_seconds is not None:
-                cfg = replace(cfg, eval_seconds=d.eval_seconds)
+        cfg = run_config(p)
         status.message = f"started from {start}"
         status.params = {**status.params, "started_from": start}
 
