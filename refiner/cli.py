@@ -286,12 +286,11 @@ def _save_finetuned(args: argparse.Namespace, result) -> None:
 
 
 def _finetune_from_pretrained(args: argparse.Namespace, work, probs, labels, classes, init) -> None:
+    from refiner.core.classes import check_compatible
     from refiner.train.rnn import finetune_from_pretrained
 
-    if list(init.classes.names) != list(classes.names):
-        raise ValueError(
-            f"{args.init} refines classes {list(init.classes.names)}, the probabilities have {list(classes.names)}"
-        )
+    todo = "give probabilities of the classes it refines, or train a new RNN without --init"
+    check_compatible(init.classes, classes, f"the RNN {args.init}", "the probability map", todo)
     cfg = rnn_train_config(args)
     tick = _bar("fine-tune RNN", cfg.steps)
     result = finetune_from_pretrained(

@@ -40,7 +40,7 @@ from rasterio.errors import RasterioError
 
 from refiner.app.uploads import IMAGE_SUFFIXES, _short, _staged, check_pixel_size, sniff_image
 from refiner.core.atomic import atomic_dir, atomic_file, atomic_write_json, file_lock, read_json
-from refiner.core.classes import IGNORE, ClassSpec
+from refiner.core.classes import IGNORE, ClassSpec, check_compatible
 from refiner.data.read import PREDICT_ON_IT, check_same_place, read_image, read_labels, read_probs
 from refiner.data.tile import Georef, RasterError, Tile
 from refiner.data.write import write_probs, write_raster
@@ -369,11 +369,9 @@ class Workspace:
             raise ValueError(f"{name} is damaged and its pixels cannot be read: {_short(exc)}") from exc
         finally:
             tmp.unlink(missing_ok=True)
-        if classes is not None and list(classes.names) != list(self.classes.names):
-            raise ValueError(
-                f"{name} holds probabilities for classes {list(classes.names)}, "
-                f"but this workspace's classes are {list(self.classes.names)}"
-            )
+        if classes is not None:
+            todo = "upload probabilities computed for this workspace's classes"
+            check_compatible(classes, self.classes, f"the probability map {name}", "this workspace", todo)
         self.write_coarse_probs(probs, {"source": "uploaded", "file": name})
 
     # ----------------------------------------------------------------- models

@@ -44,6 +44,7 @@ from refiner.app.jobs.base import (
 )
 from refiner.app.workspace import Workspace
 from refiner.core.atomic import atomic_write_json, read_json
+from refiner.core.classes import check_compatible
 from refiner.models.rnn import RNNConfig
 from refiner.train.rnn import FINETUNE_DEFAULTS, RNNTrainConfig
 
@@ -290,11 +291,7 @@ def _pretrained_rnn(name: str, classes: Any) -> Any:
     if name not in found:
         raise ValueError(f"there is no shipped RNN called {name!r}: pick another start on the Train page")
     bundle = found[name].load()
-    if list(bundle.classes.names) != list(classes.names):
-        raise ValueError(
-            f"the pretrained RNN {name} knows classes {list(bundle.classes.names)}, this workspace has "
-            f"{list(classes.names)}: train a new RNN instead"
-        )
+    check_compatible(bundle.classes, classes, f"the pretrained RNN {name}", "this workspace", "train a new RNN instead")
     bundle.optimizer_state = None  # a new task: a fresh AdaGrad
     bundle.net.train()
     return bundle

@@ -108,3 +108,17 @@ def test_the_train_params_and_the_run_config_restate_no_default():
         assert (cfg.steps, cfg.lr, cfg.holdout) == (params.steps, params.lr, 0.0)  # held out by the job
     assert run_config(pretrained).eval_seconds == FINETUNE_DEFAULTS.eval_seconds
     assert run_config(jobs.TrainParams(eval_seconds=None)).eval_seconds is None
+
+
+def test_a_pretrained_rnn_of_other_classes_is_refused_before_training(tmp_path, scene):
+    from refiner.core.classes import ClassSpec
+
+    two = ClassSpec(("background", "road"))
+    ws = Workspace.create(tmp_path, "roads", scene.tile(), two)
+    ws.write_coarse_probs(coarse_probs_from_labels(np.minimum(scene.truth, 1), 2), {"source": "test"})
+    labels = np.full(scene.truth.shape, IGNORE, np.uint8)
+    labels[:48, :48] = np.minimum(scene.truth[:48, :48], 1)
+    ws.write_labels(labels)
+    out = jobs.run_training(str(ws.path), {"steps": 2, "resume": False, "pretrained": "rnn_1m"}, "j")
+    assert out["state"] == "failed" and "the pretrained RNN rnn_1m has classes" in out["message"]
+    assert "this workspace has ['background', 'road'] — train a new RNN instead" in out["message"]
