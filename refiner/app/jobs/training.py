@@ -34,13 +34,12 @@ from refiner.app.jobs.base import (
     STATUS,
     Backend,
     JobState,
-    _jobs_dir,
+    job_run,
+    jobs_dir,
     launch,
-    mark_failed,
     new_job_id,
     read_job,
     wait_for,
-    write_status,
 )
 from refiner.app.workspace import Workspace
 from refiner.core.atomic import atomic_write_json, read_json
@@ -170,21 +169,11 @@ def run_training(workspace: str | Path, params: dict, job_id: str) -> dict:
     ws = Workspace(Path(workspace))
     p = TrainParams.from_dict(params)
     status = JobStatus(id=job_id, state="running", steps=p.steps, started=time.time(), params=asdict(p))
-    cancel = _jobs_dir(ws) / CANCEL
-    last_write = [0.0]
-
-    def save(force: bool = False) -> None:
-        now = time.time()
-        if force or now - last_write[0] > 0.5:
-            status.seconds = now - status.started
-            write_status(ws, status)
-            last_write[0] = now
-
-    try:
+    with job_run(ws, status, (STATUS, CANCEL)) as run:
         dev = pick_device(p.device)
         status.device = str(dev)
         status.host = f"{socket.gethostname()}:{os.getpid()}"
-        save(force=True)
+        run.save(force=True)
         classes = ws.classes
         tile = ws.tile()
         probs = ws.coarse_probs()
@@ -212,7 +201,7 @@ def run_training(workspace: str | Path, params: dict, job_id: str) -> dict:
         working = to_working(tile, resolution, probs, [train_labels, val_labels])
         work, probs, (train_labels, val_labels) = working.tile, working.probs, working.labels
         status.start_step = int(init.info.get("trained_steps", 0)) if init is not None else 0
-        earlier = read_json(_jobs_dir(ws) / CURVES) or {}
+        earlier = read_json(jobs_dir(ws) / CURVES) or {}
         if init is not None and p.resume and earlier.get("model_steps") == status.start_step:
             status.earlier_loss = [tuple(x) for x in earlier.get("loss", [])]
             status.earlier_val = list(earlier.get("val", []))
@@ -233,7 +222,7 @@ def run_training(workspace: str | Path, params: dict, job_id: str) -> dict:
                     }
                 )
                 status.best_val = rep.best_val
-            save(force=rep.val is not None)
+            run.save(force=rep.val is not None)
 
         has_val = bool((val_labels != 255).any())
         result = train_rnn(
@@ -247,7 +236,7 @@ def run_training(workspace: str | Path, params: dict, job_id: str) -> dict:
             resolution=resolution,
             device=dev,
             progress=progress,
-            should_stop=cancel.exists,
+            should_stop=run.cancelled,
             checkpoint_dir=ws.model_dir("checkpoint"),
             val_labels=val_labels if has_val else np.full_like(val_labels, 255),
         )
@@ -260,7 +249,7 @@ def run_training(workspace: str | Path, params: dict, job_id: str) -> dict:
         total = result.bundle.info.get("trained_steps", status.step)
         status.best_step = result.bundle.info.get("best_step")
         curves = {"loss": status.earlier_loss + status.loss, "val": status.earlier_val + status.val}
-        atomic_write_json(_jobs_dir(ws) / CURVES, {"model_steps": total, **curves})
+        atomic_write_json(jobs_dir(ws) / CURVES, {"model_steps": total, **curves})
         status.message = f"{result.stopped} after {status.step} steps ({total} in all) from {start}; model saved"
         if status.best_step is not None and status.best_step != total:
             which = "the model it started from" if status.best_step == status.start_step else (
@@ -274,11 +263,6 @@ def run_training(workspace: str | Path, params: dict, job_id: str) -> dict:
                 f"; no pixels could be held back for validation (paint regions more than {2 * guard} px "
                 "apart, or a larger area, so whole regions can be held out)"
             )
-    except Exception as exc:
-        mark_failed(status, exc)
-    finally:
-        cancel.unlink(missing_ok=True)
-        save(force=True)
     return asdict(status)
 
 
