@@ -106,6 +106,7 @@ def test_train_form_defaults_are_the_config_dataclasses(tmp_path, monkeypatch):
     assert at.number_input(key="lr").value == d.lr
 
 
+@pytest.mark.slow
 def test_compute_setting_comes_only_from_the_operator(app_ws, monkeypatch):
     monkeypatch.delenv("REFINER_SCHEDULER", raising=False)
     at = run("pages/2_Train.py")
