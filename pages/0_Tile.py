@@ -12,7 +12,7 @@ from refiner.app import access, results, viz
 from refiner.app.demos import DEMO_NAME, REAL_DEMOS
 from refiner.app.demos import unavailable as real_demo_unavailable
 from refiner.app.uploads import MAX_PIXELS, check_pixel_size, load_tile, tile_from_upload, upload_shape
-from refiner.core.classes import ClassSpec
+from refiner.core.classes import ClassSpec, check_compatible
 from refiner.models.pretrained import coarse_into_workspace, pick_coarse, workspace_resolution
 from webapp import common
 
@@ -105,11 +105,8 @@ with pc1:
         with common.guard("computing coarse probabilities"), st.spinner("Running the coarse CNN..."):
             if own:
                 bundle = load_model(ws.model_dir("coarse"), expect="coarse")
-                if list(bundle.classes.names) != list(ws.classes.names):
-                    raise ValueError(
-                        f"the coarse CNN knows classes {list(bundle.classes.names)}, this workspace has "
-                        f"{list(ws.classes.names)}: upload probabilities or a CNN trained for these classes"
-                    )
+                todo = "upload probabilities or a CNN trained for these classes"
+                check_compatible(bundle.classes, ws.classes, "the workspace's coarse CNN", "this workspace", todo)
                 origin = {"source": "coarse CNN (coarse)", "resolution": bundle.resolution}
                 ws.write_coarse_probs(predict_coarse(bundle, tile), origin)
             else:

@@ -6,6 +6,7 @@ Errors are one clear line on stderr and exit status 2; long work shows a progres
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import json
 import sys
@@ -13,6 +14,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -99,6 +101,47 @@ def _classes(args: argparse.Namespace, fallback=None):
     raise ValueError("say which classes there are: --classes background,road --values 0,255")
 
 
+# --------------------------------------------------------------------------- training configs
+# The options' defaults are the config dataclasses' (read by build_parser), never restated here.
+
+
+def _field_defaults(cls: type) -> dict[str, Any]:
+    """A config dataclass's field defaults by name (fields without one are left out)."""
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+
+
+#: ``finetune`` options whose default depends on the start: None on the command line means
+#: :class:`RNNTrainConfig`'s default from scratch, :data:`FINETUNE_DEFAULTS`' with ``--init``.
+_START_DEPENDENT = ("steps", "lr", "patience")
+
+
+def coarse_train_config(args: argparse.Namespace) -> Any:
+    """``train-coarse``'s :class:`~refiner.train.coarse.CoarseTrainConfig`: its defaults, with the options given."""
+    from refiner.train.coarse import CoarseTrainConfig
+
+    return CoarseTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+
+
+def rnn_train_config(args: argparse.Namespace) -> Any:
+    """``finetune``'s :class:`~refiner.train.rnn.RNNTrainConfig`.
+
+    With ``--init`` (a patch fine-tune of a pretrained RNN): :data:`~refiner.train.rnn.FINETUNE_DEFAULTS`,
+    of which ``--steps``, ``--lr``, ``--patience`` (when given), ``--seed``, ``--max-seconds`` and
+    ``--checkpoint-every`` override; else (from scratch or ``--resume``) the dataclass's defaults
+    and every option.
+    """
+    from refiner.train.rnn import FINETUNE_DEFAULTS, RNNTrainConfig
+
+    given = {k: getattr(args, k) for k in _START_DEPENDENT if getattr(args, k) is not None}
+    run = dict(seed=args.seed, max_seconds=args.max_seconds, checkpoint_every=args.checkpoint_every)
+    if args.init:
+        return dataclasses.replace(FINETUNE_DEFAULTS, **run, **given)
+    options = dict(
+        batch_size=args.batch_size, patch_size=args.patch_size, holdout=args.holdout, eval_seconds=args.eval_seconds
+    )
+    return RNNTrainConfig(**run, **options, **given)
+
+
 # --------------------------------------------------------------------------- commands
 
 
@@ -116,7 +159,7 @@ def cmd_train_coarse(args: argparse.Namespace) -> None:
     from refiner.data.resample import to_working
     from refiner.data.synthetic import degrade_labels
     from refiner.models.store import save_model
-    from refiner.train.coarse import CoarseTrainConfig, train_coarse
+    from refiner.train.coarse import train_coarse
 
     if len(args.images) != len(args.labels):
         raise ValueError(f"{len(args.images)} images but {len(args.labels)} label files: give one per image")
@@ -131,7 +174,7 @@ def cmd_train_coarse(args: argparse.Namespace) -> None:
             lab = degrade_labels(lab, shift=args.degrade_shift, drop=args.degrade_drop, seed=args.seed + i)
         images.append(work.tile.image)
         labels.append(lab)
-    cfg = CoarseTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    cfg = coarse_train_config(args)
     tick = _bar("train coarse CNN", cfg.steps)
     bundle = train_coarse(
         images, labels, classes, cfg, resolution=args.resolution, device=args.device, progress=lambda p: tick(p.step)
@@ -163,7 +206,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     from refiner.data.resample import to_working
     from refiner.models.rnn import RNNConfig
     from refiner.models.store import load_model
-    from refiner.train.rnn import RNNTrainConfig, train_rnn
+    from refiner.train.rnn import train_rnn
     from refiner.train.sampling import restrict_to_window
 
     if args.init and args.resume:
@@ -178,18 +221,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     if args.init:
         return _finetune_from_pretrained(args, work, probs, labels, classes, start)
     init = start
-    cfg = RNNTrainConfig(
-        steps=1500 if args.steps is None else args.steps,
-        batch_size=args.batch_size,
-        patch_size=args.patch_size,
-        lr=0.01 if args.lr is None else args.lr,
-        seed=args.seed,
-        holdout=args.holdout,
-        patience=0 if args.patience is None else args.patience,
-        max_seconds=args.max_seconds,
-        checkpoint_every=args.checkpoint_every,
-        eval_seconds=args.eval_seconds,
-    )
+    cfg = rnn_train_config(args)
     arch = RNNConfig(
         num_classes=len(classes), in_channels=work.image.shape[0], iterations=args.iterations, variant=args.variant
     )
@@ -264,18 +296,12 @@ def _save_finetuned(args: argparse.Namespace, result) -> None:
 
 
 def _finetune_from_pretrained(args: argparse.Namespace, work, probs, labels, classes, init) -> None:
-    from dataclasses import replace
+    from refiner.core.classes import check_compatible
+    from refiner.train.rnn import finetune_from_pretrained
 
-    from refiner.train.rnn import FINETUNE_DEFAULTS, finetune_from_pretrained
-
-    if list(init.classes.names) != list(classes.names):
-        raise ValueError(
-            f"{args.init} refines classes {list(init.classes.names)}, the probabilities have {list(classes.names)}"
-        )
-    over = {k: v for k, v in (("steps", args.steps), ("lr", args.lr), ("patience", args.patience)) if v is not None}
-    cfg = replace(
-        FINETUNE_DEFAULTS, seed=args.seed, max_seconds=args.max_seconds, checkpoint_every=args.checkpoint_every, **over
-    )
+    todo = "give probabilities of the classes it refines, or train a new RNN without --init"
+    check_compatible(init.classes, classes, f"the RNN {args.init}", "the probability map", todo)
+    cfg = rnn_train_config(args)
     tick = _bar("fine-tune RNN", cfg.steps)
     result = finetune_from_pretrained(
         work.image, probs, labels, init, cfg, device=args.device, progress=lambda p: tick(p.step),
@@ -388,6 +414,12 @@ def cmd_experiment(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line: one subcommand per ``cmd_*`` function, each with its checked options."""
+    from refiner.models.rnn import VARIANTS, RNNConfig
+    from refiner.train.coarse import CoarseTrainConfig
+    from refiner.train.rnn import FINETUNE_DEFAULTS, RNNTrainConfig
+
+    coarse, rnn, arch = _field_defaults(CoarseTrainConfig), _field_defaults(RNNTrainConfig), _field_defaults(RNNConfig)
+    ft = FINETUNE_DEFAULTS
     p = argparse.ArgumentParser(
         prog="python -m refiner",
         description="Learn to sharpen coarse satellite classification maps (Maggiori et al. 2017).",
@@ -440,9 +472,11 @@ def build_parser() -> argparse.ArgumentParser:
     class_args(sp, required=True)
     common_image(sp)
     sp.add_argument("--out", required=True, type=Path, help="model folder to write")
-    sp.add_argument("--steps", type=int, default=3000)
-    sp.add_argument("--batch-size", type=int, default=64)
-    sp.add_argument("--lr", type=float, default=0.01)
+    sp.add_argument("--steps", type=int, default=coarse["steps"], help="training steps (default %(default)s)")
+    sp.add_argument(
+        "--batch-size", type=int, default=coarse["batch_size"], help="patches per step (default %(default)s)"
+    )
+    sp.add_argument("--lr", type=float, default=coarse["lr"], help="SGD learning rate (default %(default)s)")
     sp.add_argument(
         "--resolution", type=float, default=1.0, help="metres per pixel the network works at (default 1, the paper's)"
     )
@@ -451,7 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--degrade-drop", type=float, default=0.0, help="simulate OSM: drop each object with this probability"
     )
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=int, default=coarse["seed"])
 
     sp = add("predict", cmd_predict, "Coarse class probabilities of an image (a K-band float GeoTIFF).")
     sp.add_argument("--model", required=True, type=Path, help="coarse CNN model folder")
@@ -467,23 +501,49 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, type=Path, help="RNN model folder to write (checkpoints go there too)")
     class_args(sp)
     common_image(sp)
+    sp.add_argument("--variant", default=arch["variant"], choices=VARIANTS)
     sp.add_argument(
-        "--variant", default="class_specific", choices=["class_specific", "class_agnostic", "non_recurrent"]
+        "--iterations", type=int, default=arch["iterations"], help="unrolled iterations T (default %(default)s)"
     )
-    sp.add_argument("--iterations", type=int, default=5, help="unrolled iterations T (default 5)")
-    sp.add_argument("--steps", type=int, default=None)
-    sp.add_argument("--batch-size", type=int, default=8)
-    sp.add_argument("--patch-size", type=int, default=48)
+    # None: the start's default (from scratch, or --init's), see rnn_train_config
     sp.add_argument(
-        "--lr", type=float, default=None, help="AdaGrad learning rate (default 0.01, the paper's; 0.003 with --init)"
+        "--steps", type=int, default=None, help=f"training steps (default {rnn['steps']}; {ft.steps} with --init)"
     )
-    sp.add_argument("--holdout", type=float, default=0.2, help="share of labelled pixels held back, as whole regions")
+    sp.add_argument("--batch-size", type=int, default=rnn["batch_size"], help="patches per step (default %(default)s)")
     sp.add_argument(
-        "--patience", type=int, default=None, help="stop after N evaluations without gain (0 = never; 6 with --init)"
+        "--patch-size", type=int, default=rnn["patch_size"], help="patch side in pixels (default %(default)s)"
     )
-    sp.add_argument("--max-seconds", type=float, default=None, help="wall-clock budget")
-    sp.add_argument("--eval-seconds", type=float, default=5.0, help="also evaluate every N seconds")
-    sp.add_argument("--checkpoint-every", type=int, default=0, help="save every N steps")
+    sp.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help=f"AdaGrad learning rate (default {rnn['lr']}, the paper's; {ft.lr} with --init)",
+    )
+    sp.add_argument(
+        "--holdout",
+        type=float,
+        default=rnn["holdout"],
+        help="share of labelled pixels held back, as whole regions (default %(default)s)",
+    )
+    sp.add_argument(
+        "--patience",
+        type=int,
+        default=None,
+        help=f"stop after N evaluations without gain (default {rnn['patience']}: never; {ft.patience} with --init)",
+    )
+    sp.add_argument("--max-seconds", type=float, default=rnn["max_seconds"], help="wall-clock budget")
+    sp.add_argument(
+        "--eval-seconds",
+        type=float,
+        default=rnn["eval_seconds"],
+        help="also evaluate every N seconds (default %(default)s)",
+    )
+    sp.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=rnn["checkpoint_every"],
+        help="save every N steps (default %(default)s: only the final model)",
+    )
     sp.add_argument("--window", type=_ints, default=None, help="use only labels in row,col,height,width")
     sp.add_argument("--resume", type=Path, default=None, help="continue training this RNN model folder")
     sp.add_argument(
@@ -497,7 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
     scheduler_arg(sp)
     sp.add_argument("--resolution", type=float, default=1.0, help="metres per pixel the RNN works at (default 1)")
     sp.add_argument("--line-width", type=float, default=7.0)
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--seed", type=int, default=rnn["seed"])
 
     sp = add("pretrain", cmd_pretrain, "Rebuild a shipped pretrained model from a recipe in experiments/pretrained.")
     sp.add_argument("config", type=Path, help="recipe TOML (experiments/pretrained/coarse.toml, then rnn.toml)")

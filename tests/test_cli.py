@@ -367,3 +367,27 @@ def test_log_lines_report_every_few_percent():
     lines = out.getvalue().splitlines()
     assert len(lines) == 21  # 0.1 %, then 5 %, 10 %, ..., 100 %
     assert lines[-1].startswith("job: 1000/1000 (100 %)")
+
+
+def test_training_options_default_to_the_config_dataclasses():
+    """The CLI restates no training default: each is the config dataclass's (FINETUNE_DEFAULTS' with --init)."""
+    from dataclasses import fields, replace
+
+    from refiner.cli import build_parser, coarse_train_config, rnn_train_config
+    from refiner.models.rnn import RNNConfig
+    from refiner.train.coarse import CoarseTrainConfig
+    from refiner.train.rnn import FINETUNE_DEFAULTS, RNNTrainConfig
+
+    parser = build_parser()
+    coarse = parser.parse_args(["train-coarse", "--images", "a", "--labels", "b", "--classes", "a,b", "--out", "o"])
+    assert coarse_train_config(coarse) == CoarseTrainConfig()
+    finetune = ["finetune", "--image", "i", "--probs", "p", "--labels", "l", "--out", "o"]
+    args = parser.parse_args(finetune)
+    assert rnn_train_config(args) == RNNTrainConfig()
+    arch = {f.name: f.default for f in fields(RNNConfig)}
+    assert (args.iterations, args.variant) == (arch["iterations"], arch["variant"])
+    assert rnn_train_config(parser.parse_args([*finetune, "--init", "m"])) == FINETUNE_DEFAULTS
+    given = parser.parse_args([*finetune, "--init", "m", "--steps", "7", "--lr", "0.5", "--patience", "0"])
+    assert rnn_train_config(given) == replace(FINETUNE_DEFAULTS, steps=7, lr=0.5, patience=0)
+    given = parser.parse_args([*finetune, "--steps", "7", "--batch-size", "3", "--holdout", "0.1"])
+    assert rnn_train_config(given) == replace(RNNTrainConfig(), steps=7, batch_size=3, holdout=0.1)

@@ -64,7 +64,7 @@ def crf_panel(ws: Workspace, params: CRFParams) -> None:
             elif now.message:
                 st.caption(now.message)
             if now.active:
-                if st.button("Cancel the grid search", key="cancel_crf"):
+                if st.button("Cancel the grid search", key="cancel_crf", disabled=bool(ws.readonly)):
                     crf_job.request_crf_cancel(ws)
                     st.toast("Cancelling: the best parameters so far are kept.")
             elif searching:  # it just ended: rerun so the form shows the parameters found

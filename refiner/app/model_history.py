@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from refiner.app.workspace import Workspace
-from refiner.core.atomic import atomic_write_json, file_lock, read_json
+from refiner.core.atomic import atomic_dir, atomic_write_json, file_lock, read_json
 
 ENTRY = "entry.json"
 WEIGHTS = "model.safetensors"
@@ -65,11 +65,12 @@ def _hash(folder: Path) -> str:
 
 
 def entries(ws: Workspace) -> list[Entry]:
-    """The kept RNNs, newest first."""
+    """The kept RNNs, newest first (not the hidden temporaries of one being written)."""
     d = _dir(ws)
     if not d.is_dir():
         return []
-    out = [Entry.from_dict(e) for p in d.iterdir() if p.is_dir() and isinstance(e := read_json(p / ENTRY), dict)]
+    kept = [p for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    out = [Entry.from_dict(e) for p in kept if isinstance(e := read_json(p / ENTRY), dict)]
     return sorted(out, key=lambda e: (e.created, e.id), reverse=True)
 
 
@@ -104,12 +105,9 @@ def _add(ws: Workspace, src: Path, **meta: Any) -> Entry:
         weights_hash=h,
         **meta,
     )
-    dst = _dir(ws) / entry.id
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp)
-    atomic_write_json(tmp / ENTRY, asdict(entry))
-    tmp.rename(dst)
+    with atomic_dir(_dir(ws) / entry.id) as tmp:  # whole or not at all: a half copy is never listed
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+        atomic_write_json(tmp / ENTRY, asdict(entry))
     _prune(ws)
     return entry
 

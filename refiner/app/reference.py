@@ -23,7 +23,7 @@ from rasterio.io import MemoryFile
 
 from refiner.app.uploads import sniff_image
 from refiner.app.workspace import Workspace
-from refiner.core.classes import IGNORE, ClassSpec
+from refiner.core.classes import IGNORE, ClassSpec, check_compatible
 from refiner.data.resample import labels_to_grid, resample
 from refiner.data.tile import Georef
 from refiner.data.write import write_raster
@@ -133,10 +133,8 @@ def attach_workspace(ws: Workspace, other: Workspace) -> np.ndarray:
     ws.check_writable()
     if other.path == ws.path:
         raise ValueError("a workspace's own labels are what it trains on: pick another workspace")
-    if list(other.classes.names) != list(ws.classes.names):
-        raise ValueError(
-            f"{other.name} has classes {list(other.classes.names)}, this workspace {list(ws.classes.names)}"
-        )
+    todo = "pick a workspace painted with this workspace's classes"
+    check_compatible(other.classes, ws.classes, f"the workspace {other.name}", "this workspace", todo)
     if other.shape != ws.shape or other.georef != ws.georef:
         raise ValueError(f"{other.name}'s tile is not on this tile's grid (size or georeferencing differ)")
     labels = other.labels()

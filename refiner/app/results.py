@@ -15,7 +15,7 @@ import numpy as np
 
 from refiner.app.workspace import Workspace
 from refiner.baselines.crf import DEFAULT_GRID, CRFParams, GridSearchResult, dense_crf, grid_search
-from refiner.core.classes import IGNORE
+from refiner.core.classes import IGNORE, check_compatible
 from refiner.core.metrics import Scores, evaluate
 
 
@@ -31,11 +31,7 @@ def refinement(ws: Workspace) -> list[np.ndarray]:
     if cached is not None:
         return [p.astype(np.float32) for p in cached["probs"]]
     bundle = load_model(ws.model_dir("rnn"), expect="rnn")
-    if list(bundle.classes.names) != list(ws.classes.names):
-        raise ValueError(
-            f"the RNN was trained for classes {list(bundle.classes.names)}, "
-            f"this workspace has {list(ws.classes.names)}: train a new one"
-        )
+    check_compatible(bundle.classes, ws.classes, "the RNN", "this workspace", "train a new one on the Train page")
     out = refine(bundle, ws.tile(), ws.coarse_probs(), keep_all=True)
     ws.save_result("refinement", stamp, probs=np.stack(out.probs).astype(np.float16))
     return out.probs

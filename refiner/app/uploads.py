@@ -6,8 +6,10 @@ every refusal is a :class:`ValueError` whose message says what is wrong and what
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from rasterio.errors import RasterioError
@@ -32,13 +34,21 @@ def sniff_image(data: bytes, name: str) -> None:
         raise ValueError(f"{name} is not an image Refiner can read: upload a GeoTIFF, PNG or JPEG file")
 
 
-def _staged(data: bytes, name: str):
-    """A temporary copy of uploaded bytes with the upload's suffix (GDAL picks drivers by it)."""
+@contextlib.contextmanager
+def staged_upload(data: bytes, name: str) -> Iterator[Path]:
+    """Uploaded bytes as a temporary file to read with the raster functions, removed afterwards.
+
+    The file has the upload's suffix (GDAL picks drivers by it); error messages name the upload,
+    never this path.
+    """
     suffix = Path(name).suffix.lower() or ".tif"
     fd, tmp = tempfile.mkstemp(suffix=suffix)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    return Path(tmp)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        yield Path(tmp)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def load_tile(source: str | Path, *, window: tuple[int, int, int, int] | None = None, name: str = "") -> Tile:
@@ -51,7 +61,7 @@ def load_tile(source: str | Path, *, window: tuple[int, int, int, int] | None = 
     try:
         info = raster_info(source)
     except (RasterError, RasterioError, FileNotFoundError) as exc:
-        raise ValueError(f"{label} could not be opened as an image: {_short(exc)}") from exc
+        raise ValueError(f"{label} could not be opened as an image: {short_error(exc)}") from exc
     h, w = (window[2], window[3]) if window else (info["height"], info["width"])
     if window:
         r, c = window[0], window[1]
@@ -72,10 +82,11 @@ def load_tile(source: str | Path, *, window: tuple[int, int, int, int] | None = 
     except RasterError as exc:  # the upload's name, never the server's temporary file
         raise ValueError(str(exc).replace(str(source), label).replace(Path(str(source)).name, label)) from exc
     except (RasterioError, OSError) as exc:
-        raise ValueError(f"{label} is damaged or truncated and its pixels cannot be read: {_short(exc)}") from exc
+        raise ValueError(f"{label} is damaged or truncated and its pixels cannot be read: {short_error(exc)}") from exc
 
 
-def _short(exc: BaseException) -> str:
+def short_error(exc: BaseException) -> str:
+    """The first line of an error (GDAL's run on for lines), at most 300 characters, for a message."""
     return str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
 
 
@@ -95,11 +106,8 @@ def tile_from_upload(data: bytes, name: str, *, window: tuple[int, int, int, int
     if not name.lower().endswith(IMAGE_SUFFIXES):
         raise ValueError(f"{name}: upload a GeoTIFF (.tif), PNG or JPEG image")
     sniff_image(data, name)
-    tmp = _staged(data, name)
-    try:
+    with staged_upload(data, name) as tmp:
         tile = load_tile(tmp, window=window, name=name)
-    finally:
-        tmp.unlink(missing_ok=True)
     tile.source = name
     return tile
 
@@ -109,11 +117,10 @@ def upload_shape(data: bytes, name: str) -> tuple[int, int]:
     if not name.lower().endswith(IMAGE_SUFFIXES):
         raise ValueError(f"{name}: upload a GeoTIFF (.tif), PNG or JPEG image")
     sniff_image(data, name)
-    tmp = _staged(data, name)
-    try:
-        info = raster_info(tmp)
-    except (RasterError, RasterioError) as exc:
-        raise ValueError(f"{name} could not be opened as an image: {_short(exc).replace(str(tmp), name)}") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
+    with staged_upload(data, name) as tmp:
+        try:
+            info = raster_info(tmp)
+        except (RasterError, RasterioError) as exc:
+            why = short_error(exc).replace(str(tmp), name)
+            raise ValueError(f"{name} could not be opened as an image: {why}") from exc
     return int(info["height"]), int(info["width"])

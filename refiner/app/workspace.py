@@ -39,9 +39,9 @@ import numpy as np
 import rasterio
 from rasterio.errors import RasterioError
 
-from refiner.app.uploads import IMAGE_SUFFIXES, _short, _staged, check_pixel_size, sniff_image
+from refiner.app.uploads import IMAGE_SUFFIXES, check_pixel_size, short_error, sniff_image, staged_upload
 from refiner.core.atomic import atomic_dir, atomic_file, atomic_write_json, file_lock, read_json
-from refiner.core.classes import IGNORE, ClassSpec
+from refiner.core.classes import IGNORE, ClassSpec, check_compatible
 from refiner.data.read import PREDICT_ON_IT, check_same_place, read_image, read_labels, read_probs
 from refiner.data.tile import Georef, RasterError, Tile
 from refiner.data.write import write_probs, write_raster
@@ -279,22 +279,18 @@ class Workspace:
     def import_labels(self, data: bytes, name: str) -> np.ndarray:
         """Replace the labels by an uploaded mask (pixel values = the classes' mask values)."""
         self.check_writable()
-        if name.lower().endswith((".geojson", ".json")):
-            tmp = _staged(data, name)
-        else:
+        if not name.lower().endswith((".geojson", ".json")):
             if not name.lower().endswith(IMAGE_SUFFIXES):
                 raise ValueError(f"{name}: upload a label mask as GeoTIFF or PNG (or polygons as GeoJSON)")
             sniff_image(data, name)
-            tmp = _staged(data, name)
-        try:
-            tile = self.tile()
-            labels = read_labels(tmp, self.classes, like=tile)
-        except RasterError as exc:  # the upload's name, never the server's temporary path
-            raise ValueError(str(exc).replace(str(tmp), name).replace(tmp.name, name)) from exc
-        except (RasterioError, OSError) as exc:
-            raise ValueError(f"{name} could not be read as a label mask: {_short(exc)}") from exc
-        finally:
-            tmp.unlink(missing_ok=True)
+        with staged_upload(data, name) as tmp:
+            try:
+                tile = self.tile()
+                labels = read_labels(tmp, self.classes, like=tile)
+            except RasterError as exc:  # the upload's name, never the server's temporary path
+                raise ValueError(str(exc).replace(str(tmp), name).replace(tmp.name, name)) from exc
+            except (RasterioError, OSError) as exc:
+                raise ValueError(f"{name} could not be read as a label mask: {short_error(exc)}") from exc
         if not (labels != IGNORE).any():  # e.g. an empty GeoJSON: never swap painted labels for nothing
             raise ValueError(f"{name} labels no pixel of the tile — nothing was imported; the labels are unchanged")
         self.write_labels(labels)
@@ -376,21 +372,17 @@ class Workspace:
         if not name.lower().endswith((".tif", ".tiff")):
             raise ValueError(f"{name}: upload probabilities as a GeoTIFF with one band per class")
         sniff_image(data, name)
-        tmp = _staged(data, name)
-        try:
-            probs, classes, georef = read_probs(tmp, check_sums=True)
-            check_same_place(georef, self.georef, f"the probability map {name}", "the tile", PREDICT_ON_IT)
-        except RasterError as exc:
-            raise ValueError(str(exc).replace(str(tmp), name).replace(tmp.name, name)) from exc
-        except (RasterioError, OSError) as exc:
-            raise ValueError(f"{name} is damaged and its pixels cannot be read: {_short(exc)}") from exc
-        finally:
-            tmp.unlink(missing_ok=True)
-        if classes is not None and list(classes.names) != list(self.classes.names):
-            raise ValueError(
-                f"{name} holds probabilities for classes {list(classes.names)}, "
-                f"but this workspace's classes are {list(self.classes.names)}"
-            )
+        with staged_upload(data, name) as tmp:
+            try:
+                probs, classes, georef = read_probs(tmp, check_sums=True)
+                check_same_place(georef, self.georef, f"the probability map {name}", "the tile", PREDICT_ON_IT)
+            except RasterError as exc:
+                raise ValueError(str(exc).replace(str(tmp), name).replace(tmp.name, name)) from exc
+            except (RasterioError, OSError) as exc:
+                raise ValueError(f"{name} is damaged and its pixels cannot be read: {short_error(exc)}") from exc
+        if classes is not None:
+            todo = "upload probabilities computed for this workspace's classes"
+            check_compatible(classes, self.classes, f"the probability map {name}", "this workspace", todo)
         self.write_coarse_probs(probs, {"source": "uploaded", "file": name})
 
     # ----------------------------------------------------------------- models

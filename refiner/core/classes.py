@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -106,3 +107,24 @@ class ClassSpec:
         except ValueError as exc:
             raise ValueError(f"--values must be comma-separated integers, got {values!r}") from exc
         return cls(n, v)
+
+
+def check_compatible(
+    have: ClassSpec | Sequence[str] | int, need: ClassSpec | Sequence[str], what: str, against: str, todo: str
+) -> None:
+    """Refuse ``have`` (a model's, a probability map's, a workspace's classes) unless it fits ``need``.
+
+    Classes fit when their names are the same, in the same order (class ``i`` is index ``i``
+    everywhere); a bare band count (an ``int``: a probability map that names no classes) fits
+    when there is one band per class. The ``ValueError`` names both sides, ``what`` and
+    ``against`` ("the pretrained RNN rnn_1m", "this workspace"), and says what to do (``todo``).
+    """
+    if isinstance(have, int):
+        if have != len(need):
+            raise ValueError(f"{what} has {have} bands but {against} has {len(need)} classes — {todo}")
+        return
+    a = list(have.names if isinstance(have, ClassSpec) else have)
+    b = list(need.names if isinstance(need, ClassSpec) else need)
+    if a != b:
+        order = " (the same classes in another order)" if sorted(a) == sorted(b) else ""
+        raise ValueError(f"{what} has classes {a} but {against} has {b}{order} — {todo}")

@@ -23,6 +23,7 @@ from affine import Affine
 from rasterio.features import shapes
 from rasterio.windows import Window
 
+from refiner.core.atomic import atomic_file
 from refiner.core.classes import IGNORE, ClassSpec
 from refiner.data.tile import Georef
 
@@ -199,15 +200,13 @@ def write_geopackage_windows(
 ) -> dict[str, int]:
     """:func:`write_geopackage` for a class map given as windows, each with its own georef.
 
-    The features of each window are appended, so a scene of any size is written at bounded memory.
+    The features of each window are appended, so a scene of any size is written at bounded memory;
+    the file appears whole or not at all (:func:`~refiner.core.atomic.atomic_file`).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".part.gpkg")
-    tmp.unlink(missing_ok=True)
     road = road_class(classes) if lines else None
     counts = {layer: 0} | ({LINES: 0} if road is not None else {})
-    try:
+    with atomic_file(path, suffix=".gpkg") as tmp:  # GDAL picks the GeoPackage driver by the suffix
+        i = -1
         for i, (class_map, georef) in enumerate(windows):
             geoms, values = class_polygons(
                 class_map, georef, classes, skip=skip, min_pixels=min_pixels, simplify=simplify
@@ -219,10 +218,8 @@ def write_geopackage_windows(
                 fields = {"length": np.array([g.length for g in ln], dtype=np.float64)}
                 _write_layer(tmp, LINES, ln, fields, "MultiLineString", crs, i > 0)
                 counts[LINES] += len(ln)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        if i < 0:
+            raise ValueError(f"no class map to write to {path}: give at least one window")
     return counts
 
 

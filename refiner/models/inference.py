@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from refiner.core.classes import check_compatible
 from refiner.core.device import pick_device
 from refiner.core.windows import run_windowed
 from refiner.data.resample import probs_to_grid, to_working, to_working_resolution
@@ -93,9 +94,8 @@ def refine(
     """
     if bundle.kind != "rnn":
         raise ValueError("refine needs an RNN model (from `finetune`)")
-    k = len(bundle.classes)
-    if probs.shape[0] != k:
-        raise ValueError(f"the probability map has {probs.shape[0]} bands but the model has {k} classes")
+    todo = "give probabilities with one band per class of the model"
+    check_compatible(probs.shape[0], bundle.classes, "the probability map", "the model", todo)
     if probs.shape[1:] != tile.shape:
         raise ValueError(f"probabilities {probs.shape[1:]} and image {tile.shape} differ in size")
     dev = pick_device(device)

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import torch
 
+from refiner.core.atomic import commit, temp_beside
+
 SOURCE = Path(__file__).with_name("rnn_step.c")
 _LOCK = threading.Lock()
 _LIBS: dict[int, ctypes.CDLL | None] = {}
@@ -89,15 +91,14 @@ def _compile(kernel_size: int) -> Path:
         target = folder / f"rnn_step_k{kernel_size}_{key}.so"
         if target.exists():
             return target
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-        os.close(fd)
+        tmp = temp_beside(target, ".so")
         try:
-            done = subprocess.run([*cc, *flags, *arch, str(SOURCE), "-o", tmp], capture_output=True, text=True)
+            done = subprocess.run([*cc, *flags, *arch, str(SOURCE), "-o", str(tmp)], capture_output=True, text=True)
             if done.returncode == 0:
-                os.replace(tmp, target)  # atomic: concurrent builders (Dask workers) never see half a file
+                commit(tmp, target)  # atomic: concurrent builders (Dask workers) never see half a file
                 return target
         finally:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
     raise RuntimeError(done.stderr.strip()[-500:] or f"{' '.join(cc)} failed")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from refiner.core.atomic import atomic_write_bytes
 from refiner.data.synthetic import make_scene
 from refiner.data.write import write_raster
 
@@ -51,6 +52,7 @@ def write_demo_data(
         paths[f"{name}_truth"] = write_raster(out / f"{name}_truth.tif", scene.truth, scene.georef)
         paths[f"{name}_osm"] = write_raster(out / f"{name}_osm.tif", scene.osm, scene.georef)
     config = out / "demo.toml"
-    config.write_text(DEMO_TOML.format(coarse_steps=coarse_steps, rnn_steps=rnn_steps, window=max(64, size // 2)))
+    text = DEMO_TOML.format(coarse_steps=coarse_steps, rnn_steps=rnn_steps, window=max(64, size // 2))
+    atomic_write_bytes(config, text.encode())
     paths["config"] = config
     return paths

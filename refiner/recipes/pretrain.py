@@ -24,6 +24,7 @@ import rasterio
 import torch
 from rasterio.errors import NotGeoreferencedWarning
 
+from refiner.core.atomic import atomic_write_bytes
 from refiner.core.classes import IGNORE, ClassSpec
 from refiner.data.read import read_image
 from refiner.data.resample import labels_to_grid, to_working_resolution
@@ -348,7 +349,7 @@ def _task_weights(tiles: list[TileData], shares: dict[str, float]) -> list[float
 
 
 def _card(folder: Path, card: dict) -> None:
-    (folder / "card.json").write_text(json.dumps(card, indent=2))
+    atomic_write_bytes(folder / "card.json", json.dumps(card, indent=2).encode())
     lines = [f"# {card['title']}", "", card["summary"], "",
              f"- kind: {card['kind']}; classes: {', '.join(card['classes'])}; resolution: {card['resolution_m']} m/px",
              f"- trained: {card['steps']} steps in {card['training_seconds']:.0f} s on {card['machine']} "
@@ -366,7 +367,7 @@ def _card(folder: Path, card: dict) -> None:
         lines.append(f"| {task} | {s['overall_accuracy']:.3f} | {s['iou_other']:.3f} | {s['iou']:.3f} | "
                      f"{s['mean_iou']:.3f} | {s['pixels']} |")  # fmt: skip
     lines += ["", "Data: see each set's PROVENANCE.md in ../shared/data (research use; cite the sources)."]
-    (folder / "card.md").write_text("\n".join(lines) + "\n")
+    atomic_write_bytes(folder / "card.md", ("\n".join(lines) + "\n").encode())
 
 
 def _rel(path: Path) -> str:

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
-from refiner.core.classes import IGNORE, ClassSpec
+from refiner.core.classes import IGNORE, ClassSpec, check_compatible
 from refiner.core.windows import WindowSpec, even_windows, iter_windows
 from refiner.data.read import (
     PREDICT_ON_IT,
@@ -306,14 +306,10 @@ def _check_probs(probs: str | Path, h: int, w: int, georef: Georef | None, bundl
     with rasterio.open(probs) as ds:
         tags, shape, count = ds.tags(), (ds.height, ds.width), ds.count
     tagged = tagged_classes(tags, probs)
+    todo = "predict the probabilities with a coarse model of the RNN's classes"
     if tagged is not None:
-        names = tagged.names
-        if list(names) != list(bundle.classes.names):
-            raise ValueError(
-                f"the probabilities are for classes {list(names)} but the RNN for {list(bundle.classes.names)}"
-            )
-    if count != len(bundle.classes):
-        raise ValueError(f"the probability map has {count} bands but the model has {len(bundle.classes)} classes")
+        check_compatible(tagged, bundle.classes, "the probability map", "the RNN", todo)
+    check_compatible(count, bundle.classes, "the probability map", "the model", todo)
     if shape != (h, w):
         raise ValueError(f"probabilities {shape} and image {(h, w)} differ in size — predict them on this image")
     what = f"the probability map {Path(str(probs)).name}"

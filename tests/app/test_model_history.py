@@ -46,3 +46,27 @@ def test_only_a_listed_rnn_can_be_restored(tmp_path):
         model_history.restore(ws, "../../elsewhere")
     assert model_history.keep_current(ws).name == "the RNN the workspace had"
     assert len(model_history.entries(ws)) == 1 and model_history.keep_current(ws).id == model_history.entries(ws)[0].id
+
+
+def test_a_copy_into_the_history_is_whole_or_not_at_all(tmp_path, monkeypatch):
+    import errno
+    import shutil
+
+    ws = make_workspace(tmp_path)
+    history = ws.path / "models" / "history"
+
+    def full_disk(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(model_history, "atomic_write_json", full_disk)  # the copy is made, its entry fails
+    with pytest.raises(OSError):
+        model_history.keep_current(ws)
+    monkeypatch.undo()
+    assert [p.name for p in history.iterdir()] == [".lock"]  # no half entry, no temporary
+    # one killed mid-write (kill -9) leaves a hidden temporary: never listed, never restorable
+    killed = history / ".00000000000000000001.999999.abc.tmp"
+    shutil.copytree(ws.model_dir("rnn"), killed)
+    (killed / "entry.json").write_text('{"id": "00000000000000000001", "name": "half", "created": 1.0}')
+    assert model_history.entries(ws) == []
+    kept = model_history.keep_current(ws)
+    assert [e.id for e in model_history.entries(ws)] == [kept.id] and (history / kept.id / "entry.json").is_file()

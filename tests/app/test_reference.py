@@ -57,3 +57,16 @@ def test_a_larger_georeferenced_mask_is_cut_to_the_tile_and_uncovered_pixels_are
     raw, georef = reference.read_mask(other.read_bytes(), "other.tif")
     with pytest.raises(ValueError, match="reproject it first"):
         reference.attach_mask(ws, raw, georef, {0: 0, 255: 1}, "other.tif")
+
+
+def test_another_workspace_of_other_classes_is_refused_with_both_class_lists(tmp_path):
+    from refiner.app.workspace import Workspace
+
+    ws = make_workspace(tmp_path)
+    two = ClassSpec(("background", "road"))
+    other = Workspace.create(tmp_path / "elsewhere", "roads", ws.tile(), two)
+    with pytest.raises(ValueError) as e:
+        reference.attach_workspace(ws, other)
+    said = str(e.value)
+    assert "the workspace roads has classes ['background', 'road']" in said
+    assert "this workspace has ['background', 'building', 'road']" in said and " — pick a workspace" in said

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from refiner.core.classes import ClassSpec
+from refiner.core.classes import ClassSpec, check_compatible
 
 
 def test_encode_decode_round_trip():
@@ -37,3 +37,20 @@ def test_parse_cli_strings():
     assert c.names == ("background", "road") and c.values == (0, 255)
     with pytest.raises(ValueError, match="comma-separated integers"):
         ClassSpec.parse("a,b", "0,x")
+
+
+def test_check_compatible_names_both_sides_and_what_to_do():
+    three = ClassSpec(("background", "building", "road"))
+    check_compatible(ClassSpec(("background", "building", "road"), (0, 128, 255)), three, "a", "b", "c")  # names only
+    check_compatible(["background", "building", "road"], three, "a", "b", "c")
+    check_compatible(3, three, "a", "b", "c")
+    with pytest.raises(ValueError) as e:
+        check_compatible(ClassSpec(("background", "road")), three, "the RNN x", "this workspace", "train a new one")
+    assert str(e.value) == (
+        "the RNN x has classes ['background', 'road'] but this workspace has ['background', 'building', 'road']"
+        " — train a new one"
+    )
+    with pytest.raises(ValueError, match=r"in another order\) — fix it"):
+        check_compatible(["road", "background", "building"], three, "the map", "the model", "fix it")
+    with pytest.raises(ValueError, match="^the probability map has 2 bands but the model has 3 classes — predict"):
+        check_compatible(2, three, "the probability map", "the model", "predict them again")

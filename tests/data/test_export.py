@@ -1,5 +1,6 @@
 import numpy as np
 import pyogrio
+import pytest
 import shapely
 
 from refiner.data.export import LINES, POLYGONS, centre_lines, class_polygons, thin, write_geopackage
@@ -73,3 +74,24 @@ def test_the_geopackage_has_a_centre_line_layer_for_roads(tmp_path, scene):
     line = shapely.from_wkb(geoms[0])
     assert 40 < fields[0][0] < 50 and abs(line.length - fields[0][0]) < 1e-9
     assert "32614" in meta["crs"]
+
+
+def test_a_geopackage_is_written_whole_or_not_at_all(tmp_path, scene):
+    """A write that fails midway (a cancelled scene run) leaves the previous file and no temporary."""
+    from refiner.data.export import write_geopackage_windows
+
+    m = _disc_map()
+    out = tmp_path / "out.gpkg"
+    assert write_geopackage(out, m, scene.georef, DEMO_CLASSES) == {POLYGONS: 2}
+    before = out.read_bytes()
+
+    def windows():
+        yield m, scene.georef
+        raise KeyboardInterrupt  # after the first window's features were written to the temporary
+
+    with pytest.raises(KeyboardInterrupt):
+        write_geopackage_windows(out, windows(), DEMO_CLASSES, crs=scene.georef.crs.to_wkt(), skip=())
+    assert out.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["out.gpkg"]
+    with pytest.raises(ValueError, match="at least one window"):
+        write_geopackage_windows(tmp_path / "none.gpkg", iter(()), DEMO_CLASSES, crs=None)
+    assert [p.name for p in tmp_path.iterdir()] == ["out.gpkg"]

@@ -244,3 +244,12 @@ def test_compiled_kernels_keep_compiling_past_dynamos_default_limit_in_any_threa
     thread.join()
     assert sorted(outs) == list(sizes)
     assert not [k for k in counters["unimplemented"] if "recompile limit" in k.lower()]
+
+
+@needs_cc
+def test_a_kernel_is_built_under_a_temporary_name_and_renamed_whole(tmp_path, monkeypatch):
+    monkeypatch.setenv("REFINER_CACHE", str(tmp_path))  # no kernel built before
+    monkeypatch.setattr(native, "_LIBS", {})
+    assert native.load(3) is not None
+    built = list((tmp_path / "native").iterdir())
+    assert len(built) == 1 and built[0].name.startswith("rnn_step_k3_") and built[0].suffix == ".so"  # no temporaries

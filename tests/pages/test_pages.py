@@ -87,6 +87,25 @@ def test_train_page_trains_in_the_background_and_shows_progress(app_ws):
     assert app_ws.holdout() is not None
 
 
+def test_train_form_defaults_are_the_config_dataclasses(tmp_path, monkeypatch):
+    """The form's widgets start at TrainParams' defaults (themselves the dataclasses'), the learning
+    rate at FINETUNE_DEFAULTS' when the start is the pretrained RNN."""
+    from refiner.train.rnn import FINETUNE_DEFAULTS
+
+    monkeypatch.setenv("REFINER_WORKSPACES", str(tmp_path))
+    monkeypatch.chdir(REPO)
+    make_workspace(tmp_path, with_rnn=False)  # no RNN yet: the pretrained one is the default start
+    at = run("pages/2_Train.py")
+    d = jobs.TrainParams()
+    assert "pretrained RNN" in at.radio(key="start_from").value
+    values = {k: at.number_input(key=k).value for k in ("steps", "lr_pretrained", "iterations", "batch", "patch")}
+    assert values == {"steps": d.steps, "lr_pretrained": FINETUNE_DEFAULTS.lr, "iterations": d.iterations,
+                      "batch": d.batch_size, "patch": d.patch_size}  # fmt: skip
+    assert at.slider(key="holdout").value == d.holdout and at.selectbox(key="variant").value == d.variant
+    at.radio(key="start_from").set_value("a new RNN (from scratch)").run()
+    assert at.number_input(key="lr").value == d.lr
+
+
 @pytest.mark.slow
 def test_compute_setting_comes_only_from_the_operator(app_ws, monkeypatch):
     monkeypatch.delenv("REFINER_SCHEDULER", raising=False)

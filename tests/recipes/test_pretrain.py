@@ -165,3 +165,22 @@ def test_calibrating_an_rnn_moves_each_class_bias_by_its_offset_over_t():
 
     assert value(bundle) >= value(before)
     assert value(bundle) > 0.9
+
+
+def test_the_model_card_is_written_whole_beside_the_model(tmp_path):
+    import json
+
+    from refiner.recipes.pretrain import _card
+
+    roles = {"train": ["a"], "val": [], "test": ["b"]}
+    score = {"overall_accuracy": 0.9, "iou_other": 0.8, "iou": 0.5, "mean_iou": 0.65, "pixels": 100}
+    card = {"title": "Pretrained rnn model", "summary": "s", "kind": "rnn", "classes": ["background", "road"],
+            "resolution_m": 1.0, "steps": 3, "training_seconds": 1.0, "machine": "m", "torch_threads": 1, "seed": 0,
+            "rebuild": "python -m refiner pretrain x.toml", "best_step": 2, "best_val": 0.5, "split_file": "split.toml",
+            "data": {"roads": roles}, "test_scores": {"road": score}}  # fmt: skip
+    _card(tmp_path, card)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["card.json", "card.md"]  # no temporaries left
+    assert json.loads((tmp_path / "card.json").read_text()) == card
+    md = (tmp_path / "card.md").read_text()
+    assert md.startswith("# Pretrained rnn model\n") and "| roads | 1 | 0 | b |" in md
+    assert md.endswith("cite the sources).\n")

@@ -2,17 +2,19 @@
 
 Status files with a heartbeat (a job whose process went away reads as interrupted), a cancel
 file the job polls, one job per workspace, and the backends that run them: a thread of the
-app's process by default, or a Dask cluster the operator configured.
+app's process by default, or a Dask cluster the operator configured. Every kind of job runs its
+body in :func:`job_run`, so they all write their status, cancel and end the same way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -55,7 +57,8 @@ def mark_failed(status: JobState, exc: BaseException) -> None:
     status.message = str(exc) or type(exc).__name__
 
 
-def _jobs_dir(ws: Workspace) -> Path:
+def jobs_dir(ws: Workspace) -> Path:
+    """The workspace's ``jobs/`` folder (created if missing): each kind's status and cancel files."""
     d = ws.path / "jobs"
     d.mkdir(exist_ok=True)
     return d
@@ -64,7 +67,7 @@ def _jobs_dir(ws: Workspace) -> Path:
 def write_status(ws: Workspace, status: Any, file: str = STATUS) -> None:
     """Save a job's status (a dataclass with ``id``, ``state``, ``updated``) as ``jobs/<file>``."""
     status.updated = time.time()
-    atomic_write_json(_jobs_dir(ws) / file, asdict(status))
+    atomic_write_json(jobs_dir(ws) / file, asdict(status))
 
 
 def read_job(ws: Workspace, kind: type, file: str, interrupted: str) -> Any:
@@ -79,10 +82,62 @@ def read_job(ws: Workspace, kind: type, file: str, interrupted: str) -> Any:
     return status
 
 
-def request_cancel(ws: Workspace) -> None:
-    """Ask the running training job to stop: it polls for the cancel file and saves what it has trained."""
+def request_cancel(ws: Workspace, file: str = CANCEL) -> None:
+    """Ask the workspace's job whose cancel file is ``file`` (training's by default) to stop."""
     ws.check_writable()
-    (_jobs_dir(ws) / CANCEL).touch()
+    (jobs_dir(ws) / file).touch()
+
+
+class Cancelled(Exception):
+    """Raised inside a job's body when its cancel file appears, to end the job as cancelled.
+
+    The exception's message (if any) becomes the status message.
+    """
+
+
+class JobRun:
+    """One run of a job, as its body sees it: the status to fill and save, and the cancel file to poll.
+
+    :meth:`save` writes the status, :meth:`cancelled` polls the cancel file.
+    """
+
+    def __init__(self, ws: Workspace, status: Any, files: tuple[str, str], every: float) -> None:
+        self.ws, self.status, self.file, self.every = ws, status, files[0], every
+        self.cancel = jobs_dir(ws) / files[1]
+        self._written = 0.0
+
+    def cancelled(self) -> bool:
+        """True once the user asked the job to stop."""
+        return self.cancel.exists()
+
+    def save(self, force: bool = False) -> None:
+        """Write the status (its run time updated), at most once every ``every`` seconds unless ``force``."""
+        now = time.time()
+        if force or now - self._written > self.every:
+            self.status.seconds = now - self.status.started
+            write_status(self.ws, self.status, self.file)
+            self._written = now
+
+
+@contextlib.contextmanager
+def job_run(ws: Workspace, status: Any, files: tuple[str, str], every: float = 0.5) -> Iterator[JobRun]:
+    """The context a job's body runs in (``as run``), reporting how it ended in the status file.
+
+    ``files`` are its status and cancel files. The body's errors are reported, not raised:
+    :class:`Cancelled` ends the job as cancelled, any other exception as failed
+    (:func:`mark_failed`). Either way, and on success, the cancel file is removed and the final
+    status written.
+    """
+    run = JobRun(ws, status, files, every)
+    try:
+        yield run
+    except Cancelled as exc:
+        status.state, status.message = "cancelled", str(exc) or "cancelled"
+    except Exception as exc:
+        mark_failed(status, exc)
+    finally:
+        run.cancel.unlink(missing_ok=True)
+        run.save(force=True)
 
 
 #: What each status file under ``jobs/`` is, for messages (other kinds are named by their file).
@@ -204,7 +259,7 @@ def launch(
                     f"a {kind} is already going in {where}: one job at a time per session, "
                     "so cancel it or wait for it to finish"
                 )
-        (_jobs_dir(ws) / files[1]).unlink(missing_ok=True)
+        (jobs_dir(ws) / files[1]).unlink(missing_ok=True)
         write_status(ws, status, files[0])
         _LIVE[status.id] = (backend or ThreadBackend()).submit(fn, *args)
         return status

@@ -14,17 +14,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from refiner.app.jobs.base import (
-    Backend,
-    JobState,
-    _jobs_dir,
-    launch,
-    mark_failed,
-    new_job_id,
-    read_job,
-    wait_for,
-    write_status,
-)
+from refiner.app.jobs.base import Backend, JobState, job_run, launch, new_job_id, read_job, request_cancel, wait_for
 from refiner.app.workspace import Workspace
 
 CRF_STATUS, CRF_CANCEL = "crf.json", "crf.cancel"
@@ -61,7 +51,7 @@ def read_crf_status(ws: Workspace) -> CRFSearchStatus | None:
 
 def request_crf_cancel(ws: Workspace) -> None:
     """Ask the running grid search to stop; it keeps the best parameters found so far."""
-    (_jobs_dir(ws) / CRF_CANCEL).touch()
+    request_cancel(ws, CRF_CANCEL)
 
 
 def run_crf_search(workspace: str | Path, job_id: str) -> dict:
@@ -70,20 +60,15 @@ def run_crf_search(workspace: str | Path, job_id: str) -> dict:
 
     ws = Workspace(Path(workspace))
     status = CRFSearchStatus(id=job_id, state="running", started=time.time())
-    cancel = _jobs_dir(ws) / CRF_CANCEL
+    with job_run(ws, status, (CRF_STATUS, CRF_CANCEL)) as run:
 
-    def save() -> None:
-        status.seconds = time.time() - status.started
-        write_status(ws, status, CRF_STATUS)
+        def progress(done: int, total: int, best: dict, best_iou: float) -> None:
+            status.done, status.total, status.best, status.best_mean_iou = done, total, best, best_iou
+            run.save(force=True)  # after every trial: each takes seconds
 
-    def progress(done: int, total: int, best: dict, best_iou: float) -> None:
-        status.done, status.total, status.best, status.best_mean_iou = done, total, best, best_iou
-        save()
-
-    try:
-        save()
+        run.save(force=True)
         status.tile_pixels = ws.shape[0] * ws.shape[1]
-        found = results.search_crf(ws, progress=progress, should_stop=cancel.exists)
+        found = results.search_crf(ws, progress=progress, should_stop=run.cancelled)
         status.searched_pixels = found.searched_pixels
         status.done, status.best = len(found.trials), found.best.to_dict()
         status.best_mean_iou = found.best_scores.mean_iou if found.trials else None
@@ -97,11 +82,6 @@ def run_crf_search(workspace: str | Path, job_id: str) -> dict:
                 f"cancelled after {len(found.trials)} of {status.total} settings"
                 + ("; the best so far is now in use" if found.trials else "; the parameters are unchanged")
             )
-    except Exception as exc:
-        mark_failed(status, exc)
-    finally:
-        cancel.unlink(missing_ok=True)
-        save()
     return asdict(status)
 
 

@@ -21,14 +21,14 @@ from pathlib import Path
 from refiner.app.demos import ASSETS
 from refiner.app.jobs.base import (
     Backend,
+    Cancelled,
     JobState,
-    _jobs_dir,
+    job_run,
     launch,
-    mark_failed,
     new_job_id,
     read_job,
+    request_cancel,
     wait_for,
-    write_status,
 )
 from refiner.app.workspace import Workspace
 
@@ -37,10 +37,6 @@ SCENE_STATUS, SCENE_CANCEL = "scene.json", "scene.cancel"
 DOWNLOAD_LIMIT = 200 * 2**20
 #: The scene's class map is turned into polygons and centre-lines by windows of this side (px).
 VECTOR_WINDOW = 4096
-
-
-class Cancelled(Exception):
-    """Raised from the progress callback when the user cancels; the scene writers clean up."""
 
 
 @dataclass
@@ -84,8 +80,7 @@ def read_scene_status(ws: Workspace) -> SceneStatus | None:
 
 def request_scene_cancel(ws: Workspace) -> None:
     """Ask the running scene job to stop; its writers remove the partial outputs."""
-    ws.check_writable()
-    (_jobs_dir(ws) / SCENE_CANCEL).touch()
+    request_cancel(ws, SCENE_CANCEL)
 
 
 def run_scene_job(
@@ -103,24 +98,17 @@ def run_scene_job(
 
     ws = Workspace(Path(workspace))
     status = SceneStatus(id=job_id, state="running", source=source, scheduler=scheduler, started=time.time())
-    cancel = _jobs_dir(ws) / SCENE_CANCEL
     out = scene_outputs(ws)
     out["refined_map"].parent.mkdir(exist_ok=True)
+    with job_run(ws, status, (SCENE_STATUS, SCENE_CANCEL)) as run:
 
-    def save(force: bool = False) -> None:
-        now = time.time()
-        if force or now - status.updated > 0.5:
-            status.seconds = now - status.started
-            write_status(ws, status, SCENE_STATUS)
+        def progress(done: int, total: int) -> None:
+            status.done, status.total = done, total
+            run.save()
+            if run.cancelled():  # raised through the scene writers, which remove their partial files
+                raise Cancelled("cancelled; the partial files were removed")
 
-    def progress(done: int, total: int) -> None:
-        status.done, status.total = done, total
-        save()
-        if cancel.exists():
-            raise Cancelled
-
-    try:
-        save(force=True)
+        run.save(force=True)
         cluster = None
         if scheduler:  # one client for the app's lifetime, not one (or one LocalCluster) per run
             from refiner.scale.cluster import shared_client
@@ -163,13 +151,6 @@ def run_scene_job(
         status.outputs["polygons"] = str(out["polygons"])
         status.state = "finished"
         status.message = f"{status.total} windows refined in {time.time() - status.started:.0f} s"
-    except Cancelled:
-        status.state, status.message = "cancelled", "cancelled; the partial files were removed"
-    except Exception as exc:
-        mark_failed(status, exc)
-    finally:
-        cancel.unlink(missing_ok=True)
-        save(force=True)
     return asdict(status)
 
 

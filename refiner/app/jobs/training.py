@@ -22,7 +22,7 @@ import os
 import socket
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,42 +35,45 @@ from refiner.app.jobs.base import (
     STATUS,
     Backend,
     JobState,
-    _jobs_dir,
+    job_run,
+    jobs_dir,
     launch,
-    mark_failed,
     new_job_id,
     read_job,
     wait_for,
-    write_status,
 )
 from refiner.app.workspace import Workspace
 from refiner.core.atomic import atomic_write_json, read_json
+from refiner.core.classes import check_compatible
 from refiner.models.rnn import RNNConfig
-from refiner.train.rnn import RNNTrainConfig
+from refiner.train.rnn import FINETUNE_DEFAULTS, RNNTrainConfig
 
-_RNN_FIELDS = RNNConfig.__dataclass_fields__
+_ARCH = {f.name: f.default for f in fields(RNNConfig)}
 _TRAIN = RNNTrainConfig()
 
 
 @dataclass
 class TrainParams:
-    """What the Train page asks for, with the engine's defaults (the paper's) but fewer steps for a CPU.
+    """What the Train page asks for, every default taken from a config dataclass.
 
-    The defaults are :class:`~refiner.train.rnn.RNNTrainConfig`'s and
-    :class:`~refiner.models.rnn.RNNConfig`'s.
+    The length of a run and how often it is evaluated come from
+    :data:`~refiner.train.rnn.FINETUNE_DEFAULTS` (a few minutes on a CPU; the app's usual start
+    is the pretrained RNN), the rest from :class:`~refiner.train.rnn.RNNTrainConfig` and
+    :class:`~refiner.models.rnn.RNNConfig` (the paper's). The regularisation of a fine-tune from
+    the pretrained RNN is added by :func:`run_config`.
     """
 
-    steps: int = 300  # a few minutes on a CPU (RNNTrainConfig's 1500 is for the paper's protocol)
-    iterations: int = _RNN_FIELDS["iterations"].default  # T
-    variant: str = _RNN_FIELDS["variant"].default
-    lr: float = _TRAIN.lr
+    steps: int = FINETUNE_DEFAULTS.steps  # RNNTrainConfig's 1500 is for the paper's protocol
+    iterations: int = _ARCH["iterations"]  # T
+    variant: str = _ARCH["variant"]
+    lr: float = _TRAIN.lr  # the page offers FINETUNE_DEFAULTS.lr for a fine-tune from the pretrained RNN
     batch_size: int = _TRAIN.batch_size
     patch_size: int = _TRAIN.patch_size
     holdout: float = _TRAIN.holdout
-    eval_every: int = 25
+    eval_every: int = FINETUNE_DEFAULTS.eval_every
     #: ... or every this many seconds, whichever comes first (None: by steps only)
     eval_seconds: float | None = _TRAIN.eval_seconds
-    checkpoint_every: int = 50
+    checkpoint_every: int = 50  # the app's own (the page asks for one every fifth of the run)
     seed: int = _TRAIN.seed
     resume: bool = True  # continue from the workspace's current RNN (else start a new one)
     #: When not resuming: the shipped RNN (a folder name in assets/pretrained) to fine-tune from,
@@ -82,6 +85,36 @@ class TrainParams:
     def from_dict(cls, d: dict) -> TrainParams:
         """Parameters from JSON, ignoring keys this version does not know."""
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+    @property
+    def from_pretrained(self) -> bool:
+        """A patch fine-tune of a shipped RNN (not continuing the workspace's, not from scratch)."""
+        return not self.resume and bool(self.pretrained)
+
+
+def run_config(p: TrainParams) -> RNNTrainConfig:
+    """The :class:`~refiner.train.rnn.RNNTrainConfig` a run of ``p`` trains with.
+
+    A fine-tune from the pretrained RNN starts from :data:`~refiner.train.rnn.FINETUNE_DEFAULTS`
+    (the regularisation measured for a painted patch: early stopping, the pull towards the start,
+    jitter, distillation, a fresh AdaGrad; evaluation by steps unless ``eval_seconds`` is None),
+    any other run from the dataclass's defaults; the page's values replace either. The held-out
+    regions are split off by the job on the tile's grid (hence ``holdout=0`` here).
+    """
+    base = FINETUNE_DEFAULTS if p.from_pretrained else RNNTrainConfig()
+    eval_seconds = base.eval_seconds if p.from_pretrained and p.eval_seconds is not None else p.eval_seconds
+    return replace(
+        base,
+        steps=p.steps,
+        batch_size=p.batch_size,
+        patch_size=p.patch_size,
+        lr=p.lr,
+        seed=p.seed,
+        holdout=0.0,
+        eval_every=p.eval_every,
+        eval_seconds=eval_seconds,
+        checkpoint_every=p.checkpoint_every,
+    )
 
 
 @dataclass
@@ -142,21 +175,11 @@ def run_training(workspace: str | Path, params: dict, job_id: str) -> dict:
     ws = Workspace(Path(workspace))
     p = TrainParams.from_dict(params)
     status = JobStatus(id=job_id, state="running", steps=p.steps, started=time.time(), params=asdict(p))
-    cancel = _jobs_dir(ws) / CANCEL
-    last_write = [0.0]
-
-    def save(force: bool = False) -> None:
-        now = time.time()
-        if force or now - last_write[0] > 0.5:
-            status.seconds = now - status.started
-            write_status(ws, status)
-            last_write[0] = now
-
-    try:
+    with job_run(ws, status, (STATUS, CANCEL)) as run:
         dev = pick_device(p.device)
         status.device = str(dev)
         status.host = f"{socket.gethostname()}:{os.getpid()}"
-        save(force=True)
+        run.save(force=True)
         classes = ws.classes
         tile = ws.tile()
         probs = ws.coarse_probs()
@@ -176,11 +199,11 @@ def run_training(workspace: str | Path, params: dict, job_id: str) -> dict:
         working = to_working(tile, resolution, probs, [train_labels, val_labels])
         work, probs, (train_labels, val_labels) = working.tile, working.probs, working.labels
         status.start_step = int(init.info.get("trained_steps", 0)) if init is not None else 0
-        earlier = read_json(_jobs_dir(ws) / CURVES) or {}
+        earlier = read_json(jobs_dir(ws) / CURVES) or {}
         if init is not None and p.resume and earlier.get("model_steps") == status.start_step:
             status.earlier_loss = [tuple(x) for x in earlier.get("loss", [])]
             status.earlier_val = list(earlier.get("val", []))
-        cfg = _train_config(p)
+        cfg = run_config(p)
         status.message = f"started from {start}"
         status.params = {**status.params, "started_from": start}
 
@@ -197,7 +220,7 @@ def run_training(workspace: str | Path, params: dict, job_id: str) -> dict:
                     }
                 )
                 status.best_val = rep.best_val
-            save(force=rep.val is not None)
+            run.save(force=rep.val is not None)
 
         has_val = bool((val_labels != 255).any())
         result = train_rnn(
@@ -211,7 +234,7 @@ def run_training(workspace: str | Path, params: dict, job_id: str) -> dict:
             resolution=resolution,
             device=dev,
             progress=progress,
-            should_stop=cancel.exists,
+            should_stop=run.cancelled,
             checkpoint_dir=ws.model_dir("checkpoint"),
             val_labels=val_labels if has_val else np.full_like(val_labels, 255),
         )
@@ -224,13 +247,8 @@ def run_training(workspace: str | Path, params: dict, job_id: str) -> dict:
         total = result.bundle.info.get("trained_steps", status.step)
         status.best_step = result.bundle.info.get("best_step")
         curves = {"loss": status.earlier_loss + status.loss, "val": status.earlier_val + status.val}
-        atomic_write_json(_jobs_dir(ws) / CURVES, {"model_steps": total, **curves})
+        atomic_write_json(jobs_dir(ws) / CURVES, {"model_steps": total, **curves})
         status.message = _final_message(status, result.stopped, total, start, has_val, guard)
-    except Exception as exc:
-        mark_failed(status, exc)
-    finally:
-        cancel.unlink(missing_ok=True)
-        save(force=True)
     return asdict(status)
 
 
@@ -249,34 +267,6 @@ def _starting_rnn(ws: Workspace, p: TrainParams, classes: Any) -> tuple[Any, str
     elif p.pretrained:
         return _pretrained_rnn(p.pretrained, classes), f"the pretrained RNN {p.pretrained}"
     return None, "a new RNN (from scratch)"
-
-
-def _train_config(p: TrainParams) -> RNNTrainConfig:
-    """The engine's training config for the page's parameters.
-
-    No hold-out of its own (the job splits the labels on the tile's grid); a patch fine-tune from
-    a pretrained RNN gets the regularisation measured for it (:data:`FINETUNE_DEFAULTS`).
-    """
-    from refiner.train.rnn import FINETUNE_DEFAULTS
-
-    cfg = RNNTrainConfig(
-        steps=p.steps,
-        batch_size=p.batch_size,
-        patch_size=p.patch_size,
-        lr=p.lr,
-        seed=p.seed,
-        holdout=0.0,
-        eval_every=p.eval_every,
-        eval_seconds=p.eval_seconds,
-        checkpoint_every=p.checkpoint_every,
-    )
-    if not p.resume and p.pretrained:  # a patch fine-tune: the regularisation measured for it
-        d = FINETUNE_DEFAULTS
-        cfg = replace(cfg, patience=d.patience, anchor=d.anchor, jitter=d.jitter, fresh_optimizer=True,
-                      distill=d.distill)  # fmt: skip
-        if p.eval_seconds is not None:
-            cfg = replace(cfg, eval_seconds=d.eval_seconds)
-    return cfg
 
 
 def _final_message(status: JobStatus, stopped: str, total: int, start: str, has_val: bool, guard: int) -> str:
@@ -308,11 +298,7 @@ def _pretrained_rnn(name: str, classes: Any) -> Any:
     if name not in found:
         raise ValueError(f"there is no shipped RNN called {name!r}: pick another start on the Train page")
     bundle = found[name].load()
-    if list(bundle.classes.names) != list(classes.names):
-        raise ValueError(
-            f"the pretrained RNN {name} knows classes {list(bundle.classes.names)}, this workspace has "
-            f"{list(classes.names)}: train a new RNN instead"
-        )
+    check_compatible(bundle.classes, classes, f"the pretrained RNN {name}", "this workspace", "train a new RNN instead")
     bundle.optimizer_state = None  # a new task: a fresh AdaGrad
     bundle.net.train()
     return bundle

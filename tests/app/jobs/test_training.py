@@ -80,3 +80,45 @@ def test_a_run_whose_process_died_reads_as_interrupted(ws):
     d["updated"] -= 3600
     atomic_write_json(ws.path / "jobs" / jobs.STATUS, d)
     assert jobs.read_status(ws).state == "interrupted"
+
+
+def test_the_train_params_and_the_run_config_restate_no_default():
+    """Every default comes from a config dataclass, so changing one there changes the app's too."""
+    from dataclasses import fields
+
+    from refiner.app.jobs.training import run_config
+    from refiner.models.rnn import RNNConfig
+    from refiner.train.rnn import FINETUNE_DEFAULTS, RNNTrainConfig
+
+    p, train = jobs.TrainParams(), RNNTrainConfig()
+    arch = {f.name: f.default for f in fields(RNNConfig)}
+    assert (p.steps, p.eval_every) == (FINETUNE_DEFAULTS.steps, FINETUNE_DEFAULTS.eval_every)
+    assert (p.lr, p.batch_size, p.patch_size, p.holdout, p.eval_seconds, p.seed) == (
+        train.lr, train.batch_size, train.patch_size, train.holdout, train.eval_seconds, train.seed)  # fmt: skip
+    assert (p.iterations, p.variant) == (arch["iterations"], arch["variant"])
+    # the page sets these; every other field is the start's dataclass default
+    page = {"steps", "batch_size", "patch_size", "lr", "seed", "holdout", "eval_every", "eval_seconds",
+            "checkpoint_every"}  # fmt: skip
+    pretrained = jobs.TrainParams(resume=False, pretrained="rnn_1m")
+    for params, base in ((pretrained, FINETUNE_DEFAULTS), (jobs.TrainParams(), train),
+                         (jobs.TrainParams(resume=False), train)):  # fmt: skip
+        cfg = run_config(params)
+        assert {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in page} == {
+            f.name: getattr(base, f.name) for f in fields(base) if f.name not in page}  # fmt: skip
+        assert (cfg.steps, cfg.lr, cfg.holdout) == (params.steps, params.lr, 0.0)  # held out by the job
+    assert run_config(pretrained).eval_seconds == FINETUNE_DEFAULTS.eval_seconds
+    assert run_config(jobs.TrainParams(eval_seconds=None)).eval_seconds is None
+
+
+def test_a_pretrained_rnn_of_other_classes_is_refused_before_training(tmp_path, scene):
+    from refiner.core.classes import ClassSpec
+
+    two = ClassSpec(("background", "road"))
+    ws = Workspace.create(tmp_path, "roads", scene.tile(), two)
+    ws.write_coarse_probs(coarse_probs_from_labels(np.minimum(scene.truth, 1), 2), {"source": "test"})
+    labels = np.full(scene.truth.shape, IGNORE, np.uint8)
+    labels[:48, :48] = np.minimum(scene.truth[:48, :48], 1)
+    ws.write_labels(labels)
+    out = jobs.run_training(str(ws.path), {"steps": 2, "resume": False, "pretrained": "rnn_1m"}, "j")
+    assert out["state"] == "failed" and "the pretrained RNN rnn_1m has classes" in out["message"]
+    assert "this workspace has ['background', 'road'] — train a new RNN instead" in out["message"]
