@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -139,7 +139,7 @@ def grid_search(
     image: np.ndarray,
     probs: np.ndarray,
     labels: np.ndarray,
-    grid: dict[str, Iterable[float]] | None = None,
+    grid: Mapping[str, Iterable[float]] | None = None,
     *,
     base: CRFParams = CRFParams(),
     progress: Callable[[int, int], None] | None = None,

@@ -116,7 +116,7 @@ def centre_lines(
     if not len(seg):
         return []
     xy = seg.reshape(-1, 2)
-    x, y = transform * (xy[:, 0], xy[:, 1])
+    x, y = transform * (xy[:, 0], xy[:, 1])  # type: ignore[operator]  # affine types one point; it maps arrays too
     merged = shapely.line_merge(shapely.MultiLineString(list(np.stack([x, y], -1).reshape(-1, 2, 2))))
     lines = list(merged.geoms) if hasattr(merged, "geoms") else [merged]
     if simplify:

@@ -47,7 +47,7 @@ class SyntheticScene:
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
-    n = ndimage.gaussian_filter(rng.standard_normal(shape), sigma, mode="wrap")
+    n: np.ndarray = ndimage.gaussian_filter(rng.standard_normal(shape), sigma, mode="wrap")
     return (n - n.mean()) / (n.std() + 1e-9)
 
 

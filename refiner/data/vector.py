@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from affine import Affine
@@ -30,7 +32,7 @@ def _load_geojson(path: str | Path) -> dict:
     return data
 
 
-def _feature_class(props: dict, classes: ClassSpec, class_property: str) -> int:
+def _feature_class(props: Mapping[str, Any] | None, classes: ClassSpec, class_property: str) -> int:
     """Class index of a feature: its ``class`` property (a name or mask value), else class 1."""
     value = (props or {}).get(class_property)
     if value is None:

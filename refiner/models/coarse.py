@@ -78,7 +78,8 @@ class CoarseCNN(nn.Module):
         for m in self.features:
             if isinstance(m, nn.Conv2d):
                 nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
         with torch.no_grad():
             self.upsample.weight.copy_(_bilinear_kernel(cfg.num_classes, 2 * s))
 

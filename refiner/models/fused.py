@@ -29,6 +29,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -272,14 +273,19 @@ class FusedRNN:
         idx = t if len(self.blocks) > 1 else 0
         return idx, self.blocks[idx]
 
-    def _native_kernel(self, device: torch.device):
+    def _native_kernel(self, device: torch.device) -> native.NativeLib | None:
         """The native step kernel (:mod:`refiner.models.native`) for fp32 on a CPU, else None."""
         if not self.native or device.type != "cpu" or self.dtype != torch.float32:
             return None
         return native.load(self.cfg.kernel_size)
 
     def _forward_native(
-        self, lib, image: torch.Tensor, probs: torch.Tensor, t_max: int, edges: tuple[int, int, int, int]
+        self,
+        lib: native.NativeLib,
+        image: torch.Tensor,
+        probs: torch.Tensor,
+        t_max: int,
+        edges: tuple[int, int, int, int],
     ) -> list[torch.Tensor]:
         """:meth:`_forward` with each iteration in the native kernel (same maths, other rounding order)."""
         r = self.cfg.kernel_size // 2
@@ -364,7 +370,7 @@ def _eager_tail(pre: torch.Tensor, term: torch.Tensor, u: torch.Tensor, out_w: t
     return u + du
 
 
-_COMPILED: dict[str, object] = {}
+_COMPILED: dict[str, Any] = {}  # "fn": the compiled tail; "failed": True once compiling failed
 
 
 #: Compiled tail kernels one process may keep (block shapes x steps x models seen).

@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -47,7 +47,7 @@ from refiner.core.atomic import atomic_write_json, read_json
 from refiner.models.rnn import RNNConfig
 from refiner.train.rnn import RNNTrainConfig
 
-_RNN_FIELDS = RNNConfig.__dataclass_fields__
+_RNN = RNNConfig(num_classes=2)  # for its defaults
 _TRAIN = RNNTrainConfig()
 
 
@@ -57,8 +57,8 @@ class TrainParams:
     :class:`~refiner.models.rnn.RNNConfig`'s defaults (the paper's), with fewer steps for a CPU."""
 
     steps: int = 300  # a few minutes on a CPU (RNNTrainConfig's 1500 is for the paper's protocol)
-    iterations: int = _RNN_FIELDS["iterations"].default  # T
-    variant: str = _RNN_FIELDS["variant"].default
+    iterations: int = _RNN.iterations  # T
+    variant: str = _RNN.variant
     lr: float = _TRAIN.lr
     batch_size: int = _TRAIN.batch_size
     patch_size: int = _TRAIN.patch_size
@@ -104,10 +104,10 @@ class JobStatus(JobState):
         return min(1.0, self.step / self.steps) if self.steps else 0.0
 
     @classmethod
-    def from_dict(cls, d: dict) -> JobStatus:
+    def from_dict(cls, d: dict[str, Any]) -> Self:
         status = super().from_dict(d)
-        status.loss = [tuple(x) for x in status.loss]
-        status.earlier_loss = [tuple(x) for x in status.earlier_loss]
+        status.loss = [(s, v) for s, v in status.loss]  # JSON lists back to (step, loss) tuples
+        status.earlier_loss = [(s, v) for s, v in status.earlier_loss]
         return status
 
 
@@ -176,7 +176,8 @@ def run_training(workspace: str | Path, params: dict, job_id: str) -> dict:
         ws.write_holdout(val_labels)
         ws.update_settings(holdout={"fraction": p.holdout, "guard_px": guard})
         working = to_working(tile, resolution, probs, [train_labels, val_labels])
-        work, probs, (train_labels, val_labels) = working.tile, working.probs, working.labels
+        work, work_probs, (train_labels, val_labels) = working.tile, working.probs, working.labels
+        assert work_probs is not None  # given, so on the working grid too
         status.start_step = int(init.info.get("trained_steps", 0)) if init is not None else 0
         earlier = read_json(_jobs_dir(ws) / CURVES) or {}
         if init is not None and p.resume and earlier.get("model_steps") == status.start_step:
@@ -220,7 +221,7 @@ def run_training(workspace: str | Path, params: dict, job_id: str) -> dict:
         has_val = bool((val_labels != 255).any())
         result = train_rnn(
             work.image,
-            probs,
+            work_probs,
             train_labels,
             classes,
             cfg,
