@@ -44,6 +44,7 @@ browser:
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 test: $(STAMP) lint browser
 	$(PY) -m pytest -q
