@@ -13,6 +13,7 @@ import itertools
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -31,11 +32,11 @@ class CRFParams:
     bilateral_compat: float = 5.0
     iterations: int = 5
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> CRFParams:
+    def from_dict(cls, d: dict[str, Any]) -> CRFParams:
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown CRF parameter(s) {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")

@@ -22,6 +22,7 @@ import shapely
 from affine import Affine
 from rasterio.features import shapes
 from rasterio.windows import Window
+from shapely.geometry.base import BaseGeometry
 
 from refiner.core.classes import IGNORE, ClassSpec
 from refiner.data.tile import Georef
@@ -29,7 +30,7 @@ from refiner.data.tile import Georef
 POLYGONS, LINES = "classes", "road_centrelines"
 
 
-def simplify_polygons(geoms: list, tolerance: float) -> list:
+def simplify_polygons(geoms: list[BaseGeometry], tolerance: float) -> list[BaseGeometry]:
     """Simplify polygons that tile the plane together, keeping their shared edges shared."""
     if not tolerance or not geoms:
         return geoms
@@ -45,7 +46,7 @@ def class_polygons(
     skip: tuple[int, ...] = (0,),
     min_pixels: int = 0,
     simplify: float = 0.0,
-) -> tuple[list, list[int]]:
+) -> tuple[list[BaseGeometry], list[int]]:
     """Regions of ``class_map`` as shapely polygons in map units (pixels when not georeferenced).
 
     ``skip`` lists class indices not to export (background by default); regions smaller than
@@ -93,7 +94,7 @@ def thin(mask: np.ndarray) -> np.ndarray:
 
 def centre_lines(
     mask: np.ndarray, georef: Georef | None, *, simplify: float = 0.0, min_length: float = 0.0
-) -> list:
+) -> list[BaseGeometry]:
     """Centre-lines of a (road) mask as shapely LineStrings in map units.
 
     The skeleton's pixels are joined to their 8-neighbours (a diagonal only where no two
@@ -133,11 +134,17 @@ def road_class(classes: ClassSpec) -> int | None:
 
 
 def _write_layer(
-    path: Path, layer: str, geoms: list, fields: dict[str, np.ndarray], kind: str, crs: str | None, append: bool
+    path: Path,
+    layer: str,
+    geoms: list[BaseGeometry],
+    fields: dict[str, np.ndarray],
+    kind: str,
+    crs: str | None,
+    append: bool,
 ) -> None:
-    multi = [shapely.MultiPolygon([g]) if g.geom_type == "Polygon" else g for g in geoms]
+    multi = [shapely.MultiPolygon([g]) if isinstance(g, shapely.Polygon) else g for g in geoms]
     if kind == "MultiLineString":
-        multi = [shapely.MultiLineString([g]) if g.geom_type == "LineString" else g for g in geoms]
+        multi = [shapely.MultiLineString([g]) if isinstance(g, shapely.LineString) else g for g in geoms]
     pyogrio.raw.write(
         str(path),
         geometry=np.array(shapely.to_wkb(multi), dtype=object) if multi else np.array([], dtype=object),
@@ -151,7 +158,7 @@ def _write_layer(
     )
 
 
-def _polygon_fields(geoms: list, values: list[int], classes: ClassSpec) -> dict[str, np.ndarray]:
+def _polygon_fields(geoms: list[BaseGeometry], values: list[int], classes: ClassSpec) -> dict[str, np.ndarray]:
     return {
         "class": np.array([classes.names[v] for v in values], dtype=object),
         "value": np.array([classes.values[v] for v in values], dtype=np.int32),

@@ -21,6 +21,8 @@ from refiner.core.classes import IGNORE, ClassSpec
 # label helpers below (``degrade_labels``, ``coarse_like``) and the tests' conftest must import
 # on the GPU machine, whose Python has torch and numpy but no rasterio (benchmarks/gpu_run.py).
 if TYPE_CHECKING:
+    from rasterio.crs import CRS
+
     from refiner.data.tile import Georef, Tile
 
 BACKGROUND, BUILDING, ROAD = 0, 1, 2
@@ -198,7 +200,7 @@ def coarse_like(labels: np.ndarray, k: int, *, sigma: float = 2.5, stride: int =
     return (p / p.sum(0, keepdims=True)).astype(np.float32)
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> CRS:
     """``DEMO_CRS`` (a rasterio CRS), made on first use so importing this module needs no rasterio."""
     if name == "DEMO_CRS":
         from rasterio.crs import CRS

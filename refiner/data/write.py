@@ -7,6 +7,7 @@ import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from types import TracebackType
 
 import numpy as np
 import rasterio
@@ -187,5 +188,7 @@ class RasterWriter:
     def __enter__(self) -> RasterWriter:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close(keep=exc_type is None)

@@ -8,6 +8,7 @@ classes are decided on a grid four times coarser than the image, then upsampled.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +39,7 @@ class CoarseConfig:
                 raise ValueError(f"class_bias has {len(bias)} values for {self.num_classes} classes")
             object.__setattr__(self, "class_bias", bias)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 

@@ -27,6 +27,7 @@ import functools
 import os
 import warnings
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ import torch.nn.functional as F
 
 from refiner.core.windows import even_size
 from refiner.models import native
-from refiner.models.rnn import RefinerRNN, RNNConfig, probs_to_scores
+from refiner.models.rnn import IterationParams, RefinerRNN, RNNConfig, probs_to_scores
 
 #: Bytes of one set of hidden features a CPU block may hold (``K * hidden`` fp32 maps over the
 #: block and its halo) with the torch ops, which keep two such sets (pre-activations and image
@@ -150,7 +151,7 @@ class FusedRNN:
             self.blocks = [self._fold(b) for b in net.blocks]
         self.device = self.blocks[0].filters.device
 
-    def _fold(self, blk) -> FoldedBlock:
+    def _fold(self, blk: IterationParams) -> FoldedBlock:
         filters, proj, out_w, out_b = blk.folded()
         d = self.dtype
         return FoldedBlock(
@@ -348,7 +349,9 @@ def _replicate_edges(u: torch.Tensor, edges: list[int]) -> None:
         u[..., :, w - right :] = u[..., :, w - right - 1 : w - right]
 
 
-def _tail(pre: torch.Tensor, term: torch.Tensor, u: torch.Tensor, out_w: torch.Tensor, out_b: torch.Tensor):
+def _tail(
+    pre: torch.Tensor, term: torch.Tensor, u: torch.Tensor, out_w: torch.Tensor, out_b: torch.Tensor
+) -> torch.Tensor:
     """``u + f_out(relu(pre + term))``: the memory-bound part of an iteration, in one pass when compiled."""
     b, kh, h, w = pre.shape
     k = u.shape[1]
@@ -357,7 +360,9 @@ def _tail(pre: torch.Tensor, term: torch.Tensor, u: torch.Tensor, out_w: torch.T
     return u + du + out_b.view(1, k, 1, 1)
 
 
-def _eager_tail(pre: torch.Tensor, term: torch.Tensor, u: torch.Tensor, out_w: torch.Tensor, out_b: torch.Tensor):
+def _eager_tail(
+    pre: torch.Tensor, term: torch.Tensor, u: torch.Tensor, out_w: torch.Tensor, out_b: torch.Tensor
+) -> torch.Tensor:
     """:func:`_tail` without a compiler: the output layer as one GEMM on channels-last rows.
 
     (A strided multiply-and-sum over the hidden units is ~10x slower in eager mode.)
@@ -377,7 +382,7 @@ _COMPILED: dict[str, Any] = {}  # "fn": the compiled tail; "failed": True once c
 RECOMPILE_LIMIT = 256
 
 
-def _compile_limits():
+def _compile_limits() -> AbstractContextManager[None]:
     """Dynamo's recompile limit raised to :data:`RECOMPILE_LIMIT` for this thread, for a ``with`` block."""
     import torch._dynamo
 
@@ -387,7 +392,10 @@ def _compile_limits():
     )
 
 
-def _tail_fn(compile: bool):
+TailFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _tail_fn(compile: bool) -> TailFn:
     """The tail, compiled by TorchInductor into one fused loop when possible (else eager).
 
     Compiling needs a C++ compiler; when it fails (or ``REFINER_COMPILE=0``) the eager version
@@ -405,7 +413,7 @@ def _tail_fn(compile: bool):
         # raised around each call (:func:`_compile_limits`), not once globally.
         _COMPILED["fn"] = torch.compile(_tail, dynamic=False)
 
-    def run(*args):
+    def run(*args: torch.Tensor) -> torch.Tensor:
         try:
             with _compile_limits():
                 return _COMPILED["fn"](*args)

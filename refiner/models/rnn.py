@@ -68,7 +68,7 @@ class RNNConfig:
         # pointwise, so I is read within r*(T-1) + r = r*T as well.
         return (self.kernel_size // 2) * self.iterations
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
