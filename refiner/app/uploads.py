@@ -32,7 +32,7 @@ def sniff_image(data: bytes, name: str) -> None:
         raise ValueError(f"{name} is not an image Refiner can read: upload a GeoTIFF, PNG or JPEG file")
 
 
-def _staged(data: bytes, name: str):
+def _staged(data: bytes, name: str) -> Path:
     """A temporary copy of uploaded bytes with the upload's suffix (GDAL picks drivers by it)."""
     suffix = Path(name).suffix.lower() or ".tif"
     fd, tmp = tempfile.mkstemp(suffix=suffix)
