@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -31,11 +32,11 @@ class CRFParams:
     bilateral_compat: float = 5.0
     iterations: int = 5
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> CRFParams:
+    def from_dict(cls, d: dict[str, Any]) -> CRFParams:
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown CRF parameter(s) {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
@@ -139,7 +140,7 @@ def grid_search(
     image: np.ndarray,
     probs: np.ndarray,
     labels: np.ndarray,
-    grid: dict[str, Iterable[float]] | None = None,
+    grid: Mapping[str, Iterable[float]] | None = None,
     *,
     base: CRFParams = CRFParams(),
     progress: Callable[[int, int], None] | None = None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 
-def pick_device(prefer: str | None = None) -> torch.device:
+def pick_device(prefer: str | torch.device | None = None) -> torch.device:
     """``cuda`` when available, else ``mps``, else ``cpu`` (or what ``prefer`` names)."""
     if prefer and prefer != "auto":
         return torch.device(prefer)

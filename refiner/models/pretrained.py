@@ -26,11 +26,13 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
 from refiner.core.classes import ClassSpec
-from refiner.models.store import CONFIG, WEIGHTS, ModelBundle, load_model
+from refiner.data.tile import Tile
+from refiner.models.store import CONFIG, WEIGHTS, AnyBundle, load_model
 
 PRETRAINED = Path(__file__).resolve().parents[2] / "assets" / "pretrained"
 #: A model fits tiles from resolution * FINEST to resolution * COARSEST metres per pixel.
@@ -53,9 +55,9 @@ class Shipped:
     folder: Path
     classes: ClassSpec
     resolution: float | None
-    card: dict = field(default_factory=dict, hash=False, compare=False)
+    card: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
-    def load(self) -> ModelBundle:
+    def load(self) -> AnyBundle:
         return load_model(self.folder, expect=self.kind)
 
     def summary(self) -> str:
@@ -161,7 +163,7 @@ def class_merge(workspace: ClassSpec, model: ClassSpec) -> tuple[tuple[tuple[int
 
 def pick_coarse(classes: ClassSpec, resolution: float | None, *, root: str | Path | None = None) -> Pick:
     """The shipped coarse CNN for a workspace's classes and ground resolution (rules: module doc)."""
-    fits: list[tuple[tuple, Shipped, tuple, str]] = []
+    fits: list[tuple[tuple[bool, float, str], Shipped, tuple[tuple[int, ...], ...], str]] = []
     why_not = []
     for m in catalogue(root):
         if m.kind != "coarse":
@@ -202,21 +204,33 @@ def _none_reason(what: str, classes: ClassSpec, why_not: list[str]) -> str:
     return head + (" (" + "; ".join(why_not) + ")" if why_not else " (none is installed in assets/pretrained)")
 
 
-def coarse_probs_for(pick: Pick, tile) -> np.ndarray:
+def coarse_probs_for(pick: Pick, tile: Tile) -> np.ndarray:
     """Run the picked coarse CNN on ``tile`` and return probabilities in the workspace's classes."""
     from refiner.models.inference import predict_coarse
 
     if pick.model is None:
         raise ValueError(pick.reason)
-    return pick.adapt(predict_coarse(pick.model.load(), tile))
+    return pick.adapt(predict_coarse(load_model(pick.model.folder, expect="coarse"), tile))
 
 
-def workspace_resolution(ws) -> float | None:
+class WorkspaceLike(Protocol):
+    """What this module reads and writes of a workspace (:class:`refiner.app.workspace.Workspace`,
+    a layer above, so named here by what it does)."""
+
+    @property
+    def classes(self) -> ClassSpec: ...
+    @property
+    def settings(self) -> dict[str, Any]: ...
+    def tile(self) -> Tile: ...
+    def write_coarse_probs(self, probs: np.ndarray, origin: dict[str, Any]) -> None: ...
+
+
+def workspace_resolution(ws: WorkspaceLike) -> float | None:
     """A workspace's ground resolution: from its georeferencing, or as the user stated it."""
     return (ws.settings.get("source") or {}).get("resolution")
 
 
-def coarse_into_workspace(ws, *, root: str | Path | None = None) -> Pick:
+def coarse_into_workspace(ws: WorkspaceLike, *, root: str | Path | None = None) -> Pick:
     """Pick the shipped coarse CNN for a workspace and, when one fits, write its probabilities
     there (the source says which model and why); the pick is returned either way."""
     pick = pick_coarse(ws.classes, workspace_resolution(ws), root=root)
