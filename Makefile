@@ -44,12 +44,13 @@ browser:
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 test: $(STAMP) lint browser
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf runs .pytest_cache .ruff_cache
+	rm -rf runs .pytest_cache .ruff_cache .mypy_cache
 
 # Benchmarks (slow; numbers go in docs/benchmarks.md). Not part of `test`.
 .PHONY: bench

@@ -218,6 +218,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         labels = restrict_to_window(labels, args.window)
     working = to_working(tile, args.resolution, probs, [labels])
     work, probs, labels = working.tile, working.probs, working.labels[0]
+    assert probs is not None  # given, so on the working grid too
     if args.init:
         return _finetune_from_pretrained(args, work, probs, labels, classes, start)
     init = start

@@ -57,7 +57,7 @@ def check_url(url: str) -> str:
     except (socket.gaierror, UnicodeError, ValueError) as exc:
         raise ValueError(f"the host {parts.hostname!r} cannot be found — check the URL") from exc
     for info in infos:
-        addr = ipaddress.ip_address(info[4][0].split("%", 1)[0])
+        addr = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])  # an IPv4/IPv6 host string for TCP
         if not addr.is_global or addr.is_multicast:
             raise ValueError(
                 f"the host {parts.hostname!r} is on a private, loopback or link-local network, which the "

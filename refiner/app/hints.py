@@ -204,7 +204,9 @@ def random_boxes(labels: np.ndarray, n: int = 5, size: int = 32, seed: int = 0) 
     return boxes
 
 
-def draw_boxes(rgb: np.ndarray, boxes: Sequence[Box], colour=(255, 0, 255), width: int = 2) -> np.ndarray:
+def draw_boxes(
+    rgb: np.ndarray, boxes: Sequence[Box], colour: tuple[int, int, int] = (255, 0, 255), width: int = 2
+) -> np.ndarray:
     """The boxes' outlines drawn on a copy of ``rgb`` (H, W, 3) uint8."""
     out = rgb.copy()
     for b in boxes:

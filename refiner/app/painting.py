@@ -81,9 +81,11 @@ def visible_color(rgb: Sequence[int]) -> tuple[int, int, int]:
     """``rgb`` mixed with white just enough to reach :data:`MIN_LUMINANCE` (unchanged if bright)."""
     lum = luminance(rgb)
     if lum >= MIN_LUMINANCE:
-        return tuple(int(v) for v in rgb[:3])
+        r, g, b = (int(v) for v in rgb[:3])
+        return r, g, b
     t = (MIN_LUMINANCE - lum) / (1.0 - lum)
-    return tuple(int(round(v + (255 - v) * t)) for v in rgb[:3])
+    r, g, b = (int(round(v + (255 - v) * t)) for v in rgb[:3])
+    return r, g, b
 
 
 def brush_colors(classes: ClassSpec) -> list[tuple[int, int, int]]:
@@ -95,7 +97,7 @@ def brush_colors(classes: ClassSpec) -> list[tuple[int, int, int]]:
     out: list[tuple[int, int, int]] = []
     for c in classes.colors:
         lifted = visible_color(c)
-        out.append(tuple(c) if lifted in out or lifted in classes.colors else lifted)
+        out.append(c if lifted in out or lifted in classes.colors else lifted)
     return out + [ERASER]
 
 

@@ -7,12 +7,17 @@ reports draw the same way.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import plotly.graph_objects as go
 import torch
 
 from refiner.core.classes import IGNORE, ClassSpec
+
+if TYPE_CHECKING:
+    from refiner.models.rnn import RefinerRNN
+    from refiner.models.store import ModelBundle
 
 #: Viridis at 9 stops (perceptually uniform, readable by colour-blind people).
 _VIRIDIS = np.array(
@@ -137,12 +142,12 @@ def downscale_to(image: np.ndarray, max_side: int) -> np.ndarray:
 # --------------------------------------------------------------------------- learned filters
 
 
-def map_kernels(net: torch.nn.Module, block: int = 0) -> np.ndarray:
+def map_kernels(net: RefinerRNN, block: int = 0) -> np.ndarray:
     """The learned ``M_i`` (filters on the heat maps): (n, k, k)."""
     return net.blocks[block].map_filters.weight.detach().cpu().numpy()[:, 0]
 
 
-def image_kernels(net: torch.nn.Module, block: int = 0) -> np.ndarray:
+def image_kernels(net: RefinerRNN, block: int = 0) -> np.ndarray:
     """The learned ``N_j`` (filters on the image): (n, C, k, k)."""
     return net.blocks[block].image_filters.weight.detach().cpu().numpy()
 
@@ -162,7 +167,13 @@ def kernel_image(kernel: np.ndarray, size: int = 60) -> np.ndarray:
 
 
 def filter_response(
-    bundle, image: np.ndarray, probs: np.ndarray, kind: str, index: int, class_index: int = 0, block: int = 0
+    bundle: ModelBundle[RefinerRNN],
+    image: np.ndarray,
+    probs: np.ndarray,
+    kind: str,
+    index: int,
+    class_index: int = 0,
+    block: int = 0,
 ) -> np.ndarray:
     """Response (H, W) of one learned filter on the tile (Fig. 11 of the paper).
 
@@ -217,12 +228,12 @@ def loss_figure(
         if points:
             steps, values = zip(*points, strict=True)
             fig.add_trace(go.Scatter(x=steps, y=values, mode="lines", name=name, line=style))
-    for points, name, style in ((earlier_val, "held-out mean IoU, earlier", {"color": "#bbbbbb", "dash": "dot"}),
+    for scores, name, style in ((earlier_val, "held-out mean IoU, earlier", {"color": "#bbbbbb", "dash": "dot"}),
                                 (val, "held-out mean IoU", {})):  # fmt: skip
-        if points:
+        if scores:
             fig.add_trace(
                 go.Scatter(
-                    x=[v["step"] for v in points], y=[v["mean_iou"] for v in points], mode="lines+markers",
+                    x=[v["step"] for v in scores], y=[v["mean_iou"] for v in scores], mode="lines+markers",
                     name=name, yaxis="y2", line=style,
                 )  # fmt: skip
             )

@@ -441,7 +441,7 @@ class Workspace:
         p = self.results_dir() / f"{name}.npz"
         # unique per writer: the fixed name ``refinement.npz.tmp.npz`` failed 2 of 4 fresh pages
         with atomic_file(p) as tmp, open(tmp, "wb") as f:
-            np.savez(f, stamp=np.array(stamp), **arrays)
+            np.savez(f, allow_pickle=False, stamp=np.array(stamp), **arrays)  # numbers only, as np.load reads
 
 
 def list_workspaces(root: str | Path) -> list[str]:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -31,12 +32,12 @@ class CRFParams:
     bilateral_compat: float = 5.0
     iterations: int = 5
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """The parameters as JSON (kept in workspace settings, read by ``crf --params``)."""
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> CRFParams:
+    def from_dict(cls, d: dict[str, Any]) -> CRFParams:
         """Parameters from JSON, refusing unknown names (a typo would otherwise silently keep a default)."""
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
@@ -144,7 +145,7 @@ def grid_search(
     image: np.ndarray,
     probs: np.ndarray,
     labels: np.ndarray,
-    grid: dict[str, Iterable[float]] | None = None,
+    grid: Mapping[str, Iterable[float]] | None = None,
     *,
     base: CRFParams = CRFParams(),
     progress: Callable[[int, int], None] | None = None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -71,7 +72,7 @@ class ClassSpec:
             if mask.min() < 0 or mask.max() > 255:
                 raise ValueError("label mask values must lie in 0..255")
             mask = mask.astype(np.uint8)
-        out = lut[mask]
+        out: np.ndarray = lut[mask]
         if strict:
             unknown = (out == IGNORE) & (mask != IGNORE)
             if unknown.any():
@@ -89,12 +90,12 @@ class ClassSpec:
             lut[i] = v
         return lut[np.asarray(index_map, dtype=np.uint8)]
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """The JSON form kept in workspace settings and model configs (:meth:`from_dict` reads it back)."""
         return {"names": list(self.names), "values": list(self.values), "colors": [list(c) for c in self.colors]}
 
     @classmethod
-    def from_dict(cls, d: dict) -> ClassSpec:
+    def from_dict(cls, d: dict[str, Any]) -> ClassSpec:
         """A class spec from :meth:`to_dict`'s JSON; missing label values and colours take the defaults."""
         return cls(tuple(d["names"]), tuple(d.get("values", ())), tuple(tuple(c) for c in d.get("colors", ())))
 

@@ -8,6 +8,7 @@ mean rather than counted as 0 or 1.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +37,7 @@ class Scores:
     mean_iou: float
     pixels: int
 
-    def to_dict(self, names: tuple[str, ...] | list[str]) -> dict:
+    def to_dict(self, names: tuple[str, ...] | list[str]) -> dict[str, Any]:
         """The scores as JSON, IoU keyed by class name (an absent class's NaN as None)."""
         return {
             "overall_accuracy": self.overall_accuracy,

@@ -22,6 +22,7 @@ import shapely
 from affine import Affine
 from rasterio.features import shapes
 from rasterio.windows import Window
+from shapely.geometry.base import BaseGeometry
 
 from refiner.core.atomic import atomic_file
 from refiner.core.classes import IGNORE, ClassSpec
@@ -30,7 +31,7 @@ from refiner.data.tile import Georef
 POLYGONS, LINES = "classes", "road_centrelines"
 
 
-def simplify_polygons(geoms: list, tolerance: float) -> list:
+def simplify_polygons(geoms: list[BaseGeometry], tolerance: float) -> list[BaseGeometry]:
     """Simplify polygons that tile the plane together, keeping their shared edges shared."""
     if not tolerance or not geoms:
         return geoms
@@ -46,7 +47,7 @@ def class_polygons(
     skip: tuple[int, ...] = (0,),
     min_pixels: int = 0,
     simplify: float = 0.0,
-) -> tuple[list, list[int]]:
+) -> tuple[list[BaseGeometry], list[int]]:
     """Regions of ``class_map`` as shapely polygons in map units (pixels when not georeferenced).
 
     ``skip`` lists class indices not to export (background by default); regions smaller than
@@ -94,7 +95,7 @@ def thin(mask: np.ndarray) -> np.ndarray:
 
 def centre_lines(
     mask: np.ndarray, georef: Georef | None, *, simplify: float = 0.0, min_length: float = 0.0
-) -> list:
+) -> list[BaseGeometry]:
     """Centre-lines of a (road) mask as shapely LineStrings in map units.
 
     The skeleton's pixels are joined to their 8-neighbours (a diagonal only where no two
@@ -117,7 +118,7 @@ def centre_lines(
     if not len(seg):
         return []
     xy = seg.reshape(-1, 2)
-    x, y = transform * (xy[:, 0], xy[:, 1])
+    x, y = transform * (xy[:, 0], xy[:, 1])  # type: ignore[operator]  # affine types one point; it maps arrays too
     merged = shapely.line_merge(shapely.MultiLineString(list(np.stack([x, y], -1).reshape(-1, 2, 2))))
     lines = list(merged.geoms) if hasattr(merged, "geoms") else [merged]
     if simplify:
@@ -134,11 +135,17 @@ def road_class(classes: ClassSpec) -> int | None:
 
 
 def _write_layer(
-    path: Path, layer: str, geoms: list, fields: dict[str, np.ndarray], kind: str, crs: str | None, append: bool
+    path: Path,
+    layer: str,
+    geoms: list[BaseGeometry],
+    fields: dict[str, np.ndarray],
+    kind: str,
+    crs: str | None,
+    append: bool,
 ) -> None:
-    multi = [shapely.MultiPolygon([g]) if g.geom_type == "Polygon" else g for g in geoms]
+    multi = [shapely.MultiPolygon([g]) if isinstance(g, shapely.Polygon) else g for g in geoms]
     if kind == "MultiLineString":
-        multi = [shapely.MultiLineString([g]) if g.geom_type == "LineString" else g for g in geoms]
+        multi = [shapely.MultiLineString([g]) if isinstance(g, shapely.LineString) else g for g in geoms]
     pyogrio.raw.write(
         str(path),
         geometry=np.array(shapely.to_wkb(multi), dtype=object) if multi else np.array([], dtype=object),
@@ -152,7 +159,7 @@ def _write_layer(
     )
 
 
-def _polygon_fields(geoms: list, values: list[int], classes: ClassSpec) -> dict[str, np.ndarray]:
+def _polygon_fields(geoms: list[BaseGeometry], values: list[int], classes: ClassSpec) -> dict[str, np.ndarray]:
     return {
         "class": np.array([classes.names[v] for v in values], dtype=object),
         "value": np.array([classes.values[v] for v in values], dtype=np.int32),

@@ -65,6 +65,7 @@ def read_mask(data: bytes, name: str, tile: Tile, classes: ClassSpec) -> MaskFil
     fd, tmp = tempfile.mkstemp(suffix=Path(lower).suffix)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+    nodata: int | None
     try:
         if lower.endswith(VECTOR_SUFFIXES):
             labels = read_labels(tmp, classes, like=tile)
@@ -74,8 +75,8 @@ def read_mask(data: bytes, name: str, tile: Tile, classes: ClassSpec) -> MaskFil
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 with rasterio.open(tmp) as ds:
                     band = ds.read(1)
-                    nodata = ds.nodata
-            raw, nodata = _as_values(band, name), _as_value(nodata)
+                    declared = ds.nodata
+            raw, nodata = _as_values(band, name), _as_value(declared)
     except RasterError as exc:
         raise ValueError(str(exc).replace(tmp, name)) from exc
     except (RasterioError, OSError) as exc:

@@ -25,11 +25,13 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning, RasterioError, RasterioIOError
+from rasterio.io import DatasetReader
 from rasterio.windows import Window
 
 from refiner.core.classes import IGNORE, ClassSpec
@@ -49,7 +51,7 @@ def max_read_pixels() -> int:
     return int(raw) if raw.isdigit() and int(raw) > 0 else DEFAULT_MAX_READ_PIXELS
 
 
-def check_declared_size(ds, win: Window | None, path: str | Path) -> None:
+def check_declared_size(ds: DatasetReader, win: Window | None, path: str | Path) -> None:
     """Refuse, before reading, a read larger than :func:`max_read_pixels` (the limit is in the message)."""
     h, w = (int(win.height), int(win.width)) if win is not None else (ds.height, ds.width)
     limit = max_read_pixels()
@@ -61,7 +63,7 @@ def check_declared_size(ds, win: Window | None, path: str | Path) -> None:
         )
 
 
-def _open(path: str | Path):
+def _open(path: str | Path) -> DatasetReader:
     path = str(path)
     if "://" not in path and not Path(path).exists():
         raise FileNotFoundError(f"no such file: {path}")
@@ -73,7 +75,7 @@ def _open(path: str | Path):
         raise RasterError(f"cannot read {path} as a raster (GeoTIFF, PNG or JPEG): {exc}") from exc
 
 
-def _read(ds, path: str | Path, *args, **kwargs) -> np.ndarray:
+def _read(ds: DatasetReader, path: str | Path, *args: Any, **kwargs: Any) -> np.ndarray:
     """``ds.read`` with a damaged or truncated file named in one line.
 
     Rasterio's own message is "Read failed. See previous exception for details.".
@@ -88,7 +90,7 @@ def _read(ds, path: str | Path, *args, **kwargs) -> np.ndarray:
         ) from exc
 
 
-def _georef(ds) -> Georef | None:
+def _georef(ds: DatasetReader) -> Georef | None:
     if ds.crs is None or ds.transform == Affine.identity():
         return None
     return Georef(ds.crs, ds.transform)
@@ -116,10 +118,10 @@ class ScaleNote(UserWarning):
 #: Float imagery is taken as 0-1 (scaling rule); one whose values pass this is taken as 0-255
 #: (an 8-bit image saved as float: clipping it to 1 made 99.998 % of a scene white).
 FLOAT_AS_255_ABOVE = 1.5
-_FLOAT_PEAKS: dict[tuple, float] = {}
+_FLOAT_PEAKS: dict[tuple[str, int, tuple[int, ...]], float] = {}  # (path, mtime, bands) -> peak
 
 
-def _float_divisor(ds, bands: Sequence[int], path: str | Path) -> float:
+def _float_divisor(ds: DatasetReader, bands: Sequence[int], path: str | Path) -> float:
     """1 for float imagery in 0-1, 255 (with a :class:`ScaleNote`) for 0-255; other ranges are refused.
 
     Decided from the whole file (a sample of at most 512 x 512 pixels, cached per file), so every
@@ -158,7 +160,7 @@ def _to_window(window: Sequence[int] | None) -> Window | None:
     return Window(col, row, width, height)
 
 
-def default_bands(count: int, ds=None) -> tuple[int, ...]:
+def default_bands(count: int, ds: DatasetReader | None = None) -> tuple[int, ...]:
     """Bands to use as RGB: colour-interpreted ones when declared, else 1-3."""
     if ds is not None:
         from rasterio.enums import ColorInterp
@@ -212,7 +214,7 @@ def read_image(
     return Tile(image=image, valid=valid, georef=georef, source=str(path), dtype=dtype, band_count=count)
 
 
-def _valid(ds, bands: Sequence[int], win: Window | None) -> np.ndarray:
+def _valid(ds: DatasetReader, bands: Sequence[int], win: Window | None) -> np.ndarray:
     """Where every one of ``bands`` has data (GDAL masks: nodata, alpha or mask band)."""
     return (ds.read_masks(list(bands), window=win) > 0).all(axis=0)
 
@@ -225,7 +227,7 @@ def read_valid(
         return _valid(ds, tuple(bands) if bands else default_bands(ds.count, ds), _to_window(window))
 
 
-def raster_info(path: str | Path) -> dict:
+def raster_info(path: str | Path) -> dict[str, Any]:
     """Size, bands, data type, CRS and resolution of a raster, without reading its pixels."""
     with _open(path) as ds:
         georef = _georef(ds)
@@ -381,7 +383,7 @@ def check_prob_sums(data: np.ndarray, path: str | Path, whole: bool = True) -> N
         )
 
 
-def streaming_env(cache_mb: int = 256):
+def streaming_env(cache_mb: int = 256) -> rasterio.Env:
     """A rasterio environment whose GDAL block cache is ``cache_mb`` MiB, so memory does not grow with the scene.
 
     rasterio takes an integer ``GDAL_CACHEMAX`` in bytes (GDAL's own "< 100000 means MB" rule

@@ -21,6 +21,8 @@ from refiner.core.classes import IGNORE, ClassSpec
 # label helpers below (``degrade_labels``, ``coarse_like``) and the tests' conftest must import
 # on the GPU machine, whose Python has torch and numpy but no rasterio (benchmarks/gpu_run.py).
 if TYPE_CHECKING:
+    from rasterio.crs import CRS
+
     from refiner.data.tile import Georef, Tile
 
 BACKGROUND, BUILDING, ROAD = 0, 1, 2
@@ -50,7 +52,7 @@ class SyntheticScene:
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
-    n = ndimage.gaussian_filter(rng.standard_normal(shape), sigma, mode="wrap")
+    n: np.ndarray = ndimage.gaussian_filter(rng.standard_normal(shape), sigma, mode="wrap")
     return (n - n.mean()) / (n.std() + 1e-9)
 
 
@@ -201,7 +203,7 @@ def coarse_like(labels: np.ndarray, k: int, *, sigma: float = 2.5, stride: int =
     return (p / p.sum(0, keepdims=True)).astype(np.float32)
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> CRS:
     """``DEMO_CRS`` (a rasterio CRS), made on first use so importing this module needs no rasterio."""
     if name == "DEMO_CRS":
         from rasterio.crs import CRS

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from affine import Affine
@@ -16,7 +18,7 @@ from refiner.data.tile import RasterError, Tile
 VECTOR_SUFFIXES = (".geojson", ".json")
 
 
-def _load_geojson(path: str | Path) -> dict:
+def _load_geojson(path: str | Path) -> dict[str, Any]:
     try:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -30,7 +32,7 @@ def _load_geojson(path: str | Path) -> dict:
     return data
 
 
-def _feature_class(props: dict, classes: ClassSpec, class_property: str) -> int:
+def _feature_class(props: Mapping[str, Any] | None, classes: ClassSpec, class_property: str) -> int:
     """Class index of a feature: its ``class`` property (a name or mask value), else class 1."""
     value = (props or {}).get(class_property)
     if value is None:
@@ -49,7 +51,7 @@ def _feature_class(props: dict, classes: ClassSpec, class_property: str) -> int:
 
 
 def rasterize_vectors(
-    path_or_geojson: str | Path | dict,
+    path_or_geojson: str | Path | dict[str, Any],
     like: Tile,
     classes: ClassSpec,
     *,
@@ -94,7 +96,7 @@ def rasterize_vectors(
         width_units = line_width  # metres in a projected CRS
     else:
         transform, dst_crs, width_units = Affine.identity(), None, line_width
-    shapes: list[tuple[dict, int]] = []
+    shapes: list[tuple[dict[str, Any], int]] = []
     for feat in features:
         geom = feat["geometry"]
         cls = _feature_class(feat.get("properties"), classes, class_property)
@@ -123,11 +125,11 @@ def rasterize_vectors(
     return rasterize(shapes, out_shape=(h, w), transform=transform, fill=fill, dtype="uint8")
 
 
-def _coordinates(geom: dict) -> np.ndarray:
+def _coordinates(geom: Mapping[str, Any]) -> np.ndarray:
     """All (x, y) positions of a GeoJSON geometry, as an (N, 2) array (N = 0 for an empty one)."""
     flat: list[float] = []
 
-    def walk(c) -> None:
+    def walk(c: object) -> None:
         if isinstance(c, (list, tuple)) and c and isinstance(c[0], (int, float)):
             flat.extend(float(v) for v in c[:2])
         elif isinstance(c, (list, tuple)):
@@ -140,7 +142,7 @@ def _coordinates(geom: dict) -> np.ndarray:
     return np.asarray(flat, dtype=np.float64).reshape(-1, 2)
 
 
-def _reproject_geometry(geom: dict, src: CRS, dst: CRS, name: str) -> dict:
+def _reproject_geometry(geom: dict[str, Any], src: CRS, dst: CRS, name: str) -> dict[str, Any]:
     """``geom`` from ``src`` to ``dst``, refusing coordinates outside ``src``'s range in one line.
 
     Out of range: longitude/latitude beyond +-180/+-90, projected coordinates PROJ cannot invert.

@@ -7,6 +7,7 @@ import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from types import TracebackType
 
 import numpy as np
 import rasterio
@@ -93,7 +94,7 @@ def quantise_probs(probs: np.ndarray) -> np.ndarray:
 def write_class_map(path: str | Path, classes_map: np.ndarray, georef: Georef | None, classes: ClassSpec) -> Path:
     """A class map (H, W) written with the classes' mask values (255 = nodata) and a colour table."""
     values = classes.decode(classes_map)
-    cmap = {v: tuple(c) for v, c in zip(classes.values, classes.colors, strict=True)}
+    cmap = dict(zip(classes.values, classes.colors, strict=True))
     return write_raster(
         path, values, georef, nodata=IGNORE, colormap=cmap, tags={"refiner_classes": json.dumps(classes.to_dict())}
     )
@@ -177,7 +178,7 @@ class RasterWriter:
             self.tmp.unlink(missing_ok=True)
             return self.path
         try:
-            ds.close()
+            self.ds.close()
             commit(self.tmp, self.path)
         except BaseException:
             self.tmp.unlink(missing_ok=True)
@@ -187,5 +188,7 @@ class RasterWriter:
     def __enter__(self) -> RasterWriter:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close(keep=exc_type is None)

@@ -8,6 +8,7 @@ classes are decided on a grid four times coarser than the image, then upsampled.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +39,7 @@ class CoarseConfig:
                 raise ValueError(f"class_bias has {len(bias)} values for {self.num_classes} classes")
             object.__setattr__(self, "class_bias", bias)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """The architecture as JSON, kept in the model's ``config.json``."""
         return asdict(self)
 
@@ -79,7 +80,8 @@ class CoarseCNN(nn.Module):
         for m in self.features:
             if isinstance(m, nn.Conv2d):
                 nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
         with torch.no_grad():
             self.upsample.weight.copy_(_bilinear_kernel(cfg.num_classes, 2 * s))
 

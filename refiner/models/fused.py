@@ -27,15 +27,17 @@ import functools
 import os
 import warnings
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from refiner.core.windows import even_size
 from refiner.models import native
-from refiner.models.rnn import RefinerRNN, RNNConfig, probs_to_scores
+from refiner.models.rnn import IterationParams, RefinerRNN, RNNConfig, probs_to_scores
 
 #: Bytes of one set of hidden features a CPU block may hold (``K * hidden`` fp32 maps over the
 #: block and its halo) with the torch ops, which keep two such sets (pre-activations and image
@@ -151,7 +153,7 @@ class FusedRNN:
             self.blocks = [self._fold(b) for b in net.blocks]
         self.device = self.blocks[0].filters.device
 
-    def _fold(self, blk) -> FoldedBlock:
+    def _fold(self, blk: IterationParams) -> FoldedBlock:
         filters, proj, out_w, out_b = blk.folded()
         d = self.dtype
         return FoldedBlock(
@@ -275,14 +277,19 @@ class FusedRNN:
         idx = t if len(self.blocks) > 1 else 0
         return idx, self.blocks[idx]
 
-    def _native_kernel(self, device: torch.device):
+    def _native_kernel(self, device: torch.device) -> native.NativeLib | None:
         """The native step kernel (:mod:`refiner.models.native`) for fp32 on a CPU, else None."""
         if not self.native or device.type != "cpu" or self.dtype != torch.float32:
             return None
         return native.load(self.cfg.kernel_size)
 
     def _forward_native(
-        self, lib, image: torch.Tensor, probs: torch.Tensor, t_max: int, edges: tuple[int, int, int, int]
+        self,
+        lib: native.NativeLib,
+        image: torch.Tensor,
+        probs: torch.Tensor,
+        t_max: int,
+        edges: tuple[int, int, int, int],
     ) -> list[torch.Tensor]:
         """:meth:`_forward` with each iteration in the native kernel (same maths, other rounding order)."""
         r = self.cfg.kernel_size // 2
@@ -345,7 +352,9 @@ def _replicate_edges(u: torch.Tensor, edges: list[int]) -> None:
         u[..., :, w - right :] = u[..., :, w - right - 1 : w - right]
 
 
-def _tail(pre: torch.Tensor, term: torch.Tensor, u: torch.Tensor, out_w: torch.Tensor, out_b: torch.Tensor):
+def _tail(
+    pre: torch.Tensor, term: torch.Tensor, u: torch.Tensor, out_w: torch.Tensor, out_b: torch.Tensor
+) -> torch.Tensor:
     """``u + f_out(relu(pre + term))``: the memory-bound part of an iteration, in one pass when compiled."""
     b, kh, h, w = pre.shape
     k = u.shape[1]
@@ -354,7 +363,9 @@ def _tail(pre: torch.Tensor, term: torch.Tensor, u: torch.Tensor, out_w: torch.T
     return u + du + out_b.view(1, k, 1, 1)
 
 
-def _eager_tail(pre: torch.Tensor, term: torch.Tensor, u: torch.Tensor, out_w: torch.Tensor, out_b: torch.Tensor):
+def _eager_tail(
+    pre: torch.Tensor, term: torch.Tensor, u: torch.Tensor, out_w: torch.Tensor, out_b: torch.Tensor
+) -> torch.Tensor:
     """:func:`_tail` without a compiler: the output layer as one GEMM on channels-last rows.
 
     (A strided multiply-and-sum over the hidden units is ~10x slower in eager mode.)
@@ -367,14 +378,14 @@ def _eager_tail(pre: torch.Tensor, term: torch.Tensor, u: torch.Tensor, out_w: t
     return u + du
 
 
-_COMPILED: dict[str, object] = {}
+_COMPILED: dict[str, Any] = {}  # "fn": the compiled tail; "failed": True once compiling failed
 
 
 #: Compiled tail kernels one process may keep (block shapes x steps x models seen).
 RECOMPILE_LIMIT = 256
 
 
-def _compile_limits():
+def _compile_limits() -> AbstractContextManager[None]:
     """Dynamo's recompile limit raised to :data:`RECOMPILE_LIMIT` for this thread, for a ``with`` block."""
     import torch._dynamo
 
@@ -384,7 +395,10 @@ def _compile_limits():
     )
 
 
-def _tail_fn(compile: bool):
+TailFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _tail_fn(compile: bool) -> TailFn:
     """The tail, compiled by TorchInductor into one fused loop when possible (else eager).
 
     Compiling needs a C++ compiler; when it fails (or ``REFINER_COMPILE=0``) the eager version
@@ -402,7 +416,7 @@ def _tail_fn(compile: bool):
         # raised around each call (:func:`_compile_limits`), not once globally.
         _COMPILED["fn"] = torch.compile(_tail, dynamic=False)
 
-    def run(*args):
+    def run(*args: torch.Tensor) -> torch.Tensor:
         try:
             with _compile_limits():
                 return _COMPILED["fn"](*args)

@@ -19,8 +19,9 @@ from refiner.core.device import pick_device
 from refiner.core.windows import run_windowed
 from refiner.data.resample import probs_to_grid, to_working, to_working_resolution
 from refiner.data.tile import Tile, grid_of
-from refiner.models.coarse import COARSE_HALO
+from refiner.models.coarse import COARSE_HALO, CoarseCNN
 from refiner.models.fused import fused
+from refiner.models.rnn import RefinerRNN
 from refiner.models.store import ModelBundle
 
 WINDOW = 512
@@ -31,7 +32,7 @@ def _as_tensor(a: np.ndarray, dev: torch.device) -> torch.Tensor:
 
 
 def predict_coarse(
-    bundle: ModelBundle,
+    bundle: ModelBundle[CoarseCNN],
     tile: Tile,
     *,
     device: str | torch.device | None = None,
@@ -55,8 +56,10 @@ def predict_coarse(
     probs = run_windowed(
         fn, [work.image], len(bundle.classes), size=window, halo=COARSE_HALO, align=net.cfg.stride, progress=progress
     )
-    if work is not tile:
-        probs = probs_to_grid(probs, work.georef, grid_of(tile), tile.shape)
+    if work is not tile:  # resampled, so both grids are known
+        src, dst = work.georef, grid_of(tile)
+        assert src is not None and dst is not None
+        probs = probs_to_grid(probs, src, dst, tile.shape)
     return probs
 
 
@@ -77,7 +80,7 @@ class Refinement:
 
 
 def refine(
-    bundle: ModelBundle,
+    bundle: ModelBundle[RefinerRNN],
     tile: Tile,
     probs: np.ndarray,
     *,
@@ -103,6 +106,7 @@ def refine(
     t_max = net.cfg.iterations if iterations is None else iterations
     working = to_working(tile, bundle.resolution, probs)
     work, work_probs = working.tile, working.probs
+    assert work_probs is not None  # given, so on the working grid too
     fast = fused(net)  # exact fused inference (refiner.models.fused), folded once per model
     with torch.inference_mode():
         image = bundle.normalise(_as_tensor(work.image.astype(np.float32, copy=False), dev))
@@ -110,6 +114,8 @@ def refine(
         us = fast(image, probs_t, iterations=t_max, keep_all=keep_all, progress=progress)
         del image, probs_t
         maps = [torch.softmax(u.float(), 1)[0].cpu().numpy() for u in us]
-    if work is not tile:
-        maps = [probs_to_grid(m, work.georef, grid_of(tile), tile.shape) for m in maps]
+    if work is not tile:  # resampled, so both grids are known
+        src, dst = work.georef, grid_of(tile)
+        assert src is not None and dst is not None
+        maps = [probs_to_grid(m, src, dst, tile.shape) for m in maps]
     return Refinement(maps)

@@ -40,12 +40,21 @@ from refiner.core.atomic import commit, temp_beside
 
 SOURCE = Path(__file__).with_name("rnn_step.c")
 _LOCK = threading.Lock()
-_LIBS: dict[int, ctypes.CDLL | None] = {}
+
+
+class NativeLib(ctypes.CDLL):
+    """The loaded kernel library, with what it reported about its build when loaded."""
+
+    openmp: bool  # built with OpenMP: it splits a step's rows over torch's threads itself
+    lanes: int  # pixels per vector: narrower outputs need the torch ops
+
+
+_LIBS: dict[int, NativeLib | None] = {}
 _POOL: list[ThreadPoolExecutor] = []
 
 
 _P, _I, _L = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
-_ARGTYPES = [_P, _I, _I, _I, _P, _L, _L, _L, _I, _I, _P, _L, _P, _L, _P, _L, _P, _L, _I, _P, _I, _I, _I]
+_ARGTYPES = (_P, _I, _I, _I, _P, _L, _L, _L, _I, _I, _P, _L, _P, _L, _P, _L, _P, _L, _I, _P, _I, _I, _I)
 
 
 def cache_dir() -> Path:
@@ -84,10 +93,10 @@ def _compile(kernel_size: int) -> Path:
     flags = ["-O3", "-shared", "-fPIC", f"-DKS={kernel_size}"]
     source = SOURCE.read_bytes()
     folder = cache_dir()
-    options = (["-march=native", "-mprefer-vector-width=512"], ["-march=native"], [])
+    options: tuple[list[str], ...] = (["-march=native", "-mprefer-vector-width=512"], ["-march=native"], [])
     for arch in [[*a, "-fopenmp"] for a in options] + list(options):
-        key = hashlib.sha256(source + " ".join([*cc, *flags, *arch, platform.machine(), _cpu_id()]).encode())
-        key = key.hexdigest()[:16]
+        build = " ".join([*cc, *flags, *arch, platform.machine(), _cpu_id()])
+        key = hashlib.sha256(source + build.encode()).hexdigest()[:16]
         target = folder / f"rnn_step_k{kernel_size}_{key}.so"
         if target.exists():
             return target
@@ -102,7 +111,7 @@ def _compile(kernel_size: int) -> Path:
     raise RuntimeError(done.stderr.strip()[-500:] or f"{' '.join(cc)} failed")
 
 
-def load(kernel_size: int) -> ctypes.CDLL | None:
+def load(kernel_size: int) -> NativeLib | None:
     """The compiled kernel for ``kernel_size`` x ``kernel_size`` filters, or None if unavailable.
 
     Unavailable: ``REFINER_NATIVE=0``, an even kernel size, or no working C compiler (warned once).
@@ -112,7 +121,7 @@ def load(kernel_size: int) -> ctypes.CDLL | None:
     with _LOCK:
         if kernel_size not in _LIBS:
             try:
-                lib = ctypes.CDLL(str(_compile(kernel_size)))
+                lib = NativeLib(str(_compile(kernel_size)))
                 lib.rnn_step.argtypes = _ARGTYPES
                 lib.rnn_step.restype = None
                 lib.openmp = bool(lib.rnn_step_openmp())
@@ -132,7 +141,7 @@ def _pool() -> ThreadPoolExecutor:
 
 
 def run_step(
-    lib: ctypes.CDLL,
+    lib: NativeLib,
     u: torch.Tensor,
     term: torch.Tensor,
     offset: int,

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,7 +66,7 @@ def difference_kernel(d: tuple[int, int], size: int = 5) -> np.ndarray:
 
 def laplacian_kernel(size: int = 5) -> np.ndarray:
     """The 5-point Laplacian ``Σ_d (u(x+d) - u(x))`` in a ``size`` x ``size`` kernel."""
-    return sum(difference_kernel(d, size) for d in DIRECTIONS)
+    return sum((difference_kernel(d, size) for d in DIRECTIONS), np.zeros((size, size), np.float32))
 
 
 def pm_flux(x: np.ndarray, kappa: float) -> np.ndarray:
@@ -77,8 +78,11 @@ def pm_flux_pl(x: np.ndarray, kappa: float) -> np.ndarray:
     """The flux the preset's ReLU units compute: odd, piecewise linear with knots ``±κ t_j``."""
     x = np.asarray(x, np.float64)
     return sum(
-        a * (np.maximum(x - kappa * t, 0) - np.maximum(-x - kappa * t, 0))
-        for t, a in zip(PM_KNOTS, PM_SLOPES, strict=True)
+        (
+            a * (np.maximum(x - kappa * t, 0) - np.maximum(-x - kappa * t, 0))
+            for t, a in zip(PM_KNOTS, PM_SLOPES, strict=True)
+        ),
+        np.zeros_like(x),  # the start of the sum, so it is an array even to the type checker
     )
 
 
@@ -245,20 +249,20 @@ def image_guided_rnn(
 
 def preset_rnn(name: str, num_classes: int, in_channels: int = 3, **params: float) -> RefinerRNN:
     """The preset ``name`` (one of :data:`PRESETS`) with ``dt``, ``kappa``, ``iterations``."""
-    params = dict(params)
-    if "iterations" in params:
-        params["iterations"] = int(params["iterations"])
+    kw: dict[str, Any] = dict(params)  # floats, but ``iterations`` as an int
+    if "iterations" in kw:
+        kw["iterations"] = int(kw["iterations"])
     if name == "heat":
-        params.pop("kappa", None)
-        return heat_rnn(num_classes, in_channels, **params)
+        kw.pop("kappa", None)
+        return heat_rnn(num_classes, in_channels, **kw)
     if name == "perona_malik":
-        return perona_malik_rnn(num_classes, in_channels, **params)
+        return perona_malik_rnn(num_classes, in_channels, **kw)
     if name == "image_guided":
-        return image_guided_rnn(num_classes, in_channels, **params)
+        return image_guided_rnn(num_classes, in_channels, **kw)
     raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
 
 
-def preset_bundle(name: str, classes: ClassSpec, in_channels: int = 3, **params: float) -> ModelBundle:
+def preset_bundle(name: str, classes: ClassSpec, in_channels: int = 3, **params: float) -> ModelBundle[RefinerRNN]:
     """A preset as a model bundle for :func:`refiner.models.inference.refine`.
 
     It works on the tile's own grid, on the image scaled to [0, 1] (mean 0, std 1: κ is in those

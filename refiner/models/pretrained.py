@@ -26,11 +26,13 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
 from refiner.core.classes import ClassSpec
-from refiner.models.store import CONFIG, WEIGHTS, ModelBundle, load_model
+from refiner.data.tile import Tile
+from refiner.models.store import CONFIG, WEIGHTS, AnyBundle, load_model
 
 PRETRAINED = Path(__file__).resolve().parents[2] / "assets" / "pretrained"
 #: A model fits tiles from resolution * FINEST to resolution * COARSEST metres per pixel.
@@ -53,9 +55,9 @@ class Shipped:
     folder: Path
     classes: ClassSpec
     resolution: float | None
-    card: dict = field(default_factory=dict, hash=False, compare=False)
+    card: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
-    def load(self) -> ModelBundle:
+    def load(self) -> AnyBundle:
         """The model itself, checked to be of the card's kind."""
         return load_model(self.folder, expect=self.kind)
 
@@ -164,7 +166,7 @@ def class_merge(workspace: ClassSpec, model: ClassSpec) -> tuple[tuple[tuple[int
 
 def pick_coarse(classes: ClassSpec, resolution: float | None, *, root: str | Path | None = None) -> Pick:
     """The shipped coarse CNN for a workspace's classes and ground resolution (rules: module doc)."""
-    fits: list[tuple[tuple, Shipped, tuple, str]] = []
+    fits: list[tuple[tuple[bool, float, str], Shipped, tuple[tuple[int, ...], ...], str]] = []
     why_not = []
     for m in catalogue(root):
         if m.kind != "coarse":
@@ -205,21 +207,42 @@ def _none_reason(what: str, classes: ClassSpec, why_not: list[str]) -> str:
     return head + (" (" + "; ".join(why_not) + ")" if why_not else " (none is installed in assets/pretrained)")
 
 
-def coarse_probs_for(pick: Pick, tile) -> np.ndarray:
+def coarse_probs_for(pick: Pick, tile: Tile) -> np.ndarray:
     """Run the picked coarse CNN on ``tile`` and return probabilities in the workspace's classes."""
     from refiner.models.inference import predict_coarse
 
     if pick.model is None:
         raise ValueError(pick.reason)
-    return pick.adapt(predict_coarse(pick.model.load(), tile))
+    return pick.adapt(predict_coarse(load_model(pick.model.folder, expect="coarse"), tile))
 
 
-def workspace_resolution(ws) -> float | None:
+class WorkspaceLike(Protocol):
+    """What this module reads and writes of a workspace, named here by what it does.
+
+    The workspace is :class:`refiner.app.workspace.Workspace`, a layer above this one.
+    """
+
+    @property
+    def classes(self) -> ClassSpec:
+        """The classes the tile is labelled with."""
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The workspace's settings (``source`` holds the stated resolution)."""
+
+    def tile(self) -> Tile:
+        """The workspace's image."""
+
+    def write_coarse_probs(self, probs: np.ndarray, origin: dict[str, Any]) -> None:
+        """Save coarse probabilities with where they came from."""
+
+
+def workspace_resolution(ws: WorkspaceLike) -> float | None:
     """A workspace's ground resolution: from its georeferencing, or as the user stated it."""
     return (ws.settings.get("source") or {}).get("resolution")
 
 
-def coarse_into_workspace(ws, *, root: str | Path | None = None) -> Pick:
+def coarse_into_workspace(ws: WorkspaceLike, *, root: str | Path | None = None) -> Pick:
     """Pick the shipped coarse CNN for a workspace and, when one fits, write its probabilities there.
 
     The probabilities' source says which model and why; the pick is returned either way.

@@ -22,8 +22,9 @@ paper's parameters ``M``, ``N``, ``A``, ``b`` exactly; only the arithmetic is ch
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import torch
 import torch.nn.functional as F
@@ -67,7 +68,7 @@ class RNNConfig:
         # pointwise, so I is read within r*(T-1) + r = r*T as well.
         return (self.kernel_size // 2) * self.iterations
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """The architecture as JSON, kept in the model's ``config.json``."""
         return asdict(self)
 
@@ -80,6 +81,27 @@ def probs_to_scores(probs: torch.Tensor) -> torch.Tensor:
     """
     logp = torch.log(probs.clamp_min(PROB_FLOOR))
     return logp - logp.mean(dim=1, keepdim=True)
+
+
+if TYPE_CHECKING:  # what the type checker sees where torch's types are looser than how they are built here
+
+    class _BiasedConv2d(nn.Conv2d):
+        """An ``nn.Conv2d`` built with a bias (torch types ``bias`` as optional)."""
+
+        bias: torch.Tensor
+
+    class _Blocks(nn.ModuleList):
+        """``RefinerRNN.blocks``: an ``nn.ModuleList`` of :class:`IterationParams` (torch types items as ``Module``)."""
+
+        @overload
+        def __getitem__(self, idx: slice) -> _Blocks: ...
+        @overload
+        def __getitem__(self, idx: int) -> IterationParams: ...
+        def __getitem__(self, idx: int | slice) -> Any: ...
+        def __iter__(self) -> Iterator[IterationParams]: ...
+
+else:  # at run time exactly the torch classes: same modules, repr and state_dict
+    _BiasedConv2d, _Blocks = nn.Conv2d, nn.ModuleList
 
 
 def _glorot(module: nn.Module) -> None:
@@ -106,8 +128,8 @@ class IterationParams(nn.Module):
         feats = cfg.map_filters + cfg.image_filters
         groups = 1 if cfg.variant == "class_agnostic" else cfg.num_classes
         # Per-class MLP f_k applied densely = grouped 1x1 convolutions (one group per class).
-        self.hidden = nn.Conv2d(feats * groups, cfg.hidden * groups, 1, groups=groups)
-        self.output = nn.Conv2d(cfg.hidden * groups, groups, 1, groups=groups)
+        self.hidden = _BiasedConv2d(feats * groups, cfg.hidden * groups, 1, groups=groups)
+        self.output = _BiasedConv2d(cfg.hidden * groups, groups, 1, groups=groups)
         _glorot(self)
 
     @property
@@ -178,7 +200,7 @@ class RefinerRNN(nn.Module):
         super().__init__()
         self.cfg = cfg
         n = cfg.iterations if cfg.variant == "non_recurrent" else 1
-        self.blocks = nn.ModuleList([IterationParams(cfg) for _ in range(n)])
+        self.blocks = _Blocks([IterationParams(cfg) for _ in range(n)])
 
     def block(self, t: int) -> IterationParams:
         """The parameters of iteration ``t``: its own in the non-recurrent variant, else the shared set."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Literal, TypeAlias, TypeVar, overload
 
 import numpy as np
 import torch
@@ -26,13 +26,20 @@ WEIGHTS = "model.safetensors"
 OPTIMIZER = "optimizer.safetensors"
 CONFIG = "config.json"
 
+#: The network a bundle holds: ``ModelBundle[CoarseCNN]`` or ``ModelBundle[RefinerRNN]``.
+NetT = TypeVar("NetT", bound="CoarseCNN | RefinerRNN")
+
 
 @dataclass
-class ModelBundle:
-    """A network together with what it needs to be used: classes, resolution, normalisation."""
+class ModelBundle(Generic[NetT]):
+    """A network together with what it needs to be used: classes, resolution, normalisation.
+
+    Generic in the network, so ``load_model(..., expect="rnn").net`` is typed as a
+    :class:`RefinerRNN`; ``kind`` names the same thing for the files and the messages.
+    """
 
     kind: str  # "coarse" or "rnn"
-    net: torch.nn.Module
+    net: NetT
     classes: ClassSpec
     resolution: float | None = None  # metres per pixel the network works at; None = as given
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)
@@ -50,7 +57,11 @@ class ModelBundle:
     @property
     def config(self) -> CoarseConfig | RNNConfig:
         """The network's architecture (a coarse or an RNN config)."""
-        return self.net.cfg  # type: ignore[return-value]
+        return self.net.cfg
+
+
+#: A bundle of either kind, as :func:`load_model` returns when the kind is not known in advance.
+AnyBundle: TypeAlias = "ModelBundle[CoarseCNN] | ModelBundle[RefinerRNN]"
 
 
 def image_stats(images: list[np.ndarray]) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -86,7 +97,7 @@ def check_model_output(folder: str | Path) -> Path:
     return folder
 
 
-def save_model(bundle: ModelBundle, folder: str | Path) -> Path:
+def save_model(bundle: AnyBundle, folder: str | Path) -> Path:
     """Write weights and config as one folder, whole or not at all (:func:`refiner.core.atomic.atomic_dir`).
 
     A crash, a ``kill -9`` or a full disk leaves either the previous model or the new one under
@@ -119,7 +130,7 @@ def save_model(bundle: ModelBundle, folder: str | Path) -> Path:
     return folder
 
 
-def save_checkpoint(bundle: ModelBundle, folder: str | Path, step: int) -> Path:
+def save_checkpoint(bundle: AnyBundle, folder: str | Path, step: int) -> Path:
     """A checkpoint of a training run at ``step``, written whole like :func:`save_model`.
 
     A model folder whose ``info`` says so (``"stopped": "checkpoint"``).
@@ -153,7 +164,10 @@ def _config_error(cfg_path: Path, what: str) -> ValueError:
     return ValueError(f"{cfg_path} {what} — restore the model folder's original config.json, or train the model again")
 
 
-def _arch(cfg_path: Path, cls, arch: dict):
+ArchT = TypeVar("ArchT", CoarseConfig, RNNConfig)
+
+
+def _arch(cfg_path: Path, cls: type[ArchT], arch: dict[str, Any]) -> ArchT:
     """The architecture dataclass from ``config.json``, with unknown or bad keys named."""
     import dataclasses
 
@@ -189,7 +203,19 @@ def _load_weights(net: torch.nn.Module, w_path: Path, cfg_path: Path) -> None:
     net.load_state_dict(state)
 
 
-def load_model(folder: str | Path, *, expect: str | None = None, device: str | torch.device = "cpu") -> ModelBundle:
+@overload
+def load_model(
+    folder: str | Path, *, expect: Literal["coarse"], device: str | torch.device = "cpu"
+) -> ModelBundle[CoarseCNN]: ...
+@overload
+def load_model(
+    folder: str | Path, *, expect: Literal["rnn"], device: str | torch.device = "cpu"
+) -> ModelBundle[RefinerRNN]: ...
+@overload
+def load_model(folder: str | Path, *, expect: str | None = None, device: str | torch.device = "cpu") -> AnyBundle: ...
+def load_model(
+    folder: str | Path, *, expect: str | None = None, device: str | torch.device = "cpu"
+) -> ModelBundle[Any]:
     """Load a model folder written by :func:`save_model`; ``expect`` checks its kind."""
     folder = Path(folder)
     cfg_path, w_path = folder / CONFIG, folder / WEIGHTS
@@ -220,7 +246,7 @@ def load_model(folder: str | Path, *, expect: str | None = None, device: str | t
     if not isinstance(arch, dict):
         raise _config_error(cfg_path, "has an architecture that is not a JSON object")
     if kind == "coarse":
-        net: torch.nn.Module = CoarseCNN(_arch(cfg_path, CoarseConfig, arch))
+        net: CoarseCNN | RefinerRNN = CoarseCNN(_arch(cfg_path, CoarseConfig, arch))
     elif kind == "rnn":
         net = RefinerRNN(_arch(cfg_path, RNNConfig, arch))
     else:

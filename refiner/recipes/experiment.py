@@ -14,6 +14,7 @@ grid, with outputs upsampled bilinearly as in the paper.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 import tomllib
@@ -31,11 +32,12 @@ from refiner.core.metrics import confusion_matrix, scores_from_confusion
 from refiner.data.read import read_image, read_labels
 from refiner.data.resample import probs_to_grid, to_working
 from refiner.data.synthetic import degrade_labels
-from refiner.data.tile import Tile
+from refiner.data.tile import Tile, grid_of
 from refiner.models.inference import predict_coarse, refine
 from refiner.models.rnn import VARIANTS, RNNConfig
 from refiner.models.store import load_model, save_model
 from refiner.train.coarse import CoarseTrainConfig, train_coarse
+from refiner.train.loop import Progress
 from refiner.train.rnn import RNNTrainConfig, train_rnn
 from refiner.train.sampling import restrict_to_window
 
@@ -149,7 +151,9 @@ class Prepared:
         """Probabilities from the working resolution back on the source grid (bilinear, renormalised)."""
         if self.work is self.tile:
             return probs
-        return probs_to_grid(probs, self.work.georef, self.tile.georef, self.tile.shape)
+        src, dst = self.work.georef, grid_of(self.tile)
+        assert src is not None and dst is not None  # resampled, so both grids are known
+        return probs_to_grid(probs, src, dst, self.tile.shape)
 
 
 def _prepare(image: Path, labels: Path, cfg: ExperimentConfig, window: tuple[int, ...] | None = None) -> Prepared:
@@ -162,8 +166,8 @@ def _prepare(image: Path, labels: Path, cfg: ExperimentConfig, window: tuple[int
 
 
 def _scores(probs_list: list[np.ndarray], truths: list[np.ndarray], k: int) -> Any:
-    cm = sum(confusion_matrix(p.argmax(0).astype(np.uint8), t, k) for p, t in zip(probs_list, truths, strict=True))
-    return scores_from_confusion(cm)
+    cms = (confusion_matrix(p.argmax(0).astype(np.uint8), t, k) for p, t in zip(probs_list, truths, strict=True))
+    return scores_from_confusion(sum(cms, np.zeros((k, k), np.int64)))
 
 
 def run_experiment(
@@ -244,7 +248,7 @@ def run_experiment(
             ),
             resolution=cfg.resolution,
             device=device,
-            progress=lambda pr, tick=tick: tick(pr.step),
+            progress=functools.partial(_report_step, tick),
         )
         dt = time.perf_counter() - t0
         seconds[f"train_{key}"] = dt
@@ -288,7 +292,11 @@ def run_experiment(
     }
 
 
-def _train_extra(extra: dict, cls: type) -> dict:
+def _report_step(tick: Callable[[int], None], progress: Progress) -> None:
+    tick(progress.step)
+
+
+def _train_extra(extra: dict[str, Any], cls: type[CoarseTrainConfig | RNNTrainConfig]) -> dict[str, Any]:
     """Optional overrides in a split's table (e.g. ``batch_size = 32``) for the train config."""
     fields = cls.__dataclass_fields__
     unknown = sorted(set(extra) - set(fields))

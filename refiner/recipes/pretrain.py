@@ -29,7 +29,9 @@ from refiner.core.classes import IGNORE, ClassSpec
 from refiner.data.read import read_image
 from refiner.data.resample import labels_to_grid, to_working_resolution
 from refiner.data.tile import Tile
+from refiner.models.coarse import CoarseCNN
 from refiner.models.inference import predict_coarse, refine
+from refiner.models.rnn import RefinerRNN
 from refiner.models.store import ModelBundle, load_model, save_model
 from refiner.train.coarse import CoarseTrainConfig, CoarseTrainResult, train_coarse
 from refiner.train.loop import Progress
@@ -134,6 +136,7 @@ def load_tile(spec: SetSpec, name: str, resolution: float = 1.0) -> TileData:
     if tile.georef is not None and tile.georef.crs.is_projected:  # the engine's own resampling
         work = to_working_resolution(tile, resolution)
         if work is not tile:
+            assert work.georef is not None  # resampled from a georeferenced tile
             labels = labels_to_grid(labels, tile.georef, work.georef, work.shape)
         image_1m = work.image
     else:  # a plain picture (or degrees): the set's stated pixel size
@@ -203,7 +206,7 @@ def score_probs(items: list[tuple[np.ndarray, TileData]]) -> dict[str, dict]:
     for task in ("road", "building"):
         cms = [task_confusion(p, d, task) for p, d in items if task in d.tasks]
         if cms:
-            out[task] = scores_2x2(sum(cms))
+            out[task] = scores_2x2(sum(cms, np.zeros((2, 2), np.int64)))
     return out
 
 
@@ -257,7 +260,7 @@ def _logp(probs: np.ndarray) -> np.ndarray:
     return np.log(np.maximum(probs, 1e-6))
 
 
-def calibrate_class_bias(bundle: ModelBundle, val: list[TileData]) -> tuple[float, ...]:
+def calibrate_class_bias(bundle: ModelBundle[CoarseCNN], val: list[TileData]) -> tuple[float, ...]:
     """Per-class score offsets for a coarse model (its config's ``class_bias``), by :func:`best_offsets`."""
     if bundle.net.cfg.class_bias is not None:
         raise ValueError("the model is calibrated already")
@@ -265,7 +268,7 @@ def calibrate_class_bias(bundle: ModelBundle, val: list[TileData]) -> tuple[floa
 
 
 def calibrate_rnn_bias(
-    bundle: ModelBundle, val: list[TileData], vprobs: list[np.ndarray], grid: np.ndarray = CALIBRATE_GRID
+    bundle: ModelBundle[RefinerRNN], val: list[TileData], vprobs: list[np.ndarray], grid: np.ndarray = CALIBRATE_GRID
 ) -> tuple[float, ...]:
     """Shift each class's update bias so the refined maps score best on the validation tiles.
 
@@ -307,13 +310,13 @@ def calibrate_rnn_bias(
     return tuple(float(b) for b in beta)
 
 
-def coarse_validator(val: list[TileData]) -> Callable[[ModelBundle], float]:
+def coarse_validator(val: list[TileData]) -> Callable[[ModelBundle[CoarseCNN]], float]:
     """The checkpoint selector: mean over tasks of the class IoU on the validation tiles.
 
     Scored at the checkpoint's best class offsets (:func:`best_offsets`).
     """
 
-    def score(bundle: ModelBundle) -> float:
+    def score(bundle: ModelBundle[CoarseCNN]) -> float:
         logps = [_logp(predict_coarse(bundle, d.tile(), device="cpu")) for d in val]
         plain = score_probs(list(zip(logps, val, strict=True)))
         value, bias = best_offsets(logps, val, SELECT_GRID)
@@ -417,7 +420,8 @@ def run_pretrain(config: str | Path, *, steps: int | None = None, out: str | Pat
     elif kind == "rnn":
         coarse = load_model(root / raw["coarse"], expect="coarse")
         limit = int(raw.get("tiles_per_set", 1000))
-        chosen, per = [], {}
+        chosen: list[TileData] = []
+        per: dict[str, int] = {}
         for d in train:
             per[d.set] = per.get(d.set, 0) + 1
             if per[d.set] <= limit:
@@ -428,7 +432,7 @@ def run_pretrain(config: str | Path, *, steps: int | None = None, out: str | Pat
         vprobs = [predict_coarse(coarse, d.tile(), device="cpu") for d in val]
         print(f"pretrain rnn: coarse outputs on {len(train)} tiles in {time.perf_counter() - t0:.0f} s", flush=True)
 
-        def validate(b: ModelBundle) -> float:
+        def validate(b: ModelBundle[RefinerRNN]) -> float:
             logps = [_logp(refine(b, d.tile(), p).final) for p, d in zip(vprobs, val, strict=True)]
             res = score_probs(list(zip(logps, val, strict=True)))
             value, bias = best_offsets(logps, val, SELECT_GRID)
@@ -436,8 +440,8 @@ def run_pretrain(config: str | Path, *, steps: int | None = None, out: str | Pat
                   + f"; calibrated {value:.3f} at offsets {bias}", flush=True)  # fmt: skip
             return value
 
-        cfg = RNNTrainConfig(seed=seed, **tr)
-        result = train_rnn_tiles([d.image for d in train], probs, [d.labels for d in train], CLASSES, cfg,
+        rnn_cfg = RNNTrainConfig(seed=seed, **tr)
+        result = train_rnn_tiles([d.image for d in train], probs, [d.labels for d in train], CLASSES, rnn_cfg,
                                  partial=PARTIAL, tile_weights=weights, resolution=1.0, stats=(coarse.mean, coarse.std),
                                  validate=validate, progress=_log("rnn"), centre_stride=4,
                                  identity_start=bool(raw.get("identity_start", False)),

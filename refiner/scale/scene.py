@@ -362,7 +362,7 @@ def refine_scene(
         return list(iter_windows(grid_h, grid_w, size, halo, fixed=True))
 
     tags = {"refiner_classes": json.dumps(classes.to_dict())}
-    cmap = {v: tuple(c) for v, c in zip(classes.values, classes.colors, strict=True)}
+    cmap = dict(zip(classes.values, classes.colors, strict=True))
     makers: dict[str, Callable[[], RasterWriter]] = {
         "classes": lambda: RasterWriter(
             out, height=h, width=w, count=1, dtype="uint8", georef=georef, nodata=IGNORE, tags=tags, colormap=cmap

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Self, TypeVar
 
 from refiner.app.workspace import Workspace
 from refiner.core.atomic import atomic_write_json, read_json
@@ -45,9 +45,12 @@ class JobState:
         return self.state in ACTIVE
 
     @classmethod
-    def from_dict(cls, d: dict) -> Any:
+    def from_dict(cls, d: dict[str, Any]) -> Self:
         """A status from its JSON, ignoring keys this version does not know (a file from another version)."""
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+StatusT = TypeVar("StatusT", bound=JobState)
 
 
 def mark_failed(status: JobState, exc: BaseException) -> None:
@@ -70,7 +73,7 @@ def write_status(ws: Workspace, status: Any, file: str = STATUS) -> None:
     atomic_write_json(jobs_dir(ws) / file, asdict(status))
 
 
-def read_job(ws: Workspace, kind: type, file: str, interrupted: str) -> Any:
+def read_job(ws: Workspace, kind: type[StatusT], file: str, interrupted: str) -> StatusT | None:
     """A job's status from ``jobs/<file>``; an active one whose heartbeat stopped reads as ``interrupted``."""
     d = read_json(ws.path / "jobs" / file)
     if not d:

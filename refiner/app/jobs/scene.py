@@ -14,9 +14,10 @@ page can show live progress and a refresh or restart loses nothing but the run i
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from refiner.app.demos import ASSETS
 from refiner.app.jobs.base import (
@@ -31,6 +32,11 @@ from refiner.app.jobs.base import (
     wait_for,
 )
 from refiner.app.workspace import Workspace
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from refiner.data.tile import Georef
 
 SCENE_STATUS, SCENE_CANCEL = "scene.json", "scene.cancel"
 #: Output files up to this size get a download button in the app; larger ones stay on the server.
@@ -138,7 +144,7 @@ def run_scene_job(
         h, w, georef, res = raster_shape(out["refined_map"])
         status.total = -(-h // VECTOR_WINDOW) * -(-w // VECTOR_WINDOW)
 
-        def windows():
+        def windows() -> Iterator[tuple[np.ndarray, Georef | None]]:
             for i, win in enumerate(class_map_windows(out["refined_map"], VECTOR_WINDOW)):
                 progress(i, status.total)
                 yield win

@@ -22,9 +22,9 @@ import os
 import socket
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -48,7 +48,7 @@ from refiner.core.classes import check_compatible
 from refiner.models.rnn import RNNConfig
 from refiner.train.rnn import FINETUNE_DEFAULTS, RNNTrainConfig
 
-_ARCH = {f.name: f.default for f in fields(RNNConfig)}
+_ARCH = RNNConfig(num_classes=2)  # read only for its architecture defaults (T, variant)
 _TRAIN = RNNTrainConfig()
 
 
@@ -64,8 +64,8 @@ class TrainParams:
     """
 
     steps: int = FINETUNE_DEFAULTS.steps  # RNNTrainConfig's 1500 is for the paper's protocol
-    iterations: int = _ARCH["iterations"]  # T
-    variant: str = _ARCH["variant"]
+    iterations: int = _ARCH.iterations  # T
+    variant: str = _ARCH.variant
     lr: float = _TRAIN.lr  # the page offers FINETUNE_DEFAULTS.lr for a fine-tune from the pretrained RNN
     batch_size: int = _TRAIN.batch_size
     patch_size: int = _TRAIN.patch_size
@@ -143,11 +143,11 @@ class JobStatus(JobState):
         return min(1.0, self.step / self.steps) if self.steps else 0.0
 
     @classmethod
-    def from_dict(cls, d: dict) -> JobStatus:
+    def from_dict(cls, d: dict[str, Any]) -> Self:
         """A status from its JSON, the loss curves back as (step, loss) tuples."""
         status = super().from_dict(d)
-        status.loss = [tuple(x) for x in status.loss]
-        status.earlier_loss = [tuple(x) for x in status.earlier_loss]
+        status.loss = [(s, v) for s, v in status.loss]  # JSON lists back to (step, loss) tuples
+        status.earlier_loss = [(s, v) for s, v in status.earlier_loss]
         return status
 
 
@@ -197,7 +197,8 @@ def run_training(workspace: str | Path, params: dict, job_id: str) -> dict:
         ws.write_holdout(val_labels)
         ws.update_settings(holdout={"fraction": p.holdout, "guard_px": guard})
         working = to_working(tile, resolution, probs, [train_labels, val_labels])
-        work, probs, (train_labels, val_labels) = working.tile, working.probs, working.labels
+        work, work_probs, (train_labels, val_labels) = working.tile, working.probs, working.labels
+        assert work_probs is not None  # given, so on the working grid too
         status.start_step = int(init.info.get("trained_steps", 0)) if init is not None else 0
         earlier = read_json(jobs_dir(ws) / CURVES) or {}
         if init is not None and p.resume and earlier.get("model_steps") == status.start_step:
@@ -225,7 +226,7 @@ def run_training(workspace: str | Path, params: dict, job_id: str) -> dict:
         has_val = bool((val_labels != 255).any())
         result = train_rnn(
             work.image,
-            probs,
+            work_probs,
             train_labels,
             classes,
             cfg,
