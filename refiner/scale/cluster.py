@@ -14,11 +14,18 @@ from __future__ import annotations
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 
 from refiner.core.windows import WindowSpec
+
+if TYPE_CHECKING:
+    from dask.distributed import Client, Future
+
+#: Where work runs: ``None`` here, ``"local"`` (a cluster on this machine), a scheduler address
+#: (``tcp://host:8786``) or a ``dask.distributed.Client`` the caller owns.
+Scheduler: TypeAlias = "str | Client | None"
 
 #: ``scheduler`` value that starts a :class:`dask.distributed.LocalCluster` on this machine.
 LOCAL = "local"
@@ -39,7 +46,7 @@ def check_address(address: str) -> str:
     return address
 
 
-def get_client(scheduler: Any):
+def get_client(scheduler: Scheduler) -> Client:
     """A ``dask.distributed.Client`` for a scheduler address, ``"local"``, or an existing client."""
     from dask.distributed import Client
 
@@ -56,10 +63,10 @@ def get_client(scheduler: Any):
         raise OSError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from exc
 
 
-_CLIENTS: dict[str, Any] = {}
+_CLIENTS: dict[str, Client] = {}
 
 
-def shared_client(scheduler: str):
+def shared_client(scheduler: str) -> Client:
     """A client for ``scheduler`` kept for this process's lifetime (the app reuses it across reruns)."""
     client = _CLIENTS.get(scheduler)
     if client is None or client.status not in ("running", "connecting"):
@@ -73,13 +80,13 @@ def close_shared_clients() -> None:
         _CLIENTS.popitem()[1].close()
 
 
-def _in_flight(client) -> int:
+def _in_flight(client: Client) -> int:
     threads = sum(client.nthreads().values()) or 1
     return 2 * threads
 
 
 def map_windows(
-    scheduler: Any,
+    scheduler: Scheduler,
     run_window: Callable[[Any, WindowSpec], dict[str, np.ndarray]],
     task: Any,
     windows: list[WindowSpec],
@@ -115,13 +122,15 @@ def map_windows(
             client.close()
 
 
-def has_gpu_workers(client) -> bool:
+def has_gpu_workers(client: Client) -> bool:
     """Whether any worker declares a ``GPU`` resource (``dask worker ... --resources GPU=1``)."""
     info = client.scheduler_info().get("workers", {})
     return any(w.get("resources", {}).get("GPU", 0) >= 1 for w in info.values())
 
 
-def run_on_gpu_worker(scheduler: Any, fn: Callable, *args, log: Callable[[str], None] | None = None, **kwargs):
+def run_on_gpu_worker(
+    scheduler: Scheduler, fn: Callable[..., Any], *args: Any, log: Callable[[str], None] | None = None, **kwargs: Any
+) -> Any:
     """Run ``fn(*args, **kwargs)`` on a worker with a ``GPU`` resource, or any worker if none has one.
 
     Used for fine-tuning: the training arrays travel with the task, the trained bundle comes back.
@@ -140,7 +149,7 @@ def run_on_gpu_worker(scheduler: Any, fn: Callable, *args, log: Callable[[str], 
 
 
 class _FutureHandle:
-    def __init__(self, future) -> None:
+    def __init__(self, future: Future) -> None:
         self.future = future  # held so Dask keeps the task: a released future is cancelled
 
     def done(self) -> bool:
@@ -155,7 +164,7 @@ class DaskBackend:
     runs on any worker (on its CPU).
     """
 
-    def __init__(self, scheduler: Any) -> None:
+    def __init__(self, scheduler: str | Client) -> None:
         self.client = scheduler if not isinstance(scheduler, str) else shared_client(scheduler)
         self.gpu = has_gpu_workers(self.client)
 

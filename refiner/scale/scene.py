@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -48,13 +48,13 @@ from refiner.data.read import (
     tagged_classes,
 )
 from refiner.data.resample import Grid, probs_back_on, read_image_on, read_probs_on, resolution_differs, working_grid_of
-from refiner.data.tile import Georef
+from refiner.data.tile import Georef, Tile
 from refiner.data.write import RasterWriter
 from refiner.models.coarse import COARSE_HALO
 from refiner.models.fused import scene_window
 from refiner.models.inference import predict_coarse, refine
 from refiner.models.store import ModelBundle, load_model
-from refiner.scale.cluster import map_windows
+from refiner.scale.cluster import Scheduler, map_windows
 
 Progress = Callable[[int, int], None]
 
@@ -74,7 +74,7 @@ class SceneTask:
     grid: tuple[Grid, Grid] | None = None  # (scene, working): windows lie on the working grid
 
 
-def _read_window(task: SceneTask, read: tuple[int, int, int, int]):
+def _read_window(task: SceneTask, read: tuple[int, int, int, int]) -> tuple[Tile, np.ndarray | None]:
     """The window's image tile and (for refine) coarse probabilities, on the grid the windows lie on."""
     if task.grid is None:
         tile = read_image(task.image, bands=task.bands, window=read)
@@ -126,7 +126,9 @@ def local_results(task: SceneTask, windows: Iterable[WindowSpec]) -> Iterator[tu
         yield win, run_window(task, win)
 
 
-def _results(task: SceneTask, windows: list[WindowSpec], scheduler) -> Iterator[tuple[WindowSpec, dict]]:
+def _results(
+    task: SceneTask, windows: list[WindowSpec], scheduler: Scheduler
+) -> Iterator[tuple[WindowSpec, dict[str, np.ndarray]]]:
     if scheduler is None:
         return local_results(task, windows)
     return map_windows(scheduler, run_window, task, windows)
@@ -136,7 +138,7 @@ def _stream(
     task: SceneTask,
     windows: list[WindowSpec],
     writers: dict[str, RasterWriter],
-    scheduler,
+    scheduler: Scheduler,
     progress: Progress | None,
 ) -> None:
     with _all_or_nothing(writers):
@@ -181,7 +183,7 @@ def _on_working_grid(
     window_on: Callable[[Grid], list[WindowSpec]],
     outputs: dict[str, Callable[[], RasterWriter]],
     out_dir: Path,
-    scheduler,
+    scheduler: Scheduler,
     progress: Progress | None,
 ) -> None:
     """Run ``task`` on the working grid, then resample its outputs onto the scene grid, both by windows.
@@ -237,7 +239,7 @@ def _run_scene(
     windows_on: Callable[[int, int], list[WindowSpec]],
     outputs: dict[str, Callable[[], RasterWriter]],
     out_dir: Path,
-    scheduler,
+    scheduler: Scheduler,
     progress: Progress | None,
 ) -> None:
     """Stream ``task``'s windows into ``outputs``, on the working grid first when ``resample_to`` is set."""
@@ -255,11 +257,11 @@ def predict_scene(
     image: str | Path,
     out: str | Path,
     *,
-    bands=None,
-    device=None,
+    bands: Sequence[int] | None = None,
+    device: str | None = None,
     window: int = 512,
     progress: Progress | None = None,
-    scheduler=None,
+    scheduler: Scheduler = None,
 ) -> Path:
     """Coarse probabilities of ``image`` written to ``out`` (K float32 bands, class list in tags).
 
@@ -280,7 +282,9 @@ def predict_scene(
     return Path(out)
 
 
-def _probs_writer(path, h, w, georef, classes: ClassSpec, quantise: bool = False) -> RasterWriter:
+def _probs_writer(
+    path: str | Path, h: int, w: int, georef: Georef | None, classes: ClassSpec, quantise: bool = False
+) -> RasterWriter:
     return RasterWriter(
         path,
         height=h,
@@ -326,11 +330,11 @@ def refine_scene(
     quantise: bool = False,
     iterations_out: str | Path | None = None,
     iterations: int | None = None,
-    bands=None,
-    device=None,
+    bands: Sequence[int] | None = None,
+    device: str | None = None,
     window: int | None = None,
     progress: Progress | None = None,
-    scheduler=None,
+    scheduler: Scheduler = None,
 ) -> Path:
     """Refined class map (and optionally probabilities, every iteration) of a scene, window by window.
 
