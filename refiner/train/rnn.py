@@ -47,7 +47,7 @@ class RNNTrainConfig:
     seed: int = 0
     augment: bool = True
     holdout: float = 0.2  # fraction of labelled pixels held back for validation, as whole regions
-    eval_every: int = 50  # steps between evaluations on the held-out pixels ...
+    eval_every: int = 50  # steps between evaluations on the held-out pixels (0: none by count) ...
     # ... or seconds, whichever comes first: best-weights selection needs evaluations early, and
     # on a busy CPU 50 steps can take longer than the whole 60 s budget an app user waits
     eval_seconds: float | None = 5.0
@@ -258,7 +258,8 @@ class _Schedule:
     def validate_now(self, step: int, elapsed: float, last: bool) -> bool:
         """Whether to validate after ``step``, ``elapsed`` seconds in."""
         wait = None if self.cfg.eval_seconds is None else max(self.cfg.eval_seconds, 4 * self.cost)
-        due = step % self.cfg.eval_every == 0 or (wait is not None and elapsed - self.last_eval >= wait)
+        every = self.cfg.eval_every  # 0: by the clock (eval_seconds) and at the end only
+        due = (every > 0 and step % every == 0) or (wait is not None and elapsed - self.last_eval >= wait)
         return due or last
 
     def timed(self, score: Callable[[], Scores]) -> Scores:
