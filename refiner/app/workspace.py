@@ -39,6 +39,7 @@ import rasterio
 from rasterio.errors import RasterioError
 
 from refiner.app.uploads import IMAGE_SUFFIXES, _short, _staged, check_pixel_size, sniff_image
+from refiner.core import paths
 from refiner.core.atomic import atomic_dir, atomic_file, atomic_write_json, file_lock, read_json
 from refiner.core.classes import IGNORE, ClassSpec
 from refiner.data.read import PREDICT_ON_IT, check_same_place, read_image, read_labels, read_probs
@@ -52,9 +53,10 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 def default_root() -> Path:
-    """``$REFINER_WORKSPACES``, else ``workspaces/`` in the repository."""
+    """``$REFINER_WORKSPACES``, else ``workspaces/`` in the repository (per user when installed:
+    :func:`refiner.core.paths.default_workspaces`)."""
     env = os.environ.get("REFINER_WORKSPACES")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "workspaces"
+    return Path(env) if env else paths.default_workspaces()
 
 
 def check_name(name: str) -> str:
