@@ -414,6 +414,7 @@ def _full_disk(*a, **k):
     raise OSError(errno.ENOSPC, "No space left on device")
 
 
+@pytest.mark.slow
 def test_a_training_killed_with_sigkill_leaves_no_model_under_the_final_name(chain, tmp_path, capsys):
     from refiner.models.store import load_model
 

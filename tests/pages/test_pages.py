@@ -87,6 +87,7 @@ def test_train_page_trains_in_the_background_and_shows_progress(app_ws):
     assert app_ws.holdout() is not None
 
 
+@pytest.mark.slow
 def test_compute_setting_comes_only_from_the_operator(app_ws, monkeypatch):
     monkeypatch.delenv("REFINER_SCHEDULER", raising=False)
     at = run("pages/2_Train.py")

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+@pytest.mark.slow
 def test_the_apps_reference_score_on_austin_is_the_whole_tile_score(tmp_path, monkeypatch):
     from refiner.app.demos import REAL_DEMOS
 

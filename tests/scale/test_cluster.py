@@ -8,6 +8,8 @@ import torch
 from refiner.scale.scene import predict_scene, refine_scene
 from tests.scale.test_scene import at_pixel_size, files  # noqa: F401  (module fixture: random models and a small scene)
 
+pytestmark = pytest.mark.slow  # each test starts a Dask LocalCluster
+
 distributed = pytest.importorskip("dask.distributed")
 
 

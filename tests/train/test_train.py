@@ -72,6 +72,7 @@ def test_label_checks():
         check_labels(np.full((4, 4), 3, np.uint8), 2)
 
 
+@pytest.mark.slow
 def test_training_raises_miou_over_the_degraded_coarse_map(scene, scene_b):
     """Fine-tuned on one synthetic scene, the RNN sharpens the blurry coarse map of another."""
     k = 3
