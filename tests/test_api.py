@@ -82,6 +82,7 @@ def _readme_snippet() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (refiner.pretrained_root() / "coarse_1m").is_dir(), reason="no shipped pretrained models")
 def test_the_readme_library_snippet_runs(tmp_path, monkeypatch, capsys):
     """The snippet as printed, on a synthetic 1 m scene: files written, three scores printed.
