@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PORT ?= 8501
 
-.PHONY: run test lint browser demo-experiment demo-assets pretrained screenshots clean
+.PHONY: run test lint browser install-check demo-experiment demo-assets pretrained screenshots clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,7 +46,13 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 
-test: $(STAMP) lint browser
+# `pip install .` as a user gets it: the wheel (package, C kernel, assets) installed with its
+# dependencies into a fresh venv in a temporary folder, then `refiner` and the library used from
+# outside the tree (scripts/install_check.sh; about 2 min on 2 cores, most of it installing torch).
+install-check: $(STAMP)
+	PYTHON=$(PYTHON) bash scripts/install_check.sh $(PY)
+
+test: $(STAMP) lint browser install-check
 	$(PY) -m pytest -q
 
 clean:

@@ -30,14 +30,14 @@ from PIL import Image
 
 from refiner.app.uploads import load_tile
 from refiner.app.workspace import Workspace
+from refiner.core import paths
 from refiner.core.atomic import read_json
 from refiner.core.classes import IGNORE, ClassSpec
 from refiner.data.read import read_image, read_labels
 
-REPO = Path(__file__).resolve().parents[2]
 #: The paper's classes, as the shipped models have them (so the pretrained RNN fits for fine-tuning).
 THREE = ClassSpec(("background", "building", "road"), (0, 1, 2), ((40, 40, 40), (230, 60, 50), (250, 200, 40)))
-LABELS_DIR = REPO / "assets" / "real_demo"
+LABELS_DIR = paths.REAL_DEMO
 
 
 @dataclass(frozen=True)
@@ -86,9 +86,9 @@ REAL_DEMOS = {
 
 
 def data_dir() -> Path:
-    """``$REFINER_DATA``, else ``../shared/data`` beside the repository."""
+    """``$REFINER_DATA``, else ``../shared/data`` beside the repository (:func:`refiner.core.paths.default_data`)."""
     env = os.environ.get("REFINER_DATA")
-    return Path(env) if env else REPO.parent / "shared" / "data"
+    return Path(env) if env else paths.default_data()
 
 
 def unavailable(name: str) -> str:
@@ -134,7 +134,7 @@ def create_real_demo(root: str | Path, name: str = "real-roads", *, overwrite: b
 
 
 DEMO_NAME = "demo"
-ASSETS = Path(__file__).resolve().parents[2] / "assets" / "demo"
+ASSETS = paths.DEMO
 
 
 # --------------------------------------------------------------------------- the demo

@@ -40,6 +40,7 @@ import rasterio
 from rasterio.errors import RasterioError
 
 from refiner.app.uploads import IMAGE_SUFFIXES, check_pixel_size, short_error, sniff_image, staged_upload
+from refiner.core import paths
 from refiner.core.atomic import atomic_dir, atomic_file, atomic_write_json, file_lock, read_json
 from refiner.core.classes import IGNORE, ClassSpec, check_compatible
 from refiner.data.read import PREDICT_ON_IT, check_same_place, read_image, read_labels, read_probs
@@ -53,9 +54,12 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 def default_root() -> Path:
-    """``$REFINER_WORKSPACES``, else ``workspaces/`` in the repository."""
+    """Where workspaces live: ``$REFINER_WORKSPACES``, else :func:`refiner.core.paths.default_workspaces`.
+
+    That is ``workspaces/`` in a source checkout, and a per-user folder for an installed package.
+    """
     env = os.environ.get("REFINER_WORKSPACES")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "workspaces"
+    return Path(env) if env else paths.default_workspaces()
 
 
 def check_name(name: str) -> str:

@@ -30,11 +30,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from refiner.core import paths
 from refiner.core.classes import ClassSpec
 from refiner.data.tile import Tile
 from refiner.models.store import CONFIG, WEIGHTS, AnyBundle, load_model
 
-PRETRAINED = Path(__file__).resolve().parents[2] / "assets" / "pretrained"
+PRETRAINED = paths.PRETRAINED  # assets/pretrained in a checkout, inside the package when installed
 #: A model fits tiles from resolution * FINEST to resolution * COARSEST metres per pixel.
 FINEST, COARSEST = 0.1, 2.0
 BACKGROUND = "background"
