@@ -14,11 +14,17 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
 from refiner import __version__
+
+if TYPE_CHECKING:  # the commands import the engine lazily, so `refiner --help` stays cheap
+    from refiner.core.classes import ClassSpec
+    from refiner.data.tile import Tile
+    from refiner.models.store import AnyBundle
+    from refiner.train.rnn import RNNTrainResult
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -28,7 +34,7 @@ def _ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def _log_lines(desc: str, total: int, every: float = 5.0, stream=None) -> Callable[[int], None]:
+def _log_lines(desc: str, total: int, every: float = 5.0, stream: IO[str] | None = None) -> Callable[[int], None]:
     """Progress as plain lines, one per ``every`` percent (and the last): what a log file needs.
 
     A tqdm bar writes one line there and then nothing until the end.
@@ -91,7 +97,7 @@ def _json_file(path: Path, what: str) -> dict:
     return data
 
 
-def _classes(args: argparse.Namespace, fallback=None):
+def _classes(args: argparse.Namespace, fallback: ClassSpec | None = None) -> ClassSpec:
     from refiner.core.classes import ClassSpec
 
     if getattr(args, "classes", None):
@@ -217,9 +223,11 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     if args.window:
         labels = restrict_to_window(labels, args.window)
     working = to_working(tile, args.resolution, probs, [labels])
-    work, probs, labels = working.tile, working.probs, working.labels[0]
-    assert probs is not None  # given, so on the working grid too
+    work, work_probs, labels = working.tile, working.probs, working.labels[0]
+    assert work_probs is not None  # given, so on the working grid too
+    probs = work_probs
     if args.init:
+        assert start is not None  # loaded from --init above
         return _finetune_from_pretrained(args, work, probs, labels, classes, start)
     init = start
     cfg = rnn_train_config(args)
@@ -252,7 +260,9 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     _save_finetuned(args, result)
 
 
-def _image_and_probs(args: argparse.Namespace, model_classes=None):
+def _image_and_probs(
+    args: argparse.Namespace, model_classes: ClassSpec | None = None
+) -> tuple[Tile, np.ndarray, ClassSpec]:
     """The image, its coarse probabilities (checked: sums, size, CRS and place) and the classes."""
     from refiner.data.read import PREDICT_ON_IT, check_same_place, read_image, read_probs
 
@@ -282,7 +292,7 @@ def _checkpoints(args: argparse.Namespace) -> Path | None:
     return _checkpoint_dir(args) if args.checkpoint_every else None
 
 
-def _save_finetuned(args: argparse.Namespace, result) -> None:
+def _save_finetuned(args: argparse.Namespace, result: RNNTrainResult) -> None:
     """The finished model, written whole; a checkpoint beside it is then of no more use."""
     import shutil
 
@@ -296,7 +306,9 @@ def _save_finetuned(args: argparse.Namespace, result) -> None:
     print(f"saved the RNN to {args.out} ({result.stopped} after {result.bundle.info['trained_steps']} steps{best})")
 
 
-def _finetune_from_pretrained(args: argparse.Namespace, work, probs, labels, classes, init) -> None:
+def _finetune_from_pretrained(
+    args: argparse.Namespace, work: Tile, probs: np.ndarray, labels: np.ndarray, classes: ClassSpec, init: AnyBundle
+) -> None:
     from refiner.core.classes import check_compatible
     from refiner.train.rnn import finetune_from_pretrained
 
@@ -429,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show the full traceback of an unexpected error")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, fn, help_: str) -> argparse.ArgumentParser:
+    def add(name: str, fn: Callable[[argparse.Namespace], int | None], help_: str) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_, description=help_)
         sp.set_defaults(func=fn)
         return sp
@@ -714,7 +726,14 @@ def _os_error(exc: OSError) -> str:
     return f"{exc.strerror or exc}{where} — check the path and run again"
 
 
-def _note(message, category, filename, lineno, file=None, line=None) -> None:
+def _note(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: IO[str] | None = None,
+    line: str | None = None,
+) -> None:
     """Scaling notes as ``note:`` lines; other warnings as Python shows them."""
     from refiner.data.read import ScaleNote
 
