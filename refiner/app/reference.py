@@ -17,7 +17,6 @@ import time
 from collections.abc import Mapping
 
 import numpy as np
-import rasterio
 from rasterio.errors import RasterioError
 from rasterio.io import MemoryFile
 
@@ -158,12 +157,7 @@ def detach(ws: Workspace) -> None:
 
 def reference_labels(ws: Workspace) -> np.ndarray | None:
     """The attached reference as class indices (H, W), or None."""
-    p = ws.path / REFERENCE
-    if not p.is_file():
-        return None
-    with rasterio.open(p) as ds:
-        raw = ds.read(1)
-    return ws.classes.encode_mask(raw, strict=False)
+    return ws.read_mask(REFERENCE)
 
 
 def describe(ws: Workspace) -> str:

@@ -232,11 +232,21 @@ class Workspace:
             return Georef(ds.crs, ds.transform)
 
     # ----------------------------------------------------------------- labels
-    def labels(self) -> np.ndarray:
-        """Painted labels as class indices (H, W) uint8, 255 = unlabelled."""
-        with rasterio.open(self.path / LABELS) as ds:
+    def read_mask(self, file: str) -> np.ndarray | None:
+        """A mask file of this workspace (mask values on disk) as class indices, or None if absent."""
+        p = self.path / file
+        if not p.is_file():
+            return None
+        with rasterio.open(p) as ds:
             raw = ds.read(1)
         return self.classes.encode_mask(raw, strict=False)
+
+    def labels(self) -> np.ndarray:
+        """Painted labels as class indices (H, W) uint8, 255 = unlabelled."""
+        labels = self.read_mask(LABELS)
+        if labels is None:
+            raise FileNotFoundError(f"{self.path / LABELS} is missing")
+        return labels
 
     def lock(self) -> contextlib.AbstractContextManager[None]:
         """The workspace's write lock (see :func:`file_lock`); not re-entrant."""
@@ -332,12 +342,7 @@ class Workspace:
 
     def holdout(self) -> np.ndarray | None:
         """The labels the last training run held back (class indices), if any."""
-        p = self.path / HOLDOUT
-        if not p.is_file():
-            return None
-        with rasterio.open(p) as ds:
-            raw = ds.read(1)
-        return self.classes.encode_mask(raw, strict=False)
+        return self.read_mask(HOLDOUT)
 
     def write_holdout(self, labels: np.ndarray) -> None:
         """Save the labels a training run held back, on the tile's grid: what the pages score on."""
