@@ -202,6 +202,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         progress=_progress("predict"),
         window=args.window or 512,
         scheduler=args.scheduler,
+        pixel_size=args.resolution,
     )
     print(f"wrote class probabilities to {args.out}")
 
@@ -340,8 +341,48 @@ def cmd_refine(args: argparse.Namespace) -> None:
         window=args.window,
         progress=_progress("refine"),
         scheduler=args.scheduler,
+        pixel_size=args.resolution,
     )
     print(f"wrote the refined class map to {args.out}")
+
+
+def cmd_adapt(args: argparse.Namespace) -> None:
+    """``adapt``: fine-tune the coarse CNN, then the RNN, to one tile from its painted labels."""
+    from refiner.core.atomic import atomic_write_bytes
+    from refiner.data.read import read_image, read_labels
+    from refiner.models.pretrained import pretrained_root
+    from refiner.models.store import load_model, save_model
+    from refiner.train.adapt import adapt
+
+    coarse = load_model(args.coarse or pretrained_root() / "coarse_1m", expect="coarse")
+    rnn = None if args.no_rnn else load_model(args.rnn or pretrained_root() / "rnn_1m", expect="rnn")
+    tile = read_image(args.image, bands=args.bands)
+    if args.resolution is not None:
+        if tile.georef is not None:
+            raise ValueError(
+                f"{Path(args.image).name} is georeferenced ({tile.resolution or 'unknown'} m per pixel): "
+                "--resolution is for pictures without georeferencing — leave it out"
+            )
+        tile.pixel_size = args.resolution
+    classes = coarse.classes if not args.values else _classes(argparse.Namespace(
+        classes=",".join(coarse.classes.names), values=args.values))  # fmt: skip
+    labels = read_labels(args.labels, classes, like=tile, line_width=args.line_width)
+    last = {"stage": ""}
+
+    def progress(stage: str, report: Any) -> None:
+        if stage != last["stage"]:
+            last["stage"] = stage
+            print(f"adapting the {'coarse CNN' if stage == 'coarse' else 'RNN'} ...", file=sys.stderr)
+
+    result = adapt(tile, labels, coarse, rnn, progress=progress)
+    args.out.mkdir(parents=True, exist_ok=True)
+    save_model(result.coarse, args.out / "coarse")
+    if result.rnn is not None:
+        save_model(result.rnn, args.out / "rnn")
+    report = result.to_dict()
+    atomic_write_bytes(args.out / "adapt.json", json.dumps(report, indent=2).encode())
+    print(result.summary())
+    print(f"wrote {args.out / 'coarse'}" + (f" and {args.out / 'rnn'}" if result.rnn is not None else ""))
 
 
 def cmd_crf(args: argparse.Namespace) -> None:
@@ -464,6 +505,15 @@ def build_parser() -> argparse.ArgumentParser:
         )
         scheduler_arg(sp)
 
+    def resolution_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--resolution",
+            type=float,
+            default=None,
+            help="metres per pixel of a picture without georeferencing (PNG, JPEG), e.g. 0.3; "
+            "georeferenced images carry their own",
+        )
+
     def scheduler_arg(sp: argparse.ArgumentParser) -> None:
         sp.add_argument(
             "--scheduler",
@@ -506,6 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, type=Path, help="probability GeoTIFF to write")
     common_image(sp)
     scale_args(sp)
+    resolution_arg(sp)
 
     sp = add("finetune", cmd_finetune, "Train the refinement RNN on accurately labelled pixels.")
     sp.add_argument("--image", required=True)
@@ -592,6 +643,27 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--iterations", type=int, default=None, help="iterations to run (default: the model's T)")
     common_image(sp)
     scale_args(sp)
+    resolution_arg(sp)
+
+    sp = add(
+        "adapt",
+        cmd_adapt,
+        "Adapt the coarse CNN, then the RNN, to one tile from a painted patch (writes OUT/coarse and OUT/rnn).",
+    )
+    sp.add_argument("--image", required=True, help="the tile (GeoTIFF, PNG, JPEG)")
+    sp.add_argument(
+        "--labels", required=True, help="painted labels on the tile's grid (mask, 255 = unpainted, or GeoJSON)"
+    )
+    sp.add_argument("--out", required=True, type=Path, help="folder to write coarse/, rnn/ and adapt.json into")
+    sp.add_argument("--coarse", type=Path, default=None, help="coarse CNN to start from (default: the shipped one)")
+    sp.add_argument("--rnn", type=Path, default=None, help="RNN to start from (default: the shipped one)")
+    sp.add_argument("--no-rnn", action="store_true", help="adapt the coarse CNN only")
+    sp.add_argument(
+        "--values", help="mask pixel value of each of the model's classes, e.g. 0,255,128 (default: 0,1,2,...)"
+    )
+    sp.add_argument("--line-width", type=float, default=7.0, help="width in metres of vector lines; default 7")
+    common_image(sp)
+    resolution_arg(sp)
 
     sp = add("crf", cmd_crf, "Dense CRF baseline on coarse probabilities.")
     sp.add_argument("--image", required=True)
@@ -670,6 +742,7 @@ def check_args(args: argparse.Namespace) -> None:
 _OUTPUTS = {
     "demo-data": [("out", "folder")],
     "train-coarse": [("out", "model")],
+    "adapt": [("out", "folder")],
     "finetune": [("out", "model")],
     "pretrain": [("out", "model")],
     "predict": [("out", "file")],
@@ -677,7 +750,7 @@ _OUTPUTS = {
     "crf": [("out", "file"), ("probs_out", "file"), ("params_out", "file")],
     "experiment": [("out", "file"), ("save_models", "folder")],
 }
-_INPUTS = ("image", "probs", "labels", "model", "params", "search_labels", "resume", "init", "config")
+_INPUTS = ("image", "probs", "labels", "model", "params", "search_labels", "resume", "init", "config", "coarse", "rnn")
 
 
 def check_outputs(args: argparse.Namespace) -> None:

@@ -48,7 +48,7 @@ from refiner.data.read import (
     tagged_classes,
 )
 from refiner.data.resample import Grid, probs_back_on, read_image_on, read_probs_on, resolution_differs, working_grid_of
-from refiner.data.tile import Georef, Tile
+from refiner.data.tile import Georef, Tile, grid_of
 from refiner.data.write import RasterWriter
 from refiner.models.coarse import COARSE_HALO
 from refiner.models.fused import scene_window
@@ -165,10 +165,25 @@ def _all_or_nothing(writers: dict[str, RasterWriter]) -> Iterator[None]:
         raise
 
 
-def _streamable(image: str | Path, bundle: ModelBundle) -> tuple[int, int, tuple[Georef | None, bool]]:
-    """Scene size, georeferencing, and whether it must be resampled to the model's resolution."""
+def _streamable(
+    image: str | Path, bundle: ModelBundle, pixel_size: float | None = None
+) -> tuple[int, int, tuple[Georef | None, Georef | None, bool]]:
+    """Scene size, its georeferencing (for the outputs), the grid to resample on, and whether to.
+
+    A picture without georeferencing but with a stated ``pixel_size`` is resampled on a local
+    grid of that pixel size (:func:`~refiner.data.tile.grid_of`); its outputs stay pictures.
+    """
     h, w, georef, res = raster_shape(image)
-    return h, w, (georef, resolution_differs(res, bundle.resolution))
+    grid = georef
+    if georef is not None and pixel_size:
+        raise ValueError(
+            f"{Path(str(image)).name} is georeferenced: a stated pixel size (--resolution) is only for "
+            "pictures without georeferencing — leave it out"
+        )
+    if pixel_size:
+        grid = grid_of(Tile(np.zeros((0, 1, 1), np.float32), np.zeros((1, 1), bool), pixel_size=pixel_size))
+        res = pixel_size
+    return h, w, (georef, grid, resolution_differs(res, bundle.resolution))
 
 
 #: Core side of the windows that bring working-grid results back onto the scene's grid.
@@ -262,14 +277,16 @@ def predict_scene(
     window: int = 512,
     progress: Progress | None = None,
     scheduler: Scheduler = None,
+    pixel_size: float | None = None,
 ) -> Path:
     """Coarse probabilities of ``image`` written to ``out`` (K float32 bands, class list in tags).
 
     ``scheduler``: ``None`` runs here; a Dask scheduler address or ``Client`` runs the windows
-    on the cluster (:mod:`refiner.scale.cluster`).
+    on the cluster (:mod:`refiner.scale.cluster`). ``pixel_size``: metres per pixel of a picture
+    without georeferencing (PNG, JPEG), so it is resampled to the model's resolution.
     """
     bundle = load_model(model, expect="coarse")
-    h, w, (georef, resample) = _streamable(image, bundle)
+    h, w, (georef, grid, resample) = _streamable(image, bundle, pixel_size)
     window = max(4, window - window % 4)
     task = SceneTask("predict", str(model), str(image), bands=tuple(bands) if bands else None, device=device)
 
@@ -278,7 +295,7 @@ def predict_scene(
 
     makers = {"probs": lambda: _probs_writer(out, h, w, georef, bundle.classes)}
     resample_to = bundle.resolution if resample else None
-    _run_scene(task, georef, (h, w), resample_to, windows_on, makers, Path(out).parent, scheduler, progress)
+    _run_scene(task, grid, (h, w), resample_to, windows_on, makers, Path(out).parent, scheduler, progress)
     return Path(out)
 
 
@@ -335,17 +352,19 @@ def refine_scene(
     window: int | None = None,
     progress: Progress | None = None,
     scheduler: Scheduler = None,
+    pixel_size: float | None = None,
 ) -> Path:
     """Refined class map (and optionally probabilities, every iteration) of a scene, window by window.
 
     ``quantise``: the probabilities as uint8 steps of 1/255 (a quarter of float32's size).
+    ``pixel_size``: metres per pixel of a picture without georeferencing (as in :func:`predict_scene`).
 
     ``window``: the core side of each window; default: the scene split evenly into windows of at
     most :func:`~refiner.models.fused.scene_window` (which reads whole CPU blocks; about 1100 px
     for two classes), so no window is computed twice over.
     """
     bundle = load_model(model, expect="rnn")
-    h, w, (georef, resample) = _streamable(image, bundle)
+    h, w, (georef, grid, resample) = _streamable(image, bundle, pixel_size)
     _check_probs(probs, h, w, georef, bundle, Path(str(image)).name)
     t_max = bundle.net.cfg.iterations if iterations is None else iterations
     classes = bundle.classes
@@ -386,5 +405,5 @@ def refine_scene(
             tags={"refiner_iterations": str(t_max), **tags},
         )
     resample_to = bundle.resolution if resample else None
-    _run_scene(task, georef, (h, w), resample_to, windows_on, makers, Path(out).parent, scheduler, progress)
+    _run_scene(task, grid, (h, w), resample_to, windows_on, makers, Path(out).parent, scheduler, progress)
     return Path(out)
