@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from refiner.app import jobs, model_history, results, viz
+from refiner.app.pretrained import workspace_resolution
 from refiner.core.device import pick_device
 from refiner.models.pretrained import pick_rnn
 from refiner.models.rnn import VARIANTS
@@ -53,7 +54,7 @@ HELP = {
 }
 CONTINUE, NEW = "the current RNN (continue training)", "a new RNN (from scratch)"
 with common.guard("looking for a pretrained RNN"):
-    pick = pick_rnn(ws.classes, ws.settings.get("source", {}).get("resolution"))
+    pick = pick_rnn(ws.classes, workspace_resolution(ws))
 PRETRAINED = f"the pretrained RNN {pick.model.name} (fine-tune)" if pick.model else None
 # the pretrained RNN is the default start of a workspace's first fine-tune; afterwards, its own RNN
 options = [o for o in ([CONTINUE, PRETRAINED] if has_model else [PRETRAINED]) + [NEW] if o]
