@@ -173,3 +173,19 @@ def test_the_models_know_nothing_of_workspaces():
         if "workspace" in line.lower()
     ]
     assert not named, f"models code that knows about workspaces (move it to refiner/app): {named}"
+
+
+def test_tools_scripts_and_benchmarks_never_import_the_tests():
+    """What they share with the tests lives in ``tools/`` (``tools/browser.py``), not in ``tests/``."""
+    import ast
+
+    outside = [p for d in ("tools", "scripts", "benchmarks") for p in sorted((PACKAGE.parent / d).rglob("*.py"))]
+    assert any(p.name == "screenshots.py" for p in outside)
+    found = [
+        f"{p.relative_to(PACKAGE.parent)}:{n.lineno}"
+        for p in outside
+        for n in ast.walk(ast.parse(p.read_text()))
+        if (isinstance(n, ast.ImportFrom) and (n.module or "").split(".")[0] == "tests")
+        or (isinstance(n, ast.Import) and any(a.name.split(".")[0] == "tests" for a in n.names))
+    ]
+    assert not found, f"tools, scripts and benchmarks import test code (move it to tools/): {found}"
