@@ -36,7 +36,7 @@ from rasterio.windows import Window
 
 from refiner.core.classes import IGNORE, ClassSpec
 from refiner.data.tile import Georef, RasterError, Tile
-from refiner.data.vector import VECTOR_SUFFIXES, rasterize_vectors
+from refiner.data.vector import LINE_WIDTH, VECTOR_SUFFIXES, rasterize_vectors
 
 #: Largest raster read whole (pixels), checked against the size a file *declares* before any
 #: pixel is read: a 186-byte TIFF declaring 10^6 x 10^6 px otherwise ran ``predict`` for 59 s to
@@ -250,7 +250,7 @@ def read_labels(
     *,
     like: Tile | None = None,
     window: Sequence[int] | None = None,
-    line_width: float = 7.0,
+    line_width: float = LINE_WIDTH,
     strict: bool = True,
 ) -> np.ndarray:
     """Read a label mask (raster or GeoJSON) as class indices (H, W) uint8, 255 = unlabelled.

@@ -33,6 +33,7 @@ from refiner.data.read import read_image, read_labels
 from refiner.data.resample import probs_to_grid, to_working
 from refiner.data.synthetic import degrade_labels
 from refiner.data.tile import Tile, grid_of
+from refiner.data.vector import LINE_WIDTH
 from refiner.models.inference import predict_coarse, refine
 from refiner.models.rnn import VARIANTS, RNNConfig
 from refiner.models.store import load_model, save_model
@@ -71,7 +72,7 @@ class ExperimentConfig:
     iterations: int = 5
     variants: tuple[str, ...] = VARIANTS
     crf_grid: dict[str, tuple[float, ...]] = field(default_factory=lambda: dict(DEFAULT_GRID))
-    line_width: float = 7.0
+    line_width: float = LINE_WIDTH
 
     @classmethod
     def load(cls, path: str | Path) -> ExperimentConfig:
@@ -134,7 +135,7 @@ class ExperimentConfig:
             iterations=int(rnn.get("iterations", 5)),
             variants=tuple(rnn.get("variants", VARIANTS)),
             crf_grid=grid,
-            line_width=float(raw.get("line_width", 7.0)),
+            line_width=float(raw.get("line_width", LINE_WIDTH)),
         )
 
 
