@@ -351,7 +351,7 @@ def cmd_crf(args: argparse.Namespace) -> None:
     from refiner.data.read import read_labels
     from refiner.data.write import write_class_map, write_probs
 
-    params = CRFParams.from_dict(_json_file(args.params, "CRF parameters")) if args.params else CRFParams()
+    params = CRFParams.parse(_json_file(args.params, "CRF parameters")) if args.params else CRFParams()
     tile, probs, classes = _image_and_probs(args)
     if args.search_labels:
         labels = read_labels(args.search_labels, classes, like=tile)

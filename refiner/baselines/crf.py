@@ -12,11 +12,12 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
+from refiner.core.atomic import from_known_fields, unknown_keys
 from refiner.core.classes import IGNORE
 from refiner.core.metrics import Scores, confusion_matrix, scores_from_confusion
 
@@ -38,11 +39,24 @@ class CRFParams:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CRFParams:
-        """Parameters from JSON, refusing unknown names (a typo would otherwise silently keep a default)."""
-        unknown = set(d) - set(cls.__dataclass_fields__)
+        """Parameters from JSON (a workspace's settings), ignoring names this version does not know.
+
+        What a person wrote is read with :meth:`parse`, which refuses unknown names.
+        """
+        return from_known_fields(cls, d)
+
+    @classmethod
+    def parse(cls, d: dict[str, Any]) -> CRFParams:
+        """Parameters a person wrote (``refiner crf --params``), refusing unknown names.
+
+        Raises:
+            ValueError: a name is no CRF parameter (a typo would otherwise silently keep a default).
+        """
+        unknown = unknown_keys(cls, d)
         if unknown:
-            raise ValueError(f"unknown CRF parameter(s) {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
-        return cls(**d)
+            known = sorted(f.name for f in fields(cls))
+            raise ValueError(f"unknown CRF parameter(s) {unknown}; known: {known}")
+        return cls.from_dict(d)
 
 
 #: The search space: bilateral range/colour scale and weight (DeepLab searched the same three).
@@ -160,9 +174,8 @@ def grid_search(
     total); ``should_stop`` ends the search early (the best so far is returned, ``complete=False``).
     """
     grid = {k: tuple(v) for k, v in (grid or DEFAULT_GRID).items()}
-    for key in grid:
-        if key not in CRFParams.__dataclass_fields__:
-            raise ValueError(f"unknown CRF parameter {key!r} in the grid")
+    if unknown := unknown_keys(CRFParams, grid):
+        raise ValueError(f"unknown CRF parameter {unknown[0]!r} in the grid")
     pad = int(max([base.bilateral_sxy, *grid.get("bilateral_sxy", ())]) * 2)
     windows = label_windows(labels, pad)
     keys = list(grid)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Generic, Protocol, Self, TypeVar
 
 from refiner.app.workspace import Workspace
-from refiner.core.atomic import atomic_write_json, read_json
+from refiner.core.atomic import atomic_write_json, from_known_fields, read_json
 
 #: A running job rewrites its status at least this often (seconds); older means it died.
 HEARTBEAT = 10.0
@@ -54,7 +54,7 @@ class JobState:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Self:
         """A status from its JSON, ignoring keys this version does not know (a file from another version)."""
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+        return from_known_fields(cls, d)
 
 
 StatusT = TypeVar("StatusT", bound=JobState)

@@ -32,7 +32,7 @@ import numpy as np
 from refiner.app import model_history
 from refiner.app.jobs.base import Backend, JobKind, JobState, job_run, jobs_dir
 from refiner.app.workspace import Workspace
-from refiner.core.atomic import atomic_write_json, read_json
+from refiner.core.atomic import atomic_write_json, from_known_fields, read_json
 from refiner.core.classes import check_compatible
 from refiner.models.rnn import RNNConfig
 from refiner.train.rnn import FINETUNE_DEFAULTS, RNNTrainConfig
@@ -75,7 +75,7 @@ class TrainParams:
     @classmethod
     def from_dict(cls, d: dict) -> TrainParams:
         """Parameters from JSON, ignoring keys this version does not know."""
-        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+        return from_known_fields(cls, d)
 
     @property
     def from_pretrained(self) -> bool:
