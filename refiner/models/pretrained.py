@@ -42,7 +42,17 @@ BACKGROUND = "background"
 
 
 def pretrained_root() -> Path:
-    """``$REFINER_PRETRAINED`` (tests, operators with their own models), else ``assets/pretrained``."""
+    """Where the shipped pretrained models are.
+
+    Returns:
+        ``$REFINER_PRETRAINED`` (tests, operators with their own models), else the package's
+        ``assets/pretrained`` (``coarse_1m``: background, building, road at 1 m; ``rnn_1m``).
+
+    Example:
+        ```python
+        rnn = refiner.load_model(refiner.pretrained_root() / "rnn_1m", expect="rnn")
+        ```
+    """
     env = os.environ.get("REFINER_PRETRAINED")
     return Path(env) if env else PRETRAINED
 
