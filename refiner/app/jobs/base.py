@@ -271,8 +271,10 @@ class JobKind(Generic[StatusT]):
     interrupted: str
 
     def __post_init__(self) -> None:
-        if KINDS.setdefault(self.name, self) is not self:
+        old = KINDS.get(self.name)
+        if old is not None and _where(old.run) != _where(self.run):
             raise ValueError(f"there is already a job kind called {self.name!r}")
+        KINDS[self.name] = self  # also when its module is imported again (Streamlit reloads edited modules)
 
     @property
     def files(self) -> tuple[str, str]:
@@ -341,6 +343,10 @@ class JobKind(Generic[StatusT]):
             write_status(ws, status, self.files[0])
             _LIVE[status.id] = (backend or ThreadBackend()).submit(self.run, str(ws.path), status.id, *args)
             return status
+
+
+def _where(fn: Callable[..., Any]) -> str:
+    return f"{fn.__module__}.{fn.__qualname__}"
 
 
 def active_job(ws: Workspace) -> str:

@@ -58,12 +58,16 @@ def test_status_writes_are_throttled_unless_forced(tmp_path):
     _run(ws, body)
 
 
-def test_kinds_are_declared_once_and_named_in_messages(tmp_path):
+def test_kinds_are_declared_once_and_named_in_messages(tmp_path, monkeypatch):
     assert set(jobs.KINDS) == {"train", "crf", "scene"}
     assert {k.files for k in jobs.KINDS.values()} == {
         ("train.json", "train.cancel"), ("crf.json", "crf.cancel"), ("scene.json", "scene.cancel")}  # fmt: skip
     with pytest.raises(ValueError, match="already a job kind called 'crf'"):
         jobs.JobKind("crf", "another search", jobs.JobState, lambda *a: {}, interrupted="")
+    crf = jobs.KINDS["crf"]
+    monkeypatch.setitem(jobs.KINDS, "crf", crf)  # restored after the test
+    again = jobs.JobKind("crf", crf.what, crf.status, crf.run, interrupted=crf.interrupted)
+    assert jobs.KINDS["crf"] is again  # its module imported again (Streamlit reloads edited modules)
     ws = make_workspace(tmp_path, with_rnn=False)
     for kind in jobs.KINDS.values():
         jobs.write_status(ws, kind.status(id="j", state="running"), kind.files[0])
