@@ -11,9 +11,10 @@ import streamlit as st
 from refiner.app import access, results, viz
 from refiner.app.demos import DEMO_NAME, REAL_DEMOS
 from refiner.app.demos import unavailable as real_demo_unavailable
+from refiner.app.pretrained import coarse_into_workspace, workspace_resolution
 from refiner.app.uploads import MAX_PIXELS, check_pixel_size, load_tile, tile_from_upload, upload_shape
 from refiner.core.classes import ClassSpec, check_compatible
-from refiner.models.pretrained import coarse_into_workspace, pick_coarse, workspace_resolution
+from refiner.models.pretrained import pick_coarse
 from webapp import common
 
 ws = common.page("Refiner: tile and workspace")

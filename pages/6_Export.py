@@ -11,6 +11,7 @@ from refiner.app.jobs import scene as scene_job
 from refiner.data.export import LINES, POLYGONS, road_class, write_geopackage
 from refiner.data.write import write_class_map, write_probs
 from webapp import common
+from webapp.job_panel import job_panel
 
 ws = common.page("Export")
 st.write(
@@ -86,7 +87,7 @@ st.write(
     "window by window at bounded memory: the coarse CNN, then this workspace's RNN. Files go to the "
     "workspace's `results/scene/` folder. " + where
 )
-scene_status = scene_job.read_scene_status(ws)
+scene_status = scene_job.SCENE.read(ws)
 scene_running = scene_status is not None and scene_status.active
 with st.form("scene_form"):
     source = st.text_input(
@@ -118,34 +119,27 @@ SCENE_FILES = {
 }
 
 
-@st.fragment(run_every=1.0 if scene_running else None)
-def scene_panel() -> None:
-    now = scene_job.read_scene_status(ws)
-    if now is None:
-        st.caption("No scene run yet in this workspace.")
+def scene_downloads(now: scene_job.SceneStatus) -> None:
+    """Once the run has finished: a download button per output file, or where it is when too large."""
+    if now.state != "finished":
         return
-    stage = {"coarse": "Coarse CNN", "refine": "RNN", "vectors": "Polygons"}.get(now.stage, "Starting")
-    label = common.job_label(now.state, f"{stage}: window {now.done} of {now.total or '…'}")
-    st.progress(now.fraction, text=label)
-    if now.state == "failed":
-        st.error(f"The scene run failed: {now.message}")
-    elif now.message:
-        st.caption(now.message)
-    if now.state == "finished":
-        for name, path in now.outputs.items():
-            p = Path(path)
-            size = p.stat().st_size if p.is_file() else 0
-            if 0 < size <= scene_job.DOWNLOAD_LIMIT:
-                label = f"Download scene {SCENE_FILES.get(name, name)} ({p.name}, {common.size(p)})"
-                common.download(p, f"{ws.name}_scene", f"dl_scene_{name}", label)
-            else:
-                st.caption(f"`{p}` ({size / 2**20:.0f} MiB: too large to download here; copy it from the server)")
-    if now.active:
-        if st.button("Cancel the scene run", key="cancel_scene", disabled=bool(ws.readonly)):
-            scene_job.request_scene_cancel(ws)
-            st.toast("Cancelling: the partial files will be removed.")
-    elif scene_running:  # it just ended: rerun so polling stops and the form unlocks
-        st.rerun(scope="app")
+    for name, path in now.outputs.items():
+        p = Path(path)
+        size = p.stat().st_size if p.is_file() else 0
+        if 0 < size <= scene_job.DOWNLOAD_LIMIT:
+            label = f"Download scene {SCENE_FILES.get(name, name)} ({p.name}, {common.size(p)})"
+            common.download(p, f"{ws.name}_scene", f"dl_scene_{name}", label)
+        else:
+            st.caption(f"`{p}` ({size / 2**20:.0f} MiB: too large to download here; copy it from the server)")
 
 
-scene_panel()
+STAGES = {"coarse": "Coarse CNN", "refine": "RNN", "vectors": "Polygons"}
+job_panel(
+    ws,
+    scene_job.SCENE,
+    lambda now: f"{STAGES.get(now.stage, 'Starting')}: window {now.done} of {now.total or '…'}",
+    failed="The scene run failed",
+    cancel=("Cancel the scene run", "cancel_scene", "Cancelling: the partial files will be removed."),
+    idle=lambda: st.caption("No scene run yet in this workspace."),
+    outputs=scene_downloads,
+)

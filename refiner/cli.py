@@ -392,7 +392,7 @@ def cmd_crf(args: argparse.Namespace) -> None:
     from refiner.data.read import read_labels
     from refiner.data.write import write_class_map, write_probs
 
-    params = CRFParams.from_dict(_json_file(args.params, "CRF parameters")) if args.params else CRFParams()
+    params = CRFParams.parse(_json_file(args.params, "CRF parameters")) if args.params else CRFParams()
     tile, probs, classes = _image_and_probs(args)
     if args.search_labels:
         labels = read_labels(args.search_labels, classes, like=tile)
@@ -468,12 +468,14 @@ def cmd_experiment(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line: one subcommand per ``cmd_*`` function, each with its checked options."""
+    from refiner.data.vector import LINE_WIDTH
     from refiner.models.rnn import VARIANTS, RNNConfig
     from refiner.train.coarse import CoarseTrainConfig
     from refiner.train.rnn import FINETUNE_DEFAULTS, RNNTrainConfig
 
     coarse, rnn, arch = _field_defaults(CoarseTrainConfig), _field_defaults(RNNTrainConfig), _field_defaults(RNNConfig)
     ft = FINETUNE_DEFAULTS
+    line_width = f"width in metres of vector lines (roads); default {LINE_WIDTH:g}"
     p = argparse.ArgumentParser(
         prog="python -m refiner",
         description="Learn to sharpen coarse satellite classification maps (Maggiori et al. 2017).",
@@ -543,7 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--resolution", type=float, default=1.0, help="metres per pixel the network works at (default 1, the paper's)"
     )
-    sp.add_argument("--line-width", type=float, default=7.0, help="width in metres of vector lines (roads); default 7")
+    sp.add_argument("--line-width", type=float, default=LINE_WIDTH, help=line_width)
     sp.add_argument("--degrade-shift", type=int, default=0, help="simulate OSM: shift each object by up to N px")
     sp.add_argument(
         "--degrade-drop", type=float, default=0.0, help="simulate OSM: drop each object with this probability"
@@ -620,7 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     scheduler_arg(sp)
     sp.add_argument("--resolution", type=float, default=1.0, help="metres per pixel the RNN works at (default 1)")
-    sp.add_argument("--line-width", type=float, default=7.0)
+    sp.add_argument("--line-width", type=float, default=LINE_WIDTH, help=line_width)
     sp.add_argument("--seed", type=int, default=rnn["seed"])
 
     sp = add("pretrain", cmd_pretrain, "Rebuild a shipped pretrained model from a recipe in experiments/pretrained.")

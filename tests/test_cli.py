@@ -391,3 +391,25 @@ def test_training_options_default_to_the_config_dataclasses():
     assert rnn_train_config(given) == replace(FINETUNE_DEFAULTS, steps=7, lr=0.5, patience=0)
     given = parser.parse_args([*finetune, "--steps", "7", "--batch-size", "3", "--holdout", "0.1"])
     assert rnn_train_config(given) == replace(RNNTrainConfig(), steps=7, batch_size=3, holdout=0.1)
+
+
+def test_the_line_width_of_vector_labels_is_one_constant(tmp_path):
+    """train-coarse, finetune, experiments and the readers all buffer lines by ``LINE_WIDTH`` unless told."""
+    import inspect
+
+    from refiner.cli import build_parser
+    from refiner.data.read import read_labels
+    from refiner.data.vector import LINE_WIDTH, rasterize_vectors
+    from refiner.recipes.experiment import ExperimentConfig
+
+    assert LINE_WIDTH == 7.0  # the paper's OSM roads
+    parser = build_parser()
+    coarse = parser.parse_args(["train-coarse", "--images", "a", "--labels", "b", "--classes", "a,b", "--out", "o"])
+    finetune = parser.parse_args(["finetune", "--image", "i", "--probs", "p", "--labels", "l", "--out", "o"])
+    assert coarse.line_width == finetune.line_width == LINE_WIDTH
+    for fn in (read_labels, rasterize_vectors):
+        assert inspect.signature(fn).parameters["line_width"].default == LINE_WIDTH
+    (tmp_path / "a.tif").touch()
+    splits = {s: {"images": ["a.tif"], "labels": ["a.tif"]} for s in ("coarse", "enhance", "test")}
+    cfg = ExperimentConfig.from_dict({"classes": ["background", "road"], **splits}, tmp_path)
+    assert cfg.line_width == LINE_WIDTH

@@ -255,18 +255,6 @@ def guard(what: str = "") -> Iterator[None]:
         st.stop()
 
 
-def job_label(state: str, running: str) -> str:
-    """The progress-bar text for a background job in ``state`` (``running``: what it is doing)."""
-    return {
-        "queued": "Starting…",
-        "running": running,
-        "finished": "Finished",
-        "cancelled": "Cancelled",
-        "failed": "Failed",
-        "interrupted": "Interrupted",
-    }[state]
-
-
 MIME = {".tif": "image/tiff", ".gpkg": "application/geopackage+sqlite3"}
 
 

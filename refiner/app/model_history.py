@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from refiner.app.workspace import Workspace
-from refiner.core.atomic import atomic_dir, atomic_write_json, file_lock, read_json
+from refiner.core.atomic import atomic_dir, atomic_write_json, file_lock, from_known_fields, read_json
 
 ENTRY = "entry.json"
 WEIGHTS = "model.safetensors"
@@ -51,8 +51,7 @@ class Entry:
     @classmethod
     def from_dict(cls, d: dict) -> Entry:
         """An entry from the history's JSON, ignoring keys this version does not know."""
-        known = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return from_known_fields(cls, d)
 
 
 def _dir(ws: Workspace) -> Path:

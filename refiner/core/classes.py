@@ -29,6 +29,21 @@ class ClassSpec:
 
     Class ``i`` is index ``i`` everywhere inside the engine; ``values[i]`` is only how mask
     files on disk encode it (e.g. roads as 255 in the Massachusetts masks).
+
+    Attributes:
+        names: the class names, at least two, distinct (index ``i`` is class ``i``).
+        values: each class's pixel value in mask files, distinct, in 0..255 (default 0, 1, 2, ...).
+        colors: an RGB colour per class for maps (default: a fixed palette).
+
+    Raises:
+        ValueError: fewer than two names, repeated names or values, or a values or colours list of
+            another length than the names.
+
+    Example:
+        ```python
+        classes = refiner.ClassSpec(("background", "road"), values=(0, 255))
+        labels = refiner.read_labels("roads_mask.png", classes)  # 0 -> 0, 255 -> 1
+        ```
     """
 
     names: tuple[str, ...]

@@ -30,7 +30,21 @@ def confusion_matrix(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> n
 
 @dataclass(frozen=True)
 class Scores:
-    """Scores derived from one confusion matrix."""
+    """Scores derived from one confusion matrix.
+
+    Attributes:
+        overall_accuracy: share of the labelled pixels predicted right.
+        iou: intersection over union per class (NaN for a class absent from prediction and truth).
+        mean_iou: the mean of the defined IoUs (background included, as in the paper).
+        pixels: the labelled pixels scored.
+
+    Example:
+        ```python
+        scores = refiner.evaluate(class_map, truth, num_classes=3)
+        print(f"OA {scores.overall_accuracy:.3f}, mean IoU {scores.mean_iou:.3f}")
+        report = scores.to_dict(classes.names)  # JSON, IoU keyed by class name
+        ```
+    """
 
     overall_accuracy: float
     iou: tuple[float, ...]
@@ -67,5 +81,23 @@ def scores_from_confusion(cm: np.ndarray) -> Scores:
 
 
 def evaluate(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> Scores:
-    """Scores of a class map against a truth map (both class indices, 255 in truth = ignore)."""
+    """Scores of a class map against a truth map (both class indices, 255 in truth = ignore).
+
+    Args:
+        pred: the predicted class indices (H, W).
+        truth: the reference class indices (H, W); 255 (unlabelled) pixels are not scored.
+        num_classes: how many classes there are (K).
+
+    Returns:
+        Overall accuracy, IoU per class and mean IoU (:class:`Scores`).
+
+    Raises:
+        ValueError: the maps differ in size, a class index is K or more, or no pixel is labelled.
+
+    Example:
+        ```python
+        refined = refiner.refine(rnn, tile, probs)
+        scores = refiner.evaluate(refined.class_map(), truth, len(rnn.classes))
+        ```
+    """
     return scores_from_confusion(confusion_matrix(pred, truth, num_classes))

@@ -36,7 +36,7 @@ from rasterio.windows import Window
 
 from refiner.core.classes import IGNORE, ClassSpec
 from refiner.data.tile import Georef, RasterError, Tile
-from refiner.data.vector import VECTOR_SUFFIXES, rasterize_vectors
+from refiner.data.vector import LINE_WIDTH, VECTOR_SUFFIXES, rasterize_vectors
 
 #: Largest raster read whole (pixels), checked against the size a file *declares* before any
 #: pixel is read: a 186-byte TIFF declaring 10^6 x 10^6 px otherwise ran ``predict`` for 59 s to
@@ -186,8 +186,28 @@ def read_image(
 ) -> Tile:
     """Read imagery (GeoTIFF, COG URL, PNG, JPEG) as a :class:`Tile`.
 
-    ``bands`` are 1-based band indices to use as RGB (default: declared R, G, B or bands 1-3);
-    ``window`` is ``(row, col, height, width)`` to read only part of the raster.
+    ``uint8`` is divided by 255, ``uint16`` by ``2**NBITS - 1`` (or 65535), floats are taken as
+    [0, 1]; the file's nodata becomes ``valid == False``.
+
+    Args:
+        path: a file or an ``http(s)://`` URL of a (cloud-optimised) GeoTIFF.
+        bands: 1-based band indices to use as RGB (default: declared R, G, B or bands 1-3).
+        window: ``(row, col, height, width)`` to read only part of the raster.
+        scale: divide the pixel values by this instead of the rule above.
+
+    Returns:
+        The image (3, H, W) in [0, 1] with its validity mask and georeferencing.
+
+    Raises:
+        FileNotFoundError: there is no such file.
+        RasterError: the file is no raster Refiner can read, has an unsupported data type, the
+            bands do not exist or are not three, or the raster is larger than the read limit
+            (a ``ValueError``; the message says what to do).
+
+    Example:
+        ```python
+        tile = refiner.read_image("scene.tif", bands=(3, 2, 1), window=(0, 0, 1024, 1024))
+        ```
     """
     with _open(path) as ds:
         count = ds.count
@@ -250,7 +270,7 @@ def read_labels(
     *,
     like: Tile | None = None,
     window: Sequence[int] | None = None,
-    line_width: float = 7.0,
+    line_width: float = LINE_WIDTH,
     strict: bool = True,
 ) -> np.ndarray:
     """Read a label mask (raster or GeoJSON) as class indices (H, W) uint8, 255 = unlabelled.
@@ -258,6 +278,28 @@ def read_labels(
     Raster masks map pixel values to classes with ``classes.values``; vector labels are
     rasterised onto ``like`` (required then). With ``like``, sizes must match and the tile's
     nodata pixels become unlabelled.
+
+    Args:
+        path: a mask raster (GeoTIFF, PNG) or GeoJSON (``.geojson``, ``.json``).
+        classes: the classes, whose ``values`` say how the mask encodes them.
+        like: the tile the labels are for (required for GeoJSON).
+        window: ``(row, col, height, width)`` to read only part of a raster mask.
+        line_width: the width in metres that vector lines (roads) are buffered to.
+        strict: refuse pixel values that are neither a class value nor 255 (else: unlabelled).
+
+    Returns:
+        Class indices (H, W) uint8, 255 where unlabelled.
+
+    Raises:
+        FileNotFoundError: there is no such file.
+        RasterError: GeoJSON without ``like``, a mask of another size than ``like``, or (with
+            ``strict``) pixel values the classes do not name (a ``ValueError``).
+
+    Example:
+        ```python
+        classes = refiner.ClassSpec(("background", "building", "road"))
+        labels = refiner.read_labels("osm_roads.geojson", classes, like=tile, line_width=7.0)
+        ```
     """
     if str(path).lower().endswith(VECTOR_SUFFIXES):
         if like is None:
@@ -328,9 +370,27 @@ def read_probs(
 ) -> tuple[np.ndarray, ClassSpec | None, Georef | None]:
     """Read a probability GeoTIFF (K bands) -> (probs float32 (K, H, W), classes or None, georef).
 
-    Accepts float probabilities or uint8 scaled to 0-255; checks they look like probabilities
-    (``check_sums``: also that a pixel's bands sum to 1, for files a user gives; internal stacks
-    such as per-iteration outputs hold several maps and skip it).
+    Accepts float probabilities or uint8 scaled to 0-255; checks they look like probabilities.
+
+    Args:
+        path: a GeoTIFF with one band per class (as :func:`write_probs` or any model writes).
+        window: ``(row, col, height, width)`` to read only part of it.
+        check_sums: also check that each pixel's bands sum to 1 (for files a user gives; internal
+            stacks such as per-iteration outputs hold several maps and skip it).
+
+    Returns:
+        The probabilities float32 (K, H, W), the classes named in the file's tags (or None), and
+        its georeferencing (or None).
+
+    Raises:
+        FileNotFoundError: there is no such file.
+        RasterError: fewer than two bands, values outside [0, 1], only zeros, or (with
+            ``check_sums``) bands that do not sum to 1 (a ``ValueError``).
+
+    Example:
+        ```python
+        probs, classes, georef = refiner.read_probs("coarse_probs.tif", check_sums=True)
+        ```
     """
     with _open(path) as ds:
         if ds.count < 2:

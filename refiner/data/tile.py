@@ -11,7 +11,21 @@ from rasterio.crs import CRS
 
 @dataclass(frozen=True)
 class Georef:
-    """Where a raster lies on Earth: coordinate reference system and pixel-to-map transform."""
+    """Where a raster lies on Earth: coordinate reference system and pixel-to-map transform.
+
+    Attributes:
+        crs: the coordinate reference system (a ``rasterio.crs.CRS``).
+        transform: the affine transform from (column, row) to map coordinates.
+
+    Example:
+        ```python
+        from affine import Affine
+        from rasterio.crs import CRS
+
+        georef = refiner.Georef(CRS.from_epsg(32619), Affine(1.0, 0, 300000.0, 0, -1.0, 4700000.0))
+        refiner.write_class_map("map.tif", class_map, georef, classes)  # 1 m pixels, UTM 19N
+        ```
+    """
 
     crs: CRS
     transform: Affine
@@ -28,7 +42,24 @@ class Georef:
 
 @dataclass
 class Tile:
-    """An image in the engine's conventions, with its georeferencing (None for plain pictures)."""
+    """An image in the engine's conventions, with its georeferencing (None for plain pictures).
+
+    Attributes:
+        image: float32 (C, H, W) in [0, 1].
+        valid: bool (H, W): False where the source has nodata.
+        georef: where the image lies (None for a picture without georeferencing).
+        source: where it was read from, for messages.
+        dtype: the source's data type, for display.
+        band_count: bands in the source file (before picking the RGB ones).
+        pixel_size: metres per pixel a user stated for a picture without georeferencing.
+
+    Example:
+        ```python
+        tile = refiner.read_image("tile.tif")
+        print(tile.shape, tile.resolution)  # (H, W), metres per pixel (None when unknown)
+        probs = refiner.predict_coarse(coarse, tile)
+        ```
+    """
 
     image: np.ndarray  # float32 (C, H, W) in [0, 1]
     valid: np.ndarray  # bool (H, W): False where the source has nodata

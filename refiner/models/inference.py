@@ -39,7 +39,29 @@ def predict_coarse(
     window: int = WINDOW,
     progress: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
-    """Class probabilities (K, H, W) of the coarse CNN on the tile's own grid."""
+    """Class probabilities (K, H, W) of the coarse CNN on the tile's own grid.
+
+    The tile is resampled to the model's resolution, predicted window by window with a halo (the
+    result equals one whole-tile pass), and the probabilities brought back bilinearly.
+
+    Args:
+        bundle: a coarse CNN (``load_model(..., expect="coarse")``).
+        tile: the image to classify.
+        device: where to run (default: cuda, else mps, else cpu).
+        window: the side in pixels of the windows it runs on.
+        progress: called with (windows done, windows in all).
+
+    Returns:
+        Probabilities float32 (K, H, W) on the tile's grid.
+
+    Raises:
+        ValueError: the model is not a coarse CNN, or the image has another number of bands.
+
+    Example:
+        ```python
+        probs = refiner.predict_coarse(refiner.load_model("models/coarse"), refiner.read_image("tile.tif"))
+        ```
+    """
     if bundle.kind != "coarse":
         raise ValueError("predict needs a coarse CNN model")
     dev = pick_device(device)
@@ -65,7 +87,19 @@ def predict_coarse(
 
 @dataclass
 class Refinement:
-    """Probabilities after each iteration: ``probs[0]`` is the input, ``probs[-1]`` the result."""
+    """Probabilities after each iteration: ``probs[0]`` is the input, ``probs[-1]`` the result.
+
+    Attributes:
+        probs: the (K, H, W) float32 maps :func:`refine` kept (every iteration with ``keep_all``).
+
+    Example:
+        ```python
+        refined = refiner.refine(rnn, tile, probs, keep_all=True)
+        for t, p in enumerate(refined.probs):
+            print(t, refiner.evaluate(p.argmax(0), truth, len(rnn.classes)).mean_iou)
+        class_map = refined.class_map()  # argmax of the last
+        ```
+    """
 
     probs: list[np.ndarray]
 
@@ -94,6 +128,28 @@ def refine(
     The tile goes to :class:`~refiner.models.fused.FusedRNN` whole: it works in cache-sized
     blocks with exact halos itself, so memory beyond the inputs and outputs stays bounded
     (scenes larger than memory go through :mod:`refiner.scale.scene` instead).
+
+    Args:
+        bundle: a refinement RNN (``load_model(..., expect="rnn")``).
+        tile: the image the probabilities are of.
+        probs: probabilities (K, H, W) on the tile's grid, from any model.
+        iterations: how many iterations to run (default: the RNN's own T).
+        keep_all: keep every iteration's probabilities, not only the last.
+        device: where to run (default: cuda, else mps, else cpu).
+        progress: called with (iterations done, iterations in all).
+
+    Returns:
+        The probabilities after each kept iteration (:class:`Refinement`).
+
+    Raises:
+        ValueError: the model is not an RNN, the probabilities have another number of classes than
+            the model, or they and the image differ in size.
+
+    Example:
+        ```python
+        refined = refiner.refine(rnn, tile, probs)
+        refiner.write_class_map("map.tif", refined.class_map(), tile.georef, rnn.classes)
+        ```
     """
     if bundle.kind != "rnn":
         raise ValueError("refine needs an RNN model (from `finetune`)")

@@ -1,4 +1,4 @@
-"""The shipped real-data models (``assets/pretrained``) and which one fits a workspace.
+"""The shipped real-data models (``assets/pretrained``) and which one fits a task: its classes and ground resolution.
 
 Every sub-folder of ``assets/pretrained`` holding a model (``config.json`` +
 ``model.safetensors``, see :mod:`refiner.models.store`) is in the catalogue; its ``card.json``
@@ -7,12 +7,12 @@ Every sub-folder of ``assets/pretrained`` holding a model (``config.json`` +
 **Which model fits** (:func:`pick_coarse`, :func:`pick_rnn`). Class names are compared
 case-insensitively and without a plural ``s`` ("Buildings" = "building").
 
-* A coarse CNN fits when every workspace class is one of the model's classes and the model's
-  extra classes can be merged into the workspace's ``background``: a background/road workspace
+* A coarse CNN fits when every target class is one of the model's classes and the model's
+  extra classes can be merged into the target's ``background``: a background/road task
   uses a background/building/road model with ``p(background) = p(background) + p(building)``
-  (a building is "not road"). A model that does not know one of the workspace's classes does not
+  (a building is "not road"). A model that does not know one of the target classes does not
   fit. The same class set is preferred to a merge.
-* An RNN fits only with exactly the workspace's classes in the same order: fine-tuning keeps its
+* An RNN fits only with exactly the target classes in the same order: fine-tuning keeps its
   class-specific weights, so they cannot be merged or reordered.
 * Resolution: the engine resamples the tile to the model's resolution (1 m) and back, so a model
   fits tiles from ``resolution / 10`` (0.1 m: downsampling loses nothing the model needs) to
@@ -26,7 +26,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -42,7 +42,17 @@ BACKGROUND = "background"
 
 
 def pretrained_root() -> Path:
-    """``$REFINER_PRETRAINED`` (tests, operators with their own models), else ``assets/pretrained``."""
+    """Where the shipped pretrained models are.
+
+    Returns:
+        ``$REFINER_PRETRAINED`` (tests, operators with their own models), else the package's
+        ``assets/pretrained`` (``coarse_1m``: background, building, road at 1 m; ``rnn_1m``).
+
+    Example:
+        ```python
+        rnn = refiner.load_model(refiner.pretrained_root() / "rnn_1m", expect="rnn")
+        ```
+    """
     env = os.environ.get("REFINER_PRETRAINED")
     return Path(env) if env else PRETRAINED
 
@@ -123,11 +133,11 @@ class Pick:
 
     model: Shipped | None
     reason: str
-    #: For each workspace class, the model classes whose probabilities are summed into it.
+    #: For each target class, the model classes whose probabilities are summed into it.
     merge: tuple[tuple[int, ...], ...] = ()
 
     def adapt(self, probs: np.ndarray) -> np.ndarray:
-        """The model's probabilities (K_model, H, W) as the workspace's classes (K, H, W)."""
+        """The model's probabilities (K_model, H, W) as the target classes (K, H, W)."""
         return np.stack([probs[list(src)].sum(0) for src in self.merge]).astype(np.float32)
 
 
@@ -147,26 +157,26 @@ def _resolution_note(model: Shipped, resolution: float | None) -> tuple[bool, st
     return True, f"the tile ({resolution:.2f} m/px) is resampled to its {model.resolution:g} m and back"
 
 
-def class_merge(workspace: ClassSpec, model: ClassSpec) -> tuple[tuple[tuple[int, ...], ...] | None, str]:
-    """How the model's classes map onto the workspace's, or None and why not."""
-    ws_names, m_names = [_norm(n) for n in workspace.names], [_norm(n) for n in model.names]
-    missing = [workspace.names[i] for i, n in enumerate(ws_names) if n not in m_names]
+def class_merge(target: ClassSpec, model: ClassSpec) -> tuple[tuple[tuple[int, ...], ...] | None, str]:
+    """How the model's classes map onto the ``target`` classes, or None and why not."""
+    t_names, m_names = [_norm(n) for n in target.names], [_norm(n) for n in model.names]
+    missing = [target.names[i] for i, n in enumerate(t_names) if n not in m_names]
     if missing:
         return None, f"it does not know {', '.join(missing)}"
-    merge = [[m_names.index(n)] for n in ws_names]
-    extra = [i for i, n in enumerate(m_names) if n not in ws_names]
+    merge = [[m_names.index(n)] for n in t_names]
+    extra = [i for i, n in enumerate(m_names) if n not in t_names]
     if extra:
-        if BACKGROUND not in ws_names:
+        if BACKGROUND not in t_names:
             names = ", ".join(model.names[i] for i in extra)
             return None, f"it also predicts {names}, which can only be merged into a '{BACKGROUND}' class"
-        merge[ws_names.index(BACKGROUND)] += extra
+        merge[t_names.index(BACKGROUND)] += extra
         names = ", ".join(model.names[i] for i in extra)
         return tuple(tuple(m) for m in merge), f"its {names} merged into {BACKGROUND}"
     return tuple(tuple(m) for m in merge), "the same classes"
 
 
 def pick_coarse(classes: ClassSpec, resolution: float | None, *, root: str | Path | None = None) -> Pick:
-    """The shipped coarse CNN for a workspace's classes and ground resolution (rules: module doc)."""
+    """The shipped coarse CNN for the target classes and ground resolution (rules: module doc)."""
     fits: list[tuple[tuple[bool, float, str], Shipped, tuple[tuple[int, ...], ...], str]] = []
     why_not = []
     for m in catalogue(root):
@@ -187,7 +197,7 @@ def pick_coarse(classes: ClassSpec, resolution: float | None, *, root: str | Pat
 
 
 def pick_rnn(classes: ClassSpec, resolution: float | None, *, root: str | Path | None = None) -> Pick:
-    """The shipped RNN to fine-tune from: exactly the workspace's classes, in order (module doc)."""
+    """The shipped RNN to fine-tune from: exactly the target classes, in order (module doc)."""
     why_not = []
     for m in catalogue(root):
         if m.kind != "rnn":
@@ -209,48 +219,9 @@ def _none_reason(what: str, classes: ClassSpec, why_not: list[str]) -> str:
 
 
 def coarse_probs_for(pick: Pick, tile: Tile) -> np.ndarray:
-    """Run the picked coarse CNN on ``tile`` and return probabilities in the workspace's classes."""
+    """Run the picked coarse CNN on ``tile`` and return probabilities in the target classes."""
     from refiner.models.inference import predict_coarse
 
     if pick.model is None:
         raise ValueError(pick.reason)
     return pick.adapt(predict_coarse(load_model(pick.model.folder, expect="coarse"), tile))
-
-
-class WorkspaceLike(Protocol):
-    """What this module reads and writes of a workspace, named here by what it does.
-
-    The workspace is :class:`refiner.app.workspace.Workspace`, a layer above this one.
-    """
-
-    @property
-    def classes(self) -> ClassSpec:
-        """The classes the tile is labelled with."""
-
-    @property
-    def settings(self) -> dict[str, Any]:
-        """The workspace's settings (``source`` holds the stated resolution)."""
-
-    def tile(self) -> Tile:
-        """The workspace's image."""
-
-    def write_coarse_probs(self, probs: np.ndarray, origin: dict[str, Any]) -> None:
-        """Save coarse probabilities with where they came from."""
-
-
-def workspace_resolution(ws: WorkspaceLike) -> float | None:
-    """A workspace's ground resolution: from its georeferencing, or as the user stated it."""
-    return (ws.settings.get("source") or {}).get("resolution")
-
-
-def coarse_into_workspace(ws: WorkspaceLike, *, root: str | Path | None = None) -> Pick:
-    """Pick the shipped coarse CNN for a workspace and, when one fits, write its probabilities there.
-
-    The probabilities' source says which model and why; the pick is returned either way.
-    """
-    pick = pick_coarse(ws.classes, workspace_resolution(ws), root=root)
-    if pick.model is not None:
-        probs = coarse_probs_for(pick, ws.tile())
-        origin = {"source": f"shipped coarse CNN {pick.model.name}", "model": pick.model.name, "why": pick.reason}
-        ws.write_coarse_probs(probs, {**origin, "resolution": pick.model.resolution})
-    return pick

@@ -281,9 +281,33 @@ def predict_scene(
 ) -> Path:
     """Coarse probabilities of ``image`` written to ``out`` (K float32 bands, class list in tags).
 
-    ``scheduler``: ``None`` runs here; a Dask scheduler address or ``Client`` runs the windows
-    on the cluster (:mod:`refiner.scale.cluster`). ``pixel_size``: metres per pixel of a picture
-    without georeferencing (PNG, JPEG), so it is resampled to the model's resolution.
+    Window by window at bounded memory, streamed into a tiled GeoTIFF; the result equals one
+    whole-scene pass.
+
+    Args:
+        model: a coarse CNN model folder.
+        image: the scene (a GeoTIFF file or URL) of any size.
+        out: the probability GeoTIFF to write.
+        bands: 1-based band indices to use as RGB.
+        device: where to run (default: cuda, else mps, else cpu).
+        window: the side in pixels of the windows.
+        progress: called with (windows done, windows in all).
+        scheduler: ``None`` runs here; a Dask scheduler address or ``Client`` runs the windows on
+            the cluster (:mod:`refiner.scale.cluster`).
+        pixel_size: metres per pixel of a picture without georeferencing (PNG, JPEG), so it is
+            resampled to the model's resolution; a georeferenced scene carries its own.
+
+    Returns:
+        ``out``.
+
+    Raises:
+        FileNotFoundError: the model or the scene is missing.
+        RasterError: the scene cannot be read or is too large (a ``ValueError``).
+
+    Example:
+        ```python
+        refiner.predict_scene("models/coarse", "scene.tif", "scene_probs.tif", scheduler="tcp://10.0.0.5:8786")
+        ```
     """
     bundle = load_model(model, expect="coarse")
     h, w, (georef, grid, resample) = _streamable(image, bundle, pixel_size)
@@ -356,12 +380,40 @@ def refine_scene(
 ) -> Path:
     """Refined class map (and optionally probabilities, every iteration) of a scene, window by window.
 
-    ``quantise``: the probabilities as uint8 steps of 1/255 (a quarter of float32's size).
-    ``pixel_size``: metres per pixel of a picture without georeferencing (as in :func:`predict_scene`).
+    Each window is read with the RNN's reach around it, so the stitched result equals refining
+    the whole scene at once; outputs are tiled GeoTIFFs written as they go.
 
-    ``window``: the core side of each window; default: the scene split evenly into windows of at
-    most :func:`~refiner.models.fused.scene_window` (which reads whole CPU blocks; about 1100 px
-    for two classes), so no window is computed twice over.
+    Args:
+        model: an RNN model folder.
+        image: the scene (a GeoTIFF file or URL) of any size.
+        probs: its coarse probabilities (a GeoTIFF of the same grid, from any model).
+        out: the class map GeoTIFF to write.
+        probs_out: also write the refined probabilities here.
+        quantise: the probabilities as uint8 steps of 1/255 (a quarter of float32's size).
+        iterations_out: also write every iteration's probabilities here.
+        iterations: how many iterations to run (default: the RNN's own T).
+        bands: 1-based band indices to use as RGB.
+        device: where to run (default: cuda, else mps, else cpu).
+        window: the core side of each window; default: the scene split evenly into windows of at
+            most :func:`~refiner.models.fused.scene_window` (which reads whole CPU blocks; about
+            1100 px for two classes), so no window is computed twice over.
+        progress: called with (windows done, windows in all).
+        scheduler: ``None`` runs here; a Dask scheduler address or ``Client`` runs the windows on
+            the cluster.
+        pixel_size: metres per pixel of a picture without georeferencing (as in :func:`predict_scene`).
+
+    Returns:
+        ``out``.
+
+    Raises:
+        FileNotFoundError: the model, scene or probabilities are missing.
+        RasterError: they cannot be read, lie on different grids, or the probabilities have
+            another number of classes than the model (a ``ValueError``).
+
+    Example:
+        ```python
+        refiner.refine_scene("models/rnn", "scene.tif", "probs.tif", "map.tif", probs_out="refined.tif")
+        ```
     """
     bundle = load_model(model, expect="rnn")
     h, w, (georef, grid, resample) = _streamable(image, bundle, pixel_size)

@@ -36,7 +36,18 @@ from refiner.train.sampling import (
 
 @dataclass
 class RNNTrainConfig:
-    """Fine-tuning hyper-parameters of the RNN (AdaGrad lr 0.01 and cross-entropy: the paper's)."""
+    """Fine-tuning hyper-parameters of the RNN (AdaGrad lr 0.01 and cross-entropy: the paper's).
+
+    The one source of the training defaults: the CLI's ``finetune`` options, the app's Train page
+    and the recipes read them from here (``FINETUNE_DEFAULTS`` is the patch fine-tune's variant);
+    each field's comment says what it does.
+
+    Example:
+        ```python
+        cfg = refiner.RNNTrainConfig(steps=300, holdout=0.25, patience=6)
+        result = refiner.train_rnn(tile.image, probs, labels, classes, cfg)
+        ```
+    """
 
     steps: int = 1500
     # Small batches of small patches: on a CPU, 8 x 48^2 runs ~7x faster per pixel than 16 x 64^2
@@ -68,7 +79,21 @@ class RNNTrainConfig:
 
 @dataclass
 class RNNTrainResult:
-    """A trained RNN with its per-step reports, best held-out score and why training ended."""
+    """A trained RNN with its per-step reports, best held-out score and why training ended.
+
+    Attributes:
+        bundle: the trained RNN (the weights that did best on the held-out pixels, when any).
+        history: the progress reports (step, loss, validation scores).
+        best_val: the best held-out mean IoU (None without held-out pixels).
+        stopped: ``finished``, ``early_stopping``, ``time_budget`` or ``cancelled``.
+
+    Example:
+        ```python
+        result = refiner.train_rnn(tile.image, probs, labels, classes)
+        print(result.stopped, result.best_val, len(result.history))
+        refiner.save_model(result.bundle, "models/rnn")
+        ```
+    """
 
     bundle: ModelBundle
     history: list[Progress] = field(default_factory=list)
@@ -350,10 +375,36 @@ def train_rnn(
 ) -> RNNTrainResult:
     """Fine-tune the RNN on an accurately labelled tile.
 
-    ``image`` (C, H, W) in [0, 1] and the frozen coarse ``probs`` (K, H, W) cover the tile;
-    ``labels`` (H, W) mark the accurately labelled pixels (255 elsewhere). A ``holdout`` fraction
-    of labelled blocks is kept for validation unless ``val_labels`` are given. ``init`` continues
-    training an existing model (with its AdaGrad state when it has one).
+    A ``cfg.holdout`` fraction of labelled blocks is kept for validation unless ``val_labels``
+    are given, and the weights that did best there are returned.
+
+    Args:
+        image: the tile (C, H, W) in [0, 1].
+        probs: the frozen coarse probabilities (K, H, W) of the tile.
+        labels: the accurately labelled pixels (H, W) class indices, 255 elsewhere.
+        classes: the K classes.
+        cfg: the hyper-parameters.
+        arch: the architecture of a new RNN (default: the paper's, 5 iterations).
+        init: a model to continue training (with its AdaGrad state when it has one).
+        resolution: metres per pixel of the inputs (kept in the model).
+        device: where to train (default: cuda, else mps, else cpu).
+        progress: called with a report every step.
+        should_stop: polled between steps; True ends training (``stopped == "cancelled"``).
+        checkpoint_dir: where to write a checkpoint every ``cfg.checkpoint_every`` steps.
+        val_labels: held-out labels to validate on, instead of splitting ``labels``.
+        partial: extra label codes -> the classes they allow (e.g. ``NOT_ROAD``).
+
+    Returns:
+        The trained RNN with its reports, best held-out score and why it stopped.
+
+    Raises:
+        ValueError: no labelled pixel, or label values that are no class index.
+
+    Example:
+        ```python
+        result = refiner.train_rnn(tile.image, probs, labels, classes, refiner.RNNTrainConfig(steps=300))
+        refined = refiner.refine(result.bundle, tile, probs)
+        ```
     """
     _check_inputs(image, probs, labels, len(classes), cfg)
     allowed = allowed_table(len(classes), partial)
@@ -436,8 +487,31 @@ def finetune_from_pretrained(
     The default fine-tune of the app and of ``finetune --init``: the patch (``labels``, 255
     elsewhere) is small, so training starts from the pretrained refiner, a copy of ``init``
     (the loaded model is left untouched) is trained with :data:`FINETUNE_DEFAULTS` and the
-    weights that did best on held-out painted blocks are returned. ``image``, ``probs`` and
-    ``labels`` are on ``init``'s working grid.
+    weights that did best on held-out painted blocks are returned.
+
+    Args:
+        image: the tile (C, H, W) in [0, 1], on ``init``'s working grid.
+        probs: the coarse probabilities (K, H, W) of the tile.
+        labels: the painted pixels (H, W) class indices, 255 elsewhere.
+        init: the pretrained RNN to start from.
+        cfg: the hyper-parameters (default: the patch fine-tune's).
+        partial: extra label codes -> the classes they allow.
+        device: where to train (default: cuda, else mps, else cpu).
+        progress: called with a report every step.
+        should_stop: polled between steps; True ends training.
+        checkpoint_dir: where to write checkpoints.
+
+    Returns:
+        The adapted RNN with its reports, best held-out score and why it stopped.
+
+    Raises:
+        ValueError: ``init`` is not an RNN, or the labels hold no labelled pixel.
+
+    Example:
+        ```python
+        rnn = refiner.load_model(refiner.pretrained_root() / "rnn_1m", expect="rnn")
+        adapted = refiner.finetune_from_pretrained(tile.image, probs, labels, rnn).bundle
+        ```
     """
     import copy
 

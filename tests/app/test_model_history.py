@@ -13,7 +13,7 @@ def _weights(ws) -> str:
 
 def _train(ws, **kw) -> dict:
     params = jobs.TrainParams(steps=4, batch_size=2, patch_size=16, eval_every=2, checkpoint_every=2, **kw)
-    out = jobs.run_training(str(ws.path), asdict(params), "j")
+    out = jobs.run_training(str(ws.path), "j", asdict(params))
     assert out["state"] == "finished", out["message"]
     return out
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.browser.harness import CHROMIUM, CHROMIUM_ARGS, streamlit_server
+from tools.browser import CHROMIUM, CHROMIUM_ARGS, streamlit_server
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.browser.harness import (
+from tools.browser import (
     metrics,
     open_page,
     require_chromium,

@@ -10,7 +10,7 @@ import pytest
 
 from refiner.app.demos import REAL_DEMOS, unavailable
 from refiner.models.pretrained import pick_coarse
-from tests.browser.harness import (
+from tools.browser import (
     CHROMIUM,
     CHROMIUM_ARGS,
     metrics,

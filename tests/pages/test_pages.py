@@ -78,7 +78,7 @@ def test_train_page_trains_in_the_background_and_shows_progress(app_ws):
     at.number_input(key="steps").set_value(6)
     at.number_input(key="patch").set_value(24)
     at.button[0].click().run()  # the form's submit button
-    st = jobs.wait(app_ws, timeout=120)
+    st = jobs.TRAINING.wait(app_ws, timeout=120)
     assert st.state == "finished", st.message
     at.run()
     m = metrics(at)
@@ -122,7 +122,7 @@ def test_compute_setting_comes_only_from_the_operator(app_ws, monkeypatch):
     at.button[0].click().run()  # nothing listens there: a clear message, no job, no traceback
     assert not at.exception
     assert at.error and "cannot reach the Dask scheduler" in at.error[0].value
-    assert jobs.read_status(app_ws) is None
+    assert jobs.TRAINING.read(app_ws) is None
 
 
 def test_iterations_page_scores_every_iteration(app_ws):
@@ -161,7 +161,7 @@ def test_compare_page_table_and_grid_search(app_ws):
     next(b for b in at.button if b.label == "Apply").click().run()
     assert results.crf_params(app_ws).bilateral_srgb == 77.0
     at.button(key="grid_search").click().run()  # starts the search in the background
-    done = crf_job.wait_crf(app_ws, timeout=TIMEOUT)
+    done = crf_job.CRF_SEARCH.wait(app_ws, timeout=TIMEOUT)
     assert done.state == "finished" and done.done == done.total == 48, done.message
     assert 0 < done.searched_pixels <= done.tile_pixels
     found = results.crf_params(app_ws)
@@ -186,12 +186,12 @@ def test_grid_search_can_be_cancelled_and_keeps_its_best_so_far(app_ws, monkeypa
     def slow(*a, **k):  # the job's thread polls the cancel file between trials
         calls.append(1)
         if len(calls) == 3:
-            crf_job.request_crf_cancel(app_ws)
+            crf_job.CRF_SEARCH.cancel(app_ws)
         return real(*a, **k)
 
     monkeypatch.setattr(crf, "dense_crf", slow)
     crf_job.start_crf_search(app_ws)
-    done = crf_job.wait_crf(app_ws, timeout=TIMEOUT)
+    done = crf_job.CRF_SEARCH.wait(app_ws, timeout=TIMEOUT)
     assert done.state == "cancelled" and 0 < done.done < 48 and "best so far" in done.message
     assert results.crf_params(app_ws).to_dict() == {**results.crf_params(app_ws).to_dict(), **done.best}
     at = run("pages/4_Compare.py")
@@ -257,13 +257,13 @@ def test_export_page_refines_a_whole_scene_in_the_background(app_ws, monkeypatch
     at.text_input(key="scene_source").set_value(str(app_ws.path / "nowhere.tif"))
     submit = next(b for b in at.button if b.label == "Refine the scene")
     submit.click().run()
-    done = scene_job.wait_scene(app_ws, timeout=120)
+    done = scene_job.SCENE.wait(app_ws, timeout=120)
     assert done.state == "failed" and "nowhere.tif" in done.message  # reported on the page, not raised
     at.run()
     assert not at.exception and any("scene run failed" in e.value for e in at.error)
     at.text_input(key="scene_source").set_value(str(scene))
     next(b for b in at.button if b.label == "Refine the scene").click().run()
-    done = scene_job.wait_scene(app_ws, timeout=300)
+    done = scene_job.SCENE.wait(app_ws, timeout=300)
     assert done.state == "finished", done.message
     at.run()
     labels = [b.label for b in at.get("download_button")]

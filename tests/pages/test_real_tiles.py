@@ -100,7 +100,7 @@ def test_the_train_page_fine_tunes_the_pretrained_rnn_by_default(shipped, worksp
     at.number_input(key="steps").set_value(4)
     at.number_input(key="patch").set_value(24)
     at.button[0].click().run()
-    done = jobs.wait(ws, timeout=120)
+    done = jobs.TRAINING.wait(ws, timeout=120)
     assert done.state == "finished", done.message
     assert "from the pretrained RNN rnn_1m" in done.message
     trained = load_model(ws.model_dir("rnn"), expect="rnn")
@@ -113,6 +113,6 @@ def test_the_train_page_fine_tunes_the_pretrained_rnn_by_default(shipped, worksp
     at.number_input(key="steps").set_value(3)
     at.number_input(key="patch").set_value(24)
     at.button[0].click().run()
-    done = jobs.wait(ws, timeout=120)
+    done = jobs.TRAINING.wait(ws, timeout=120)
     assert done.state == "finished" and "from a new RNN (from scratch)" in done.message
     assert load_model(ws.model_dir("rnn"), expect="rnn").config.iterations == 5

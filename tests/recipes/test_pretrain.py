@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from refiner.core.classes import IGNORE
-from refiner.recipes.pretrain import area_resize, load_split, load_tile, scores_2x2, task_confusion
+from refiner.recipes.pretrain import load_split, load_tile, scores_2x2, task_confusion
 from refiner.train.losses import NOT_BUILDING, NOT_ROAD
 
 SPLIT = """
@@ -57,15 +57,24 @@ def test_a_test_tile_listed_for_training_is_refused(tmp_path):
         load_split(_write_set(tmp_path, test='"a"'))
 
 
-def test_area_resize_votes_labels_and_averages_the_image():
-    image = np.zeros((1, 4, 4), np.float32)
-    image[:, :, :2] = 1.0
-    labels = np.full((4, 4), 5, np.uint8)
-    labels[0, 0] = 7
-    labels[2:, 2:] = IGNORE
-    img, lab = area_resize(image, labels, (2, 2))
-    np.testing.assert_allclose(img[0], [[1, 0], [1, 0]])
-    assert lab.tolist() == [[5, 5], [5, IGNORE]]
+def test_pictures_are_resampled_as_the_engine_resamples_a_picture_of_that_pixel_size(tmp_path):
+    """The recipe's tiles go through data.resample like a user's picture with a stated pixel size."""
+    from dataclasses import replace
+
+    from refiner.data.read import read_image
+    from refiner.data.resample import to_working
+
+    sets = load_split(_write_set(tmp_path, res=0.3))
+    d = load_tile(sets["roads"], "a")
+    picture = read_image(tmp_path / "roads" / "images" / "a.png")
+    raw = np.asarray(Image.open(tmp_path / "roads" / "masks" / "a.png"))
+    labels = np.where(raw == 255, 2, NOT_ROAD).astype(np.uint8)
+    labels[:, :10] = IGNORE  # the white band
+    work = to_working(replace(picture, pixel_size=0.3), 1.0, labels=[labels])
+    assert d.image.shape == (3, 12, 12)  # 40 px at 0.3 m
+    np.testing.assert_array_equal(d.image, np.round(work.tile.image * 255).astype(np.uint8))
+    np.testing.assert_array_equal(d.labels, work.labels[0])
+    assert set(np.unique(d.labels)) == {IGNORE, NOT_ROAD, 2}  # majority vote keeps the 1 m road
 
 
 def test_task_scores_count_building_predictions_as_not_road():
@@ -79,6 +88,9 @@ def test_task_scores_count_building_predictions_as_not_road():
     assert cm.tolist() == [[2, 0], [1, 1]]
     s = scores_2x2(cm)
     assert s["iou"] == pytest.approx(0.5) and s["iou_other"] == pytest.approx(2 / 3)
+    assert s["mean_iou"] == pytest.approx(7 / 12) and s["overall_accuracy"] == pytest.approx(3 / 4)
+    d.labels[0, 3] = IGNORE  # unlabelled pixels are not scored (the missed road pixel)
+    assert task_confusion(probs, d, "road").tolist() == [[2, 0], [0, 1]]
 
 
 def _road_tile(labels):

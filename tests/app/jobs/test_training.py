@@ -29,7 +29,7 @@ def test_training_runs_in_the_background_and_reports(ws):
     assert st.state == "queued"
     with pytest.raises(RuntimeError, match="already going"):
         jobs.start_training(ws, params)
-    done = jobs.wait(ws, timeout=120)
+    done = jobs.TRAINING.wait(ws, timeout=120)
     assert done.state == "finished", done.message
     assert done.step == 12 and done.device == "cpu" and [s for s, _ in done.loss][-1] == 12
     assert [v["step"] for v in done.val] == [4, 8, 12] and 0 <= done.best_val <= 1
@@ -42,25 +42,25 @@ def test_training_runs_in_the_background_and_reports(ws):
 
 def test_continue_training_adds_steps(ws):
     jobs.start_training(ws, jobs.TrainParams(steps=5, batch_size=2, patch_size=24, resume=False))
-    assert jobs.wait(ws, 120).state == "finished"
+    assert jobs.TRAINING.wait(ws, 120).state == "finished"
     jobs.start_training(ws, jobs.TrainParams(steps=4, batch_size=2, patch_size=24, resume=True))
-    st = jobs.wait(ws, 120)
+    st = jobs.TRAINING.wait(ws, 120)
     assert st.state == "finished" and st.start_step == 5
     assert load_model(ws.model_dir("rnn")).info["trained_steps"] == 9
     # the loss curve goes on from step 5 and keeps the first run's curve
     assert [s for s, _ in st.earlier_loss] == [5] and [s for s, _ in st.loss] == [9]
     jobs.start_training(ws, jobs.TrainParams(steps=5, batch_size=2, patch_size=24, resume=False))
-    st = jobs.wait(ws, 120)  # a new RNN: a new curve
+    st = jobs.TRAINING.wait(ws, 120)  # a new RNN: a new curve
     assert st.start_step == 0 and not st.earlier_loss and [s for s, _ in st.loss] == [5]
 
 
 def test_cancel_stops_the_run_and_keeps_a_model(ws):
     jobs.start_training(ws, jobs.TrainParams(steps=100000, batch_size=2, patch_size=24, resume=False))
     t0 = time.time()
-    while (jobs.read_status(ws).step or 0) < 3 and time.time() - t0 < 60:
+    while (jobs.TRAINING.read(ws).step or 0) < 3 and time.time() - t0 < 60:
         time.sleep(0.05)
-    jobs.request_cancel(ws)
-    st = jobs.wait(ws, 60)
+    jobs.TRAINING.cancel(ws)
+    st = jobs.TRAINING.wait(ws, 60)
     assert st.state == "cancelled" and 3 <= st.step < 100000
     assert ws.has_model("rnn")
 
@@ -68,18 +68,18 @@ def test_cancel_stops_the_run_and_keeps_a_model(ws):
 def test_failures_are_reported_not_raised(ws):
     ws.write_labels(np.full(ws.shape, IGNORE, np.uint8))
     jobs.start_training(ws, jobs.TrainParams(steps=3))
-    st = jobs.wait(ws, 60)
+    st = jobs.TRAINING.wait(ws, 60)
     assert st.state == "failed" and "no labelled pixel" in st.message
 
 
 def test_a_run_whose_process_died_reads_as_interrupted(ws):
     st = jobs.JobStatus(id="gone", state="running", steps=10)
-    jobs.write_status(ws, st)
-    assert jobs.read_status(ws).state == "running"  # fresh heartbeat: maybe another worker
-    d = read_json(ws.path / "jobs" / jobs.STATUS)
+    jobs.write_status(ws, st, jobs.TRAINING.files[0])
+    assert jobs.TRAINING.read(ws).state == "running"  # fresh heartbeat: maybe another worker
+    d = read_json(ws.path / "jobs" / jobs.TRAINING.files[0])
     d["updated"] -= 3600
-    atomic_write_json(ws.path / "jobs" / jobs.STATUS, d)
-    assert jobs.read_status(ws).state == "interrupted"
+    atomic_write_json(ws.path / "jobs" / jobs.TRAINING.files[0], d)
+    assert jobs.TRAINING.read(ws).state == "interrupted"
 
 
 def test_the_train_params_and_the_run_config_restate_no_default():
@@ -119,6 +119,6 @@ def test_a_pretrained_rnn_of_other_classes_is_refused_before_training(tmp_path, 
     labels = np.full(scene.truth.shape, IGNORE, np.uint8)
     labels[:48, :48] = np.minimum(scene.truth[:48, :48], 1)
     ws.write_labels(labels)
-    out = jobs.run_training(str(ws.path), {"steps": 2, "resume": False, "pretrained": "rnn_1m"}, "j")
+    out = jobs.run_training(str(ws.path), "j", {"steps": 2, "resume": False, "pretrained": "rnn_1m"})
     assert out["state"] == "failed" and "the pretrained RNN rnn_1m has classes" in out["message"]
     assert "this workspace has ['background', 'road'] — train a new RNN instead" in out["message"]
