@@ -663,7 +663,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--values", help="mask pixel value of each of the model's classes, e.g. 0,255,128 (default: 0,1,2,...)"
     )
-    sp.add_argument("--line-width", type=float, default=7.0, help="width in metres of vector lines; default 7")
+    sp.add_argument("--line-width", type=float, default=LINE_WIDTH, help=line_width)
     common_image(sp)
     resolution_arg(sp)
 

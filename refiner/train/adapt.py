@@ -19,6 +19,7 @@ that resolution, so :func:`~refiner.models.inference.predict_coarse` and
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -48,7 +49,16 @@ ADAPT_RNN_DEFAULTS = replace(FINETUNE_DEFAULTS, max_seconds=20.0)
 
 @dataclass
 class AdaptConfig:
-    """Both stages' settings, and how the painted pixels are split."""
+    """Both stages' settings, and how the painted pixels are split.
+
+    Example:
+        ```python
+        from refiner.train.adapt_coarse import CoarseAdaptConfig
+
+        cfg = refiner.AdaptConfig(coarse=CoarseAdaptConfig(max_seconds=60.0), holdout=0.3)
+        result = refiner.adapt(tile, labels, coarse, rnn, cfg)
+        ```
+    """
 
     coarse: CoarseAdaptConfig = field(default_factory=CoarseAdaptConfig)
     rnn: RNNTrainConfig = field(default_factory=lambda: copy.copy(ADAPT_RNN_DEFAULTS))
@@ -69,6 +79,13 @@ class Adaptation:
     held-out regions); ``rnn`` the RNN fine-tuned on its map, or None when it did not beat that
     map there (``rnn_note`` says why). ``scores`` are on the held-out painted regions, by stage:
     ``shipped_coarse``, ``adapted_coarse``, ``adapted_rnn`` (None where not measured).
+
+    Example:
+        ```python
+        result = refiner.adapt(tile, labels, coarse, rnn)
+        print(result.summary())  # held-out mean IoU per stage, seconds per stage
+        refiner.save_model(result.coarse, "adapted/coarse")
+        ```
     """
 
     coarse: ModelBundle[CoarseCNN]
@@ -77,6 +94,7 @@ class Adaptation:
     scores: dict[str, Scores | None]
     seconds: dict[str, float]
     coarse_adapted: bool
+    holdout: np.ndarray  # (H, W) the held-out painted regions on the tile's grid (255 elsewhere)
     rnn_note: str = ""
     coarse_result: CoarseAdaptResult | None = None
     rnn_result: RNNTrainResult | None = None
@@ -190,8 +208,16 @@ def adapt(
             models whose classes differ.
 
     Example:
-        >>> result = refiner.adapt(tile, labels, coarse, rnn)  # doctest: +SKIP
-        >>> probs = refiner.predict_coarse(result.coarse, tile)  # doctest: +SKIP
+        ```python
+        tile = refiner.read_image("tile.png")
+        tile.pixel_size = 0.3  # a picture without georeferencing: say its resolution
+        coarse = refiner.load_model(refiner.pretrained_root() / "coarse_1m")
+        rnn = refiner.load_model(refiner.pretrained_root() / "rnn_1m")
+        labels = refiner.read_labels("painted.png", coarse.classes, like=tile)  # 255 = unpainted
+        result = refiner.adapt(tile, labels, coarse, rnn)
+        probs = refiner.predict_coarse(result.coarse, tile)
+        refined = refiner.refine(result.rnn, tile, probs) if result.rnn else None
+        ```
     """
     cfg = cfg or AdaptConfig()
     k = len(coarse.classes)
@@ -207,11 +233,14 @@ def adapt(
     seconds["shipped_predict"] = time.perf_counter() - t0
 
     res = adaptation_resolution(tile, coarse.resolution, cfg.coarse.grid)
-    work = to_working(tile, res, start_probs, [labels])
+    # held-out regions chosen on the tile's grid (where the app scores), the guard in its pixels
+    scale = res / tile.resolution if res and tile.resolution else 1.0
+    train_tile, val_tile = split_holdout(labels, cfg.holdout, guard=math.ceil(cfg.guard * scale), seed=cfg.seed)
+    if not (train_tile != IGNORE).any():
+        train_tile, val_tile = labels, np.full_like(labels, IGNORE)
+    work = to_working(tile, res, start_probs, [train_tile, val_tile])
     assert work.probs is not None
-    train_labels, val_labels = split_holdout(work.labels[0], cfg.holdout, guard=cfg.guard, seed=cfg.seed)
-    if not (train_labels != IGNORE).any():
-        train_labels, val_labels = work.labels[0], np.full_like(val_labels, IGNORE)
+    train_labels, val_labels = work.labels
 
     def report(stage: str) -> Callable[[Progress], None] | None:
         return None if progress is None else (lambda p: progress(stage, p))
@@ -228,7 +257,7 @@ def adapt(
         "adapted_coarse": _held_out(adapted_probs.argmax(0).astype(np.uint8), val_labels, allowed, bool(partial)),
         "adapted_rnn": None,
     }
-    out = Adaptation(stage1.bundle, None, res, scores, seconds, stage1.adapted, coarse_result=stage1)
+    out = Adaptation(stage1.bundle, None, res, scores, seconds, stage1.adapted, val_tile, coarse_result=stage1)
     if rnn is None:
         out.rnn_note = "no RNN to start from"
         return out

@@ -7,6 +7,7 @@ CRF, :data:`SCENE` (:mod:`.scene`) refines a whole scene. Each reports through t
 ``KIND.wait(ws)``. Importing this package imports every kind, so :data:`KINDS` lists them all.
 """
 
+from refiner.app.jobs.adapt import ADAPT, AdaptStatus, start_adapt
 from refiner.app.jobs.base import (
     ACTIVE,
     HEARTBEAT,
@@ -32,6 +33,9 @@ from refiner.app.jobs.scene import SCENE, SceneStatus, start_scene_job
 from refiner.app.jobs.training import CURVES, TRAINING, JobStatus, TrainParams, run_training, start_training
 
 __all__ = [
+    "ADAPT",
+    "AdaptStatus",
+    "start_adapt",
     "ACTIVE",
     "CRF_SEARCH",
     "CURVES",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from refiner.app import jobs
+from refiner.app.jobs import adapt as adapt_job
 from refiner.app.jobs import crf as crf_job
 from refiner.app.jobs import scene as scene_job
 from tests.app.jobs.contract import JobKindContract
@@ -47,6 +48,17 @@ class TestScene(JobKindContract):
     def start(self, ws, backend):
         d = self.scene
         return scene_job.start_scene_job(ws, str(d / "image.tif"), coarse=str(d / "probs.tif"), backend=backend)
+
+
+class TestAdapt(JobKindContract):
+    kind = adapt_job.ADAPT
+
+    @pytest.fixture()
+    def ws(self, tmp_path):
+        return make_workspace(tmp_path, with_rnn=False)
+
+    def start(self, ws, backend):
+        return adapt_job.start_adapt(ws, seconds=4.0, backend=backend)
 
 
 def test_every_kind_of_job_passes_the_contract():
