@@ -11,6 +11,7 @@ from refiner.models.pretrained import pick_rnn
 from refiner.models.rnn import VARIANTS
 from refiner.train.rnn import FINETUNE_DEFAULTS
 from webapp import common, scores
+from webapp.adapt_panel import adapt_section
 from webapp.job_panel import job_panel
 
 ws = common.page("Train")
@@ -22,14 +23,16 @@ where = (
     else f"on **{device.type.upper()}**"
     + (" (no GPU found: a few hundred steps take a minute or two)." if device.type == "cpu" else ".")
 )
+status = jobs.TRAINING.read(ws)
+running = status is not None and status.active
+adapt_section(ws, running)
+st.subheader("Fine-tune the RNN only")
 st.write(
     f"Fine-tunes the RNN on your painted pixels (AdaGrad, cross-entropy), {where}"
     " Part of the painted pixels is held back to measure IoU as training goes: whole painted regions,"
     " with the training pixels within twice the RNN's reach (2 × T × kernel radius) of them left out,"
     " so the score is not made on near-copies of what it trained on."
 )
-status = jobs.TRAINING.read(ws)
-running = status is not None and status.active
 has_model = ws.has_model("rnn")
 model_info = {}
 if has_model:

@@ -78,3 +78,7 @@ def _fill(ws: Workspace, scene, with_rnn: bool) -> Workspace:
     return ws
 
 
+def train_button(at: AppTest):
+    """The Train page's "Start training" (the RNN form's submit button; "Adapt to this tile" comes first)."""
+    return next(b for b in at.button if b.label == "Start training")
+
