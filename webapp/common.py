@@ -68,8 +68,13 @@ def session() -> sessions.Session:
             st.stop()
         return sessions.Session(root(), sessions.user_key(st.user.to_dict()))
     token = st.session_state.get(SESSION) or st.query_params.get(SESSION)
-    if not sessions.valid_token(token):
-        token = sessions.new_token()
+    if not sessions.session_known(token, root()):  # only keys this server issued: no client-chosen session
+        if token:
+            st.warning(
+                "The session key in this address was not made by this server, so a new session of your own was "
+                "started. To show someone a workspace, use its Share link."
+            )
+        token = sessions.issue_session(root())
     st.session_state[SESSION] = token
     if st.query_params.get(SESSION) != token:  # page links drop it: put it back, so a refresh keeps it
         st.query_params[SESSION] = token

@@ -39,6 +39,7 @@ from refiner.core.classes import IGNORE, ClassSpec, check_compatible
 from refiner.core.windows import WindowSpec, even_windows, iter_windows
 from refiner.data.read import (
     PREDICT_ON_IT,
+    check_probs_file,
     check_same_place,
     raster_shape,
     read_image,
@@ -311,6 +312,7 @@ def _check_probs(probs: str | Path, h: int, w: int, georef: Georef | None, bundl
         tags, shape, count = ds.tags(), (ds.height, ds.width), ds.count
     tagged = tagged_classes(tags, probs)
     todo = "predict the probabilities with a coarse model of the RNN's classes"
+    check_probs_file(probs)  # finite, in [0, 1], summing to 1, not all zeros: as finetune and crf check
     if tagged is not None:
         check_compatible(tagged, bundle.classes, "the probability map", "the RNN", todo)
     check_compatible(count, bundle.classes, "the probability map", "the model", todo)
