@@ -140,7 +140,10 @@ def progress_panel() -> None:
         iou = st_now.val[-1]["iou"]
         st.caption(
             "Held-out IoU per class: "
-            + ", ".join(f"{n} {v:.3f}" if v is not None else f"{n} –" for n, v in zip(names, iou, strict=True))
+            + ", ".join(
+                f"{common.plain(n)} {v:.3f}" if v is not None else f"{common.plain(n)} –"
+                for n, v in zip(names, iou, strict=True)
+            )
         )
     if st_now.loss:
         fig = viz.loss_figure(
