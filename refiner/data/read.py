@@ -490,7 +490,7 @@ def raster_shape(path: str | Path) -> tuple[int, int, Georef | None, float | Non
         if ds.height * ds.width > limit:
             raise RasterError(
                 f"{Path(str(path)).name} declares {ds.height} x {ds.width} pixels, above the scene limit of "
-                f"{limit // 2**30} gigapixels — cut it into smaller scenes, or raise REFINER_MAX_SCENE_PIXELS"
+                f"{limit / 2**30:.4g} gigapixels — cut it into smaller scenes, or raise REFINER_MAX_SCENE_PIXELS"
             )
         georef = _georef(ds)
         res = georef.resolution if georef is not None and georef.crs.is_projected else None

@@ -312,12 +312,12 @@ def _check_probs(probs: str | Path, h: int, w: int, georef: Georef | None, bundl
         tags, shape, count = ds.tags(), (ds.height, ds.width), ds.count
     tagged = tagged_classes(tags, probs)
     todo = "predict the probabilities with a coarse model of the RNN's classes"
-    check_probs_file(probs)  # finite, in [0, 1], summing to 1, not all zeros: as finetune and crf check
     if tagged is not None:
         check_compatible(tagged, bundle.classes, "the probability map", "the RNN", todo)
     check_compatible(count, bundle.classes, "the probability map", "the model", todo)
     if shape != (h, w):
         raise ValueError(f"probabilities {shape} and image {(h, w)} differ in size — predict them on this image")
+    check_probs_file(probs)  # finite, in [0, 1], summing to 1, not all zeros: as finetune and crf check
     what = f"the probability map {Path(str(probs)).name}"
     check_same_place(raster_shape(probs)[2], georef, what, image, PREDICT_ON_IT)
 

@@ -412,7 +412,7 @@ def train_rnn(
             step -= 1  # this step did not run
             break
         loss = _train_step(sampler, bundle, objective, opt, cfg, gen, dev)
-        check_finite_training(net, loss, done_before + step)
+        check_finite_training(net, loss, step)
         report = Progress(step, cfg.steps, loss, schedule.elapsed())
         last = schedule.is_last(step, report.seconds)
         if score is not None and schedule.validate_now(step, report.seconds, last):
