@@ -457,13 +457,16 @@ def test_an_unwritable_workspace_keeps_the_stroke_and_says_so(app_root, monkeypa
     assert not at.warning and (ws.labels() != before).any()
 
 
-def test_a_bad_model_upload_names_the_upload_not_a_temp_folder():
-    from refiner.app.uploads import staged_model
-
-    files = {"config.json": (PRETRAINED / "coarse_1m" / "config.json").read_bytes(), "model.safetensors": b"junk"}
-    with pytest.raises(ValueError) as exc, staged_model(files, "coarse"):
-        pass
-    assert "model.safetensors" in str(exc.value) and "tmp" not in str(exc.value), exc.value
+def test_a_bad_model_upload_names_the_upload_not_a_temp_folder(app_root):
+    make_workspace(app_root, size=48)
+    config = (PRETRAINED / "coarse_1m" / "config.json").read_bytes()
+    at = run("pages/0_Tile.py")
+    files = [("config.json", config, "application/json"), ("model.safetensors", b"junk", "application/octet-stream")]
+    at.file_uploader(key="coarse_model").set_value(files).run()
+    at.button(key="use_coarse_model").click().run()
+    said = " ".join(e.value for e in at.error)
+    assert not at.exception and "model.safetensors" in said, said
+    assert "tmp" not in said and str(app_root) not in said, said
 
 
 def test_a_bad_geojson_upload_names_the_upload_not_a_temp_file():
@@ -471,7 +474,7 @@ def test_a_bad_geojson_upload_names_the_upload_not_a_temp_file():
 
     tile = make_scene(48, seed=1).tile()
     with pytest.raises(ValueError) as exc:
-        read_mask(b'{"type": "FeatureCollection", "features": [}', "roads.geojson", tile, DEMO_CLASSES)
+        read_mask(b'{"type": "FeatureCollection", "features": []}', "roads.geojson", tile, DEMO_CLASSES)
     assert "roads.geojson" in str(exc.value) and "tmp" not in str(exc.value), exc.value
 
 
