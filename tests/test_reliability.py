@@ -196,6 +196,25 @@ def test_no_upload_widget_bypasses_the_checked_opener(key, app_root, monkeypatch
     assert str(app_root) not in said and "/tmp" not in said
 
 
+def test_only_the_checked_opener_opens_what_people_hand_in():
+    """No front-end or import module opens a raster itself (``rasterio.open``, ``MemoryFile``):
+    the label-import and reference masks did, and read 100000 x 100000 px files whole. The
+    workspace reads only its own files, written by the app."""
+    own_files_only = {"refiner/app/workspace.py"}
+    places = [REPO / "refiner" / "cli.py", REPO / "refiner" / "data" / "masks.py", REPO / "app.py",
+              *(REPO / "refiner" / "app").rglob("*.py"), *(REPO / "pages").glob("*.py"),
+              *(REPO / "webapp").glob("*.py")]  # fmt: skip
+    found = []
+    for path in places:
+        rel = str(path.relative_to(REPO))
+        for node in ast.walk(ast.parse(path.read_text())):
+            name = node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name) else ""
+            if name == "MemoryFile" or (name == "open" and isinstance(node, ast.Attribute)
+                                        and getattr(node.value, "id", "") == "rasterio"):  # fmt: skip
+                found.append(rel)
+    assert set(found) <= own_files_only, sorted(set(found) - own_files_only)
+
+
 _MEMORY_PROBE = """
 import resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (6 * 2**30, 6 * 2**30))  # 100000^2 px of one byte is 9.3 GiB
@@ -274,6 +293,14 @@ def test_finetune_on_nan_imagery_saves_finite_weights(nan_image, inputs, tmp_pat
 
     weights = load_file(str(tmp_path / "m" / "model.safetensors"))
     assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_predict_on_nan_imagery_writes_no_nan_probabilities(nan_image, tmp_path, capsys):
+    out = tmp_path / "p.tif"
+    rc, err = cli(["predict", "--model", PRETRAINED / "coarse_1m", "--image", nan_image, "--out", out], capsys)
+    assert rc == 0, err
+    with rasterio.open(out) as ds:
+        assert np.isfinite(ds.read()).all()
 
 
 def test_non_finite_weights_are_never_saved(tmp_path):
