@@ -206,7 +206,7 @@ else:
                 "held-out mean IoU": f"{e.held_out_mean_iou:.3f}" if e.held_out_mean_iou is not None else "–",
                 "kept step": str(e.best_step) if e.best_step is not None else "–",
                 **{
-                    f"IoU {n}": f"{v:.3f}" if v is not None else "–"
+                    f"IoU {common.plain(n)}": f"{v:.3f}" if v is not None else "–"
                     for n, v in zip(names, e.held_out_iou or [None] * len(names), strict=False)
                 },
                 "started from": e.started_from,

@@ -422,6 +422,21 @@ def test_class_names_are_never_markdown(app_root, guest):
     assert not [s for s in shown if "](" in s or "<img" in s]
 
 
+def test_class_names_are_text_in_score_tables(app_root):
+    from refiner.models.rnn import RefinerRNN, RNNConfig
+    from refiner.models.store import ModelBundle, save_model
+    from tests.helpers import _fill
+
+    scene = make_scene(96, seed=5)
+    classes = ClassSpec(("background", EVIL, "road"), (0, 1, 2))
+    ws = _fill(session(app_root).create("t", scene.tile(), classes), scene, with_rnn=False)
+    save_model(ModelBundle("rnn", RefinerRNN(RNNConfig(num_classes=3, iterations=3)), classes, 1.0), ws.model_dir("rnn"))
+    at = run("pages/4_Compare.py")
+    headers = [str(c) for t in at.table for c in t.value.columns]
+    assert any("md\\.png" in h for h in headers), headers
+    assert not [h for h in headers if "](" in h]
+
+
 # =========================================================================== 7. small ones
 
 
