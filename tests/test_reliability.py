@@ -430,7 +430,8 @@ def test_class_names_are_text_in_score_tables(app_root):
     scene = make_scene(96, seed=5)
     classes = ClassSpec(("background", EVIL, "road"), (0, 1, 2))
     ws = _fill(session(app_root).create("t", scene.tile(), classes), scene, with_rnn=False)
-    save_model(ModelBundle("rnn", RefinerRNN(RNNConfig(num_classes=3, iterations=3)), classes, 1.0), ws.model_dir("rnn"))
+    rnn = RefinerRNN(RNNConfig(num_classes=3, iterations=3))
+    save_model(ModelBundle("rnn", rnn, classes, 1.0), ws.model_dir("rnn"))
     at = run("pages/4_Compare.py")
     headers = [str(c) for t in at.table for c in t.value.columns]
     assert any("md\\.png" in h for h in headers), headers
