@@ -189,9 +189,10 @@ def test_no_upload_widget_bypasses_the_checked_opener(key, app_root, monkeypatch
         at.button(key=button).click().run()
     assert not at.exception, [e.value for e in at.exception]
     said = " ".join(e.value for e in at.error)
-    # the label import checks the tile's size from the header; the others the pixel limit
+    # uploads of the tile's grid (a label mask, probabilities) are checked against the tile's size
+    # from the header; the others against the pixel limit
     assert ("huge.tif declares 1200 x 1200 pixels, above the limit" in said) or (
-        key == "mask_upload" and "huge.tif is 1200x1200 pixels but the tile is 48x48" in said
+        key in ("mask_upload", "probs_upload") and "1200x1200 pixels but the tile is 48x48" in said
     ), said
     assert str(app_root) not in said and "/tmp" not in said
 

@@ -295,6 +295,11 @@ def read_labels(
     else:
         with open_raster(path, window=window) as ds:
             win = _to_window(window)
+            if like is not None and win is None and (ds.height, ds.width) != like.shape:
+                raise RasterError(  # from the header: a mask of another size is never read
+                    f"labels {Path(str(path)).name} are {ds.height}x{ds.width} pixels but the image is "
+                    f"{like.shape[0]}x{like.shape[1]}: they must cover the same grid"
+                )
             raw = _read(ds, path, 1, window=win)
             georef = _georef(ds)
             if georef is not None and win is not None:
