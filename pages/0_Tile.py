@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import numpy as np
 import streamlit as st
 
@@ -12,7 +9,14 @@ from refiner.app import access, results, viz
 from refiner.app.demos import DEMO_NAME, REAL_DEMOS
 from refiner.app.demos import unavailable as real_demo_unavailable
 from refiner.app.pretrained import coarse_into_workspace, workspace_resolution
-from refiner.app.uploads import MAX_PIXELS, check_pixel_size, load_tile, tile_from_upload, upload_shape
+from refiner.app.uploads import (
+    MAX_PIXELS,
+    check_pixel_size,
+    load_tile,
+    staged_model,
+    tile_from_upload,
+    upload_shape,
+)
 from refiner.core.classes import ClassSpec, check_compatible
 from refiner.models.pretrained import pick_coarse
 from webapp import common
@@ -121,17 +125,9 @@ with pc2:
     )
     st.caption(common.upload_limits())
     if files and st.button("Use this model", key="use_coarse_model"):
-        from refiner.models.store import load_model
-
-        with common.guard("loading the coarse CNN"):
-            names = {f.name: f for f in files}
-            if set(names) != {"config.json", "model.safetensors"}:
-                raise ValueError("upload exactly two files: config.json and model.safetensors (a model folder)")
-            with tempfile.TemporaryDirectory() as d:
-                for f in files:
-                    (Path(d) / f.name).write_bytes(f.getvalue())
-                load_model(d, expect="coarse")  # checks it before installing it
-                ws.install_model(d, "coarse")
+        uploaded = {f.name: f.getvalue() for f in files}
+        with common.guard("loading the coarse CNN"), staged_model(uploaded, "coarse") as d:  # checked first
+            ws.install_model(d, "coarse")
         st.success("Model installed: now compute the coarse probabilities with it.")
 with pc3:
     st.subheader("Bring your own probabilities")

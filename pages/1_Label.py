@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import html
-
 import numpy as np
 import streamlit as st
 
@@ -54,10 +52,13 @@ def _swatch(rgb: tuple[int, int, int]) -> str:
 side, main = st.columns([1, 3])
 with side:
     brush = st.radio(
-        "Brush", brushes, key="brush", format_func=lambda b: f"{b} ({hex_color(colors[brushes.index(b)])})"
+        "Brush",
+        brushes,
+        key="brush",
+        format_func=lambda b: f"{common.plain(b)} ({hex_color(colors[brushes.index(b)])})",
     )
     st.markdown(
-        " ".join(f"{_swatch(c)} {html.escape(b)}" for b, c in zip(brushes, colors, strict=True)),  # names: user text
+        " ".join(f"{_swatch(c)} {common.plain(b)}" for b, c in zip(brushes, colors, strict=True)),  # names: user text
         unsafe_allow_html=True,
     )
     size = st.slider("Brush size (screen pixels)", 1, 60, key="brush_size")
@@ -138,7 +139,7 @@ with main:
         )
     st.caption(
         # after the canvas: once it names the brush, the canvas paints with it (the browser tests wait on it)
-        f"Brush: {brush}, {size} px. Showing rows {view.row}–{view.row + view.height - 1}, columns "
+        f"Brush: {common.plain(brush)}, {size} px. Showing rows {view.row}–{view.row + view.height - 1}, columns "
         f"{view.col}–{view.col + view.width - 1} at {view.scale:.2f} screen px per pixel"
         + (f", over the {layer}." if layer != layers[0] else ".")
     )
@@ -149,7 +150,7 @@ st.subheader("Labelled pixels")
 counts = ws.label_counts(labels)
 cols = st.columns(len(classes) + 1)
 for i, name in enumerate(classes.names):
-    cols[i].metric(name, f"{counts[name]:,}")
+    cols[i].metric(common.plain(name), f"{counts[name]:,}")
 total = sum(counts[n] for n in classes.names)
 cols[-1].metric("unlabelled", f"{counts['unlabelled']:,}", help=f"{total:,} labelled in all")
 

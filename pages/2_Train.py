@@ -139,7 +139,10 @@ def training_details(now: jobs.JobStatus) -> None:
         iou = now.val[-1]["iou"]
         st.caption(
             "Held-out IoU per class: "
-            + ", ".join(f"{n} {v:.3f}" if v is not None else f"{n} –" for n, v in zip(names, iou, strict=True))
+            + ", ".join(
+                f"{common.plain(n)} {v:.3f}" if v is not None else f"{common.plain(n)} –"
+                for n, v in zip(names, iou, strict=True)
+            )
         )
     if now.loss:
         fig = viz.loss_figure(
@@ -200,7 +203,7 @@ else:
                 "held-out mean IoU": f"{e.held_out_mean_iou:.3f}" if e.held_out_mean_iou is not None else "–",
                 "kept step": str(e.best_step) if e.best_step is not None else "–",
                 **{
-                    f"IoU {n}": f"{v:.3f}" if v is not None else "–"
+                    f"IoU {common.plain(n)}": f"{v:.3f}" if v is not None else "–"
                     for n, v in zip(names, e.held_out_iou or [None] * len(names), strict=False)
                 },
                 "started from": e.started_from,

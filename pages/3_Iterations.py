@@ -48,7 +48,10 @@ with right:
         caption=f"P({cls}) at t = {t} (dark = 0, yellow = 1)",
         view=view,
     )
-st.caption("Colours: " + ", ".join(f"{n} = rgb{tuple(c)}" for n, c in zip(classes.names, classes.colors, strict=True)))
+st.caption(
+    "Colours: "
+    + ", ".join(f"{common.plain(n)} = rgb{tuple(c)}" for n, c in zip(classes.names, classes.colors, strict=True))
+)
 
 st.subheader("Scores per iteration")
 sets = results.score_sets(ws)

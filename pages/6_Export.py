@@ -49,12 +49,12 @@ with c2:
     kind = "8-bit" if quantise else "float32"
     common.download(path, ws.name, "dl_probs", "Download probabilities (GeoTIFF)")
     st.caption(
-        f"`{path.name}`, {common.size(path)}: {len(classes)} {kind} bands ({', '.join(classes.names)}); "
+        f"`{path.name}`, {common.size(path)}: {len(classes)} {kind} bands ({common.class_list(classes.names)}); "
         "deflate-compressed."
     )
 with c3:
     st.subheader("Polygons and centre-lines")
-    skip_bg = st.checkbox(f"Leave out '{classes.names[0]}'", True, key="skip_bg")
+    skip_bg = st.checkbox(f"Leave out '{common.plain(classes.names[0])}'", True, key="skip_bg")
     min_px = st.number_input("Drop regions smaller than (pixels)", 0, 10_000, 10, key="min_px")
     tolerance = st.number_input(
         f"Simplify: tolerance ({unit})", 0.0, 100.0 * pixel, float(pixel), step=float(pixel) / 2, key="tolerance",
@@ -63,7 +63,7 @@ with c3:
     )  # fmt: skip
     road = road_class(classes)
     lines = road is not None and st.checkbox(
-        f"Centre-lines of '{classes.names[road]}' as a line layer", True, key="centrelines"
+        f"Centre-lines of '{common.plain(classes.names[road])}' as a line layer", True, key="centrelines"
     )
     with common.guard("writing polygons"):
         gpkg = out / "refined_polygons.gpkg"

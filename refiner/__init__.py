@@ -111,7 +111,7 @@ if TYPE_CHECKING:
     from refiner.models.pretrained import pretrained_root
     from refiner.models.store import ModelBundle, load_model, save_model
     from refiner.scale.scene import predict_scene, refine_scene
-    from refiner.train.adapt import AdaptConfig, Adaptation, adapt
+    from refiner.train.adapt import Adaptation, AdaptConfig, adapt
     from refiner.train.coarse import CoarseTrainConfig, train_coarse
     from refiner.train.rnn import RNNTrainConfig, RNNTrainResult, finetune_from_pretrained, train_rnn
 

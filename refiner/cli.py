@@ -392,7 +392,13 @@ def cmd_crf(args: argparse.Namespace) -> None:
     from refiner.data.read import read_labels
     from refiner.data.write import write_class_map, write_probs
 
-    params = CRFParams.parse(_json_file(args.params, "CRF parameters")) if args.params else CRFParams()
+    params = CRFParams()
+    if args.params:
+        given = _json_file(args.params, "CRF parameters")
+        try:
+            params = CRFParams.parse(given)
+        except (TypeError, ValueError) as exc:  # the file named, with the key and what to give
+            raise ValueError(f"{args.params}: {exc}") from exc
     tile, probs, classes = _image_and_probs(args)
     if args.search_labels:
         labels = read_labels(args.search_labels, classes, like=tile)

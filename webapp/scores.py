@@ -77,6 +77,7 @@ def score_tables(ws: Workspace, maps: dict[str, np.ndarray]) -> None:
     for col, ev in zip(cols, sets, strict=True):
         with col:
             st.markdown(f"**{ev.title}**")
-            st.table(pd.DataFrame(results.score_table(maps, ev.labels, ws.classes.names)).set_index("method"))
+            table = pd.DataFrame(results.score_table(maps, ev.labels, ws.classes.names)).set_index("method")
+            st.table(table.rename(columns=lambda c: common.plain(c) if c.startswith("IoU ") else c))  # class names
             st.caption(f"On {ev.pixels:,} pixels: {ev.description}.")
 

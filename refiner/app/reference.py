@@ -18,13 +18,13 @@ from collections.abc import Mapping
 
 import numpy as np
 from rasterio.errors import RasterioError
-from rasterio.io import MemoryFile
 
-from refiner.app.uploads import sniff_image
+from refiner.app.uploads import short_error, sniff_image, staged_upload
 from refiner.app.workspace import Workspace
 from refiner.core.classes import IGNORE, ClassSpec, check_compatible
+from refiner.data.read import read_mask_band
 from refiner.data.resample import labels_to_grid, resample
-from refiner.data.tile import Georef
+from refiner.data.tile import Georef, RasterError
 from refiner.data.write import write_raster
 
 REFERENCE = "reference.tif"
@@ -76,12 +76,13 @@ def read_mask(data: bytes, name: str) -> tuple[np.ndarray, Georef | None]:
     if not name.lower().endswith((".tif", ".tiff", ".png")):
         raise ValueError(f"{name}: upload a reference mask as GeoTIFF or PNG (one band of class values)")
     sniff_image(data, name)
-    try:
-        with MemoryFile(data) as mem, mem.open() as ds:
-            raw = ds.read(1)
-            georef = Georef(ds.crs, ds.transform) if ds.crs is not None else None
-    except (RasterioError, OSError) as exc:
-        raise ValueError(f"{name} could not be read as a mask: {exc}") from exc
+    with staged_upload(data, name) as tmp:
+        try:  # the one checked opener: the declared size is refused before any pixel is read
+            raw, _, georef = read_mask_band(tmp, name=name)
+        except RasterError as exc:
+            raise ValueError(str(exc).replace(str(tmp), name).replace(tmp.name, name)) from exc
+        except (RasterioError, OSError) as exc:
+            raise ValueError(f"{name} could not be read as a mask: {short_error(exc)}") from exc
     if raw.dtype.kind not in "ui":
         raise ValueError(f"{name} has {raw.dtype} pixels: a class mask has integer values")
     mask_values(raw)  # a photo or a probability map is refused here, with what to upload instead

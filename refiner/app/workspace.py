@@ -43,7 +43,7 @@ from refiner.app.uploads import IMAGE_SUFFIXES, check_pixel_size, short_error, s
 from refiner.core import paths
 from refiner.core.atomic import atomic_dir, atomic_file, atomic_write_json, file_lock, read_json
 from refiner.core.classes import IGNORE, ClassSpec, check_compatible
-from refiner.data.read import PREDICT_ON_IT, check_same_place, read_image, read_labels, read_probs
+from refiner.data.read import PREDICT_ON_IT, check_same_place, raster_info, read_image, read_labels, read_probs
 from refiner.data.tile import Georef, RasterError, Tile
 from refiner.data.write import write_probs, write_raster
 
@@ -383,6 +383,12 @@ class Workspace:
         sniff_image(data, name)
         with staged_upload(data, name) as tmp:
             try:
+                info = raster_info(tmp)  # the header: probabilities of another size are never read
+                if (info["height"], info["width"]) != self.shape:
+                    raise ValueError(
+                        f"{name} is {info['bands']} bands of {info['height']}x{info['width']} pixels but the tile is "
+                        f"{self.shape[0]}x{self.shape[1]} — {PREDICT_ON_IT}"
+                    )
                 probs, classes, georef = read_probs(tmp, check_sums=True)
                 check_same_place(georef, self.georef, f"the probability map {name}", "the tile", PREDICT_ON_IT)
             except RasterError as exc:

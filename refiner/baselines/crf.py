@@ -71,8 +71,33 @@ class CRFParams:
         if unknown:
             known = sorted(f.name for f in fields(cls))
             raise ValueError(f"unknown CRF parameter(s) {unknown}; known: {known}")
-        return cls.from_dict(d)
+        out: dict[str, Any] = {}
+        for key, value in d.items():
+            whole = key == "iterations"
+            if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
+                kind = "a whole number" if whole else "a number"
+                raise ValueError(f"CRF parameter {key} is {value!r}, not {kind} — give e.g. {key}: {_DEFAULTS[key]}")
+            low, high = _RANGES[key]
+            if not (low <= value <= high if whole else low < value <= high):
+                raise ValueError(
+                    f"CRF parameter {key} is {value}, out of range — give a value "
+                    + (f"from {low} to {high}" if whole else f"above {low:g} and at most {high:g}")
+                    + f", e.g. {_DEFAULTS[key]}"
+                )
+            out[key] = int(value) if whole else float(value)
+        return cls(**out)
 
+
+_DEFAULTS = {f: CRFParams.__dataclass_fields__[f].default for f in CRFParams.__dataclass_fields__}
+#: Accepted ranges: lengths and weights above 0 (a negative sxy was accepted), mean-field iterations 1-100.
+_RANGES: dict[str, tuple[float, float]] = {
+    "gaussian_sxy": (0.0, 1e4),
+    "gaussian_compat": (0.0, 1e4),
+    "bilateral_sxy": (0.0, 1e4),
+    "bilateral_srgb": (0.0, 1e4),
+    "bilateral_compat": (0.0, 1e4),
+    "iterations": (1, 100),
+}
 
 #: The search space: bilateral range/colour scale and weight (DeepLab searched the same three).
 DEFAULT_GRID: dict[str, tuple[float, ...]] = {

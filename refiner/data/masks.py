@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import os
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import rasterio
-from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.errors import RasterioError
 
 from refiner.core.classes import IGNORE, ClassSpec
-from refiner.data.read import read_labels
+from refiner.data.read import read_labels, read_mask_band
 from refiner.data.tile import RasterError, Tile
 from refiner.data.vector import VECTOR_SUFFIXES
 
@@ -71,14 +69,13 @@ def read_mask(data: bytes, name: str, tile: Tile, classes: ClassSpec) -> MaskFil
             labels = read_labels(tmp, classes, like=tile)
             raw, nodata = classes.decode(labels).astype(np.int64), IGNORE
         else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", NotGeoreferencedWarning)
-                with rasterio.open(tmp) as ds:
-                    band = ds.read(1)
-                    declared = ds.nodata
+            band, declared, _ = read_mask_band(tmp, name=name, shape=tile.shape)  # size checked before reading
             raw, nodata = _as_values(band, name), _as_value(declared)
-    except RasterError as exc:
-        raise ValueError(str(exc).replace(tmp, name)) from exc
+    except RasterError as exc:  # the upload's name, never the server's temporary file
+        why = str(exc).replace(tmp, name).replace(Path(tmp).name, name)
+        if why.startswith("cannot read"):
+            why = f"{name} could not be read as a label mask: upload a GeoTIFF or PNG mask ({why})"
+        raise ValueError(why) from exc
     except (RasterioError, OSError) as exc:
         raise ValueError(f"{name} could not be read as a label mask: upload a GeoTIFF or PNG mask") from exc
     finally:

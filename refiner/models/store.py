@@ -151,6 +151,12 @@ def save_model(bundle: AnyBundle, folder: str | Path) -> Path:
         "info": bundle.info,
     }
     state = {k: v.detach().cpu().contiguous() for k, v in bundle.net.state_dict().items()}
+    bad = sum(int((~torch.isfinite(v)).sum()) for v in state.values() if v.is_floating_point())
+    if bad:  # a model that refines every tile to NaN is worse than none: never written
+        raise ValueError(
+            f"the model has {bad:,} NaN or infinite weights, so it was not saved — train it again from finite "
+            "imagery and probabilities (NaN pixels declared as nodata) or with a lower learning rate"
+        )
     optimizer = {k: v.detach().cpu().contiguous() for k, v in (bundle.optimizer_state or {}).items()}
     with atomic_dir(folder) as tmp:
         save_file(state, str(tmp / WEIGHTS))

@@ -39,6 +39,7 @@ from refiner.core.classes import IGNORE, ClassSpec, check_compatible
 from refiner.core.windows import WindowSpec, even_windows, iter_windows
 from refiner.data.read import (
     PREDICT_ON_IT,
+    check_probs_file,
     check_same_place,
     raster_shape,
     read_image,
@@ -357,6 +358,7 @@ def _check_probs(probs: str | Path, h: int, w: int, georef: Georef | None, bundl
     check_compatible(count, bundle.classes, "the probability map", "the model", todo)
     if shape != (h, w):
         raise ValueError(f"probabilities {shape} and image {(h, w)} differ in size — predict them on this image")
+    check_probs_file(probs)  # finite, in [0, 1], summing to 1, not all zeros: as finetune and crf check
     what = f"the probability map {Path(str(probs)).name}"
     check_same_place(raster_shape(probs)[2], georef, what, image, PREDICT_ON_IT)
 

@@ -26,6 +26,7 @@ from refiner.train.sampling import (
     as_float,
     check_counts,
     check_labels,
+    check_patches,
     holdout_guard,
     jitter,
     split_holdout,
@@ -152,6 +153,12 @@ def _check_inputs(image: np.ndarray, probs: np.ndarray, labels: np.ndarray, k: i
             f"image {image.shape[1:]}, probabilities {probs.shape[1:]} and labels {labels.shape} "
             "must have the same size"
         )
+    for what, arr in (("image", image), ("probabilities", probs)):
+        if not np.isfinite(arr).all():
+            raise ValueError(
+                f"the {what} hold NaN or infinite values — read them with refiner.read_image / read_probs "
+                "(NaN pixels become nodata) or replace them before training"
+            )
 
 
 def _start_bundle(
@@ -323,6 +330,26 @@ def _train_step(
     return loss.item()
 
 
+class DivergedError(ValueError):
+    """Training produced a NaN or infinite loss or weight: stopped, nothing of it is saved."""
+
+
+def check_finite_training(net: torch.nn.Module, loss: float, step: int) -> None:
+    """Stop training at the first NaN or infinite loss or weight, with a message saying what to do.
+
+    Float imagery with NaN pixels trained a model with 9,539 NaN weights that was saved (rc 0) and
+    then refined every tile to all-background.
+    """
+    bad = [n for n, q in net.named_parameters() if not bool(torch.isfinite(q).all())]
+    if math.isfinite(loss) and not bad:
+        return
+    what = f"the weights {', '.join(bad[:3])}" if bad else "the loss"
+    raise DivergedError(
+        f"training stopped at step {step}: {what} became NaN or infinite, so no model was saved — check the "
+        "image and probabilities for NaN pixels (declare them as nodata) or lower the learning rate"
+    )
+
+
 def _stop_reason(cfg: RNNTrainConfig, stale: int, last: bool, step: int) -> str | None:
     """Why training ends early after ``step``: no gain in ``cfg.patience`` validations, or time up."""
     if cfg.patience and stale >= cfg.patience:
@@ -413,6 +440,7 @@ def train_rnn(
     dev = pick_device(device)
     torch.manual_seed(cfg.seed)
     bundle, net = _start_bundle(image, classes, arch, init, resolution, dev)
+    check_patches(labels.shape, net.cfg, cfg.patch_size, cfg.batch_size)  # before the first step, not in a crash
     if val_labels is None:
         labels, val_labels = split_holdout(labels, cfg.holdout, guard=holdout_guard(net.cfg), seed=cfg.seed)
     sampler = PatchSampler([image, probs], labels, cfg.patch_size, net.cfg.halo, seed=cfg.seed, augment=cfg.augment)
@@ -435,6 +463,7 @@ def train_rnn(
             step -= 1  # this step did not run
             break
         loss = _train_step(sampler, bundle, objective, opt, cfg, gen, dev)
+        check_finite_training(net, loss, step)
         report = Progress(step, cfg.steps, loss, schedule.elapsed())
         last = schedule.is_last(step, report.seconds)
         if score is not None and schedule.validate_now(step, report.seconds, last):

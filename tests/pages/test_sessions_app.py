@@ -12,7 +12,7 @@ from refiner.app import jobs, sessions
 from refiner.app.workspace import Workspace
 from tests.helpers import REPO, make_template, make_workspace, run, session
 
-ALICE, BOB = "alice-session-token-0123456789ab", "bob-session-token-0123456789abcd"
+ALICE, BOB = (sessions.sign_session(f"{who}-session-token-0123456789ab") for who in ("alice", "bob"))
 
 
 @pytest.fixture()
