@@ -21,7 +21,7 @@ where = (
     f"on the **Dask cluster** at `{scheduler}` (a GPU worker if one declares it)."
     if scheduler
     else f"on **{device.type.upper()}**"
-    + (" (no GPU found: a few hundred steps take a minute or two)." if device.type == "cpu" else ".")
+    + (" (no GPU found)." if device.type == "cpu" else ".")
 )
 status = jobs.TRAINING.read(ws)
 running = status is not None and status.active
@@ -32,6 +32,8 @@ st.write(
     " Part of the painted pixels is held back to measure IoU as training goes: whole painted regions,"
     " with the training pixels within twice the RNN's reach (2 × T × kernel radius) of them left out,"
     " so the score is not made on near-copies of what it trained on."
+    f" A run stops when that score stops improving, and after at most {jobs.TrainParams().max_seconds:.0f} s"
+    " (it keeps the weights that scored best)."
 )
 has_model = ws.has_model("rnn")
 model_info = {}

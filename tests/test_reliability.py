@@ -95,6 +95,8 @@ CLI_RASTER_INPUTS = {
     ("predict", "image"): "above the scene limit",
     ("refine", "image"): "above the scene limit",
     ("refine", "probs"): "differ in size",
+    ("adapt", "image"): WHOLE,
+    ("adapt", "labels"): WHOLE,
 }
 RASTER_DESTS = {"image", "images", "probs", "labels", "pred", "truth", "search_labels"}
 
@@ -111,6 +113,7 @@ def _argv(command: str, f: dict[str, Path], out: Path) -> list:
         "predict": ["predict", "--model", PRETRAINED / "coarse_1m", "--image", f["image"], "--out", out / "p.tif"],
         "refine": ["refine", "--model", PRETRAINED / "rnn_1m", "--image", f["image"], "--probs", f["probs"],
                    "--out", out / "r.tif"],
+        "adapt": ["adapt", "--image", f["image"], "--labels", f["labels"], "--out", out / "a"],
     }[command]  # fmt: skip
 
 

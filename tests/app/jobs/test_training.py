@@ -41,15 +41,16 @@ def test_training_runs_in_the_background_and_reports(ws):
 
 
 def test_continue_training_adds_steps(ws):
-    jobs.start_training(ws, jobs.TrainParams(steps=5, batch_size=2, patch_size=24, resume=False))
+    # validations by step count only: by the clock (5 s), a busy machine adds reports at other steps
+    jobs.start_training(ws, jobs.TrainParams(steps=5, batch_size=2, patch_size=24, eval_seconds=None, resume=False))
     assert jobs.TRAINING.wait(ws, 120).state == "finished"
-    jobs.start_training(ws, jobs.TrainParams(steps=4, batch_size=2, patch_size=24, resume=True))
+    jobs.start_training(ws, jobs.TrainParams(steps=4, batch_size=2, patch_size=24, eval_seconds=None, resume=True))
     st = jobs.TRAINING.wait(ws, 120)
     assert st.state == "finished" and st.start_step == 5
     assert load_model(ws.model_dir("rnn")).info["trained_steps"] == 9
     # the loss curve goes on from step 5 and keeps the first run's curve
     assert [s for s, _ in st.earlier_loss] == [5] and [s for s, _ in st.loss] == [9]
-    jobs.start_training(ws, jobs.TrainParams(steps=5, batch_size=2, patch_size=24, resume=False))
+    jobs.start_training(ws, jobs.TrainParams(steps=5, batch_size=2, patch_size=24, eval_seconds=None, resume=False))
     st = jobs.TRAINING.wait(ws, 120)  # a new RNN: a new curve
     assert st.start_step == 0 and not st.earlier_loss and [s for s, _ in st.loss] == [5]
 
@@ -98,7 +99,7 @@ def test_the_train_params_and_the_run_config_restate_no_default():
     assert (p.iterations, p.variant) == (arch["iterations"], arch["variant"])
     # the page sets these; every other field is the start's dataclass default
     page = {"steps", "batch_size", "patch_size", "lr", "seed", "holdout", "eval_every", "eval_seconds",
-            "checkpoint_every"}  # fmt: skip
+            "checkpoint_every", "max_seconds"}  # fmt: skip
     pretrained = jobs.TrainParams(resume=False, pretrained="rnn_1m")
     for params, base in ((pretrained, FINETUNE_DEFAULTS), (jobs.TrainParams(), train),
                          (jobs.TrainParams(resume=False), train)):  # fmt: skip
@@ -108,6 +109,9 @@ def test_the_train_params_and_the_run_config_restate_no_default():
         assert (cfg.steps, cfg.lr, cfg.holdout) == (params.steps, params.lr, 0.0)  # held out by the job
     assert run_config(pretrained).eval_seconds == FINETUNE_DEFAULTS.eval_seconds
     assert run_config(jobs.TrainParams(eval_seconds=None)).eval_seconds is None
+    # the app's own wall-clock budget (issue #22: 300 steps took up to 15 minutes)
+    assert run_config(pretrained).max_seconds == p.max_seconds == 60.0
+    assert run_config(jobs.TrainParams(max_seconds=None)).max_seconds is None
 
 
 def test_a_pretrained_rnn_of_other_classes_is_refused_before_training(tmp_path, scene):
