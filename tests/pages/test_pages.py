@@ -406,6 +406,7 @@ def test_adapt_to_this_tile_runs_both_stages_and_the_shipped_map_stays_selectabl
     adapted = read_probs(app_ws.path / adapt_job.ADAPTED_PROBS)[0]
     shipped = read_probs(app_ws.path / adapt_job.SHIPPED_PROBS)[0]
     assert np.allclose(app_ws.coarse_probs(), adapted)  # the adapted map is t = 0 now
+    assert len(list((app_ws.path / "models" / adapt_job.COARSE_HISTORY).iterdir())) == 1  # kept
     assert at.radio(key="coarse_in_use").value == "adapted"
     at.radio(key="coarse_in_use").set_value("shipped").run()
     assert adapt_job.active_coarse(app_ws) == "shipped"

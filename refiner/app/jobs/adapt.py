@@ -29,6 +29,8 @@ from refiner.app.workspace import COARSE_PROBS, Workspace
 
 SHIPPED_PROBS, ADAPTED_PROBS = "coarse_probs_shipped.tif", "coarse_probs_adapted.tif"
 ADAPTED_MODEL = "coarse_adapted"
+#: ``models/coarse_history/<id>``: every coarse CNN an adaptation made (the RNNs go to the model history)
+COARSE_HISTORY = "coarse_history"
 STAGES = ("coarse", "rnn")
 
 
@@ -149,6 +151,8 @@ def _install(ws: Workspace, pick: Any, tile: Any, result: Any) -> None:
 
         write_probs(shipped, coarse_probs_for(pick, tile), ws.georef, ws.classes)
     save_model(result.coarse, ws.model_dir(ADAPTED_MODEL))
+    kept = f"{time.time_ns():020d}"  # every adapted coarse CNN is kept, as every RNN is
+    save_model(result.coarse, ws.path / "models" / COARSE_HISTORY / kept)
     adapted = pick.adapt(predict_coarse(result.coarse, tile))
     write_probs(ws.path / ADAPTED_PROBS, adapted, ws.georef, ws.classes)
     ws.write_holdout(result.holdout)
@@ -160,7 +164,7 @@ def _install(ws: Workspace, pick: Any, tile: Any, result: Any) -> None:
         s = result.scores.get("adapted_rnn")
         val = [] if s is None else [{"step": result.rnn.info.get("best_step") or 0, "mean_iou": s.mean_iou,
                                      "iou": [None if np.isnan(v) else v for v in s.iou]}]  # fmt: skip
-        model_history.save_trained(ws, result.rnn, started_from="adapted to this tile with the coarse CNN", val=val,
+        model_history.save_trained(ws, result.rnn, started_from=f"adapted to this tile (coarse CNN {kept})", val=val,
                                    stopped=result.rnn_result.stopped if result.rnn_result else "")  # fmt: skip
     ws.clear_results()
 
