@@ -7,7 +7,7 @@ IoU 0.77 on painted blocks, 0.46 against the reference over the tile.
 
 A mask file's pixel values go through an explicit value -> class mapping (:func:`propose_mapping`
 reads the values present and suggests one; ``None`` = unlabelled, only when chosen). The mask is
-stored as ``reference.tif`` on the tile's grid (class mask values, 255 = unlabelled) with its
+stored as ``reference.tif`` on the tile's grid (class mask values, nodata = unlabelled) with its
 origin in the workspace settings under ``reference``.
 """
 
@@ -25,7 +25,6 @@ from refiner.app.workspace import Workspace
 from refiner.core.classes import IGNORE, ClassSpec, check_compatible
 from refiner.data.resample import labels_to_grid, resample
 from refiner.data.tile import Georef
-from refiner.data.write import write_raster
 
 REFERENCE = "reference.tif"
 #: More distinct values than this: not a class mask (a photo or a probability map).
@@ -144,7 +143,7 @@ def attach_workspace(ws: Workspace, other: Workspace) -> np.ndarray:
 
 
 def _save(ws: Workspace, labels: np.ndarray, origin: dict) -> None:
-    write_raster(ws.path / REFERENCE, ws.classes.decode(labels), ws.georef, nodata=IGNORE)
+    ws.write_mask(REFERENCE, labels)
     ws.update_settings(reference={**origin, "attached": time.time()})
 
 

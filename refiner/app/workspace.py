@@ -7,7 +7,7 @@ refresh or a server restart finds them again. Layout::
     <root>/<name>/
         workspace.json        settings: classes, where the tile came from, CRF parameters, ...
         tile.tif              the image (uint8 or float32 RGB, with the source's georeferencing)
-        labels.tif            painted labels on the tile's grid, mask values, 255 = unlabelled
+        labels.tif            painted labels on the tile's grid, mask values, nodata = unlabelled
         coarse_probs.tif      coarse class probabilities (K bands)
         models/coarse/        the coarse CNN (when the probabilities come from one)
         models/rnn/           the current refinement RNN
@@ -241,6 +241,11 @@ class Workspace:
             raw = ds.read(1)
         return self.classes.encode_mask(raw, strict=False)
 
+    def write_mask(self, file: str, labels: np.ndarray) -> None:
+        """Class indices (IGNORE = unlabelled) saved as a mask file here (read back by :meth:`read_mask`)."""
+        classes = self.classes
+        write_raster(self.path / file, classes.decode(labels), self.georef, nodata=classes.unlabelled_value)
+
     def labels(self) -> np.ndarray:
         """Painted labels as class indices (H, W) uint8, 255 = unlabelled."""
         labels = self.read_mask(LABELS)
@@ -263,7 +268,7 @@ class Workspace:
     def _write_labels(self, labels: np.ndarray, undo: bool) -> None:
         if undo and (self.path / LABELS).is_file():
             self._push_undo(self.labels())
-        write_raster(self.path / LABELS, self.classes.decode(labels), self.georef, nodata=IGNORE)
+        self.write_mask(LABELS, labels)
 
     def edit_labels(self, edit: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
         """Apply ``edit`` to the labels as they are on disk now, under the workspace lock.
@@ -347,7 +352,7 @@ class Workspace:
     def write_holdout(self, labels: np.ndarray) -> None:
         """Save the labels a training run held back, on the tile's grid: what the pages score on."""
         self.check_writable()
-        write_raster(self.path / HOLDOUT, self.classes.decode(labels), self.georef, nodata=IGNORE)
+        self.write_mask(HOLDOUT, labels)
 
     # ----------------------------------------------------------------- coarse probabilities
     def has_coarse(self) -> bool:

@@ -69,7 +69,7 @@ def read_mask(data: bytes, name: str, tile: Tile, classes: ClassSpec) -> MaskFil
     try:
         if lower.endswith(VECTOR_SUFFIXES):
             labels = read_labels(tmp, classes, like=tile)
-            raw, nodata = classes.decode(labels).astype(np.int64), IGNORE
+            raw, nodata = classes.decode(labels).astype(np.int64), classes.unlabelled_value
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)

@@ -85,3 +85,26 @@ def test_bad_masks_say_what_is_wrong(scene):
         read_mask(b"II*\x00 not really", "broken.tif", tile, BUILDINGS)
     with pytest.raises(ValueError, match="GeoTIFF or PNG"):
         read_mask(b"x", "notes.txt", tile, BUILDINGS)
+
+
+def test_geojson_roads_valued_255_stay_road_not_unlabelled(tmp_path, scene):
+    """GeoJSON was rasterised to mask values with 255 as nodata: a road class valued 255 vanished."""
+    import json
+
+    roads = ClassSpec(("background", "road"), (0, 255))
+    tile = scene.tile()
+    t = tile.georef.transform
+    x0, y0 = t * (10, 10)
+    x1, y1 = t * (40, 30)
+    poly = [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]]
+    gj = {
+        "type": "FeatureCollection",
+        "crs": {"type": "name", "properties": {"name": tile.georef.crs.to_string()}},
+        "features": [
+            {"type": "Feature", "properties": {"class": "road"}, "geometry": {"type": "Polygon", "coordinates": poly}}
+        ],
+    }
+    mask = read_mask(json.dumps(gj).encode(), "roads.geojson", tile, roads)
+    labels = apply_mapping(mask, propose_mapping(mask, roads), roads)
+    assert (labels == 1).sum() > 400 and (labels[15:25, 15:35] == 1).all()
+    assert (labels[50:] == 0).all()  # the rest is background, as rasterize_vectors fills it
