@@ -136,7 +136,8 @@ if ev is not None:
     table = []
     for label, p in rows:
         s = results.iteration_scores([p], ev.labels)[0]
-        table.append({"map": label, "overall accuracy": round(s.overall_accuracy, 4), "mean IoU": round(s.mean_iou, 4)})
+        mean = results.mean_label(classes.names, s.in_mean)
+        table.append({"map": label, "overall accuracy": round(s.overall_accuracy, 4), mean: round(s.mean_iou, 4)})
     st.table(pd.DataFrame(table).set_index("map"))
     st.caption(
         f"On {ev.pixels:,} pixels: {ev.description}. Hand-set diffusion smooths; only the learned RNN "

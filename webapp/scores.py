@@ -15,6 +15,7 @@ from refiner.app.workspace import Workspace
 from webapp import common
 
 UNLABELLED = "unlabelled (not scored)"
+MEAN_NOTE = "Every mean IoU is over the classes these labels have (named in its column), the same for every map."
 
 
 def reference_panel(ws: Workspace, key: str) -> None:
@@ -77,6 +78,7 @@ def score_tables(ws: Workspace, maps: dict[str, np.ndarray]) -> None:
     for col, ev in zip(cols, sets, strict=True):
         with col:
             st.markdown(f"**{ev.title}**")
-            st.table(pd.DataFrame(results.score_table(maps, ev.labels, ws.classes.names)).set_index("method"))
-            st.caption(f"On {ev.pixels:,} pixels: {ev.description}.")
+            rows = results.score_table(maps, ev.labels, ws.classes.names, one_vs_rest=ev.one_vs_rest)
+            st.table(pd.DataFrame(rows).set_index("method"))
+            st.caption(f"On {ev.pixels:,} pixels: {ev.description}. {MEAN_NOTE}")
 
