@@ -12,6 +12,8 @@ import streamlit as st
 
 from refiner.app import reference, results
 from refiner.app.workspace import Workspace
+from refiner.core.classes import IGNORE
+from refiner.data.masks import counts_by_class
 from webapp import common
 
 UNLABELLED = "unlabelled (not scored)"
@@ -51,7 +53,8 @@ def reference_panel(ws: Workspace, key: str) -> None:
         with common.guard("reading the mask"):
             raw, georef = reference.read_mask(up.getvalue(), up.name)
             counts = reference.mask_values(raw)
-        proposal = reference.propose_mapping(list(counts), ws.classes)
+        guide = ws.coarse_probs().argmax(0).astype(np.uint8) if ws.has_coarse() else None
+        proposal = reference.propose_mapping(list(counts), ws.classes, name=up.name, raw=raw, guide=guide)
         names = [*ws.classes.names, UNLABELLED]
         st.caption("Which class is each value of the mask? (proposed from the classes' mask values)")
         mapping: dict[int, int | None] = {}
@@ -62,6 +65,8 @@ def reference_panel(ws: Workspace, key: str) -> None:
                 f"value {v} ({n:,} px)", names, index=len(names) - 1 if guess is None else guess, key=f"{key}_ref_v{v}"
             )
             mapping[v] = None if choice == UNLABELLED else names.index(choice)
+        as_codes = {v: IGNORE if c is None else c for v, c in mapping.items()}
+        st.caption(f"With this mapping the mask is {counts_by_class(counts, as_codes, ws.classes)}.")
         if st.button("Attach as the reference", key=f"{key}_ref_attach", type="primary"):
             with common.guard("attaching the reference"):
                 reference.attach_mask(ws, raw, georef, mapping, up.name)

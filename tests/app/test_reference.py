@@ -26,6 +26,19 @@ def test_the_proposed_mapping_uses_class_values_then_the_free_classes_in_order()
         reference.mask_values(np.arange(100, dtype=np.uint8).reshape(10, 10))
 
 
+def test_a_0_255_road_mask_is_proposed_as_road_not_building():
+    """Issue 22: a 0/255 road mask in a background/building/road workspace was proposed 255 -> building."""
+    road = np.zeros((8, 8), np.uint8)
+    road[3:5] = 255
+    assert reference.propose_mapping([0, 255], DEMO_CLASSES, name="roads_austin.png") == {0: 0, 255: 2}
+    coarse = np.zeros((8, 8), np.uint8)
+    coarse[3:5, :6] = 2  # the workspace's coarse map sees road where the mask has 255
+    coarse[3:5, 6:] = 1
+    assert reference.propose_mapping([0, 255], DEMO_CLASSES, name="mask.png", raw=road, guide=coarse) == {0: 0, 255: 2}
+    buildings = ClassSpec(("background", "building"))
+    assert reference.propose_mapping([0, 255], buildings, name="austin.tif") == {0: 0, 255: 1}
+
+
 def _geotiff(array: np.ndarray, transform: Affine, crs: str) -> bytes:
     buf = io.BytesIO()
     with rasterio.MemoryFile() as mem:

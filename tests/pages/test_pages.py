@@ -361,6 +361,16 @@ def test_a_reference_mask_is_scored_beside_the_held_out_regions(app_ws):
     assert results.reference_eval(Workspace(app_ws.path)) is None and len(at.table) == 1
 
 
+def test_a_0_255_road_reference_is_proposed_as_road_with_its_pixel_counts(app_ws):
+    """It proposed 255 -> building for a road mask, and showed nothing of the result before attaching."""
+    data, truth = _truth_png(values=(0, 0, 255))  # road 255, everything else 0
+    at = run("pages/4_Compare.py")
+    at.file_uploader(key="compare_ref_file").set_value(("mask.png", data, "image/png")).run()
+    assert at.selectbox(key="compare_ref_v255").value == "road"  # the coarse map has road there
+    n = int((truth == 2).sum())
+    assert any(f"background {truth.size - n:,} px · building 0 px · road {n:,} px" in c.value for c in at.caption)
+
+
 def test_another_workspaces_labels_can_be_the_reference(app_ws, tmp_path):
     other = make_workspace(tmp_path, "surveyed")  # another of this session's workspaces
     _, truth = _truth_png()
