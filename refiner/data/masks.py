@@ -120,13 +120,24 @@ def class_named(name: str, classes: ClassSpec, among: list[int]) -> int | None:
     return hits[0] if len(hits) == 1 else None
 
 
+#: A guide map's class is the mask value's when it is this many times as frequent on the value's pixels as elsewhere.
+ENRICHED = 1.5
+
+
 def class_most_there(where: np.ndarray, guide: np.ndarray | None, among: list[int]) -> int | None:
-    """The class of ``among`` that the ``guide`` map (class indices, e.g. the coarse map) has most where ``where``."""
-    if guide is None or guide.shape != where.shape or not among or not where.any():
+    """The class of ``among`` that the ``guide`` map (class indices, e.g. the coarse map) has most where ``where``.
+
+    Most relative to the rest of the map, and clearly (:data:`ENRICHED`): a mask's road pixels
+    are where the coarse map has road far more often than elsewhere; a value with no such class
+    gets None (the proposal falls back to the classes' order).
+    """
+    if guide is None or guide.shape != where.shape or not among or not where.any() or where.all():
         return None
-    counts = np.bincount(guide[where].ravel(), minlength=256)
-    best = max(among, key=lambda i: counts[i])
-    return best if counts[best] > 0 else None
+    inside = np.bincount(guide[where].ravel(), minlength=256) / where.sum()
+    outside = np.bincount(guide[~where].ravel(), minlength=256) / (~where).sum()
+    ratio = {i: inside[i] / max(outside[i], 1e-6) for i in among if inside[i] > 0}
+    best = max(ratio, key=lambda i: ratio[i], default=None)
+    return best if best is not None and ratio[best] >= ENRICHED else None
 
 
 def foreground_guess(
