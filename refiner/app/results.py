@@ -37,6 +37,28 @@ def refinement(ws: Workspace) -> list[np.ndarray]:
     return out.probs
 
 
+def shipped_refinement(ws: Workspace) -> tuple[list[np.ndarray], str] | None:
+    """Before any fine-tune: the shipped RNN's probabilities at t = 0..T and its name, or None if none fits.
+
+    The pretrained RNN that the Train page would fine-tune (derived for the workspace's classes,
+    :func:`refiner.models.pretrained.rnn_for`), so Compare shows a refinement on a fresh workspace
+    instead of nothing. Cached per model and coarse map.
+    """
+    from refiner.models.inference import refine
+    from refiner.models.pretrained import pick_rnn, rnn_for
+
+    pick = pick_rnn(ws.classes, (ws.settings.get("source") or {}).get("resolution"))
+    if pick.model is None:
+        return None
+    stamp = f"{pick.model.name}:{(pick.model.folder / 'model.safetensors').stat().st_mtime_ns}:{ws.probs_stamp()}"
+    cached = ws.load_result("shipped_refinement", stamp)
+    if cached is not None:
+        return [p.astype(np.float32) for p in cached["probs"]], pick.model.name
+    out = refine(rnn_for(pick.model, ws.classes), ws.tile(), ws.coarse_probs(), keep_all=True)
+    ws.save_result("shipped_refinement", stamp, probs=np.stack(out.probs).astype(np.float16))
+    return out.probs, pick.model.name
+
+
 def preset_refinement(ws: Workspace, name: str, **params: float) -> list[np.ndarray]:
     """A hand-set PDE preset's probabilities at t = 0..T (:mod:`refiner.models.presets`).
 

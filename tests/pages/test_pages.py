@@ -399,3 +399,17 @@ def test_a_reference_that_does_not_fit_is_one_clear_message(app_ws):
     at.button(key="compare_ref_attach").click().run()
     assert not at.exception and at.error and "50x40 pixels but the tile is 96x96" in at.error[0].value
     assert results.reference_eval(app_ws) is None
+
+
+def test_compare_before_any_fine_tune_shows_the_shipped_rnn_or_coarse_and_crf(tmp_path, monkeypatch):
+    """A fresh workspace's Compare page was one red "this workspace has no refinement RNN yet"."""
+    monkeypatch.setenv("REFINER_WORKSPACES", str(tmp_path))
+    monkeypatch.chdir(REPO)
+    make_workspace(tmp_path, with_rnn=False)
+    at = run("pages/4_Compare.py")
+    assert not at.error and list(at.table[0].value.index) == ["Coarse CNN", "Dense CRF", "Shipped RNN rnn_1m"]
+    assert "not yet fine-tuned" in at.info[0].value
+    monkeypatch.setenv("REFINER_PRETRAINED", str(tmp_path / "none"))  # no shipped RNN fits: coarse vs CRF
+    at = run("pages/4_Compare.py")
+    assert not at.error and list(at.table[0].value.index) == ["Coarse CNN", "Dense CRF"]
+    assert "no shipped RNN fits" in at.info[0].value
