@@ -9,6 +9,7 @@ import streamlit as st
 from refiner.app import access, jobs, results
 from refiner.app.jobs import scene as scene_job
 from refiner.data.export import LINES, POLYGONS, road_class, write_geopackage
+from refiner.data.tile import is_local_grid
 from refiner.data.write import write_class_map, write_probs
 from webapp import common
 
@@ -20,14 +21,24 @@ st.write(
 
 with common.guard("refining the tile"), st.spinner("Running the RNN (cached afterwards)..."):
     probs = results.refinement(ws)[-1]
-    georef = ws.georef
+    georef = ws.export_georef()
 classes = ws.classes
 class_map = probs.argmax(0).astype("uint8")
 out = ws.results_dir()
-crs = georef.crs.to_string() if georef else "none (plain picture: pixel coordinates)"
+if is_local_grid(georef):
+    assert georef is not None
+    crs = (
+        f"none on Earth: a plain picture at its stated {georef.resolution:g} m per pixel, exported in a local "
+        "grid in metres (origin at its lower-left corner; the files' CRS says so), so areas are m² and lengths m"
+    )
+else:
+    crs = georef.crs.to_string() if georef else (
+        "none (plain picture: pixel coordinates; state its pixel size on the Tile page for metres)"
+    )
 st.caption(f"CRS: {crs}")
 
-unit = "m" if georef is not None and georef.crs.is_projected else ("map units" if georef else "px")
+metric = georef is not None and (georef.crs.is_projected or is_local_grid(georef))
+unit = "m" if metric else ("map units" if georef else "px")
 pixel = georef.resolution if georef is not None else 1.0
 c1, c2, c3 = st.columns(3)
 with c1:

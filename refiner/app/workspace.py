@@ -44,7 +44,7 @@ from refiner.core import paths
 from refiner.core.atomic import atomic_dir, atomic_file, atomic_write_json, file_lock, read_json
 from refiner.core.classes import IGNORE, ClassSpec, check_compatible
 from refiner.data.read import PREDICT_ON_IT, check_same_place, read_image, read_labels, read_probs
-from refiner.data.tile import Georef, RasterError, Tile
+from refiner.data.tile import Georef, RasterError, Tile, local_grid
 from refiner.data.write import write_probs, write_raster
 
 SETTINGS = "workspace.json"
@@ -230,6 +230,18 @@ class Workspace:
             if ds.crs is None:
                 return None
             return Georef(ds.crs, ds.transform)
+
+    def export_georef(self) -> Georef | None:
+        """The grid exported files lie on: the tile's georeferencing, else a local metric grid, else None.
+
+        The local grid (:func:`refiner.data.tile.local_grid`) is for a picture with a stated pixel
+        size; None leaves a picture without one in pixel coordinates.
+        """
+        georef = self.georef
+        src = self.settings.get("source") or {}
+        if georef is None and src.get("resolution"):
+            return local_grid(float(src["resolution"]), self.shape[0])
+        return georef
 
     # ----------------------------------------------------------------- labels
     def read_mask(self, file: str) -> np.ndarray | None:

@@ -413,3 +413,30 @@ def test_compare_before_any_fine_tune_shows_the_shipped_rnn_or_coarse_and_crf(tm
     at = run("pages/4_Compare.py")
     assert not at.error and list(at.table[0].value.index) == ["Coarse CNN", "Dense CRF"]
     assert "no shipped RNN fits" in at.info[0].value
+
+
+def test_a_picture_with_a_stated_pixel_size_exports_in_metres(tmp_path, monkeypatch):
+    """A PNG stated as 0.3 m exported with an identity transform and no CRS: GeoPackage areas in px²."""
+    import dataclasses
+
+    import rasterio
+
+    from refiner.data.synthetic import DEMO_CLASSES, make_scene
+    from refiner.data.tile import Georef, is_local_grid
+    from tests.helpers import _fill
+
+    monkeypatch.setenv("REFINER_WORKSPACES", str(tmp_path))
+    monkeypatch.chdir(REPO)
+    scene = make_scene(96, seed=5)
+    picture = dataclasses.replace(scene.tile(), georef=None, pixel_size=0.3)
+    ws = _fill(session(tmp_path).create("picture", picture, DEMO_CLASSES, source={"kind": "test"}), scene, True)
+    at = run("pages/6_Export.py")
+    assert not at.error and any("local grid in metres" in c.value for c in at.caption)
+    with rasterio.open(ws.path / "results" / "refined_map.tif") as ds:
+        assert is_local_grid(Georef(ds.crs, ds.transform)) and (ds.transform.a, ds.transform.e) == (0.3, -0.3)
+        building = int((ds.read(1) == 1).sum())
+    gpkg = ws.path / "results" / "refined_polygons.gpkg"
+    assert "metres" in pyogrio.read_info(gpkg, layer="classes")["crs"]
+    polygons = pyogrio.read_dataframe(gpkg, layer="classes")
+    area = float(polygons.loc[polygons["class"] == "building", "area"].sum())
+    assert building > 0 and area == pytest.approx(building * 0.09, rel=0.05)  # m² (simplified edges), not px²
