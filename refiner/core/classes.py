@@ -23,6 +23,18 @@ _PALETTE = [
 ]
 
 
+#: Colours that go with a class's name, whatever its position: a background/road workspace drew
+#: road in red, the building colour of the 3-class demo, because colours went by index.
+_BY_NAME = {"background": _PALETTE[0], "building": _PALETTE[1], "road": _PALETTE[2]}
+
+
+def default_colors(names: Sequence[str]) -> tuple[tuple[int, int, int], ...]:
+    """A colour per class: its usual one for background, building and road, the palette's next unused otherwise."""
+    known = [_BY_NAME.get(n.strip().lower().removesuffix("s")) for n in names]
+    spare = iter([c for c in _PALETTE if c not in known] + _PALETTE * len(names))
+    return tuple(c if c is not None else next(spare) for c in known)
+
+
 @dataclass(frozen=True)
 class ClassSpec:
     """Class names, the pixel value of each class in mask files, and a display colour each.
@@ -48,9 +60,7 @@ class ClassSpec:
             raise ValueError(f"label values must be distinct integers in 0..255, got {list(values)}")
         if len(values) >= 256:
             raise ValueError("at most 255 classes: one pixel value of a mask must be left for 'unlabelled'")
-        colors = tuple(tuple(int(c) for c in col) for col in self.colors) or tuple(
-            _PALETTE[i % len(_PALETTE)] for i in range(len(names))
-        )
+        colors = tuple(tuple(int(c) for c in col) for col in self.colors) or default_colors(names)
         if len(colors) != len(names):
             raise ValueError(f"{len(names)} classes but {len(colors)} colours")
         object.__setattr__(self, "names", names)

@@ -66,3 +66,11 @@ def test_a_class_valued_255_moves_unlabelled_to_a_free_value():
     assert ClassSpec(("background", "road")).unlabelled_value == 255
     with pytest.raises(ValueError, match="at most 255 classes"):
         ClassSpec(tuple(f"c{i}" for i in range(256)), tuple(range(256)))
+
+
+def test_road_has_the_road_colour_whatever_its_position():
+    """A background/road workspace drew road in red, the building colour (colours went by index)."""
+    three = ClassSpec(("background", "building", "road"))
+    two = ClassSpec(("background", "road"), (0, 255))
+    assert two.colors[1] == three.colors[2] != three.colors[1]
+    assert len(set(ClassSpec(("a", "b", "c", "road")).colors)) == 4  # other names: distinct palette colours
