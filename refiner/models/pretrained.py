@@ -75,18 +75,24 @@ class Shipped:
     def test_scores(self) -> str:
         """The card's scores on its test tiles in words: mean IoU, or the IoU per test set.
 
-        Per set from ``test_scores: {set: {iou: ...}}``, as ``refiner pretrain`` writes them.
+        Per set from ``test_scores: {set: {iou: ...}}``, as ``refiner pretrain`` writes them; an RNN's
+        card also has its coarse map's on the same tiles (``baseline``), said beside its own: with two
+        digits and no baseline, rnn_1m's line read as coarse_1m's repeated.
         """
         scores = self.card.get("test_scores") or self.card.get("test") or {}
         if not isinstance(scores, dict):
             return ""
         if isinstance(scores.get("mean_iou"), int | float):
             return f"mean IoU {scores['mean_iou']:.3f}"
-        parts = [
-            f"{name} IoU {s['iou']:.2f}"
-            for name, s in scores.items()
-            if isinstance(s, dict) and isinstance(s.get("iou"), int | float)
-        ]
+        base = (self.card.get("baseline") or {}).get("test_scores") or {}
+        parts = []
+        for name, s in scores.items():
+            if not isinstance(s, dict) or not isinstance(s.get("iou"), int | float):
+                continue
+            b = base.get(name) if isinstance(base, dict) else None
+            known = isinstance(b, dict) and isinstance(b.get("iou"), int | float)
+            versus = f" (its coarse map {b['iou']:.3f})" if known and b is not None else ""
+            parts.append(f"{name} IoU {s['iou']:.3f}{versus}")
         return ", ".join(parts)
 
 
