@@ -112,9 +112,9 @@ with st.form("scene_form"):
 if go:
     with common.guard("starting the scene run"):
         shipped = (scene_job.ASSETS,)  # the demo's own scene may be read; other server paths need a data root
-        safe_coarse = access.check_source(coarse_in, shipped) if coarse_in.strip() else ""
+        safe_coarse = access.check_source(coarse_in, shipped, can_upload=False) if coarse_in.strip() else ""
         others = common.this_session().workspaces()  # one job at a time per session
-        source = access.check_source(source, shipped)
+        source = access.check_source(source, shipped, can_upload=False)
         scene_job.start_scene_job(
             ws, source, coarse=safe_coarse, scheduler=scheduler, quantise=scene_8bit, others=others
         )

@@ -440,3 +440,12 @@ def test_a_picture_with_a_stated_pixel_size_exports_in_metres(tmp_path, monkeypa
     polygons = pyogrio.read_dataframe(gpkg, layer="classes")
     area = float(polygons.loc[polygons["class"] == "building", "area"].sum())
     assert building > 0 and area == pytest.approx(building * 0.09, rel=0.05)  # m² (simplified edges), not px²
+
+
+def test_the_scene_form_never_tells_to_upload_a_file_it_has_no_uploader_for(app_ws, monkeypatch):
+    monkeypatch.delenv("REFINER_DATA_ROOTS", raising=False)
+    at = run("pages/6_Export.py")
+    at.text_input(key="scene_source").set_value("/srv/scenes/big.tif")
+    next(b for b in at.button if b.label == "Refine the scene").click().run()
+    (error,) = [e.value for e in at.error]
+    assert "http(s) URL" in error and "upload" not in error  # it said "or upload the file"
