@@ -449,3 +449,10 @@ def test_the_scene_form_never_tells_to_upload_a_file_it_has_no_uploader_for(app_
     next(b for b in at.button if b.label == "Refine the scene").click().run()
     (error,) = [e.value for e in at.error]
     assert "http(s) URL" in error and "upload" not in error  # it said "or upload the file"
+
+
+def test_the_start_page_offers_opening_or_creating_a_workspace_before_the_uploaders_of_probabilities(app_ws):
+    """The upload form sat at the bottom of the start page, below two other uploaders."""
+    at = run("pages/0_Tile.py")
+    headers = [h.value for h in at.header]
+    assert headers.index("Open or create a workspace") < headers.index("Coarse probabilities"), headers
