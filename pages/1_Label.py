@@ -56,8 +56,11 @@ with side:
     brush = st.radio(
         "Brush", brushes, key="brush", format_func=lambda b: f"{b} ({hex_color(colors[brushes.index(b)])})"
     )
-    st.markdown(
-        " ".join(f"{_swatch(c)} {html.escape(b)}" for b, c in zip(brushes, colors, strict=True)),  # names: user text
+    st.markdown(  # each swatch with its name on one line: the narrow column wrapped road's away from it
+        " ".join(
+            f'<span class="swatch-item" style="white-space:nowrap">{_swatch(c)}&nbsp;{html.escape(b)}</span>'
+            for b, c in zip(brushes, colors, strict=True)  # names: user text
+        ),
         unsafe_allow_html=True,
     )
     size = st.slider("Brush size (screen pixels)", 1, 60, key="brush_size")
