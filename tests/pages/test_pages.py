@@ -456,3 +456,20 @@ def test_the_start_page_offers_opening_or_creating_a_workspace_before_the_upload
     at = run("pages/0_Tile.py")
     headers = [h.value for h in at.header]
     assert headers.index("Open or create a workspace") < headers.index("Coarse probabilities"), headers
+
+
+def test_a_road_workspace_is_offered_the_pretrained_rnn_on_the_train_page(tmp_path, monkeypatch):
+    """It said "Training from scratch: no shipped RNN fits the classes background, road"."""
+    from refiner.core.classes import ClassSpec
+    from refiner.data.synthetic import make_scene
+
+    monkeypatch.setenv("REFINER_WORKSPACES", str(tmp_path))
+    monkeypatch.chdir(REPO)
+    scene = make_scene(96, seed=5)
+    roads = ClassSpec(("background", "road"), (0, 255))
+    ws = session(tmp_path).create("roads", scene.tile(), roads, source={"kind": "test"})
+    ws.write_coarse_probs(np.stack([1 - (scene.truth == 2) * 0.8, (scene.truth == 2) * 0.8]).astype("float32"), {})
+    at = run("pages/2_Train.py")
+    assert at.radio(key="start_from").options == ["the pretrained RNN rnn_1m (fine-tune)", "a new RNN (from scratch)"]
+    assert not any("Training from scratch" in c.value for c in at.caption)
+    assert any("building (background here) dropped" in c.value for c in at.caption)
