@@ -83,3 +83,16 @@ def test_another_workspace_of_other_classes_is_refused_with_both_class_lists(tmp
     said = str(e.value)
     assert "the workspace roads has classes ['background', 'road']" in said
     assert "this workspace has ['background', 'building', 'road']" in said and " — pick a workspace" in said
+
+
+def test_a_reference_on_a_road_workspace_valued_255_keeps_its_unlabelled_pixels(tmp_path, scene):
+    """With background,road = 0,255 the stored reference's unlabelled pixels read back as road."""
+    from refiner.app.workspace import Workspace
+
+    ws = Workspace.create(tmp_path, "roads", scene.tile(), ClassSpec(("background", "road"), (0, 255)))
+    raw = np.full(ws.shape, 9, np.uint8)  # 9: not scored
+    raw[:20] = 0
+    raw[20:25] = 255
+    labels = reference.attach_mask(ws, raw, None, {0: 0, 255: 1, 9: None}, "roads.png")
+    again = reference.reference_labels(ws)
+    assert np.array_equal(again, labels) and (again[25:] == IGNORE).all() and (again[20:25] == 1).all()
