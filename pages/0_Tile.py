@@ -28,6 +28,9 @@ st.markdown(
     "pixels, how to move class boundaries onto image edges (Maggiori et al., TGRS 2017). "
     "Follow the pages in the sidebar: **Label → Train → Iterations → Compare → Filters → Export**."
 )
+# filled at the end of this script, shown here: the upload form sat at the bottom of the page,
+# below the tile and the two probability uploaders, where a new user looking for it did not
+workspace_box = st.container()
 
 # --------------------------------------------------------------------------- the tile
 with common.guard("reading the workspace"):
@@ -140,8 +143,9 @@ with pc3:
         st.rerun()
 
 # --------------------------------------------------------------------------- workspaces
-st.header("Open or create a workspace")
-tab_demo, tab_upload, tab_url = st.tabs(["Demo", "Upload an image", "Cloud-Optimized GeoTIFF URL"])
+with workspace_box:
+    st.header("Open or create a workspace")
+    tab_demo, tab_upload, tab_url = st.tabs(["Demo", "Upload an image", "Cloud-Optimized GeoTIFF URL"])
 
 
 def _classes_inputs(key: str) -> ClassSpec:

@@ -57,8 +57,11 @@ with side:
         key="brush",
         format_func=lambda b: f"{common.plain(b)} ({hex_color(colors[brushes.index(b)])})",
     )
-    st.markdown(
-        " ".join(f"{_swatch(c)} {common.plain(b)}" for b, c in zip(brushes, colors, strict=True)),  # names: user text
+    st.markdown(  # each swatch with its name on one line: the narrow column wrapped road's away from it
+        " ".join(
+            f'<span class="swatch-item" style="white-space:nowrap">{_swatch(c)}&nbsp;{common.plain(b)}</span>'
+            for b, c in zip(brushes, colors, strict=True)  # names: user text
+        ),
         unsafe_allow_html=True,
     )
     size = st.slider("Brush size (screen pixels)", 1, 60, key="brush_size")
@@ -172,7 +175,8 @@ with ic:
     if up is not None:
         with common.guard(f"reading {up.name}"):
             mask = mask_import.read_mask(up.getvalue(), up.name, tile, classes)
-        proposed = mask_import.propose_mapping(mask, classes)
+        guide = ws.coarse_probs().argmax(0).astype("uint8") if ws.has_coarse() else None
+        proposed = mask_import.propose_mapping(mask, classes, guide)
         choices = [*range(len(classes)), IGNORE]
         st.caption(f"{up.name} holds {len(mask.values)} pixel value(s). Which class is each?")
         mapping = {}
@@ -185,6 +189,8 @@ with ic:
                 format_func=lambda c: "unlabelled" if c == IGNORE else classes.names[c],
                 key=f"map_{up.file_id}_{v}",
             )
+        counts = dict(zip(mask.values, mask.counts, strict=True))
+        st.caption(f"With this mapping the mask is {mask_import.counts_by_class(counts, mapping, classes)}.")
         mode = st.radio(
             "With the labels painted so far", list(mask_import.MODES), format_func=mask_import.MODES.get,
             key="import_mode",

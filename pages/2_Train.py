@@ -187,11 +187,7 @@ if not kept:
     )
 else:
     if now is not None and now.best_step is not None:
-        st.info(
-            f"The current RNN, **{now.name}**, has the weights of step {now.best_step} of its run, its best "
-            f"evaluation on the held-out pixels (mean IoU {now.held_out_mean_iou:.3f}), not those of its last "
-            f"step ({now.last_step}): each run keeps its best checkpoint."
-        )
+        st.info(f"The current RNN, **{now.name}**, {now.kept_weights()}.")
     elif now is None and has_model:
         st.caption("The current RNN is not in the history yet: it is kept there when the next run starts.")
     names = ws.classes.names

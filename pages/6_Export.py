@@ -9,6 +9,7 @@ import streamlit as st
 from refiner.app import access, jobs, results
 from refiner.app.jobs import scene as scene_job
 from refiner.data.export import LINES, POLYGONS, road_class, write_geopackage
+from refiner.data.tile import is_local_grid
 from refiner.data.write import write_class_map, write_probs
 from webapp import common
 from webapp.job_panel import job_panel
@@ -21,14 +22,24 @@ st.write(
 
 with common.guard("refining the tile"), st.spinner("Running the RNN (cached afterwards)..."):
     probs = results.refinement(ws)[-1]
-    georef = ws.georef
+    georef = ws.export_georef()
 classes = ws.classes
 class_map = probs.argmax(0).astype("uint8")
 out = ws.results_dir()
-crs = georef.crs.to_string() if georef else "none (plain picture: pixel coordinates)"
+if is_local_grid(georef):
+    assert georef is not None
+    crs = (
+        f"none on Earth: a plain picture at its stated {georef.resolution:g} m per pixel, exported in a local "
+        "grid in metres (origin at its lower-left corner; the files' CRS says so), so areas are m² and lengths m"
+    )
+else:
+    crs = georef.crs.to_string() if georef else (
+        "none (plain picture: pixel coordinates; state its pixel size on the Tile page for metres)"
+    )
 st.caption(f"CRS: {crs}")
 
-unit = "m" if georef is not None and georef.crs.is_projected else ("map units" if georef else "px")
+metric = georef is not None and (georef.crs.is_projected or is_local_grid(georef))
+unit = "m" if metric else ("map units" if georef else "px")
 pixel = georef.resolution if georef is not None else 1.0
 c1, c2, c3 = st.columns(3)
 with c1:
@@ -102,9 +113,9 @@ with st.form("scene_form"):
 if go:
     with common.guard("starting the scene run"):
         shipped = (scene_job.ASSETS,)  # the demo's own scene may be read; other server paths need a data root
-        safe_coarse = access.check_source(coarse_in, shipped) if coarse_in.strip() else ""
+        safe_coarse = access.check_source(coarse_in, shipped, can_upload=False) if coarse_in.strip() else ""
         others = common.this_session().workspaces()  # one job at a time per session
-        source = access.check_source(source, shipped)
+        source = access.check_source(source, shipped, can_upload=False)
         scene_job.start_scene_job(
             ws, source, coarse=safe_coarse, scheduler=scheduler, quantise=scene_8bit, others=others
         )

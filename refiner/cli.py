@@ -501,7 +501,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     def class_args(sp: argparse.ArgumentParser, required: bool = False) -> None:
         sp.add_argument("--classes", required=required, help="class names, comma-separated, e.g. background,road")
-        sp.add_argument("--values", help="mask pixel value of each class, e.g. 0,255 (default 0,1,2,...)")
+        sp.add_argument(
+            "--values",
+            help="mask pixel value of each class, e.g. 0,255 (default 0,1,2,...); 255 = unlabelled unless a class "
+            "is 255, then the highest value no class uses (254 for 0,255) is, and is the nodata of maps written",
+        )
 
     def scale_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument(

@@ -48,6 +48,25 @@ class Entry:
     iterations: int = 0
     weights_hash: str = ""
 
+    def kept_weights(self) -> str:
+        """Which step's weights this RNN has, in words for the Train page (empty when not known).
+
+        It said "the weights of step 1300 ..., not those of its last step (1300)" when the best
+        evaluation was the last one.
+        """
+        if self.best_step is None:
+            return ""
+        score = f"mean IoU {self.held_out_mean_iou:.3f}" if self.held_out_mean_iou is not None else "its best score"
+        if self.last_step is None or self.best_step == self.last_step:
+            return (
+                f"has the weights of step {self.best_step}, the last of its run, which was also its best "
+                f"evaluation on the held-out pixels ({score})"
+            )
+        return (
+            f"has the weights of step {self.best_step} of its run, its best evaluation on the held-out "
+            f"pixels ({score}), not those of its last step ({self.last_step}): each run keeps its best checkpoint"
+        )
+
     @classmethod
     def from_dict(cls, d: dict) -> Entry:
         """An entry from the history's JSON, ignoring keys this version does not know."""

@@ -106,5 +106,25 @@ def grid_of(tile: Tile) -> Georef | None:
     return None
 
 
+#: The CRS of files exported from a picture with a stated pixel size: a local engineering grid in
+#: metres (the name says so to whoever opens the file), so GIS areas and lengths come out in m²
+#: and m. A GeoTIFF from a 0.3 m PNG had an identity transform and no CRS: areas in px².
+LOCAL_GRID_NAME = "Refiner local grid"
+LOCAL_GRID_CRS = CRS.from_wkt(
+    'LOCAL_CS["Refiner local grid: metres from the picture\'s lower-left corner at its stated pixel size, '
+    'not a place on Earth",LOCAL_DATUM["picture",32767],UNIT["metre",1],AXIS["Easting",EAST],AXIS["Northing",NORTH]]'
+)
+
+
+def local_grid(pixel_size: float, height: int) -> Georef:
+    """A picture's local metric grid for export: ``pixel_size`` m pixels, (0, 0) at its lower-left corner."""
+    return Georef(LOCAL_GRID_CRS, Affine(pixel_size, 0, 0, 0, -pixel_size, height * pixel_size))
+
+
+def is_local_grid(georef: Georef | None) -> bool:
+    """Whether ``georef`` is a picture's :func:`local_grid` (metres, but no place on Earth)."""
+    return georef is not None and LOCAL_GRID_NAME in georef.crs.to_wkt()  # as a file reads it back too
+
+
 class RasterError(ValueError):
     """A raster could not be used; the message says what is wrong and what to do."""

@@ -15,7 +15,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from refiner.core.atomic import atomic_file, commit, temp_beside
-from refiner.core.classes import IGNORE, ClassSpec
+from refiner.core.classes import ClassSpec
 from refiner.data.tile import Georef
 
 
@@ -123,11 +123,13 @@ def quantise_probs(probs: np.ndarray) -> np.ndarray:
 
 
 def write_class_map(path: str | Path, classes_map: np.ndarray, georef: Georef | None, classes: ClassSpec) -> Path:
-    """A class map (H, W) written with the classes' mask values (255 = nodata) and a colour table.
+    """A class map (H, W) written with the classes' mask values and a colour table.
+
+    Nodata (no class) is :attr:`ClassSpec.unlabelled_value`: 255, unless 255 is a class's value.
 
     Args:
         path: the GeoTIFF to write.
-        classes_map: class indices (H, W); 255 stays nodata.
+        classes_map: class indices (H, W); 255 (no class) is written as the nodata value.
         georef: where it lies (None: a plain pixel grid).
         classes: the classes: their mask values are written, their colours make the colour table.
 
@@ -142,8 +144,9 @@ def write_class_map(path: str | Path, classes_map: np.ndarray, georef: Georef | 
     values = classes.decode(classes_map)
     cmap = dict(zip(classes.values, classes.colors, strict=True))
     return write_raster(
-        path, values, georef, nodata=IGNORE, colormap=cmap, tags={"refiner_classes": json.dumps(classes.to_dict())}
-    )
+        path, values, georef, nodata=classes.unlabelled_value, colormap=cmap,
+        tags={"refiner_classes": json.dumps(classes.to_dict())},
+    )  # fmt: skip
 
 
 class RasterWriter:

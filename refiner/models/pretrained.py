@@ -12,8 +12,11 @@ case-insensitively and without a plural ``s`` ("Buildings" = "building").
   uses a background/building/road model with ``p(background) = p(background) + p(building)``
   (a building is "not road"). A model that does not know one of the target classes does not
   fit. The same class set is preferred to a merge.
-* An RNN fits only with exactly the target classes in the same order: fine-tuning keeps its
-  class-specific weights, so they cannot be merged or reordered.
+* An RNN fits on the same terms: its class-specific weights are kept for the workspace's classes
+  and those of the classes merged into background are dropped (:func:`rnn_for`), so a
+  background/road workspace fine-tunes a background/road RNN derived from the 3-class one
+  (on Massachusetts crops it refines the merged coarse map as the 3-class RNN does, road IoU
+  0.314 / 0.451 / 0.236 against 0.320 / 0.451 / 0.232 for the 3-class RNN's merged output).
 * Resolution: the engine resamples the tile to the model's resolution (1 m) and back, so a model
   fits tiles from ``resolution / 10`` (0.1 m: downsampling loses nothing the model needs) to
   ``2 x resolution`` (2 m: objects a 1 m model sees as a few pixels would vanish). A tile of
@@ -24,7 +27,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +36,8 @@ import numpy as np
 from refiner.core import paths
 from refiner.core.classes import ClassSpec
 from refiner.data.tile import Tile
-from refiner.models.store import CONFIG, WEIGHTS, AnyBundle, load_model
+from refiner.models.rnn import RefinerRNN
+from refiner.models.store import CONFIG, WEIGHTS, AnyBundle, ModelBundle, load_model
 
 PRETRAINED = paths.PRETRAINED  # assets/pretrained in a checkout, inside the package when installed
 #: A model fits tiles from resolution * FINEST to resolution * COARSEST metres per pixel.
@@ -81,18 +85,24 @@ class Shipped:
     def test_scores(self) -> str:
         """The card's scores on its test tiles in words: mean IoU, or the IoU per test set.
 
-        Per set from ``test_scores: {set: {iou: ...}}``, as ``refiner pretrain`` writes them.
+        Per set from ``test_scores: {set: {iou: ...}}``, as ``refiner pretrain`` writes them; an RNN's
+        card also has its coarse map's on the same tiles (``baseline``), said beside its own: with two
+        digits and no baseline, rnn_1m's line read as coarse_1m's repeated.
         """
         scores = self.card.get("test_scores") or self.card.get("test") or {}
         if not isinstance(scores, dict):
             return ""
         if isinstance(scores.get("mean_iou"), int | float):
             return f"mean IoU {scores['mean_iou']:.3f}"
-        parts = [
-            f"{name} IoU {s['iou']:.2f}"
-            for name, s in scores.items()
-            if isinstance(s, dict) and isinstance(s.get("iou"), int | float)
-        ]
+        base = (self.card.get("baseline") or {}).get("test_scores") or {}
+        parts = []
+        for name, s in scores.items():
+            if not isinstance(s, dict) or not isinstance(s.get("iou"), int | float):
+                continue
+            b = base.get(name) if isinstance(base, dict) else None
+            known = isinstance(b, dict) and isinstance(b.get("iou"), int | float)
+            versus = f" (its coarse map {b['iou']:.3f})" if known and b is not None else ""
+            parts.append(f"{name} IoU {s['iou']:.3f}{versus}")
         return ", ".join(parts)
 
 
@@ -197,20 +207,44 @@ def pick_coarse(classes: ClassSpec, resolution: float | None, *, root: str | Pat
 
 
 def pick_rnn(classes: ClassSpec, resolution: float | None, *, root: str | Path | None = None) -> Pick:
-    """The shipped RNN to fine-tune from: exactly the target classes, in order (module doc)."""
+    """The shipped RNN to fine-tune from, load it with :func:`rnn_for` (rules: module doc)."""
+    fits: list[tuple[tuple[bool, float, str], Shipped, tuple[tuple[int, ...], ...], str]] = []
     why_not = []
     for m in catalogue(root):
         if m.kind != "rnn":
             continue
-        if [_norm(n) for n in m.classes.names] != [_norm(n) for n in classes.names]:
-            why_not.append(f"{m.name}: its classes are {', '.join(m.classes.names)}")
-            continue
+        merge, how = class_merge(classes, m.classes)
         ok, res_note = _resolution_note(m, resolution)
-        if not ok:
-            why_not.append(f"{m.name}: {res_note}")
+        if merge is None or not ok:
+            why_not.append(f"{m.name}: {how if merge is None else res_note}")
             continue
-        return Pick(m, f"{m.summary()} fits: the same classes; {res_note}", tuple((i,) for i in range(len(classes))))
-    return Pick(None, _none_reason("RNN", classes, why_not))
+        if len(m.classes) != len(classes):
+            dropped = ", ".join(n for n in m.classes.names if _norm(n) not in {_norm(c) for c in classes.names})
+            how = f"its {', '.join(classes.names)} weights are used, those of {dropped} (background here) dropped"
+        exact = len(m.classes) == len(classes)
+        rank = (not exact, abs((m.resolution or 1.0) - (resolution or m.resolution or 1.0)), m.name)
+        fits.append((rank, m, merge, f"{how}; {res_note}"))
+    if not fits:
+        return Pick(None, _none_reason("RNN", classes, why_not))
+    _, m, merge, why = min(fits, key=lambda f: f[0])
+    return Pick(m, f"{m.summary()} fits: {why}", merge)
+
+
+def rnn_for(model: Shipped, classes: ClassSpec) -> ModelBundle[RefinerRNN]:
+    """The shipped RNN ``model`` for a workspace's ``classes``: as shipped, or derived for fewer classes.
+
+    Derived = :meth:`RefinerRNN.keep_classes` of the workspace's classes (by name, see
+    :func:`class_merge`); the bundle then carries the workspace's classes and says where it came from.
+    """
+    merge, how = class_merge(classes, model.classes)
+    if merge is None:
+        raise ValueError(f"the pretrained RNN {model.name} does not fit the classes {', '.join(classes.names)}: {how}")
+    bundle = load_model(model.folder, expect="rnn")
+    keep = [m[0] for m in merge]
+    if keep == list(range(len(model.classes))):
+        return bundle
+    info = {**bundle.info, "derived_from": model.name, "classes_kept": [model.classes.names[i] for i in keep]}
+    return replace(bundle, net=bundle.net.keep_classes(keep), classes=classes, info=info)
 
 
 def _none_reason(what: str, classes: ClassSpec, why_not: list[str]) -> str:

@@ -337,6 +337,13 @@ def _card(folder: Path, card: dict) -> None:
     for task, s in card["test_scores"].items():
         lines.append(f"| {task} | {s['overall_accuracy']:.3f} | {s['iou_other']:.3f} | {s['iou']:.3f} | "
                      f"{s['mean_iou']:.3f} | {s['pixels']} |")  # fmt: skip
+    if card.get("baseline"):  # an RNN: the coarse map it refines, on the same tiles
+        base = card["baseline"]
+        lines += ["", f"The coarse map it refines ({base['model']}) on the same tiles, for comparison:", "",
+                  "| task | OA | IoU other | IoU class | mean IoU | pixels |", "|---|---|---|---|---|---|"]  # fmt: skip
+        for task, s in base["test_scores"].items():
+            lines.append(f"| {task} | {s['overall_accuracy']:.3f} | {s['iou_other']:.3f} | {s['iou']:.3f} | "
+                         f"{s['mean_iou']:.3f} | {s['pixels']} |")  # fmt: skip
     lines += ["", "Data: see each set's PROVENANCE.md in ../shared/data (research use; cite the sources)."]
     atomic_write_bytes(folder / "card.md", ("\n".join(lines) + "\n").encode())
 
@@ -422,11 +429,15 @@ def run_pretrain(config: str | Path, *, steps: int | None = None, out: str | Pat
             print(f"pretrain rnn: class offsets chosen on the validation tiles: {beta}", flush=True)
         best_step, best_val = bundle.info.get("best_step"), result.best_val
         seconds = time.perf_counter() - t0
-        scores = {}
-        items = []
+        items, coarse_items = [], []
         for d in test:
-            items.append((refine(bundle, d.tile(), predict_coarse(coarse, d.tile(), device="cpu")).final, d))
+            coarse_probs = predict_coarse(coarse, d.tile(), device="cpu")
+            items.append((refine(bundle, d.tile(), coarse_probs).final, d))
+            coarse_items.append((coarse_probs, d))
         scores = score_probs(items)
+        # the coarse map's scores on the same tiles, beside the RNN's: the card showed two near-equal
+        # rows (road IoU 0.31 / 0.29) that read as the coarse card's repeated, with nothing to compare
+        baseline = {"model": Path(raw["coarse"]).name, "test_scores": score_probs(coarse_items)}
     else:
         raise ValueError(f"{config}: kind must be 'coarse' or 'rnn', not {kind!r}")
     bundle.info = {**bundle.info, "recipe": str(config), "training_seconds": seconds}
@@ -443,6 +454,7 @@ def run_pretrain(config: str | Path, *, steps: int | None = None, out: str | Pat
         "torch_threads": torch.get_num_threads(), "seed": seed,
         "rebuild": f"python -m refiner pretrain {config}", "train_config": bundle.info.get("train_config"),
         "test_scores": scores, "init": raw.get("init"), "class_bias": bundle.info.get("class_bias"),
+        **({"baseline": baseline} if kind == "rnn" else {}),
     })  # fmt: skip
     print(f"pretrain {kind}: saved {folder} ({seconds:.0f} s); test scores: {json.dumps(scores)}", flush=True)
     return folder

@@ -241,7 +241,8 @@ def _on_working_grid(
                     finals["iterations"].write(probs_back_on(working["iterations"], work, dst, k), win.row, win.col)
                 if "classes" in finals:
                     values = classes.decode(probs.argmax(0).astype(np.uint8))
-                    values[~read_valid(task.image, bands=task.bands, window=(win.row, win.col, *dst.shape))] = IGNORE
+                    valid = read_valid(task.image, bands=task.bands, window=(win.row, win.col, *dst.shape))
+                    values[~valid] = classes.unlabelled_value
                     finals["classes"].write(values[None], win.row, win.col)
                 if progress:
                     progress(i, total)
@@ -442,7 +443,8 @@ def refine_scene(
     cmap = dict(zip(classes.values, classes.colors, strict=True))
     makers: dict[str, Callable[[], RasterWriter]] = {
         "classes": lambda: RasterWriter(
-            out, height=h, width=w, count=1, dtype="uint8", georef=georef, nodata=IGNORE, tags=tags, colormap=cmap
+            out, height=h, width=w, count=1, dtype="uint8", georef=georef, nodata=classes.unlabelled_value, tags=tags,
+            colormap=cmap,
         )
     }
     if probs_out:

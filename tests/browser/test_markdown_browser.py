@@ -11,7 +11,7 @@ import pytest
 
 from refiner.core.classes import ClassSpec
 from refiner.data.synthetic import make_scene
-from tests.browser.harness import free_port, require_chromium, settle
+from tools.browser import free_port, require_chromium, settle
 from tests.helpers import TOKEN, session
 
 require_chromium(demo_assets=False)

@@ -45,6 +45,12 @@ def test_the_real_roads_demo_opens_with_a_coarse_map(tmp_path):
         page.get_by_text("coarse probabilities: shipped coarse CNN").first.wait_for()
         page.get_by_text("Picked for this workspace:").first.wait_for()
         assert page.locator('[data-testid="stException"]').count() == 0
+        # Compare before any fine-tune: coarse, CRF and the shipped RNN, not one red "no refinement RNN yet"
+        open_page(page, url, "Compare", wait_for='[data-testid="stTable"]')
+        page.get_by_text("Shipped RNN rnn_1m").first.wait_for()
+        assert page.get_by_text("no refinement RNN yet").count() == 0
+        assert page.locator('[data-testid="stAlertContentError"]').count() == 0
+        assert page.locator('[data-testid="stException"]').count() == 0
         browser.close()
     assert (tmp_path / "templates" / "real-roads" / "coarse_probs.tif").is_file()  # the template, built once
     assert len(list(tmp_path.glob("owners/*/real-roads/coarse_probs.tif"))) == 1  # and the session's copy

@@ -19,9 +19,12 @@ def test_learn_page_walks_through_a_preset_beside_the_learned_rnn(app_ws):
     # the table's preset row is the preset refined through the engine, scored on held-out labels
     ev = results.eval_labels(app_ws)
     want = results.iteration_scores([results.preset_refinement(app_ws, "heat", dt=0.2, iterations=10)[-1]], ev.labels)
-    assert table.loc["Heat equation, t = 10", "mean IoU"] == round(want[0].mean_iou, 4)
+    mean = results.mean_label(app_ws.classes.names, want[0].in_mean)  # the column names the classes it covers
+    assert mean.startswith("mean IoU (background")
+    assert table.loc["Heat equation, t = 10", mean] == round(want[0].mean_iou, 4)
     # the learned filters are ranked against the derivative operators
-    assert {"Laplacian: span residual", "∂/∂x (central): span residual"} <= {m.label for m in at.metric}
+    assert {"Laplacian: left out by these 3", "∂/∂x (central): left out by these 3"} <= {m.label for m in at.metric}
+    assert any(m.value != "0.0%" for m in at.metric if "left out" in m.label)  # span residual: 0.0 % for all
 
     at.radio(key="learn_preset").set_value("perona_malik").run()
     at.slider(key="learn_kappa_pm").set_value(0.5).run()

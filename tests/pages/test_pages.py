@@ -154,7 +154,7 @@ def test_compare_page_table_and_grid_search(app_ws):
     at = run("pages/4_Compare.py")
     table = at.table[0].value
     assert list(table.index) == ["Coarse CNN", "Dense CRF", "RNN"]
-    assert {"overall accuracy", "mean IoU", "IoU building", "IoU road"} <= set(table.columns)
+    assert {"overall accuracy", MEAN3, "IoU building", "IoU road"} <= set(table.columns)
     assert ((table["overall accuracy"] >= 0) & (table["overall accuracy"] <= 1)).all()
     # a hand-set value first, so the search's result must replace what the form shows
     at.number_input(key="b_rgb").set_value(77.0)
@@ -328,6 +328,9 @@ def _truth_png(values=(10, 20, 30)) -> tuple[bytes, np.ndarray]:
     return buf.getvalue(), truth
 
 
+MEAN3 = "mean IoU (background, building, road)"  # a mean's column names the classes it covers
+
+
 def test_a_reference_mask_is_scored_beside_the_held_out_regions(app_ws):
     data, truth = _truth_png()
     at = run("pages/4_Compare.py")
@@ -342,20 +345,30 @@ def test_a_reference_mask_is_scored_beside_the_held_out_regions(app_ws):
     crf = results.crf_probs(app_ws, results.crf_params(app_ws)).argmax(0)
     rnn = results.refinement(app_ws)[-1].argmax(0)
     for name, m in {"Coarse CNN": app_ws.coarse_probs().argmax(0), "Dense CRF": crf, "RNN": rnn}.items():
-        assert ref.loc[name, "mean IoU"] == round(evaluate(m, truth, 3).mean_iou, 4), name
-    assert ref.loc["RNN", "mean IoU"] != held.loc["RNN", "mean IoU"]  # a different, whole-tile set
+        assert ref.loc[name, MEAN3] == round(evaluate(m, truth, 3).mean_iou, 4), name
+    assert ref.loc["RNN", MEAN3] != held.loc["RNN", MEAN3]  # a different, whole-tile set
     assert any("over the whole tile" in c.value for c in at.caption)
     # the Iterations page scores every iteration on it too, beside the held-out chart
     at = run("pages/3_Iterations.py")
     at.slider(key="iteration").set_value(1).run()
     expected = results.iteration_scores(results.refinement(app_ws), truth)[1].mean_iou
-    assert metrics(at)["Mean IoU (reference mask)"] == f"{expected:.3f}"
+    assert metrics(at)["Mean IoU (reference mask; over background, building, road)"] == f"{expected:.3f}"
     assert len(at.get("plotly_chart")) == 2
     # the Train page shows the current RNN's scores on both; the reference can be detached
     at = run("pages/2_Train.py")
     assert [t.value.index.tolist() for t in at.table] == [["Coarse CNN", "RNN"]] * 2
     at.button(key="train_ref_detach").click().run()
     assert results.reference_eval(Workspace(app_ws.path)) is None and len(at.table) == 1
+
+
+def test_a_0_255_road_reference_is_proposed_as_road_with_its_pixel_counts(app_ws):
+    """It proposed 255 -> building for a road mask, and showed nothing of the result before attaching."""
+    data, truth = _truth_png(values=(0, 0, 255))  # road 255, everything else 0
+    at = run("pages/4_Compare.py")
+    at.file_uploader(key="compare_ref_file").set_value(("mask.png", data, "image/png")).run()
+    assert at.selectbox(key="compare_ref_v255").value == "road"  # the coarse map has road there
+    n = int((truth == 2).sum())
+    assert any(f"background {truth.size - n:,} px · building 0 px · road {n:,} px" in c.value for c in at.caption)
 
 
 def test_another_workspaces_labels_can_be_the_reference(app_ws, tmp_path):
@@ -413,3 +426,77 @@ def test_adapt_to_this_tile_runs_both_stages_and_the_shipped_map_stays_selectabl
     assert np.allclose(app_ws.coarse_probs(), shipped)
     at.radio(key="coarse_in_use").set_value("adapted").run()
     assert adapt_job.active_coarse(app_ws) == "adapted" and np.allclose(app_ws.coarse_probs(), adapted)
+
+
+def test_compare_before_any_fine_tune_shows_the_shipped_rnn_or_coarse_and_crf(tmp_path, monkeypatch):
+    """A fresh workspace's Compare page was one red "this workspace has no refinement RNN yet"."""
+    monkeypatch.setenv("REFINER_WORKSPACES", str(tmp_path))
+    monkeypatch.chdir(REPO)
+    make_workspace(tmp_path, with_rnn=False)
+    at = run("pages/4_Compare.py")
+    assert not at.error and list(at.table[0].value.index) == ["Coarse CNN", "Dense CRF", "Shipped RNN rnn_1m"]
+    assert "not yet fine-tuned" in at.info[0].value
+    monkeypatch.setenv("REFINER_PRETRAINED", str(tmp_path / "none"))  # no shipped RNN fits: coarse vs CRF
+    at = run("pages/4_Compare.py")
+    assert not at.error and list(at.table[0].value.index) == ["Coarse CNN", "Dense CRF"]
+    assert "no shipped RNN fits" in at.info[0].value
+
+
+def test_a_picture_with_a_stated_pixel_size_exports_in_metres(tmp_path, monkeypatch):
+    """A PNG stated as 0.3 m exported with an identity transform and no CRS: GeoPackage areas in px²."""
+    import dataclasses
+
+    import rasterio
+
+    from refiner.data.synthetic import DEMO_CLASSES, make_scene
+    from refiner.data.tile import Georef, is_local_grid
+    from tests.helpers import _fill
+
+    monkeypatch.setenv("REFINER_WORKSPACES", str(tmp_path))
+    monkeypatch.chdir(REPO)
+    scene = make_scene(96, seed=5)
+    picture = dataclasses.replace(scene.tile(), georef=None, pixel_size=0.3)
+    ws = _fill(session(tmp_path).create("picture", picture, DEMO_CLASSES, source={"kind": "test"}), scene, True)
+    at = run("pages/6_Export.py")
+    assert not at.error and any("local grid in metres" in c.value for c in at.caption)
+    with rasterio.open(ws.path / "results" / "refined_map.tif") as ds:
+        assert is_local_grid(Georef(ds.crs, ds.transform)) and (ds.transform.a, ds.transform.e) == (0.3, -0.3)
+        building = int((ds.read(1) == 1).sum())
+    gpkg = ws.path / "results" / "refined_polygons.gpkg"
+    assert "metres" in pyogrio.read_info(gpkg, layer="classes")["crs"]
+    polygons = pyogrio.read_dataframe(gpkg, layer="classes")
+    area = float(polygons.loc[polygons["class"] == "building", "area"].sum())
+    assert building > 0 and area == pytest.approx(building * 0.09, rel=0.05)  # m² (simplified edges), not px²
+
+
+def test_the_scene_form_never_tells_to_upload_a_file_it_has_no_uploader_for(app_ws, monkeypatch):
+    monkeypatch.delenv("REFINER_DATA_ROOTS", raising=False)
+    at = run("pages/6_Export.py")
+    at.text_input(key="scene_source").set_value("/srv/scenes/big.tif")
+    next(b for b in at.button if b.label == "Refine the scene").click().run()
+    (error,) = [e.value for e in at.error]
+    assert "http(s) URL" in error and "upload" not in error  # it said "or upload the file"
+
+
+def test_the_start_page_offers_opening_or_creating_a_workspace_before_the_uploaders_of_probabilities(app_ws):
+    """The upload form sat at the bottom of the start page, below two other uploaders."""
+    at = run("pages/0_Tile.py")
+    headers = [h.value for h in at.header]
+    assert headers.index("Open or create a workspace") < headers.index("Coarse probabilities"), headers
+
+
+def test_a_road_workspace_is_offered_the_pretrained_rnn_on_the_train_page(tmp_path, monkeypatch):
+    """It said "Training from scratch: no shipped RNN fits the classes background, road"."""
+    from refiner.core.classes import ClassSpec
+    from refiner.data.synthetic import make_scene
+
+    monkeypatch.setenv("REFINER_WORKSPACES", str(tmp_path))
+    monkeypatch.chdir(REPO)
+    scene = make_scene(96, seed=5)
+    roads = ClassSpec(("background", "road"), (0, 255))
+    ws = session(tmp_path).create("roads", scene.tile(), roads, source={"kind": "test"})
+    ws.write_coarse_probs(np.stack([1 - (scene.truth == 2) * 0.8, (scene.truth == 2) * 0.8]).astype("float32"), {})
+    at = run("pages/2_Train.py")
+    assert at.radio(key="start_from").options == ["the pretrained RNN rnn_1m (fine-tune)", "a new RNN (from scratch)"]
+    assert not any("Training from scratch" in c.value for c in at.caption)
+    assert any("building (background here) dropped" in c.value for c in at.caption)

@@ -196,3 +196,29 @@ def test_the_model_card_is_written_whole_beside_the_model(tmp_path):
     md = (tmp_path / "card.md").read_text()
     assert md.startswith("# Pretrained rnn model\n") and "| roads | 1 | 0 | b |" in md
     assert md.endswith("cite the sources).\n")
+
+
+def test_an_rnn_card_says_its_scores_beside_the_coarse_maps_it_refines(tmp_path):
+    """rnn_1m's card line read as coarse_1m's repeated (road IoU 0.31, building IoU 0.29 in both)."""
+    import json
+
+    from refiner.core.classes import ClassSpec
+    from refiner.models.pretrained import catalogue
+    from refiner.models.rnn import RefinerRNN, RNNConfig
+    from refiner.models.store import ModelBundle, save_model
+    from refiner.recipes.pretrain import _card
+
+    own = {"overall_accuracy": 0.89, "iou_other": 0.88, "iou": 0.311, "mean_iou": 0.595, "pixels": 100}
+    base = {**own, "iou": 0.307}
+    net, two = RefinerRNN(RNNConfig(num_classes=2)), ClassSpec(("background", "road"))
+    folder = save_model(ModelBundle("rnn", net, two, 1.0), tmp_path / "rnn_1m")
+    card = {"title": "Pretrained rnn model", "summary": "s", "kind": "rnn", "classes": ["background", "road"],
+            "resolution_m": 1.0, "steps": 3, "training_seconds": 1.0, "machine": "m", "torch_threads": 1, "seed": 0,
+            "rebuild": "r", "best_step": 2, "best_val": 0.5, "split_file": "split.toml", "data": {},
+            "test_scores": {"road": own},
+            "baseline": {"model": "coarse_1m", "test_scores": {"road": base}}}  # fmt: skip
+    _card(folder, card)
+    assert "The coarse map it refines (coarse_1m)" in (folder / "card.md").read_text()
+    (shipped,) = catalogue(tmp_path)
+    assert shipped.test_scores() == "road IoU 0.311 (its coarse map 0.307)"
+    assert json.loads((folder / "card.json").read_text())["baseline"]["test_scores"]["road"]["iou"] == 0.307

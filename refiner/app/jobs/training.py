@@ -283,12 +283,15 @@ def _pretrained_rnn(name: str, classes: Any) -> Any:
 
     Only a catalogue entry: a name typed in a browser never reaches another path.
     """
-    from refiner.models.pretrained import catalogue
+    from refiner.models.pretrained import catalogue, rnn_for
 
     found = {m.name: m for m in catalogue() if m.kind == "rnn"}
     if name not in found:
         raise ValueError(f"there is no shipped RNN called {name!r}: pick another start on the Train page")
-    bundle = found[name].load()
+    try:
+        bundle = rnn_for(found[name], classes)  # derived for fewer classes when the workspace has them
+    except ValueError as exc:
+        raise ValueError(f"{exc} — train a new RNN instead") from exc
     check_compatible(bundle.classes, classes, f"the pretrained RNN {name}", "this workspace", "train a new RNN instead")
     bundle.optimizer_state = None  # a new task: a fresh AdaGrad
     bundle.net.train()

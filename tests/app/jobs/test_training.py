@@ -114,15 +114,22 @@ def test_the_train_params_and_the_run_config_restate_no_default():
     assert run_config(jobs.TrainParams(max_seconds=None)).max_seconds is None
 
 
-def test_a_pretrained_rnn_of_other_classes_is_refused_before_training(tmp_path, scene):
+def test_a_road_workspace_fine_tunes_the_pretrained_rnn_derived_for_its_classes(tmp_path, scene):
+    """background/road was refused the background/building/road RNN ("train a new RNN instead")."""
     from refiner.core.classes import ClassSpec
+    from refiner.models.store import load_model
 
-    two = ClassSpec(("background", "road"))
-    ws = Workspace.create(tmp_path, "roads", scene.tile(), two)
-    ws.write_coarse_probs(coarse_probs_from_labels(np.minimum(scene.truth, 1), 2), {"source": "test"})
-    labels = np.full(scene.truth.shape, IGNORE, np.uint8)
-    labels[:48, :48] = np.minimum(scene.truth[:48, :48], 1)
-    ws.write_labels(labels)
-    out = jobs.run_training(str(ws.path), "j", {"steps": 2, "resume": False, "pretrained": "rnn_1m"})
-    assert out["state"] == "failed" and "the pretrained RNN rnn_1m has classes" in out["message"]
-    assert "this workspace has ['background', 'road'] — train a new RNN instead" in out["message"]
+    for names in (("background", "road"), ("background", "water")):
+        ws = Workspace.create(tmp_path, names[1], scene.tile(), ClassSpec(names))
+        ws.write_coarse_probs(coarse_probs_from_labels(np.minimum(scene.truth, 1), 2), {"source": "test"})
+        labels = np.full(scene.truth.shape, IGNORE, np.uint8)
+        labels[:48, :48] = np.minimum(scene.truth[:48, :48], 1)
+        ws.write_labels(labels)
+        out = jobs.run_training(str(ws.path), "j", {"steps": 2, "resume": False, "pretrained": "rnn_1m"})
+        if names[1] == "road":
+            assert out["state"] == "finished", out["message"]
+            assert "from the pretrained RNN rnn_1m" in out["message"]
+            assert load_model(ws.model_dir("rnn"), expect="rnn").classes.names == names
+        else:  # a class the shipped RNN does not know: refused before any step, saying what to do
+            assert out["state"] == "failed" and "does not know water" in out["message"]
+            assert "train a new RNN instead" in out["message"]
