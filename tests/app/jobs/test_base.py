@@ -59,9 +59,10 @@ def test_status_writes_are_throttled_unless_forced(tmp_path):
 
 
 def test_kinds_are_declared_once_and_named_in_messages(tmp_path, monkeypatch):
-    assert set(jobs.KINDS) == {"train", "crf", "scene"}
+    assert set(jobs.KINDS) == {"train", "crf", "scene", "adapt"}
     assert {k.files for k in jobs.KINDS.values()} == {
-        ("train.json", "train.cancel"), ("crf.json", "crf.cancel"), ("scene.json", "scene.cancel")}  # fmt: skip
+        ("train.json", "train.cancel"), ("crf.json", "crf.cancel"), ("scene.json", "scene.cancel"),
+        ("adapt.json", "adapt.cancel")}  # fmt: skip
     with pytest.raises(ValueError, match="already a job kind called 'crf'"):
         jobs.JobKind("crf", "another search", jobs.JobState, lambda *a: {}, interrupted="")
     crf = jobs.KINDS["crf"]
