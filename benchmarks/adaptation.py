@@ -8,8 +8,9 @@ paints a ``size`` x ``size`` patch with the tile's reference labels, and each me
 every pixel *outside* the patch:
 
 - ``shipped``: the shipped coarse CNN (``assets/pretrained/coarse_1m``), no adaptation;
-- ``rnn_only``: the shipped RNN fine-tuned on the patch over the shipped map (today's
-  :func:`refiner.train.rnn.finetune_from_pretrained`, at the 1 m working grid);
+- ``rnn_only``: the shipped RNN fine-tuned on the patch over the shipped map (what the Train
+  page's "Fine-tune the RNN only" runs: :func:`refiner.train.rnn.finetune_from_pretrained` with
+  the app's 60 s budget, at the 1 m working grid);
 - ``adapted``: the coarse CNN adapted to the tile (:func:`refiner.adapt`, first stage);
 - ``adapted_rnn``: the adapted map refined by the RNN stage, when :func:`refiner.adapt` kept
   it (it is dropped when it does not beat the adapted map on the held-out painted regions; the
@@ -39,7 +40,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -173,13 +174,15 @@ def run_one(t: Foreign, size: int, how: str, models: dict, rnn_only: bool) -> di
            "painted_object_px": int(((labels == 1) | (labels == 2)).sum())}  # fmt: skip
     row["shipped"] = rest_scores(shipped.argmax(0), truth, window, t.labels)
     if rnn_only:
+        from refiner.app.jobs.training import TrainParams
         from refiner.data.resample import to_working
-        from refiner.train.rnn import finetune_from_pretrained
+        from refiner.train.rnn import FINETUNE_DEFAULTS, finetune_from_pretrained
 
         t1 = time.perf_counter()
         work = to_working(tile, models["rnn"].resolution, shipped, [labels])
         assert work.probs is not None
-        ft = finetune_from_pretrained(work.tile.image, work.probs, work.labels[0], models["rnn"], partial=PARTIAL)
+        cfg = replace(FINETUNE_DEFAULTS, max_seconds=TrainParams().max_seconds)  # as the app's Train page runs it
+        ft = finetune_from_pretrained(work.tile.image, work.probs, work.labels[0], models["rnn"], cfg, partial=PARTIAL)
         refined = refiner.refine(ft.bundle, tile, shipped).final
         seconds["rnn_only"] = time.perf_counter() - t1
         row["rnn_only"] = rest_scores(refined.argmax(0), truth, window, t.labels)
