@@ -149,3 +149,5 @@ def scene_panel() -> None:
 
 
 scene_panel()
+
+common.end_of_run()  # the hidden marker browser tests wait on (webapp.common.end_of_run)

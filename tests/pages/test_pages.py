@@ -27,6 +27,18 @@ def test_start_page_describes_the_tile(app_ws):
     assert not at.error
 
 
+def test_every_page_ends_with_the_run_end_marker(app_ws):
+    """The browser tests wait for it (tests/browser/harness.py ``settle``): a page without it makes them hang."""
+    import ast
+
+    for page in sorted((REPO / "pages").glob("*.py")):
+        assert ast.unparse(ast.parse(page.read_text()).body[-1]) == "common.end_of_run()", page.name
+    at = run("app.py")
+    assert at.get("html")[-1].proto.body == '<span data-refiner-run="1" style="display:none"></span>'
+    at.run()
+    assert at.get("html")[-1].proto.body == '<span data-refiner-run="2" style="display:none"></span>'
+
+
 def test_a_bad_cog_url_is_an_error_message_not_a_traceback(app_ws, tmp_path, monkeypatch):
     monkeypatch.setenv("REFINER_DATA_ROOTS", str(tmp_path))  # the operator lets this folder be read
     bad = tmp_path / "corrupt.tif"
