@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PORT ?= 8501
 
-.PHONY: run test lint browser install-check demo-experiment demo-assets pretrained screenshots clean
+.PHONY: run test lint docs browser install-check demo-experiment demo-assets pretrained screenshots clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,7 +44,15 @@ browser:
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m mypy
+
+# The API reference: the public API (refiner.__all__, Google-style docstrings) as HTML in site/
+# (git-ignored), with pdoc; part of `make test`, so a docstring that breaks the build fails CI.
+docs: $(STAMP)
+	rm -rf site
+	$(PY) -m pdoc --docformat google --output-directory site refiner
+	test -s site/refiner.html
 
 # `pip install .` as a user gets it: the wheel (package, C kernel, assets) installed with its
 # dependencies into a fresh venv in a temporary folder, then `refiner` and the library used from
@@ -52,11 +60,11 @@ lint: $(STAMP)
 install-check: $(STAMP)
 	PYTHON=$(PYTHON) bash scripts/install_check.sh $(PY)
 
-test: $(STAMP) lint browser install-check
+test: $(STAMP) lint docs browser install-check
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf runs .pytest_cache .ruff_cache .mypy_cache
+	rm -rf runs site .pytest_cache .ruff_cache .mypy_cache
 
 # Benchmarks (slow; numbers go in docs/benchmarks.md). Not part of `test`.
 .PHONY: bench

@@ -2,7 +2,7 @@
 
     timeout 900 python benchmarks/sessions_30.py [--sessions 30] [--concurrency 30] [--json out.json]
 
-One ``streamlit run app.py`` (tests/browser/harness.py) on a fresh workspaces root whose demo
+One ``streamlit run app.py`` (tools/browser.py) on a fresh workspaces root whose demo
 template is built first (as the first visitor of a real server would); then one Chromium
 (Debian's) with ``--sessions`` Playwright contexts, ``--concurrency`` of them at a time. Each
 context is a person who has never been there: opens the Label page (a new session, its own copy
@@ -36,9 +36,9 @@ from benchmarks.common import machine  # noqa: E402
 from refiner.app import sessions  # noqa: E402
 from refiner.app.workspace import Workspace  # noqa: E402
 from refiner.core.classes import IGNORE  # noqa: E402
-from tests.browser.harness import CHROMIUM, CHROMIUM_ARGS, streamlit_server  # noqa: E402
+from tools.browser import CHROMIUM, CHROMIUM_ARGS, streamlit_server  # noqa: E402
 
-STEPS, DX, DY = 8, 6, 2  # the stroke: 8 moves of (+6, -2) screen px, as tests/browser/harness.paint_stroke
+STEPS, DX, DY = 8, 6, 2  # the stroke: 8 moves of (+6, -2) screen px, as tools/browser.paint_stroke
 
 
 async def settle(page) -> None:

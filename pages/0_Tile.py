@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import numpy as np
 import streamlit as st
 
 from refiner.app import access, results, viz
 from refiner.app.demos import DEMO_NAME, REAL_DEMOS
 from refiner.app.demos import unavailable as real_demo_unavailable
-from refiner.app.uploads import MAX_PIXELS, check_pixel_size, load_tile, tile_from_upload, upload_shape
+from refiner.app.pretrained import coarse_into_workspace, workspace_resolution
+from refiner.app.uploads import (
+    MAX_PIXELS,
+    check_pixel_size,
+    load_tile,
+    staged_model,
+    tile_from_upload,
+    upload_shape,
+)
 from refiner.core.classes import ClassSpec, check_compatible
-from refiner.models.pretrained import coarse_into_workspace, pick_coarse, workspace_resolution
+from refiner.models.pretrained import pick_coarse
 from webapp import common
 
 ws = common.page("Refiner: tile and workspace")
@@ -23,6 +28,9 @@ st.markdown(
     "pixels, how to move class boundaries onto image edges (Maggiori et al., TGRS 2017). "
     "Follow the pages in the sidebar: **Label → Train → Iterations → Compare → Filters → Export**."
 )
+# filled at the end of this script, shown here: the upload form sat at the bottom of the page,
+# below the tile and the two probability uploaders, where a new user looking for it did not
+workspace_box = st.container()
 
 # --------------------------------------------------------------------------- the tile
 with common.guard("reading the workspace"):
@@ -120,17 +128,9 @@ with pc2:
     )
     st.caption(common.upload_limits())
     if files and st.button("Use this model", key="use_coarse_model"):
-        from refiner.models.store import load_model
-
-        with common.guard("loading the coarse CNN"):
-            names = {f.name: f for f in files}
-            if set(names) != {"config.json", "model.safetensors"}:
-                raise ValueError("upload exactly two files: config.json and model.safetensors (a model folder)")
-            with tempfile.TemporaryDirectory() as d:
-                for f in files:
-                    (Path(d) / f.name).write_bytes(f.getvalue())
-                load_model(d, expect="coarse")  # checks it before installing it
-                ws.install_model(d, "coarse")
+        uploaded = {f.name: f.getvalue() for f in files}
+        with common.guard("loading the coarse CNN"), staged_model(uploaded, "coarse") as d:  # checked first
+            ws.install_model(d, "coarse")
         st.success("Model installed: now compute the coarse probabilities with it.")
 with pc3:
     st.subheader("Bring your own probabilities")
@@ -143,8 +143,9 @@ with pc3:
         st.rerun()
 
 # --------------------------------------------------------------------------- workspaces
-st.header("Open or create a workspace")
-tab_demo, tab_upload, tab_url = st.tabs(["Demo", "Upload an image", "Cloud-Optimized GeoTIFF URL"])
+with workspace_box:
+    st.header("Open or create a workspace")
+    tab_demo, tab_upload, tab_url = st.tabs(["Demo", "Upload an image", "Cloud-Optimized GeoTIFF URL"])
 
 
 def _classes_inputs(key: str) -> ClassSpec:

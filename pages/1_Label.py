@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import html
-
 import numpy as np
 import streamlit as st
 
@@ -54,10 +52,16 @@ def _swatch(rgb: tuple[int, int, int]) -> str:
 side, main = st.columns([1, 3])
 with side:
     brush = st.radio(
-        "Brush", brushes, key="brush", format_func=lambda b: f"{b} ({hex_color(colors[brushes.index(b)])})"
+        "Brush",
+        brushes,
+        key="brush",
+        format_func=lambda b: f"{common.plain(b)} ({hex_color(colors[brushes.index(b)])})",
     )
-    st.markdown(
-        " ".join(f"{_swatch(c)} {html.escape(b)}" for b, c in zip(brushes, colors, strict=True)),  # names: user text
+    st.markdown(  # each swatch with its name on one line: the narrow column wrapped road's away from it
+        " ".join(
+            f'<span class="swatch-item" style="white-space:nowrap">{_swatch(c)}&nbsp;{common.plain(b)}</span>'
+            for b, c in zip(brushes, colors, strict=True)  # names: user text
+        ),
         unsafe_allow_html=True,
     )
     size = st.slider("Brush size (screen pixels)", 1, 60, key="brush_size")
@@ -138,7 +142,7 @@ with main:
         )
     st.caption(
         # after the canvas: once it names the brush, the canvas paints with it (the browser tests wait on it)
-        f"Brush: {brush}, {size} px. Showing rows {view.row}–{view.row + view.height - 1}, columns "
+        f"Brush: {common.plain(brush)}, {size} px. Showing rows {view.row}–{view.row + view.height - 1}, columns "
         f"{view.col}–{view.col + view.width - 1} at {view.scale:.2f} screen px per pixel"
         + (f", over the {layer}." if layer != layers[0] else ".")
     )
@@ -149,7 +153,7 @@ st.subheader("Labelled pixels")
 counts = ws.label_counts(labels)
 cols = st.columns(len(classes) + 1)
 for i, name in enumerate(classes.names):
-    cols[i].metric(name, f"{counts[name]:,}")
+    cols[i].metric(common.plain(name), f"{counts[name]:,}")
 total = sum(counts[n] for n in classes.names)
 cols[-1].metric("unlabelled", f"{counts['unlabelled']:,}", help=f"{total:,} labelled in all")
 
@@ -171,7 +175,8 @@ with ic:
     if up is not None:
         with common.guard(f"reading {up.name}"):
             mask = mask_import.read_mask(up.getvalue(), up.name, tile, classes)
-        proposed = mask_import.propose_mapping(mask, classes)
+        guide = ws.coarse_probs().argmax(0).astype("uint8") if ws.has_coarse() else None
+        proposed = mask_import.propose_mapping(mask, classes, guide)
         choices = [*range(len(classes)), IGNORE]
         st.caption(f"{up.name} holds {len(mask.values)} pixel value(s). Which class is each?")
         mapping = {}
@@ -184,6 +189,8 @@ with ic:
                 format_func=lambda c: "unlabelled" if c == IGNORE else classes.names[c],
                 key=f"map_{up.file_id}_{v}",
             )
+        counts = dict(zip(mask.values, mask.counts, strict=True))
+        st.caption(f"With this mapping the mask is {mask_import.counts_by_class(counts, mapping, classes)}.")
         mode = st.radio(
             "With the labels painted so far", list(mask_import.MODES), format_func=mask_import.MODES.get,
             key="import_mode",

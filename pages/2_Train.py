@@ -5,11 +5,14 @@ from __future__ import annotations
 import streamlit as st
 
 from refiner.app import jobs, model_history, results, viz
+from refiner.app.pretrained import workspace_resolution
 from refiner.core.device import pick_device
 from refiner.models.pretrained import pick_rnn
 from refiner.models.rnn import VARIANTS
 from refiner.train.rnn import FINETUNE_DEFAULTS
 from webapp import common, scores
+from webapp.adapt_panel import adapt_section
+from webapp.job_panel import job_panel
 
 ws = common.page("Train")
 scheduler = jobs.scheduler_setting(ws)
@@ -18,16 +21,20 @@ where = (
     f"on the **Dask cluster** at `{scheduler}` (a GPU worker if one declares it)."
     if scheduler
     else f"on **{device.type.upper()}**"
-    + (" (no GPU found: a few hundred steps take a minute or two)." if device.type == "cpu" else ".")
+    + (" (no GPU found)." if device.type == "cpu" else ".")
 )
+status = jobs.TRAINING.read(ws)
+running = status is not None and status.active
+adapt_section(ws, running)
+st.subheader("Fine-tune the RNN only")
 st.write(
     f"Fine-tunes the RNN on your painted pixels (AdaGrad, cross-entropy), {where}"
     " Part of the painted pixels is held back to measure IoU as training goes: whole painted regions,"
     " with the training pixels within twice the RNN's reach (2 × T × kernel radius) of them left out,"
     " so the score is not made on near-copies of what it trained on."
+    f" A run stops when that score stops improving, and after at most {jobs.TrainParams().max_seconds:.0f} s"
+    " (it keeps the weights that scored best)."
 )
-status = jobs.read_status(ws)
-running = status is not None and status.active
 has_model = ws.has_model("rnn")
 model_info = {}
 if has_model:
@@ -52,7 +59,7 @@ HELP = {
 }
 CONTINUE, NEW = "the current RNN (continue training)", "a new RNN (from scratch)"
 with common.guard("looking for a pretrained RNN"):
-    pick = pick_rnn(ws.classes, ws.settings.get("source", {}).get("resolution"))
+    pick = pick_rnn(ws.classes, workspace_resolution(ws))
 PRETRAINED = f"the pretrained RNN {pick.model.name} (fine-tune)" if pick.model else None
 # the pretrained RNN is the default start of a workspace's first fine-tune; afterwards, its own RNN
 options = [o for o in ([CONTINUE, PRETRAINED] if has_model else [PRETRAINED]) + [NEW] if o]
@@ -121,46 +128,41 @@ if submitted:
     st.rerun()
 
 
-@st.fragment(run_every=1.0 if running else None)
-def progress_panel() -> None:
-    st_now = jobs.read_status(ws)
-    if st_now is None:
-        st.info("No training run yet in this workspace.")
-        return
-    label = common.job_label(st_now.state, f"Training on {st_now.device or '…'}: step {st_now.step} of {st_now.steps}")
-    st.progress(st_now.fraction, text=label)
+def training_details(now: jobs.JobStatus) -> None:
+    """The step, loss, held-out scores and device of the run, and its loss and IoU curves."""
     m = st.columns(4)
-    m[0].metric("Step", f"{st_now.step} / {st_now.steps}")
-    m[1].metric("Loss", f"{st_now.loss[-1][1]:.4f}" if st_now.loss else "–")
-    last_val = st_now.val[-1]["mean_iou"] if st_now.val else None
+    m[0].metric("Step", f"{now.step} / {now.steps}")
+    m[1].metric("Loss", f"{now.loss[-1][1]:.4f}" if now.loss else "–")
+    last_val = now.val[-1]["mean_iou"] if now.val else None
     m[2].metric("Held-out mean IoU", f"{last_val:.3f}" if last_val is not None else "–")
-    m[3].metric("Device", st_now.device or "–")
-    if st_now.val:
+    m[3].metric("Device", now.device or "–")
+    if now.val:
         names = ws.classes.names
-        iou = st_now.val[-1]["iou"]
+        iou = now.val[-1]["iou"]
         st.caption(
             "Held-out IoU per class: "
-            + ", ".join(f"{n} {v:.3f}" if v is not None else f"{n} –" for n, v in zip(names, iou, strict=True))
+            + ", ".join(
+                f"{common.plain(n)} {v:.3f}" if v is not None else f"{common.plain(n)} –"
+                for n, v in zip(names, iou, strict=True)
+            )
         )
-    if st_now.loss:
+    if now.loss:
         fig = viz.loss_figure(
-            st_now.loss, st_now.val, ws.classes, earlier_loss=st_now.earlier_loss, earlier_val=st_now.earlier_val,
-            start_step=st_now.start_step if st_now.earlier_loss else 0, best_step=st_now.best_step,
+            now.loss, now.val, ws.classes, earlier_loss=now.earlier_loss, earlier_val=now.earlier_val,
+            start_step=now.start_step if now.earlier_loss else 0, best_step=now.best_step,
         )  # fmt: skip
         st.plotly_chart(fig, key="loss_chart")
-    if st_now.state == "failed":
-        st.error(f"Training failed: {st_now.message}")
-    elif st_now.message:
-        st.caption(st_now.message)
-    if st_now.active:
-        if st.button("Cancel training", key="cancel", disabled=bool(ws.readonly)):
-            jobs.request_cancel(ws)
-            st.toast("Cancelling: the model trained so far will be kept.")
-    elif running:  # it just ended: rerun the page so polling stops and the form unlocks
-        st.rerun(scope="app")
 
 
-progress_panel()
+job_panel(
+    ws,
+    jobs.TRAINING,
+    lambda now: f"Training on {now.device or '…'}: step {now.step} of {now.steps}",
+    failed="Training failed",
+    cancel=("Cancel training", "cancel", "Cancelling: the model trained so far will be kept."),
+    idle=lambda: st.info("No training run yet in this workspace."),
+    details=training_details,
+)
 if not running and has_model:
     st.subheader("The current RNN's scores")
     with common.guard("scoring the current RNN"), st.spinner("Refining the tile (cached afterwards)..."):
@@ -185,11 +187,7 @@ if not kept:
     )
 else:
     if now is not None and now.best_step is not None:
-        st.info(
-            f"The current RNN, **{now.name}**, has the weights of step {now.best_step} of its run, its best "
-            f"evaluation on the held-out pixels (mean IoU {now.held_out_mean_iou:.3f}), not those of its last "
-            f"step ({now.last_step}): each run keeps its best checkpoint."
-        )
+        st.info(f"The current RNN, **{now.name}**, {now.kept_weights()}.")
     elif now is None and has_model:
         st.caption("The current RNN is not in the history yet: it is kept there when the next run starts.")
     names = ws.classes.names
@@ -203,7 +201,7 @@ else:
                 "held-out mean IoU": f"{e.held_out_mean_iou:.3f}" if e.held_out_mean_iou is not None else "–",
                 "kept step": str(e.best_step) if e.best_step is not None else "–",
                 **{
-                    f"IoU {n}": f"{v:.3f}" if v is not None else "–"
+                    f"IoU {common.plain(n)}": f"{v:.3f}" if v is not None else "–"
                     for n, v in zip(names, e.held_out_iou or [None] * len(names), strict=False)
                 },
                 "started from": e.started_from,

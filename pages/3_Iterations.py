@@ -48,13 +48,16 @@ with right:
         caption=f"P({cls}) at t = {t} (dark = 0, yellow = 1)",
         view=view,
     )
-st.caption("Colours: " + ", ".join(f"{n} = rgb{tuple(c)}" for n, c in zip(classes.names, classes.colors, strict=True)))
+st.caption(
+    "Colours: "
+    + ", ".join(f"{common.plain(n)} = rgb{tuple(c)}" for n, c in zip(classes.names, classes.colors, strict=True))
+)
 
 st.subheader("Scores per iteration")
 sets = results.score_sets(ws)
 if not sets:
     st.info("Paint some labels on the Label page (or attach a reference) to score the iterations.")
-per_set = [results.iteration_scores(probs, ev.labels) for ev in sets]
+per_set = [results.iteration_scores(probs, ev.labels, one_vs_rest=ev.one_vs_rest) for ev in sets]
 for i, (col, ev, scores) in enumerate(zip(st.columns(len(sets)) if sets else [], sets, per_set, strict=True)):
     with col:
         st.plotly_chart(viz.iteration_figure(scores, classes, t=t, title=ev.title.lower()), key=f"iteration_chart_{i}")
@@ -63,7 +66,9 @@ for ev, scores in zip(sets, per_set, strict=True):  # one full-width row of numb
     s, s0 = scores[t], scores[0]
     m = st.columns(len(classes) + 2)
     m[0].metric(f"Accuracy at t = {t}", f"{s.overall_accuracy:.3f}", help=ev.title)
-    m[1].metric(f"Mean IoU ({ev.title.lower()})", f"{s.mean_iou:.3f}", f"{s.mean_iou - s0.mean_iou:+.3f} vs t = 0")
+    over = ", ".join(classes.names[i] for i in s.in_mean)
+    label = f"Mean IoU ({ev.title.lower()}; over {over})"
+    m[1].metric(label, f"{s.mean_iou:.3f}", f"{s.mean_iou - s0.mean_iou:+.3f} vs t = 0")
     for j, n in enumerate(classes.names):
         m[j + 2].metric(f"IoU {n}", "–" if s.iou[j] != s.iou[j] else f"{s.iou[j]:.3f}")
 score_panel.reference_panel(ws, "iter")

@@ -9,8 +9,10 @@ import streamlit as st
 from refiner.app import access, jobs, results
 from refiner.app.jobs import scene as scene_job
 from refiner.data.export import LINES, POLYGONS, road_class, write_geopackage
+from refiner.data.tile import is_local_grid
 from refiner.data.write import write_class_map, write_probs
 from webapp import common
+from webapp.job_panel import job_panel
 
 ws = common.page("Export")
 st.write(
@@ -20,14 +22,24 @@ st.write(
 
 with common.guard("refining the tile"), st.spinner("Running the RNN (cached afterwards)..."):
     probs = results.refinement(ws)[-1]
-    georef = ws.georef
+    georef = ws.export_georef()
 classes = ws.classes
 class_map = probs.argmax(0).astype("uint8")
 out = ws.results_dir()
-crs = georef.crs.to_string() if georef else "none (plain picture: pixel coordinates)"
+if is_local_grid(georef):
+    assert georef is not None
+    crs = (
+        f"none on Earth: a plain picture at its stated {georef.resolution:g} m per pixel, exported in a local "
+        "grid in metres (origin at its lower-left corner; the files' CRS says so), so areas are m² and lengths m"
+    )
+else:
+    crs = georef.crs.to_string() if georef else (
+        "none (plain picture: pixel coordinates; state its pixel size on the Tile page for metres)"
+    )
 st.caption(f"CRS: {crs}")
 
-unit = "m" if georef is not None and georef.crs.is_projected else ("map units" if georef else "px")
+metric = georef is not None and (georef.crs.is_projected or is_local_grid(georef))
+unit = "m" if metric else ("map units" if georef else "px")
 pixel = georef.resolution if georef is not None else 1.0
 c1, c2, c3 = st.columns(3)
 with c1:
@@ -48,12 +60,12 @@ with c2:
     kind = "8-bit" if quantise else "float32"
     common.download(path, ws.name, "dl_probs", "Download probabilities (GeoTIFF)")
     st.caption(
-        f"`{path.name}`, {common.size(path)}: {len(classes)} {kind} bands ({', '.join(classes.names)}); "
+        f"`{path.name}`, {common.size(path)}: {len(classes)} {kind} bands ({common.class_list(classes.names)}); "
         "deflate-compressed."
     )
 with c3:
     st.subheader("Polygons and centre-lines")
-    skip_bg = st.checkbox(f"Leave out '{classes.names[0]}'", True, key="skip_bg")
+    skip_bg = st.checkbox(f"Leave out '{common.plain(classes.names[0])}'", True, key="skip_bg")
     min_px = st.number_input("Drop regions smaller than (pixels)", 0, 10_000, 10, key="min_px")
     tolerance = st.number_input(
         f"Simplify: tolerance ({unit})", 0.0, 100.0 * pixel, float(pixel), step=float(pixel) / 2, key="tolerance",
@@ -62,7 +74,7 @@ with c3:
     )  # fmt: skip
     road = road_class(classes)
     lines = road is not None and st.checkbox(
-        f"Centre-lines of '{classes.names[road]}' as a line layer", True, key="centrelines"
+        f"Centre-lines of '{common.plain(classes.names[road])}' as a line layer", True, key="centrelines"
     )
     with common.guard("writing polygons"):
         gpkg = out / "refined_polygons.gpkg"
@@ -86,7 +98,7 @@ st.write(
     "window by window at bounded memory: the coarse CNN, then this workspace's RNN. Files go to the "
     "workspace's `results/scene/` folder. " + where
 )
-scene_status = scene_job.read_scene_status(ws)
+scene_status = scene_job.SCENE.read(ws)
 scene_running = scene_status is not None and scene_status.active
 with st.form("scene_form"):
     source = st.text_input(
@@ -101,9 +113,9 @@ with st.form("scene_form"):
 if go:
     with common.guard("starting the scene run"):
         shipped = (scene_job.ASSETS,)  # the demo's own scene may be read; other server paths need a data root
-        safe_coarse = access.check_source(coarse_in, shipped) if coarse_in.strip() else ""
+        safe_coarse = access.check_source(coarse_in, shipped, can_upload=False) if coarse_in.strip() else ""
         others = common.this_session().workspaces()  # one job at a time per session
-        source = access.check_source(source, shipped)
+        source = access.check_source(source, shipped, can_upload=False)
         scene_job.start_scene_job(
             ws, source, coarse=safe_coarse, scheduler=scheduler, quantise=scene_8bit, others=others
         )
@@ -118,36 +130,29 @@ SCENE_FILES = {
 }
 
 
-@st.fragment(run_every=1.0 if scene_running else None)
-def scene_panel() -> None:
-    now = scene_job.read_scene_status(ws)
-    if now is None:
-        st.caption("No scene run yet in this workspace.")
+def scene_downloads(now: scene_job.SceneStatus) -> None:
+    """Once the run has finished: a download button per output file, or where it is when too large."""
+    if now.state != "finished":
         return
-    stage = {"coarse": "Coarse CNN", "refine": "RNN", "vectors": "Polygons"}.get(now.stage, "Starting")
-    label = common.job_label(now.state, f"{stage}: window {now.done} of {now.total or '…'}")
-    st.progress(now.fraction, text=label)
-    if now.state == "failed":
-        st.error(f"The scene run failed: {now.message}")
-    elif now.message:
-        st.caption(now.message)
-    if now.state == "finished":
-        for name, path in now.outputs.items():
-            p = Path(path)
-            size = p.stat().st_size if p.is_file() else 0
-            if 0 < size <= scene_job.DOWNLOAD_LIMIT:
-                label = f"Download scene {SCENE_FILES.get(name, name)} ({p.name}, {common.size(p)})"
-                common.download(p, f"{ws.name}_scene", f"dl_scene_{name}", label)
-            else:
-                st.caption(f"`{p}` ({size / 2**20:.0f} MiB: too large to download here; copy it from the server)")
-    if now.active:
-        if st.button("Cancel the scene run", key="cancel_scene", disabled=bool(ws.readonly)):
-            scene_job.request_scene_cancel(ws)
-            st.toast("Cancelling: the partial files will be removed.")
-    elif scene_running:  # it just ended: rerun so polling stops and the form unlocks
-        st.rerun(scope="app")
+    for name, path in now.outputs.items():
+        p = Path(path)
+        size = p.stat().st_size if p.is_file() else 0
+        if 0 < size <= scene_job.DOWNLOAD_LIMIT:
+            label = f"Download scene {SCENE_FILES.get(name, name)} ({p.name}, {common.size(p)})"
+            common.download(p, f"{ws.name}_scene", f"dl_scene_{name}", label)
+        else:
+            st.caption(f"`{p}` ({size / 2**20:.0f} MiB: too large to download here; copy it from the server)")
 
 
-scene_panel()
+STAGES = {"coarse": "Coarse CNN", "refine": "RNN", "vectors": "Polygons"}
+job_panel(
+    ws,
+    scene_job.SCENE,
+    lambda now: f"{STAGES.get(now.stage, 'Starting')}: window {now.done} of {now.total or '…'}",
+    failed="The scene run failed",
+    cancel=("Cancel the scene run", "cancel_scene", "Cancelling: the partial files will be removed."),
+    idle=lambda: st.caption("No scene run yet in this workspace."),
+    outputs=scene_downloads,
+)
 
 common.end_of_run()  # the hidden marker browser tests wait on (webapp.common.end_of_run)

@@ -136,7 +136,8 @@ if ev is not None:
     table = []
     for label, p in rows:
         s = results.iteration_scores([p], ev.labels)[0]
-        table.append({"map": label, "overall accuracy": round(s.overall_accuracy, 4), "mean IoU": round(s.mean_iou, 4)})
+        mean = results.mean_label(classes.names, s.in_mean)
+        table.append({"map": label, "overall accuracy": round(s.overall_accuracy, 4), mean: round(s.mean_iou, 4)})
     st.table(pd.DataFrame(table).set_index("map"))
     st.caption(
         f"On {ev.pixels:,} pixels: {ev.description}. Hand-set diffusion smooths; only the learned RNN "
@@ -163,10 +164,12 @@ else:
         cols[0].image(common.to_png(viz.kernel_image(ops[op], 60)), caption=op)
         for col, m in zip(cols[1:4], found, strict=False):
             col.image(common.to_png(viz.kernel_image(learned[m.index], 60)), caption=f"M{m.index}: {m.correlation:.2f}")
-        cols[4].metric(f"{op}: span residual", f"{found[0].span_residual:.1%}")
+        cols[4].metric(f"{op}: left out by these {len(found)}", f"{found[0].top_residual:.1%}")
     st.caption(
-        "Span residual: the part of the operator that no combination of the learned filters reproduces "
-        "(0 % = the MLP could compute it exactly)."
+        f"Left out: the part of the operator (relative norm) that no combination of the {len(found)} filters "
+        f"shown reproduces (0 % = those few together are the operator). All {len(learned)} learned filters "
+        "together reproduce any 5×5 operator exactly (they have more filters than a kernel has weights), so "
+        "that says nothing; how few similar filters it takes does."
     )
 
 # --------------------------------------------------------------------------- 5. elsewhere

@@ -49,6 +49,7 @@ _LAZY = {
     "refiner.models.pretrained": ("pretrained_root",),
     "refiner.train.coarse": ("CoarseTrainConfig", "train_coarse"),
     "refiner.train.rnn": ("RNNTrainConfig", "RNNTrainResult", "train_rnn", "finetune_from_pretrained"),
+    "refiner.train.adapt": ("AdaptConfig", "Adaptation", "adapt"),
     "refiner.baselines.crf": ("CRFParams", "dense_crf", "grid_search"),
     "refiner.scale.scene": ("predict_scene", "refine_scene"),
 }
@@ -86,6 +87,9 @@ __all__ = [
     "RNNTrainResult",
     "train_rnn",
     "finetune_from_pretrained",
+    "AdaptConfig",
+    "Adaptation",
+    "adapt",
     # baselines
     "CRFParams",
     "dense_crf",
@@ -107,6 +111,7 @@ if TYPE_CHECKING:
     from refiner.models.pretrained import pretrained_root
     from refiner.models.store import ModelBundle, load_model, save_model
     from refiner.scale.scene import predict_scene, refine_scene
+    from refiner.train.adapt import Adaptation, AdaptConfig, adapt
     from refiner.train.coarse import CoarseTrainConfig, train_coarse
     from refiner.train.rnn import RNNTrainConfig, RNNTrainResult, finetune_from_pretrained, train_rnn
 

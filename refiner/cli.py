@@ -202,6 +202,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         progress=_progress("predict"),
         window=args.window or 512,
         scheduler=args.scheduler,
+        pixel_size=args.resolution,
     )
     print(f"wrote class probabilities to {args.out}")
 
@@ -340,8 +341,48 @@ def cmd_refine(args: argparse.Namespace) -> None:
         window=args.window,
         progress=_progress("refine"),
         scheduler=args.scheduler,
+        pixel_size=args.resolution,
     )
     print(f"wrote the refined class map to {args.out}")
+
+
+def cmd_adapt(args: argparse.Namespace) -> None:
+    """``adapt``: fine-tune the coarse CNN, then the RNN, to one tile from its painted labels."""
+    from refiner.core.atomic import atomic_write_bytes
+    from refiner.data.read import read_image, read_labels
+    from refiner.models.pretrained import pretrained_root
+    from refiner.models.store import load_model, save_model
+    from refiner.train.adapt import adapt
+
+    coarse = load_model(args.coarse or pretrained_root() / "coarse_1m", expect="coarse")
+    rnn = None if args.no_rnn else load_model(args.rnn or pretrained_root() / "rnn_1m", expect="rnn")
+    tile = read_image(args.image, bands=args.bands)
+    if args.resolution is not None:
+        if tile.georef is not None:
+            raise ValueError(
+                f"{Path(args.image).name} is georeferenced ({tile.resolution or 'unknown'} m per pixel): "
+                "--resolution is for pictures without georeferencing — leave it out"
+            )
+        tile.pixel_size = args.resolution
+    classes = coarse.classes if not args.values else _classes(argparse.Namespace(
+        classes=",".join(coarse.classes.names), values=args.values))  # fmt: skip
+    labels = read_labels(args.labels, classes, like=tile, line_width=args.line_width)
+    last = {"stage": ""}
+
+    def progress(stage: str, report: Any) -> None:
+        if stage != last["stage"]:
+            last["stage"] = stage
+            print(f"adapting the {'coarse CNN' if stage == 'coarse' else 'RNN'} ...", file=sys.stderr)
+
+    result = adapt(tile, labels, coarse, rnn, progress=progress)
+    args.out.mkdir(parents=True, exist_ok=True)
+    save_model(result.coarse, args.out / "coarse")
+    if result.rnn is not None:
+        save_model(result.rnn, args.out / "rnn")
+    report = result.to_dict()
+    atomic_write_bytes(args.out / "adapt.json", json.dumps(report, indent=2).encode())
+    print(result.summary())
+    print(f"wrote {args.out / 'coarse'}" + (f" and {args.out / 'rnn'}" if result.rnn is not None else ""))
 
 
 def cmd_crf(args: argparse.Namespace) -> None:
@@ -351,7 +392,13 @@ def cmd_crf(args: argparse.Namespace) -> None:
     from refiner.data.read import read_labels
     from refiner.data.write import write_class_map, write_probs
 
-    params = CRFParams.from_dict(_json_file(args.params, "CRF parameters")) if args.params else CRFParams()
+    params = CRFParams()
+    if args.params:
+        given = _json_file(args.params, "CRF parameters")
+        try:
+            params = CRFParams.parse(given)
+        except (TypeError, ValueError) as exc:  # the file named, with the key and what to give
+            raise ValueError(f"{args.params}: {exc}") from exc
     tile, probs, classes = _image_and_probs(args)
     if args.search_labels:
         labels = read_labels(args.search_labels, classes, like=tile)
@@ -427,12 +474,14 @@ def cmd_experiment(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line: one subcommand per ``cmd_*`` function, each with its checked options."""
+    from refiner.data.vector import LINE_WIDTH
     from refiner.models.rnn import VARIANTS, RNNConfig
     from refiner.train.coarse import CoarseTrainConfig
     from refiner.train.rnn import FINETUNE_DEFAULTS, RNNTrainConfig
 
     coarse, rnn, arch = _field_defaults(CoarseTrainConfig), _field_defaults(RNNTrainConfig), _field_defaults(RNNConfig)
     ft = FINETUNE_DEFAULTS
+    line_width = f"width in metres of vector lines (roads); default {LINE_WIDTH:g}"
     p = argparse.ArgumentParser(
         prog="python -m refiner",
         description="Learn to sharpen coarse satellite classification maps (Maggiori et al. 2017).",
@@ -452,7 +501,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     def class_args(sp: argparse.ArgumentParser, required: bool = False) -> None:
         sp.add_argument("--classes", required=required, help="class names, comma-separated, e.g. background,road")
-        sp.add_argument("--values", help="mask pixel value of each class, e.g. 0,255 (default 0,1,2,...)")
+        sp.add_argument(
+            "--values",
+            help="mask pixel value of each class, e.g. 0,255 (default 0,1,2,...); 255 = unlabelled unless a class "
+            "is 255, then the highest value no class uses (254 for 0,255) is, and is the nodata of maps written",
+        )
 
     def scale_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument(
@@ -463,6 +516,15 @@ def build_parser() -> argparse.ArgumentParser:
             "about 1000, sized to whole compute blocks)",
         )
         scheduler_arg(sp)
+
+    def resolution_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--resolution",
+            type=float,
+            default=None,
+            help="metres per pixel of a picture without georeferencing (PNG, JPEG), e.g. 0.3; "
+            "georeferenced images carry their own",
+        )
 
     def scheduler_arg(sp: argparse.ArgumentParser) -> None:
         sp.add_argument(
@@ -493,7 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--resolution", type=float, default=1.0, help="metres per pixel the network works at (default 1, the paper's)"
     )
-    sp.add_argument("--line-width", type=float, default=7.0, help="width in metres of vector lines (roads); default 7")
+    sp.add_argument("--line-width", type=float, default=LINE_WIDTH, help=line_width)
     sp.add_argument("--degrade-shift", type=int, default=0, help="simulate OSM: shift each object by up to N px")
     sp.add_argument(
         "--degrade-drop", type=float, default=0.0, help="simulate OSM: drop each object with this probability"
@@ -506,6 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, type=Path, help="probability GeoTIFF to write")
     common_image(sp)
     scale_args(sp)
+    resolution_arg(sp)
 
     sp = add("finetune", cmd_finetune, "Train the refinement RNN on accurately labelled pixels.")
     sp.add_argument("--image", required=True)
@@ -569,7 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     scheduler_arg(sp)
     sp.add_argument("--resolution", type=float, default=1.0, help="metres per pixel the RNN works at (default 1)")
-    sp.add_argument("--line-width", type=float, default=7.0)
+    sp.add_argument("--line-width", type=float, default=LINE_WIDTH, help=line_width)
     sp.add_argument("--seed", type=int, default=rnn["seed"])
 
     sp = add("pretrain", cmd_pretrain, "Rebuild a shipped pretrained model from a recipe in experiments/pretrained.")
@@ -592,6 +655,27 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--iterations", type=int, default=None, help="iterations to run (default: the model's T)")
     common_image(sp)
     scale_args(sp)
+    resolution_arg(sp)
+
+    sp = add(
+        "adapt",
+        cmd_adapt,
+        "Adapt the coarse CNN, then the RNN, to one tile from a painted patch (writes OUT/coarse and OUT/rnn).",
+    )
+    sp.add_argument("--image", required=True, help="the tile (GeoTIFF, PNG, JPEG)")
+    sp.add_argument(
+        "--labels", required=True, help="painted labels on the tile's grid (mask, 255 = unpainted, or GeoJSON)"
+    )
+    sp.add_argument("--out", required=True, type=Path, help="folder to write coarse/, rnn/ and adapt.json into")
+    sp.add_argument("--coarse", type=Path, default=None, help="coarse CNN to start from (default: the shipped one)")
+    sp.add_argument("--rnn", type=Path, default=None, help="RNN to start from (default: the shipped one)")
+    sp.add_argument("--no-rnn", action="store_true", help="adapt the coarse CNN only")
+    sp.add_argument(
+        "--values", help="mask pixel value of each of the model's classes, e.g. 0,255,128 (default: 0,1,2,...)"
+    )
+    sp.add_argument("--line-width", type=float, default=LINE_WIDTH, help=line_width)
+    common_image(sp)
+    resolution_arg(sp)
 
     sp = add("crf", cmd_crf, "Dense CRF baseline on coarse probabilities.")
     sp.add_argument("--image", required=True)
@@ -670,6 +754,7 @@ def check_args(args: argparse.Namespace) -> None:
 _OUTPUTS = {
     "demo-data": [("out", "folder")],
     "train-coarse": [("out", "model")],
+    "adapt": [("out", "folder")],
     "finetune": [("out", "model")],
     "pretrain": [("out", "model")],
     "predict": [("out", "file")],
@@ -677,7 +762,7 @@ _OUTPUTS = {
     "crf": [("out", "file"), ("probs_out", "file"), ("params_out", "file")],
     "experiment": [("out", "file"), ("save_models", "folder")],
 }
-_INPUTS = ("image", "probs", "labels", "model", "params", "search_labels", "resume", "init", "config")
+_INPUTS = ("image", "probs", "labels", "model", "params", "search_labels", "resume", "init", "config", "coarse", "rnn")
 
 
 def check_outputs(args: argparse.Namespace) -> None:

@@ -29,13 +29,13 @@ wheel, repo = sys.argv[1], Path(sys.argv[2])
 names = set(zipfile.ZipFile(wheel).namelist())
 tops = {n.split("/")[0] for n in names}
 assert {t for t in tops if not t.endswith(".dist-info")} == {"refiner"}, f"top-level entries: {sorted(tops)}"
-need = {"refiner/models/rnn_step.c"} | {
+need = {"refiner/models/rnn_step.c", "refiner/py.typed"} | {
     "refiner/assets/" + p.relative_to(repo / "assets").as_posix() for p in (repo / "assets").rglob("*") if p.is_file()
 }
 need |= {p.relative_to(repo).as_posix() for p in (repo / "refiner").rglob("*.py")}
 missing = sorted(need - names)
 assert not missing, f"missing from the wheel: {missing}"
-print(f"install-check: the wheel holds all {len(need)} package files, rnn_step.c and the assets")
+print(f"install-check: the wheel holds all {len(need)} package files, rnn_step.c, py.typed and the assets")
 EOF
 
 t1=$SECONDS

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from playwright.sync_api import sync_playwright  # noqa: E402
 
-from tests.browser.harness import CHROMIUM, CHROMIUM_ARGS, REPO, open_page, settle, streamlit_server  # noqa: E402
+from tools.browser import CHROMIUM, CHROMIUM_ARGS, REPO, open_page, settle, streamlit_server  # noqa: E402
 
 OUT = REPO / "docs" / "screenshots"
 

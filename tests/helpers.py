@@ -8,12 +8,14 @@ Every page test is one browser session: :data:`TOKEN` in the page's ``?session=`
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from streamlit.testing.v1 import AppTest
 
+from refiner.app import sessions
 from refiner.app.sessions import Session, browser_key
 from refiner.app.workspace import Workspace
 from refiner.core.classes import IGNORE
@@ -26,8 +28,11 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 coarse_probs_from_labels = coarse_like  # the tests' name for it
 TIMEOUT = 180
-#: The test browser's session key (any valid token; a real browser gets a random one).
-TOKEN = "test-session-token-0123456789abcdef"
+#: The tests' server secret: session keys are signed by the server (the browser tests' server
+#: inherits it), so the test browser's fixed key below is one the server accepts.
+os.environ.setdefault(sessions.SECRET_ENV, "refiner-tests-session-secret")
+#: The test browser's session key (signed as the server would; a real browser gets a random one).
+TOKEN = sessions.sign_session("test-session-token-0123456789abcdef")
 
 
 def session(root: Path, token: str = TOKEN) -> Session:
@@ -77,4 +82,8 @@ def _fill(ws: Workspace, scene, with_rnn: bool) -> Workspace:
         )
     return ws
 
+
+def train_button(at: AppTest):
+    """The Train page's "Start training" (the RNN form's submit button; "Adapt to this tile" comes first)."""
+    return next(b for b in at.button if b.label == "Start training")
 

@@ -399,3 +399,99 @@ def test_training_options_default_to_the_config_dataclasses():
     assert rnn_train_config(given) == replace(FINETUNE_DEFAULTS, steps=7, lr=0.5, patience=0)
     given = parser.parse_args([*finetune, "--steps", "7", "--batch-size", "3", "--holdout", "0.1"])
     assert rnn_train_config(given) == replace(RNNTrainConfig(), steps=7, batch_size=3, holdout=0.1)
+
+
+def test_the_line_width_of_vector_labels_is_one_constant(tmp_path):
+    """train-coarse, finetune, experiments and the readers all buffer lines by ``LINE_WIDTH`` unless told."""
+    import inspect
+
+    from refiner.cli import build_parser
+    from refiner.data.read import read_labels
+    from refiner.data.vector import LINE_WIDTH, rasterize_vectors
+    from refiner.recipes.experiment import ExperimentConfig
+
+    assert LINE_WIDTH == 7.0  # the paper's OSM roads
+    parser = build_parser()
+    coarse = parser.parse_args(["train-coarse", "--images", "a", "--labels", "b", "--classes", "a,b", "--out", "o"])
+    finetune = parser.parse_args(["finetune", "--image", "i", "--probs", "p", "--labels", "l", "--out", "o"])
+    assert coarse.line_width == finetune.line_width == LINE_WIDTH
+    for fn in (read_labels, rasterize_vectors):
+        assert inspect.signature(fn).parameters["line_width"].default == LINE_WIDTH
+    (tmp_path / "a.tif").touch()
+    splits = {s: {"images": ["a.tif"], "labels": ["a.tif"]} for s in ("coarse", "enhance", "test")}
+    cfg = ExperimentConfig.from_dict({"classes": ["background", "road"], **splits}, tmp_path)
+    assert cfg.line_width == LINE_WIDTH
+
+
+def _picture(tmp_path, scale: int = 2):
+    """A synthetic 1 m scene upsampled x ``scale`` and saved as a PNG (no georeferencing), with its truth."""
+    from refiner.data.synthetic import make_scene
+
+    scene = make_scene(96, seed=8)
+    image = np.repeat(np.repeat((scene.image * 255).astype(np.uint8), scale, 1), scale, 2)
+    truth = np.repeat(np.repeat(scene.truth, scale, 0), scale, 1)
+    Image.fromarray(image.transpose(1, 2, 0)).save(tmp_path / "tile.png")
+    return tmp_path / "tile.png", truth
+
+
+def test_predict_takes_the_resolution_of_a_picture(tmp_path, capsys):
+    """A PNG stated as 0.5 m is predicted at the model's 1 m and brought back, as the library does."""
+    import refiner
+    from refiner.data.read import read_probs
+
+    png, _ = _picture(tmp_path)
+    model = refiner.pretrained_root() / "coarse_1m"
+    assert main(["predict", "--model", str(model), "--image", str(png), "--out", str(tmp_path / "p.tif"),
+                 "--resolution", "0.5"]) == 0  # fmt: skip
+    assert main(["predict", "--model", str(model), "--image", str(png), "--out", str(tmp_path / "q.tif")]) == 0
+    stated, _, georef = read_probs(tmp_path / "p.tif")
+    as_is, _, _ = read_probs(tmp_path / "q.tif")
+    tile = refiner.read_image(png)
+    tile.pixel_size = 0.5
+    expected = refiner.predict_coarse(refiner.load_model(model), tile)
+    assert georef is None  # the output stays a picture: no made-up CRS written
+    assert np.abs(stated - expected).max() < 0.02
+    assert np.abs(stated - as_is).mean() > 0.01  # the stated resolution changed what the model saw
+
+
+def test_resolution_is_refused_for_a_georeferenced_image(demo, tmp_path, capsys):
+    import refiner
+
+    model = refiner.pretrained_root() / "coarse_1m"
+    rc = main(["predict", "--model", str(model), "--image", str(demo / "enhance.tif"), "--out",
+               str(tmp_path / "p.tif"), "--resolution", "0.5"])  # fmt: skip
+    assert rc == 2 and "georeferenced" in capsys.readouterr().err
+
+
+def test_adapt_writes_the_adapted_models_and_their_scores(tmp_path, capsys):
+    """``refiner adapt`` on a picture with a stated resolution: OUT/coarse at the picture's grid, adapt.json."""
+    import refiner
+
+    png, truth = _picture(tmp_path)
+    labels = np.full(truth.shape, 255, np.uint8)
+    labels[:96, :96] = truth[:96, :96]
+    Image.fromarray(labels).save(tmp_path / "painted.png")
+    out = tmp_path / "adapted"
+    rc = main(["adapt", "--image", str(png), "--labels", str(tmp_path / "painted.png"), "--resolution", "0.5",
+               "--no-rnn", "--out", str(out)])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    report = json.loads((out / "adapt.json").read_text())
+    assert report["resolution"] == pytest.approx(0.5)
+    assert report["held_out"]["shipped_coarse"] is not None
+    assert "held-out mean IoU" in capsys.readouterr().out
+    if report["coarse_adapted"]:
+        model = refiner.load_model(out / "coarse")
+        assert model.resolution == pytest.approx(0.5)
+        held = report["held_out"]
+        assert held["adapted_coarse"]["mean_iou"] >= held["shipped_coarse"]["mean_iou"]
+    assert not (out / "rnn").exists()  # --no-rnn
+
+
+def test_adapt_refuses_a_patch_of_one_class(tmp_path, capsys):
+    png, truth = _picture(tmp_path)
+    labels = np.full(truth.shape, 255, np.uint8)
+    labels[:20, :20] = 0
+    Image.fromarray(labels).save(tmp_path / "painted.png")
+    rc = main(["adapt", "--image", str(png), "--labels", str(tmp_path / "painted.png"), "--out", str(tmp_path / "a")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "only one class is painted" in err and len(err.strip().splitlines()) == 1

@@ -156,3 +156,36 @@ def test_the_checker_sees_a_violation(tmp_path):
         (fake / name).parent.mkdir(parents=True, exist_ok=True)
         (fake / name).write_text(text)
     assert violations(fake) == ["refiner.data.read:5 imports refiner.app.workspace (data is layer 1, app is 5)"]
+
+
+def test_the_models_know_nothing_of_workspaces():
+    """Workspaces are the app's (``refiner/app``): no module of ``models/`` names one, not even as a Protocol.
+
+    A Protocol standing in for the workspace once carried app logic into ``models/`` past the
+    import check above; the word itself is the tell.
+    """
+    models = sorted((PACKAGE / "models").glob("*.py"))
+    assert len(models) > 5
+    named = [
+        f"{p.relative_to(PACKAGE.parent)}:{i}"
+        for p in models
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if "workspace" in line.lower()
+    ]
+    assert not named, f"models code that knows about workspaces (move it to refiner/app): {named}"
+
+
+def test_tools_scripts_and_benchmarks_never_import_the_tests():
+    """What they share with the tests lives in ``tools/`` (``tools/browser.py``), not in ``tests/``."""
+    import ast
+
+    outside = [p for d in ("tools", "scripts", "benchmarks") for p in sorted((PACKAGE.parent / d).rglob("*.py"))]
+    assert any(p.name == "screenshots.py" for p in outside)
+    found = [
+        f"{p.relative_to(PACKAGE.parent)}:{n.lineno}"
+        for p in outside
+        for n in ast.walk(ast.parse(p.read_text()))
+        if (isinstance(n, ast.ImportFrom) and (n.module or "").split(".")[0] == "tests")
+        or (isinstance(n, ast.Import) and any(a.name.split(".")[0] == "tests" for a in n.names))
+    ]
+    assert not found, f"tools, scripts and benchmarks import test code (move it to tools/): {found}"

@@ -17,8 +17,10 @@ def test_every_sub_package_is_listed_and_nothing_else():
     assert set(SETUPTOOLS["packages"]) == on_disk | {"refiner.assets"}
 
 
-def test_the_assets_and_the_c_kernel_are_package_data():
+def test_the_assets_the_c_kernel_and_the_typed_marker_are_package_data():
     assert SETUPTOOLS["package-dir"] == {"refiner.assets": "assets"}
+    assert SETUPTOOLS["package-data"]["refiner"] == ["py.typed"]  # PEP 561
+    assert (REPO / "refiner" / "py.typed").is_file()
     assert SETUPTOOLS["package-data"]["refiner.models"] == ["rnn_step.c"]
     assert (REPO / "refiner" / "models" / "rnn_step.c").is_file()
     assert SETUPTOOLS["package-data"]["refiner.assets"] == ["**/*"]

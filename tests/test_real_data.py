@@ -12,11 +12,12 @@ from refiner.models.inference import refine
 from refiner.train.rnn import RNNTrainConfig, train_rnn
 from tests.helpers import REPO, SHARED_DATA, coarse_probs_from_labels
 
-pytestmark = pytest.mark.slow  # real tiles from ../shared/data and the shipped models
-
 ROADS = SHARED_DATA / "massachusetts_roads"
 INRIA = SHARED_DATA / "inria_austin"
-pytestmark = pytest.mark.skipif(not ROADS.is_dir(), reason="../shared/data is not beside the project")
+pytestmark = [
+    pytest.mark.slow,  # real tiles from ../shared/data and the shipped models
+    pytest.mark.skipif(not ROADS.is_dir(), reason="../shared/data is not beside the project"),
+]
 
 
 def test_rnn_beats_the_coarse_map_on_a_massachusetts_crop():

@@ -15,6 +15,7 @@ black-and-white halo, so every brush shows on dark and light imagery.
 
 from __future__ import annotations
 
+import errno
 import logging
 from pathlib import Path
 from typing import Any
@@ -89,12 +90,29 @@ def merge_reported(ws: Workspace) -> int:
         target = ws if rec["ws"] == str(ws.path) else _open(Path(rec["ws"]))
         if target is not None:
             view, classes = View(*rec["view"]), target.classes
-            for i, obj in enumerate(new, start=rec["applied"]):
-                target.edit_labels(lambda now, o=obj, v=view, c=classes: apply_objects(now, [o], v, c))
-                rec["applied"] = i + 1  # counted once written: an interrupted run redoes only the rest
-                merged += 1
+            try:
+                for i, obj in enumerate(new, start=rec["applied"]):
+                    target.edit_labels(lambda now, o=obj, v=view, c=classes: apply_objects(now, [o], v, c))
+                    rec["applied"] = i + 1  # counted once written: an interrupted run redoes only the rest
+                    merged += 1
+            except OSError as exc:  # kept: the next run tries the strokes not written yet again
+                st.warning(unsaved(exc, len(objects) - rec["applied"]))
+                continue
         rec["applied"] = len(objects)
     return merged
+
+
+def unsaved(exc: OSError, pending: int) -> str:
+    """Why strokes could not be saved, without the server's paths, and that they are kept."""
+    why = (
+        "the server's disk is full"
+        if exc.errno == errno.ENOSPC
+        else "the workspace is read-only on the server (its folder cannot be written)"
+    )
+    return (
+        f"{pending} stroke(s) not saved yet: {why}. They are kept in this page and saved as soon as the workspace "
+        "can be written again — keep this tab open and ask the server's operator."
+    )
 
 
 def _open(folder: Path) -> Workspace | None:

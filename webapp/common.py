@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import TimeoutError as FuturesTimeout
 from pathlib import Path
 from typing import Any
@@ -68,8 +68,13 @@ def session() -> sessions.Session:
             stop()
         return sessions.Session(root(), sessions.user_key(st.user.to_dict()))
     token = st.session_state.get(SESSION) or st.query_params.get(SESSION)
-    if not sessions.valid_token(token):
-        token = sessions.new_token()
+    if not sessions.session_known(token, root()):  # only keys this server issued: no client-chosen session
+        if token:
+            st.warning(
+                "The session key in this address was not made by this server, so a new session of your own was "
+                "started. To show someone a workspace, use its Share link."
+            )
+        token = sessions.issue_session(root())
     st.session_state[SESSION] = token
     if st.query_params.get(SESSION) != token:  # page links drop it: put it back, so a refresh keeps it
         st.query_params[SESSION] = token
@@ -158,7 +163,7 @@ def sidebar(sess: sessions.Session, ws: Workspace) -> None:
                 remember(choice)
             st.rerun()
         s = ws.settings.get("source", {})
-        st.caption(f"{s.get('height')}×{s.get('width')} px · {', '.join(ws.classes.names)}")
+        st.caption(f"{s.get('height')}×{s.get('width')} px · {class_list(ws.classes.names)}")
         if ws.readonly:
             st.caption(f"Read-only: {ws.readonly}.")
         elif shared:
@@ -215,6 +220,25 @@ def account(sess: sessions.Session) -> None:
             "Your workspaces belong to this page's address (its session key): bookmark it to come back. "
             "To show a workspace to someone, make a Share link; never give them your own address."
         )
+
+
+_MD_SPECIAL = set("\\`*_{}[]()#+-.!|~$:=\"'")
+_HTML_SPECIAL = {"<": "&lt;", ">": "&gt;", "&": "&amp;"}
+
+
+def plain(text: object) -> str:
+    """User text (class names, file names) as plain text inside Markdown, also where HTML is allowed.
+
+    Every Markdown punctuation is backslash-escaped and ``<``, ``>``, ``&`` become entities, so a
+    class named ``![t](http://host/x.png)`` shows those characters instead of an image each
+    viewer's browser fetches, and ``<img …>`` or ``:red[…]`` are not markup either.
+    """
+    return "".join(_HTML_SPECIAL.get(c) or (f"\\{c}" if c in _MD_SPECIAL else c) for c in str(text))
+
+
+def class_list(names: Sequence[str]) -> str:
+    """Class names for a caption: each as :func:`plain` text, comma-separated."""
+    return ", ".join(plain(n) for n in names)
 
 
 def upload_limits(tile: bool = False) -> str:
@@ -275,18 +299,6 @@ def guard(what: str = "") -> Iterator[None]:
             "The details are in the server log."
         )
         stop()
-
-
-def job_label(state: str, running: str) -> str:
-    """The progress-bar text for a background job in ``state`` (``running``: what it is doing)."""
-    return {
-        "queued": "Starting…",
-        "running": running,
-        "finished": "Finished",
-        "cancelled": "Cancelled",
-        "failed": "Failed",
-        "interrupted": "Interrupted",
-    }[state]
 
 
 MIME = {".tif": "image/tiff", ".gpkg": "application/geopackage+sqlite3"}

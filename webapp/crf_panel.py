@@ -13,6 +13,7 @@ from refiner.app.jobs import crf as crf_job
 from refiner.app.workspace import Workspace
 from refiner.baselines.crf import DEFAULT_GRID, CRFParams
 from webapp import common
+from webapp.job_panel import job_panel
 
 TRIALS = math.prod(len(v) for v in DEFAULT_GRID.values())
 FIELDS = {  # widget key: (label, CRFParams field, min, max)
@@ -26,7 +27,7 @@ FIELDS = {  # widget key: (label, CRFParams field, min, max)
 
 def crf_panel(ws: Workspace, params: CRFParams) -> None:
     """The CRF form (showing ``params``, the ones in use) and the grid search's panel."""
-    search = crf_job.read_crf_status(ws)
+    search = crf_job.CRF_SEARCH.read(ws)
     searching = search is not None and search.active
     with st.container(border=True):
         st.markdown("**Dense CRF parameters**")
@@ -45,30 +46,26 @@ def crf_panel(ws: Workspace, params: CRFParams) -> None:
                 crf_job.start_crf_search(ws)
             st.rerun()
 
-        @st.fragment(run_every=1.0 if searching else None)
-        def search_panel() -> None:
-            now = crf_job.read_crf_status(ws)
-            if now is None:
-                st.caption(
-                    f"The grid search tries {TRIALS} settings on windows around the painted (not held-out) "
-                    "labels, in the background: you may leave the page."
-                )
-                return
-            eta = f", about {now.eta:.0f} s left" if now.eta is not None and now.active else ""
-            running = f"Grid search: {now.done} of {now.total or '…'} settings{eta}"
-            st.progress(now.fraction, text=common.job_label(now.state, running))
-            if now.best_mean_iou is not None:
-                st.caption(f"Best so far: mean IoU {now.best_mean_iou:.3f} on the painted pixels with {now.best}")
-            if now.state == "failed":
-                st.error(f"The grid search failed: {now.message}")
-            elif now.message:
-                st.caption(now.message)
-            if now.active:
-                if st.button("Cancel the grid search", key="cancel_crf", disabled=bool(ws.readonly)):
-                    crf_job.request_crf_cancel(ws)
-                    st.toast("Cancelling: the best parameters so far are kept.")
-            elif searching:  # it just ended: rerun so the form shows the parameters found
-                st.rerun(scope="app")
-
-        search_panel()
+        job_panel(
+            ws,
+            crf_job.CRF_SEARCH,
+            _doing,
+            failed="The grid search failed",
+            cancel=("Cancel the grid search", "cancel_crf", "Cancelling: the best parameters so far are kept."),
+            idle=lambda: st.caption(
+                f"The grid search tries {TRIALS} settings on windows around the painted (not held-out) "
+                "labels, in the background: you may leave the page."
+            ),
+            details=_best_so_far,
+        )  # when it ends, the page reruns and the form shows the parameters found
         st.caption(f"In use: {in_use}")
+
+
+def _doing(now: crf_job.CRFSearchStatus) -> str:
+    eta = f", about {now.eta:.0f} s left" if now.eta is not None and now.active else ""
+    return f"Grid search: {now.done} of {now.total or '…'} settings{eta}"
+
+
+def _best_so_far(now: crf_job.CRFSearchStatus) -> None:
+    if now.best_mean_iou is not None:
+        st.caption(f"Best so far: mean IoU {now.best_mean_iou:.3f} on the painted pixels with {now.best}")

@@ -12,9 +12,12 @@ import streamlit as st
 
 from refiner.app import reference, results
 from refiner.app.workspace import Workspace
+from refiner.core.classes import IGNORE
+from refiner.data.masks import counts_by_class
 from webapp import common
 
 UNLABELLED = "unlabelled (not scored)"
+MEAN_NOTE = "Every mean IoU is over the classes these labels have (named in its column), the same for every map."
 
 
 def reference_panel(ws: Workspace, key: str) -> None:
@@ -50,7 +53,8 @@ def reference_panel(ws: Workspace, key: str) -> None:
         with common.guard("reading the mask"):
             raw, georef = reference.read_mask(up.getvalue(), up.name)
             counts = reference.mask_values(raw)
-        proposal = reference.propose_mapping(list(counts), ws.classes)
+        guide = ws.coarse_probs().argmax(0).astype(np.uint8) if ws.has_coarse() else None
+        proposal = reference.propose_mapping(list(counts), ws.classes, name=up.name, raw=raw, guide=guide)
         names = [*ws.classes.names, UNLABELLED]
         st.caption("Which class is each value of the mask? (proposed from the classes' mask values)")
         mapping: dict[int, int | None] = {}
@@ -61,6 +65,8 @@ def reference_panel(ws: Workspace, key: str) -> None:
                 f"value {v} ({n:,} px)", names, index=len(names) - 1 if guess is None else guess, key=f"{key}_ref_v{v}"
             )
             mapping[v] = None if choice == UNLABELLED else names.index(choice)
+        as_codes = {v: IGNORE if c is None else c for v, c in mapping.items()}
+        st.caption(f"With this mapping the mask is {counts_by_class(counts, as_codes, ws.classes)}.")
         if st.button("Attach as the reference", key=f"{key}_ref_attach", type="primary"):
             with common.guard("attaching the reference"):
                 reference.attach_mask(ws, raw, georef, mapping, up.name)
@@ -77,6 +83,8 @@ def score_tables(ws: Workspace, maps: dict[str, np.ndarray]) -> None:
     for col, ev in zip(cols, sets, strict=True):
         with col:
             st.markdown(f"**{ev.title}**")
-            st.table(pd.DataFrame(results.score_table(maps, ev.labels, ws.classes.names)).set_index("method"))
-            st.caption(f"On {ev.pixels:,} pixels: {ev.description}.")
+            rows = results.score_table(maps, ev.labels, ws.classes.names, one_vs_rest=ev.one_vs_rest)
+            table = pd.DataFrame(rows).set_index("method")
+            st.table(table.rename(columns=lambda c: common.plain(c) if "IoU" in c else c))  # class names: user text
+            st.caption(f"On {ev.pixels:,} pixels: {ev.description}. {MEAN_NOTE}")
 

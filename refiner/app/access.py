@@ -35,12 +35,13 @@ def private_hosts_allowed() -> bool:
     return os.environ.get(PRIVATE_ENV, "").strip().lower() in {"1", "true", "yes"}
 
 
-def _refuse_path() -> ValueError:
+def _refuse_path(can_upload: bool = True) -> ValueError:
     roots = data_roots()
+    upload = ", or upload the file" if can_upload else ""  # the scene form has no uploader to point at
     where = (
         "a file under the server's data folders (" + ", ".join(str(r) for r in roots) + ")"
         if roots
-        else "an http(s) URL, or upload the file (the operator allows no server paths here)"
+        else f"an http(s) URL{upload} (the operator allows no server paths here)"
     )
     return ValueError(f"this location cannot be read from the browser — give {where}")
 
@@ -66,25 +67,26 @@ def check_url(url: str) -> str:
     return url
 
 
-def check_source(text: str, extra_roots: tuple[Path, ...] = ()) -> str:
+def check_source(text: str, extra_roots: tuple[Path, ...] = (), *, can_upload: bool = True) -> str:
     """A source typed in the browser, made safe to hand to GDAL, or a ``ValueError`` saying why not.
 
     URLs must pass :func:`check_url`; local paths must lie (after resolving links and ``..``)
     under a data root (or one of ``extra_roots``, e.g. the shipped assets); GDAL virtual paths
     (``/vsicurl/``, ``/vsizip/``...) are always refused: they reach files or hosts behind these checks.
+    ``can_upload``: whether the page beside the field has an uploader the refusal may suggest.
     """
     text = text.strip()
     if not text:
         raise ValueError("no location given — type a URL or a path under the server's data folders")
     if text.lower().startswith("vsi") or "/vsi" in text.lower():
-        raise _refuse_path()
+        raise _refuse_path(can_upload)
     if "://" in text:
         return check_url(text)
     p = Path(text).expanduser()
     if not p.is_absolute():
-        raise _refuse_path()
+        raise _refuse_path(can_upload)
     resolved = p.resolve()
     for root in [*data_roots(), *(r.resolve() for r in extra_roots)]:
         if resolved == root or root in resolved.parents:
             return str(resolved)
-    raise _refuse_path()
+    raise _refuse_path(can_upload)

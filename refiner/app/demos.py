@@ -108,10 +108,10 @@ def unavailable(name: str) -> str:
 def create_real_demo(root: str | Path, name: str = "real-roads", *, overwrite: bool = False) -> Workspace:
     """Build the real demo workspace ``name`` from the shared data: tile window, labels, coarse map.
 
-    The coarse probabilities come from the shipped coarse CNN that fits (:mod:`refiner.models.pretrained`);
+    The coarse probabilities come from the shipped coarse CNN that fits (:mod:`refiner.app.pretrained`);
     when none is installed, the workspace is made without them and the start page says why.
     """
-    from refiner.models.pretrained import coarse_into_workspace
+    from refiner.app.pretrained import coarse_into_workspace
 
     if name not in REAL_DEMOS:
         raise ValueError(f"there is no real demo called {name!r}: pick one of {', '.join(REAL_DEMOS)}")

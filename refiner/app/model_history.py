@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from refiner.app.workspace import Workspace
-from refiner.core.atomic import atomic_dir, atomic_write_json, file_lock, read_json
+from refiner.core.atomic import atomic_dir, atomic_write_json, file_lock, from_known_fields, read_json
 
 ENTRY = "entry.json"
 WEIGHTS = "model.safetensors"
@@ -48,11 +48,29 @@ class Entry:
     iterations: int = 0
     weights_hash: str = ""
 
+    def kept_weights(self) -> str:
+        """Which step's weights this RNN has, in words for the Train page (empty when not known).
+
+        It said "the weights of step 1300 ..., not those of its last step (1300)" when the best
+        evaluation was the last one.
+        """
+        if self.best_step is None:
+            return ""
+        score = f"mean IoU {self.held_out_mean_iou:.3f}" if self.held_out_mean_iou is not None else "its best score"
+        if self.last_step is None or self.best_step == self.last_step:
+            return (
+                f"has the weights of step {self.best_step}, the last of its run, which was also its best "
+                f"evaluation on the held-out pixels ({score})"
+            )
+        return (
+            f"has the weights of step {self.best_step} of its run, its best evaluation on the held-out "
+            f"pixels ({score}), not those of its last step ({self.last_step}): each run keeps its best checkpoint"
+        )
+
     @classmethod
     def from_dict(cls, d: dict) -> Entry:
         """An entry from the history's JSON, ignoring keys this version does not know."""
-        known = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return from_known_fields(cls, d)
 
 
 def _dir(ws: Workspace) -> Path:

@@ -7,7 +7,7 @@ IoU 0.77 on painted blocks, 0.46 against the reference over the tile.
 
 A mask file's pixel values go through an explicit value -> class mapping (:func:`propose_mapping`
 reads the values present and suggests one; ``None`` = unlabelled, only when chosen). The mask is
-stored as ``reference.tif`` on the tile's grid (class mask values, 255 = unlabelled) with its
+stored as ``reference.tif`` on the tile's grid (class mask values, nodata = unlabelled) with its
 origin in the workspace settings under ``reference``.
 """
 
@@ -18,14 +18,14 @@ from collections.abc import Mapping
 
 import numpy as np
 from rasterio.errors import RasterioError
-from rasterio.io import MemoryFile
 
-from refiner.app.uploads import sniff_image
+from refiner.app.uploads import short_error, sniff_image, staged_upload
 from refiner.app.workspace import Workspace
 from refiner.core.classes import IGNORE, ClassSpec, check_compatible
+from refiner.data.masks import foreground_guess
+from refiner.data.read import read_mask_band
 from refiner.data.resample import labels_to_grid, resample
-from refiner.data.tile import Georef
-from refiner.data.write import write_raster
+from refiner.data.tile import Georef, RasterError
 
 REFERENCE = "reference.tif"
 #: More distinct values than this: not a class mask (a photo or a probability map).
@@ -43,17 +43,35 @@ def mask_values(raw: np.ndarray) -> dict[int, int]:
     return {int(v): int(c) for v, c in zip(values, counts, strict=True)}
 
 
-def propose_mapping(values: list[int], classes: ClassSpec) -> dict[int, int | None]:
+def propose_mapping(
+    values: list[int],
+    classes: ClassSpec,
+    *,
+    name: str = "",
+    raw: np.ndarray | None = None,
+    guide: np.ndarray | None = None,
+) -> dict[int, int | None]:
     """A value -> class index (None = unlabelled) suggestion for the values found in a mask.
 
-    A value equal to a class's mask value maps to that class; the rest go, in increasing order,
-    to the classes not taken yet (Inria's 0 / 255 on background / building gives background,
-    building); values beyond the classes are unlabelled. 255 stays a value like any other.
+    A value equal to a class's mask value maps to that class; of the others, a binary mask's low
+    value is background, and a single remaining value is the class the file ``name`` names, else
+    the class the ``guide`` map (the workspace's coarse map, on ``raw``'s grid) has most on its
+    pixels (:func:`refiner.data.masks.foreground_guess`): a 0/255 road mask on background/
+    building/road is background/road, where 255 used to be proposed as building. Several others
+    go, in increasing order, to the classes not taken yet; values beyond the classes are
+    unlabelled. 255 stays a value like any other.
     """
     lookup = {v: i for i, v in enumerate(classes.values)}
     out: dict[int, int | None] = {v: lookup[v] for v in values if v in lookup}
+    rest = sorted(v for v in values if v not in out)
+    if len(rest) == 2 and not out:  # a binary mask: low = background
+        out[rest.pop(0)] = 0
     free = [i for i in range(len(classes)) if i not in out.values()]
-    for v in sorted(v for v in values if v not in out):
+    if len(rest) == 1 and free:
+        fg = [i for i in free if i != 0] or free
+        out.update(foreground_guess(rest, fg, classes, name, raw, guide))
+        return dict(sorted(out.items()))
+    for v in rest:
         out[v] = free.pop(0) if free else None
     return dict(sorted(out.items()))
 
@@ -76,12 +94,13 @@ def read_mask(data: bytes, name: str) -> tuple[np.ndarray, Georef | None]:
     if not name.lower().endswith((".tif", ".tiff", ".png")):
         raise ValueError(f"{name}: upload a reference mask as GeoTIFF or PNG (one band of class values)")
     sniff_image(data, name)
-    try:
-        with MemoryFile(data) as mem, mem.open() as ds:
-            raw = ds.read(1)
-            georef = Georef(ds.crs, ds.transform) if ds.crs is not None else None
-    except (RasterioError, OSError) as exc:
-        raise ValueError(f"{name} could not be read as a mask: {exc}") from exc
+    with staged_upload(data, name) as tmp:
+        try:  # the one checked opener: the declared size is refused before any pixel is read
+            raw, _, georef = read_mask_band(tmp, name=name)
+        except RasterError as exc:
+            raise ValueError(str(exc).replace(str(tmp), name).replace(tmp.name, name)) from exc
+        except (RasterioError, OSError) as exc:
+            raise ValueError(f"{name} could not be read as a mask: {short_error(exc)}") from exc
     if raw.dtype.kind not in "ui":
         raise ValueError(f"{name} has {raw.dtype} pixels: a class mask has integer values")
     mask_values(raw)  # a photo or a probability map is refused here, with what to upload instead
@@ -144,7 +163,7 @@ def attach_workspace(ws: Workspace, other: Workspace) -> np.ndarray:
 
 
 def _save(ws: Workspace, labels: np.ndarray, origin: dict) -> None:
-    write_raster(ws.path / REFERENCE, ws.classes.decode(labels), ws.georef, nodata=IGNORE)
+    ws.write_mask(REFERENCE, labels)
     ws.update_settings(reference={**origin, "attached": time.time()})
 
 

@@ -37,6 +37,28 @@ def refinement(ws: Workspace) -> list[np.ndarray]:
     return out.probs
 
 
+def shipped_refinement(ws: Workspace) -> tuple[list[np.ndarray], str] | None:
+    """Before any fine-tune: the shipped RNN's probabilities at t = 0..T and its name, or None if none fits.
+
+    The pretrained RNN that the Train page would fine-tune (derived for the workspace's classes,
+    :func:`refiner.models.pretrained.rnn_for`), so Compare shows a refinement on a fresh workspace
+    instead of nothing. Cached per model and coarse map.
+    """
+    from refiner.models.inference import refine
+    from refiner.models.pretrained import pick_rnn, rnn_for
+
+    pick = pick_rnn(ws.classes, (ws.settings.get("source") or {}).get("resolution"))
+    if pick.model is None:
+        return None
+    stamp = f"{pick.model.name}:{(pick.model.folder / 'model.safetensors').stat().st_mtime_ns}:{ws.probs_stamp()}"
+    cached = ws.load_result("shipped_refinement", stamp)
+    if cached is not None:
+        return [p.astype(np.float32) for p in cached["probs"]], pick.model.name
+    out = refine(rnn_for(pick.model, ws.classes), ws.tile(), ws.coarse_probs(), keep_all=True)
+    ws.save_result("shipped_refinement", stamp, probs=np.stack(out.probs).astype(np.float16))
+    return out.probs, pick.model.name
+
+
 def preset_refinement(ws: Workspace, name: str, **params: float) -> list[np.ndarray]:
     """A hand-set PDE preset's probabilities at t = 0..T (:mod:`refiner.models.presets`).
 
@@ -118,6 +140,8 @@ class EvalLabels:
     labels: np.ndarray
     description: str
     title: str = "Held-out painted regions"
+    #: Score the one class these labels have against the rest (a reference mask of one class).
+    one_vs_rest: bool = False
 
     @property
     def pixels(self) -> int:
@@ -149,6 +173,12 @@ def reference_eval(ws: Workspace) -> EvalLabels | None:
     if ref is None or not (ref != IGNORE).any():
         return None
     what = f"the reference, {reference.describe(ws)}, over the whole tile (never trained on)"
+    names = ws.classes.names
+    has = sorted(set(np.unique(ref[ref != IGNORE]).tolist()) - {0})
+    if len(has) == 1 and len(names) > 2:  # a one-class mask: its background is "everything else"
+        one, rest = names[has[0]], ", ".join(n for i, n in enumerate(names) if i not in (0, has[0]))
+        what += f"; it labels only {one}, so {one} is scored against the rest ({rest} count as {names[0]})"
+        return EvalLabels(ref, what, "Reference mask", one_vs_rest=True)
     return EvalLabels(ref, what, "Reference mask")
 
 
@@ -157,13 +187,31 @@ def score_sets(ws: Workspace) -> list[EvalLabels]:
     return [e for e in (eval_labels(ws), reference_eval(ws)) if e is not None]
 
 
-def score_table(maps: dict[str, np.ndarray], truth: np.ndarray, names: tuple[str, ...] | list[str]) -> list[dict]:
-    """One row per class map: overall accuracy, mean IoU and IoU per class against ``truth``."""
+#: The IoU cell of a class the labels do not have (no IoU, in no mean).
+NOT_LABELLED = "– (not labelled)"
+
+
+def mean_label(names: tuple[str, ...] | list[str], in_mean: tuple[int, ...]) -> str:
+    """``mean IoU (background, road)``: a mean's column says which classes it covers."""
+    return f"mean IoU ({', '.join(names[i] for i in in_mean)})"
+
+
+def score_table(
+    maps: dict[str, np.ndarray], truth: np.ndarray, names: tuple[str, ...] | list[str], *, one_vs_rest: bool = False
+) -> list[dict]:
+    """One row per class map: overall accuracy, mean IoU and IoU per class against ``truth``.
+
+    Every row's mean is over the same classes, those ``truth`` labels, and its column names them;
+    a class it does not label has no IoU (:data:`NOT_LABELLED`). ``one_vs_rest``: see
+    :func:`refiner.core.metrics.evaluate`.
+    """
     rows = []
     for name, m in maps.items():
-        s = evaluate(m, truth, len(names))
-        row = {"method": name, "overall accuracy": round(s.overall_accuracy, 4), "mean IoU": round(s.mean_iou, 4)}
-        row.update({f"IoU {n}": round(v, 4) for n, v in zip(names, s.iou, strict=True)})
+        s = evaluate(m, truth, len(names), one_vs_rest=one_vs_rest)
+        row: dict = {"method": name, "overall accuracy": round(s.overall_accuracy, 4)}
+        row[mean_label(names, s.in_mean)] = round(s.mean_iou, 4)
+        for n, v in zip(names, s.iou, strict=True):
+            row[f"IoU {n}"] = NOT_LABELLED if np.isnan(v) else round(v, 4)
         rows.append(row)
     return rows
 
@@ -177,10 +225,10 @@ def training_labels(ws: Workspace) -> np.ndarray:
     return labels
 
 
-def iteration_scores(probs: list[np.ndarray], truth: np.ndarray) -> list[Scores]:
+def iteration_scores(probs: list[np.ndarray], truth: np.ndarray, *, one_vs_rest: bool = False) -> list[Scores]:
     """Scores against ``truth`` of the class map after each iteration (the Iterations page's curve)."""
     k = probs[0].shape[0]
-    return [evaluate(p.argmax(0).astype(np.uint8), truth, k) for p in probs]
+    return [evaluate(p.argmax(0).astype(np.uint8), truth, k, one_vs_rest=one_vs_rest) for p in probs]
 
 
 def search_crf(

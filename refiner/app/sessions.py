@@ -19,7 +19,10 @@ a new link of the same kind revokes the old one.
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import hashlib
+import hmac
 import os
 import re
 import secrets
@@ -62,6 +65,70 @@ def valid_token(token: object) -> bool:
 def digest(text: str) -> str:
     """SHA-256 hex of ``text``: what is stored of tokens and owner keys, never the text itself."""
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+#: The server's signing secret for session keys: ``$REFINER_SESSION_SECRET``, else a random one
+#: kept in ``<root>/.session_secret`` (made on first use, readable by the server's user only).
+SECRET_ENV, SECRET_FILE = "REFINER_SESSION_SECRET", ".session_secret"
+_SIG_CHARS = 22  # 16 bytes of HMAC-SHA256, URL-safe base64 without padding
+_SECRETS: dict[str, bytes] = {}
+
+
+def server_secret(root: str | Path | None = None) -> bytes:
+    """The key session tokens are signed with (``$REFINER_SESSION_SECRET``, else ``<root>/.session_secret``)."""
+    env = os.environ.get(SECRET_ENV, "").strip()
+    if env:
+        return env.encode()
+    if root is None:
+        raise ValueError(f"no session secret: set {SECRET_ENV} or give the workspaces root")
+    path = Path(root) / SECRET_FILE
+    if str(path) in _SECRETS:
+        return _SECRETS[str(path)]
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".session_secret.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(secrets.token_bytes(32))
+                f.flush()
+                os.fsync(f.fileno())
+            with contextlib.suppress(FileExistsError):  # a secret another process made first wins
+                os.link(tmp, path)  # whole or not at all
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    secret = path.read_bytes()
+    if len(secret) < 16:
+        raise ValueError(f"the server's session secret is damaged: the operator must delete {SECRET_FILE} and restart")
+    _SECRETS[str(path)] = secret
+    return secret
+
+
+def _signature(body: str, secret: bytes) -> str:
+    mac = hmac.new(secret, b"refiner-session:" + body.encode(), hashlib.sha256).digest()[:16]
+    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+
+def sign_session(body: str, root: str | Path | None = None) -> str:
+    """``body`` (random text) with the server's signature: a session key this server will accept."""
+    return body + _signature(body, server_secret(root))
+
+
+def issue_session(root: str | Path | None = None) -> str:
+    """A new session key, made by the server: 192 random bits and their signature (54 characters).
+
+    A client cannot invent one: a ``?session=`` the server did not sign is refused, so two people
+    picking the same string do not share workspaces and a crafted link cannot put a victim into a
+    session the attacker knows (session fixation).
+    """
+    return sign_session(new_token(), root)
+
+
+def session_known(token: object, root: str | Path | None = None) -> bool:
+    """Whether ``token`` is a session key this server issued (its signature checks out)."""
+    if not valid_token(token) or len(str(token)) < 22 + _SIG_CHARS:
+        return False
+    body, sig = str(token)[:-_SIG_CHARS], str(token)[-_SIG_CHARS:]
+    return hmac.compare_digest(sig, _signature(body, server_secret(root)))
 
 
 def browser_key(token: str) -> str:

@@ -19,6 +19,9 @@ from refiner.data.tile import RasterError, Tile
 
 #: Largest tile the app loads whole (pixels): beyond this, read a window of the raster.
 MAX_PIXELS = 4096 * 4096
+#: Smallest tile side the app works on: a 1 x 1 image was accepted and stopped the Label page
+#: ("y1 must be greater than or equal to y0"); the window fields start at 16 too.
+MIN_SIDE = 16
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 _MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+", b"\x89PNG", b"\xff\xd8\xff")
 
@@ -51,6 +54,31 @@ def staged_upload(data: bytes, name: str) -> Iterator[Path]:
         Path(tmp).unlink(missing_ok=True)
 
 
+MODEL_FILES = {"config.json", "model.safetensors"}
+
+
+@contextlib.contextmanager
+def staged_model(files: dict[str, bytes], expect: str) -> Iterator[Path]:
+    """Uploaded model files as a checked model folder (removed afterwards).
+
+    Messages name the uploaded files, never the server's temporary folder (they said
+    ``/tmp/tmpXXXX/model.safetensors``).
+    """
+    from refiner.models.store import load_model
+
+    if set(files) != MODEL_FILES:
+        raise ValueError("upload exactly two files: config.json and model.safetensors (a model folder)")
+    with tempfile.TemporaryDirectory() as d:
+        for name, data in files.items():
+            (Path(d) / name).write_bytes(data)
+        try:
+            load_model(d, expect=expect)
+        except Exception as exc:  # noqa: BLE001 - any failure to load an upload is the upload's fault
+            why = short_error(exc).replace(f"{d}/", "").replace(d, "the uploaded model")
+            raise ValueError(f"the uploaded model could not be used: {why}") from exc
+        yield Path(d)
+
+
 def load_tile(source: str | Path, *, window: tuple[int, int, int, int] | None = None, name: str = "") -> Tile:
     """Read imagery for a workspace with app-friendly errors.
 
@@ -70,6 +98,11 @@ def load_tile(source: str | Path, *, window: tuple[int, int, int, int] | None = 
                 f"the window (row {r}, col {c}, {h}x{w}) does not fit in {label}, "
                 f"which is {info['height']}x{info['width']} pixels"
             )
+    if h < MIN_SIDE or w < MIN_SIDE:
+        raise ValueError(
+            f"{label} is {h}x{w} pixels, smaller than the {MIN_SIDE}x{MIN_SIDE} pixels the app works on — "
+            "upload a larger image, or read a larger window of it"
+        )
     if h * w > MAX_PIXELS:
         raise ValueError(
             f"{label} is {info['height']}x{info['width']} pixels; the app works on tiles up to "

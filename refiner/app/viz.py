@@ -203,7 +203,20 @@ def filter_response(
 
 
 def _layout(fig: go.Figure, title: str, height: int = 320) -> go.Figure:
-    fig.update_layout(title=title, height=height, margin={"l": 40, "r": 10, "t": 40, "b": 40}, template="plotly_white")
+    """Title, size, margins and template; a title's parenthesised part goes on a smaller second line.
+
+    The chart toolbar (plotly's modebar) sits at the top right: a one-line title as long as
+    "Scores along the iterations (held-out painted regions)" ran under it in a half-width column.
+    The top margin leaves both lines room above the plot.
+    """
+    head, _, rest = title.partition(" (")
+    text = f"{head}<br><sup>{rest.rstrip(')')}</sup>" if rest else title
+    fig.update_layout(
+        title={"text": text, "x": 0.01, "xanchor": "left", "y": 0.98, "yanchor": "top"},
+        height=height + (20 if rest else 0),
+        margin={"l": 40, "r": 10, "t": 70 if rest else 45, "b": 40},
+        template="plotly_white",
+    )
     return fig
 
 

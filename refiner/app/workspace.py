@@ -7,7 +7,7 @@ refresh or a server restart finds them again. Layout::
     <root>/<name>/
         workspace.json        settings: classes, where the tile came from, CRF parameters, ...
         tile.tif              the image (uint8 or float32 RGB, with the source's georeferencing)
-        labels.tif            painted labels on the tile's grid, mask values, 255 = unlabelled
+        labels.tif            painted labels on the tile's grid, mask values, nodata = unlabelled
         coarse_probs.tif      coarse class probabilities (K bands)
         models/coarse/        the coarse CNN (when the probabilities come from one)
         models/rnn/           the current refinement RNN
@@ -43,8 +43,8 @@ from refiner.app.uploads import IMAGE_SUFFIXES, check_pixel_size, short_error, s
 from refiner.core import paths
 from refiner.core.atomic import atomic_dir, atomic_file, atomic_write_json, file_lock, read_json
 from refiner.core.classes import IGNORE, ClassSpec, check_compatible
-from refiner.data.read import PREDICT_ON_IT, check_same_place, read_image, read_labels, read_probs
-from refiner.data.tile import Georef, RasterError, Tile
+from refiner.data.read import PREDICT_ON_IT, check_same_place, raster_info, read_image, read_labels, read_probs
+from refiner.data.tile import Georef, RasterError, Tile, local_grid
 from refiner.data.write import write_probs, write_raster
 
 SETTINGS = "workspace.json"
@@ -231,6 +231,18 @@ class Workspace:
                 return None
             return Georef(ds.crs, ds.transform)
 
+    def export_georef(self) -> Georef | None:
+        """The grid exported files lie on: the tile's georeferencing, else a local metric grid, else None.
+
+        The local grid (:func:`refiner.data.tile.local_grid`) is for a picture with a stated pixel
+        size; None leaves a picture without one in pixel coordinates.
+        """
+        georef = self.georef
+        src = self.settings.get("source") or {}
+        if georef is None and src.get("resolution"):
+            return local_grid(float(src["resolution"]), self.shape[0])
+        return georef
+
     # ----------------------------------------------------------------- labels
     def read_mask(self, file: str) -> np.ndarray | None:
         """A mask file of this workspace (mask values on disk) as class indices, or None if absent."""
@@ -240,6 +252,11 @@ class Workspace:
         with rasterio.open(p) as ds:
             raw = ds.read(1)
         return self.classes.encode_mask(raw, strict=False)
+
+    def write_mask(self, file: str, labels: np.ndarray) -> None:
+        """Class indices (IGNORE = unlabelled) saved as a mask file here (read back by :meth:`read_mask`)."""
+        classes = self.classes
+        write_raster(self.path / file, classes.decode(labels), self.georef, nodata=classes.unlabelled_value)
 
     def labels(self) -> np.ndarray:
         """Painted labels as class indices (H, W) uint8, 255 = unlabelled."""
@@ -263,7 +280,7 @@ class Workspace:
     def _write_labels(self, labels: np.ndarray, undo: bool) -> None:
         if undo and (self.path / LABELS).is_file():
             self._push_undo(self.labels())
-        write_raster(self.path / LABELS, self.classes.decode(labels), self.georef, nodata=IGNORE)
+        self.write_mask(LABELS, labels)
 
     def edit_labels(self, edit: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
         """Apply ``edit`` to the labels as they are on disk now, under the workspace lock.
@@ -347,7 +364,7 @@ class Workspace:
     def write_holdout(self, labels: np.ndarray) -> None:
         """Save the labels a training run held back, on the tile's grid: what the pages score on."""
         self.check_writable()
-        write_raster(self.path / HOLDOUT, self.classes.decode(labels), self.georef, nodata=IGNORE)
+        self.write_mask(HOLDOUT, labels)
 
     # ----------------------------------------------------------------- coarse probabilities
     def has_coarse(self) -> bool:
@@ -383,6 +400,12 @@ class Workspace:
         sniff_image(data, name)
         with staged_upload(data, name) as tmp:
             try:
+                info = raster_info(tmp)  # the header: probabilities of another size are never read
+                if (info["height"], info["width"]) != self.shape:
+                    raise ValueError(
+                        f"{name} is {info['bands']} bands of {info['height']}x{info['width']} pixels but the tile is "
+                        f"{self.shape[0]}x{self.shape[1]} — {PREDICT_ON_IT}"
+                    )
                 probs, classes, georef = read_probs(tmp, check_sums=True)
                 check_same_place(georef, self.georef, f"the probability map {name}", "the tile", PREDICT_ON_IT)
             except RasterError as exc:

@@ -12,18 +12,34 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
+from refiner.core.atomic import from_known_fields, unknown_keys
 from refiner.core.classes import IGNORE
 from refiner.core.metrics import Scores, confusion_matrix, scores_from_confusion
 
 
 @dataclass(frozen=True)
 class CRFParams:
-    """Dense CRF kernel parameters (pixel units at the working resolution)."""
+    """Dense CRF kernel parameters (pixel units at the working resolution).
+
+    Attributes:
+        gaussian_sxy: the smoothness kernel's spatial scale (pixels).
+        gaussian_compat: the smoothness kernel's weight.
+        bilateral_sxy: the appearance kernel's spatial scale (pixels).
+        bilateral_srgb: the appearance kernel's colour scale (0-255 units).
+        bilateral_compat: the appearance kernel's weight.
+        iterations: mean-field iterations.
+
+    Example:
+        ```python
+        params = refiner.CRFParams(bilateral_sxy=40.0, bilateral_srgb=6.0)
+        crf_probs = refiner.dense_crf(tile.image, probs, params)
+        ```
+    """
 
     gaussian_sxy: float = 3.0
     gaussian_compat: float = 3.0
@@ -38,12 +54,50 @@ class CRFParams:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CRFParams:
-        """Parameters from JSON, refusing unknown names (a typo would otherwise silently keep a default)."""
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown CRF parameter(s) {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
-        return cls(**d)
+        """Parameters from JSON (a workspace's settings), ignoring names this version does not know.
 
+        What a person wrote is read with :meth:`parse`, which refuses unknown names.
+        """
+        return from_known_fields(cls, d)
+
+    @classmethod
+    def parse(cls, d: dict[str, Any]) -> CRFParams:
+        """Parameters a person wrote (``refiner crf --params``), refusing unknown names.
+
+        Raises:
+            ValueError: a name is no CRF parameter (a typo would otherwise silently keep a default).
+        """
+        unknown = unknown_keys(cls, d)
+        if unknown:
+            known = sorted(f.name for f in fields(cls))
+            raise ValueError(f"unknown CRF parameter(s) {unknown}; known: {known}")
+        out: dict[str, Any] = {}
+        for key, value in d.items():
+            whole = key == "iterations"
+            if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
+                kind = "a whole number" if whole else "a number"
+                raise ValueError(f"CRF parameter {key} is {value!r}, not {kind} — give e.g. {key}: {_DEFAULTS[key]}")
+            low, high = _RANGES[key]
+            if not (low <= value <= high if whole else low < value <= high):
+                raise ValueError(
+                    f"CRF parameter {key} is {value}, out of range — give a value "
+                    + (f"from {low} to {high}" if whole else f"above {low:g} and at most {high:g}")
+                    + f", e.g. {_DEFAULTS[key]}"
+                )
+            out[key] = int(value) if whole else float(value)
+        return cls(**out)
+
+
+_DEFAULTS = {f: CRFParams.__dataclass_fields__[f].default for f in CRFParams.__dataclass_fields__}
+#: Accepted ranges: lengths and weights above 0 (a negative sxy was accepted), mean-field iterations 1-100.
+_RANGES: dict[str, tuple[float, float]] = {
+    "gaussian_sxy": (0.0, 1e4),
+    "gaussian_compat": (0.0, 1e4),
+    "bilateral_sxy": (0.0, 1e4),
+    "bilateral_srgb": (0.0, 1e4),
+    "bilateral_compat": (0.0, 1e4),
+    "iterations": (1, 100),
+}
 
 #: The search space: bilateral range/colour scale and weight (DeepLab searched the same three).
 DEFAULT_GRID: dict[str, tuple[float, ...]] = {
@@ -60,7 +114,27 @@ def _to_rgb_uint8(image: np.ndarray) -> np.ndarray:
 
 
 def dense_crf(image: np.ndarray, probs: np.ndarray, params: CRFParams = CRFParams()) -> np.ndarray:
-    """Refine ``probs`` (K, H, W) with a dense CRF on ``image`` (C, H, W in [0, 1]) -> (K, H, W)."""
+    """Refine ``probs`` (K, H, W) with a dense CRF on ``image`` (C, H, W in [0, 1]) -> (K, H, W).
+
+    The fully connected CRF of Kraehenbuehl and Koltun (pydensecrf): a Gaussian smoothness kernel
+    and a bilateral appearance kernel, mean-field inference; the baseline the RNN is compared with.
+
+    Args:
+        image: the tile (C, H, W) in [0, 1] (its first three bands are the colours).
+        probs: the probabilities (K, H, W) to refine (the unary term).
+        params: the kernels' parameters and the iterations.
+
+    Returns:
+        The CRF's probabilities float32 (K, H, W).
+
+    Raises:
+        ValueError: the image and the probabilities differ in size.
+
+    Example:
+        ```python
+        crf_map = refiner.dense_crf(tile.image, probs, refiner.CRFParams()).argmax(0)
+        ```
+    """
     import pydensecrf.densecrf as dcrf
     from pydensecrf.utils import unary_from_softmax
 
@@ -155,14 +229,34 @@ def grid_search(
     """Try every combination in ``grid`` and keep the best mean IoU on the labelled pixels.
 
     The CRF runs on windows around the labelled pixels (:func:`label_windows`, padded by twice
-    the largest spatial kernel), not on the whole tile: that is all it is scored on. After each
-    trial ``best_so_far`` gets the best parameters and scores yet, then ``progress`` gets (done,
-    total); ``should_stop`` ends the search early (the best so far is returned, ``complete=False``).
+    the largest spatial kernel), not on the whole tile: that is all it is scored on.
+
+    Args:
+        image: the tile (C, H, W) in [0, 1].
+        probs: the probabilities (K, H, W) to refine.
+        labels: the labelled pixels (H, W) class indices, 255 elsewhere.
+        grid: values to try per :class:`CRFParams` field (default: ``DEFAULT_GRID``).
+        base: the parameters the grid's values replace.
+        progress: called after each trial with (done, total).
+        best_so_far: called after each trial with the best parameters and scores yet.
+        should_stop: polled between trials; True ends the search (the best so far is returned,
+            ``complete=False``).
+
+    Returns:
+        The best parameters and their scores, every trial, where the CRF ran (``GridSearchResult``).
+
+    Raises:
+        ValueError: a grid key is no CRF parameter, or no pixel is labelled.
+
+    Example:
+        ```python
+        found = refiner.grid_search(tile.image, probs, labels, {"bilateral_sxy": (10.0, 40.0)})
+        crf_probs = refiner.dense_crf(tile.image, probs, found.best)
+        ```
     """
     grid = {k: tuple(v) for k, v in (grid or DEFAULT_GRID).items()}
-    for key in grid:
-        if key not in CRFParams.__dataclass_fields__:
-            raise ValueError(f"unknown CRF parameter {key!r} in the grid")
+    if unknown := unknown_keys(CRFParams, grid):
+        raise ValueError(f"unknown CRF parameter {unknown[0]!r} in the grid")
     pad = int(max([base.bilateral_sxy, *grid.get("bilateral_sxy", ())]) * 2)
     windows = label_windows(labels, pad)
     keys = list(grid)

@@ -12,17 +12,23 @@ file away.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import glob
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+    D = TypeVar("D", bound=DataclassInstance)
 
 
 def _fsync_path(path: Path) -> None:
@@ -195,3 +201,22 @@ def read_json(path: Path, default: Any = None) -> Any:
         return json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return default
+
+
+def unknown_keys(cls: type[DataclassInstance], d: Mapping[str, Any]) -> list[str]:
+    """The keys of ``d`` that are no field of the dataclass ``cls``, sorted."""
+    return sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+
+
+def from_known_fields(cls: type[D], d: Mapping[str, Any]) -> D:
+    """The dataclass ``cls`` from a JSON object, its fields taken from ``d`` and any other key ignored.
+
+    One behaviour for every record Refiner reads back (job status files, the model history, the
+    CRF parameters in a workspace's settings): a key with no field was written by another version
+    (a field added later, or removed since), and refusing it would lock the user out of their own
+    workspace after an upgrade. Where a person types the keys (``refiner crf --params``, an
+    experiment's options), the caller refuses :func:`unknown_keys` first, so a typo is an error
+    there and never a silently kept default.
+    """
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in d.items() if k in names})

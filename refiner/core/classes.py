@@ -23,12 +23,39 @@ _PALETTE = [
 ]
 
 
+#: Colours that go with a class's name, whatever its position: a background/road workspace drew
+#: road in red, the building colour of the 3-class demo, because colours went by index.
+_BY_NAME = {"background": _PALETTE[0], "building": _PALETTE[1], "road": _PALETTE[2]}
+
+
+def default_colors(names: Sequence[str]) -> tuple[tuple[int, int, int], ...]:
+    """A colour per class: its usual one for background, building and road, the palette's next unused otherwise."""
+    known = [_BY_NAME.get(n.strip().lower().removesuffix("s")) for n in names]
+    spare = iter([c for c in _PALETTE if c not in known] + _PALETTE * len(names))
+    return tuple(c if c is not None else next(spare) for c in known)
+
+
 @dataclass(frozen=True)
 class ClassSpec:
     """Class names, the pixel value of each class in mask files, and a display colour each.
 
     Class ``i`` is index ``i`` everywhere inside the engine; ``values[i]`` is only how mask
     files on disk encode it (e.g. roads as 255 in the Massachusetts masks).
+
+    Attributes:
+        names: the class names, at least two, distinct (index ``i`` is class ``i``).
+        values: each class's pixel value in mask files, distinct, in 0..255 (default 0, 1, 2, ...).
+        colors: an RGB colour per class for maps (default: a fixed palette).
+
+    Raises:
+        ValueError: fewer than two names, repeated names or values, or a values or colours list of
+            another length than the names.
+
+    Example:
+        ```python
+        classes = refiner.ClassSpec(("background", "road"), values=(0, 255))
+        labels = refiner.read_labels("roads_mask.png", classes)  # 0 -> 0, 255 -> 1
+        ```
     """
 
     names: tuple[str, ...]
@@ -46,9 +73,9 @@ class ClassSpec:
             raise ValueError(f"{len(names)} classes but {len(values)} label values: give one mask value per class")
         if len(set(values)) != len(values) or any(not 0 <= v <= 255 for v in values):
             raise ValueError(f"label values must be distinct integers in 0..255, got {list(values)}")
-        colors = tuple(tuple(int(c) for c in col) for col in self.colors) or tuple(
-            _PALETTE[i % len(_PALETTE)] for i in range(len(names))
-        )
+        if len(values) >= 256:
+            raise ValueError("at most 255 classes: one pixel value of a mask must be left for 'unlabelled'")
+        colors = tuple(tuple(int(c) for c in col) for col in self.colors) or default_colors(names)
         if len(colors) != len(names):
             raise ValueError(f"{len(names)} classes but {len(colors)} colours")
         object.__setattr__(self, "names", names)
@@ -58,11 +85,24 @@ class ClassSpec:
     def __len__(self) -> int:
         return len(self.names)
 
-    def encode_mask(self, mask: np.ndarray, *, strict: bool = True) -> np.ndarray:
-        """Map mask pixel values to class indices; 255 stays 'unlabelled' unless it is a class value.
+    @property
+    def unlabelled_value(self) -> int:
+        """The pixel value meaning "unlabelled" in the mask files of these classes (their nodata).
 
-        With ``strict``, a pixel value that is neither a class value nor 255 is an error (it
-        usually means the wrong ``values`` were given); otherwise such pixels become unlabelled.
+        255, unless 255 is a class's value (a 0/255 road mask: ``values=(0, 255)``); then the
+        highest value no class uses. Writing unlabelled as 255 there made every unlabelled pixel
+        of a workspace read back as road (2,250,000 px of road on a tile nobody had painted).
+        """
+        if IGNORE not in self.values:
+            return IGNORE
+        return max(set(range(IGNORE)) - set(self.values))
+
+    def encode_mask(self, mask: np.ndarray, *, strict: bool = True) -> np.ndarray:
+        """Map mask pixel values to class indices (IGNORE = unlabelled).
+
+        255 (or :attr:`unlabelled_value` when 255 is a class's value) is unlabelled. With
+        ``strict``, any other value that is no class value is an error (it usually means the
+        wrong ``values`` were given); otherwise such pixels become unlabelled.
         """
         lut = np.full(256, IGNORE, dtype=np.uint8)
         for i, v in enumerate(self.values):
@@ -74,18 +114,18 @@ class ClassSpec:
             mask = mask.astype(np.uint8)
         out: np.ndarray = lut[mask]
         if strict:
-            unknown = (out == IGNORE) & (mask != IGNORE)
+            unknown = (out == IGNORE) & (mask != IGNORE) & (mask != self.unlabelled_value)
             if unknown.any():
                 bad = sorted(int(v) for v in np.unique(mask[unknown])[:8])
                 raise ValueError(
                     f"label mask has pixel values {bad} that are not class values {list(self.values)} "
-                    f"(nor 255 = unlabelled); pass the right --values / label_values"
+                    f"(nor {self.unlabelled_value} = unlabelled); pass the right --values / label_values"
                 )
         return out
 
     def decode(self, index_map: np.ndarray) -> np.ndarray:
-        """Class indices -> mask pixel values (unlabelled stays 255)."""
-        lut = np.full(256, IGNORE, dtype=np.uint8)
+        """Class indices -> mask pixel values (unlabelled becomes :attr:`unlabelled_value`, the files' nodata)."""
+        lut = np.full(256, self.unlabelled_value, dtype=np.uint8)
         for i, v in enumerate(self.values):
             lut[i] = v
         return lut[np.asarray(index_map, dtype=np.uint8)]

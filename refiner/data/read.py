@@ -20,10 +20,11 @@ nodata (255 in class maps).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from rasterio.windows import Window
 
 from refiner.core.classes import IGNORE, ClassSpec
 from refiner.data.tile import Georef, RasterError, Tile
-from refiner.data.vector import VECTOR_SUFFIXES, rasterize_vectors
+from refiner.data.vector import LINE_WIDTH, VECTOR_SUFFIXES, rasterize_vectors
 
 #: Largest raster read whole (pixels), checked against the size a file *declares* before any
 #: pixel is read: a 186-byte TIFF declaring 10^6 x 10^6 px otherwise ran ``predict`` for 59 s to
@@ -51,28 +52,54 @@ def max_read_pixels() -> int:
     return int(raw) if raw.isdigit() and int(raw) > 0 else DEFAULT_MAX_READ_PIXELS
 
 
-def check_declared_size(ds: DatasetReader, win: Window | None, path: str | Path) -> None:
-    """Refuse, before reading, a read larger than :func:`max_read_pixels` (the limit is in the message)."""
+def check_declared_size(
+    ds: DatasetReader, win: Window | None, path: str | Path, limit: int | None = None
+) -> None:
+    """Refuse, before reading, a read larger than ``limit`` (default :func:`max_read_pixels`; it is in the message)."""
     h, w = (int(win.height), int(win.width)) if win is not None else (ds.height, ds.width)
-    limit = max_read_pixels()
+    limit = max_read_pixels() if limit is None else min(limit, max_read_pixels())
     if h * w > limit:
         raise RasterError(
-            f"{Path(str(path)).name} declares {h} x {w} pixels, above the limit of {limit // 2**20} megapixels "
+            f"{Path(str(path)).name} declares {h} x {w} pixels, above the limit of {limit / 2**20:.4g} megapixels "
             "read at once — read a window of it, refine it window by window with `python -m refiner scene`, "
             f"or raise {MAX_READ_PIXELS_ENV}"
         )
 
 
-def _open(path: str | Path) -> DatasetReader:
+def _open(path: str | Path, name: str | None = None) -> DatasetReader:
+    """Open a raster's header (no pixel is read); ``name`` is what messages call it (an upload's name)."""
     path = str(path)
+    label = name or path
     if "://" not in path and not Path(path).exists():
-        raise FileNotFoundError(f"no such file: {path}")
+        raise FileNotFoundError(f"no such file: {label}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             return rasterio.open(path)
     except RasterioIOError as exc:
-        raise RasterError(f"cannot read {path} as a raster (GeoTIFF, PNG or JPEG): {exc}") from exc
+        why = str(exc).splitlines()[0][:200].replace(path, label) if str(exc) else type(exc).__name__
+        raise RasterError(f"cannot read {label} as a raster (GeoTIFF, PNG or JPEG): {why}") from exc
+
+
+@contextlib.contextmanager
+def open_raster(
+    path: str | Path,
+    *,
+    name: str | None = None,
+    window: Sequence[int] | None = None,
+    max_pixels: int | None = None,
+) -> Iterator[DatasetReader]:
+    """The one checked opener for rasters a person hands in (CLI inputs, browser uploads).
+
+    Opens the header and refuses, before any pixel is read, a read (the ``window``, else the whole
+    raster) larger than ``max_pixels`` (capped by :func:`max_read_pixels`): a 300 KB sparse TIFF
+    declaring 100000 x 100000 px otherwise asked numpy for 74.5 GiB. ``name`` is what messages
+    call the file (an upload's own name, never the server's temporary path).
+    ``tests/test_reliability.py`` checks that every upload widget and CLI raster input comes here.
+    """
+    with _open(path, name) as ds:
+        check_declared_size(ds, _to_window(window), name or path, max_pixels)
+        yield ds
 
 
 def _read(ds: DatasetReader, path: str | Path, *args: Any, **kwargs: Any) -> np.ndarray:
@@ -186,10 +213,30 @@ def read_image(
 ) -> Tile:
     """Read imagery (GeoTIFF, COG URL, PNG, JPEG) as a :class:`Tile`.
 
-    ``bands`` are 1-based band indices to use as RGB (default: declared R, G, B or bands 1-3);
-    ``window`` is ``(row, col, height, width)`` to read only part of the raster.
+    ``uint8`` is divided by 255, ``uint16`` by ``2**NBITS - 1`` (or 65535), floats are taken as
+    [0, 1]; the file's nodata becomes ``valid == False``.
+
+    Args:
+        path: a file or an ``http(s)://`` URL of a (cloud-optimised) GeoTIFF.
+        bands: 1-based band indices to use as RGB (default: declared R, G, B or bands 1-3).
+        window: ``(row, col, height, width)`` to read only part of the raster.
+        scale: divide the pixel values by this instead of the rule above.
+
+    Returns:
+        The image (3, H, W) in [0, 1] with its validity mask and georeferencing.
+
+    Raises:
+        FileNotFoundError: there is no such file.
+        RasterError: the file is no raster Refiner can read, has an unsupported data type, the
+            bands do not exist or are not three, or the raster is larger than the read limit
+            (a ``ValueError``; the message says what to do).
+
+    Example:
+        ```python
+        tile = refiner.read_image("scene.tif", bands=(3, 2, 1), window=(0, 0, 1024, 1024))
+        ```
     """
-    with _open(path) as ds:
+    with open_raster(path, window=window) as ds:
         count = ds.count
         bands = tuple(bands) if bands else default_bands(count, ds)
         if len(bands) != 3:
@@ -198,9 +245,10 @@ def read_image(
         if bad:
             raise RasterError(f"band(s) {bad} do not exist: {path} has {count} band(s) — pick bands 1 to {count}")
         win = _to_window(window)
-        check_declared_size(ds, win, path)
         data = _read(ds, path, list(bands), window=win, boundless=False)
         valid = _valid(ds, bands, win)
+        if data.dtype.kind == "f":  # NaN / inf pixels are nodata, whether or not the file declares any
+            valid &= np.isfinite(data).all(axis=0)
         nbits = ds.tags(bands[0], ns="IMAGE_STRUCTURE").get("NBITS")
         divisor = scale_factor(ds.dtypes[bands[0] - 1], int(nbits) if nbits else None, scale)
         if scale is None and ds.dtypes[bands[0] - 1].startswith("float"):
@@ -209,7 +257,8 @@ def read_image(
         if georef is not None and win is not None:
             georef = Georef(georef.crs, ds.window_transform(win))
         dtype = ds.dtypes[0]
-    image = np.clip(data.astype(np.float32) / divisor, 0.0, 1.0)
+    with np.errstate(invalid="ignore"):
+        image = np.clip(data.astype(np.float32) / divisor, 0.0, 1.0)
     image[:, ~valid] = 0.0
     return Tile(image=image, valid=valid, georef=georef, source=str(path), dtype=dtype, band_count=count)
 
@@ -250,7 +299,7 @@ def read_labels(
     *,
     like: Tile | None = None,
     window: Sequence[int] | None = None,
-    line_width: float = 7.0,
+    line_width: float = LINE_WIDTH,
     strict: bool = True,
 ) -> np.ndarray:
     """Read a label mask (raster or GeoJSON) as class indices (H, W) uint8, 255 = unlabelled.
@@ -258,14 +307,41 @@ def read_labels(
     Raster masks map pixel values to classes with ``classes.values``; vector labels are
     rasterised onto ``like`` (required then). With ``like``, sizes must match and the tile's
     nodata pixels become unlabelled.
+
+    Args:
+        path: a mask raster (GeoTIFF, PNG) or GeoJSON (``.geojson``, ``.json``).
+        classes: the classes, whose ``values`` say how the mask encodes them.
+        like: the tile the labels are for (required for GeoJSON).
+        window: ``(row, col, height, width)`` to read only part of a raster mask.
+        line_width: the width in metres that vector lines (roads) are buffered to.
+        strict: refuse pixel values that are neither a class value nor 255 (else: unlabelled).
+
+    Returns:
+        Class indices (H, W) uint8, 255 where unlabelled.
+
+    Raises:
+        FileNotFoundError: there is no such file.
+        RasterError: GeoJSON without ``like``, a mask of another size than ``like``, or (with
+            ``strict``) pixel values the classes do not name (a ``ValueError``).
+
+    Example:
+        ```python
+        classes = refiner.ClassSpec(("background", "building", "road"))
+        labels = refiner.read_labels("osm_roads.geojson", classes, like=tile, line_width=7.0)
+        ```
     """
     if str(path).lower().endswith(VECTOR_SUFFIXES):
         if like is None:
             raise RasterError("vector labels need the image they label (its grid and georeferencing)")
         labels = rasterize_vectors(path, like, classes, line_width=line_width)
     else:
-        with _open(path) as ds:
+        with open_raster(path, window=window) as ds:
             win = _to_window(window)
+            if like is not None and win is None and (ds.height, ds.width) != like.shape:
+                raise RasterError(  # from the header: a mask of another size is never read
+                    f"labels {Path(str(path)).name} are {ds.height}x{ds.width} pixels but the image is "
+                    f"{like.shape[0]}x{like.shape[1]}: they must cover the same grid"
+                )
             raw = _read(ds, path, 1, window=win)
             georef = _georef(ds)
             if georef is not None and win is not None:
@@ -282,6 +358,25 @@ def read_labels(
         labels = labels.copy()
         labels[~like.valid] = IGNORE
     return labels
+
+
+def read_mask_band(
+    path: str | Path, *, name: str | None = None, shape: tuple[int, int] | None = None
+) -> tuple[np.ndarray, float | None, Georef | None]:
+    """Band 1 of a mask file as stored (its raw values), its declared nodata and georeferencing.
+
+    Through :func:`open_raster`; with ``shape`` (a mask of the tile's grid), a file declaring
+    another size is refused from its header, before any pixel is read.
+    """
+    label = name or Path(str(path)).name
+    with open_raster(path, name=label) as ds:
+        if shape is not None and (ds.height, ds.width) != tuple(shape):
+            raise RasterError(
+                f"{label} is {ds.height}x{ds.width} pixels but the tile is {shape[0]}x{shape[1]}: they must "
+                "cover the same grid (export a mask of this tile, or crop it to the tile)"
+            )
+        band = _read(ds, label, 1)
+        return band, ds.nodata, _georef(ds)
 
 
 #: What to do about probabilities that do not fit their image.
@@ -328,15 +423,33 @@ def read_probs(
 ) -> tuple[np.ndarray, ClassSpec | None, Georef | None]:
     """Read a probability GeoTIFF (K bands) -> (probs float32 (K, H, W), classes or None, georef).
 
-    Accepts float probabilities or uint8 scaled to 0-255; checks they look like probabilities
-    (``check_sums``: also that a pixel's bands sum to 1, for files a user gives; internal stacks
-    such as per-iteration outputs hold several maps and skip it).
+    Accepts float probabilities or uint8 scaled to 0-255; checks they look like probabilities.
+
+    Args:
+        path: a GeoTIFF with one band per class (as :func:`write_probs` or any model writes).
+        window: ``(row, col, height, width)`` to read only part of it.
+        check_sums: also check that each pixel's bands sum to 1 (for files a user gives; internal
+            stacks such as per-iteration outputs hold several maps and skip it).
+
+    Returns:
+        The probabilities float32 (K, H, W), the classes named in the file's tags (or None), and
+        its georeferencing (or None).
+
+    Raises:
+        FileNotFoundError: there is no such file.
+        RasterError: fewer than two bands, values outside [0, 1], only zeros, or (with
+            ``check_sums``) bands that do not sum to 1 (a ``ValueError``).
+
+    Example:
+        ```python
+        probs, classes, georef = refiner.read_probs("coarse_probs.tif", check_sums=True)
+        ```
     """
-    with _open(path) as ds:
+    name = Path(str(path)).name  # never a server path in a message (the app's workspace files)
+    with open_raster(path, window=window) as ds:
         if ds.count < 2:
-            raise RasterError(f"{path} has {ds.count} band; a probability map has one band per class (>= 2)")
+            raise RasterError(f"{name} has {ds.count} band; a probability map has one band per class (>= 2)")
         win = _to_window(window)
-        check_declared_size(ds, win, path)
         data = _read(ds, path, window=win).astype(np.float32)
         tags = ds.tags()
         georef = _georef(ds)
@@ -345,14 +458,40 @@ def read_probs(
         dtype = ds.dtypes[0]
     if dtype == "uint8":
         data /= 255.0
-    if not np.isfinite(data).all() or data.min() < -1e-3 or data.max() > 1 + 1e-3:
+    check_probs_finite(data, name)
+    if data.min() < -1e-3 or data.max() > 1 + 1e-3:
         raise RasterError(
-            f"{path} does not hold probabilities (values must lie in [0, 1]); "
+            f"{name} does not hold probabilities (values must lie in [0, 1]); "
             "write class probabilities, not scores, e.g. with `python -m refiner predict`"
         )
     if check_sums:
-        check_prob_sums(data, path, whole=window is None)
+        check_prob_sums(data, name, whole=window is None)
     return data, tagged_classes(tags, path), georef
+
+
+def check_probs_file(path: str | Path, sample: int = 1024) -> None:
+    """The checks of ``read_probs(check_sums=True)`` on a scene too large to read whole.
+
+    On a decimated read of at most ``sample`` x ``sample`` pixels (GDAL's overviews when the file
+    has them): no NaN or infinity, values in [0, 1], bands summing to 1, not all zeros. ``refine``
+    reads its probabilities window by window and skipped these checks: sums of 2.7 and all-zero
+    maps refined without a word.
+    """
+    name = Path(str(path)).name
+    with _open(path) as ds:
+        if ds.count < 2:
+            raise RasterError(f"{name} has {ds.count} band; a probability map has one band per class (>= 2)")
+        shape = (ds.count, min(ds.height, sample), min(ds.width, sample))
+        data = _read(ds, path, out_shape=shape).astype(np.float32)
+        if ds.dtypes[0] == "uint8":
+            data /= 255.0
+    check_probs_finite(data, name)
+    if data.min() < -1e-3 or data.max() > 1 + 1e-3:
+        raise RasterError(
+            f"{name} does not hold probabilities (values must lie in [0, 1]); "
+            "write class probabilities, not scores, e.g. with `python -m refiner predict`"
+        )
+    check_prob_sums(data, name, whole=True)
 
 
 def tagged_classes(tags: dict[str, str], path: str | Path) -> ClassSpec | None:
@@ -367,8 +506,19 @@ def tagged_classes(tags: dict[str, str], path: str | Path) -> ClassSpec | None:
         ) from exc
 
 
+def check_probs_finite(data: np.ndarray, name: str | Path) -> None:
+    """Refuse probabilities holding NaN or infinity (a diverged model's output), naming the file and the count."""
+    bad = data.size - int(np.count_nonzero(np.isfinite(data)))
+    if bad:
+        raise RasterError(
+            f"{Path(str(name)).name} holds {bad:,} NaN or infinite values where probabilities must be numbers in "
+            "[0, 1] — compute the probabilities again (e.g. with `python -m refiner predict`) from finite imagery"
+        )
+
+
 def check_prob_sums(data: np.ndarray, path: str | Path, whole: bool = True) -> None:
     """Refuse (K, H, W) "probabilities" whose bands do not sum to 1 (e.g. 2.7) or that are all zero."""
+    path = Path(str(path)).name
     sums = data.sum(axis=0)
     covered = sums > 1e-6  # pixels with all zeros are nodata (outside a scene's footprint)
     if whole and not covered.any():
@@ -405,7 +555,7 @@ def raster_shape(path: str | Path) -> tuple[int, int, Georef | None, float | Non
         if ds.height * ds.width > limit:
             raise RasterError(
                 f"{Path(str(path)).name} declares {ds.height} x {ds.width} pixels, above the scene limit of "
-                f"{limit // 2**30} gigapixels — cut it into smaller scenes, or raise REFINER_MAX_SCENE_PIXELS"
+                f"{limit / 2**30:.4g} gigapixels — cut it into smaller scenes, or raise REFINER_MAX_SCENE_PIXELS"
             )
         georef = _georef(ds)
         res = georef.resolution if georef is not None and georef.crs.is_projected else None

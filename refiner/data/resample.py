@@ -193,15 +193,22 @@ def source_window(src: Grid, dst: Grid) -> tuple[int, int, int, int]:
 
 
 def read_image_on(path: str | Path, scene: Grid, dst: Grid, *, bands: Sequence[int] | None = None) -> Tile:
-    """The image of ``path`` (on grid ``scene``) resampled onto the window ``dst`` of the working grid."""
-    return resample_tile(read_image(path, bands=bands, window=source_window(scene, dst)), dst.georef, dst.shape)
+    """The image of ``path`` (on grid ``scene``) resampled onto the window ``dst`` of the working grid.
+
+    A picture without georeferencing lies on ``scene``'s grid as stated (its pixel size).
+    """
+    read = source_window(scene, dst)
+    tile = read_image(path, bands=bands, window=read)
+    if tile.georef is None:
+        tile = replace(tile, georef=scene.georef.window(read[0], read[1]))
+    return resample_tile(tile, dst.georef, dst.shape)
 
 
 def read_probs_on(path: str | Path, scene: Grid, dst: Grid) -> np.ndarray:
     """Class probabilities on grid ``scene`` resampled bilinearly onto the window ``dst`` (as :func:`to_working`)."""
-    probs, _, georef = read_probs(path, window=source_window(scene, dst))
-    assert georef is not None
-    return resample(probs, georef, dst.shape, dst.georef)
+    read = source_window(scene, dst)
+    probs, _, georef = read_probs(path, window=read)
+    return resample(probs, georef or scene.georef.window(read[0], read[1]), dst.shape, dst.georef)
 
 
 def probs_back_on(path: str | Path, work: Grid, dst: Grid, bands_per_map: int) -> np.ndarray:

@@ -80,7 +80,32 @@ def make_scene(
     osm_drop: float = 0.25,
     osm_road_width: float = 7.0,
 ) -> SyntheticScene:
-    """Generate a scene of ``size`` pixels at 1 m/px with exact truth and degraded labels."""
+    """Generate a scene of ``size`` pixels at 1 m/px with exact truth and degraded labels.
+
+    Procedural aerial-like imagery (ground texture, roads, buildings with shadows) with its exact
+    labels, and OSM-like labels (objects shifted, some dropped, roads drawn at a fixed width) to
+    train a coarse model on, as the paper's imprecise labels.
+
+    Args:
+        size: the side in pixels, or (height, width).
+        seed: the random seed: the same seed gives the same scene.
+        roads: how many roads cross it.
+        buildings: how many buildings (default: from the area).
+        osm_shift: the largest shift in pixels of an object in the degraded labels.
+        osm_drop: the chance that an object is missing from the degraded labels.
+        osm_road_width: the road width in metres of the degraded labels.
+
+    Returns:
+        A ``SyntheticScene``: ``image`` float32 (3, H, W), ``truth`` and ``osm`` class indices
+        (H, W), ``georef`` and ``classes`` (background, building, road); ``tile()`` as a :class:`Tile`.
+
+    Example:
+        ```python
+        scene = refiner.make_scene(256, seed=1)
+        probs = refiner.predict_coarse(coarse, scene.tile())
+        print(refiner.evaluate(probs.argmax(0), scene.truth, 3).mean_iou)
+        ```
+    """
     rng = np.random.default_rng(seed)
     h, w = (size, size) if isinstance(size, int) else size
     truth = np.zeros((h, w), np.uint8)

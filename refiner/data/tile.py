@@ -11,7 +11,21 @@ from rasterio.crs import CRS
 
 @dataclass(frozen=True)
 class Georef:
-    """Where a raster lies on Earth: coordinate reference system and pixel-to-map transform."""
+    """Where a raster lies on Earth: coordinate reference system and pixel-to-map transform.
+
+    Attributes:
+        crs: the coordinate reference system (a ``rasterio.crs.CRS``).
+        transform: the affine transform from (column, row) to map coordinates.
+
+    Example:
+        ```python
+        from affine import Affine
+        from rasterio.crs import CRS
+
+        georef = refiner.Georef(CRS.from_epsg(32619), Affine(1.0, 0, 300000.0, 0, -1.0, 4700000.0))
+        refiner.write_class_map("map.tif", class_map, georef, classes)  # 1 m pixels, UTM 19N
+        ```
+    """
 
     crs: CRS
     transform: Affine
@@ -28,7 +42,24 @@ class Georef:
 
 @dataclass
 class Tile:
-    """An image in the engine's conventions, with its georeferencing (None for plain pictures)."""
+    """An image in the engine's conventions, with its georeferencing (None for plain pictures).
+
+    Attributes:
+        image: float32 (C, H, W) in [0, 1].
+        valid: bool (H, W): False where the source has nodata.
+        georef: where the image lies (None for a picture without georeferencing).
+        source: where it was read from, for messages.
+        dtype: the source's data type, for display.
+        band_count: bands in the source file (before picking the RGB ones).
+        pixel_size: metres per pixel a user stated for a picture without georeferencing.
+
+    Example:
+        ```python
+        tile = refiner.read_image("tile.tif")
+        print(tile.shape, tile.resolution)  # (H, W), metres per pixel (None when unknown)
+        probs = refiner.predict_coarse(coarse, tile)
+        ```
+    """
 
     image: np.ndarray  # float32 (C, H, W) in [0, 1]
     valid: np.ndarray  # bool (H, W): False where the source has nodata
@@ -73,6 +104,26 @@ def grid_of(tile: Tile) -> Georef | None:
         # exactly at the projection origin (a 650^2 picture at 0.3 m; 256^2 worked)
         return Georef(_PIXEL_CRS, Affine(tile.pixel_size, 0, _PIXEL_ORIGIN, 0, -tile.pixel_size, _PIXEL_ORIGIN))
     return None
+
+
+#: The CRS of files exported from a picture with a stated pixel size: a local engineering grid in
+#: metres (the name says so to whoever opens the file), so GIS areas and lengths come out in m²
+#: and m. A GeoTIFF from a 0.3 m PNG had an identity transform and no CRS: areas in px².
+LOCAL_GRID_NAME = "Refiner local grid"
+LOCAL_GRID_CRS = CRS.from_wkt(
+    'LOCAL_CS["Refiner local grid: metres from the picture\'s lower-left corner at its stated pixel size, '
+    'not a place on Earth",LOCAL_DATUM["picture",32767],UNIT["metre",1],AXIS["Easting",EAST],AXIS["Northing",NORTH]]'
+)
+
+
+def local_grid(pixel_size: float, height: int) -> Georef:
+    """A picture's local metric grid for export: ``pixel_size`` m pixels, (0, 0) at its lower-left corner."""
+    return Georef(LOCAL_GRID_CRS, Affine(pixel_size, 0, 0, 0, -pixel_size, height * pixel_size))
+
+
+def is_local_grid(georef: Georef | None) -> bool:
+    """Whether ``georef`` is a picture's :func:`local_grid` (metres, but no place on Earth)."""
+    return georef is not None and LOCAL_GRID_NAME in georef.crs.to_wkt()  # as a file reads it back too
 
 
 class RasterError(ValueError):

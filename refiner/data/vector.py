@@ -16,6 +16,8 @@ from refiner.core.classes import ClassSpec
 from refiner.data.tile import RasterError, Tile
 
 VECTOR_SUFFIXES = (".geojson", ".json")
+#: Vector lines (roads) are buffered to this width in metres in all: the paper's OSM road width.
+LINE_WIDTH = 7.0
 
 
 def _load_geojson(path: str | Path) -> dict[str, Any]:
@@ -55,13 +57,13 @@ def rasterize_vectors(
     like: Tile,
     classes: ClassSpec,
     *,
-    line_width: float = 7.0,
+    line_width: float = LINE_WIDTH,
     class_property: str = "class",
     fill: int = 0,
 ) -> np.ndarray:
     """Burn GeoJSON polygons and lines into a label raster on ``like``'s grid.
 
-    Lines (roads) are buffered to ``line_width`` metres in total (7 m as in the paper), points
+    Lines (roads) are buffered to ``line_width`` metres in total (:data:`LINE_WIDTH`, 7 m as in the paper), points
     are ignored. GeoJSON is in WGS84 (RFC 7946) unless it names another CRS; geometries are
     reprojected to the tile's CRS. On a non-georeferenced tile, coordinates are pixel
     (column, row) and widths are in pixels. Pixels no feature covers get ``fill`` (background;

@@ -15,7 +15,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
 from refiner.core.atomic import atomic_file, commit, temp_beside
-from refiner.core.classes import IGNORE, ClassSpec
+from refiner.core.classes import ClassSpec
 from refiner.data.tile import Georef
 
 
@@ -32,8 +32,25 @@ def write_raster(
 ) -> Path:
     """Write (H, W) or (B, H, W) as a tiled, deflate-compressed GeoTIFF with the given georef.
 
-    ``scales``: per-band scale factors a GIS applies on reading (8-bit probabilities: 1/255).
     Written to a temporary file and renamed, so a crash never leaves a half-written output.
+
+    Args:
+        path: the GeoTIFF to write (replaced whole if it exists).
+        array: the bands, (H, W) or (B, H, W), of any GDAL data type.
+        georef: where it lies (None: a plain pixel grid).
+        nodata: the nodata value to declare.
+        descriptions: a name per band.
+        tags: metadata tags of the file.
+        colormap: a colour table, value -> RGB, for the first band.
+        scales: per-band scale factors a GIS applies on reading (8-bit probabilities: 1/255).
+
+    Returns:
+        ``path``.
+
+    Example:
+        ```python
+        refiner.write_raster("entropy.tif", entropy.astype("float32"), tile.georef, descriptions=["entropy"])
+        ```
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -76,8 +93,22 @@ def write_probs(
 ) -> Path:
     """Probabilities (K, H, W) as a GeoTIFF, one band per class, class list in the tags.
 
-    float32, or with ``quantise`` uint8 steps of 1/255 (a quarter of the size; the file's scale
-    factor says so to a GIS, and :func:`read_probs` reads it back to [0, 1]).
+    Args:
+        path: the GeoTIFF to write.
+        probs: the probabilities float32 (K, H, W).
+        georef: where they lie (None: a plain pixel grid).
+        classes: the K classes (band descriptions, and tags :func:`read_probs` reads back).
+        quantise: uint8 steps of 1/255 instead of float32 (a quarter of the size; the file's scale
+            factor says so to a GIS, and :func:`read_probs` reads it back to [0, 1]).
+
+    Returns:
+        ``path``.
+
+    Example:
+        ```python
+        refined = refiner.refine(rnn, tile, probs)
+        refiner.write_probs("refined.tif", refined.final, tile.georef, rnn.classes, quantise=True)
+        ```
     """
     q = quantise_probs(probs) if quantise else probs.astype(np.float32)
     return write_raster(
@@ -92,12 +123,30 @@ def quantise_probs(probs: np.ndarray) -> np.ndarray:
 
 
 def write_class_map(path: str | Path, classes_map: np.ndarray, georef: Georef | None, classes: ClassSpec) -> Path:
-    """A class map (H, W) written with the classes' mask values (255 = nodata) and a colour table."""
+    """A class map (H, W) written with the classes' mask values and a colour table.
+
+    Nodata (no class) is :attr:`ClassSpec.unlabelled_value`: 255, unless 255 is a class's value.
+
+    Args:
+        path: the GeoTIFF to write.
+        classes_map: class indices (H, W); 255 (no class) is written as the nodata value.
+        georef: where it lies (None: a plain pixel grid).
+        classes: the classes: their mask values are written, their colours make the colour table.
+
+    Returns:
+        ``path``.
+
+    Example:
+        ```python
+        refiner.write_class_map("map.tif", refined.class_map(), tile.georef, rnn.classes)
+        ```
+    """
     values = classes.decode(classes_map)
     cmap = dict(zip(classes.values, classes.colors, strict=True))
     return write_raster(
-        path, values, georef, nodata=IGNORE, colormap=cmap, tags={"refiner_classes": json.dumps(classes.to_dict())}
-    )
+        path, values, georef, nodata=classes.unlabelled_value, colormap=cmap,
+        tags={"refiner_classes": json.dumps(classes.to_dict())},
+    )  # fmt: skip
 
 
 class RasterWriter:

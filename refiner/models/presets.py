@@ -326,14 +326,19 @@ class FilterMatch:
     index: int  # the learned filter M_index
     correlation: float  # |cosine| between the zero-mean kernels
     span_residual: float  # ||op - proj(op onto span of all learned M)|| / ||op||
+    #: The same onto the span of the ``top`` filters matched (this one and those ranked above it
+    #: and after it): 32 learned 5x5 filters span all 25 dimensions, so ``span_residual`` is 0 for
+    #: every operator and said nothing; what a few similar filters leave out does.
+    top_residual: float = float("nan")
 
 
 def match_filters(learned: np.ndarray, top: int = 3, kernel_size: int = 5) -> dict[str, list[FilterMatch]]:
     """For each derivative operator, the learned filters (n, k, k) most correlated with it.
 
     The MLP can flip a filter's sign, so the ranking uses |cosine|. ``span_residual`` says how
-    well the whole learned bank can express the operator (0 = exactly a combination of them),
-    which matters more than any one filter: the MLP sees all of them at once.
+    well the whole learned bank can express the operator (0 = exactly a combination of them; always
+    0 once the bank has as many independent filters as a kernel has weights), ``top_residual`` how
+    well the ``top`` filters listed can (0 = those few together are the operator).
     """
     flat = learned.reshape(len(learned), -1).astype(np.float64)
     out = {}
@@ -347,5 +352,7 @@ def match_filters(learned: np.ndarray, top: int = 3, kernel_size: int = 5) -> di
         coef, *_ = np.linalg.lstsq(flat.T, o, rcond=None)
         resid = float(np.linalg.norm(flat.T @ coef - o) / np.linalg.norm(o))
         order = np.argsort(cos)[::-1][:top]
-        out[name] = [FilterMatch(name, int(i), cos[i], resid) for i in order]
+        few, *_ = np.linalg.lstsq(flat[order].T, o, rcond=None)
+        few_resid = float(np.linalg.norm(flat[order].T @ few - o) / np.linalg.norm(o))
+        out[name] = [FilterMatch(name, int(i), cos[i], resid, few_resid) for i in order]
     return out

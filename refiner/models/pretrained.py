@@ -1,4 +1,4 @@
-"""The shipped real-data models (``assets/pretrained``) and which one fits a workspace.
+"""The shipped real-data models (``assets/pretrained``) and which one fits a task: its classes and ground resolution.
 
 Every sub-folder of ``assets/pretrained`` holding a model (``config.json`` +
 ``model.safetensors``, see :mod:`refiner.models.store`) is in the catalogue; its ``card.json``
@@ -7,13 +7,16 @@ Every sub-folder of ``assets/pretrained`` holding a model (``config.json`` +
 **Which model fits** (:func:`pick_coarse`, :func:`pick_rnn`). Class names are compared
 case-insensitively and without a plural ``s`` ("Buildings" = "building").
 
-* A coarse CNN fits when every workspace class is one of the model's classes and the model's
-  extra classes can be merged into the workspace's ``background``: a background/road workspace
+* A coarse CNN fits when every target class is one of the model's classes and the model's
+  extra classes can be merged into the target's ``background``: a background/road task
   uses a background/building/road model with ``p(background) = p(background) + p(building)``
-  (a building is "not road"). A model that does not know one of the workspace's classes does not
+  (a building is "not road"). A model that does not know one of the target classes does not
   fit. The same class set is preferred to a merge.
-* An RNN fits only with exactly the workspace's classes in the same order: fine-tuning keeps its
-  class-specific weights, so they cannot be merged or reordered.
+* An RNN fits on the same terms: its class-specific weights are kept for the workspace's classes
+  and those of the classes merged into background are dropped (:func:`rnn_for`), so a
+  background/road workspace fine-tunes a background/road RNN derived from the 3-class one
+  (on Massachusetts crops it refines the merged coarse map as the 3-class RNN does, road IoU
+  0.314 / 0.451 / 0.236 against 0.320 / 0.451 / 0.232 for the 3-class RNN's merged output).
 * Resolution: the engine resamples the tile to the model's resolution (1 m) and back, so a model
   fits tiles from ``resolution / 10`` (0.1 m: downsampling loses nothing the model needs) to
   ``2 x resolution`` (2 m: objects a 1 m model sees as a few pixels would vanish). A tile of
@@ -24,16 +27,17 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from refiner.core import paths
 from refiner.core.classes import ClassSpec
 from refiner.data.tile import Tile
-from refiner.models.store import CONFIG, WEIGHTS, AnyBundle, load_model
+from refiner.models.rnn import RefinerRNN
+from refiner.models.store import CONFIG, WEIGHTS, AnyBundle, ModelBundle, load_model
 
 PRETRAINED = paths.PRETRAINED  # assets/pretrained in a checkout, inside the package when installed
 #: A model fits tiles from resolution * FINEST to resolution * COARSEST metres per pixel.
@@ -42,7 +46,17 @@ BACKGROUND = "background"
 
 
 def pretrained_root() -> Path:
-    """``$REFINER_PRETRAINED`` (tests, operators with their own models), else ``assets/pretrained``."""
+    """Where the shipped pretrained models are.
+
+    Returns:
+        ``$REFINER_PRETRAINED`` (tests, operators with their own models), else the package's
+        ``assets/pretrained`` (``coarse_1m``: background, building, road at 1 m; ``rnn_1m``).
+
+    Example:
+        ```python
+        rnn = refiner.load_model(refiner.pretrained_root() / "rnn_1m", expect="rnn")
+        ```
+    """
     env = os.environ.get("REFINER_PRETRAINED")
     return Path(env) if env else PRETRAINED
 
@@ -71,18 +85,24 @@ class Shipped:
     def test_scores(self) -> str:
         """The card's scores on its test tiles in words: mean IoU, or the IoU per test set.
 
-        Per set from ``test_scores: {set: {iou: ...}}``, as ``refiner pretrain`` writes them.
+        Per set from ``test_scores: {set: {iou: ...}}``, as ``refiner pretrain`` writes them; an RNN's
+        card also has its coarse map's on the same tiles (``baseline``), said beside its own: with two
+        digits and no baseline, rnn_1m's line read as coarse_1m's repeated.
         """
         scores = self.card.get("test_scores") or self.card.get("test") or {}
         if not isinstance(scores, dict):
             return ""
         if isinstance(scores.get("mean_iou"), int | float):
             return f"mean IoU {scores['mean_iou']:.3f}"
-        parts = [
-            f"{name} IoU {s['iou']:.2f}"
-            for name, s in scores.items()
-            if isinstance(s, dict) and isinstance(s.get("iou"), int | float)
-        ]
+        base = (self.card.get("baseline") or {}).get("test_scores") or {}
+        parts = []
+        for name, s in scores.items():
+            if not isinstance(s, dict) or not isinstance(s.get("iou"), int | float):
+                continue
+            b = base.get(name) if isinstance(base, dict) else None
+            known = isinstance(b, dict) and isinstance(b.get("iou"), int | float)
+            versus = f" (its coarse map {b['iou']:.3f})" if known and b is not None else ""
+            parts.append(f"{name} IoU {s['iou']:.3f}{versus}")
         return ", ".join(parts)
 
 
@@ -123,11 +143,11 @@ class Pick:
 
     model: Shipped | None
     reason: str
-    #: For each workspace class, the model classes whose probabilities are summed into it.
+    #: For each target class, the model classes whose probabilities are summed into it.
     merge: tuple[tuple[int, ...], ...] = ()
 
     def adapt(self, probs: np.ndarray) -> np.ndarray:
-        """The model's probabilities (K_model, H, W) as the workspace's classes (K, H, W)."""
+        """The model's probabilities (K_model, H, W) as the target classes (K, H, W)."""
         return np.stack([probs[list(src)].sum(0) for src in self.merge]).astype(np.float32)
 
 
@@ -147,26 +167,26 @@ def _resolution_note(model: Shipped, resolution: float | None) -> tuple[bool, st
     return True, f"the tile ({resolution:.2f} m/px) is resampled to its {model.resolution:g} m and back"
 
 
-def class_merge(workspace: ClassSpec, model: ClassSpec) -> tuple[tuple[tuple[int, ...], ...] | None, str]:
-    """How the model's classes map onto the workspace's, or None and why not."""
-    ws_names, m_names = [_norm(n) for n in workspace.names], [_norm(n) for n in model.names]
-    missing = [workspace.names[i] for i, n in enumerate(ws_names) if n not in m_names]
+def class_merge(target: ClassSpec, model: ClassSpec) -> tuple[tuple[tuple[int, ...], ...] | None, str]:
+    """How the model's classes map onto the ``target`` classes, or None and why not."""
+    t_names, m_names = [_norm(n) for n in target.names], [_norm(n) for n in model.names]
+    missing = [target.names[i] for i, n in enumerate(t_names) if n not in m_names]
     if missing:
         return None, f"it does not know {', '.join(missing)}"
-    merge = [[m_names.index(n)] for n in ws_names]
-    extra = [i for i, n in enumerate(m_names) if n not in ws_names]
+    merge = [[m_names.index(n)] for n in t_names]
+    extra = [i for i, n in enumerate(m_names) if n not in t_names]
     if extra:
-        if BACKGROUND not in ws_names:
+        if BACKGROUND not in t_names:
             names = ", ".join(model.names[i] for i in extra)
             return None, f"it also predicts {names}, which can only be merged into a '{BACKGROUND}' class"
-        merge[ws_names.index(BACKGROUND)] += extra
+        merge[t_names.index(BACKGROUND)] += extra
         names = ", ".join(model.names[i] for i in extra)
         return tuple(tuple(m) for m in merge), f"its {names} merged into {BACKGROUND}"
     return tuple(tuple(m) for m in merge), "the same classes"
 
 
 def pick_coarse(classes: ClassSpec, resolution: float | None, *, root: str | Path | None = None) -> Pick:
-    """The shipped coarse CNN for a workspace's classes and ground resolution (rules: module doc)."""
+    """The shipped coarse CNN for the target classes and ground resolution (rules: module doc)."""
     fits: list[tuple[tuple[bool, float, str], Shipped, tuple[tuple[int, ...], ...], str]] = []
     why_not = []
     for m in catalogue(root):
@@ -187,20 +207,44 @@ def pick_coarse(classes: ClassSpec, resolution: float | None, *, root: str | Pat
 
 
 def pick_rnn(classes: ClassSpec, resolution: float | None, *, root: str | Path | None = None) -> Pick:
-    """The shipped RNN to fine-tune from: exactly the workspace's classes, in order (module doc)."""
+    """The shipped RNN to fine-tune from, load it with :func:`rnn_for` (rules: module doc)."""
+    fits: list[tuple[tuple[bool, float, str], Shipped, tuple[tuple[int, ...], ...], str]] = []
     why_not = []
     for m in catalogue(root):
         if m.kind != "rnn":
             continue
-        if [_norm(n) for n in m.classes.names] != [_norm(n) for n in classes.names]:
-            why_not.append(f"{m.name}: its classes are {', '.join(m.classes.names)}")
-            continue
+        merge, how = class_merge(classes, m.classes)
         ok, res_note = _resolution_note(m, resolution)
-        if not ok:
-            why_not.append(f"{m.name}: {res_note}")
+        if merge is None or not ok:
+            why_not.append(f"{m.name}: {how if merge is None else res_note}")
             continue
-        return Pick(m, f"{m.summary()} fits: the same classes; {res_note}", tuple((i,) for i in range(len(classes))))
-    return Pick(None, _none_reason("RNN", classes, why_not))
+        if len(m.classes) != len(classes):
+            dropped = ", ".join(n for n in m.classes.names if _norm(n) not in {_norm(c) for c in classes.names})
+            how = f"its {', '.join(classes.names)} weights are used, those of {dropped} (background here) dropped"
+        exact = len(m.classes) == len(classes)
+        rank = (not exact, abs((m.resolution or 1.0) - (resolution or m.resolution or 1.0)), m.name)
+        fits.append((rank, m, merge, f"{how}; {res_note}"))
+    if not fits:
+        return Pick(None, _none_reason("RNN", classes, why_not))
+    _, m, merge, why = min(fits, key=lambda f: f[0])
+    return Pick(m, f"{m.summary()} fits: {why}", merge)
+
+
+def rnn_for(model: Shipped, classes: ClassSpec) -> ModelBundle[RefinerRNN]:
+    """The shipped RNN ``model`` for a workspace's ``classes``: as shipped, or derived for fewer classes.
+
+    Derived = :meth:`RefinerRNN.keep_classes` of the workspace's classes (by name, see
+    :func:`class_merge`); the bundle then carries the workspace's classes and says where it came from.
+    """
+    merge, how = class_merge(classes, model.classes)
+    if merge is None:
+        raise ValueError(f"the pretrained RNN {model.name} does not fit the classes {', '.join(classes.names)}: {how}")
+    bundle = load_model(model.folder, expect="rnn")
+    keep = [m[0] for m in merge]
+    if keep == list(range(len(model.classes))):
+        return bundle
+    info = {**bundle.info, "derived_from": model.name, "classes_kept": [model.classes.names[i] for i in keep]}
+    return replace(bundle, net=bundle.net.keep_classes(keep), classes=classes, info=info)
 
 
 def _none_reason(what: str, classes: ClassSpec, why_not: list[str]) -> str:
@@ -209,48 +253,9 @@ def _none_reason(what: str, classes: ClassSpec, why_not: list[str]) -> str:
 
 
 def coarse_probs_for(pick: Pick, tile: Tile) -> np.ndarray:
-    """Run the picked coarse CNN on ``tile`` and return probabilities in the workspace's classes."""
+    """Run the picked coarse CNN on ``tile`` and return probabilities in the target classes."""
     from refiner.models.inference import predict_coarse
 
     if pick.model is None:
         raise ValueError(pick.reason)
     return pick.adapt(predict_coarse(load_model(pick.model.folder, expect="coarse"), tile))
-
-
-class WorkspaceLike(Protocol):
-    """What this module reads and writes of a workspace, named here by what it does.
-
-    The workspace is :class:`refiner.app.workspace.Workspace`, a layer above this one.
-    """
-
-    @property
-    def classes(self) -> ClassSpec:
-        """The classes the tile is labelled with."""
-
-    @property
-    def settings(self) -> dict[str, Any]:
-        """The workspace's settings (``source`` holds the stated resolution)."""
-
-    def tile(self) -> Tile:
-        """The workspace's image."""
-
-    def write_coarse_probs(self, probs: np.ndarray, origin: dict[str, Any]) -> None:
-        """Save coarse probabilities with where they came from."""
-
-
-def workspace_resolution(ws: WorkspaceLike) -> float | None:
-    """A workspace's ground resolution: from its georeferencing, or as the user stated it."""
-    return (ws.settings.get("source") or {}).get("resolution")
-
-
-def coarse_into_workspace(ws: WorkspaceLike, *, root: str | Path | None = None) -> Pick:
-    """Pick the shipped coarse CNN for a workspace and, when one fits, write its probabilities there.
-
-    The probabilities' source says which model and why; the pick is returned either way.
-    """
-    pick = pick_coarse(ws.classes, workspace_resolution(ws), root=root)
-    if pick.model is not None:
-        probs = coarse_probs_for(pick, ws.tile())
-        origin = {"source": f"shipped coarse CNN {pick.model.name}", "model": pick.model.name, "why": pick.reason}
-        ws.write_coarse_probs(probs, {**origin, "resolution": pick.model.resolution})
-    return pick

@@ -22,8 +22,8 @@ paper's parameters ``M``, ``N``, ``A``, ``b`` exactly; only the arithmetic is ch
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import torch
@@ -201,6 +201,31 @@ class RefinerRNN(nn.Module):
         self.cfg = cfg
         n = cfg.iterations if cfg.variant == "non_recurrent" else 1
         self.blocks = _Blocks([IterationParams(cfg) for _ in range(n)])
+
+    def keep_classes(self, keep: Sequence[int]) -> RefinerRNN:
+        """A copy for fewer (or reordered) classes: class ``i`` of the copy is class ``keep[i]`` here.
+
+        Every weight is the same; the class-specific MLPs of the classes not kept are dropped (the
+        class-agnostic variant's one MLP serves any classes). A background/building/road RNN kept
+        at (0, 2) refines background/road maps: what a 2-class workspace fine-tunes from, as the
+        coarse CNN's building is merged into its background.
+        """
+        keep = [int(i) for i in keep]
+        if len(keep) < 2 or len(set(keep)) != len(keep) or not all(0 <= i < self.cfg.num_classes for i in keep):
+            raise ValueError(f"keep {keep}: at least two distinct classes of the {self.cfg.num_classes} of this RNN")
+        out = RefinerRNN(replace(self.cfg, num_classes=len(keep)))
+        state = self.state_dict()
+        if self.cfg.variant != "class_agnostic":
+            hid = self.cfg.hidden
+            for name, value in list(state.items()):
+                if name.endswith(("hidden.weight", "hidden.bias")):
+                    state[name] = value.reshape(self.cfg.num_classes, hid, *value.shape[1:])[keep].reshape(
+                        len(keep) * hid, *value.shape[1:]
+                    )
+                elif name.endswith(("output.weight", "output.bias")):
+                    state[name] = value[keep]
+        out.load_state_dict(state)
+        return out
 
     def block(self, t: int) -> IterationParams:
         """The parameters of iteration ``t``: its own in the non-recurrent variant, else the shared set."""

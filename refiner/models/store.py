@@ -36,6 +36,22 @@ class ModelBundle(Generic[NetT]):
 
     Generic in the network, so ``load_model(..., expect="rnn").net`` is typed as a
     :class:`RefinerRNN`; ``kind`` names the same thing for the files and the messages.
+
+    Attributes:
+        kind: ``"coarse"`` or ``"rnn"``.
+        net: the network (a ``CoarseCNN`` or a ``RefinerRNN``).
+        classes: the classes it predicts, in the order of its outputs.
+        resolution: metres per pixel the network works at (None: as given).
+        mean: per-band mean of the training images (normalisation).
+        std: per-band standard deviation of the training images.
+        info: training provenance, JSON-able (``trained_steps``, scores, ...).
+        optimizer_state: AdaGrad accumulators by parameter name, so training resumes exactly.
+
+    Example:
+        ```python
+        rnn = refiner.load_model("models/rnn", expect="rnn")
+        print(rnn.classes.names, rnn.resolution, rnn.info.get("trained_steps"))
+        ```
     """
 
     kind: str  # "coarse" or "rnn"
@@ -101,7 +117,21 @@ def save_model(bundle: AnyBundle, folder: str | Path) -> Path:
     """Write weights and config as one folder, whole or not at all (:func:`refiner.core.atomic.atomic_dir`).
 
     A crash, a ``kill -9`` or a full disk leaves either the previous model or the new one under
-    ``folder``, never a mix, and no temporary files.
+    ``folder``, never a mix, and no temporary files. Never pickle: ``model.safetensors`` (and
+    ``optimizer.safetensors`` when the bundle has AdaGrad state) and ``config.json``.
+
+    Args:
+        bundle: the network with its classes, resolution and normalisation.
+        folder: the model folder to write (replaced whole if it exists).
+
+    Returns:
+        ``folder``.
+
+    Example:
+        ```python
+        result = refiner.train_rnn(tile.image, probs, labels, classes)
+        refiner.save_model(result.bundle, "models/rnn")
+        ```
     """
     folder = Path(folder)
     if folder.is_dir() and any(folder.iterdir()) and not is_model_folder(folder):
@@ -121,6 +151,12 @@ def save_model(bundle: AnyBundle, folder: str | Path) -> Path:
         "info": bundle.info,
     }
     state = {k: v.detach().cpu().contiguous() for k, v in bundle.net.state_dict().items()}
+    bad = sum(int((~torch.isfinite(v)).sum()) for v in state.values() if v.is_floating_point())
+    if bad:  # a model that refines every tile to NaN is worse than none: never written
+        raise ValueError(
+            f"the model has {bad:,} NaN or infinite weights, so it was not saved — train it again from finite "
+            "imagery and probabilities (NaN pixels declared as nodata) or with a lower learning rate"
+        )
     optimizer = {k: v.detach().cpu().contiguous() for k, v in (bundle.optimizer_state or {}).items()}
     with atomic_dir(folder) as tmp:
         save_file(state, str(tmp / WEIGHTS))
@@ -216,7 +252,26 @@ def load_model(folder: str | Path, *, expect: str | None = None, device: str | t
 def load_model(
     folder: str | Path, *, expect: str | None = None, device: str | torch.device = "cpu"
 ) -> ModelBundle[Any]:
-    """Load a model folder written by :func:`save_model`; ``expect`` checks its kind."""
+    """Load a model folder written by :func:`save_model`; ``expect`` checks its kind.
+
+    Args:
+        folder: the model folder (``config.json`` and ``model.safetensors``).
+        expect: ``"coarse"`` or ``"rnn"``: refuse a model of the other kind.
+        device: where to put the weights.
+
+    Returns:
+        The network with its classes, resolution and normalisation (:class:`ModelBundle`).
+
+    Raises:
+        FileNotFoundError: the folder holds no (finished) model; the message says how to make one,
+            or how to continue an unfinished training from its checkpoint.
+        ValueError: the config cannot be read, or the model is not of the ``expect``-ed kind.
+
+    Example:
+        ```python
+        coarse = refiner.load_model(refiner.pretrained_root() / "coarse_1m", expect="coarse")
+        ```
+    """
     folder = Path(folder)
     cfg_path, w_path = folder / CONFIG, folder / WEIGHTS
     if not w_path.is_file() and is_model_folder(folder.with_name(folder.name + CHECKPOINT_SUFFIX)):

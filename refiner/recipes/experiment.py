@@ -14,6 +14,7 @@ grid, with outputs upsampled bilinearly as in the paper.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import time
@@ -26,13 +27,14 @@ from typing import Any
 import numpy as np
 
 from refiner.baselines.crf import DEFAULT_GRID, dense_crf, grid_search
-from refiner.core.atomic import atomic_write_bytes
+from refiner.core.atomic import atomic_write_bytes, unknown_keys
 from refiner.core.classes import ClassSpec
 from refiner.core.metrics import confusion_matrix, scores_from_confusion
 from refiner.data.read import read_image, read_labels
 from refiner.data.resample import probs_to_grid, to_working
 from refiner.data.synthetic import degrade_labels
 from refiner.data.tile import Tile, grid_of
+from refiner.data.vector import LINE_WIDTH
 from refiner.models.inference import predict_coarse, refine
 from refiner.models.rnn import VARIANTS, RNNConfig
 from refiner.models.store import load_model, save_model
@@ -71,7 +73,7 @@ class ExperimentConfig:
     iterations: int = 5
     variants: tuple[str, ...] = VARIANTS
     crf_grid: dict[str, tuple[float, ...]] = field(default_factory=lambda: dict(DEFAULT_GRID))
-    line_width: float = 7.0
+    line_width: float = LINE_WIDTH
 
     @classmethod
     def load(cls, path: str | Path) -> ExperimentConfig:
@@ -134,7 +136,7 @@ class ExperimentConfig:
             iterations=int(rnn.get("iterations", 5)),
             variants=tuple(rnn.get("variants", VARIANTS)),
             crf_grid=grid,
-            line_width=float(raw.get("line_width", 7.0)),
+            line_width=float(raw.get("line_width", LINE_WIDTH)),
         )
 
 
@@ -298,12 +300,10 @@ def _report_step(tick: Callable[[int], None], progress: Progress) -> None:
 
 def _train_extra(extra: dict[str, Any], cls: type[CoarseTrainConfig | RNNTrainConfig]) -> dict[str, Any]:
     """Optional overrides in a split's table (e.g. ``batch_size = 32``) for the train config."""
-    fields = cls.__dataclass_fields__
-    unknown = sorted(set(extra) - set(fields))
+    unknown = unknown_keys(cls, extra)
     if unknown:
-        raise ValueError(
-            f"unknown option(s) {unknown}; known: {sorted(f for f in fields if f not in ('steps', 'seed'))}"
-        )
+        known = sorted(f.name for f in dataclasses.fields(cls) if f.name not in ("steps", "seed"))
+        raise ValueError(f"unknown option(s) {unknown}; known: {known}")
     return {k: v for k, v in extra.items() if k not in ("steps", "seed")}
 
 

@@ -39,6 +39,7 @@ from refiner.core.classes import IGNORE, ClassSpec, check_compatible
 from refiner.core.windows import WindowSpec, even_windows, iter_windows
 from refiner.data.read import (
     PREDICT_ON_IT,
+    check_probs_file,
     check_same_place,
     raster_shape,
     read_image,
@@ -48,7 +49,7 @@ from refiner.data.read import (
     tagged_classes,
 )
 from refiner.data.resample import Grid, probs_back_on, read_image_on, read_probs_on, resolution_differs, working_grid_of
-from refiner.data.tile import Georef, Tile
+from refiner.data.tile import Georef, Tile, grid_of
 from refiner.data.write import RasterWriter
 from refiner.models.coarse import COARSE_HALO
 from refiner.models.fused import scene_window
@@ -165,10 +166,25 @@ def _all_or_nothing(writers: dict[str, RasterWriter]) -> Iterator[None]:
         raise
 
 
-def _streamable(image: str | Path, bundle: ModelBundle) -> tuple[int, int, tuple[Georef | None, bool]]:
-    """Scene size, georeferencing, and whether it must be resampled to the model's resolution."""
+def _streamable(
+    image: str | Path, bundle: ModelBundle, pixel_size: float | None = None
+) -> tuple[int, int, tuple[Georef | None, Georef | None, bool]]:
+    """Scene size, its georeferencing (for the outputs), the grid to resample on, and whether to.
+
+    A picture without georeferencing but with a stated ``pixel_size`` is resampled on a local
+    grid of that pixel size (:func:`~refiner.data.tile.grid_of`); its outputs stay pictures.
+    """
     h, w, georef, res = raster_shape(image)
-    return h, w, (georef, resolution_differs(res, bundle.resolution))
+    grid = georef
+    if georef is not None and pixel_size:
+        raise ValueError(
+            f"{Path(str(image)).name} is georeferenced: a stated pixel size (--resolution) is only for "
+            "pictures without georeferencing — leave it out"
+        )
+    if pixel_size:
+        grid = grid_of(Tile(np.zeros((0, 1, 1), np.float32), np.zeros((1, 1), bool), pixel_size=pixel_size))
+        res = pixel_size
+    return h, w, (georef, grid, resolution_differs(res, bundle.resolution))
 
 
 #: Core side of the windows that bring working-grid results back onto the scene's grid.
@@ -225,7 +241,8 @@ def _on_working_grid(
                     finals["iterations"].write(probs_back_on(working["iterations"], work, dst, k), win.row, win.col)
                 if "classes" in finals:
                     values = classes.decode(probs.argmax(0).astype(np.uint8))
-                    values[~read_valid(task.image, bands=task.bands, window=(win.row, win.col, *dst.shape))] = IGNORE
+                    valid = read_valid(task.image, bands=task.bands, window=(win.row, win.col, *dst.shape))
+                    values[~valid] = classes.unlabelled_value
                     finals["classes"].write(values[None], win.row, win.col)
                 if progress:
                     progress(i, total)
@@ -262,14 +279,40 @@ def predict_scene(
     window: int = 512,
     progress: Progress | None = None,
     scheduler: Scheduler = None,
+    pixel_size: float | None = None,
 ) -> Path:
     """Coarse probabilities of ``image`` written to ``out`` (K float32 bands, class list in tags).
 
-    ``scheduler``: ``None`` runs here; a Dask scheduler address or ``Client`` runs the windows
-    on the cluster (:mod:`refiner.scale.cluster`).
+    Window by window at bounded memory, streamed into a tiled GeoTIFF; the result equals one
+    whole-scene pass.
+
+    Args:
+        model: a coarse CNN model folder.
+        image: the scene (a GeoTIFF file or URL) of any size.
+        out: the probability GeoTIFF to write.
+        bands: 1-based band indices to use as RGB.
+        device: where to run (default: cuda, else mps, else cpu).
+        window: the side in pixels of the windows.
+        progress: called with (windows done, windows in all).
+        scheduler: ``None`` runs here; a Dask scheduler address or ``Client`` runs the windows on
+            the cluster (:mod:`refiner.scale.cluster`).
+        pixel_size: metres per pixel of a picture without georeferencing (PNG, JPEG), so it is
+            resampled to the model's resolution; a georeferenced scene carries its own.
+
+    Returns:
+        ``out``.
+
+    Raises:
+        FileNotFoundError: the model or the scene is missing.
+        RasterError: the scene cannot be read or is too large (a ``ValueError``).
+
+    Example:
+        ```python
+        refiner.predict_scene("models/coarse", "scene.tif", "scene_probs.tif", scheduler="tcp://10.0.0.5:8786")
+        ```
     """
     bundle = load_model(model, expect="coarse")
-    h, w, (georef, resample) = _streamable(image, bundle)
+    h, w, (georef, grid, resample) = _streamable(image, bundle, pixel_size)
     window = max(4, window - window % 4)
     task = SceneTask("predict", str(model), str(image), bands=tuple(bands) if bands else None, device=device)
 
@@ -278,7 +321,7 @@ def predict_scene(
 
     makers = {"probs": lambda: _probs_writer(out, h, w, georef, bundle.classes)}
     resample_to = bundle.resolution if resample else None
-    _run_scene(task, georef, (h, w), resample_to, windows_on, makers, Path(out).parent, scheduler, progress)
+    _run_scene(task, grid, (h, w), resample_to, windows_on, makers, Path(out).parent, scheduler, progress)
     return Path(out)
 
 
@@ -316,6 +359,7 @@ def _check_probs(probs: str | Path, h: int, w: int, georef: Georef | None, bundl
     check_compatible(count, bundle.classes, "the probability map", "the model", todo)
     if shape != (h, w):
         raise ValueError(f"probabilities {shape} and image {(h, w)} differ in size — predict them on this image")
+    check_probs_file(probs)  # finite, in [0, 1], summing to 1, not all zeros: as finetune and crf check
     what = f"the probability map {Path(str(probs)).name}"
     check_same_place(raster_shape(probs)[2], georef, what, image, PREDICT_ON_IT)
 
@@ -335,17 +379,47 @@ def refine_scene(
     window: int | None = None,
     progress: Progress | None = None,
     scheduler: Scheduler = None,
+    pixel_size: float | None = None,
 ) -> Path:
     """Refined class map (and optionally probabilities, every iteration) of a scene, window by window.
 
-    ``quantise``: the probabilities as uint8 steps of 1/255 (a quarter of float32's size).
+    Each window is read with the RNN's reach around it, so the stitched result equals refining
+    the whole scene at once; outputs are tiled GeoTIFFs written as they go.
 
-    ``window``: the core side of each window; default: the scene split evenly into windows of at
-    most :func:`~refiner.models.fused.scene_window` (which reads whole CPU blocks; about 1100 px
-    for two classes), so no window is computed twice over.
+    Args:
+        model: an RNN model folder.
+        image: the scene (a GeoTIFF file or URL) of any size.
+        probs: its coarse probabilities (a GeoTIFF of the same grid, from any model).
+        out: the class map GeoTIFF to write.
+        probs_out: also write the refined probabilities here.
+        quantise: the probabilities as uint8 steps of 1/255 (a quarter of float32's size).
+        iterations_out: also write every iteration's probabilities here.
+        iterations: how many iterations to run (default: the RNN's own T).
+        bands: 1-based band indices to use as RGB.
+        device: where to run (default: cuda, else mps, else cpu).
+        window: the core side of each window; default: the scene split evenly into windows of at
+            most :func:`~refiner.models.fused.scene_window` (which reads whole CPU blocks; about
+            1100 px for two classes), so no window is computed twice over.
+        progress: called with (windows done, windows in all).
+        scheduler: ``None`` runs here; a Dask scheduler address or ``Client`` runs the windows on
+            the cluster.
+        pixel_size: metres per pixel of a picture without georeferencing (as in :func:`predict_scene`).
+
+    Returns:
+        ``out``.
+
+    Raises:
+        FileNotFoundError: the model, scene or probabilities are missing.
+        RasterError: they cannot be read, lie on different grids, or the probabilities have
+            another number of classes than the model (a ``ValueError``).
+
+    Example:
+        ```python
+        refiner.refine_scene("models/rnn", "scene.tif", "probs.tif", "map.tif", probs_out="refined.tif")
+        ```
     """
     bundle = load_model(model, expect="rnn")
-    h, w, (georef, resample) = _streamable(image, bundle)
+    h, w, (georef, grid, resample) = _streamable(image, bundle, pixel_size)
     _check_probs(probs, h, w, georef, bundle, Path(str(image)).name)
     t_max = bundle.net.cfg.iterations if iterations is None else iterations
     classes = bundle.classes
@@ -369,7 +443,8 @@ def refine_scene(
     cmap = dict(zip(classes.values, classes.colors, strict=True))
     makers: dict[str, Callable[[], RasterWriter]] = {
         "classes": lambda: RasterWriter(
-            out, height=h, width=w, count=1, dtype="uint8", georef=georef, nodata=IGNORE, tags=tags, colormap=cmap
+            out, height=h, width=w, count=1, dtype="uint8", georef=georef, nodata=classes.unlabelled_value, tags=tags,
+            colormap=cmap,
         )
     }
     if probs_out:
@@ -386,5 +461,5 @@ def refine_scene(
             tags={"refiner_iterations": str(t_max), **tags},
         )
     resample_to = bundle.resolution if resample else None
-    _run_scene(task, georef, (h, w), resample_to, windows_on, makers, Path(out).parent, scheduler, progress)
+    _run_scene(task, grid, (h, w), resample_to, windows_on, makers, Path(out).parent, scheduler, progress)
     return Path(out)

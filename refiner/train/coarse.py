@@ -22,7 +22,17 @@ from refiner.train.sampling import PatchSampler, TileMix, check_counts, check_la
 
 @dataclass
 class CoarseTrainConfig:
-    """Training hyper-parameters of the coarse CNN (defaults are the paper's)."""
+    """Training hyper-parameters of the coarse CNN (defaults are the paper's).
+
+    The CLI's ``train-coarse`` options and the experiment recipes take their defaults from here;
+    each field's comment says what it does.
+
+    Example:
+        ```python
+        cfg = refiner.CoarseTrainConfig(steps=500, batch_size=32)
+        coarse = refiner.train_coarse([scene.image], [scene.osm], scene.classes, cfg)
+        ```
+    """
 
     steps: int = 3000
     batch_size: int = 64
@@ -108,13 +118,38 @@ def train_coarse(
 ) -> ModelBundle:
     """Train the coarse CNN on (possibly imprecise) labels; images (C, H, W) in [0, 1] (or uint8).
 
-    ``partial`` maps extra label codes to the classes they allow (:func:`partial_label_loss`);
-    ``tile_weights`` share the batch between images (default: by labelled pixels); ``validate``
-    scores the model every ``cfg.eval_every`` steps and the best-scoring weights are returned
-    (history in ``result`` when given). ``init`` continues from a trained coarse model (its
-    weights and normalisation; the recipe's second stage), else training starts from Glorot.
-    ``cfg.steps`` below 1 is a ``ValueError`` (a model saved as trained must have been), and
-    ``info["trained_steps"]`` counts the steps that ran (fewer when ``should_stop`` ends it).
+    Args:
+        images: the training images, each (C, H, W).
+        labels: their labels, each (H, W) class indices (255 = unlabelled).
+        classes: the classes.
+        cfg: the hyper-parameters.
+        resolution: metres per pixel of the images (kept in the model).
+        device: where to train (default: cuda, else mps, else cpu).
+        progress: called with a report every few steps.
+        should_stop: polled between steps; True ends training (the model so far is returned).
+        partial: extra label codes -> the classes they allow (:func:`partial_label_loss`).
+        tile_weights: share of the batch per image (default: by labelled pixels).
+        stats: the normalisation (per-band mean, std) to use instead of the images' own.
+        validate: scores the model every ``cfg.eval_every`` steps; the best-scoring weights are
+            returned.
+        result: filled with the validation history and best step when given.
+        init: a trained coarse model to continue from (its weights and normalisation; the
+            recipe's second stage), else training starts from Glorot.
+
+    Returns:
+        The trained model; ``info["trained_steps"]`` counts the steps that ran (fewer when
+        ``should_stop`` ends it).
+
+    Raises:
+        ValueError: ``cfg.steps`` below 1, images and labels of different sizes, or label values
+            that are neither a class index nor a partial code.
+
+    Example:
+        ```python
+        scene = refiner.make_scene(256, seed=0)
+        coarse = refiner.train_coarse([scene.image], [scene.osm], scene.classes, refiner.CoarseTrainConfig(steps=200))
+        refiner.save_model(coarse, "models/coarse")
+        ```
     """
     if len(images) != len(labels) or not images:
         raise ValueError("give one label raster per image (and at least one image)")

@@ -26,6 +26,7 @@ from refiner.train.sampling import (
     as_float,
     check_counts,
     check_labels,
+    check_patches,
     holdout_guard,
     jitter,
     split_holdout,
@@ -36,7 +37,18 @@ from refiner.train.sampling import (
 
 @dataclass
 class RNNTrainConfig:
-    """Fine-tuning hyper-parameters of the RNN (AdaGrad lr 0.01 and cross-entropy: the paper's)."""
+    """Fine-tuning hyper-parameters of the RNN (AdaGrad lr 0.01 and cross-entropy: the paper's).
+
+    The one source of the training defaults: the CLI's ``finetune`` options, the app's Train page
+    and the recipes read them from here (``FINETUNE_DEFAULTS`` is the patch fine-tune's variant);
+    each field's comment says what it does.
+
+    Example:
+        ```python
+        cfg = refiner.RNNTrainConfig(steps=300, holdout=0.25, patience=6)
+        result = refiner.train_rnn(tile.image, probs, labels, classes, cfg)
+        ```
+    """
 
     steps: int = 1500
     # Small batches of small patches: on a CPU, 8 x 48^2 runs ~7x faster per pixel than 16 x 64^2
@@ -68,7 +80,21 @@ class RNNTrainConfig:
 
 @dataclass
 class RNNTrainResult:
-    """A trained RNN with its per-step reports, best held-out score and why training ended."""
+    """A trained RNN with its per-step reports, best held-out score and why training ended.
+
+    Attributes:
+        bundle: the trained RNN (the weights that did best on the held-out pixels, when any).
+        history: the progress reports (step, loss, validation scores).
+        best_val: the best held-out mean IoU (None without held-out pixels).
+        stopped: ``finished``, ``early_stopping``, ``time_budget`` or ``cancelled``.
+
+    Example:
+        ```python
+        result = refiner.train_rnn(tile.image, probs, labels, classes)
+        print(result.stopped, result.best_val, len(result.history))
+        refiner.save_model(result.bundle, "models/rnn")
+        ```
+    """
 
     bundle: ModelBundle
     history: list[Progress] = field(default_factory=list)
@@ -127,6 +153,12 @@ def _check_inputs(image: np.ndarray, probs: np.ndarray, labels: np.ndarray, k: i
             f"image {image.shape[1:]}, probabilities {probs.shape[1:]} and labels {labels.shape} "
             "must have the same size"
         )
+    for what, arr in (("image", image), ("probabilities", probs)):
+        if not np.isfinite(arr).all():
+            raise ValueError(
+                f"the {what} hold NaN or infinite values — read them with refiner.read_image / read_probs "
+                "(NaN pixels become nodata) or replace them before training"
+            )
 
 
 def _start_bundle(
@@ -298,6 +330,26 @@ def _train_step(
     return loss.item()
 
 
+class DivergedError(ValueError):
+    """Training produced a NaN or infinite loss or weight: stopped, nothing of it is saved."""
+
+
+def check_finite_training(net: torch.nn.Module, loss: float, step: int) -> None:
+    """Stop training at the first NaN or infinite loss or weight, with a message saying what to do.
+
+    Float imagery with NaN pixels trained a model with 9,539 NaN weights that was saved (rc 0) and
+    then refined every tile to all-background.
+    """
+    bad = [n for n, q in net.named_parameters() if not bool(torch.isfinite(q).all())]
+    if math.isfinite(loss) and not bad:
+        return
+    what = f"the weights {', '.join(bad[:3])}" if bad else "the loss"
+    raise DivergedError(
+        f"training stopped at step {step}: {what} became NaN or infinite, so no model was saved — check the "
+        "image and probabilities for NaN pixels (declare them as nodata) or lower the learning rate"
+    )
+
+
 def _stop_reason(cfg: RNNTrainConfig, stale: int, last: bool, step: int) -> str | None:
     """Why training ends early after ``step``: no gain in ``cfg.patience`` validations, or time up."""
     if cfg.patience and stale >= cfg.patience:
@@ -350,10 +402,36 @@ def train_rnn(
 ) -> RNNTrainResult:
     """Fine-tune the RNN on an accurately labelled tile.
 
-    ``image`` (C, H, W) in [0, 1] and the frozen coarse ``probs`` (K, H, W) cover the tile;
-    ``labels`` (H, W) mark the accurately labelled pixels (255 elsewhere). A ``holdout`` fraction
-    of labelled blocks is kept for validation unless ``val_labels`` are given. ``init`` continues
-    training an existing model (with its AdaGrad state when it has one).
+    A ``cfg.holdout`` fraction of labelled blocks is kept for validation unless ``val_labels``
+    are given, and the weights that did best there are returned.
+
+    Args:
+        image: the tile (C, H, W) in [0, 1].
+        probs: the frozen coarse probabilities (K, H, W) of the tile.
+        labels: the accurately labelled pixels (H, W) class indices, 255 elsewhere.
+        classes: the K classes.
+        cfg: the hyper-parameters.
+        arch: the architecture of a new RNN (default: the paper's, 5 iterations).
+        init: a model to continue training (with its AdaGrad state when it has one).
+        resolution: metres per pixel of the inputs (kept in the model).
+        device: where to train (default: cuda, else mps, else cpu).
+        progress: called with a report every step.
+        should_stop: polled between steps; True ends training (``stopped == "cancelled"``).
+        checkpoint_dir: where to write a checkpoint every ``cfg.checkpoint_every`` steps.
+        val_labels: held-out labels to validate on, instead of splitting ``labels``.
+        partial: extra label codes -> the classes they allow (e.g. ``NOT_ROAD``).
+
+    Returns:
+        The trained RNN with its reports, best held-out score and why it stopped.
+
+    Raises:
+        ValueError: no labelled pixel, or label values that are no class index.
+
+    Example:
+        ```python
+        result = refiner.train_rnn(tile.image, probs, labels, classes, refiner.RNNTrainConfig(steps=300))
+        refined = refiner.refine(result.bundle, tile, probs)
+        ```
     """
     _check_inputs(image, probs, labels, len(classes), cfg)
     allowed = allowed_table(len(classes), partial)
@@ -362,6 +440,7 @@ def train_rnn(
     dev = pick_device(device)
     torch.manual_seed(cfg.seed)
     bundle, net = _start_bundle(image, classes, arch, init, resolution, dev)
+    check_patches(labels.shape, net.cfg, cfg.patch_size, cfg.batch_size)  # before the first step, not in a crash
     if val_labels is None:
         labels, val_labels = split_holdout(labels, cfg.holdout, guard=holdout_guard(net.cfg), seed=cfg.seed)
     sampler = PatchSampler([image, probs], labels, cfg.patch_size, net.cfg.halo, seed=cfg.seed, augment=cfg.augment)
@@ -384,6 +463,7 @@ def train_rnn(
             step -= 1  # this step did not run
             break
         loss = _train_step(sampler, bundle, objective, opt, cfg, gen, dev)
+        check_finite_training(net, loss, step)
         report = Progress(step, cfg.steps, loss, schedule.elapsed())
         last = schedule.is_last(step, report.seconds)
         if score is not None and schedule.validate_now(step, report.seconds, last):
@@ -436,8 +516,31 @@ def finetune_from_pretrained(
     The default fine-tune of the app and of ``finetune --init``: the patch (``labels``, 255
     elsewhere) is small, so training starts from the pretrained refiner, a copy of ``init``
     (the loaded model is left untouched) is trained with :data:`FINETUNE_DEFAULTS` and the
-    weights that did best on held-out painted blocks are returned. ``image``, ``probs`` and
-    ``labels`` are on ``init``'s working grid.
+    weights that did best on held-out painted blocks are returned.
+
+    Args:
+        image: the tile (C, H, W) in [0, 1], on ``init``'s working grid.
+        probs: the coarse probabilities (K, H, W) of the tile.
+        labels: the painted pixels (H, W) class indices, 255 elsewhere.
+        init: the pretrained RNN to start from.
+        cfg: the hyper-parameters (default: the patch fine-tune's).
+        partial: extra label codes -> the classes they allow.
+        device: where to train (default: cuda, else mps, else cpu).
+        progress: called with a report every step.
+        should_stop: polled between steps; True ends training.
+        checkpoint_dir: where to write checkpoints.
+
+    Returns:
+        The adapted RNN with its reports, best held-out score and why it stopped.
+
+    Raises:
+        ValueError: ``init`` is not an RNN, or the labels hold no labelled pixel.
+
+    Example:
+        ```python
+        rnn = refiner.load_model(refiner.pretrained_root() / "rnn_1m", expect="rnn")
+        adapted = refiner.finetune_from_pretrained(tile.image, probs, labels, rnn).bundle
+        ```
     """
     import copy
 

@@ -13,7 +13,7 @@ def _weights(ws) -> str:
 
 def _train(ws, **kw) -> dict:
     params = jobs.TrainParams(steps=4, batch_size=2, patch_size=16, eval_every=2, checkpoint_every=2, **kw)
-    out = jobs.run_training(str(ws.path), asdict(params), "j")
+    out = jobs.run_training(str(ws.path), "j", asdict(params))
     assert out["state"] == "finished", out["message"]
     return out
 
@@ -70,3 +70,13 @@ def test_a_copy_into_the_history_is_whole_or_not_at_all(tmp_path, monkeypatch):
     assert model_history.entries(ws) == []
     kept = model_history.keep_current(ws)
     assert [e.id for e in model_history.entries(ws)] == [kept.id] and (history / kept.id / "entry.json").is_file()
+
+
+def test_the_kept_weights_are_described_without_contradiction():
+    """It said "the weights of step 1300 ..., not those of its last step (1300)"."""
+    from refiner.app.model_history import Entry
+
+    last = Entry("a", "rnn a", 0.0, best_step=1300, last_step=1300, held_out_mean_iou=0.8).kept_weights()
+    assert "step 1300, the last of its run" in last and "not those" not in last
+    earlier = Entry("b", "rnn b", 0.0, best_step=200, last_step=300, held_out_mean_iou=0.7).kept_weights()
+    assert "step 200" in earlier and "not those of its last step (300)" in earlier

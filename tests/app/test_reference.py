@@ -26,6 +26,19 @@ def test_the_proposed_mapping_uses_class_values_then_the_free_classes_in_order()
         reference.mask_values(np.arange(100, dtype=np.uint8).reshape(10, 10))
 
 
+def test_a_0_255_road_mask_is_proposed_as_road_not_building():
+    """Issue 22: a 0/255 road mask in a background/building/road workspace was proposed 255 -> building."""
+    road = np.zeros((8, 8), np.uint8)
+    road[3:5] = 255
+    assert reference.propose_mapping([0, 255], DEMO_CLASSES, name="roads_austin.png") == {0: 0, 255: 2}
+    coarse = np.zeros((8, 8), np.uint8)
+    coarse[3:5, :6] = 2  # the workspace's coarse map sees road where the mask has 255
+    coarse[3:5, 6:] = 1
+    assert reference.propose_mapping([0, 255], DEMO_CLASSES, name="mask.png", raw=road, guide=coarse) == {0: 0, 255: 2}
+    buildings = ClassSpec(("background", "building"))
+    assert reference.propose_mapping([0, 255], buildings, name="austin.tif") == {0: 0, 255: 1}
+
+
 def _geotiff(array: np.ndarray, transform: Affine, crs: str) -> bytes:
     buf = io.BytesIO()
     with rasterio.MemoryFile() as mem:
@@ -70,3 +83,16 @@ def test_another_workspace_of_other_classes_is_refused_with_both_class_lists(tmp
     said = str(e.value)
     assert "the workspace roads has classes ['background', 'road']" in said
     assert "this workspace has ['background', 'building', 'road']" in said and " — pick a workspace" in said
+
+
+def test_a_reference_on_a_road_workspace_valued_255_keeps_its_unlabelled_pixels(tmp_path, scene):
+    """With background,road = 0,255 the stored reference's unlabelled pixels read back as road."""
+    from refiner.app.workspace import Workspace
+
+    ws = Workspace.create(tmp_path, "roads", scene.tile(), ClassSpec(("background", "road"), (0, 255)))
+    raw = np.full(ws.shape, 9, np.uint8)  # 9: not scored
+    raw[:20] = 0
+    raw[20:25] = 255
+    labels = reference.attach_mask(ws, raw, None, {0: 0, 255: 1, 9: None}, "roads.png")
+    again = reference.reference_labels(ws)
+    assert np.array_equal(again, labels) and (again[25:] == IGNORE).all() and (again[20:25] == 1).all()

@@ -149,7 +149,7 @@ def test_share_links_read_only_and_editable(root):
     with pytest.raises(ValueError, match="read-only: it was shared with you to look at"):
         paint(seen)
     with pytest.raises(ValueError, match="read-only"):
-        jobs.request_cancel(seen)
+        jobs.TRAINING.cancel(seen)
     assert Workspace(ws.path).label_counts()["road"] == 0
     edit = owner.share("survey", "edit")
     editable = guest.open_shared(edit)
@@ -197,7 +197,7 @@ def test_one_job_at_a_time_per_session(root, monkeypatch):
     (b.path / "jobs" / jobs.CURVES).write_text('{"model_steps": 3}')  # not a job: never counted as one
     assert jobs.active_job(b) == ""
     status = jobs.JobStatus(id="x", state="running", started=time.time())
-    jobs.write_status(a, status)  # a run going in 'a' (its heartbeat is fresh)
+    jobs.write_status(a, status, jobs.TRAINING.files[0])  # a run going in 'a' (its heartbeat is fresh)
     assert jobs.active_job(a) == "training run" and s.busy() == "training run in 'a'"
     from refiner.app.jobs import scene as scene_job
 
@@ -205,7 +205,7 @@ def test_one_job_at_a_time_per_session(root, monkeypatch):
         scene_job.start_scene_job(b, "https://example.org/x.tif", others=s.workspaces())
     with pytest.raises(RuntimeError, match="training run is already going in this workspace"):
         scene_job.start_scene_job(a, "https://example.org/x.tif", others=s.workspaces())
-    assert scene_job.read_scene_status(b) is None
+    assert scene_job.SCENE.read(b) is None
     # another session is not held up by it
     started = []
     monkeypatch.setattr(jobs.ThreadBackend, "submit", lambda self, fn, *args: started.append(fn) or _Done())
@@ -238,7 +238,7 @@ def test_idle_session_workspaces_are_cleaned_up(root, builds, monkeypatch):
         _age(ws.path, 100)
     _age(fresh.path, 1)
     _age(tpl.path, 1000)
-    jobs.write_status(running, jobs.JobStatus(id="j", state="running", started=time.time()))
+    jobs.write_status(running, jobs.JobStatus(id="j", state="running", started=time.time()), jobs.TRAINING.files[0])
     session(root).open_shared(token)  # someone used the share link just now
     idle.open("kept")  # and idle's other workspace was opened just now
     monkeypatch.setenv(sessions.TTL_ENV, "72")

@@ -185,3 +185,24 @@ def test_damaged_uploads_are_named_by_the_upload_not_the_server_temp_file(tmp_pa
     with pytest.raises(ValueError) as err:
         ws.import_probs(p.read_bytes()[: p.stat().st_size // 2], "mine.tif")
     assert "mine.tif" in str(err.value) and "/tmp" not in str(err.value)
+
+
+def test_a_road_class_valued_255_leaves_unpainted_pixels_unlabelled(tmp_path, scene):
+    """Upload with background,road = 0,255: the whole tile read back as road (2,250,000 px), none unlabelled."""
+    roads = ClassSpec(("background", "road"), (0, 255))
+    ws = Workspace.create(tmp_path, "roads", scene.tile(), roads)
+    assert ws.label_counts()["road"] == 0 and ws.label_counts()["unlabelled"] == ws.shape[0] * ws.shape[1]
+    labels = ws.labels()
+    labels[5:10] = 1
+    labels[10:12] = 0
+    ws.write_labels(labels)
+    assert np.array_equal(Workspace.open(tmp_path, "roads").labels(), labels)
+    ws.write_holdout(labels)
+    assert np.array_equal(ws.holdout(), labels)
+    with rasterio.open(ws.path / "labels.tif") as ds:  # a GIS sees road as 255 and unlabelled as nodata
+        raw = ds.read(1)
+        assert ds.nodata == 254 and (raw[5:10] == 255).all() and (raw[20:] == 254).all()
+    mask = np.zeros(ws.shape, np.uint8)  # a 0/255 road mask imported with these values
+    mask[30:34] = 255
+    imported = ws.import_labels(_png(mask), "roads.png")
+    assert (imported[30:34] == 1).all() and (imported == 1).sum() == 4 * ws.shape[1] and (imported == 0).any()

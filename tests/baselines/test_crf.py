@@ -91,10 +91,13 @@ def test_grid_search_tries_every_combination_and_keeps_the_best(scene):
         grid_search(scene.image, probs, np.full_like(labels, 255))
 
 
-def test_params_from_dict_rejects_unknown_keys():
-    assert CRFParams.from_dict({"bilateral_sxy": 7}).bilateral_sxy == 7
-    with pytest.raises(ValueError, match="unknown CRF parameter"):
-        CRFParams.from_dict({"theta": 1})
+def test_typed_params_refuse_unknown_keys_stored_ones_ignore_them():
+    """``parse`` (what a person wrote: a typo is an error) and ``from_dict`` (a workspace's settings,
+    maybe from another version: a key this one does not know must not lock the workspace)."""
+    assert CRFParams.parse({"bilateral_sxy": 7}).bilateral_sxy == 7
+    with pytest.raises(ValueError, match=r"unknown CRF parameter\(s\) \['theta'\]; known: \['bilateral_compat'"):
+        CRFParams.parse({"theta": 1, "bilateral_sxy": 7})
+    assert CRFParams.from_dict({"theta": 1, "bilateral_sxy": 7}) == CRFParams(bilateral_sxy=7)
 
 
 def test_the_search_runs_on_windows_around_the_labels_and_scores_each_pixel_once():

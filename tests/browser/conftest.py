@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.browser.harness import CHROMIUM, CHROMIUM_ARGS, streamlit_server, watch_reruns
+from tools.browser import CHROMIUM, CHROMIUM_ARGS, streamlit_server, watch_reruns
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from tests.browser.harness import (
+from tools.browser import (
     metrics,
     open_page,
     paint_stroke,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from tests.browser.harness import open_page, require_chromium, settle, stroke
+from tools.browser import open_page, require_chromium, settle, stroke
 
 require_chromium()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.browser.harness import (
+from tools.browser import (
     metrics,
     open_page,
     require_chromium,
@@ -26,7 +26,9 @@ def test_the_learn_page_runs_a_preset_beside_the_learned_rnn(page, url):
     assert page.locator(".katex").count() >= 3  # the equations and the term are typeset
     text = table_text(page)
     assert "Heat equation, t = 10" in text and "learned RNN, t = 5" in text
-    assert "Laplacian: span residual" in metrics(page)
+    shown = metrics(page)
+    assert "Laplacian: left out by these 3" in shown  # was "span residual", 0.0 % for every operator
+    assert any(v != "0.0%" for k, v in shown.items() if "left out" in k)
     page.get_by_text("Perona–Malik", exact=True).click()
     page.get_by_text("Perona–Malik, t = 10", exact=True).wait_for()
     settle(page)

@@ -10,7 +10,7 @@ import pytest
 
 from refiner.app.demos import REAL_DEMOS, unavailable
 from refiner.models.pretrained import pick_coarse
-from tests.browser.harness import (
+from tools.browser import (
     CHROMIUM,
     CHROMIUM_ARGS,
     metrics,
@@ -44,6 +44,12 @@ def test_the_real_roads_demo_opens_with_a_coarse_map(tmp_path):
         assert m["CRS"] == "none"  # a JPEG: its 1 m is stated, not read from the file
         page.get_by_text("coarse probabilities: shipped coarse CNN").first.wait_for()
         page.get_by_text("Picked for this workspace:").first.wait_for()
+        assert page.locator('[data-testid="stException"]').count() == 0
+        # Compare before any fine-tune: coarse, CRF and the shipped RNN, not one red "no refinement RNN yet"
+        open_page(page, url, "Compare", wait_for='[data-testid="stTable"]')
+        page.get_by_text("Shipped RNN rnn_1m").first.wait_for()
+        assert page.get_by_text("no refinement RNN yet").count() == 0
+        assert page.locator('[data-testid="stAlertContentError"]').count() == 0
         assert page.locator('[data-testid="stException"]').count() == 0
         browser.close()
     assert (tmp_path / "templates" / "real-roads" / "coarse_probs.tif").is_file()  # the template, built once

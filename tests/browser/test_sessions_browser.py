@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.browser.harness import metrics, open_page, paint_stroke, require_chromium, session_query, settle
+from tools.browser import metrics, open_page, paint_stroke, require_chromium, session_query, settle
 
 require_chromium()
 

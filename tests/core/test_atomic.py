@@ -60,3 +60,24 @@ def test_check_writable_tries_the_nearest_existing_folder(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(ValueError, match="is a file, not a folder"):
         check_writable(tmp_path / "f" / "out.tif")
+
+
+def test_records_read_back_ignore_keys_of_other_versions():
+    """One behaviour for every record read back (job status, model history, CRF settings): a key with
+    no field is dropped; ``unknown_keys`` is what callers that read typed input refuse."""
+    from dataclasses import dataclass, field
+
+    from refiner.core.atomic import from_known_fields, unknown_keys
+
+    @dataclass
+    class Record:
+        name: str
+        steps: int = 0
+        tags: list[str] = field(default_factory=list)
+
+    newer = {"name": "rnn", "steps": 3, "added_later": True, "zzz": 1}
+    assert from_known_fields(Record, newer) == Record("rnn", 3)
+    assert unknown_keys(Record, newer) == ["added_later", "zzz"]
+    assert unknown_keys(Record, {"name": "x"}) == []
+    with pytest.raises(TypeError, match="name"):
+        from_known_fields(Record, {"steps": 1})  # a missing required field is still an error

@@ -54,3 +54,23 @@ def test_check_compatible_names_both_sides_and_what_to_do():
         check_compatible(["road", "background", "building"], three, "the map", "the model", "fix it")
     with pytest.raises(ValueError, match="^the probability map has 2 bands but the model has 3 classes — predict"):
         check_compatible(2, three, "the probability map", "the model", "predict them again")
+
+
+def test_a_class_valued_255_moves_unlabelled_to_a_free_value():
+    """Road = 255 (a 0/255 road mask): unlabelled must not be written as 255 too, or it reads back as road."""
+    roads = ClassSpec(("background", "road"), (0, 255))
+    assert roads.unlabelled_value == 254
+    idx = np.array([[0, 1], [255, 255]], np.uint8)  # class indices, 255 = unlabelled
+    np.testing.assert_array_equal(roads.decode(idx), [[0, 255], [254, 254]])
+    np.testing.assert_array_equal(roads.encode_mask(roads.decode(idx)), idx)
+    assert ClassSpec(("background", "road")).unlabelled_value == 255
+    with pytest.raises(ValueError, match="at most 255 classes"):
+        ClassSpec(tuple(f"c{i}" for i in range(256)), tuple(range(256)))
+
+
+def test_road_has_the_road_colour_whatever_its_position():
+    """A background/road workspace drew road in red, the building colour (colours went by index)."""
+    three = ClassSpec(("background", "building", "road"))
+    two = ClassSpec(("background", "road"), (0, 255))
+    assert two.colors[1] == three.colors[2] != three.colors[1]
+    assert len(set(ClassSpec(("a", "b", "c", "road")).colors)) == 4  # other names: distinct palette colours

@@ -31,3 +31,25 @@ def test_errors():
         evaluate(np.zeros((2, 2), np.uint8), np.zeros((3, 2), np.uint8), 2)
     with pytest.raises(ValueError, match="no labelled pixels"):
         evaluate(np.zeros((2, 2), np.uint8), np.full((2, 2), 255, np.uint8), 2)
+
+
+def test_maps_scored_on_one_truth_average_the_same_classes():
+    """A road-only truth: building was 0.0 in the mean of a map predicting some, left out of another's."""
+    truth = np.array([[0, 0, 2, 2], [0, 0, 2, 255]], np.uint8)  # background and road, no building
+    some_building = np.array([[0, 1, 2, 2], [0, 0, 2, 0]], np.uint8)
+    no_building = np.array([[0, 0, 2, 0], [0, 0, 2, 0]], np.uint8)
+    a, b = evaluate(some_building, truth, 3), evaluate(no_building, truth, 3)
+    assert a.in_mean == b.in_mean == (0, 2)
+    assert np.isnan(a.iou[1]) and np.isnan(b.iou[1])  # no IoU for a class the truth does not label
+    assert a.mean_iou == pytest.approx((3 / 4 + 1) / 2)  # the building pixel still costs background
+    assert b.mean_iou == pytest.approx((4 / 5 + 2 / 3) / 2)
+    assert a.to_dict(["background", "building", "road"])["mean_over"] == ["background", "road"]
+
+
+def test_a_one_class_truth_scores_that_class_against_the_rest():
+    truth = np.array([[0, 0, 2, 2]], np.uint8)  # a road mask: road and not-road
+    pred = np.array([[1, 0, 2, 2]], np.uint8)  # a building is not road: right here
+    s = evaluate(pred, truth, 3, one_vs_rest=True)
+    assert s.overall_accuracy == 1.0 and s.mean_iou == 1.0 and s.in_mean == (0, 2)
+    three = np.array([[0, 1, 2, 2]], np.uint8)  # labels of several classes: no merging
+    assert evaluate(pred, three, 3, one_vs_rest=True).overall_accuracy == 0.5

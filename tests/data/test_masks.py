@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from refiner.core.classes import IGNORE, ClassSpec
-from refiner.data.masks import apply_mapping, merge, propose_mapping, read_mask
+from refiner.data.masks import apply_mapping, counts_by_class, merge, propose_mapping, read_mask
 from refiner.data.synthetic import DEMO_CLASSES
 from refiner.data.write import write_raster
 
@@ -85,3 +85,44 @@ def test_bad_masks_say_what_is_wrong(scene):
         read_mask(b"II*\x00 not really", "broken.tif", tile, BUILDINGS)
     with pytest.raises(ValueError, match="GeoTIFF or PNG"):
         read_mask(b"x", "notes.txt", tile, BUILDINGS)
+
+
+def test_geojson_roads_valued_255_stay_road_not_unlabelled(tmp_path, scene):
+    """GeoJSON was rasterised to mask values with 255 as nodata: a road class valued 255 vanished."""
+    import json
+
+    roads = ClassSpec(("background", "road"), (0, 255))
+    tile = scene.tile()
+    t = tile.georef.transform
+    x0, y0 = t * (10, 10)
+    x1, y1 = t * (40, 30)
+    poly = [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]]
+    gj = {
+        "type": "FeatureCollection",
+        "crs": {"type": "name", "properties": {"name": tile.georef.crs.to_string()}},
+        "features": [
+            {"type": "Feature", "properties": {"class": "road"}, "geometry": {"type": "Polygon", "coordinates": poly}}
+        ],
+    }
+    mask = read_mask(json.dumps(gj).encode(), "roads.geojson", tile, roads)
+    labels = apply_mapping(mask, propose_mapping(mask, roads), roads)
+    assert (labels == 1).sum() > 400 and (labels[15:25, 15:35] == 1).all()
+    assert (labels[50:] == 0).all()  # the rest is background, as rasterize_vectors fills it
+
+
+def test_a_road_mask_is_proposed_as_road_and_its_effect_counted_before_import(scene):
+    tile = scene.tile()
+    road = np.zeros(tile.shape, np.uint8)
+    road[40:44] = 255
+    mask = read_mask(_png(road), "osm_roads.png", tile, DEMO_CLASSES)
+    mapping = propose_mapping(mask, DEMO_CLASSES)  # named after road: road, not the first free class
+    assert mapping == {0: 0, 255: 2}
+    guided = read_mask(_png(road), "mask.png", tile, DEMO_CLASSES)
+    coarse = np.zeros(tile.shape, np.uint8)
+    coarse[38:46] = 2
+    assert propose_mapping(guided, DEMO_CLASSES, coarse) == {0: 0, 255: 2}
+    counts = dict(zip(mask.values, mask.counts, strict=True))
+    n = 4 * tile.shape[1]
+    assert counts_by_class(counts, mapping, DEMO_CLASSES) == (
+        f"background {road.size - n:,} px · building 0 px · road {n:,} px · unlabelled 0 px"
+    )

@@ -31,7 +31,7 @@ def test_geotiff_round_trip_keeps_crs_and_transform(tmp_path):
     assert classes == CLASSES and georef == UTM
     write_class_map(tmp_path / "m.tif", probs.argmax(0).astype(np.uint8), tile.georef, CLASSES)
     with rasterio.open(tmp_path / "m.tif") as ds:
-        assert ds.crs == UTM.crs and ds.transform == UTM.transform and ds.nodata == 255
+        assert ds.crs == UTM.crs and ds.transform == UTM.transform and ds.nodata == 254  # road is 255: nodata is not
         assert set(np.unique(ds.read(1))) <= {0, 255}
         assert json.loads(ds.tags()["refiner_classes"])["names"] == ["background", "road"]
 
@@ -223,3 +223,14 @@ def test_quantised_probabilities_are_rounded_and_read_back(tmp_path):
     write_probs(tmp_path / "q.tif", p, None, DEMO_CLASSES, quantise=True)
     back, classes, _ = read_probs(tmp_path / "q.tif", check_sums=True)
     assert np.abs(back - p).max() <= 0.5 / 255 + 1e-6 and classes.names == DEMO_CLASSES.names
+
+
+def test_a_class_map_with_road_valued_255_keeps_road_apart_from_nodata(tmp_path):
+    """`--values 0,255` (what the CLI suggests): road pixels were written as 255 = the file's nodata."""
+    roads = ClassSpec(("background", "road"), (0, 255))
+    cls_map = np.array([[0, 1], [1, 255]], np.uint8)  # 255 = no class (off the image)
+    write_class_map(tmp_path / "m.tif", cls_map, None, roads)
+    with rasterio.open(tmp_path / "m.tif") as ds:
+        raw, nodata = ds.read(1), ds.nodata
+    assert nodata == 254 and raw.tolist() == [[0, 255], [255, 254]]
+    np.testing.assert_array_equal(read_labels(tmp_path / "m.tif", roads), cls_map)  # and reads back the same

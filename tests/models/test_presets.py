@@ -179,5 +179,13 @@ def test_match_filters_finds_the_operator_hidden_among_noise():
     bank[5] = -2 * presets.laplacian_kernel() + 0.01 * rng.normal(size=(5, 5))
     found = presets.match_filters(bank)
     assert found["Laplacian"][0].index == 5 and found["Laplacian"][0].correlation > 0.99
-    assert found["Laplacian"][0].span_residual < 0.01
+    assert found["Laplacian"][0].span_residual < 0.01 and found["Laplacian"][0].top_residual < 0.01
+
+
+def test_the_residual_shown_is_not_zero_for_every_operator_of_a_full_bank():
+    """32 filters span all 25 weights of a 5x5 kernel: the whole bank's residual was 0.0 % for every operator."""
+    bank = np.random.default_rng(1).normal(size=(32, 5, 5)).astype(np.float32)
+    found = presets.match_filters(bank)
+    assert all(m[0].span_residual < 1e-6 for m in found.values())  # says nothing
+    assert all(0.3 < m[0].top_residual < 1 for m in found.values())  # three random filters leave much out
     assert found["∂/∂x (central)"][0].correlation < 0.9

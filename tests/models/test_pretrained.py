@@ -12,7 +12,7 @@ import torch
 from refiner.core.classes import ClassSpec
 from refiner.data.tile import Tile
 from refiner.models.coarse import CoarseCNN, CoarseConfig
-from refiner.models.pretrained import catalogue, coarse_probs_for, pick_coarse, pick_rnn
+from refiner.models.pretrained import catalogue, coarse_probs_for, pick_coarse, pick_rnn, rnn_for
 from refiner.models.rnn import RefinerRNN, RNNConfig
 from refiner.models.store import ModelBundle, save_model
 
@@ -78,10 +78,9 @@ def test_what_does_not_fit_says_why(shipped, tmp_path):
     assert no_bg.model is None and "does not know other" in no_bg.reason
     sentinel = pick_coarse(THREE, 10.0, root=shipped)
     assert sentinel.model is None and "10.00 m/px" in sentinel.reason
-    # the RNN keeps class-specific weights: only the exact class list, in order
     assert pick_rnn(THREE, 1.0, root=shipped).model.name == "rnn_1m"
-    roads = pick_rnn(ROADS, 1.0, root=shipped)
-    assert roads.model is None and "background, building, road" in roads.reason
+    water_rnn = pick_rnn(ClassSpec(("background", "water")), 1.0, root=shipped)
+    assert water_rnn.model is None and "does not know water" in water_rnn.reason
     empty = pick_coarse(THREE, 1.0, root=tmp_path / "nothing")
     assert empty.model is None and "none is installed" in empty.reason
 
@@ -104,3 +103,22 @@ def test_coarse_probs_for_a_picture_with_a_stated_pixel_size(shipped):
     assert not np.allclose(probs, same, atol=1e-3)
     with pytest.raises(ValueError, match="does not know water"):
         coarse_probs_for(pick_coarse(ClassSpec(("background", "water")), 1.0, root=shipped), tile)
+
+
+def test_a_road_workspace_fine_tunes_a_2_class_rnn_derived_from_the_3_class_one(shipped):
+    """It was told "Training from scratch: no shipped RNN fits the classes background, road"."""
+    pick = pick_rnn(ROADS, 1.0, root=shipped)
+    assert pick.model is not None and pick.model.name == "rnn_1m"
+    assert "building (background here) dropped" in pick.reason
+    bundle = rnn_for(pick.model, ROADS)
+    assert bundle.classes == ROADS and bundle.net.cfg.num_classes == 2 and bundle.info["derived_from"] == "rnn_1m"
+    three = rnn_for(pick.model, THREE)  # the shipped model's own classes: itself
+    torch.manual_seed(1)
+    u = torch.randn(1, 3, 12, 12)
+    image = torch.randn(1, 3, 12, 12)
+    blk3, blk2 = three.net.blocks[0], bundle.net.blocks[0]
+    with torch.no_grad():  # background and road are updated exactly as by the 3-class RNN
+        two = blk2.step(u[:, [0, 2]], blk2.image_features(image))
+        torch.testing.assert_close(two, blk3.step(u, blk3.image_features(image))[:, [0, 2]])
+    with pytest.raises(ValueError, match="does not know water"):
+        rnn_for(pick.model, ClassSpec(("background", "water")))

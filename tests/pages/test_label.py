@@ -146,3 +146,21 @@ def test_other_pages_keep_their_zoom_and_pan_too(app_ws):
     assert not at.exception
     again = AppTest.from_file(page, default_timeout=180).run()
     assert again.select_slider(key="filters_zoom").value == 2 and again.slider(key="filters_cx").value == 0.25
+
+
+def test_a_tile_uploaded_with_road_valued_255_starts_unlabelled_on_the_label_page(app_ws):
+    """Upload with classes background,road and values 0,255: Label showed 2,250,000 px road, 0 unlabelled."""
+    from tests.helpers import run as run_page
+
+    img = np.zeros((40, 48, 3), np.uint8)
+    img[:, 20:26] = 200  # a bright vertical road
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=180).run()
+    at.file_uploader(key="tile_upload").set_value(("roads.png", _png(img), "image/png")).run()
+    at.text_input(key="upload_name").set_value("roads")
+    at.text_input(key="upload_classes").set_value("background,road")
+    at.text_input(key="upload_values").set_value("0,255").run()
+    at.button(key="create_upload").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    label = run_page("pages/1_Label.py", ws="roads")
+    m = {x.label: x.value for x in label.metric}
+    assert m["road"] == "0" and m["unlabelled"] == f"{40 * 48:,}", m

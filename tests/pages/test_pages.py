@@ -12,7 +12,7 @@ from refiner.app import jobs, results
 from refiner.app.workspace import Workspace
 from refiner.core.classes import IGNORE
 from refiner.core.metrics import evaluate
-from tests.helpers import REPO, TIMEOUT, TOKEN, make_workspace, run, session
+from tests.helpers import REPO, TIMEOUT, TOKEN, make_workspace, run, session, train_button
 
 
 def metrics(at: AppTest) -> dict[str, str]:
@@ -28,7 +28,7 @@ def test_start_page_describes_the_tile(app_ws):
 
 
 def test_every_page_ends_with_the_run_end_marker(app_ws):
-    """The browser tests wait for it (tests/browser/harness.py ``settle``): a page without it makes them hang."""
+    """The browser tests wait for it (tools/browser.py ``settle``): a page without it makes them hang."""
     import ast
 
     for page in sorted((REPO / "pages").glob("*.py")):
@@ -85,12 +85,12 @@ def test_label_page_counts_and_undo(app_ws):
 
 def test_train_page_trains_in_the_background_and_shows_progress(app_ws):
     at = run("pages/2_Train.py")
-    assert "CPU" in at.markdown[0].value
+    assert any("CPU" in m.value for m in at.markdown)
     assert any("No training run yet" in i.value for i in at.info)
     at.number_input(key="steps").set_value(6)
     at.number_input(key="patch").set_value(24)
-    at.button[0].click().run()  # the form's submit button
-    st = jobs.wait(app_ws, timeout=120)
+    train_button(at).click().run()  # the form's submit button
+    st = jobs.TRAINING.wait(app_ws, timeout=120)
     assert st.state == "finished", st.message
     at.run()
     m = metrics(at)
@@ -128,13 +128,13 @@ def test_compute_setting_comes_only_from_the_operator(app_ws, monkeypatch):
     assert jobs.scheduler_setting(app_ws) == ""
     monkeypatch.setenv("REFINER_SCHEDULER", "tcp://127.0.0.1:9")  # the operator's setting is used
     at = run("pages/2_Train.py")
-    assert "Dask cluster" in at.markdown[0].value
+    assert any("Dask cluster" in m.value for m in at.markdown)
     assert any("set by the server's operator" in c.value for c in at.sidebar.caption)
     at.number_input(key="steps").set_value(6)
-    at.button[0].click().run()  # nothing listens there: a clear message, no job, no traceback
+    train_button(at).click().run()  # nothing listens there: a clear message, no job, no traceback
     assert not at.exception
     assert at.error and "cannot reach the Dask scheduler" in at.error[0].value
-    assert jobs.read_status(app_ws) is None
+    assert jobs.TRAINING.read(app_ws) is None
 
 
 def accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
@@ -175,14 +175,14 @@ def test_compare_page_table_and_grid_search(app_ws):
     at = run("pages/4_Compare.py")
     table = at.table[0].value
     assert list(table.index) == ["Coarse CNN", "Dense CRF", "RNN"]
-    assert {"overall accuracy", "mean IoU", "IoU building", "IoU road"} <= set(table.columns)
+    assert {"overall accuracy", MEAN3, "IoU building", "IoU road"} <= set(table.columns)
     assert ((table["overall accuracy"] >= 0) & (table["overall accuracy"] <= 1)).all()
     # a hand-set value first, so the search's result must replace what the form shows
     at.number_input(key="b_rgb").set_value(77.0)
     next(b for b in at.button if b.label == "Apply").click().run()
     assert results.crf_params(app_ws).bilateral_srgb == 77.0
     at.button(key="grid_search").click().run()  # starts the search in the background
-    done = crf_job.wait_crf(app_ws, timeout=TIMEOUT)
+    done = crf_job.CRF_SEARCH.wait(app_ws, timeout=TIMEOUT)
     assert done.state == "finished" and done.done == done.total == 48, done.message
     assert 0 < done.searched_pixels <= done.tile_pixels
     found = results.crf_params(app_ws)
@@ -207,12 +207,12 @@ def test_grid_search_can_be_cancelled_and_keeps_its_best_so_far(app_ws, monkeypa
     def slow(*a, **k):  # the job's thread polls the cancel file between trials
         calls.append(1)
         if len(calls) == 3:
-            crf_job.request_crf_cancel(app_ws)
+            crf_job.CRF_SEARCH.cancel(app_ws)
         return real(*a, **k)
 
     monkeypatch.setattr(crf, "dense_crf", slow)
     crf_job.start_crf_search(app_ws)
-    done = crf_job.wait_crf(app_ws, timeout=TIMEOUT)
+    done = crf_job.CRF_SEARCH.wait(app_ws, timeout=TIMEOUT)
     assert done.state == "cancelled" and 0 < done.done < 48 and "best so far" in done.message
     assert results.crf_params(app_ws).to_dict() == {**results.crf_params(app_ws).to_dict(), **done.best}
     at = run("pages/4_Compare.py")
@@ -278,13 +278,13 @@ def test_export_page_refines_a_whole_scene_in_the_background(app_ws, monkeypatch
     at.text_input(key="scene_source").set_value(str(app_ws.path / "nowhere.tif"))
     submit = next(b for b in at.button if b.label == "Refine the scene")
     submit.click().run()
-    done = scene_job.wait_scene(app_ws, timeout=120)
+    done = scene_job.SCENE.wait(app_ws, timeout=120)
     assert done.state == "failed" and "nowhere.tif" in done.message  # reported on the page, not raised
     at.run()
     assert not at.exception and any("scene run failed" in e.value for e in at.error)
     at.text_input(key="scene_source").set_value(str(scene))
     next(b for b in at.button if b.label == "Refine the scene").click().run()
-    done = scene_job.wait_scene(app_ws, timeout=300)
+    done = scene_job.SCENE.wait(app_ws, timeout=300)
     assert done.state == "finished", done.message
     at.run()
     labels = [b.label for b in at.get("download_button")]
@@ -349,6 +349,9 @@ def _truth_png(values=(10, 20, 30)) -> tuple[bytes, np.ndarray]:
     return buf.getvalue(), truth
 
 
+MEAN3 = "mean IoU (background, building, road)"  # a mean's column names the classes it covers
+
+
 def test_a_reference_mask_is_scored_beside_the_held_out_regions(app_ws):
     data, truth = _truth_png()
     at = run("pages/4_Compare.py")
@@ -363,20 +366,30 @@ def test_a_reference_mask_is_scored_beside_the_held_out_regions(app_ws):
     crf = results.crf_probs(app_ws, results.crf_params(app_ws)).argmax(0)
     rnn = results.refinement(app_ws)[-1].argmax(0)
     for name, m in {"Coarse CNN": app_ws.coarse_probs().argmax(0), "Dense CRF": crf, "RNN": rnn}.items():
-        assert ref.loc[name, "mean IoU"] == round(evaluate(m, truth, 3).mean_iou, 4), name
-    assert ref.loc["RNN", "mean IoU"] != held.loc["RNN", "mean IoU"]  # a different, whole-tile set
+        assert ref.loc[name, MEAN3] == round(evaluate(m, truth, 3).mean_iou, 4), name
+    assert ref.loc["RNN", MEAN3] != held.loc["RNN", MEAN3]  # a different, whole-tile set
     assert any("over the whole tile" in c.value for c in at.caption)
     # the Iterations page scores every iteration on it too, beside the held-out chart
     at = run("pages/3_Iterations.py")
     at.slider(key="iteration").set_value(1).run()
     expected = results.iteration_scores(results.refinement(app_ws), truth)[1].mean_iou
-    assert metrics(at)["Mean IoU (reference mask)"] == f"{expected:.3f}"
+    assert metrics(at)["Mean IoU (reference mask; over background, building, road)"] == f"{expected:.3f}"
     assert len(at.get("plotly_chart")) == 2
     # the Train page shows the current RNN's scores on both; the reference can be detached
     at = run("pages/2_Train.py")
     assert [t.value.index.tolist() for t in at.table] == [["Coarse CNN", "RNN"]] * 2
     at.button(key="train_ref_detach").click().run()
     assert results.reference_eval(Workspace(app_ws.path)) is None and len(at.table) == 1
+
+
+def test_a_0_255_road_reference_is_proposed_as_road_with_its_pixel_counts(app_ws):
+    """It proposed 255 -> building for a road mask, and showed nothing of the result before attaching."""
+    data, truth = _truth_png(values=(0, 0, 255))  # road 255, everything else 0
+    at = run("pages/4_Compare.py")
+    at.file_uploader(key="compare_ref_file").set_value(("mask.png", data, "image/png")).run()
+    assert at.selectbox(key="compare_ref_v255").value == "road"  # the coarse map has road there
+    n = int((truth == 2).sum())
+    assert any(f"background {truth.size - n:,} px · building 0 px · road {n:,} px" in c.value for c in at.caption)
 
 
 def test_another_workspaces_labels_can_be_the_reference(app_ws, tmp_path):
@@ -407,3 +420,104 @@ def test_a_reference_that_does_not_fit_is_one_clear_message(app_ws):
     at.button(key="compare_ref_attach").click().run()
     assert not at.exception and at.error and "50x40 pixels but the tile is 96x96" in at.error[0].value
     assert results.reference_eval(app_ws) is None
+
+
+def test_adapt_to_this_tile_runs_both_stages_and_the_shipped_map_stays_selectable(app_ws):
+    """One button adapts the coarse CNN (and tries the RNN) in the background; the scores table and
+    the choice of t = 0 appear; switching back to the shipped map restores its probabilities."""
+    from refiner.app.jobs import adapt as adapt_job
+    from refiner.data.read import read_probs
+
+    at = run("pages/2_Train.py")
+    assert any("Not adapted yet" in c.value for c in at.caption)
+    at.button(key="adapt").click().run()
+    done = adapt_job.ADAPT.wait(app_ws, timeout=300)
+    assert done.state == "finished", done.message
+    at.run()
+    assert not at.exception
+    tables = [t for t in at.table if "map" in t.value.columns]
+    assert tables and {"shipped coarse", "adapted coarse"} <= set(tables[0].value["map"])
+    adapted = read_probs(app_ws.path / adapt_job.ADAPTED_PROBS)[0]
+    shipped = read_probs(app_ws.path / adapt_job.SHIPPED_PROBS)[0]
+    assert np.allclose(app_ws.coarse_probs(), adapted)  # the adapted map is t = 0 now
+    assert len(list((app_ws.path / "models" / adapt_job.COARSE_HISTORY).iterdir())) == 1  # kept
+    assert at.radio(key="coarse_in_use").value == "adapted"
+    at.radio(key="coarse_in_use").set_value("shipped").run()
+    assert adapt_job.active_coarse(app_ws) == "shipped"
+    assert np.allclose(app_ws.coarse_probs(), shipped)
+    at.radio(key="coarse_in_use").set_value("adapted").run()
+    assert adapt_job.active_coarse(app_ws) == "adapted" and np.allclose(app_ws.coarse_probs(), adapted)
+
+
+def test_compare_before_any_fine_tune_shows_the_shipped_rnn_or_coarse_and_crf(tmp_path, monkeypatch):
+    """A fresh workspace's Compare page was one red "this workspace has no refinement RNN yet"."""
+    monkeypatch.setenv("REFINER_WORKSPACES", str(tmp_path))
+    monkeypatch.chdir(REPO)
+    make_workspace(tmp_path, with_rnn=False)
+    at = run("pages/4_Compare.py")
+    assert not at.error and list(at.table[0].value.index) == ["Coarse CNN", "Dense CRF", "Shipped RNN rnn_1m"]
+    assert "not yet fine-tuned" in at.info[0].value
+    monkeypatch.setenv("REFINER_PRETRAINED", str(tmp_path / "none"))  # no shipped RNN fits: coarse vs CRF
+    at = run("pages/4_Compare.py")
+    assert not at.error and list(at.table[0].value.index) == ["Coarse CNN", "Dense CRF"]
+    assert "no shipped RNN fits" in at.info[0].value
+
+
+def test_a_picture_with_a_stated_pixel_size_exports_in_metres(tmp_path, monkeypatch):
+    """A PNG stated as 0.3 m exported with an identity transform and no CRS: GeoPackage areas in px²."""
+    import dataclasses
+
+    import rasterio
+
+    from refiner.data.synthetic import DEMO_CLASSES, make_scene
+    from refiner.data.tile import Georef, is_local_grid
+    from tests.helpers import _fill
+
+    monkeypatch.setenv("REFINER_WORKSPACES", str(tmp_path))
+    monkeypatch.chdir(REPO)
+    scene = make_scene(96, seed=5)
+    picture = dataclasses.replace(scene.tile(), georef=None, pixel_size=0.3)
+    ws = _fill(session(tmp_path).create("picture", picture, DEMO_CLASSES, source={"kind": "test"}), scene, True)
+    at = run("pages/6_Export.py")
+    assert not at.error and any("local grid in metres" in c.value for c in at.caption)
+    with rasterio.open(ws.path / "results" / "refined_map.tif") as ds:
+        assert is_local_grid(Georef(ds.crs, ds.transform)) and (ds.transform.a, ds.transform.e) == (0.3, -0.3)
+        building = int((ds.read(1) == 1).sum())
+    gpkg = ws.path / "results" / "refined_polygons.gpkg"
+    assert "metres" in pyogrio.read_info(gpkg, layer="classes")["crs"]
+    polygons = pyogrio.read_dataframe(gpkg, layer="classes")
+    area = float(polygons.loc[polygons["class"] == "building", "area"].sum())
+    assert building > 0 and area == pytest.approx(building * 0.09, rel=0.05)  # m² (simplified edges), not px²
+
+
+def test_the_scene_form_never_tells_to_upload_a_file_it_has_no_uploader_for(app_ws, monkeypatch):
+    monkeypatch.delenv("REFINER_DATA_ROOTS", raising=False)
+    at = run("pages/6_Export.py")
+    at.text_input(key="scene_source").set_value("/srv/scenes/big.tif")
+    next(b for b in at.button if b.label == "Refine the scene").click().run()
+    (error,) = [e.value for e in at.error]
+    assert "http(s) URL" in error and "upload" not in error  # it said "or upload the file"
+
+
+def test_the_start_page_offers_opening_or_creating_a_workspace_before_the_uploaders_of_probabilities(app_ws):
+    """The upload form sat at the bottom of the start page, below two other uploaders."""
+    at = run("pages/0_Tile.py")
+    headers = [h.value for h in at.header]
+    assert headers.index("Open or create a workspace") < headers.index("Coarse probabilities"), headers
+
+
+def test_a_road_workspace_is_offered_the_pretrained_rnn_on_the_train_page(tmp_path, monkeypatch):
+    """It said "Training from scratch: no shipped RNN fits the classes background, road"."""
+    from refiner.core.classes import ClassSpec
+    from refiner.data.synthetic import make_scene
+
+    monkeypatch.setenv("REFINER_WORKSPACES", str(tmp_path))
+    monkeypatch.chdir(REPO)
+    scene = make_scene(96, seed=5)
+    roads = ClassSpec(("background", "road"), (0, 255))
+    ws = session(tmp_path).create("roads", scene.tile(), roads, source={"kind": "test"})
+    ws.write_coarse_probs(np.stack([1 - (scene.truth == 2) * 0.8, (scene.truth == 2) * 0.8]).astype("float32"), {})
+    at = run("pages/2_Train.py")
+    assert at.radio(key="start_from").options == ["the pretrained RNN rnn_1m (fine-tune)", "a new RNN (from scratch)"]
+    assert not any("Training from scratch" in c.value for c in at.caption)
+    assert any("building (background here) dropped" in c.value for c in at.caption)

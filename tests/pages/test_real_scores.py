@@ -36,7 +36,7 @@ def test_the_apps_reference_score_on_austin_is_the_whole_tile_score(tmp_path, mo
     ws = session(tmp_path).open_template_copy("real-buildings")  # this test's browser session's copy
     params = jobs.TrainParams(steps=60, eval_every=20, checkpoint_every=60, resume=False, pretrained="rnn_1m")
     jobs.start_training(ws, params)
-    done = jobs.wait(ws, timeout=900)
+    done = jobs.TRAINING.wait(ws, timeout=900)
     assert done.state == "finished", done.message
 
     at = AppTest.from_file(str(REPO / "pages/4_Compare.py"), default_timeout=600).run()

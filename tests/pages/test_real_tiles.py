@@ -17,7 +17,7 @@ from refiner.app.workspace import Workspace
 from refiner.core.classes import ClassSpec
 from refiner.data.synthetic import DEMO_CLASSES
 from refiner.models.store import load_model
-from tests.helpers import REPO, make_workspace, run, session
+from tests.helpers import REPO, make_workspace, run, session, train_button
 from tests.models.test_pretrained import write_fixture_model
 
 
@@ -100,8 +100,8 @@ def test_the_train_page_fine_tunes_the_pretrained_rnn_by_default(shipped, worksp
     assert at.number_input(key="lr_pretrained").value == pytest.approx(0.003)
     at.number_input(key="steps").set_value(4)
     at.number_input(key="patch").set_value(24)
-    at.button[0].click().run()
-    done = jobs.wait(ws, timeout=120)
+    train_button(at).click().run()
+    done = jobs.TRAINING.wait(ws, timeout=120)
     assert done.state == "finished", done.message
     assert "from the pretrained RNN rnn_1m" in done.message
     trained = load_model(ws.model_dir("rnn"), expect="rnn")
@@ -113,7 +113,7 @@ def test_the_train_page_fine_tunes_the_pretrained_rnn_by_default(shipped, worksp
     at.radio(key="start_from").set_value("a new RNN (from scratch)").run()
     at.number_input(key="steps").set_value(3)
     at.number_input(key="patch").set_value(24)
-    at.button[0].click().run()
-    done = jobs.wait(ws, timeout=120)
+    train_button(at).click().run()
+    done = jobs.TRAINING.wait(ws, timeout=120)
     assert done.state == "finished" and "from a new RNN (from scratch)" in done.message
     assert load_model(ws.model_dir("rnn"), expect="rnn").config.iterations == 5

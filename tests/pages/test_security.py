@@ -43,7 +43,7 @@ def test_the_export_scene_field_reads_no_server_file(app_ws):
     at.text_input(key="scene_source").set_value("/etc/passwd")
     next(b for b in at.button if b.label == "Refine the scene").click().run()
     assert not at.exception and "cannot be read from the browser" in at.error[0].value
-    assert scene_job.read_scene_status(app_ws) is None  # no job was started
+    assert scene_job.SCENE.read(app_ws) is None  # no job was started
 
 
 def test_class_names_are_shown_as_text_not_html(tmp_path, monkeypatch):

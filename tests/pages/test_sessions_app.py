@@ -12,7 +12,7 @@ from refiner.app import jobs, sessions
 from refiner.app.workspace import Workspace
 from tests.helpers import REPO, make_template, make_workspace, run, session
 
-ALICE, BOB = "alice-session-token-0123456789ab", "bob-session-token-0123456789abcd"
+ALICE, BOB = (sessions.sign_session(f"{who}-session-token-0123456789ab") for who in ("alice", "bob"))
 
 
 @pytest.fixture()
@@ -150,21 +150,22 @@ def test_sign_in_is_off_by_default_and_keys_workspaces_by_user_when_on(root, mon
 def test_a_second_job_in_the_same_session_is_refused_with_a_message(root):
     run("app.py", ALICE)
     other = make_workspace(root, "other", token=ALICE)
-    jobs.write_status(other, jobs.JobStatus(id="j1", state="running", started=time.time(), steps=10))
+    running = jobs.JobStatus(id="j1", state="running", started=time.time(), steps=10)
+    jobs.write_status(other, running, jobs.TRAINING.files[0])
     at = run("pages/2_Train.py", ALICE, ws="demo")
     at.number_input(key="steps").set_value(6)
     next(b for b in at.button if b.label == "Start training").click().run()
     assert not at.exception
     assert at.error and "training run is already going in your workspace 'other'" in at.error[0].value
     assert "one job at a time per session" in at.error[0].value
-    assert jobs.read_status(session(root, ALICE).open("demo")) is None
+    assert jobs.TRAINING.read(session(root, ALICE).open("demo")) is None
     # another session is free to train meanwhile
     b = run("pages/2_Train.py", BOB)
     b.number_input(key="steps").set_value(2)
     b.number_input(key="patch").set_value(24)
     next(x for x in b.button if x.label == "Start training").click().run()
     assert not b.error
-    done = jobs.wait(session(root, BOB).open("demo"), timeout=120)
+    done = jobs.TRAINING.wait(session(root, BOB).open("demo"), timeout=120)
     assert done.state == "finished", done.message
 
 

@@ -94,7 +94,7 @@ def test_app_training_jobs_run_on_a_cluster_worker(client, tmp_path):
     assert not backend.gpu  # no worker declares GPU=1: any worker takes the job
     params = jobs.TrainParams(steps=4, eval_every=2, batch_size=2, patch_size=24, resume=False)
     jobs.start_training(ws, params, backend=backend)
-    done = jobs.wait(ws, timeout=180)
+    done = jobs.TRAINING.wait(ws, timeout=180)
     assert done.state == "finished", done.message
     assert done.step == 4 and ws.has_model("rnn")
     assert done.host and int(done.host.rsplit(":", 1)[1]) != os.getpid()  # a worker process trained it
@@ -139,7 +139,7 @@ def test_app_scene_runs_send_windows_to_the_cluster(files, client, tmp_path):  #
         scene_job.start_scene_job(
             ws, str(d / "image.tif"), coarse=str(d / "probs.tif"), scheduler=client.scheduler.address
         )
-        done = scene_job.wait_scene(ws, timeout=300)
+        done = scene_job.SCENE.wait(ws, timeout=300)
     finally:
         close_shared_clients()
     assert done.state == "finished", done.message

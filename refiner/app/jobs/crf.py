@@ -1,11 +1,12 @@
 """The app's CRF grid search, in the background like training (:mod:`refiner.app.jobs`).
 
 On a 1500^2 tile the search took 446 s inside the page, with a spinner only; leaving the page
-lost it. Here :func:`run_crf_search` runs :func:`refiner.app.results.search_crf` (windows around the
-painted, not held-out, labels) in a thread and writes ``jobs/crf.json`` after every trial: how
-many are done, an estimate of the time left, the best parameters so far. Cancelling is a file
-(``jobs/crf.cancel``) polled between trials; the best parameters found (also of a cancelled
-search) become the workspace's CRF settings, so they survive leaving the page.
+lost it. Here the :data:`CRF_SEARCH` job, :func:`run_crf_search`, runs
+:func:`refiner.app.results.search_crf` (windows around the painted, not held-out, labels) in a
+thread and writes ``jobs/crf.json`` after every trial: how many are done, an estimate of the
+time left, the best parameters so far. Cancelling is a file (``jobs/crf.cancel``) polled between
+trials; the best parameters found (also of a cancelled search) become the workspace's CRF settings,
+so they survive leaving the page.
 """
 
 from __future__ import annotations
@@ -14,10 +15,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from refiner.app.jobs.base import Backend, JobState, job_run, launch, new_job_id, read_job, request_cancel, wait_for
+from refiner.app.jobs.base import Backend, JobKind, JobState, job_run
 from refiner.app.workspace import Workspace
-
-CRF_STATUS, CRF_CANCEL = "crf.json", "crf.cancel"
 
 
 @dataclass
@@ -44,23 +43,13 @@ class CRFSearchStatus(JobState):
         return self.seconds / self.done * (self.total - self.done)
 
 
-def read_crf_status(ws: Workspace) -> CRFSearchStatus | None:
-    """The last grid search's status, or None; one left running by a server that stopped reads as interrupted."""
-    return read_job(ws, CRFSearchStatus, CRF_STATUS, "the server stopped during the grid search; start it again")
-
-
-def request_crf_cancel(ws: Workspace) -> None:
-    """Ask the running grid search to stop; it keeps the best parameters found so far."""
-    request_cancel(ws, CRF_CANCEL)
-
-
 def run_crf_search(workspace: str | Path, job_id: str) -> dict:
     """Grid-search the workspace's CRF and keep the best parameters; returns the final status."""
     from refiner.app import results
 
     ws = Workspace(Path(workspace))
     status = CRFSearchStatus(id=job_id, state="running", started=time.time())
-    with job_run(ws, status, (CRF_STATUS, CRF_CANCEL)) as run:
+    with job_run(ws, status, CRF_SEARCH.files) as run:
 
         def progress(done: int, total: int, best: dict, best_iou: float) -> None:
             status.done, status.total, status.best, status.best_mean_iou = done, total, best, best_iou
@@ -85,15 +74,16 @@ def run_crf_search(workspace: str | Path, job_id: str) -> dict:
     return asdict(status)
 
 
+#: Cancelling keeps the best parameters found so far.
+CRF_SEARCH = JobKind(
+    "crf",
+    "CRF grid search",
+    CRFSearchStatus,
+    run_crf_search,
+    interrupted="the server stopped during the grid search; start it again",
+)
+
+
 def start_crf_search(ws: Workspace, backend: Backend | None = None) -> CRFSearchStatus:
-    """Start the grid search unless one is already going in this workspace."""
-    job_id = new_job_id()
-    status = CRFSearchStatus(id=job_id, started=time.time())
-    files = (CRF_STATUS, CRF_CANCEL)
-    return launch(ws, status, files, read_crf_status, "CRF grid search", run_crf_search, str(ws.path), job_id,
-                  backend=backend)  # fmt: skip
-
-
-def wait_crf(ws: Workspace, timeout: float = 600.0, poll: float = 0.2) -> CRFSearchStatus | None:
-    """Block until the workspace's grid search is no longer active (for scripts and tests)."""
-    return wait_for(read_crf_status, ws, timeout, poll)
+    """Start the grid search unless a job is already going in this workspace."""
+    return CRF_SEARCH.start(ws, backend=backend)

@@ -20,17 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from refiner.app.demos import ASSETS
-from refiner.app.jobs.base import (
-    Backend,
-    Cancelled,
-    JobState,
-    job_run,
-    launch,
-    new_job_id,
-    read_job,
-    request_cancel,
-    wait_for,
-)
+from refiner.app.jobs.base import Backend, Cancelled, JobKind, JobState, job_run
 from refiner.app.workspace import Workspace
 
 if TYPE_CHECKING:
@@ -38,7 +28,6 @@ if TYPE_CHECKING:
 
     from refiner.data.tile import Georef
 
-SCENE_STATUS, SCENE_CANCEL = "scene.json", "scene.cancel"
 #: Output files up to this size get a download button in the app; larger ones stay on the server.
 DOWNLOAD_LIMIT = 200 * 2**20
 #: The scene's class map is turned into polygons and centre-lines by windows of this side (px).
@@ -79,18 +68,8 @@ def default_source(ws: Workspace) -> str:
     return ""
 
 
-def read_scene_status(ws: Workspace) -> SceneStatus | None:
-    """The last scene run's status, or None; one left running by a server that stopped reads as interrupted."""
-    return read_job(ws, SceneStatus, SCENE_STATUS, "the server stopped during the scene run; start it again")
-
-
-def request_scene_cancel(ws: Workspace) -> None:
-    """Ask the running scene job to stop; its writers remove the partial outputs."""
-    request_cancel(ws, SCENE_CANCEL)
-
-
 def run_scene_job(
-    workspace: str | Path, source: str, coarse: str, scheduler: str, job_id: str, quantise: bool = False
+    workspace: str | Path, job_id: str, source: str, coarse: str, scheduler: str, quantise: bool = False
 ) -> dict:
     """Refine the ``source`` scene into files: class map, probabilities and a GeoPackage of vectors.
 
@@ -106,7 +85,7 @@ def run_scene_job(
     status = SceneStatus(id=job_id, state="running", source=source, scheduler=scheduler, started=time.time())
     out = scene_outputs(ws)
     out["refined_map"].parent.mkdir(exist_ok=True)
-    with job_run(ws, status, (SCENE_STATUS, SCENE_CANCEL)) as run:
+    with job_run(ws, status, SCENE.files) as run:
 
         def progress(done: int, total: int) -> None:
             status.done, status.total = done, total
@@ -160,6 +139,16 @@ def run_scene_job(
     return asdict(status)
 
 
+#: Cancelling removes the partial outputs (the scene writers' ``.part`` files).
+SCENE = JobKind(
+    "scene",
+    "scene run",
+    SceneStatus,
+    run_scene_job,
+    interrupted="the server stopped during the scene run; start it again",
+)
+
+
 def start_scene_job(
     ws: Workspace,
     source: str,
@@ -174,14 +163,6 @@ def start_scene_job(
     source, coarse = source.strip(), coarse.strip()
     if not source:
         raise ValueError("give the scene's GeoTIFF: a file path on the server or a URL")
-    job_id = new_job_id()
-    status = SceneStatus(id=job_id, source=source, scheduler=scheduler, started=time.time())
-    args = (str(ws.path), source, coarse, scheduler, job_id, quantise)
-    files = (SCENE_STATUS, SCENE_CANCEL)
-    kind = (read_scene_status, "scene run")
-    return launch(ws, status, files, *kind, run_scene_job, *args, backend=backend, others=others)
-
-
-def wait_scene(ws: Workspace, timeout: float = 600.0, poll: float = 0.2) -> SceneStatus | None:
-    """Block until the workspace's scene run is no longer active (for scripts and tests)."""
-    return wait_for(read_scene_status, ws, timeout, poll)
+    return SCENE.start(
+        ws, source, coarse, scheduler, quantise, backend=backend, others=others, source=source, scheduler=scheduler
+    )

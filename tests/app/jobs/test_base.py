@@ -6,8 +6,7 @@ import types
 import pytest
 
 from refiner.app import jobs
-from refiner.app.jobs import base, crf, scene
-from refiner.app.workspace import Workspace
+from refiner.app.jobs import base
 from refiner.core.atomic import read_json
 from tests.helpers import make_workspace
 
@@ -47,7 +46,7 @@ def test_a_job_ends_the_same_way_whatever_happens(tmp_path, error, state, messag
     def body(run):
         run.save(force=True)
         assert read_json(ws.path / "jobs" / FILES[0])["state"] == "running"
-        jobs.request_cancel(ws, FILES[1])
+        (jobs.jobs_dir(ws) / FILES[1]).touch()
         assert run.cancelled()
         if error is not None:
             raise error
@@ -88,12 +87,20 @@ def test_status_writes_are_throttled_unless_forced(tmp_path, monkeypatch):
     assert saved() == "third"
 
 
-def test_every_kind_of_job_is_cancelled_only_in_a_writable_workspace(tmp_path):
+def test_kinds_are_declared_once_and_named_in_messages(tmp_path, monkeypatch):
+    assert set(jobs.KINDS) == {"train", "crf", "scene"}
+    assert {k.files for k in jobs.KINDS.values()} == {
+        ("train.json", "train.cancel"), ("crf.json", "crf.cancel"), ("scene.json", "scene.cancel")}  # fmt: skip
+    with pytest.raises(ValueError, match="already a job kind called 'crf'"):
+        jobs.JobKind("crf", "another search", jobs.JobState, lambda *a: {}, interrupted="")
+    crf = jobs.KINDS["crf"]
+    monkeypatch.setitem(jobs.KINDS, "crf", crf)  # restored after the test
+    again = jobs.JobKind("crf", crf.what, crf.status, crf.run, interrupted=crf.interrupted)
+    assert jobs.KINDS["crf"] is again  # its module imported again (Streamlit reloads edited modules)
     ws = make_workspace(tmp_path, with_rnn=False)
-    viewer = Workspace(ws.path, readonly="shared with you to view")
-    for cancel in (jobs.request_cancel, crf.request_crf_cancel, scene.request_scene_cancel):
-        with pytest.raises(ValueError, match="read-only"):
-            cancel(viewer)
-        cancel(ws)
-    names = {"train.cancel", crf.CRF_CANCEL, scene.SCENE_CANCEL}
-    assert {p.name for p in (ws.path / "jobs").iterdir()} >= names
+    for kind in jobs.KINDS.values():
+        jobs.write_status(ws, kind.status(id="j", state="running"), kind.files[0])
+        assert jobs.active_job(ws) == kind.what  # what the one-job-per-session message says
+        (ws.path / "jobs" / kind.files[0]).unlink()
+    jobs.write_status(ws, jobs.JobState(id="j", state="running"), "other.json")
+    assert jobs.active_job(ws) == "other job"  # a kind this version does not know

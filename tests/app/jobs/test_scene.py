@@ -21,7 +21,7 @@ def test_scene_job_refines_with_given_coarse_probabilities(ws, files, tmp_path):
     scene_job.start_scene_job(ws, str(d / "image.tif"), coarse=str(d / "probs.tif"))
     with pytest.raises(RuntimeError, match="already going"):
         scene_job.start_scene_job(ws, str(d / "image.tif"))
-    done = scene_job.wait_scene(ws, timeout=300)
+    done = scene_job.SCENE.wait(ws, timeout=300)
     assert done.state == "finished", done.message
     assert done.stage == "vectors" and done.done == done.total > 0 and done.seconds > 0
     out = scene_job.scene_outputs(ws)
@@ -44,7 +44,7 @@ def test_scene_job_computes_coarse_probabilities_with_the_shipped_cnn(ws, files,
 
     assert not ws.has_model("coarse")
     scene_job.start_scene_job(ws, str(files["dir"] / "image.tif"))
-    done = scene_job.wait_scene(ws, timeout=300)
+    done = scene_job.SCENE.wait(ws, timeout=300)
     assert done.state == "finished", done.message
     assert set(done.outputs) == {"coarse_probs", "refined_map", "refined_probs", "polygons"}
     assert all(scene_job.scene_outputs(ws)[n].is_file() for n in done.outputs)
@@ -55,12 +55,12 @@ def test_scene_job_computes_coarse_probabilities_with_the_shipped_cnn(ws, files,
 
 def test_scene_job_cancel_and_errors_are_reported_not_raised(ws, files, tmp_path):  # noqa: F811
     d = files["dir"]
-    scene_job.request_scene_cancel(ws)  # already requested when the first window reports
-    st = scene_job.run_scene_job(str(ws.path), str(d / "image.tif"), str(d / "probs.tif"), "", "job1")
+    scene_job.SCENE.cancel(ws)  # already requested when the first window reports
+    st = scene_job.run_scene_job(str(ws.path), "job1", str(d / "image.tif"), str(d / "probs.tif"), "")
     assert st["state"] == "cancelled"
     out = scene_job.scene_outputs(ws)["refined_map"]
     assert not out.exists() and not out.with_name(out.name + ".part").exists()
-    st = scene_job.run_scene_job(str(ws.path), str(tmp_path / "missing.tif"), "", "", "job2")
+    st = scene_job.run_scene_job(str(ws.path), "job2", str(tmp_path / "missing.tif"), "", "")
     assert st["state"] == "failed" and "missing.tif" in st["message"]
     import numpy as np
     import rasterio
@@ -70,11 +70,11 @@ def test_scene_job_cancel_and_errors_are_reported_not_raised(ws, files, tmp_path
         profile = src.profile | {"count": 2}
     with rasterio.open(two_bands, "w", **profile) as dst:
         dst.write(np.full((2, profile["height"], profile["width"]), 0.5, np.float32))
-    st = scene_job.run_scene_job(str(ws.path), str(d / "image.tif"), str(two_bands), "", "job4")
+    st = scene_job.run_scene_job(str(ws.path), "job4", str(d / "image.tif"), str(two_bands), "")
     assert st["state"] == "failed" and "2 bands but the model has 3 classes" in st["message"]
     assert not scene_job.scene_outputs(ws)["refined_map"].exists()
     no_rnn = make_workspace(tmp_path / "other", with_rnn=False)
-    st = scene_job.run_scene_job(str(no_rnn.path), str(d / "image.tif"), "", "", "job3")
+    st = scene_job.run_scene_job(str(no_rnn.path), "job3", str(d / "image.tif"), "", "")
     assert st["state"] == "failed" and "Train page" in st["message"]
     with pytest.raises(ValueError, match="scene's GeoTIFF"):
         scene_job.start_scene_job(ws, "  ")

@@ -1,7 +1,8 @@
 """Start the real app with ``streamlit run`` and drive it with Playwright and Debian's Chromium.
 
-Used by the browser tests and by ``scripts/screenshots.py``. ``playwright install`` is never
-needed: the browser is ``/usr/bin/chromium`` (``apt-get install chromium``).
+Used by the browser tests (``tests/browser``), ``scripts/screenshots.py`` and
+``benchmarks/sessions_30.py``. ``playwright install`` is never needed: the browser is
+``/usr/bin/chromium`` (``apt-get install chromium``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("REFINER_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",
@@ -44,6 +45,7 @@ def require_chromium(*, demo_assets: bool = True) -> None:
 
 
 def free_port() -> int:
+    """A TCP port free on this machine now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -163,9 +165,9 @@ def watch_reruns(page) -> None:
 
 
 def settle(page, timeout: float = 120_000) -> None:
-    """Wait until the page's last run has ended: the run a click asked for, even if the server has
-    not started it yet (a busy machine), and not only "no 'Running...' indicator right now".
+    """Wait until the run the page last asked for has ended, even one the server has not started yet.
 
+    Not only "no 'Running...' indicator right now": on a busy machine a click's run can start late.
     The page writes a numbered marker at the end of every run (:func:`webapp.common.end_of_run`);
     the page notes the marker's number whenever it asks for a rerun (:data:`_WATCH_RERUNS`), and
     this waits for a newer one, Streamlit not running and its status widget gone. No fixed sleeps.
@@ -184,6 +186,7 @@ def stroke(page, x: float, y: float, dx: float, dy: float, moves: int = 15) -> N
 
 
 def metrics(page) -> dict[str, str]:
+    """The page's metrics: label -> value, as shown."""
     labels = page.locator('[data-testid="stMetricLabel"]').all_inner_texts()
     values = page.locator('[data-testid="stMetricValue"]').all_inner_texts()
     return {lab.strip(): val.strip() for lab, val in zip(labels, values, strict=False)}

@@ -1,0 +1,31 @@
+"""The shipped models for a workspace: which one fits it, and their coarse probabilities written into it.
+
+The catalogue and the rules of which model fits which classes and resolution are the engine's
+(:mod:`refiner.models.pretrained`); this module only says what a workspace contributes to them
+(its classes and the resolution its source states) and where the result goes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from refiner.app.workspace import Workspace
+from refiner.models.pretrained import Pick, coarse_probs_for, pick_coarse
+
+
+def workspace_resolution(ws: Workspace) -> float | None:
+    """A workspace's ground resolution: from its georeferencing, or as the user stated it."""
+    return (ws.settings.get("source") or {}).get("resolution")
+
+
+def coarse_into_workspace(ws: Workspace, *, root: str | Path | None = None) -> Pick:
+    """Pick the shipped coarse CNN for a workspace and, when one fits, write its probabilities there.
+
+    The probabilities' source says which model and why; the pick is returned either way.
+    """
+    pick = pick_coarse(ws.classes, workspace_resolution(ws), root=root)
+    if pick.model is not None:
+        probs = coarse_probs_for(pick, ws.tile())
+        origin = {"source": f"shipped coarse CNN {pick.model.name}", "model": pick.model.name, "why": pick.reason}
+        ws.write_coarse_probs(probs, {**origin, "resolution": pick.model.resolution})
+    return pick
