@@ -62,7 +62,7 @@ def test_the_whole_chain(demo, tmp_path, capsys):
         assert ds.count == 3 and ds.dtypes[0] == "float32" and ds.crs == src.crs and ds.transform == src.transform
         assert ds.descriptions == ("background", "building", "road")
     truth = demo / "enhance_truth.tif"
-    assert _finetune(demo, probs, truth, rnn, "--steps", "3", "--classes", "background,building,road") == 0
+    assert _finetune(demo, probs, truth, rnn, "--steps", "20", "--classes", "background,building,road") == 0
     assert (rnn / "model.safetensors").is_file()
     out, pout, iters = tmp_path / "map.tif", tmp_path / "p.tif", tmp_path / "iters.tif"
     assert (
@@ -145,9 +145,9 @@ def test_the_whole_chain(demo, tmp_path, capsys):
     )
     report = json.loads(capsys.readouterr().out)
     assert set(report["iou"]) == {"background", "building", "road"}
-    # the refined map: mean IoU 0.65 measured (the coarse map 0.72; 3 fine-tune steps barely move the
-    # RNN); a chain that loses the classes, an all-background map, scores 0.28
-    assert report["mean_iou"] > 0.6 and min(report["iou"].values()) > 0.3, report
+    # the refined map of the tile it was fine-tuned on: mean IoU 0.84, every class above 0.76
+    # measured (the coarse map: 0.71); a chain that loses the classes, all background, scores 0.28
+    assert report["mean_iou"] > 0.75 and min(report["iou"].values()) > 0.6, report
 
 
 def test_evaluate_matches_hand_computed_scores(tmp_path, capsys):
