@@ -11,7 +11,7 @@ import pytest
 from tests.data_skips import SHARED_DATA
 from tests.helpers import REPO
 
-MODULE = '''
+MODULE = """
 import pytest
 
 def test_runs():
@@ -23,7 +23,7 @@ def test_on_real_tiles():
 
 def test_skips_for_another_reason():
     pytest.skip("no GPU")
-'''
+"""
 
 
 def _pytest(tmp_path, ci: str | None) -> subprocess.CompletedProcess:
