@@ -65,7 +65,7 @@ def test_painting_a_stroke_changes_the_class_pixel_count(page, url):
 
 def test_training_a_few_steps_shows_progress(page, url):
     open_page(page, url, "Train", wait_for="text=Start training")
-    assert "on CPU (no GPU found" in page.get_by_text("Fine-tunes the RNN").inner_text()
+    assert "on CPU (no GPU found" in page.get_by_text("Fine-tunes the RNN on your painted pixels").inner_text()
     for label, value in (("Steps", "6"), ("Batch size", "2"), ("Patch size (px)", "24")):
         field = page.get_by_label(label, exact=True)
         field.fill(value)
