@@ -72,3 +72,5 @@ for ev, scores in zip(sets, per_set, strict=True):  # one full-width row of numb
     for j, n in enumerate(classes.names):
         m[j + 2].metric(f"IoU {n}", "–" if s.iou[j] != s.iou[j] else f"{s.iou[j]:.3f}")
 score_panel.reference_panel(ws, "iter")
+
+common.end_of_run()  # the hidden marker browser tests wait on (webapp.common.end_of_run)

@@ -68,3 +68,5 @@ with dc2:
         )
     else:
         st.write(f"White (dimmed image): the two agree ({(d == 0).mean():.1%} of the tile). Orange: they differ.")
+
+common.end_of_run()  # the hidden marker browser tests wait on (webapp.common.end_of_run)

@@ -105,7 +105,10 @@ def test_the_readme_library_snippet_runs(tmp_path, monkeypatch, capsys):
 
     lines = capsys.readouterr().out.splitlines()
     assert [line.rsplit(" ", 1)[0] for line in lines] == ["coarse", "dense CRF", "RNN"]
-    assert all(0.0 <= float(line.rsplit(" ", 1)[1]) <= 1.0 for line in lines)
+    scores = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in lines}
+    # coarse 0.61, dense CRF 0.69, RNN 0.59 measured (the shipped real-data models on this synthetic
+    # scene, 5 fine-tune steps); an all-background map scores 0.29
+    assert min(scores.values()) > 0.5 and scores["RNN"] > scores["coarse"] - 0.05, scores
     class_map = refiner.read_labels("map.tif", scene.classes)
     assert class_map.shape == scene.truth.shape
     probs, classes, _ = refiner.read_probs("refined.tif")

@@ -8,6 +8,7 @@ import rasterio
 from PIL import Image
 
 from refiner.cli import main
+from refiner.core.paths import DEMO
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +54,15 @@ def test_help_on_every_subcommand(capsys):
         assert "usage:" in capsys.readouterr().out
 
 
-def test_the_whole_chain(demo, coarse_model, tmp_path, capsys):
+def test_the_whole_chain(demo, tmp_path, capsys):
+    """predict (the shipped demo coarse CNN) -> finetune -> refine -> crf -> evaluate, and the map is good."""
     probs, rnn = tmp_path / "probs.tif", tmp_path / "rnn"
-    assert _predict(coarse_model, demo / "enhance.tif", probs) == 0
+    assert _predict(DEMO / "coarse", demo / "enhance.tif", probs) == 0
     with rasterio.open(probs) as ds, rasterio.open(demo / "enhance.tif") as src:
         assert ds.count == 3 and ds.dtypes[0] == "float32" and ds.crs == src.crs and ds.transform == src.transform
         assert ds.descriptions == ("background", "building", "road")
     truth = demo / "enhance_truth.tif"
-    assert _finetune(demo, probs, truth, rnn, "--steps", "3", "--classes", "background,building,road") == 0
+    assert _finetune(demo, probs, truth, rnn, "--steps", "20", "--classes", "background,building,road") == 0
     assert (rnn / "model.safetensors").is_file()
     out, pout, iters = tmp_path / "map.tif", tmp_path / "p.tif", tmp_path / "iters.tif"
     assert (
@@ -142,7 +144,10 @@ def test_the_whole_chain(demo, coarse_model, tmp_path, capsys):
         == 0
     )
     report = json.loads(capsys.readouterr().out)
-    assert 0 <= report["mean_iou"] <= 1 and set(report["iou"]) == {"background", "building", "road"}
+    assert set(report["iou"]) == {"background", "building", "road"}
+    # the refined map of the tile it was fine-tuned on: mean IoU 0.84, every class above 0.76
+    # measured (the coarse map: 0.71); a chain that loses the classes, all background, scores 0.28
+    assert report["mean_iou"] > 0.75 and min(report["iou"].values()) > 0.6, report
 
 
 def test_evaluate_matches_hand_computed_scores(tmp_path, capsys):
@@ -170,14 +175,14 @@ def test_evaluate_matches_hand_computed_scores(tmp_path, capsys):
     assert r["iou"] == {"background": pytest.approx(0.5), "road": pytest.approx(2 / 3)}
 
 
-def test_experiment_writes_the_report_contract(demo, coarse_model, tmp_path, capsys):
+def test_experiment_writes_the_report_contract(demo, tmp_path, capsys):
     cfg = tmp_path / "exp.toml"
     cfg.write_text(f"""
 classes = ["background", "building", "road"]
 label_values = [0, 1, 2]
 resolution = 1.0
 [coarse]
-model = "{coarse_model}"
+model = "{DEMO / "coarse"}"
 [enhance]
 images = ["{demo / "enhance.tif"}"]
 labels = ["{demo / "enhance_truth.tif"}"]
@@ -196,7 +201,10 @@ bilateral_sxy = [5.0, 10.0]
     assert list(report["methods"]) == ["cnn", "crf", "rnn", "rnn_class_agnostic", "rnn_non_recurrent"]
     for scores in report["methods"].values():
         assert set(scores) >= {"overall_accuracy", "mean_iou", "iou"}
-        assert 0 <= scores["mean_iou"] <= 1
+    # on the test tile, with the shipped demo coarse CNN: cnn 0.72, crf 0.79, the RNNs (4 training
+    # steps) 0.53-0.63 measured; an all-background map scores 0.29
+    mean_iou = {m: s["mean_iou"] for m, s in report["methods"].items()}
+    assert mean_iou["cnn"] > 0.65 and mean_iou["crf"] > mean_iou["cnn"] and min(mean_iou.values()) > 0.45, mean_iou
     assert [r["iteration"] for r in report["rnn_iterations"]] == list(range(6))
     assert report["rnn_iterations"][0]["mean_iou"] == pytest.approx(report["methods"]["cnn"]["mean_iou"], abs=0.02)
     assert report["crf_params"]["bilateral_sxy"] in (5.0, 10.0)

@@ -114,9 +114,11 @@ def test_the_shipped_coarse_model_maps_held_out_real_tiles_sensibly():
 
 @pytest.mark.skipif(not INRIA.is_dir(), reason="the Inria Austin tiles are not in ../shared/data")
 def test_the_pretrained_rnn_keeps_held_out_tiles_as_good_as_the_coarse_map():
-    """On held-out test tiles the shipped RNN, calibrated on the validation tiles, is within a
-    point of mean IoU of the coarse map it refines (measured: +0.007 roads, -0.004 buildings; the
-    old 60-step placeholder dropped road IoU to 0.003)."""
+    """The shipped chain, coarse CNN then RNN, on held-out test tiles: the RNN, calibrated on the
+    validation tiles, is within a point of the coarse map it refines, in mean IoU and in the
+    class's IoU (measured: mean +0.007 roads, -0.004 buildings; class +0.026 roads, +0.003
+    buildings; the old 60-step placeholder dropped road IoU to 0.003), and the chain's map clears
+    the coarse CNN's floors (0.26 roads, 0.37 buildings measured)."""
     from refiner.models.inference import predict_coarse
     from refiner.models.store import load_model
     from refiner.recipes.pretrain import crop_center
@@ -130,7 +132,8 @@ def test_the_pretrained_rnn_keeps_held_out_tiles_as_good_as_the_coarse_map():
         before = _task_iou(probs, data, task)
         after = _task_iou(refine(rnn, data.tile(), probs).final, data, task)
         assert after["mean_iou"] >= before["mean_iou"] - 0.01, (task, before, after)
-        assert after["iou"] > 0.5 * before["iou"], (task, before, after)
+        assert after["iou"] >= before["iou"] - 0.01, (task, before, after)
+        assert after["iou"] > {"building": BUILDING_FLOOR, "road": ROAD_FLOOR}[task], (task, after)
 
 
 def test_a_short_finetune_from_the_pretrained_rnn_does_not_make_the_tile_worse():

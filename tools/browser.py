@@ -97,13 +97,83 @@ def streamlit_server(workspaces: Path, *, port: int | None = None, timeout: floa
         log.close()
 
 
+#: Installed in every document the page opens: notes the number of the last finished run (the
+#: hidden ``data-refiner-run`` element :func:`webapp.common.end_of_run` writes) whenever the page asks
+#: the server for a rerun of the whole page (a BackMsg ``rerun_script``, field 11, without a
+#: ``fragment_id``, field 5 of ClientState: a fragment's rerun does not run the page's end).
+_WATCH_RERUNS = """
+(() => {
+  if (window.__refinerWatch) return;
+  window.__refinerWatch = true;
+  window.__refinerAskedAfter = -1;
+  const lastRun = () => Math.max(0, ...[...document.querySelectorAll('[data-refiner-run]')]
+                                          .map(e => Number(e.getAttribute('data-refiner-run'))));
+  const varint = (b, i) => { let v = 0, m = 1; for (;;) { const x = b[i++]; v += (x & 127) * m;
+                                                          if (x < 128) return [v, i]; m *= 128; } };
+  const field = (b, want) => {  // the bytes of length-delimited field `want`, or null
+    for (let i = 0; i < b.length;) {
+      let tag; [tag, i] = varint(b, i);
+      const no = Math.floor(tag / 8), type = tag & 7;
+      if (type === 0) { [, i] = varint(b, i); continue; }
+      if (type === 1) { i += 8; continue; }
+      if (type === 5) { i += 4; continue; }
+      if (type !== 2) return null;
+      let n; [n, i] = varint(b, i);
+      if (no === want) return b.subarray(i, i + n);
+      i += n;
+    }
+    return null;
+  };
+  const send = WebSocket.prototype.send;
+  WebSocket.prototype.send = function (data) {
+    try {
+      const b = data instanceof ArrayBuffer ? new Uint8Array(data) : ArrayBuffer.isView(data)
+        ? new Uint8Array(data.buffer, data.byteOffset, data.byteLength) : null;
+      const rerun = b && field(b, 11);
+      if (rerun && !(field(rerun, 5) || []).length) window.__refinerAskedAfter = lastRun();
+    } catch (e) { /* never break the app */ }
+    return send.call(this, data);
+  };
+})();
+"""
+
+#: True once the run the page last asked for has ended: connected, not running, no status widget,
+#: and a run-end marker newer than the one shown when the rerun was asked for (or an exception
+#: shown: the test reads it).
+_RUN_ENDED = """
+() => {
+  const app = document.querySelector('[data-testid="stApp"]');
+  if (!app || app.getAttribute('data-test-connection-state') !== 'CONNECTED') return false;
+  if (app.getAttribute('data-test-script-state') !== 'notRunning') return false;
+  if (document.querySelector('[data-testid="stStatusWidget"]')) return false;
+  if (document.querySelector('[data-testid="stException"]')) return true;
+  const marks = [...document.querySelectorAll('[data-refiner-run]')]
+    .filter(e => !e.closest('[data-stale="true"]'));
+  if (!marks.length) return false;
+  const run = Math.max(...marks.map(e => Number(e.getAttribute('data-refiner-run'))));
+  return run > (window.__refinerAskedAfter ?? -1);
+}
+"""
+
+
+def watch_reruns(page) -> None:
+    """Make ``page`` note its rerun requests (:data:`_WATCH_RERUNS`), now and in every document it opens."""
+    if not getattr(page, "_refiner_watching", False):
+        page.add_init_script(_WATCH_RERUNS)
+        page._refiner_watching = True
+    page.evaluate(_WATCH_RERUNS)
+
+
 def settle(page, timeout: float = 120_000) -> None:
-    """Wait until Streamlit has finished running the script (no 'Running...' indicator)."""
-    page.wait_for_timeout(300)
-    page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=timeout, polling=200
-    )
-    page.wait_for_timeout(300)
+    """Wait until the run the page last asked for has ended, even one the server has not started yet.
+
+    Not only "no 'Running...' indicator right now": on a busy machine a click's run can start late.
+    The page writes a numbered marker at the end of every run (:func:`webapp.common.end_of_run`);
+    the page notes the marker's number whenever it asks for a rerun (:data:`_WATCH_RERUNS`), and
+    this waits for a newer one, Streamlit not running and its status widget gone. No fixed sleeps.
+    """
+    watch_reruns(page)
+    page.wait_for_function(_RUN_ENDED, timeout=timeout, polling=100)
 
 
 def stroke(page, x: float, y: float, dx: float, dy: float, moves: int = 15) -> None:

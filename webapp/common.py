@@ -59,13 +59,13 @@ def session() -> sessions.Session:
                 "Sign-in is turned on (REFINER_AUTH=1) but Streamlit's [auth] section is missing from "
                 ".streamlit/secrets.toml: the operator must add it (see docs/security.md)."
             )
-            st.stop()
+            stop()
         if not st.user.get("is_logged_in"):
             st.title("Refiner")
             st.write("This server asks you to sign in: your workspaces belong to your account.")
             if st.button("Sign in", key="login", type="primary"):
                 st.login(sessions.auth_provider())
-            st.stop()
+            stop()
         return sessions.Session(root(), sessions.user_key(st.user.to_dict()))
     token = st.session_state.get(SESSION) or st.query_params.get(SESSION)
     if not sessions.session_known(token, root()):  # only keys this server issued: no client-chosen session
@@ -261,6 +261,28 @@ def compute_setting(ws: Workspace) -> None:
         )
 
 
+#: The attribute of the hidden element written at the end of every page run, holding the run's
+#: number in this session: what the browser tests (tests/browser/harness.py ``settle``) wait for.
+RUN_END = "data-refiner-run"
+
+
+def end_of_run() -> None:
+    """Mark that this page run reached its end (or a deliberate stop) with a hidden, numbered element.
+
+    A browser test cannot see from Streamlit alone that the run its click caused has ended: until
+    the server starts it, the page looks finished. The number of the last run on the page tells it.
+    """
+    n = st.session_state.get("_refiner_runs", 0) + 1
+    st.session_state["_refiner_runs"] = n
+    st.html(f'<span {RUN_END}="{n}" style="display:none"></span>')
+
+
+def stop() -> None:
+    """``st.stop()`` after marking the run's end (:func:`end_of_run`): stopping is how this run ends."""
+    end_of_run()
+    st.stop()
+
+
 @contextlib.contextmanager
 def guard(what: str = "") -> Iterator[None]:
     """Show errors as ``st.error`` with what to do, never as a traceback, then stop the page."""
@@ -269,14 +291,14 @@ def guard(what: str = "") -> Iterator[None]:
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         LOG.info("user-facing error: %s", exc)
         st.error(f"{what + ': ' if what else ''}{exc}")
-        st.stop()
+        stop()
     except Exception as exc:  # anything else is a bug: log it in full, tell the user briefly
         LOG.error("unexpected error\n%s", traceback.format_exc())
         st.error(
             f"{what + ': ' if what else ''}something went wrong ({type(exc).__name__}: {exc}). "
             "The details are in the server log."
         )
-        st.stop()
+        stop()
 
 
 MIME = {".tif": "image/tiff", ".gpkg": "application/geopackage+sqlite3"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tools.browser import CHROMIUM, CHROMIUM_ARGS, streamlit_server
+from tools.browser import CHROMIUM, CHROMIUM_ARGS, streamlit_server, watch_reruns
 
 
 @pytest.fixture(scope="module")
@@ -33,5 +33,6 @@ def browser():
 def page(url, browser):
     pg = browser.new_page(viewport={"width": 1400, "height": 1100})
     pg.set_default_timeout(120_000)
+    watch_reruns(pg)  # settle() knows which run a click asked for
     yield pg
     pg.close()

@@ -17,6 +17,7 @@ from tools.browser import (
     paint_stroke,
     require_chromium,
     settle,
+    watch_reruns,
 )
 
 require_chromium()
@@ -64,7 +65,7 @@ def test_painting_a_stroke_changes_the_class_pixel_count(page, url):
 
 def test_training_a_few_steps_shows_progress(page, url):
     open_page(page, url, "Train", wait_for="text=Start training")
-    assert "on CPU (no GPU found" in page.get_by_text("Fine-tunes the RNN").inner_text()
+    assert "on CPU (no GPU found" in page.get_by_text("Fine-tunes the RNN on your painted pixels").inner_text()
     for label, value in (("Steps", "6"), ("Batch size", "2"), ("Patch size (px)", "24")):
         field = page.get_by_label(label, exact=True)
         field.fill(value)
@@ -93,9 +94,41 @@ def test_the_iteration_slider_moves_through_t(page, url):
     settle(page)
     assert "Accuracy at t = 5" not in metrics(page)
     slider.press("ArrowRight")
+    settle(page)
     page.locator('[data-testid="stMetricLabel"]').filter(has_text="Accuracy at t = 1").wait_for()
     page.get_by_text("class map at t = 1").wait_for()
-    assert page.locator(".js-plotly-plot").count() == 1  # scores per iteration
+    # scores per iteration: Plotly draws after the run ends (its bundle loads lazily), so wait for it
+    sync_api.expect(page.locator(".js-plotly-plot")).to_have_count(1)
+
+
+#: A busy server, made on purpose: every message from the page reaches the server 1.5 s late (in
+#: order), so for 1.5 s after a click nothing on the page says a run is coming.
+HOLD_SENDS = """
+(() => { const send = WebSocket.prototype.send;
+         WebSocket.prototype.send = function (d) { setTimeout(() => send.call(this, d), 1500); }; })();
+"""
+
+
+def test_settle_waits_for_a_run_the_server_has_not_started_yet(url, browser):
+    """settle() after a click returns only once that click's run has ended, however late it starts.
+
+    With fixed sleeps (300 ms, then "no status widget", then 300 ms) it returned before the run began.
+    """
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.set_default_timeout(120_000)
+    page.add_init_script(HOLD_SENDS)  # before settle's own watch: it sees the click's request when made
+    watch_reruns(page)
+    try:
+        open_page(page, url, "Iterations")
+        assert "Accuracy at t = 5" in metrics(page)
+        slider = page.locator('[data-testid="stSlider"]').filter(has_text="Iteration t").get_by_role("slider")
+        slider.focus()
+        slider.press("Home")
+        settle(page)
+        assert "Accuracy at t = 0" in metrics(page)  # read at once: settle waited for the run
+        assert page.get_by_text("class map at t = 0 (coarse CNN)").count() == 1
+    finally:
+        page.close()
 
 
 def test_the_compare_table_lists_every_method(page, url):

@@ -71,13 +71,14 @@ def test_when_no_shipped_model_fits_the_page_says_what_else_to_do(shipped, works
 def test_a_picture_upload_asks_for_its_ground_resolution(shipped, workspaces):
     make_workspace(workspaces, "first", with_rnn=False)
     at = run("app.py")
+    at.file_uploader(key="tile_upload").set_value(("photo.png", _png(), "image/png")).run()
     at.number_input(key="upload_pixel_size").set_value(0.5)
-    # AppTest cannot drive a file uploader: the page's create path is run with the same inputs
-    from refiner.app.uploads import check_pixel_size, tile_from_upload
-
-    tile = tile_from_upload(_png(), "photo.png")
-    tile.pixel_size = check_pixel_size(at.number_input(key="upload_pixel_size").value)
-    ws = session(workspaces).create("photo", tile, DEMO_CLASSES, source={"kind": "upload", "name": "photo.png"})
+    at.text_input(key="upload_name").set_value("photo")
+    at.button(key="create_upload").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    ws = session(workspaces).open("photo")
+    assert ws.tile().pixel_size == 0.5 and ws.tile().shape == (48, 64)
+    assert ws.settings["source"]["name"] == "photo.png"
     at = run("app.py", ws="photo")
     assert {m.label: m.value for m in at.metric}["Ground resolution"] == "0.50 m/px"
     assert any("resampled to its 1 m" in c.value for c in at.caption)  # the pick uses the stated 0.5 m

@@ -282,6 +282,28 @@ def test_train_coarse_returns_the_checkpoint_that_validated_best():
     assert not torch.equal(snaps[1]["features.0.weight"], snaps[2]["features.0.weight"])
 
 
+@pytest.mark.slow
+def test_train_coarse_learns_a_synthetic_scene_it_has_not_seen():
+    """300 steps on one synthetic scene's truth (about 15 s on one core): on another scene, mean IoU
+    at least 0.7 and every class at least 0.6 (0.83, 0.77 and 0.78 measured), where the untrained
+    network scores under 0.35."""
+    from refiner.core.classes import ClassSpec
+    from refiner.data.synthetic import make_scene
+    from refiner.models.inference import predict_coarse
+    from refiner.models.store import ModelBundle
+
+    train, held_out = make_scene(256, seed=1), make_scene(128, seed=2)
+    classes = ClassSpec(("background", "building", "road"))
+    cfg = CoarseTrainConfig(steps=300, batch_size=4, output_size=16, context=16, balance=True)
+    bundle = train_coarse([train.image], [train.truth], classes, cfg, device="cpu")
+    scores = evaluate(predict_coarse(bundle, held_out.tile(), device="cpu").argmax(0), held_out.truth, 3)
+    torch.manual_seed(cfg.seed)  # the network training started from
+    start = ModelBundle("coarse", CoarseCNN(CoarseConfig(3)), classes, 1.0, bundle.mean, bundle.std)
+    before = evaluate(predict_coarse(start, held_out.tile(), device="cpu").argmax(0), held_out.truth, 3)
+    assert before.mean_iou < 0.35, before.mean_iou
+    assert scores.mean_iou >= 0.7 and min(scores.iou) >= 0.6, (scores.mean_iou, scores.iou)
+
+
 def test_train_coarse_rejects_unknown_label_codes():
     from refiner.core.classes import ClassSpec
 

@@ -1,8 +1,12 @@
 """What every kind of job shares: how it writes its status, is cancelled and ends."""
 
+import time
+import types
+
 import pytest
 
 from refiner.app import jobs
+from refiner.app.jobs import base
 from refiner.core.atomic import read_json
 from tests.helpers import make_workspace
 
@@ -10,9 +14,20 @@ FILES = ("test.json", "test.cancel")
 
 
 def _run(ws, body) -> jobs.JobState:
-    status = jobs.JobState(id="j", state="running")
+    """Run ``body`` as a job; a failed assertion in it fails the test (job_run would report it as a failed job)."""
+    status, failed = jobs.JobState(id="j", state="running"), []
+
+    def checked(run):
+        try:
+            body(run)
+        except AssertionError as exc:
+            failed.append(exc)
+            raise
+
     with jobs.job_run(ws, status, FILES) as run:
-        body(run)
+        checked(run)
+    if failed:
+        raise failed[0]
     return status
 
 
@@ -44,18 +59,32 @@ def test_a_job_ends_the_same_way_whatever_happens(tmp_path, error, state, messag
     assert not (ws.path / "jobs" / FILES[1]).exists()  # ... and the cancel request is gone
 
 
-def test_status_writes_are_throttled_unless_forced(tmp_path):
+def test_status_writes_are_throttled_unless_forced(tmp_path, monkeypatch):
+    """At most one write per 0.5 s of the job's clock, whatever the machine's speed: the clock is ours."""
     ws = make_workspace(tmp_path, with_rnn=False)
+    clock = [1000.0]
+    monkeypatch.setattr(base, "time", types.SimpleNamespace(time=lambda: clock[0], sleep=time.sleep))
 
-    def body(run):
-        run.save()
-        run.status.message = "second"
-        run.save()  # within 0.5 s of the first: not written
-        assert read_json(ws.path / "jobs" / FILES[0])["message"] == ""
-        run.save(force=True)
-        assert read_json(ws.path / "jobs" / FILES[0])["message"] == "second"
+    def saved() -> str:
+        return read_json(ws.path / "jobs" / FILES[0])["message"]
 
-    _run(ws, body)
+    # JobRun itself, not job_run: job_run reports a failed assertion in its body as a failed job
+    run = jobs.JobRun(ws, jobs.JobState(id="j", state="running"), FILES, every=0.5)
+    run.save()
+    assert saved() == ""
+    run.status.message = "second"
+    clock[0] += 0.4
+    run.save()  # 0.4 s after the first write: not written
+    assert saved() == ""
+    run.save(force=True)
+    assert saved() == "second"
+    run.status.message = "third"
+    clock[0] += 0.4
+    run.save()  # 0.4 s after the forced write: not written
+    assert saved() == "second"
+    clock[0] += 0.2
+    run.save()  # 0.6 s after it: written
+    assert saved() == "third"
 
 
 def test_kinds_are_declared_once_and_named_in_messages(tmp_path, monkeypatch):

@@ -37,12 +37,20 @@ def test_scene_job_refines_with_given_coarse_probabilities(ws, files, tmp_path):
     assert out["refined_map"].read_bytes() == (tmp_path / "ref.tif").read_bytes()
 
 
-def test_scene_job_computes_coarse_probabilities_with_the_shipped_cnn(ws, files):  # noqa: F811
+def test_scene_job_computes_coarse_probabilities_with_the_shipped_cnn(ws, files, tmp_path):  # noqa: F811
+    """No coarse map given and none in the workspace: the demo's shipped coarse CNN makes it."""
+    from refiner.core.paths import DEMO
+    from refiner.scale.scene import predict_scene
+
+    assert not ws.has_model("coarse")
     scene_job.start_scene_job(ws, str(files["dir"] / "image.tif"))
     done = scene_job.SCENE.wait(ws, timeout=300)
     assert done.state == "finished", done.message
     assert set(done.outputs) == {"coarse_probs", "refined_map", "refined_probs", "polygons"}
     assert all(scene_job.scene_outputs(ws)[n].is_file() for n in done.outputs)
+    shipped = predict_scene(DEMO / "coarse", files["dir"] / "image.tif", tmp_path / "shipped.tif")
+    with rasterio.open(done.outputs["coarse_probs"]) as got, rasterio.open(shipped) as want:
+        assert (got.read() == want.read()).all()
 
 
 def test_scene_job_cancel_and_errors_are_reported_not_raised(ws, files, tmp_path):  # noqa: F811
