@@ -11,8 +11,8 @@ import pytest
 
 from refiner.core.classes import ClassSpec
 from refiner.data.synthetic import make_scene
-from tools.browser import free_port, require_chromium, settle
 from tests.helpers import TOKEN, session
+from tools.browser import free_port, require_chromium, settle
 
 require_chromium(demo_assets=False)
 
