@@ -271,8 +271,8 @@ def main() -> None:
     models = {"coarse": refiner.load_model(root / "coarse_1m"), "rnn": refiner.load_model(root / "rnn_1m")}
     tiles = [t for t in (REPORT if args.set == "report" else DEV) if not args.tiles or t.name in args.tiles]
     out = {"machine": machine(), "set": args.set, "rows": []}
-    for t in tiles:
-        for size in args.sizes:
+    for size in args.sizes:  # size-major: every tile at the first size before the next size
+        for t in tiles:
             for how in args.placements:
                 row = run_one(t, size, how, models, size in args.rnn_only_sizes)
                 if row:

@@ -12,9 +12,9 @@ case-insensitively and without a plural ``s`` ("Buildings" = "building").
   uses a background/building/road model with ``p(background) = p(background) + p(building)``
   (a building is "not road"). A model that does not know one of the target classes does not
   fit. The same class set is preferred to a merge.
-* An RNN fits on the same terms: its class-specific weights are kept for the workspace's classes
+* An RNN fits on the same terms: its class-specific weights are kept for the target classes
   and those of the classes merged into background are dropped (:func:`rnn_for`), so a
-  background/road workspace fine-tunes a background/road RNN derived from the 3-class one
+  background/road target fine-tunes a background/road RNN derived from the 3-class one
   (on Massachusetts crops it refines the merged coarse map as the 3-class RNN does, road IoU
   0.314 / 0.451 / 0.236 against 0.320 / 0.451 / 0.232 for the 3-class RNN's merged output).
 * Resolution: the engine resamples the tile to the model's resolution (1 m) and back, so a model
@@ -231,10 +231,10 @@ def pick_rnn(classes: ClassSpec, resolution: float | None, *, root: str | Path |
 
 
 def rnn_for(model: Shipped, classes: ClassSpec) -> ModelBundle[RefinerRNN]:
-    """The shipped RNN ``model`` for a workspace's ``classes``: as shipped, or derived for fewer classes.
+    """The shipped RNN ``model`` for the target ``classes``: as shipped, or derived for fewer classes.
 
-    Derived = :meth:`RefinerRNN.keep_classes` of the workspace's classes (by name, see
-    :func:`class_merge`); the bundle then carries the workspace's classes and says where it came from.
+    Derived = :meth:`RefinerRNN.keep_classes` of the target classes (by name, see
+    :func:`class_merge`); the bundle then carries the target classes and says where it came from.
     """
     merge, how = class_merge(classes, model.classes)
     if merge is None:

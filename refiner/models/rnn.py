@@ -207,7 +207,7 @@ class RefinerRNN(nn.Module):
 
         Every weight is the same; the class-specific MLPs of the classes not kept are dropped (the
         class-agnostic variant's one MLP serves any classes). A background/building/road RNN kept
-        at (0, 2) refines background/road maps: what a 2-class workspace fine-tunes from, as the
+        at (0, 2) refines background/road maps: what a 2-class target fine-tunes from, as the
         coarse CNN's building is merged into its background.
         """
         keep = [int(i) for i in keep]

@@ -127,6 +127,10 @@ def save_model(bundle: AnyBundle, folder: str | Path) -> Path:
     Returns:
         ``folder``.
 
+    Raises:
+        ValueError: ``folder`` holds other files than a model, or the weights are not finite
+            (NaN or infinite: a diverged training; such a model is never written).
+
     Example:
         ```python
         result = refiner.train_rnn(tile.image, probs, labels, classes)
