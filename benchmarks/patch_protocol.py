@@ -4,17 +4,19 @@ One coarse CNN (600 steps x 16 patches on massachusetts_roads 01, 02, 04, 05, 07
 trained on a 500 x 500 window (500, 500) of tile 12, and the per-iteration mean IoU pooled over
 tile 11 and massachusetts_roads_extra 18028870_15, 21628930_15, 24928900_15 (white no-data
 masked). ``train`` imports ``refiner`` from the working directory, so the same cached inputs
-train the RNN at any commit (``cd`` into a worktree of it); ``eval`` scores saved weights::
+train the RNN at any commit (``cd`` into a worktree of it, ``PATCH_PROTOCOL_OUT`` naming one
+shared folder); ``eval`` scores saved weights::
 
-    python benchmarks/patch_protocol.py prep                  # coarse CNN + cached inputs (once)
-    python benchmarks/patch_protocol.py train all class_specific 1000 '{"holdout": 0, "seed": 1}'
-    python benchmarks/patch_protocol.py eval fix              # per-iteration mIoU, t = 0 is the CNN
-    python benchmarks/patch_protocol.py crf                   # the dense CRF, grid-searched on the window
+    PYTHONPATH=. python benchmarks/patch_protocol.py prep                  # coarse CNN + cached inputs (once)
+    PYTHONPATH=. python benchmarks/patch_protocol.py train all class_specific 1000 '{"holdout": 0, "seed": 1}'
+    PYTHONPATH=. python benchmarks/patch_protocol.py eval fix              # per-iteration mIoU, t = 0 is the CNN
+    PYTHONPATH=. python benchmarks/patch_protocol.py crf                   # the dense CRF, grid-searched on the window
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-OUT = Path("runs/patch_protocol")
+OUT = Path(os.environ.get("PATCH_PROTOCOL_OUT", "runs/patch_protocol")).resolve()  # share it across worktrees
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TESTS = ["18028870_15", "21628930_15", "24928900_15"]
 
