@@ -58,27 +58,6 @@ def test_holdout_keeps_whole_regions_a_guard_band_away_from_training_pixels():
     assert 0.1 < held.sum() / (labels != IGNORE).sum() < 0.4
 
 
-def test_holdout_of_a_painted_patch_costs_one_guard_band_not_one_per_piece():
-    """Issue 27: a fully labelled 500 x 500 patch, 20 % held out with the RNN's 20 px guard.
-
-    Held out as scattered 40 px cells, each with its own guard band, it left 42 % of the labels to
-    train on (the patch RNN then fell below the coarse CNN on unseen tiles); grown as one compact
-    piece it leaves over 70 %.
-    """
-    from scipy import ndimage
-
-    labels = np.full((700, 700), IGNORE, np.uint8)
-    labels[100:600, 100:600] = 0
-    labels[300:310, 100:600] = 1  # a road across it
-    for seed in range(3):
-        train, val = split_holdout(labels, 0.2, guard=20, seed=seed)
-        held, kept = val != IGNORE, train != IGNORE
-        assert 0.15 < held.mean() / (labels != IGNORE).mean() < 0.25
-        assert kept.sum() / (labels != IGNORE).sum() > 0.7, seed
-        assert ndimage.label(held, structure=np.ones((3, 3), bool))[1] == 1  # one piece
-        assert ndimage.distance_transform_cdt(~held, metric="chessboard")[kept].min() > 20
-
-
 def test_holdout_without_room_for_two_regions_holds_nothing_back():
     labels = np.full((40, 40), IGNORE, np.uint8)
     labels[:10, :10] = 1
