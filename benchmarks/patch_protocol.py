@@ -9,7 +9,7 @@ shared folder); ``eval`` scores saved weights::
 
     PYTHONPATH=. python benchmarks/patch_protocol.py prep                  # coarse CNN + cached inputs (once)
     PYTHONPATH=. python benchmarks/patch_protocol.py train all class_specific 1000 '{"holdout": 0, "seed": 1}'
-    PYTHONPATH=. python benchmarks/patch_protocol.py eval fix              # per-iteration mIoU, t = 0 is the CNN
+    PYTHONPATH=. python benchmarks/patch_protocol.py eval all              # per-iteration mIoU, t = 0 is the CNN
     PYTHONPATH=. python benchmarks/patch_protocol.py crf                   # the dense CRF, grid-searched on the window
 """
 
