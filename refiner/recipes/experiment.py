@@ -28,7 +28,7 @@ import numpy as np
 
 from refiner.baselines.crf import DEFAULT_GRID, dense_crf, grid_search
 from refiner.core.atomic import atomic_write_bytes, unknown_keys
-from refiner.core.classes import ClassSpec
+from refiner.core.classes import IGNORE, ClassSpec
 from refiner.core.metrics import confusion_matrix, scores_from_confusion
 from refiner.data.read import read_image, read_labels
 from refiner.data.resample import probs_to_grid, to_working
@@ -42,6 +42,9 @@ from refiner.train.coarse import CoarseTrainConfig, train_coarse
 from refiner.train.loop import Progress
 from refiner.train.rnn import RNNTrainConfig, train_rnn
 from refiner.train.sampling import restrict_to_window
+
+#: The darkest band at or above this counts as pure white with ``nodata_white`` (250 of 255).
+WHITE = 250 / 255
 
 METHOD_KEYS = {"class_specific": "rnn", "class_agnostic": "rnn_class_agnostic", "non_recurrent": "rnn_non_recurrent"}
 
@@ -57,6 +60,9 @@ class Split:
     degrade: dict[str, float] | None = None
     model: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Pure white pixels are no-data (mosaic-edge tiles such as massachusetts_roads_extra): their
+    #: labels become unlabelled, so nothing trains on them and no method is scored there.
+    nodata_white: bool = False
 
 
 @dataclass
@@ -108,6 +114,7 @@ class ExperimentConfig:
                 if not p.exists():
                     raise FileNotFoundError(f"[{name}] file not found: {p}")
             window = d.pop("window", None)
+            nodata_white = bool(d.pop("nodata_white", False))
             if window is not None and len(window) != 4:
                 raise ValueError(f"[{name}] window must be [row, col, height, width], got {window}")
             return Split(
@@ -118,6 +125,7 @@ class ExperimentConfig:
                 d.pop("degrade", None),
                 root / model if model else None,
                 d,
+                nodata_white,
             )
 
         enhance = split("enhance")
@@ -158,9 +166,13 @@ class Prepared:
         return probs_to_grid(probs, src, dst, self.tile.shape)
 
 
-def _prepare(image: Path, labels: Path, cfg: ExperimentConfig, window: tuple[int, ...] | None = None) -> Prepared:
+def _prepare(
+    image: Path, labels: Path, cfg: ExperimentConfig, window: tuple[int, ...] | None = None, nodata_white: bool = False
+) -> Prepared:
     tile = read_image(image, bands=cfg.bands)
     lab = read_labels(labels, cfg.classes, like=tile, line_width=cfg.line_width)
+    if nodata_white:
+        lab = np.where(tile.image.min(axis=0) >= WHITE, IGNORE, lab).astype(lab.dtype)
     if window is not None:
         lab = restrict_to_window(lab, window)
     work = to_working(tile, cfg.resolution, labels=[lab])
@@ -195,7 +207,7 @@ def run_experiment(
     else:
         imgs, labs = [], []
         for i, (im, lb) in enumerate(zip(cfg.coarse.images, cfg.coarse.labels, strict=True)):
-            p = _prepare(im, lb, cfg)
+            p = _prepare(im, lb, cfg, nodata_white=cfg.coarse.nodata_white)
             lab = p.work_labels
             if cfg.coarse.degrade:
                 lab = degrade_labels(
@@ -218,8 +230,11 @@ def run_experiment(
     seconds["train_coarse"] = time.perf_counter() - t0
 
     # 2. coarse probabilities at the working resolution
-    enh = _prepare(cfg.enhance.images[0], cfg.enhance.labels[0], cfg, cfg.enhance.window)
-    tests = [_prepare(im, lb, cfg) for im, lb in zip(cfg.test.images, cfg.test.labels, strict=True)]
+    enh = _prepare(cfg.enhance.images[0], cfg.enhance.labels[0], cfg, cfg.enhance.window, cfg.enhance.nodata_white)
+    tests = [
+        _prepare(im, lb, cfg, nodata_white=cfg.test.nodata_white)
+        for im, lb in zip(cfg.test.images, cfg.test.labels, strict=True)
+    ]
     t0 = time.perf_counter()
     enh_probs = predict_coarse(coarse, enh.work, device=device)
     test_probs = [predict_coarse(coarse, t.work, device=device) for t in tests]

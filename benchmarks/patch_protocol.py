@@ -1,0 +1,143 @@
+"""The paper's protocol with a painted-patch-sized enhancement set, cheaply (issue 27).
+
+One coarse CNN (600 steps x 16 patches on massachusetts_roads 01, 02, 04, 05, 07, 08), an RNN
+trained on a 500 x 500 window (500, 500) of tile 12, and the per-iteration mean IoU pooled over
+tile 11 and massachusetts_roads_extra 18028870_15, 21628930_15, 24928900_15 (white no-data
+masked). ``train`` imports ``refiner`` from the working directory, so the same cached inputs
+train the RNN at any commit (``cd`` into a worktree of it, ``PATCH_PROTOCOL_OUT`` naming one
+shared folder); ``eval`` scores saved weights::
+
+    PYTHONPATH=. python benchmarks/patch_protocol.py prep                  # coarse CNN + cached inputs (once)
+    PYTHONPATH=. python benchmarks/patch_protocol.py train all class_specific 1000 '{"holdout": 0, "seed": 1}'
+    PYTHONPATH=. python benchmarks/patch_protocol.py eval all              # per-iteration mIoU, t = 0 is the CNN
+    PYTHONPATH=. python benchmarks/patch_protocol.py crf                   # the dense CRF, grid-searched on the window
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+OUT = Path(os.environ.get("PATCH_PROTOCOL_OUT", "runs/patch_protocol")).resolve()  # share it across worktrees
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+TESTS = ["18028870_15", "21628930_15", "24928900_15"]
+
+
+def _classes():  # noqa: ANN202 - the ClassSpec of whichever commit runs this
+    try:
+        from refiner.core.classes import ClassSpec
+    except ImportError:  # before the package split (a5a7b05)
+        from refiner.classes import ClassSpec  # type: ignore[no-redef]
+    return ClassSpec(("background", "road"), (0, 255))
+
+
+def prep(steps: int = 600) -> None:
+    """Train the coarse CNN and cache the enhancement and test inputs in ``OUT / "data.npz"``."""
+    from refiner.data.read import read_image, read_labels
+    from refiner.models.inference import predict_coarse
+    from refiner.models.store import save_model
+    from refiner.train.coarse import CoarseTrainConfig, train_coarse
+
+    classes = _classes()
+
+    def load(img: Path, lab: Path) -> tuple:
+        tile = read_image(img)
+        return tile, read_labels(lab, classes, like=tile)
+
+    roads = DATA / "massachusetts_roads"
+    train = [load(roads / f"images/{i}.jpg", roads / f"masks/{i}.png") for i in ["01", "02", "04", "05", "07", "08"]]
+    cfg = CoarseTrainConfig(steps=steps, batch_size=16, seed=0)
+    coarse = train_coarse([t.image for t, _ in train], [lab for _, lab in train], classes, cfg, resolution=1.0)
+    save_model(coarse, OUT / "coarse")
+    enh, enh_lab = load(roads / "images/12.jpg", roads / "masks/12.png")
+    window = np.full_like(enh_lab, 255)
+    window[500:1000, 500:1000] = enh_lab[500:1000, 500:1000]
+    out = {"enh_image": enh.image, "enh_probs": predict_coarse(coarse, enh), "enh_labels": window}
+    extra = DATA / "massachusetts_roads_extra"
+    tests = [("11", roads / "images/11.jpg", roads / "masks/11.png")]
+    tests += [(n, extra / f"images/{n}.png", extra / f"masks/{n}.png") for n in TESTS]
+    for name, img, lab in tests:
+        tile, labels = load(img, lab)
+        labels[tile.image.min(0) >= 250 / 255] = 255  # mosaic edge: no-data, not background
+        out[f"t_{name}_image"], out[f"t_{name}_labels"] = tile.image, labels
+        out[f"t_{name}_probs"] = predict_coarse(coarse, tile)
+    np.savez(OUT / "data.npz", **out)
+
+
+def train(tag: str, variant: str, steps: int, options: dict) -> None:
+    """Train one RNN with the working directory's ``train_rnn`` and save its weights as ``tag``."""
+    try:
+        from refiner.train.rnn import RNNTrainConfig, train_rnn
+    except ImportError:  # before the package split
+        from refiner.train import RNNTrainConfig, train_rnn  # type: ignore[no-redef,attr-defined]
+    from refiner.models.rnn import RNNConfig
+
+    d = np.load(OUT / "data.npz")
+    t0 = time.perf_counter()
+    arch = RNNConfig(num_classes=2, in_channels=3, iterations=5, variant=variant)
+    cfg = RNNTrainConfig(steps=steps, **{"seed": 0, **options})
+    res = train_rnn(d["enh_image"], d["enh_probs"], d["enh_labels"], _classes(), cfg, arch=arch, resolution=1.0)
+    b = res.bundle
+    torch.save({"state": b.net.state_dict(), "mean": b.mean, "std": b.std, "variant": variant}, OUT / f"{tag}.pt")
+    n_val = sum(h.val is not None for h in res.history)
+    print(json.dumps({"tag": tag, "seconds": round(time.perf_counter() - t0, 1), "validations": n_val,
+                      "best_step": b.info.get("best_step"), "best_val": b.info.get("best_val_mean_iou")}))  # fmt: skip
+
+
+def evaluate(tags: list[str]) -> None:
+    """Per-iteration mean and road IoU of saved RNNs, pooled over the test tiles (t = 0 is the CNN)."""
+    from refiner.core.metrics import confusion_matrix, scores_from_confusion
+    from refiner.models.fused import FusedRNN
+    from refiner.models.rnn import RefinerRNN, RNNConfig
+
+    d = np.load(OUT / "data.npz")
+    for tag in tags:
+        ck = torch.load(OUT / f"{tag}.pt")
+        net = RefinerRNN(RNNConfig(num_classes=2, in_channels=3, iterations=5, variant=ck["variant"]))
+        net.load_state_dict(ck["state"])
+        fast = FusedRNN(net.eval(), compile=False)
+        mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (ck["mean"], ck["std"]))
+        cms = np.zeros((6, 2, 2), np.int64)
+        for name in ["11", *TESTS]:
+            image = (torch.from_numpy(d[f"t_{name}_image"])[None] - mean) / std
+            with torch.inference_mode():
+                us = fast(image, torch.from_numpy(d[f"t_{name}_probs"])[None], keep_all=True)
+            for t, u in enumerate(us):
+                cms[t] += confusion_matrix(u[0].argmax(0).numpy().astype(np.uint8), d[f"t_{name}_labels"], 2)
+        scores = [scores_from_confusion(cm) for cm in cms]
+        print(json.dumps({"tag": tag, "miou": [round(s.mean_iou, 4) for s in scores],
+                          "road": [round(s.iou[1], 4) for s in scores]}))  # fmt: skip
+
+
+def crf() -> None:
+    """The dense CRF with its default grid searched on the enhancement window, scored like :func:`evaluate`."""
+    from refiner.baselines.crf import dense_crf, grid_search
+    from refiner.core.metrics import confusion_matrix, scores_from_confusion
+
+    d = np.load(OUT / "data.npz")
+    best = grid_search(d["enh_image"], d["enh_probs"], d["enh_labels"]).best
+    cm = np.zeros((2, 2), np.int64)
+    for name in ["11", *TESTS]:
+        probs = dense_crf(d[f"t_{name}_image"], d[f"t_{name}_probs"], best)
+        cm += confusion_matrix(probs.argmax(0).astype(np.uint8), d[f"t_{name}_labels"], 2)
+    s = scores_from_confusion(cm)
+    print(json.dumps({"tag": "crf", "miou": round(s.mean_iou, 4), "road": round(s.iou[1], 4)}), best.to_dict())
+
+
+if __name__ == "__main__":
+    OUT.mkdir(parents=True, exist_ok=True)
+    cmd, args = sys.argv[1], sys.argv[2:]
+    if cmd == "prep":
+        prep(*(int(a) for a in args))
+    elif cmd == "train":
+        train(args[0], args[1], int(args[2]), json.loads(args[3]) if len(args) > 3 else {})
+    elif cmd == "crf":
+        crf()
+    else:
+        evaluate(args)
