@@ -46,8 +46,10 @@ TASKS = {
     # is at most 500 x 500 px of its source image: 500^2 m of a 1 m tile, 150^2 m (500^2 px at
     # 0.3 m) in the middle of the 300 m Inria validation tile.
     "road": (("massachusetts_roads", "07", (500, 500, 500, 500)), ("massachusetts_roads", "massachusetts_merged")),
-    "building": (("inria_austin", "austin_x616800_y3344700", (75, 75, 150, 150)), ("inria_austin", "inria_crops256",
-                                                                                    "massachusetts_merged")),
+    "building": (
+        ("inria_austin", "austin_x616800_y3344700", (75, 75, 150, 150)),
+        ("inria_austin", "inria_crops256", "massachusetts_merged"),
+    ),
 }
 
 
@@ -88,9 +90,7 @@ def run_task(task: str, coarse, rnn, sets, steps: int | None, seed: int) -> dict
     bl = np.where(lab == TASK_CLASS[task], 1, np.where(lab == IGNORE, IGNORE, 0)).astype(np.uint8)
     gs = grid_search(patch_tile.tile().image, collapse(p_probs, task), bl, DEFAULT_GRID)
     out["crf_params"] = gs.best.to_dict()
-    out["crf"] = score(
-        [(dense_crf(d.tile().image, p, gs.best), d) for p, d in zip(t_probs, tests, strict=True)], task
-    )
+    out["crf"] = score([(dense_crf(d.tile().image, p, gs.best), d) for p, d in zip(t_probs, tests, strict=True)], task)
     # pretrained RNN, every iteration
     refs = [refine(rnn, d.tile(), p, keep_all=True) for p, d in zip(t_probs, tests, strict=True)]
     out["rnn_pretrained"] = score([(f.final, d) for f, d in zip(refs, tests, strict=True)], task)

@@ -36,8 +36,14 @@ VIEW_KEYS = ["brush", "brush_size", "label_opacity", "label_layer", "layer_opaci
 common.restore_view(
     ws,
     "label_page",
-    {"brush": brushes[0], "brush_size": 16, "label_opacity": 0.55, "label_layer": layers[0], "layer_opacity": 0.35,
-     "show_hints": False},  # fmt: skip
+    {
+        "brush": brushes[0],
+        "brush_size": 16,
+        "label_opacity": 0.55,
+        "label_layer": layers[0],
+        "layer_opacity": 0.35,
+        "show_hints": False,
+    },  # fmt: skip
     {"brush": brushes, "label_layer": layers},
 )
 
@@ -72,9 +78,7 @@ with side:
         key="label_layer",
         help="Show the coarse or the refined class map, semi-transparent, under your labels and strokes.",
     )
-    layer_opacity = st.slider(
-        "Map opacity", 0.0, 1.0, step=0.05, key="layer_opacity", disabled=layer == layers[0]
-    )
+    layer_opacity = st.slider("Map opacity", 0.0, 1.0, step=0.05, key="layer_opacity", disabled=layer == layers[0])
     if st.button("Undo last change", disabled=ws.undo_depth() == 0 or bool(ws.readonly), key="undo"):
         with common.guard("undoing"):
             ws.undo()

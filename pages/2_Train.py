@@ -20,8 +20,7 @@ device = pick_device()
 where = (
     f"on the **Dask cluster** at `{scheduler}` (a GPU worker if one declares it)."
     if scheduler
-    else f"on **{device.type.upper()}**"
-    + (" (no GPU found)." if device.type == "cpu" else ".")
+    else f"on **{device.type.upper()}**" + (" (no GPU found)." if device.type == "cpu" else ".")
 )
 status = jobs.TRAINING.read(ws)
 running = status is not None and status.active

@@ -33,8 +33,10 @@ if is_local_grid(georef):
         "grid in metres (origin at its lower-left corner; the files' CRS says so), so areas are m² and lengths m"
     )
 else:
-    crs = georef.crs.to_string() if georef else (
-        "none (plain picture: pixel coordinates; state its pixel size on the Tile page for metres)"
+    crs = (
+        georef.crs.to_string()
+        if georef
+        else ("none (plain picture: pixel coordinates; state its pixel size on the Tile page for metres)")
     )
 st.caption(f"CRS: {crs}")
 

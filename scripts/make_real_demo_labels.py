@@ -64,8 +64,10 @@ def main() -> None:
         labels = boxes_from_reference(reference, round(BOX_M / res))
         Image.fromarray(labels).save(demo.labels_file, optimize=True)
         n = int((labels != IGNORE).sum())
-        print(f"{demo.labels_file.relative_to(LABELS_DIR.parents[1])}: {n} labelled px, "
-              f"{demo.labels_file.stat().st_size} bytes")
+        print(
+            f"{demo.labels_file.relative_to(LABELS_DIR.parents[1])}: {n} labelled px, "
+            f"{demo.labels_file.stat().st_size} bytes"
+        )
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ def _keep_main_module():
         sys.modules["__main__"] = main
 
 
-
 @pytest.fixture(scope="session")
 def scene():
     return make_scene(160, seed=11)

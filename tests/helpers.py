@@ -52,9 +52,7 @@ def run(page: str, token: str | None = TOKEN, **query: str) -> AppTest:
     return at
 
 
-def make_workspace(
-    root: Path, name: str = "t", size: int = 96, with_rnn: bool = True, token: str = TOKEN
-) -> Workspace:
+def make_workspace(root: Path, name: str = "t", size: int = 96, with_rnn: bool = True, token: str = TOKEN) -> Workspace:
     """A workspace of session ``token`` under the workspaces ``root``."""
     scene = make_scene(size, seed=5)
     ws = session(root, token).create(name, scene.tile(), DEMO_CLASSES, source={"kind": "test", "name": "test scene"})
@@ -86,4 +84,3 @@ def _fill(ws: Workspace, scene, with_rnn: bool) -> Workspace:
 def train_button(at: AppTest):
     """The Train page's "Start training" (the RNN form's submit button; "Adapt to this tile" comes first)."""
     return next(b for b in at.button if b.label == "Start training")
-

@@ -237,8 +237,9 @@ def test_probabilities_of_the_right_size_in_another_crs_or_place_are_refused(cha
     runs = {
         "finetune": lambda: _ft(chain, tmp_path / "m", probs=probs),
         "refine": lambda: _refine(chain, tmp_path / "o.tif", probs=probs),
-        "crf": lambda: main(["crf", "--image", str(chain / "enhance.tif"), "--probs", str(probs),
-                             "--out", str(tmp_path / "c.tif")]),  # fmt: skip
+        "crf": lambda: main(
+            ["crf", "--image", str(chain / "enhance.tif"), "--probs", str(probs), "--out", str(tmp_path / "c.tif")]
+        ),  # fmt: skip
     }
     for name, run in runs.items():
         assert run() == 2, name

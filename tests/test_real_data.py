@@ -1,6 +1,5 @@
 """On real imagery from ../shared/data (read at run time, never copied into the project)."""
 
-
 import numpy as np
 import pytest
 

@@ -471,8 +471,18 @@ def test_an_image_below_16_px_is_refused(shape):
 def test_crf_params_are_checked_per_key_naming_the_file(params, needle, inputs, tmp_path, capsys):
     path = tmp_path / "crf.json"
     path.write_text(json.dumps(params))
-    argv = ["crf", "--image", inputs["image"], "--probs", inputs["probs"], "--params", path, *CLASSES,
-            "--out", tmp_path / "c.tif"]
+    argv = [
+        "crf",
+        "--image",
+        inputs["image"],
+        "--probs",
+        inputs["probs"],
+        "--params",
+        path,
+        *CLASSES,
+        "--out",
+        tmp_path / "c.tif",
+    ]
     rc, err = cli(argv, capsys)
     assert rc == 2 and f"crf.json: {needle}" in err, err
 

@@ -344,8 +344,11 @@ def restore_view(ws: Workspace, page: str, defaults: dict[str, Any], options: di
             continue
         v = saved.get(k, default)
         allowed = (options or {}).get(k)
-        ok = v in allowed if allowed is not None else isinstance(v, type(default)) or (
-            isinstance(default, float) and isinstance(v, int) and not isinstance(v, bool)
+        ok = (
+            v in allowed
+            if allowed is not None
+            else isinstance(v, type(default))
+            or (isinstance(default, float) and isinstance(v, int) and not isinstance(v, bool))
         )
         st.session_state[k] = v if ok else default
 

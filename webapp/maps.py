@@ -79,9 +79,7 @@ def to_wgs84(image: np.ndarray, georef: Georef) -> tuple[np.ndarray, tuple[float
     return out.transpose(1, 2, 0), (west, south, east, north)
 
 
-def build_map(
-    georef: Georef, layers: list[tuple[str, np.ndarray, float]], *, state_key: str = ""
-) -> folium.Map:
+def build_map(georef: Georef, layers: list[tuple[str, np.ndarray, float]], *, state_key: str = "") -> folium.Map:
     """A leafmap map with ``layers`` (name, RGBA uint8 image on the tile grid, opacity).
 
     Each layer after the first gets an opacity slider on the map itself, so changing it does not

@@ -87,4 +87,3 @@ def score_tables(ws: Workspace, maps: dict[str, np.ndarray]) -> None:
             table = pd.DataFrame(rows).set_index("method")
             st.table(table.rename(columns=lambda c: common.plain(c) if "IoU" in c else c))  # class names: user text
             st.caption(f"On {ev.pixels:,} pixels: {ev.description}. {MEAN_NOTE}")
-

@@ -155,7 +155,7 @@ def save_trained(ws: Workspace, bundle: Any, *, started_from: str, val: list[dic
 
     keep_current(ws)
     save_model(bundle, ws.model_dir("rnn"))
-    best = max(val, key=lambda v: (v["mean_iou"] if v.get("mean_iou") is not None else -1.0), default=None)
+    best = max(val, key=lambda v: v["mean_iou"] if v.get("mean_iou") is not None else -1.0, default=None)
     with file_lock(_dir(ws) / ".lock"):
         return _add(
             ws,

@@ -246,8 +246,12 @@ def loss_figure(
         if scores:
             fig.add_trace(
                 go.Scatter(
-                    x=[v["step"] for v in scores], y=[v["mean_iou"] for v in scores], mode="lines+markers",
-                    name=name, yaxis="y2", line=style,
+                    x=[v["step"] for v in scores],
+                    y=[v["mean_iou"] for v in scores],
+                    mode="lines+markers",
+                    name=name,
+                    yaxis="y2",
+                    line=style,
                 )  # fmt: skip
             )
     if start_step:

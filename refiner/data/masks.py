@@ -93,9 +93,7 @@ def read_mask(data: bytes, name: str, tile: Tile, classes: ClassSpec) -> MaskFil
             "(is it an image rather than a mask?)"
         )
     values_l = [int(v) for v in values]
-    return MaskFile(
-        name, raw, values_l, [int(c) for c in counts], nodata if nodata in values_l else None, outside
-    )
+    return MaskFile(name, raw, values_l, [int(c) for c in counts], nodata if nodata in values_l else None, outside)
 
 
 def _as_value(v: float | None) -> int | None:

@@ -52,9 +52,7 @@ def max_read_pixels() -> int:
     return int(raw) if raw.isdigit() and int(raw) > 0 else DEFAULT_MAX_READ_PIXELS
 
 
-def check_declared_size(
-    ds: DatasetReader, win: Window | None, path: str | Path, limit: int | None = None
-) -> None:
+def check_declared_size(ds: DatasetReader, win: Window | None, path: str | Path, limit: int | None = None) -> None:
     """Refuse, before reading, a read larger than ``limit`` (default :func:`max_read_pixels`; it is in the message)."""
     h, w = (int(win.height), int(win.width)) if win is not None else (ds.height, ds.width)
     limit = max_read_pixels() if limit is None else min(limit, max_read_pixels())

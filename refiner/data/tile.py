@@ -111,7 +111,7 @@ def grid_of(tile: Tile) -> Georef | None:
 #: and m. A GeoTIFF from a 0.3 m PNG had an identity transform and no CRS: areas in px².
 LOCAL_GRID_NAME = "Refiner local grid"
 LOCAL_GRID_CRS = CRS.from_wkt(
-    'LOCAL_CS["Refiner local grid: metres from the picture\'s lower-left corner at its stated pixel size, '
+    "LOCAL_CS[\"Refiner local grid: metres from the picture's lower-left corner at its stated pixel size, "
     'not a place on Earth",LOCAL_DATUM["picture",32767],UNIT["metre",1],AXIS["Easting",EAST],AXIS["Northing",NORTH]]'
 )
 

@@ -443,7 +443,14 @@ def refine_scene(
     cmap = dict(zip(classes.values, classes.colors, strict=True))
     makers: dict[str, Callable[[], RasterWriter]] = {
         "classes": lambda: RasterWriter(
-            out, height=h, width=w, count=1, dtype="uint8", georef=georef, nodata=classes.unlabelled_value, tags=tags,
+            out,
+            height=h,
+            width=w,
+            count=1,
+            dtype="uint8",
+            georef=georef,
+            nodata=classes.unlabelled_value,
+            tags=tags,
             colormap=cmap,
         )
     }

@@ -104,7 +104,6 @@ class Adaptation:
     coarse_result: CoarseAdaptResult | None = None
     rnn_result: RNNTrainResult | None = None
 
-
     def to_dict(self) -> dict[str, Any]:
         """Scores, seconds and what was kept, as JSON (``adapt.json`` beside the models)."""
         names = self.coarse.classes.names
@@ -322,4 +321,3 @@ def zero_update(net: RefinerRNN) -> None:
         for blk in net.blocks:
             blk.output.weight.zero_()
             blk.output.bias.zero_()
-

@@ -166,8 +166,14 @@ def train_coarse(
     bundle = ModelBundle("coarse", net, classes, resolution, mean, std)
     samplers = [
         PatchSampler(
-            [im], lab, cfg.output_size, cfg.context, seed=cfg.seed + i, augment=cfg.augment,
-            balance=cfg.balance, stride=cfg.centre_stride,
+            [im],
+            lab,
+            cfg.output_size,
+            cfg.context,
+            seed=cfg.seed + i,
+            augment=cfg.augment,
+            balance=cfg.balance,
+            stride=cfg.centre_stride,
         )  # fmt: skip
         for i, (im, lab) in enumerate(zip(images, labels, strict=True))
     ]

@@ -15,7 +15,6 @@ from refiner.core.classes import IGNORE
 NOT_ROAD, NOT_BUILDING = 250, 251
 
 
-
 def segmentation_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Cross-entropy averaged over labelled pixels only: 255 contributes no gradient."""
     return F.cross_entropy(scores.float(), labels.long(), ignore_index=IGNORE)

@@ -257,9 +257,15 @@ class _Objective:
         if self.teacher is not None:  # KL(start || now) per pixel, summed over classes
             with torch.no_grad():
                 ref = centre(self.teacher(x, p)[-1], halo, size)
-            loss = loss + self.cfg.distill * F.kl_div(
-                F.log_softmax(u.float(), 1), F.log_softmax(ref.float(), 1), log_target=True, reduction="none"
-            ).sum(1).mean()
+            loss = (
+                loss
+                + self.cfg.distill
+                * F.kl_div(
+                    F.log_softmax(u.float(), 1), F.log_softmax(ref.float(), 1), log_target=True, reduction="none"
+                )
+                .sum(1)
+                .mean()
+            )
         return loss
 
 
@@ -594,8 +600,16 @@ def train_rnn_tiles(
                 blk.output.bias.zero_()
     halo = net.cfg.halo
     samplers = [
-        PatchSampler([im, pr], lab, cfg.patch_size, halo, seed=cfg.seed + i, augment=cfg.augment,
-                     balance=balance, stride=centre_stride)  # fmt: skip
+        PatchSampler(
+            [im, pr],
+            lab,
+            cfg.patch_size,
+            halo,
+            seed=cfg.seed + i,
+            augment=cfg.augment,
+            balance=balance,
+            stride=centre_stride,
+        )  # fmt: skip
         for i, (im, pr, lab) in enumerate(zip(images, probs, labels, strict=True))
     ]
     batches = TileMix(samplers, tile_weights, seed=cfg.seed)

@@ -66,8 +66,10 @@ def step_bytes(cfg: RNNConfig, patch_size: int, batch_size: int) -> int:
     per pixel; this says 3.4 KB.
     """
     side = patch_size + 2 * cfg.halo
-    per_pixel = 4 * max(cfg.iterations, 1) * (
-        cfg.map_filters + cfg.image_filters + (cfg.hidden + 2) * cfg.num_classes + cfg.in_channels
+    per_pixel = (
+        4
+        * max(cfg.iterations, 1)
+        * (cfg.map_filters + cfg.image_filters + (cfg.hidden + 2) * cfg.num_classes + cfg.in_channels)
     )
     return batch_size * side * side * per_pixel
 

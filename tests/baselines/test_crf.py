@@ -112,7 +112,7 @@ def test_the_search_runs_on_windows_around_the_labels_and_scores_each_pixel_once
         assert ((lab == 255) | (lab == labels[r, c])).all()
     box = np.full((300, 300), 255, np.uint8)
     box[50:250, 50:250] = 2  # one painted box: one window around it is cheaper than cells
-    (win, lab), = label_windows(box, pad=40)
+    ((win, lab),) = label_windows(box, pad=40)
     assert win == (slice(10, 290), slice(10, 290)) and (lab != 255).sum() == 200 * 200
 
 

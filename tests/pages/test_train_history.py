@@ -51,4 +51,3 @@ def _history(at):
     tables = [t.value for t in at.table if "kept step" in t.value.columns]
     assert len(tables) == 1, [list(t.value.columns) for t in at.table]
     return tables[0]
-

@@ -124,7 +124,6 @@ def test_early_stopping_and_time_budget(scene):
     assert res.stopped == "time_budget"
 
 
-
 def test_eval_every_0_validates_by_the_clock_and_at_the_end_only(scene):
     """``eval_every=0`` used to divide by zero; it now means no validation by step count."""
     probs = coarse_probs_from_labels(scene.osm, 3)
@@ -132,6 +131,7 @@ def test_eval_every_0_validates_by_the_clock_and_at_the_end_only(scene):
     res = train_rnn(scene.image, probs, scene.truth, scene.classes, cfg)
     validated = [p.step for p in res.history if p.val is not None]
     assert res.stopped == "finished" and validated[-1] == 6 and 1 not in validated
+
 
 def test_training_rejects_mismatched_inputs(scene):
     probs = coarse_probs_from_labels(scene.osm, 3)

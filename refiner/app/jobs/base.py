@@ -144,7 +144,6 @@ def job_run(ws: Workspace, status: Any, files: tuple[str, str], every: float = 0
         run.save(force=True)
 
 
-
 # --------------------------------------------------------------------------- backends
 
 

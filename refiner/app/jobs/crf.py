@@ -67,9 +67,8 @@ def run_crf_search(workspace: str | Path, job_id: str) -> dict:
             status.message = f"best of {len(found.trials)} settings, searched on {share}; now in use"
         else:
             status.state = "cancelled"
-            status.message = (
-                f"cancelled after {len(found.trials)} of {status.total} settings"
-                + ("; the best so far is now in use" if found.trials else "; the parameters are unchanged")
+            status.message = f"cancelled after {len(found.trials)} of {status.total} settings" + (
+                "; the best so far is now in use" if found.trials else "; the parameters are unchanged"
             )
     return asdict(status)
 

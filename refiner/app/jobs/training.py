@@ -264,11 +264,13 @@ def _final_message(status: JobStatus, stopped: str, total: int, start: str, has_
     """What the Train page says when a run ends: how, which weights were kept, and why none were held out."""
     message = f"{stopped} after {status.step} steps ({total} in all) from {start}; model saved"
     if status.best_step is not None and status.best_step != total:
-        which = "the model it started from" if status.best_step == status.start_step else (
-            f"the weights of step {status.best_step}")
+        which = (
+            "the model it started from"
+            if status.best_step == status.start_step
+            else (f"the weights of step {status.best_step}")
+        )
         message += (
-            f" with {which}, the best on the held-out regions (mean IoU {status.best_val:.3f}), "
-            "not the last step's"
+            f" with {which}, the best on the held-out regions (mean IoU {status.best_val:.3f}), not the last step's"
         )
     if not has_val:
         message += (
