@@ -457,11 +457,7 @@ def read_probs(
     if dtype == "uint8":
         data /= 255.0
     check_probs_finite(data, name)
-    if data.min() < -1e-3 or data.max() > 1 + 1e-3:
-        raise RasterError(
-            f"{name} does not hold probabilities (values must lie in [0, 1]); "
-            "write class probabilities, not scores, e.g. with `python -m refiner predict`"
-        )
+    check_prob_range(data, name)
     if check_sums:
         check_prob_sums(data, name, whole=window is None)
     return data, tagged_classes(tags, path), georef
@@ -484,11 +480,7 @@ def check_probs_file(path: str | Path, sample: int = 1024) -> None:
         if ds.dtypes[0] == "uint8":
             data /= 255.0
     check_probs_finite(data, name)
-    if data.min() < -1e-3 or data.max() > 1 + 1e-3:
-        raise RasterError(
-            f"{name} does not hold probabilities (values must lie in [0, 1]); "
-            "write class probabilities, not scores, e.g. with `python -m refiner predict`"
-        )
+    check_prob_range(data, name)
     check_prob_sums(data, name, whole=True)
 
 
@@ -511,6 +503,15 @@ def check_probs_finite(data: np.ndarray, name: str | Path) -> None:
         raise RasterError(
             f"{Path(str(name)).name} holds {bad:,} NaN or infinite values where probabilities must be numbers in "
             "[0, 1] — compute the probabilities again (e.g. with `python -m refiner predict`) from finite imagery"
+        )
+
+
+def check_prob_range(data: np.ndarray, name: str) -> None:
+    """Refuse values outside [0, 1]: scores or logits given where probabilities go."""
+    if data.min() < -1e-3 or data.max() > 1 + 1e-3:
+        raise RasterError(
+            f"{name} does not hold probabilities (values must lie in [0, 1]); "
+            "write class probabilities, not scores, e.g. with `python -m refiner predict`"
         )
 
 

@@ -34,7 +34,7 @@ from refiner.core.classes import IGNORE
 from refiner.core.metrics import Scores
 from refiner.models.coarse import COARSE_HALO, CoarseCNN
 from refiner.models.store import ModelBundle
-from refiner.train.loop import BestWeights, Progress, ProgressFn
+from refiner.train.loop import BestWeights, Progress, ProgressFn, stop_reason
 from refiner.train.losses import allowed_table, partial_label_loss
 from refiner.train.rnn import _held_out_scores as held_out_scores
 
@@ -255,22 +255,13 @@ def adapt_coarse(
             result.history.append({"step": step, "loss": report.loss, "val": report.val and report.val.mean_iou})
         if progress and (step % 5 == 0 or report.val is not None or last):
             progress(report)
-        result.stopped = _why_stop(cfg, stale, last, step) or result.stopped
+        result.stopped = stop_reason(cfg.patience, cfg.steps, stale, last, step) or result.stopped
         if result.stopped != "finished":
             break
     result.steps, result.seconds = step, time.perf_counter() - t0
     if best.restore(head):  # else the start did best (or nothing ran): ``coarse`` stands
         result.bundle, result.adapted = _adapted_bundle(coarse, head, start, resolution, cfg, result, best.step), True
     return result
-
-
-def _why_stop(cfg: CoarseAdaptConfig, stale: int, last: bool, step: int) -> str | None:
-    """Why the loop ends after ``step``: no gain in ``cfg.patience`` evaluations, or time up."""
-    if cfg.patience and stale >= cfg.patience:
-        return "early_stopping"
-    if last and step != cfg.steps:
-        return "time_budget"
-    return None
 
 
 def _adapted_bundle(

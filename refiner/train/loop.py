@@ -102,3 +102,16 @@ def validate_and_keep(
     report.best_val = best.score
     report.message = f"validation {score:.3f} (best {best.score:.3f})"
     return score
+
+
+def stop_reason(patience: int, steps: int, stale: int, last: bool, step: int) -> str | None:
+    """Why a loop ends after ``step``, or None when it goes on.
+
+    "early_stopping": ``stale`` evaluations without gain reached a non-zero ``patience``;
+    "time_budget": its last step (the wall-clock budget spent) came before ``steps``.
+    """
+    if patience and stale >= patience:
+        return "early_stopping"
+    if last and step != steps:
+        return "time_budget"
+    return None

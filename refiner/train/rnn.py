@@ -18,7 +18,15 @@ from refiner.core.metrics import Scores, evaluate
 from refiner.models.fused import FusedRNN
 from refiner.models.rnn import RefinerRNN, RNNConfig
 from refiner.models.store import ModelBundle, image_stats, save_checkpoint
-from refiner.train.loop import BestWeights, Progress, ProgressFn, centre, validate_and_keep, validation_due
+from refiner.train.loop import (
+    BestWeights,
+    Progress,
+    ProgressFn,
+    centre,
+    stop_reason,
+    validate_and_keep,
+    validation_due,
+)
 from refiner.train.losses import allowed_table, partial_label_loss, partial_mean_iou, segmentation_loss
 from refiner.train.sampling import (
     PatchSampler,
@@ -356,15 +364,6 @@ def check_finite_training(net: torch.nn.Module, loss: float, step: int) -> None:
     )
 
 
-def _stop_reason(cfg: RNNTrainConfig, stale: int, last: bool, step: int) -> str | None:
-    """Why training ends early after ``step``: no gain in ``cfg.patience`` validations, or time up."""
-    if cfg.patience and stale >= cfg.patience:
-        return "early_stopping"
-    if last and step != cfg.steps:
-        return "time_budget"
-    return None
-
-
 def _save_checkpoint(bundle: ModelBundle, opt: torch.optim.Optimizer, step: int, folder: str | Path) -> None:
     """Save the weights and AdaGrad state as they are at ``step`` (steps in all) under ``folder``."""
     bundle.optimizer_state = _adagrad_state(opt, bundle.net)
@@ -481,7 +480,7 @@ def train_rnn(
             progress(report)
         if checkpoint_dir and schedule.checkpoint_now(step):
             _save_checkpoint(bundle, opt, done_before + step, checkpoint_dir)
-        stopped = _stop_reason(cfg, stale, last, step)
+        stopped = stop_reason(cfg.patience, cfg.steps, stale, last, step)
         if stopped:
             result.stopped = stopped
             break
