@@ -187,12 +187,16 @@ def run_one(t: Foreign, size: int, how: str, models: dict, rnn_only: bool) -> di
         seconds["rnn_only"] = time.perf_counter() - t1
         row["rnn_only"] = rest_scores(refined.argmax(0), truth, window, t.labels)
     t2 = time.perf_counter()
-    result = refiner.adapt(tile, labels, models["coarse"], models["rnn"], partial=PARTIAL)
+    try:
+        result = refiner.adapt(tile, labels, models["coarse"], models["rnn"], partial=PARTIAL)
+    except ValueError as exc:  # e.g. a patch of one class only: what the user would be told
+        return {**row, "refused": str(exc)}
     adapted = refiner.predict_coarse(result.coarse, tile)
     seconds["adapt_total"] = time.perf_counter() - t2
     seconds.update({f"adapt_{k}": v for k, v in result.seconds.items()})
     row["adapted"] = rest_scores(adapted.argmax(0), truth, window, t.labels)
     row["rnn_kept"] = result.rnn is not None
+    row["coarse_note"] = result.coarse_note
     row["rnn_note"] = result.rnn_note
     if result.rnn_result is not None:  # the RNN stage's model, kept or not, for the record
         cand = refiner.refine(result.rnn_result.bundle, tile, adapted).final
@@ -215,7 +219,7 @@ def table(rows: list[dict]) -> str:
     head = "| tile | patch | placement | " + " | ".join(METHODS) + " | object IoU shipped → adapted | s (adapt) |"
     lines = [head, "|" + "---|" * (len(METHODS) + 5)]
     for r in rows:
-        if not r:
+        if not r or "refused" in r:
             continue
         obj = [k for k in ("building", "road") if k in r["shipped"]]
         cells = [f"{r[m]['mean_iou']:.3f}" if m in r else "–" for m in METHODS]
@@ -237,7 +241,7 @@ def plot(rows: list[dict], path: Path) -> None:
                            ("adapted_rnn", "#2ca02c")):  # fmt: skip
         xs, ys = [], []
         for r in rows:
-            if r and method in r:
+            if r and method in r and "refused" not in r:
                 for k in ("building", "road"):
                     if k in r[method]:
                         xs.append(max(1, r["painted_object_px"]))

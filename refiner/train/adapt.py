@@ -73,6 +73,10 @@ class AdaptConfig:
     #: the refined map equals the adapted coarse map until the patch teaches otherwise);
     #: "given": from the given RNN as it is
     rnn_start: str = "identity"
+    #: The class-mix guard (:func:`class_mix_shift`): the adapted coarse CNN is refused when its
+    #: share of a painted class on the unpainted tile leaves the range between the start's share
+    #: and the patch's own by more than this; None turns the guard off
+    mix_tolerance: float | None = 0.1
     seed: int = 0
 
 
@@ -101,6 +105,7 @@ class Adaptation:
     coarse_adapted: bool
     holdout: np.ndarray  # (H, W) the held-out painted regions on the tile's grid (255 elsewhere)
     rnn_note: str = ""
+    coarse_note: str = ""  # why the adapted coarse CNN was not used (the class-mix guard), if so
     coarse_result: CoarseAdaptResult | None = None
     rnn_result: RNNTrainResult | None = None
 
@@ -112,6 +117,7 @@ class Adaptation:
             "coarse_adapted": self.coarse_adapted,
             "rnn_kept": self.rnn is not None,
             "rnn_note": self.rnn_note,
+            "coarse_note": self.coarse_note,
             "held_out": {k: (None if v is None else v.to_dict(names)) for k, v in self.scores.items()},
             "seconds": dict(self.seconds),
         }
@@ -125,8 +131,9 @@ class Adaptation:
             if s is not None:
                 lines.append(f"{label}: held-out mean IoU {s.mean_iou:.3f}")
         lines.append("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in self.seconds.items()))
-        if self.rnn_note:
-            lines.append(f"note: {self.rnn_note}")
+        for note in (self.coarse_note, self.rnn_note):
+            if note:
+                lines.append(f"note: {note}")
         return "\n".join(lines)
 
 
@@ -255,6 +262,13 @@ def adapt(
         partial=partial, progress=report("coarse"), should_stop=should_stop,
     )  # fmt: skip
     adapted_probs = predict_coarse(stage1.bundle, work.tile) if stage1.adapted else work.probs
+    mix_note = ""
+    if stage1.adapted and cfg.mix_tolerance is not None:
+        mix_note = class_mix_shift(
+            work.probs, adapted_probs, work.labels[0], work.tile.valid, coarse.classes.names, cfg.mix_tolerance
+        )
+        if mix_note:  # a small patch is no sample of the tile: the start stands
+            stage1.bundle, stage1.adapted, adapted_probs = coarse, False, work.probs
     seconds["coarse"] = time.perf_counter() - t1
     scores: dict[str, Scores | None] = {
         "shipped_coarse": stage1.start_val,
@@ -262,6 +276,7 @@ def adapt(
         "adapted_rnn": None,
     }
     out = Adaptation(stage1.bundle, None, res, scores, seconds, stage1.adapted, val_tile, coarse_result=stage1)
+    out.coarse_note = mix_note
     if rnn is None:
         out.rnn_note = "no RNN to start from"
         return out
@@ -321,3 +336,41 @@ def zero_update(net: RefinerRNN) -> None:
         for blk in net.blocks:
             blk.output.weight.zero_()
             blk.output.bias.zero_()
+
+
+def class_mix_shift(
+    start: np.ndarray,
+    adapted: np.ndarray,
+    labels: np.ndarray,
+    valid: np.ndarray,
+    names: Sequence[str],
+    tolerance: float,
+) -> str:
+    """Why the adapted map's class mix on the unpainted tile is not credible, or "" when it is.
+
+    The held-out regions lie inside the patch, so they cannot tell a model that learnt the tile
+    from one that learnt the patch: on 100 x 100 px patches of a dev tile the adapted map called
+    most of the rest of the tile building while scoring well on the held-out roofs. A class the
+    patch labels exactly (not only by a partial "not ..." code) may cover, on the unpainted valid
+    pixels, a share between the start's and the patch's own, give or take ``tolerance``; more or
+    less than that is what the patch alone taught.
+    """
+    free = valid & (labels == IGNORE)
+    painted = labels[labels != IGNORE]
+    if not free.any() or painted.size == 0:
+        return ""
+    before, after = start.argmax(0)[free], adapted.argmax(0)[free]
+    for k, name in enumerate(names):
+        if not (painted == k).any():
+            continue  # only "not ..." codes, or absent: the patch says nothing of its share
+        share_start, share_after = float((before == k).mean()), float((after == k).mean())
+        share_patch = float((painted == k).mean())
+        low, high = min(share_start, share_patch) - tolerance, max(share_start, share_patch) + tolerance
+        if not low <= share_after <= high:
+            return (
+                f"the adapted coarse CNN was not used: it would cover {share_after:.0%} of the unpainted tile with "
+                f"{name}, where the shipped map covers {share_start:.0%} and the patch {share_patch:.0%} — "
+                "paint a larger or more varied patch (a few regions with every class)"
+            )
+    return ""
+

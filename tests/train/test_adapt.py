@@ -163,3 +163,29 @@ def test_bad_labels_are_refused_before_any_work(scene, weak_coarse, make_labels,
     labels = make_labels(scene.truth)
     with pytest.raises((ValueError, NoLabelsError), match=message):
         adapt(scene.tile(), labels, weak_coarse, None, FAST)
+
+
+def test_the_class_mix_guard_refuses_what_the_patch_alone_taught():
+    """An adapted map that calls the whole unpainted tile building, from a patch that is mostly roof,
+    is refused; one whose building share lies between the start's and the patch's is kept."""
+    from refiner.train.adapt import class_mix_shift
+
+    h = w = 100
+    labels = np.full((h, w), IGNORE, np.uint8)
+    labels[:20, :20] = 1  # the patch: 80 % building ...
+    labels[:20, 16:20] = 0  # ... and some background
+    valid = np.ones((h, w), bool)
+    start = np.zeros((3, h, w), np.float32)
+    start[0] = 1.0
+    start[0, 40:70, 40:70], start[1, 40:70, 40:70] = 0.0, 1.0  # the shipped map: ~9 % building
+    names = ("background", "building", "road")
+    everywhere = np.zeros_like(start)
+    everywhere[1] = 1.0  # building on every pixel
+    note = class_mix_shift(start, everywhere, labels, valid, names, 0.1)
+    assert "was not used" in note and "paint a larger" in note  # (background: 0 % where 20-91 % is credible)
+    some = start.copy()
+    some[0, 10:90, 40:80], some[1, 10:90, 40:80] = 0.0, 1.0  # ~33 % building: between 9 % and 80 %
+    assert class_mix_shift(start, some, labels, valid, names, 0.1) == ""
+    partial_only = np.where(labels == 1, 251, labels).astype(np.uint8)  # only "not building" codes
+    partial_only[labels == 0] = 251
+    assert class_mix_shift(start, everywhere, partial_only, valid, names, 0.1) == ""  # says nothing of shares

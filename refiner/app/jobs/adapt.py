@@ -128,7 +128,8 @@ def run_adapt(workspace: str | Path, job_id: str, seconds: float | None = None) 
         status.stage = "scoring"
         run.save(force=True)
         _install(ws, pick, tile, result)
-        status.note = result.rnn_note if rnn is not None else "the RNN stage needs the model's classes; skipped"
+        rnn_note = result.rnn_note if rnn is not None else "the RNN stage needs the model's classes; skipped"
+        status.note = "; ".join(n for n in (result.coarse_note, rnn_note) if n)
         status.stage_seconds = {k: round(v, 1) for k, v in result.seconds.items()}
         status.scores = adapted_scores(ws)
         status.state = "finished"
@@ -213,6 +214,8 @@ def _final_message(result: Any) -> str:
     parts = []
     if result.coarse_adapted and s0 is not None and s1 is not None:
         parts.append(f"coarse CNN adapted: held-out mean IoU {s0.mean_iou:.3f} → {s1.mean_iou:.3f}")
+    elif result.coarse_note:
+        parts.append("the coarse CNN stayed as shipped: the patch alone would have changed the tile's class mix")
     elif not result.coarse_adapted:
         parts.append("the coarse CNN stayed as shipped: no trained weights beat it on the held-out regions")
     if result.rnn is not None and s2 is not None:
