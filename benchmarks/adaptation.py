@@ -215,17 +215,23 @@ METHODS = ("shipped", "rnn_only", "adapted", "adapted_rnn", "crf")
 
 
 def table(rows: list[dict]) -> str:
-    """The Markdown table docs/results.md shows: mean IoU on the rest, object IoU, seconds."""
-    head = "| tile | patch | placement | " + " | ".join(METHODS) + " | object IoU shipped → adapted | s (adapt) |"
-    lines = [head, "|" + "---|" * (len(METHODS) + 5)]
+    """The Markdown table docs/results.md shows: mean IoU on the rest, object IoU, seconds.
+
+    "guard": the class-mix guard of :func:`refiner.train.adapt.class_mix_shift` was "off" (a row
+    run before it existed), "on", or refused the adapted coarse CNN ("kept shipped").
+    """
+    tail = " | object IoU shipped → adapted | guard | s (adapt) |"
+    head = "| tile | patch | placement | " + " | ".join(METHODS) + tail
+    lines = [head, "|" + "---|" * (len(METHODS) + 6)]
     for r in rows:
         if not r or "refused" in r:
             continue
         obj = [k for k in ("building", "road") if k in r["shipped"]]
         cells = [f"{r[m]['mean_iou']:.3f}" if m in r else "–" for m in METHODS]
         ob = ", ".join(f"{k} {r['shipped'][k]:.3f} → {r['adapted'][k]:.3f}" for k in obj)
+        guard = "off" if "coarse_note" not in r else ("kept shipped" if r["coarse_note"] else "on")
         lines.append(f"| {r['tile']} | {r['size']}² | {r['placement']} | " + " | ".join(cells)
-                     + f" | {ob} | {r['seconds']['adapt_total']:.0f} |")  # fmt: skip
+                     + f" | {ob} | {guard} | {r['seconds']['adapt_total']:.0f} |")  # fmt: skip
     return "\n".join(lines)
 
 
