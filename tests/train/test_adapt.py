@@ -150,14 +150,23 @@ def test_cancel_returns_the_start_and_says_so(scene, weak_coarse):
     assert result.coarse_result is not None and result.coarse_result.stopped == "cancelled"
 
 
+def _nearly_one_class(shape: tuple[int, int]) -> np.ndarray:
+    """5000 painted pixels, all building but one of background (a patch that is all roof)."""
+    labels = np.full(shape, IGNORE, np.uint8)
+    labels.flat[:5000] = 1
+    labels.flat[0] = 0
+    return labels
+
+
 @pytest.mark.parametrize(
     ("make_labels", "message"),
     [
         (lambda t: np.full(t.shape, IGNORE, np.uint8), "no painted pixel"),
         (lambda t: np.where(np.arange(t.size).reshape(t.shape) < 500, 1, IGNORE).astype(np.uint8), "only one class"),
         (lambda t: np.zeros((t.shape[0] + 10, t.shape[1]), np.uint8), "paint on this tile"),
+        (lambda t: _nearly_one_class(t.shape), "paint more of the other"),
     ],
-    ids=["nothing painted", "one class only", "patch larger than the tile"],
+    ids=["nothing painted", "one class only", "patch larger than the tile", "a patch 99.98 % one class"],
 )
 def test_bad_labels_are_refused_before_any_work(scene, weak_coarse, make_labels, message):
     labels = make_labels(scene.truth)
