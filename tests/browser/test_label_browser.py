@@ -135,12 +135,27 @@ def _wait_wider(page, images, width: float, seconds: float = 15) -> None:
     assert images.first.bounding_box()["width"] > width
 
 
+def _settled_width(page, images, seconds: float = 15) -> float:
+    """The image's width once Leaflet has stopped moving it (the same on three reads 200 ms apart).
+
+    Read at once, it was sometimes taken mid-way through the map's first fit (289 px, settling at
+    250), so a later zoom-in to twice the settled width looked too small.
+    """
+    seen: list[float] = []
+    for _ in range(int(seconds / 0.2)):
+        seen.append(images.first.bounding_box()["width"])
+        if len(seen) >= 3 and seen[-1] == seen[-2] == seen[-3]:
+            return seen[-1]
+        page.wait_for_timeout(200)
+    raise AssertionError(f"the map image kept changing width: {seen[-5:]}")
+
+
 def test_the_start_page_map_keeps_zoom_and_opacity_across_a_reload(page, url):
     open_page(page, url)
     frame = page.frame_locator("iframe").first
     frame.locator(".leaflet-container").wait_for()
     images = frame.locator("img.leaflet-image-layer")
-    w0 = images.first.bounding_box()["width"]
+    w0 = _settled_width(page, images)
     opacity = frame.get_by_label(re.compile(r"^class map .* opacity$"))
     opacity.fill("0.2")  # a range input: sets the value and fires input
     frame.locator("a.leaflet-control-zoom-in").click()
