@@ -191,7 +191,8 @@ def run_one(t: Foreign, size: int, how: str, models: dict, rnn_only: bool) -> di
         result = refiner.adapt(tile, labels, models["coarse"], models["rnn"], partial=PARTIAL)
     except ValueError as exc:  # e.g. a patch of one class only: what the user would be told
         return {**row, "refused": str(exc)}
-    adapted = refiner.predict_coarse(result.coarse, tile)
+    adapted = result.probs  # the adapted coarse CNN's map on the tile's grid
+    assert adapted is not None
     seconds["adapt_total"] = time.perf_counter() - t2
     seconds.update({f"adapt_{k}": v for k, v in result.seconds.items()})
     row["adapted"] = rest_scores(adapted.argmax(0), truth, window, t.labels)

@@ -349,6 +349,7 @@ def cmd_refine(args: argparse.Namespace) -> None:
 def cmd_adapt(args: argparse.Namespace) -> None:
     """``adapt``: fine-tune the coarse CNN, then the RNN, to one tile from its painted labels."""
     from refiner.core.atomic import atomic_write_bytes
+    from refiner.core.classes import ClassSpec
     from refiner.data.read import read_image, read_labels
     from refiner.models.pretrained import pretrained_root
     from refiner.models.store import load_model, save_model
@@ -364,8 +365,7 @@ def cmd_adapt(args: argparse.Namespace) -> None:
                 "--resolution is for pictures without georeferencing — leave it out"
             )
         tile.pixel_size = args.resolution
-    classes = coarse.classes if not args.values else _classes(argparse.Namespace(
-        classes=",".join(coarse.classes.names), values=args.values))  # fmt: skip
+    classes = ClassSpec.parse(",".join(coarse.classes.names), args.values) if args.values else coarse.classes
     labels = read_labels(args.labels, classes, like=tile, line_width=args.line_width)
     last = {"stage": ""}
 

@@ -99,11 +99,14 @@ def grid_of(tile: Tile) -> Georef | None:
     """
     if tile.georef is not None:
         return tile.georef
-    if tile.pixel_size:
-        # origin far from (0, 0): GDAL's warper returned all zeros for grids whose corner sits
-        # exactly at the projection origin (a 650^2 picture at 0.3 m; 256^2 worked)
-        return Georef(_PIXEL_CRS, Affine(tile.pixel_size, 0, _PIXEL_ORIGIN, 0, -tile.pixel_size, _PIXEL_ORIGIN))
-    return None
+    return pixel_grid(tile.pixel_size) if tile.pixel_size else None
+
+
+def pixel_grid(pixel_size: float) -> Georef:
+    """The local grid a picture of ``pixel_size`` m pixels is resampled on (never written to a file)."""
+    # origin far from (0, 0): GDAL's warper returned all zeros for grids whose corner sits
+    # exactly at the projection origin (a 650^2 picture at 0.3 m; 256^2 worked)
+    return Georef(_PIXEL_CRS, Affine(pixel_size, 0, _PIXEL_ORIGIN, 0, -pixel_size, _PIXEL_ORIGIN))
 
 
 #: The CRS of files exported from a picture with a stated pixel size: a local engineering grid in

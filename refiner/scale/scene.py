@@ -49,7 +49,7 @@ from refiner.data.read import (
     tagged_classes,
 )
 from refiner.data.resample import Grid, probs_back_on, read_image_on, read_probs_on, resolution_differs, working_grid_of
-from refiner.data.tile import Georef, Tile, grid_of
+from refiner.data.tile import Georef, Tile, pixel_grid
 from refiner.data.write import RasterWriter
 from refiner.models.coarse import COARSE_HALO
 from refiner.models.fused import scene_window
@@ -182,7 +182,7 @@ def _streamable(
             "pictures without georeferencing — leave it out"
         )
     if pixel_size:
-        grid = grid_of(Tile(np.zeros((0, 1, 1), np.float32), np.zeros((1, 1), bool), pixel_size=pixel_size))
+        grid = pixel_grid(pixel_size)
         res = pixel_size
     return h, w, (georef, grid, resolution_differs(res, bundle.resolution))
 

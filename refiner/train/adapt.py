@@ -30,8 +30,8 @@ import torch
 
 from refiner.core.classes import IGNORE
 from refiner.core.metrics import Scores
-from refiner.data.resample import resolution_differs, to_working
-from refiner.data.tile import Tile
+from refiner.data.resample import probs_to_grid, resolution_differs, to_working
+from refiner.data.tile import Tile, grid_of
 from refiner.models.coarse import CoarseCNN
 from refiner.models.inference import predict_coarse
 from refiner.models.rnn import RefinerRNN
@@ -39,7 +39,14 @@ from refiner.models.store import ModelBundle
 from refiner.train.adapt_coarse import CoarseAdaptConfig, CoarseAdaptResult, adapt_coarse
 from refiner.train.loop import Progress
 from refiner.train.losses import allowed_table
-from refiner.train.rnn import FINETUNE_DEFAULTS, RNNTrainConfig, RNNTrainResult, train_rnn
+from refiner.train.rnn import (
+    FINETUNE_DEFAULTS,
+    RNNTrainConfig,
+    RNNTrainResult,
+    held_out_scores,
+    train_rnn,
+    zero_update,
+)
 from refiner.train.sampling import NoLabelsError, split_holdout
 
 #: The RNN stage's fine-tune: the patch defaults from the identity start (``rnn_start``), on a
@@ -106,6 +113,10 @@ class Adaptation:
     holdout: np.ndarray  # (H, W) the held-out painted regions on the tile's grid (255 elsewhere)
     rnn_note: str = ""
     coarse_note: str = ""  # why the adapted coarse CNN was not used (the class-mix guard), if so
+    #: the start's and the adapted coarse CNN's probabilities (K, H, W) on the tile's own grid,
+    #: computed anyway: callers need not predict them again
+    start_probs: np.ndarray | None = None
+    probs: np.ndarray | None = None
     coarse_result: CoarseAdaptResult | None = None
     rnn_result: RNNTrainResult | None = None
 
@@ -193,9 +204,7 @@ def check_painted(labels: np.ndarray, shape: tuple[int, int], num_classes: int) 
 
 
 def _held_out(pred: np.ndarray, val: np.ndarray, allowed: torch.Tensor, partial: bool) -> Scores | None:
-    from refiner.train.rnn import _held_out_scores
-
-    return _held_out_scores(pred, val, allowed, partial) if (val != IGNORE).any() else None
+    return held_out_scores(pred, val, allowed, partial) if (val != IGNORE).any() else None
 
 
 def adapt(
@@ -289,7 +298,11 @@ def adapt(
         "adapted_rnn": None,
     }
     out = Adaptation(stage1.bundle, None, res, scores, seconds, stage1.adapted, val_tile, coarse_result=stage1)
-    out.coarse_note = mix_note
+    out.coarse_note, out.start_probs = mix_note, start_probs
+    if not stage1.adapted:
+        out.probs = start_probs
+    else:
+        out.probs = adapted_probs if work.tile is tile else _on_tile_grid(adapted_probs, work.tile, tile)
     if rnn is None:
         out.rnn_note = "no RNN to start from"
         return out
@@ -322,6 +335,13 @@ def adapt(
     return out
 
 
+def _on_tile_grid(probs: np.ndarray, work: Tile, tile: Tile) -> np.ndarray:
+    """Probabilities on the adaptation grid brought back to the tile's, as :func:`predict_coarse` does."""
+    src, dst = grid_of(work), grid_of(tile)
+    assert src is not None and dst is not None  # resampled, so both grids are known
+    return probs_to_grid(probs, src, dst, tile.shape)
+
+
 def _rnn_held_out(
     bundle: ModelBundle[RefinerRNN],
     tile: Tile,
@@ -337,18 +357,6 @@ def _rnn_held_out(
 
     refined = refine(bundle, tile, probs)
     return _held_out(refined.class_map(), val, allowed, partial)
-
-
-def zero_update(net: RefinerRNN) -> None:
-    """Zero the MLPs' output layers in place: ``du = 0``, so the RNN returns its input map unchanged.
-
-    The learned filters and hidden units are kept, so training starts from features that already
-    respond to edges, from a map no worse than the coarse one.
-    """
-    with torch.no_grad():
-        for blk in net.blocks:
-            blk.output.weight.zero_()
-            blk.output.bias.zero_()
 
 
 def class_mix_shift(

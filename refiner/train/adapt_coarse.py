@@ -36,7 +36,7 @@ from refiner.models.coarse import COARSE_HALO, CoarseCNN
 from refiner.models.store import ModelBundle
 from refiner.train.loop import BestWeights, Progress, ProgressFn, stop_reason
 from refiner.train.losses import allowed_table, partial_label_loss
-from refiner.train.rnn import _held_out_scores as held_out_scores
+from refiner.train.rnn import held_out_scores
 
 #: Which layers learn, by the index in ``CoarseCNN.features`` where the trainable part starts:
 #: "head" is the last 9x9 convolution (and the deconvolution), "top2" adds the 3x3 before it,

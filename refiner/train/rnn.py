@@ -190,7 +190,19 @@ def _start_bundle(
     return init, init.net
 
 
-def _held_out_scores(pred: np.ndarray, labels: np.ndarray, allowed: torch.Tensor, partial: bool) -> Scores:
+def zero_update(net: RefinerRNN) -> None:
+    """Zero the MLPs' output layers in place: ``du = 0``, so the RNN returns its input map unchanged.
+
+    The learned filters and hidden units are kept, so training starts from features that already
+    respond to edges, from a map no worse than the coarse one.
+    """
+    with torch.no_grad():
+        for blk in net.blocks:
+            blk.output.weight.zero_()
+            blk.output.bias.zero_()
+
+
+def held_out_scores(pred: np.ndarray, labels: np.ndarray, allowed: torch.Tensor, partial: bool) -> Scores:
     """Scores of a prediction on held-out labels; with partial codes, IoU on exact labels and partial accuracy."""
     k = allowed.shape[1]
     if not partial:
@@ -228,7 +240,7 @@ def _held_out_scorer(
     def score() -> Scores:
         with torch.inference_mode():
             u = FusedRNN(net, compile=False)(bundle.normalise(v_img), v_probs, keep_all=False)[-1]
-        return _held_out_scores(u[0].argmax(0).cpu().numpy().astype(np.uint8), v_lab, allowed, partial)
+        return held_out_scores(u[0].argmax(0).cpu().numpy().astype(np.uint8), v_lab, allowed, partial)
 
     return score
 
@@ -593,10 +605,7 @@ def train_rnn_tiles(
     mean, std = stats or image_stats([im.astype(np.float32) / 255 if im.dtype == np.uint8 else im for im in images])
     bundle = ModelBundle("rnn", net, classes, resolution, mean, std)
     if identity_start:
-        with torch.no_grad():
-            for blk in net.blocks:
-                blk.output.weight.zero_()
-                blk.output.bias.zero_()
+        zero_update(net)
     halo = net.cfg.halo
     samplers = [
         PatchSampler(

@@ -18,10 +18,10 @@ from refiner.models.coarse import CoarseCNN, CoarseConfig
 from refiner.models.inference import predict_coarse, refine
 from refiner.models.rnn import RefinerRNN, RNNConfig
 from refiner.models.store import ModelBundle, image_stats
-from refiner.train.adapt import AdaptConfig, adapt, adaptation_resolution, zero_update
+from refiner.train.adapt import AdaptConfig, adapt, adaptation_resolution
 from refiner.train.adapt_coarse import TRAINABLE, CoarseAdaptConfig, _Head, adapt_coarse
 from refiner.train.coarse import CoarseTrainConfig, train_coarse
-from refiner.train.rnn import RNNTrainConfig
+from refiner.train.rnn import RNNTrainConfig, zero_update
 from refiner.train.sampling import NoLabelsError, restrict_to_window, split_holdout
 
 FAST = AdaptConfig(
@@ -123,6 +123,8 @@ def test_adapt_then_refine_on_a_picture_with_a_stated_resolution(scene, weak_coa
     assert result.coarse.resolution == pytest.approx(0.5)
     probs = predict_coarse(result.coarse, tile)
     assert probs.shape == (3, *shape)
+    assert np.allclose(result.probs, probs, atol=1e-5)  # what it hands back is the model's map
+    assert np.allclose(result.start_probs, predict_coarse(weak_coarse, tile), atol=1e-5)
     assert set(result.seconds) >= {"shipped_predict", "coarse", "rnn"}
     assert result.scores["adapted_rnn"] is not None
     if result.rnn is not None:  # kept only when it beat the adapted map on the held-out pixels

@@ -127,7 +127,7 @@ def run_adapt(workspace: str | Path, job_id: str, seconds: float | None = None) 
             return asdict(status)
         status.stage = "scoring"
         run.save(force=True)
-        _install(ws, pick, tile, result)
+        _install(ws, pick, result, cfg.holdout)
         rnn_note = result.rnn_note if rnn is not None else "the RNN stage needs the model's classes; skipped"
         status.note = "; ".join(n for n in (result.coarse_note, rnn_note) if n)
         status.stage_seconds = {k: round(v, 1) for k, v in result.seconds.items()}
@@ -137,27 +137,24 @@ def run_adapt(workspace: str | Path, job_id: str, seconds: float | None = None) 
     return asdict(status)
 
 
-def _install(ws: Workspace, pick: Any, tile: Any, result: Any) -> None:
+def _install(ws: Workspace, pick: Any, result: Any, holdout: float) -> None:
     """Write the adaptation into the workspace: models, both coarse maps, the held-out regions."""
     from refiner.app import model_history
     from refiner.data.write import write_probs
-    from refiner.models.inference import predict_coarse
     from refiner.models.store import save_model
 
     shipped = ws.path / SHIPPED_PROBS
     if not shipped.is_file() and (ws.settings.get("coarse") or {}).get("model") == pick.model.name:
         shutil.copyfile(ws.path / COARSE_PROBS, shipped)  # the shipped map as the user saw it
     elif not shipped.is_file():
-        from refiner.models.pretrained import coarse_probs_for
-
-        write_probs(shipped, coarse_probs_for(pick, tile), ws.georef, ws.classes)
+        write_probs(shipped, pick.adapt(result.start_probs), ws.georef, ws.classes)
     save_model(result.coarse, ws.model_dir(ADAPTED_MODEL))
     kept = f"{time.time_ns():020d}"  # every adapted coarse CNN is kept, as every RNN is
     save_model(result.coarse, ws.path / "models" / COARSE_HISTORY / kept)
-    adapted = pick.adapt(predict_coarse(result.coarse, tile))
+    adapted = pick.adapt(result.probs)
     write_probs(ws.path / ADAPTED_PROBS, adapted, ws.georef, ws.classes)
     ws.write_holdout(result.holdout)
-    ws.update_settings(holdout={"fraction": 0.25, "guard_px": None, "by": "adaptation"})
+    ws.update_settings(holdout={"fraction": holdout, "guard_px": None, "by": "adaptation"})
     origin = {"source": "coarse CNN adapted to this tile", "model": ADAPTED_MODEL, "resolution": result.resolution,
               "adapted": result.coarse_adapted}  # fmt: skip
     ws.write_coarse_probs(adapted, origin)
@@ -185,10 +182,10 @@ def adapted_scores(ws: Workspace) -> dict[str, dict[str, dict]]:
         maps["shipped coarse"] = read_probs(ws.path / SHIPPED_PROBS)[0].argmax(0).astype(np.uint8)
     if (ws.path / ADAPTED_PROBS).is_file():
         maps["adapted coarse"] = read_probs(ws.path / ADAPTED_PROBS)[0].argmax(0).astype(np.uint8)
-    if ws.has_model("rnn") and _active(ws) == "adapted":
+    if ws.has_model("rnn") and active_coarse(ws) == "adapted":
         with contextlib.suppress(ValueError):
             maps["adapted + RNN"] = results.refinement(ws)[-1].argmax(0).astype(np.uint8)
-    if _active(ws) == "adapted":
+    if active_coarse(ws) == "adapted":
         maps["CRF on adapted"] = results.crf_probs(ws, results.crf_params(ws)).argmax(0).astype(np.uint8)
     out: dict[str, dict[str, dict]] = {}
     names = ws.classes.names
@@ -223,17 +220,12 @@ def _final_message(result: Any) -> str:
     return "; ".join(parts) or "adapted"
 
 
-def _active(ws: Workspace) -> str:
-    """Which coarse map is the workspace's t = 0: "adapted", "shipped" or "other"."""
+def active_coarse(ws: Workspace) -> str:
+    """Which coarse map the workspace uses as t = 0: "adapted", "shipped" (after an adaptation) or "other"."""
     origin = ws.settings.get("coarse") or {}
     if origin.get("model") == ADAPTED_MODEL:
         return "adapted"
     return "shipped" if (ws.path / SHIPPED_PROBS).is_file() else "other"
-
-
-def active_coarse(ws: Workspace) -> str:
-    """Which coarse map the workspace uses as t = 0: "adapted", "shipped" (after an adaptation) or "other"."""
-    return _active(ws)
 
 
 def use_coarse(ws: Workspace, which: str) -> None:
