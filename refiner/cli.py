@@ -84,6 +84,25 @@ def _progress(desc: str) -> Callable[[int, int], None]:
     return update
 
 
+def stop_signal(minutes: float | None = None) -> Callable[[], bool]:
+    """A ``should_stop`` for long trainings: True after ``minutes``, or once Ctrl-C or SIGTERM arrived.
+
+    The signals no longer kill the process: the loop ends at its next step and keeps its state.
+    """
+    import signal
+
+    deadline = None if minutes is None else time.monotonic() + 60 * minutes
+    asked = []
+
+    def ask(signum: int, _frame: object) -> None:
+        print(f"\n{signal.Signals(signum).name}: stopping after this step, keeping the state", file=sys.stderr)
+        asked.append(signum)
+
+    signal.signal(signal.SIGINT, ask)
+    signal.signal(signal.SIGTERM, ask)
+    return lambda: bool(asked) or (deadline is not None and time.monotonic() >= deadline)
+
+
 def _json_file(path: Path, what: str) -> dict:
     """A JSON object from ``path``, with errors that name the file."""
     if not Path(path).is_file():
@@ -447,7 +466,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     from refiner.recipes.pretrain import run_pretrain
 
     torch.set_num_threads(args.threads)
-    run_pretrain(args.config, steps=args.steps, out=args.out)
+    stop = stop_signal(minutes=args.minutes)
+    run_pretrain(args.config, steps=args.steps, out=args.out, should_stop=stop)
 
 
 def cmd_experiment(args: argparse.Namespace) -> None:
@@ -640,6 +660,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--steps", type=int, default=None, help="override the recipe's training steps (a quick check)")
     sp.add_argument("--out", type=Path, default=None, help="model folder to write (default: the recipe's out)")
     sp.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    sp.add_argument(
+        "--minutes", type=float, default=None,
+        help="stop after this many minutes, keeping the state in the recipe's checkpoint (run again to "
+        "continue); Ctrl-C or SIGTERM stops it the same way",
+    )  # fmt: skip
 
     sp = add("refine", cmd_refine, "Refine coarse probabilities with a trained RNN.")
     sp.add_argument("--model", required=True, type=Path, help="RNN model folder")

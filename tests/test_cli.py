@@ -495,3 +495,22 @@ def test_adapt_refuses_a_patch_of_one_class(tmp_path, capsys):
     rc = main(["adapt", "--image", str(png), "--labels", str(tmp_path / "painted.png"), "--out", str(tmp_path / "a")])
     err = capsys.readouterr().err
     assert rc == 2 and "only one class is painted" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_long_training_stops_on_sigterm_or_its_time_limit_instead_of_dying():
+    """`refiner pretrain --minutes`: a signal or the deadline ends the loop at its next step (state kept)."""
+    import os
+    import signal
+
+    from refiner.cli import stop_signal
+
+    old = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        assert stop_signal(minutes=0)()
+        stop = stop_signal(minutes=60)
+        assert not stop()
+        os.kill(os.getpid(), signal.SIGTERM)  # would kill the test run without the handler
+        assert stop()
+    finally:
+        signal.signal(signal.SIGINT, old[0])
+        signal.signal(signal.SIGTERM, old[1])

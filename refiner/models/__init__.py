@@ -1,6 +1,8 @@
-"""Networks: the coarse CNN, the refinement RNN, and their on-disk format."""
+"""Networks: the coarse CNNs, the refinement RNN, and their on-disk format."""
 
-from refiner.models.coarse import CoarseCNN, CoarseConfig
+from refiner.models.coarse import CoarseCNN, CoarseConfig, CoarseNet
+from refiner.models.coarse_skip import SkipContextCNN
+from refiner.models.designs import build_coarse
 from refiner.models.rnn import VARIANTS, RefinerRNN, RNNConfig
 from refiner.models.store import ModelBundle, load_model, save_model
 
@@ -8,6 +10,9 @@ __all__ = [
     "VARIANTS",
     "CoarseCNN",
     "CoarseConfig",
+    "CoarseNet",
+    "SkipContextCNN",
+    "build_coarse",
     "ModelBundle",
     "RNNConfig",
     "RefinerRNN",

@@ -1,8 +1,14 @@
-"""The coarse classifier: a fully convolutional version of Mnih's aerial network (paper Sec. III).
+"""The coarse classifier: fully convolutional networks from image to class scores.
 
-``64 conv 12x12 /4 -> 128 conv 3x3 -> 128 conv 3x3 -> K conv 9x9 -> deconvolution x4``, ReLU on
-the hidden layers. The first convolution's stride of 4 is what makes the output blurry: the
-classes are decided on a grid four times coarser than the image, then upsampled.
+``CoarseConfig.arch`` picks the design:
+
+- ``"mnih"``, the paper's (Sec. III): a fully convolutional version of Mnih's aerial network,
+  ``64 conv 12x12 /4 -> 128 conv 3x3 -> 128 conv 3x3 -> K conv 9x9 -> deconvolution x4``, ReLU
+  on the hidden layers. The first convolution's stride of 4 is what makes the output blurry: the
+  classes are decided on a grid four times coarser than the image, then upsampled.
+- ``"skip_context"`` (:mod:`refiner.models.coarse_skip`): a light encoder-decoder of about the
+  same cost per pixel, with a dilated context block at 1/4 and skip connections from 1/2 and
+  full resolution, measured against the paper's under the same time budget (issue #21).
 """
 
 from __future__ import annotations
@@ -14,10 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: Output pixels the network needs on each side of a window for its prediction there to be
-#: exact. 12x12/4, 3x3 and 3x3 at /4, 9x9 at /4, the 8x8 deconvolution: generous upper bound
-#: of the receptive-field radius, a multiple of the stride.
+#: Output pixels the paper's network needs on each side of a window for its prediction there to
+#: be exact. 12x12/4, 3x3 and 3x3 at /4, 9x9 at /4, the 8x8 deconvolution: generous upper bound
+#: of the receptive-field radius, a multiple of the stride. Other designs: ``CoarseConfig.halo``.
 COARSE_HALO = 64
+#: The designs, and each one's halo (an upper bound of its receptive-field radius, a multiple of 4).
+ARCH_HALO = {"mnih": COARSE_HALO, "skip_context": 96}
 
 
 @dataclass(frozen=True)
@@ -27,17 +35,27 @@ class CoarseConfig:
     num_classes: int
     in_channels: int = 3
     stride: int = 4
+    arch: str = "mnih"  # one of ARCH_HALO's keys (see the module's docstring)
     #: Per-class offsets added to the output scores, chosen on validation tiles after training
     #: (:func:`refiner.recipes.pretrain.calibrate_class_bias`): argmax IoU of thin, rare classes such as
     #: roads is very sensitive to the prior a partial-label network ends with. None = no offset.
     class_bias: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.arch not in ARCH_HALO:
+            raise ValueError(f"unknown coarse architecture {self.arch!r}: one of {', '.join(ARCH_HALO)}")
+        if self.stride != 4:
+            raise ValueError(f"the coarse networks work at stride 4, not {self.stride}")
         if self.class_bias is not None:
             bias = tuple(float(b) for b in self.class_bias)
             if len(bias) != self.num_classes:
                 raise ValueError(f"class_bias has {len(bias)} values for {self.num_classes} classes")
             object.__setattr__(self, "class_bias", bias)
+
+    @property
+    def halo(self) -> int:
+        """Pixels of context each side of a window for an exact prediction there (a multiple of the stride)."""
+        return ARCH_HALO[self.arch]
 
     def to_dict(self) -> dict[str, Any]:
         """The architecture as JSON, kept in the model's ``config.json``."""
@@ -57,11 +75,35 @@ def _bilinear_kernel(channels: int, size: int) -> torch.Tensor:
     return w
 
 
-class CoarseCNN(nn.Module):
-    """Mnih-style FCN: image (B, C, H, W) in [0, 1] -> class scores (B, K, H, W)."""
+class CoarseNet(nn.Module):
+    """What every coarse design shares: any image size, class offsets, scores at full resolution."""
+
+    cfg: CoarseConfig
+
+    def scores(self, image: torch.Tensor) -> torch.Tensor:
+        """Class scores (B, K, H, W) of an image whose sides are multiples of the stride."""
+        raise NotImplementedError
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Class scores (B, K, H, W) at full resolution for a normalised ``image`` (B, C, H, W) of any size."""
+        h, w = image.shape[-2:]
+        s = self.cfg.stride
+        ph, pw = (-h) % s, (-w) % s
+        if ph or pw:  # any size works: pad to a multiple of the stride, crop back after
+            image = F.pad(image, (0, pw, 0, ph), mode="replicate")
+        scores = self.scores(image)[..., :h, :w]
+        if self.cfg.class_bias is not None:
+            scores = scores + scores.new_tensor(self.cfg.class_bias)[:, None, None]
+        return scores
+
+
+class CoarseCNN(CoarseNet):
+    """The paper's Mnih-style FCN: image (B, C, H, W) in [0, 1] -> class scores (B, K, H, W)."""
 
     def __init__(self, cfg: CoarseConfig) -> None:
         super().__init__()
+        if cfg.arch != "mnih":
+            raise ValueError(f"CoarseCNN is the paper's design; build {cfg.arch!r} with refiner.models.build_coarse")
         self.cfg = cfg
         s = cfg.stride
         self.features = nn.Sequential(
@@ -85,14 +127,6 @@ class CoarseCNN(nn.Module):
         with torch.no_grad():
             self.upsample.weight.copy_(_bilinear_kernel(cfg.num_classes, 2 * s))
 
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        """Class scores (B, K, H, W) at full resolution for a normalised ``image`` (B, C, H, W) of any size."""
-        h, w = image.shape[-2:]
-        s = self.cfg.stride
-        ph, pw = (-h) % s, (-w) % s
-        if ph or pw:  # any size works: pad to a multiple of the stride, crop back after
-            image = F.pad(image, (0, pw, 0, ph), mode="replicate")
-        scores = self.upsample(self.features(image))[..., :h, :w]
-        if self.cfg.class_bias is not None:
-            scores = scores + scores.new_tensor(self.cfg.class_bias)[:, None, None]
-        return scores
+    def scores(self, image: torch.Tensor) -> torch.Tensor:
+        """Class scores of an image whose sides are multiples of the stride."""
+        return self.upsample(self.features(image))

@@ -19,7 +19,7 @@ from refiner.core.device import pick_device
 from refiner.core.windows import run_windowed
 from refiner.data.resample import probs_to_grid, to_working, to_working_resolution
 from refiner.data.tile import Tile, grid_of
-from refiner.models.coarse import COARSE_HALO, CoarseCNN
+from refiner.models.coarse import CoarseNet
 from refiner.models.fused import fused
 from refiner.models.rnn import RefinerRNN
 from refiner.models.store import ModelBundle
@@ -54,7 +54,7 @@ def _as_tensor(a: np.ndarray, dev: torch.device) -> torch.Tensor:
 
 
 def predict_coarse(
-    bundle: ModelBundle[CoarseCNN],
+    bundle: ModelBundle[CoarseNet],
     tile: Tile,
     *,
     device: str | torch.device | None = None,
@@ -99,7 +99,7 @@ def predict_coarse(
 
     image, pad = mirror_edges(work.image, EDGE_PAD)
     probs = run_windowed(
-        fn, [image], len(bundle.classes), size=window, halo=COARSE_HALO, align=net.cfg.stride, progress=progress
+        fn, [image], len(bundle.classes), size=window, halo=net.cfg.halo, align=net.cfg.stride, progress=progress
     )[(slice(None), *pad)]
     if work is not tile:  # resampled, so both grids are known
         src, dst = work.georef, grid_of(tile)

@@ -17,7 +17,8 @@ from safetensors.torch import load_file, save_file
 
 from refiner.core.atomic import atomic_dir, check_writable
 from refiner.core.classes import ClassSpec
-from refiner.models.coarse import CoarseCNN, CoarseConfig
+from refiner.models.coarse import CoarseConfig, CoarseNet
+from refiner.models.designs import build_coarse
 from refiner.models.rnn import RefinerRNN, RNNConfig
 
 FORMAT = "refiner-model"
@@ -26,8 +27,8 @@ WEIGHTS = "model.safetensors"
 OPTIMIZER = "optimizer.safetensors"
 CONFIG = "config.json"
 
-#: The network a bundle holds: ``ModelBundle[CoarseCNN]`` or ``ModelBundle[RefinerRNN]``.
-NetT = TypeVar("NetT", bound="CoarseCNN | RefinerRNN")
+#: The network a bundle holds: ``ModelBundle[CoarseNet]`` or ``ModelBundle[RefinerRNN]``.
+NetT = TypeVar("NetT", bound="CoarseNet | RefinerRNN")
 
 
 @dataclass
@@ -39,7 +40,7 @@ class ModelBundle(Generic[NetT]):
 
     Attributes:
         kind: ``"coarse"`` or ``"rnn"``.
-        net: the network (a ``CoarseCNN`` or a ``RefinerRNN``).
+        net: the network (a ``CoarseNet`` or a ``RefinerRNN``).
         classes: the classes it predicts, in the order of its outputs.
         resolution: metres per pixel the network works at (None: as given).
         mean: per-band mean of the training images (normalisation).
@@ -77,7 +78,7 @@ class ModelBundle(Generic[NetT]):
 
 
 #: A bundle of either kind, as :func:`load_model` returns when the kind is not known in advance.
-AnyBundle: TypeAlias = "ModelBundle[CoarseCNN] | ModelBundle[RefinerRNN]"
+AnyBundle: TypeAlias = "ModelBundle[CoarseNet] | ModelBundle[RefinerRNN]"
 
 
 def image_stats(images: list[np.ndarray]) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -246,7 +247,7 @@ def _load_weights(net: torch.nn.Module, w_path: Path, cfg_path: Path) -> None:
 @overload
 def load_model(
     folder: str | Path, *, expect: Literal["coarse"], device: str | torch.device = "cpu"
-) -> ModelBundle[CoarseCNN]: ...
+) -> ModelBundle[CoarseNet]: ...
 @overload
 def load_model(
     folder: str | Path, *, expect: Literal["rnn"], device: str | torch.device = "cpu"
@@ -305,7 +306,7 @@ def load_model(
     if not isinstance(arch, dict):
         raise _config_error(cfg_path, "has an architecture that is not a JSON object")
     if kind == "coarse":
-        net: CoarseCNN | RefinerRNN = CoarseCNN(_arch(cfg_path, CoarseConfig, arch))
+        net: CoarseNet | RefinerRNN = build_coarse(_arch(cfg_path, CoarseConfig, arch))
     elif kind == "rnn":
         net = RefinerRNN(_arch(cfg_path, RNNConfig, arch))
     else:

@@ -30,7 +30,7 @@ from refiner.core.metrics import confusion_matrix, scores_from_confusion
 from refiner.data.read import read_image
 from refiner.data.resample import to_working
 from refiner.data.tile import Tile
-from refiner.models.coarse import CoarseCNN
+from refiner.models.coarse import CoarseNet
 from refiner.models.inference import predict_coarse, refine
 from refiner.models.rnn import RefinerRNN
 from refiner.models.store import ModelBundle, load_model, save_model
@@ -228,7 +228,7 @@ def _logp(probs: np.ndarray) -> np.ndarray:
     return np.log(np.maximum(probs, 1e-6))
 
 
-def calibrate_class_bias(bundle: ModelBundle[CoarseCNN], val: list[TileData]) -> tuple[float, ...]:
+def calibrate_class_bias(bundle: ModelBundle[CoarseNet], val: list[TileData]) -> tuple[float, ...]:
     """Per-class score offsets for a coarse model (its config's ``class_bias``), by :func:`best_offsets`."""
     if bundle.net.cfg.class_bias is not None:
         raise ValueError("the model is calibrated already")
@@ -278,21 +278,49 @@ def calibrate_rnn_bias(
     return tuple(float(b) for b in beta)
 
 
-def coarse_validator(val: list[TileData]) -> Callable[[ModelBundle[CoarseCNN]], float]:
-    """The checkpoint selector: mean over tasks of the class IoU on the validation tiles.
+class CoarseValidator:
+    """The checkpoint selector: mean over tasks of the mean IoU on the validation tiles.
 
-    Scored at the checkpoint's best class offsets (:func:`best_offsets`).
+    Scored at the checkpoint's best class offsets (:func:`best_offsets`); the offsets are kept
+    (``bias``) so the learning curve can score the test tiles with them (:meth:`curve_row`).
     """
 
-    def score(bundle: ModelBundle[CoarseCNN]) -> float:
-        logps = [_logp(predict_coarse(bundle, d.tile(), device="cpu")) for d in val]
-        plain = score_probs(list(zip(logps, val, strict=True)))
-        value, bias = best_offsets(logps, val, SELECT_GRID)
-        print("  validation IoU " + ", ".join(f"{t} {r['iou']:.3f}" for t, r in plain.items())
-              + f"; calibrated {value:.3f} at offsets {bias}", flush=True)  # fmt: skip
+    def __init__(self, val: list[TileData], test: list[TileData] | None = None) -> None:
+        self.val, self.test = val, test or []
+        self.bias: tuple[float, ...] | None = None
+        self.plain: dict[str, dict] = {}
+
+    def __call__(self, bundle: ModelBundle[CoarseNet]) -> float:
+        """The validation score of ``bundle`` (its offsets kept in ``bias``)."""
+        logps = [_logp(predict_coarse(bundle, d.tile(), device="cpu")) for d in self.val]
+        self.plain = score_probs(list(zip(logps, self.val, strict=True)))
+        value, self.bias = best_offsets(logps, self.val, SELECT_GRID)
+        print("  validation IoU " + ", ".join(f"{t} {r['iou']:.3f}" for t, r in self.plain.items())
+              + f"; calibrated {value:.3f} at offsets {self.bias}", flush=True)  # fmt: skip
         return value
 
-    return score
+    def curve_row(self, bundle: ModelBundle[CoarseNet]) -> dict:
+        """A learning-curve row: validation and test IoU per task, the test at the offsets chosen on validation.
+
+        Recorded only: the weights are chosen by the validation score alone.
+        """
+        row: dict = {f"val_{t}_iou": r["iou"] for t, r in self.plain.items()}
+        row["offsets"] = list(self.bias or ())
+        bias = np.asarray(self.bias or (0.0,) * len(CLASSES), np.float32)[:, None, None]
+        items = [(_logp(predict_coarse(bundle, d.tile(), device="cpu")) + bias, d) for d in self.test]
+        for task, r in score_probs(items).items():
+            row[f"test_{task}_iou"], row[f"test_{task}_miou"] = r["iou"], r["mean_iou"]
+        return row
+
+
+def coarse_validator(val: list[TileData]) -> Callable[[ModelBundle[CoarseNet]], float]:
+    """The checkpoint selector of :class:`CoarseValidator` on ``val`` (no test tiles)."""
+    return CoarseValidator(val)
+
+
+def write_curve(path: Path, history: list[dict]) -> None:
+    """The learning curve as JSON lines, one per validation (rewritten whole from the checkpoint's history)."""
+    atomic_write_bytes(path, "".join(json.dumps(row) + "\n" for row in history).encode())
 
 
 # --------------------------------------------------------------------------- recipes
@@ -355,91 +383,166 @@ def _rel(path: Path) -> str:
         return str(path)
 
 
-def run_pretrain(config: str | Path, *, steps: int | None = None, out: str | Path | None = None) -> Path:
-    """Train one shipped model from a recipe TOML (``kind = "coarse"`` or ``"rnn"``); returns its folder."""
-    config = Path(config)
+@dataclass
+class _Recipe:
+    """A recipe TOML with its data loaded: what the coarse and the RNN training steps share."""
+
+    path: Path
+    raw: dict
+    sets: dict[str, SetSpec]
+    seed: int
+    train: list[TileData]
+    val: list[TileData]  # central crops (checkpoint selection)
+    test: list[TileData]
+    weights: list[float]
+    train_args: dict
+
+    def val_whole(self) -> list[TileData]:
+        """The validation tiles whole (calibration), never the test tiles."""
+        return load_role(self.sets, "val", only=self.raw.get("sets"))
+
+
+@dataclass
+class _Trained:
+    bundle: ModelBundle
+    best_step: int | None
+    best_val: float | None
+    seconds: float
+    scores: dict[str, dict]
+    baseline: dict | None = None
+
+
+def _load_recipe(config: Path, steps: int | None) -> _Recipe:
     raw = _toml(config)
-    root = config.parent
-    split_file = root / raw["split"]
-    sets = load_split(split_file)
-    seed = int(raw.get("seed", 0))
-    torch.manual_seed(seed)
-    folder = Path(out) if out else root / raw["out"]
-    kind = raw["kind"]
+    sets = load_split(config.parent / raw["split"])
     t_load = time.perf_counter()
-    train = load_role(sets, "train", only=raw.get("sets"))
-    val = [crop_center(d, int(raw.get("val_crop", 400))) for d in load_role(sets, "val", only=raw.get("sets"))]
-    test = load_role(sets, "test", only=raw.get("sets"))
-    print(f"pretrain {kind}: {len(train)} training, {len(val)} validation, {len(test)} test tiles at 1 m "
+    only = raw.get("sets")
+    train = load_role(sets, "train", only=only)
+    val = [crop_center(d, int(raw.get("val_crop", 400))) for d in load_role(sets, "val", only=only)]
+    test = load_role(sets, "test", only=only)
+    print(f"pretrain {raw['kind']}: {len(train)} training, {len(val)} validation, {len(test)} test tiles at 1 m "
           f"(loaded in {time.perf_counter() - t_load:.0f} s)", flush=True)  # fmt: skip
-    weights = _task_weights(train, raw.get("shares", {"road": 0.5, "building": 0.5}))
-    t0 = time.perf_counter()
     tr = dict(raw.get("train", {}))
     if steps is not None:
         tr["steps"] = steps
-    if kind == "coarse":
-        cfg = CoarseTrainConfig(seed=seed, **tr)
-        res = CoarseTrainResult(None)  # type: ignore[arg-type]
-        init = load_model(root / raw["init"], expect="coarse") if raw.get("init") else None
-        bundle = train_coarse([d.image for d in train], [d.labels for d in train], CLASSES, cfg, resolution=1.0,
-                              device="cpu", progress=_log("coarse"), partial=PARTIAL, tile_weights=weights,
-                              validate=coarse_validator(val), result=res, init=init)  # fmt: skip
-        best_step, best_val = res.best_step, res.best_val
-        if raw.get("calibrate"):  # on the whole validation tiles, never the test tiles
-            bias = calibrate_class_bias(bundle, load_role(sets, "val", only=raw.get("sets")))
-            bundle.net.cfg = dataclasses.replace(bundle.net.cfg, class_bias=bias)
-            bundle.info = {**bundle.info, "class_bias": list(bias)}
-            print(f"pretrain coarse: class score offsets chosen on the validation tiles: {bias}", flush=True)
-        seconds = time.perf_counter() - t0
-        scores = score_probs([(predict_coarse(bundle, d.tile(), device="cpu"), d) for d in test])
-    elif kind == "rnn":
-        coarse = load_model(root / raw["coarse"], expect="coarse")
-        limit = int(raw.get("tiles_per_set", 1000))
-        chosen: list[TileData] = []
-        per: dict[str, int] = {}
-        for d in train:
-            per[d.set] = per.get(d.set, 0) + 1
-            if per[d.set] <= limit:
-                chosen.append(d)
-        train = chosen
-        weights = _task_weights(train, raw.get("shares", {"road": 0.5, "building": 0.5}))
-        probs = [np.round(predict_coarse(coarse, d.tile(), device="cpu") * 255).astype(np.uint8) for d in train]
-        vprobs = [predict_coarse(coarse, d.tile(), device="cpu") for d in val]
-        print(f"pretrain rnn: coarse outputs on {len(train)} tiles in {time.perf_counter() - t0:.0f} s", flush=True)
+    weights = _task_weights(train, raw.get("shares", {"road": 0.5, "building": 0.5}))
+    return _Recipe(config, raw, sets, int(raw.get("seed", 0)), train, val, test, weights, tr)
 
-        def validate(b: ModelBundle[RefinerRNN]) -> float:
-            logps = [_logp(refine(b, d.tile(), p).final) for p, d in zip(vprobs, val, strict=True)]
-            res = score_probs(list(zip(logps, val, strict=True)))
-            value, bias = best_offsets(logps, val, SELECT_GRID)
-            print("  validation IoU " + ", ".join(f"{t} {r['iou']:.3f}" for t, r in res.items())
-                  + f"; calibrated {value:.3f} at offsets {bias}", flush=True)  # fmt: skip
-            return value
 
-        rnn_cfg = RNNTrainConfig(seed=seed, **tr)
-        result = train_rnn_tiles([d.image for d in train], probs, [d.labels for d in train], CLASSES, rnn_cfg,
-                                 partial=PARTIAL, tile_weights=weights, resolution=1.0, stats=(coarse.mean, coarse.std),
-                                 validate=validate, progress=_log("rnn"), centre_stride=4,
-                                 identity_start=bool(raw.get("identity_start", False)),
-                                 balance=bool(raw.get("balance", True)))  # fmt: skip
-        bundle = result.bundle
-        bundle.optimizer_state = None  # fine-tunes start a fresh AdaGrad (FINETUNE_DEFAULTS)
-        if raw.get("calibrate"):
-            beta = calibrate_rnn_bias(bundle, val, vprobs)
-            bundle.info = {**bundle.info, "class_bias": list(beta)}
-            print(f"pretrain rnn: class offsets chosen on the validation tiles: {beta}", flush=True)
-        best_step, best_val = bundle.info.get("best_step"), result.best_val
-        seconds = time.perf_counter() - t0
-        items, coarse_items = [], []
-        for d in test:
-            coarse_probs = predict_coarse(coarse, d.tile(), device="cpu")
-            items.append((refine(bundle, d.tile(), coarse_probs).final, d))
-            coarse_items.append((coarse_probs, d))
-        scores = score_probs(items)
-        # the coarse map's scores on the same tiles, beside the RNN's: the card showed two near-equal
-        # rows (road IoU 0.31 / 0.29) that read as the coarse card's repeated, with nothing to compare
-        baseline = {"model": Path(raw["coarse"]).name, "test_scores": score_probs(coarse_items)}
-    else:
+def _pretrain_coarse(r: _Recipe, should_stop: Callable[[], bool]) -> _Trained | None:
+    """Train (or continue) the coarse CNN of a recipe; None when stopped before its last step."""
+    raw, root = r.raw, r.path.parent
+    cfg = CoarseTrainConfig(seed=r.seed, **r.train_args)
+    res = CoarseTrainResult(None)  # type: ignore[arg-type]
+    init = load_model(root / raw["init"], expect="coarse") if raw.get("init") else None
+    ckpt = root / raw["checkpoint"] if raw.get("checkpoint") else None
+    selector = CoarseValidator(r.val, r.test if ckpt else None)
+    log = _log("coarse")
+
+    def progress(p: Progress) -> None:
+        log(p)
+        if ckpt is not None and p.message:  # a validation: its row is in the history now
+            write_curve(ckpt.parent / "curve.jsonl", res.history)
+
+    bundle = train_coarse([d.image for d in r.train], [d.labels for d in r.train], CLASSES, cfg, resolution=1.0,
+                          device="cpu", progress=progress, partial=PARTIAL, tile_weights=r.weights,
+                          validate=selector, result=res, init=init, should_stop=should_stop, checkpoint=ckpt,
+                          checkpoint_every=int(raw.get("checkpoint_every", 0)),
+                          monitor=selector.curve_row if ckpt else None)  # fmt: skip
+    if ckpt is not None:
+        write_curve(ckpt.parent / "curve.jsonl", res.history)
+    if not res.finished:
+        print(f"pretrain coarse: stopped at step {bundle.info['trained_steps']} of {cfg.steps}"
+              + (f", state kept in {ckpt}; run the same command again to continue" if ckpt else ""),
+              flush=True)  # fmt: skip
+        return None
+    t_cal = time.perf_counter()
+    if raw.get("calibrate"):  # on the whole validation tiles, never the test tiles
+        bias = calibrate_class_bias(bundle, r.val_whole())
+        bundle.net.cfg = dataclasses.replace(bundle.net.cfg, class_bias=bias)
+        bundle.info = {**bundle.info, "class_bias": list(bias)}
+        print(f"pretrain coarse: class score offsets chosen on the validation tiles: {bias}", flush=True)
+    seconds = res.seconds + time.perf_counter() - t_cal  # training (every sitting) and calibration
+    scores = score_probs([(predict_coarse(bundle, d.tile(), device="cpu"), d) for d in r.test])
+    return _Trained(bundle, res.best_step, res.best_val, seconds, scores)
+
+
+def _pretrain_rnn(r: _Recipe) -> _Trained:
+    """Train a recipe's RNN on its coarse model's outputs over many tiles, then calibrate its class offsets."""
+    raw, val = r.raw, r.val
+    t0 = time.perf_counter()
+    coarse = load_model(r.path.parent / raw["coarse"], expect="coarse")
+    limit = int(raw.get("tiles_per_set", 1000))
+    train: list[TileData] = []
+    per: dict[str, int] = {}
+    for d in r.train:
+        per[d.set] = per.get(d.set, 0) + 1
+        if per[d.set] <= limit:
+            train.append(d)
+    weights = _task_weights(train, raw.get("shares", {"road": 0.5, "building": 0.5}))
+    probs = [np.round(predict_coarse(coarse, d.tile(), device="cpu") * 255).astype(np.uint8) for d in train]
+    vprobs = [predict_coarse(coarse, d.tile(), device="cpu") for d in val]
+    print(f"pretrain rnn: coarse outputs on {len(train)} tiles in {time.perf_counter() - t0:.0f} s", flush=True)
+
+    def validate(b: ModelBundle[RefinerRNN]) -> float:
+        logps = [_logp(refine(b, d.tile(), p).final) for p, d in zip(vprobs, val, strict=True)]
+        res = score_probs(list(zip(logps, val, strict=True)))
+        value, bias = best_offsets(logps, val, SELECT_GRID)
+        print("  validation IoU " + ", ".join(f"{t} {r['iou']:.3f}" for t, r in res.items())
+              + f"; calibrated {value:.3f} at offsets {bias}", flush=True)  # fmt: skip
+        return value
+
+    rnn_cfg = RNNTrainConfig(seed=r.seed, **r.train_args)
+    result = train_rnn_tiles([d.image for d in train], probs, [d.labels for d in train], CLASSES, rnn_cfg,
+                             partial=PARTIAL, tile_weights=weights, resolution=1.0, stats=(coarse.mean, coarse.std),
+                             validate=validate, progress=_log("rnn"), centre_stride=4,
+                             identity_start=bool(raw.get("identity_start", False)),
+                             balance=bool(raw.get("balance", True)))  # fmt: skip
+    bundle = result.bundle
+    bundle.optimizer_state = None  # fine-tunes start a fresh AdaGrad (FINETUNE_DEFAULTS)
+    if raw.get("calibrate"):
+        beta = calibrate_rnn_bias(bundle, val, vprobs)
+        bundle.info = {**bundle.info, "class_bias": list(beta)}
+        print(f"pretrain rnn: class offsets chosen on the validation tiles: {beta}", flush=True)
+    seconds = time.perf_counter() - t0
+    items, coarse_items = [], []
+    for d in r.test:
+        coarse_probs = predict_coarse(coarse, d.tile(), device="cpu")
+        items.append((refine(bundle, d.tile(), coarse_probs).final, d))
+        coarse_items.append((coarse_probs, d))
+    # the coarse map's scores on the same tiles, beside the RNN's: the card showed two near-equal
+    # rows (road IoU 0.31 / 0.29) that read as the coarse card's repeated, with nothing to compare
+    baseline = {"model": Path(raw["coarse"]).name, "test_scores": score_probs(coarse_items)}
+    return _Trained(bundle, bundle.info.get("best_step"), result.best_val, seconds, score_probs(items), baseline)
+
+
+def run_pretrain(
+    config: str | Path,
+    *,
+    steps: int | None = None,
+    out: str | Path | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> Path | None:
+    """Train one shipped model from a recipe TOML (``kind = "coarse"`` or ``"rnn"``); returns its folder.
+
+    A coarse recipe with a ``checkpoint`` file is resumable: it continues from that file when it
+    exists, writes it every ``checkpoint_every`` steps and when ``should_stop`` says so (then
+    returns None: run the same command again to continue), and keeps the learning curve
+    (validation and test IoU per validation) in ``curve.jsonl`` beside it.
+    """
+    config = Path(config)
+    kind = _toml(config)["kind"]
+    if kind not in ("coarse", "rnn"):
         raise ValueError(f"{config}: kind must be 'coarse' or 'rnn', not {kind!r}")
+    r = _load_recipe(config, steps)
+    raw, split_file = r.raw, config.parent / r.raw["split"]
+    torch.manual_seed(r.seed)
+    folder = Path(out) if out else config.parent / raw["out"]
+    trained = _pretrain_coarse(r, should_stop) if kind == "coarse" else _pretrain_rnn(r)
+    if trained is None:
+        return None
+    bundle, seconds, scores, seed, sets = trained.bundle, trained.seconds, trained.scores, r.seed, r.sets
+    best_step, best_val, baseline = trained.best_step, trained.best_val, trained.baseline
     bundle.info = {**bundle.info, "recipe": str(config), "training_seconds": seconds}
     save_model(bundle, folder)
     used = {s.name: s.roles for s in sets.values() if raw.get("sets") is None or s.name in raw["sets"]}

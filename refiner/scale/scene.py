@@ -51,7 +51,6 @@ from refiner.data.read import (
 from refiner.data.resample import Grid, probs_back_on, read_image_on, read_probs_on, resolution_differs, working_grid_of
 from refiner.data.tile import Georef, Tile, pixel_grid
 from refiner.data.write import RasterWriter
-from refiner.models.coarse import COARSE_HALO
 from refiner.models.fused import scene_window
 from refiner.models.inference import predict_coarse, refine
 from refiner.models.store import ModelBundle, load_model
@@ -317,7 +316,7 @@ def predict_scene(
     task = SceneTask("predict", str(model), str(image), bands=tuple(bands) if bands else None, device=device)
 
     def windows_on(grid_h: int, grid_w: int) -> list[WindowSpec]:
-        return list(iter_windows(grid_h, grid_w, window, COARSE_HALO, align=bundle.net.cfg.stride, fixed=True))
+        return list(iter_windows(grid_h, grid_w, window, bundle.net.cfg.halo, align=bundle.net.cfg.stride, fixed=True))
 
     makers = {"probs": lambda: _probs_writer(out, h, w, georef, bundle.classes)}
     resample_to = bundle.resolution if resample else None

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from refiner.core.classes import IGNORE
 from refiner.core.metrics import Scores
-from refiner.models.coarse import COARSE_HALO, CoarseCNN
+from refiner.models.coarse import COARSE_HALO, CoarseCNN, CoarseNet
 from refiner.models.store import ModelBundle
 from refiner.train.loop import BestWeights, Progress, ProgressFn, stop_reason
 from refiner.train.losses import allowed_table, partial_label_loss
@@ -76,6 +76,16 @@ class CoarseAdaptResult:
     seconds: float
     stopped: str = "finished"  # finished | early_stopping | time_budget | cancelled
     history: list[dict] = field(default_factory=list)
+
+
+def paper_design(net: CoarseNet) -> CoarseCNN:
+    """``net`` as the paper's design, whose layers this module knows how to split; else a clear refusal."""
+    if not isinstance(net, CoarseCNN):
+        raise ValueError(
+            f"adapting a {net.cfg.arch!r} coarse CNN is not supported yet: only the paper's design "
+            "(arch 'mnih', as the shipped coarse_1m) can be adapted; adapt with a model of that design"
+        )
+    return net
 
 
 def _crop_box(mask: np.ndarray, pad: int, align: int) -> tuple[slice, slice]:
@@ -141,12 +151,12 @@ def _prepare(
     labels: np.ndarray,
     val_labels: np.ndarray,
     start_probs: np.ndarray,
-    coarse: ModelBundle[CoarseCNN],
+    coarse: ModelBundle[CoarseNet],
     start: int,
     margin: int,
 ) -> _Problem:
     """Crop around the painted pixels and run the frozen layers once (exact: a full halo around)."""
-    net = coarse.net.cpu().eval()
+    net = paper_design(coarse.net).cpu().eval()
     stride = net.cfg.stride
     used = (labels != IGNORE) | (val_labels != IGNORE)
     rows, cols = _crop_box(used, margin + COARSE_HALO, stride)
@@ -194,7 +204,7 @@ def adapt_coarse(
     labels: np.ndarray,
     val_labels: np.ndarray,
     start_probs: np.ndarray,
-    coarse: ModelBundle[CoarseCNN],
+    coarse: ModelBundle[CoarseNet],
     cfg: CoarseAdaptConfig = CoarseAdaptConfig(),
     *,
     resolution: float | None,
@@ -219,7 +229,7 @@ def adapt_coarse(
     allowed = allowed_table(len(coarse.classes), partial)
     start = TRAINABLE[cfg.layers]
     prob = _prepare(image, labels, val_labels, start_probs, coarse, start, cfg.margin)
-    head = _Head(coarse.net, start)
+    head = _Head(paper_design(coarse.net), start)
     has_val = bool((prob.val != IGNORE).any())
 
     def held_out(pred: np.ndarray) -> Scores | None:
@@ -265,17 +275,17 @@ def adapt_coarse(
 
 
 def _adapted_bundle(
-    coarse: ModelBundle[CoarseCNN],
+    coarse: ModelBundle[CoarseNet],
     head: _Head,
     start: int,
     resolution: float | None,
     cfg: CoarseAdaptConfig,
     result: CoarseAdaptResult,
     best_step: int | None,
-) -> ModelBundle[CoarseCNN]:
+) -> ModelBundle[CoarseNet]:
     """A copy of ``coarse`` with the trained layers, at the adaptation grid's ``resolution``."""
     adapted = copy.deepcopy(coarse)
-    adapted.net = head.into(coarse.net, start).eval()
+    adapted.net = head.into(paper_design(coarse.net), start).eval()
     adapted.resolution = resolution
     adapted.info = {
         **{k: v for k, v in coarse.info.items() if k not in ("best_step", "best_val")},

@@ -5,15 +5,26 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from refiner.core.classes import IGNORE, ClassSpec
 from refiner.core.device import pick_device
-from refiner.models.coarse import CoarseCNN, CoarseConfig
+from refiner.models.coarse import CoarseConfig, CoarseNet
+from refiner.models.designs import build_coarse
 from refiner.models.store import ModelBundle, image_stats
-from refiner.train.loop import BestWeights, Progress, ProgressFn, centre, lr_at, validate_and_keep, validation_due
+from refiner.train.checkpoint import (
+    TrainState,
+    data_summary,
+    fingerprint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from refiner.train.loop import Progress, ProgressFn, centre, lr_at, validate_and_keep, validation_due
 from refiner.train.losses import allowed_table, partial_label_loss, segmentation_loss
 from refiner.train.sampling import PatchSampler, TileMix, check_counts, check_labels, jitter
 
@@ -49,6 +60,7 @@ class CoarseTrainConfig:
     warmup: int = 0
     eval_every: int = 0  # steps between ``validate`` calls (best weights kept); 0 = never
     centre_stride: int = 1  # grid step of candidate patch centres (memory on many big tiles)
+    arch: str = "mnih"  # the network design: "mnih" (the paper's) or "skip_context" (refiner.models.coarse)
 
 
 @dataclass
@@ -56,9 +68,15 @@ class CoarseTrainResult:
     """What a :func:`train_coarse` run leaves besides the model: its validation history and best checkpoint."""
 
     bundle: ModelBundle
-    history: list[dict] = field(default_factory=list)  # {"step", "loss", "val", "seconds"}
+    #: one row per validation: {"step", "loss" (mean since the last row), "val", "seconds"
+    #: (wall-clock training seconds, all sittings), "cpu_seconds" (this process's CPU time, all
+    #: sittings: the budget that compares designs on a shared machine), "lr"}, plus what
+    #: ``monitor`` returned
+    history: list[dict] = field(default_factory=list)
     best_val: float | None = None
     best_step: int | None = None
+    finished: bool = False  # False: ``should_stop`` ended it before ``cfg.steps`` (resume from the checkpoint)
+    seconds: float = 0.0  # training seconds, validations included, over every sitting of a checkpointed run
 
 
 def _check_coarse_labels(
@@ -78,14 +96,67 @@ def _check_coarse_labels(
             raise ValueError(f"labels contain value(s) {bad[:8]} that are neither a class index nor a partial code")
 
 
-def _start_net(images: list[np.ndarray], classes: ClassSpec, init: ModelBundle | None, dev: torch.device) -> CoarseCNN:
-    """A Glorot-initialised coarse CNN, or one holding ``init``'s weights (same classes required)."""
-    net = CoarseCNN(CoarseConfig(num_classes=len(classes), in_channels=images[0].shape[0])).to(dev)
+def _check_inputs(
+    images: list[np.ndarray],
+    labels: list[np.ndarray],
+    classes: ClassSpec,
+    cfg: CoarseTrainConfig,
+    partial: Mapping[int, Sequence[int]] | None,
+) -> torch.Tensor:
+    """Refuse bad inputs before any work; returns the table of classes each label code allows."""
+    if len(images) != len(labels) or not images:
+        raise ValueError("give one label raster per image (and at least one image)")
+    check_counts(steps=cfg.steps, batch_size=cfg.batch_size)
+    allowed = allowed_table(len(classes), partial)
+    _check_coarse_labels(images, labels, len(classes), allowed, bool(partial))
+    return allowed
+
+
+def _start_net(
+    images: list[np.ndarray], classes: ClassSpec, arch: str, init: ModelBundle | None, dev: torch.device
+) -> CoarseNet:
+    """A freshly initialised coarse network of design ``arch``, or one holding ``init``'s weights.
+
+    ``init`` must have the same classes and design.
+    """
+    net = build_coarse(CoarseConfig(num_classes=len(classes), in_channels=images[0].shape[0], arch=arch)).to(dev)
     if init is not None:
         if init.kind != "coarse" or tuple(init.classes.names) != tuple(classes.names):
             raise ValueError("init must be a coarse model with the same classes")
+        if init.net.cfg.arch != arch:
+            raise ValueError(f"init is a {init.net.cfg.arch!r} network, the training asks for {arch!r}")
         net.load_state_dict(init.net.state_dict())
     return net
+
+
+def _batches(
+    images: list[np.ndarray], labels: list[np.ndarray], cfg: CoarseTrainConfig, tile_weights: Sequence[float] | None
+) -> TileMix:
+    """Training batches: a patch sampler per tile (its own seed), mixed by ``tile_weights``."""
+    samplers = [
+        PatchSampler(
+            [im],
+            lab,
+            cfg.output_size,
+            cfg.context,
+            seed=cfg.seed + i,
+            augment=cfg.augment,
+            balance=cfg.balance,
+            stride=cfg.centre_stride,
+        )  # fmt: skip
+        for i, (im, lab) in enumerate(zip(images, labels, strict=True))
+    ]
+    return TileMix(samplers, tile_weights, seed=cfg.seed)
+
+
+def _monitored(bundle: ModelBundle, monitor: Callable[[ModelBundle], dict] | None) -> dict:
+    """What ``monitor`` records of the model (in eval mode; back to train mode after), or nothing."""
+    if monitor is None:
+        return {}
+    bundle.net.eval()
+    row = monitor(bundle)
+    bundle.net.train()
+    return row
 
 
 def _provenance(cfg: CoarseTrainConfig, steps: int, init: ModelBundle | None, result: CoarseTrainResult) -> dict:
@@ -115,6 +186,9 @@ def train_coarse(
     validate: Callable[[ModelBundle], float] | None = None,
     result: CoarseTrainResult | None = None,
     init: ModelBundle | None = None,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 0,
+    monitor: Callable[[ModelBundle], dict] | None = None,
 ) -> ModelBundle:
     """Train the coarse CNN on (possibly imprecise) labels; images (C, H, W) in [0, 1] (or uint8).
 
@@ -135,14 +209,22 @@ def train_coarse(
         result: filled with the validation history and best step when given.
         init: a trained coarse model to continue from (its weights and normalisation; the
             recipe's second stage), else training starts from Glorot.
+        checkpoint: a file holding the whole training state (:mod:`refiner.train.checkpoint`),
+            written every ``checkpoint_every`` steps, when ``should_stop`` ends the run and at
+            the end; when it exists, training continues from it and ends with the same model as
+            a run that never stopped.
+        checkpoint_every: steps between checkpoints (0: only when stopped and at the end).
+        monitor: extra scores recorded with each validation row of the history (e.g. the test
+            tiles' IoU for a learning curve); never used to choose the weights.
 
     Returns:
         The trained model; ``info["trained_steps"]`` counts the steps that ran (fewer when
         ``should_stop`` ends it).
 
     Raises:
-        ValueError: ``cfg.steps`` below 1, images and labels of different sizes, or label values
-            that are neither a class index nor a partial code.
+        ValueError: ``cfg.steps`` below 1, images and labels of different sizes, label values
+            that are neither a class index nor a partial code, or a ``checkpoint`` written for
+            other settings or data.
 
     Example:
         ```python
@@ -151,46 +233,46 @@ def train_coarse(
         refiner.save_model(coarse, "models/coarse")
         ```
     """
-    if len(images) != len(labels) or not images:
-        raise ValueError("give one label raster per image (and at least one image)")
-    check_counts(steps=cfg.steps, batch_size=cfg.batch_size)
-    allowed = allowed_table(len(classes), partial)
-    _check_coarse_labels(images, labels, len(classes), allowed, bool(partial))
+    allowed = _check_inputs(images, labels, classes, cfg, partial)
     dev = pick_device(device)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    net = _start_net(images, classes, init, dev)
+    net = _start_net(images, classes, cfg.arch, init, dev)
     if init is not None:
         stats = stats or (init.mean, init.std)
     mean, std = stats or image_stats([im.astype(np.float32) / 255 if im.dtype == np.uint8 else im for im in images])
     bundle = ModelBundle("coarse", net, classes, resolution, mean, std)
-    samplers = [
-        PatchSampler(
-            [im],
-            lab,
-            cfg.output_size,
-            cfg.context,
-            seed=cfg.seed + i,
-            augment=cfg.augment,
-            balance=cfg.balance,
-            stride=cfg.centre_stride,
-        )  # fmt: skip
-        for i, (im, lab) in enumerate(zip(images, labels, strict=True))
-    ]
-    batches = TileMix(samplers, tile_weights, seed=cfg.seed)
+    batches = _batches(images, labels, cfg, tile_weights)
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    t0 = time.perf_counter()
-    net.train()
-    best = BestWeights()
+    state = TrainState()
+    stamp = fingerprint(config=cfg.__dict__, classes=list(classes.names), data=data_summary(images, labels),
+                         partial=partial, tile_weights=tile_weights, stats=[mean, std], resolution=resolution,
+                         init=None if init is None else init.info.get("trained_steps"))  # fmt: skip
+    if checkpoint is not None and Path(checkpoint).exists():
+        state, rngs = load_checkpoint(checkpoint, net=net, optimizer=opt, fingerprint=stamp)
+        set_rng_state(rngs, batches, gen)
+    best = state.best
     result = result if result is not None else CoarseTrainResult(bundle)
-    result.bundle = bundle
-    step = 0
-    for step in range(1, cfg.steps + 1):
+    result.bundle, result.history = bundle, state.history
+    t0 = time.perf_counter() - state.seconds
+    cpu0 = time.process_time() - state.cpu_seconds
+
+    def save() -> None:
+        if checkpoint is not None:
+            state.seconds, state.cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
+            save_checkpoint(checkpoint, net=net, optimizer=opt, state=state, rng=rng_state(batches, gen),
+                            fingerprint=stamp)  # fmt: skip
+
+    net.train()
+    losses = state.losses  # since the last history row
+    step = state.step
+    for step in range(state.step + 1, cfg.steps + 1):
         if should_stop():
             step -= 1  # this step did not run
             break
+        lr = lr_at(step, cfg.steps, cfg.lr, cfg.schedule, cfg.warmup)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg.steps, cfg.lr, cfg.schedule, cfg.warmup)
+            g["lr"] = lr
         (x,), y = batches.sample(cfg.batch_size)
         x = bundle.normalise(jitter(x, cfg.jitter, gen).to(dev))
         scores = centre(net(x), cfg.context, cfg.output_size)
@@ -199,14 +281,24 @@ def train_coarse(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        report = Progress(step, cfg.steps, loss.item(), time.perf_counter() - t0)
+        losses.append(loss.item())
+        state.step = step
+        report = Progress(step, cfg.steps, losses[-1], time.perf_counter() - t0)
         if validate is not None and validation_due(step, cfg.steps, cfg.eval_every):
             score = validate_and_keep(net, bundle, validate, best, report)
-            result.history.append({"step": step, "loss": report.loss, "val": score, "seconds": report.seconds})
-            if best.step == step:  # this step's weights are the new best
-                result.best_val, result.best_step = score, step
+            state.history.append({"step": step, "loss": float(np.mean(losses)), "val": score,
+                                  "seconds": report.seconds, "cpu_seconds": time.process_time() - cpu0, "lr": lr,
+                                  **_monitored(bundle, monitor)})  # fmt: skip
+            losses.clear()
+        if checkpoint_every and step % checkpoint_every == 0 and step != cfg.steps:
+            save()
         if progress and (step % 10 == 0 or step == cfg.steps or report.message):
             progress(report)
+    result.finished = state.step == cfg.steps
+    save()  # at the end, or where ``should_stop`` ended it
+    result.seconds = time.perf_counter() - t0
+    if best.step is not None:
+        result.best_val, result.best_step = best.score, best.step
     best.restore(net)  # the checkpoint that did best on the validation tiles
     net.eval()
     bundle.info = _provenance(cfg, step, init, result)

@@ -1,7 +1,10 @@
 import numpy as np
+import pytest
 import torch
 
 from refiner.models.coarse import COARSE_HALO, CoarseCNN, CoarseConfig
+from refiner.models.coarse_skip import SkipContextCNN
+from refiner.models.designs import build_coarse
 
 
 def test_architecture_is_the_papers_fcn():
@@ -40,3 +43,50 @@ def test_halo_covers_the_receptive_field():
     x2[..., :, 128 + COARSE_HALO :] = torch.rand_like(x2[..., :, 128 + COARSE_HALO :])
     # changing pixels beyond the halo must not change the output left of column 128
     torch.testing.assert_close(net(x2)[..., :128], y[..., :128])
+
+
+# --------------------------------------------------------------------------- the skip_context design
+
+
+def _skip_net(num_classes=2):
+    torch.manual_seed(0)
+    net = build_coarse(CoarseConfig(num_classes, arch="skip_context"))
+    for m in net.modules():  # non-trivial batch-norm statistics, as after training
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return net.eval()
+
+
+def test_the_skip_context_design_sees_the_image_at_full_resolution_and_any_size():
+    net = _skip_net(3)
+    assert isinstance(net, SkipContextCNN) and net.cfg.halo == 96
+    for h, w in [(64, 64), (67, 53), (13, 9)]:
+        assert net(torch.rand(1, 3, h, w)).shape == (1, 3, h, w)
+    # a one-pixel change of the image changes the scores at that pixel (the paper's design decides
+    # on 4 x 4 cells; this one's last layer sees the image itself)
+    x = torch.rand(1, 3, 64, 64)
+    x2 = x.clone()
+    x2[..., 30, 30] += 1
+    diff = (net(x2) - net(x)).abs().sum(1)[0]
+    assert diff[30, 30] > 0 and diff[30, 30] >= diff[28, 28]
+
+
+def test_the_skip_context_halo_covers_its_receptive_field():
+    net = _skip_net()
+    x = torch.rand(1, 3, 320, 320)
+    y = net(x)
+    x2 = x.clone()
+    x2[..., :, 128 + net.cfg.halo :] = torch.rand_like(x2[..., :, 128 + net.cfg.halo :])
+    torch.testing.assert_close(net(x2)[..., :128], y[..., :128])
+    # and the halo is not far larger than needed: pixels just past 70 px do reach the output
+    x3 = x.clone()
+    x3[..., :, 128 + 60 :] = torch.rand_like(x3[..., :, 128 + 60 :])
+    assert not torch.allclose(net(x3)[..., :128], y[..., :128])
+
+
+def test_an_unknown_design_is_refused_with_the_known_ones():
+    with pytest.raises(ValueError, match="mnih, skip_context"):
+        CoarseConfig(3, arch="resnet")
+    with pytest.raises(ValueError, match="build_coarse"):
+        CoarseCNN(CoarseConfig(3, arch="skip_context"))

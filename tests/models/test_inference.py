@@ -126,3 +126,22 @@ def test_predict_refuses_an_rnn_and_a_wrong_band_count(demo_coarse):
         predict_coarse(demo_coarse, four, device="cpu")
     with pytest.raises(ValueError, match="coarse CNN"):
         predict_coarse(load_model(ASSETS / "demo" / "rnn"), tile, device="cpu")  # type: ignore[arg-type]
+
+
+def test_a_skip_context_model_is_predicted_window_by_window_exactly_and_survives_save_and_load(tmp_path):
+    from refiner.core.classes import ClassSpec
+    from refiner.models.coarse import CoarseConfig
+    from refiner.models.designs import build_coarse
+    from refiner.models.store import ModelBundle, save_model
+
+    torch.manual_seed(1)
+    net = build_coarse(CoarseConfig(3, arch="skip_context")).eval()
+    bundle = ModelBundle("coarse", net, ClassSpec(("background", "building", "road")), 1.0, (0.5,) * 3, (0.25,) * 3)
+    save_model(bundle, tmp_path / "m")
+    loaded = load_model(tmp_path / "m", expect="coarse")
+    assert loaded.net.cfg.arch == "skip_context"
+    tile = make_scene(300, seed=5).tile()
+    whole = predict_coarse(loaded, tile, device="cpu", window=4096)
+    np.testing.assert_allclose(whole, predict_coarse(bundle, tile, device="cpu", window=4096), atol=1e-6)
+    windowed = predict_coarse(loaded, tile, device="cpu", window=64)
+    np.testing.assert_allclose(windowed, whole, atol=2e-5)

@@ -222,3 +222,65 @@ def test_an_rnn_card_says_its_scores_beside_the_coarse_maps_it_refines(tmp_path)
     (shipped,) = catalogue(tmp_path)
     assert shipped.test_scores() == "road IoU 0.311 (its coarse map 0.307)"
     assert json.loads((folder / "card.json").read_text())["baseline"]["test_scores"]["road"]["iou"] == 0.307
+
+
+RECIPE = """
+kind = "coarse"
+split = "split.toml"
+out = "{out}/model"
+checkpoint = "{out}/checkpoint.pt"
+checkpoint_every = 2
+seed = 0
+val_crop = 40
+shares = {{ road = 1.0 }}
+summary = "s"
+
+[train]
+steps = 6
+batch_size = 2
+output_size = 16
+context = 8
+eval_every = 2
+balance = true
+jitter = 0.2
+"""
+
+
+def _resumable_recipes(tmp_path, *outs):
+    """A split with a train, a validation and a test tile, and a resumable recipe per output folder."""
+    split = _write_set(tmp_path)
+    split.write_text(split.read_text().replace("val = []", 'val = ["a"]'))
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
+    for name in ("a", "b"):
+        Image.fromarray(img).save(tmp_path / "roads" / "images" / f"{name}.png")
+    for out in outs:
+        (tmp_path / f"{out}.toml").write_text(RECIPE.format(out=out))
+    return [tmp_path / f"{out}.toml" for out in outs]
+
+
+def test_a_resumable_recipe_stops_keeps_its_curve_and_continues_to_the_same_model(tmp_path):
+    """The long runs of issue #21: stopped, the state and the learning curve stay; run again, they go on."""
+    import json
+
+    from refiner.models.store import load_model
+    from refiner.recipes.pretrain import run_pretrain
+
+    unbroken, recipe = _resumable_recipes(tmp_path, "whole", "broken")
+    whole = run_pretrain(unbroken)
+    calls = []
+    assert run_pretrain(recipe, should_stop=lambda: len(calls.append(1) or calls) > 3) is None
+    curve = [json.loads(line) for line in (tmp_path / "broken" / "curve.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in curve] == [2]
+    # the test tile is scored for the curve (at the offsets chosen on validation), never for selection
+    assert {"val", "val_road_iou", "test_road_iou", "test_road_miou", "offsets", "cpu_seconds"} <= set(curve[0])
+    assert not (tmp_path / "broken" / "model").exists()  # no model until the run is finished
+    folder = run_pretrain(recipe)
+    assert folder == tmp_path / "broken" / "model" and whole is not None
+    curve = [json.loads(line) for line in (tmp_path / "broken" / "curve.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in curve] == [2, 4, 6]
+    a, b = load_model(whole), load_model(folder)
+    for name, value in a.net.state_dict().items():
+        assert np.array_equal(value.numpy(), b.net.state_dict()[name].numpy()), name
+    card = json.loads((folder / "card.json").read_text())
+    assert card["steps"] == 6 and card["test_scores"]["road"]["pixels"] > 0

@@ -200,3 +200,14 @@ def test_the_class_mix_guard_refuses_what_the_patch_alone_taught():
     partial_only = np.where(labels == 1, 251, labels).astype(np.uint8)  # only "not building" codes
     partial_only[labels == 0] = 251
     assert class_mix_shift(start, everywhere, partial_only, valid, names, 0.1) == ""  # says nothing of shares
+
+
+def test_a_coarse_cnn_of_another_design_is_refused_before_any_work(scene):
+    from refiner.models.designs import build_coarse
+
+    net = build_coarse(CoarseConfig(3, arch="skip_context")).eval()
+    other = ModelBundle("coarse", net, DEMO_CLASSES, 1.0, (0.5,) * 3, (0.25,) * 3)
+    labels = np.full(scene.truth.shape, IGNORE, np.uint8)
+    labels[20:80, 20:80] = scene.truth[20:80, 20:80]
+    with pytest.raises(ValueError, match="only the paper's design"):
+        adapt(scene.tile(), labels, other, None, FAST)
