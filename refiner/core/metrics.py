@@ -127,3 +127,45 @@ def evaluate(pred: np.ndarray, truth: np.ndarray, num_classes: int, *, one_vs_re
     if one_vs_rest:
         pred = one_class_against_the_rest(np.asarray(pred), np.asarray(truth))
     return scores_from_confusion(confusion_matrix(pred, truth, num_classes))
+
+
+#: Distance bins of :func:`errors_by_boundary_distance`: 1 is a pixel next to another true class,
+#: then 2, 3-4, 5-8, 9-16, 17-32 and over 32 pixels inside a region.
+DISTANCE_BINS = (1, 2, 3, 5, 9, 17, 33)
+
+
+def errors_by_boundary_distance(
+    before: np.ndarray, after: np.ndarray, truth: np.ndarray, bins: tuple[int, ...] = DISTANCE_BINS
+) -> list[dict]:
+    """Where a refinement fixes and makes errors: by distance to the nearest boundary of the truth.
+
+    ``before`` and ``after`` are class maps (e.g. the coarse map and the RNN's), ``truth`` the
+    labels (255 = unlabelled, left out). A pixel's distance is the Euclidean distance to the
+    nearest pixel of another true class, so 1 is a pixel on a boundary and far means inside a
+    region: the RNN, whose reach is a few pixels, can only fix errors near boundaries, the
+    coarse CNN must get the rest. One row per bin ``[lo, hi)`` (the last open-ended): pixels,
+    errors before and after, errors fixed (wrong before, right after) and made (the reverse).
+    """
+    from scipy import ndimage
+
+    labelled = truth != IGNORE
+    dist = np.full(truth.shape, np.inf)
+    for c in np.unique(truth[labelled]):
+        inside = truth == c
+        # distance from a pixel of class c to the nearest labelled pixel of another class
+        other = labelled & ~inside
+        if other.any():
+            d = ndimage.distance_transform_edt(~other)
+            dist[inside] = d[inside]
+    wrong_before, wrong_after = (before != truth) & labelled, (after != truth) & labelled
+    rows = []
+    edges = [*bins, np.inf]
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        sel = labelled & (dist >= lo) & (dist < hi)
+        rows.append({
+            "from": lo, "to": None if hi == np.inf else hi, "pixels": int(sel.sum()),
+            "errors_before": int((wrong_before & sel).sum()), "errors_after": int((wrong_after & sel).sum()),
+            "fixed": int((wrong_before & ~wrong_after & sel).sum()),
+            "made": int((~wrong_before & wrong_after & sel).sum()),
+        })  # fmt: skip
+    return rows

@@ -53,3 +53,24 @@ def test_a_one_class_truth_scores_that_class_against_the_rest():
     assert s.overall_accuracy == 1.0 and s.mean_iou == 1.0 and s.in_mean == (0, 2)
     three = np.array([[0, 1, 2, 2]], np.uint8)  # labels of several classes: no merging
     assert evaluate(pred, three, 3, one_vs_rest=True).overall_accuracy == 0.5
+
+
+def test_errors_by_boundary_distance_count_what_a_refinement_fixes_and_makes_where():
+    from refiner.core.metrics import errors_by_boundary_distance
+
+    truth = np.zeros((8, 8), np.uint8)
+    truth[:, 4:] = 1  # columns 4..7 are 1..4 px from the boundary, as are 3..0
+    truth[0, 0] = 255  # unlabelled: left out
+    before = np.zeros_like(truth)  # misses the whole right half
+    after = truth.copy()
+    after[0, 0] = 0
+    after[:, 7] = 0  # still wrong 4 px inside
+    after[1:, 0] = 1  # a new error 4 px inside the left half
+    rows = {r["from"]: r for r in errors_by_boundary_distance(before, after, truth)}
+    assert rows[1] == {"from": 1, "to": 2, "pixels": 16, "errors_before": 8, "errors_after": 0, "fixed": 8, "made": 0}
+    assert rows[2]["fixed"] == 8 and rows[2]["made"] == 0
+    # 3-4 px from the boundary: columns 1 and 6 (3 px), 0 and 7 (4 px; one pixel unlabelled)
+    assert rows[3] == {"from": 3, "to": 5, "pixels": 31, "errors_before": 16, "errors_after": 15, "fixed": 8,
+                       "made": 7}  # fmt: skip
+    assert sum(r["pixels"] for r in rows.values()) == 63
+    assert rows[33]["to"] is None and rows[33]["pixels"] == 0
