@@ -136,7 +136,7 @@ DISTANCE_BINS = (1, 2, 3, 5, 9, 17, 33)
 
 def errors_by_boundary_distance(
     before: np.ndarray, after: np.ndarray, truth: np.ndarray, bins: tuple[int, ...] = DISTANCE_BINS
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """Where a refinement fixes and makes errors: by distance to the nearest boundary of the truth.
 
     ``before`` and ``after`` are class maps (e.g. the coarse map and the RNN's), ``truth`` the

@@ -84,6 +84,10 @@ class RNNTrainConfig:
     #: unpainted pixels or about classes its labels leave open (a building patch's "not building"
     #: may be background or road), so the fine-tune keeps the start's answer there.
     distill: float = 0.0
+    #: Score every iteration's map, not only the last (the loss is their mean): each u_t must be a
+    #: good map on its own, so later iterations cannot drift away from what the first ones fixed
+    #: (the patch-trained RNN peaked at t = 1-3 on unseen tiles and then lost ground, issue #27)
+    every_iteration: bool = False
 
 
 @dataclass
@@ -269,8 +273,12 @@ class _Objective:
         """The loss of one batch: normalised images ``x``, coarse probabilities ``p``, labels ``y``."""
         halo, size = self.net.cfg.halo, self.cfg.patch_size
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            u = centre(self.net(x, p)[-1], halo, size)
-            loss = partial_label_loss(u, y, self.allowed) if self.partial else segmentation_loss(u, y)
+            maps = self.net(x, p)
+            u = centre(maps[-1], halo, size)
+            scored = [centre(m, halo, size) for m in maps[1:]] if self.cfg.every_iteration else [u]
+            loss = torch.stack(
+                [partial_label_loss(m, y, self.allowed) if self.partial else segmentation_loss(m, y) for m in scored]
+            ).mean()
         if self.anchor is not None:
             anchor = self.anchor
             loss = loss + self.cfg.anchor * sum(((q - anchor[n]) ** 2).sum() for n, q in self.net.named_parameters())
@@ -635,8 +643,9 @@ def train_rnn_tiles(
     step = 0
     for step in range(1, cfg.steps + 1):
         (x, p), y = batches.sample(cfg.batch_size)
-        u = centre(net(bundle.normalise(jitter(x, cfg.jitter, gen)), p)[-1], halo, cfg.patch_size)
-        loss = partial_label_loss(u, y, allowed)
+        maps = net(bundle.normalise(jitter(x, cfg.jitter, gen)), p)
+        scored = maps[1:] if cfg.every_iteration else maps[-1:]
+        loss = torch.stack([partial_label_loss(centre(m, halo, cfg.patch_size), y, allowed) for m in scored]).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

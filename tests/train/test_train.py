@@ -416,3 +416,25 @@ def test_distillation_keeps_a_finetune_close_to_its_start_where_the_patch_says_n
         res = finetune_from_pretrained(image, probs, painted, init, cfg)
         drift[distill] = float(np.abs(refine(res.bundle, tile, probs).final - start)[:, 32:, 32:].mean())
     assert drift[50.0] < 0.5 * drift[0.0], drift
+
+
+def test_every_iteration_scores_the_mean_of_each_iterations_loss(scene):
+    """``every_iteration``: the loss is the mean over u_1 .. u_T, so no iteration may drift (issue #27)."""
+    from refiner.models.rnn import RefinerRNN, RNNConfig
+    from refiner.train.losses import allowed_table
+    from refiner.train.rnn import _Objective
+
+    torch.manual_seed(0)
+    net = RefinerRNN(RNNConfig(num_classes=3, iterations=3))
+    x, p = torch.rand(2, 3, 40, 40), torch.softmax(torch.rand(2, 3, 40, 40), 1)
+    halo = net.cfg.halo
+    y = torch.randint(0, 3, (2, 40 - 2 * halo, 40 - 2 * halo))
+    cfg = RNNTrainConfig(patch_size=40 - 2 * halo)
+    final = _Objective(net, cfg, allowed_table(3, None), False, False)(x, p, y)
+    every = _Objective(net, RNNTrainConfig(patch_size=cfg.patch_size, every_iteration=True),
+                       allowed_table(3, None), False, False)(x, p, y)  # fmt: skip
+    maps = net(x, p)
+    per_t = [segmentation_loss(m[..., halo:-halo, halo:-halo], y) for m in maps[1:]]
+    torch.testing.assert_close(final, per_t[-1])
+    torch.testing.assert_close(every, torch.stack(per_t).mean())
+    assert not torch.isclose(every, final)
