@@ -2,7 +2,8 @@
 
 Reads each run's ``curve.jsonl`` (written by ``refiner pretrain`` beside its checkpoint, one row
 per validation, carried over every sitting) and plots, against the run's CPU hours (its own
-process time: the budget on a shared machine, where wall time depends on the neighbours):
+process time spent training, validations left out: the budget on a shared machine, where wall
+time depends on the neighbours):
 
 - the validation score that chooses the checkpoint (mean over the road and building tasks of
   their mean IoU, at the checkpoint's best class offsets);
@@ -35,7 +36,7 @@ def summary(name: str, rows: list[dict]) -> str:
 
     def row(r: dict) -> str:
         road, building = r.get("test_road_iou", float("nan")), r.get("test_building_iou", float("nan"))
-        return (f"step {r['step']} ({r['cpu_seconds'] / 3600:.2f} CPU h): val {r['val']:.3f}, "
+        return (f"step {r['step']} ({r['train_cpu_seconds'] / 3600:.2f} CPU h): val {r['val']:.3f}, "
                 f"test road IoU {road:.3f}, building IoU {building:.3f}")  # fmt: skip
 
     return f"{name}: last {row(last)}; best validated {row(best)}"
@@ -53,7 +54,7 @@ def plot(runs: dict[str, list[dict]], path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for ax, (key, title) in zip(axes, keys, strict=True):
         for name, rows in runs.items():
-            pts = [(r["cpu_seconds"] / 3600, r[key]) for r in rows if key in r]
+            pts = [(r["train_cpu_seconds"] / 3600, r[key]) for r in rows if key in r]
             if pts:
                 ax.plot(*zip(*pts, strict=True), marker=".", label=name)
         ax.set_title(title)

@@ -43,6 +43,7 @@ class TrainState:
     step: int = 0
     seconds: float = 0.0
     cpu_seconds: float = 0.0  # this process's CPU time (the budget on a shared machine, where wall time is not)
+    eval_cpu_seconds: float = 0.0  # the part of it spent validating and monitoring, not training
     best: BestWeights = field(default_factory=BestWeights)
     history: list[dict] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
@@ -127,6 +128,7 @@ def save_checkpoint(
         "step": state.step,
         "seconds": state.seconds,
         "cpu_seconds": state.cpu_seconds,
+        "eval_cpu_seconds": state.eval_cpu_seconds,
         "best": {"score": best.score, "step": best.step, "min_delta": best.min_delta, "kept": best.state is not None},
         "history": state.history,
         "losses": list(state.losses),
@@ -167,7 +169,8 @@ def load_checkpoint(
     b = meta["best"]
     kept = {k[5:]: v for k, v in tensors.items() if k.startswith("best/")} if b["kept"] else None
     best = BestWeights(min_delta=b["min_delta"], score=b["score"], step=b["step"], state=kept)
-    state = TrainState(step=meta["step"], seconds=meta["seconds"], cpu_seconds=meta["cpu_seconds"], best=best,
+    state = TrainState(step=meta["step"], seconds=meta["seconds"], cpu_seconds=meta["cpu_seconds"],
+                       eval_cpu_seconds=meta["eval_cpu_seconds"], best=best,
                        history=meta["history"], losses=list(meta["losses"]))  # fmt: skip
     rng = {"torch": tensors["rng/torch"], "jitter": tensors["rng/jitter"], **meta["rng"]}
     return state, rng

@@ -70,8 +70,8 @@ class CoarseTrainResult:
     bundle: ModelBundle
     #: one row per validation: {"step", "loss" (mean since the last row), "val", "seconds"
     #: (wall-clock training seconds, all sittings), "cpu_seconds" (this process's CPU time, all
-    #: sittings: the budget that compares designs on a shared machine), "lr"}, plus what
-    #: ``monitor`` returned
+    #: sittings), "train_cpu_seconds" (the part spent training, not validating: the budget that
+    #: compares designs on a shared machine), "lr"}, plus what ``monitor`` returned
     history: list[dict] = field(default_factory=list)
     best_val: float | None = None
     best_step: int | None = None
@@ -285,10 +285,13 @@ def train_coarse(
         state.step = step
         report = Progress(step, cfg.steps, losses[-1], time.perf_counter() - t0)
         if validate is not None and validation_due(step, cfg.steps, cfg.eval_every):
+            cpu_eval = time.process_time()
             score = validate_and_keep(net, bundle, validate, best, report)
-            state.history.append({"step": step, "loss": float(np.mean(losses)), "val": score,
-                                  "seconds": report.seconds, "cpu_seconds": time.process_time() - cpu0, "lr": lr,
-                                  **_monitored(bundle, monitor)})  # fmt: skip
+            row = {"step": step, "loss": float(np.mean(losses)), "val": score, "lr": lr, **_monitored(bundle, monitor)}
+            state.eval_cpu_seconds += time.process_time() - cpu_eval
+            cpu = time.process_time() - cpu0
+            state.history.append({**row, "seconds": report.seconds, "cpu_seconds": cpu,
+                                  "train_cpu_seconds": cpu - state.eval_cpu_seconds})  # fmt: skip
             losses.clear()
         if checkpoint_every and step % checkpoint_every == 0 and step != cfg.steps:
             save()
