@@ -144,7 +144,7 @@ def coarse_train_config(args: argparse.Namespace) -> Any:
     """``train-coarse``'s :class:`~refiner.train.coarse.CoarseTrainConfig`: its defaults, with the options given."""
     from refiner.train.coarse import CoarseTrainConfig
 
-    return CoarseTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    return CoarseTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, arch=args.arch)
 
 
 def rnn_train_config(args: argparse.Namespace) -> Any:
@@ -495,6 +495,7 @@ def cmd_experiment(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The command line: one subcommand per ``cmd_*`` function, each with its checked options."""
     from refiner.data.vector import LINE_WIDTH
+    from refiner.models.coarse import ARCH_HALO
     from refiner.models.rnn import VARIANTS, RNNConfig
     from refiner.train.coarse import CoarseTrainConfig
     from refiner.train.rnn import FINETUNE_DEFAULTS, RNNTrainConfig
@@ -572,6 +573,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=int, default=coarse["batch_size"], help="patches per step (default %(default)s)"
     )
     sp.add_argument("--lr", type=float, default=coarse["lr"], help="SGD learning rate (default %(default)s)")
+    sp.add_argument(
+        "--arch", choices=sorted(ARCH_HALO), default=coarse["arch"],
+        help="the network design: mnih (the paper's, default) or skip_context (context block and skip connections)",
+    )  # fmt: skip
     sp.add_argument(
         "--resolution", type=float, default=1.0, help="metres per pixel the network works at (default 1, the paper's)"
     )

@@ -514,3 +514,17 @@ def test_a_long_training_stops_on_sigterm_or_its_time_limit_instead_of_dying():
     finally:
         signal.signal(signal.SIGINT, old[0])
         signal.signal(signal.SIGTERM, old[1])
+
+
+def test_train_coarse_builds_the_design_asked_for_and_predict_uses_its_halo(demo, tmp_path):
+    from refiner.models.store import load_model
+
+    out = tmp_path / "skip"
+    args = ["train-coarse", "--images", str(demo / "coarse.tif"), "--labels", str(demo / "coarse_osm.tif"),
+            "--classes", "background,building,road", "--values", "0,1,2", "--out", str(out), "--steps", "2",
+            "--batch-size", "2", "--arch", "skip_context"]  # fmt: skip
+    assert main(args) == 0
+    assert load_model(out, expect="coarse").net.cfg.arch == "skip_context"
+    probs = tmp_path / "probs.tif"
+    assert main(["predict", "--model", str(out), "--image", str(demo / "coarse.tif"), "--out", str(probs)]) == 0
+    assert probs.is_file()

@@ -355,6 +355,7 @@ def _card(folder: Path, card: dict) -> None:
              f"(torch threads: {card['torch_threads']}), seed {card['seed']}; rebuild: `{card['rebuild']}`",
              f"- selected checkpoint: step {card.get('best_step')} (validation score {card.get('best_val')})",
              *([f"- continued from: `{card['init']}`"] if card.get("init") else []),
+             *([f"- test scores recomputed {card['rescored']}"] if card.get("rescored") else []),
              *([f"- class score offsets (calibrated on the validation tiles): {card['class_bias']}"]
                if card.get("class_bias") else []),
              f"- split: `{card['split_file']}`", "", "| set | train | val | test |", "|---|---|---|---|"]  # fmt: skip
@@ -374,6 +375,50 @@ def _card(folder: Path, card: dict) -> None:
                          f"{s['mean_iou']:.3f} | {s['pixels']} |")  # fmt: skip
     lines += ["", "Data: see each set's PROVENANCE.md in ../shared/data (research use; cite the sources)."]
     atomic_write_bytes(folder / "card.md", ("\n".join(lines) + "\n").encode())
+
+
+def test_scores(
+    model: ModelBundle, split_file: str | Path, coarse: ModelBundle[CoarseNet] | None = None
+) -> tuple[dict[str, dict], dict[str, dict] | None]:
+    """A shipped model's scores on its split's test tiles, with today's inference code.
+
+    For an RNN, give the ``coarse`` model whose maps it refines: the second value is then that
+    coarse map's scores on the same tiles (the card's baseline), else None.
+    """
+    test = load_role(load_split(split_file), "test")
+    items, base = [], []
+    for d in test:
+        if model.kind == "coarse":
+            items.append((predict_coarse(model, d.tile(), device="cpu"), d))
+            continue
+        if coarse is None:
+            raise ValueError("scoring an RNN needs the coarse model whose maps it refines")
+        probs = predict_coarse(coarse, d.tile(), device="cpu")
+        items.append((refine(model, d.tile(), probs).final, d))
+        base.append((probs, d))
+    return score_probs(items), (score_probs(base) if base else None)
+
+
+def rescore_card(folder: str | Path, root: str | Path = ".") -> dict:
+    """Recompute a shipped model's test scores with today's inference code and rewrite its card.
+
+    Inference changes (the mirrored tile edges of issue #22 moved the coarse road IoU from 0.307
+    to 0.317) make a card's scores stale while its weights are unchanged; the card then says
+    when it was rescored. ``root`` is where the card's ``split_file`` path starts.
+    """
+    folder = Path(folder)
+    card = json.loads((folder / "card.json").read_text())
+    model = load_model(folder, expect=card["kind"])
+    coarse = None
+    if card["kind"] == "rnn":
+        coarse = load_model(folder.parent / card["baseline"]["model"], expect="coarse")
+    scores, base = test_scores(model, Path(root) / card["split_file"], coarse)
+    card["test_scores"] = scores
+    if base is not None:
+        card["baseline"]["test_scores"] = base
+    card["rescored"] = time.strftime("%Y-%m-%d", time.gmtime()) + " (weights unchanged; today's inference code)"
+    _card(folder, card)
+    return card
 
 
 def _rel(path: Path) -> str:

@@ -284,3 +284,22 @@ def test_a_resumable_recipe_stops_keeps_its_curve_and_continues_to_the_same_mode
         assert np.array_equal(value.numpy(), b.net.state_dict()[name].numpy()), name
     card = json.loads((folder / "card.json").read_text())
     assert card["steps"] == 6 and card["test_scores"]["road"]["pixels"] > 0
+
+
+def test_rescoring_a_card_brings_back_what_the_model_scores_today(tmp_path):
+    """Cards went stale when inference changed (mirrored edges); rescoring rewrites them, weights untouched."""
+    import json
+
+    from refiner.recipes.pretrain import rescore_card, run_pretrain
+
+    (recipe,) = _resumable_recipes(tmp_path, "m")
+    folder = run_pretrain(recipe)
+    card = json.loads((folder / "card.json").read_text())
+    true_scores = card["test_scores"]
+    weights = (folder / "model.safetensors").read_bytes()
+    stale = {task: {**s, "iou": 0.123} for task, s in true_scores.items()}
+    (folder / "card.json").write_text(json.dumps({**card, "test_scores": stale}))
+    again = rescore_card(folder)
+    assert again["test_scores"] == true_scores and "rescored" in again
+    assert "test scores recomputed" in (folder / "card.md").read_text()
+    assert (folder / "model.safetensors").read_bytes() == weights
