@@ -417,8 +417,33 @@ def rescore_card(folder: str | Path, root: str | Path = ".") -> dict:
     if base is not None:
         card["baseline"]["test_scores"] = base
     card["rescored"] = time.strftime("%Y-%m-%d", time.gmtime()) + " (weights unchanged; today's inference code)"
+    md = folder / "card.md"
+    text = md.read_text() if md.is_file() else None
     _card(folder, card)
+    if text is not None:  # keep what was written by hand around the tables; new rows, a dated line
+        atomic_write_bytes(md, _rescored_md(text, card).encode())
     return card
+
+
+def _score_row(task: str, s: dict) -> str:
+    return (f"| {task} | {s['overall_accuracy']:.3f} | {s['iou_other']:.3f} | {s['iou']:.3f} | {s['mean_iou']:.3f} | "
+            f"{s['pixels']} |")  # fmt: skip
+
+
+def _rescored_md(text: str, card: dict) -> str:
+    """``text`` (a card.md) with its score rows replaced by ``card``'s, the model's table then the baseline's."""
+    rows = [_score_row(t, s) for t, s in card["test_scores"].items()]
+    rows += [_score_row(t, s) for t, s in card.get("baseline", {}).get("test_scores", {}).items()]
+    out, it = [], iter(rows)
+    for line in text.splitlines():
+        if line.startswith("- test scores recomputed"):
+            continue  # an earlier rescoring's line: the new one follows the split's
+        if line.startswith(("| road |", "| building |")):
+            line = next(it, line)
+        out.append(line)
+        if line.startswith("- split:"):
+            out.append(f"- test scores recomputed {card['rescored']}")
+    return "\n".join(out) + "\n"
 
 
 def _rel(path: Path) -> str:
