@@ -45,7 +45,30 @@ PARTIAL = {NOT_ROAD: (0, 1), NOT_BUILDING: (0, 2)}
 CODES = {"background": 0, "building": 1, "road": 2, "not_road": NOT_ROAD, "not_building": NOT_BUILDING}
 #: The task each set scores: the class its labels are about (merged tiles score both).
 TASK_CLASS = {"road": 2, "building": 1}
-MACHINE = "2-core AMD EPYC (Zen 2, AVX2)"
+
+
+def describe_machine() -> str:
+    """This machine in a few words for cards and benchmark rows: cores, CPU model, family/model, widest vectors.
+
+    Sittings ran on different CPUs behind the same "AMD EPYC" name (a Zen 2 with AVX2, a family
+    25 model 17 with AVX-512), so a number must say which one gave it.
+    """
+    import os
+
+    info: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+    except OSError:
+        return f"{os.cpu_count()}-core {platform.processor() or platform.machine()}"
+    flags = info.get("flags", "").split()
+    vectors = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return (f"{os.cpu_count()}-core {info.get('model name', platform.machine())} (family {info.get('cpu family', '?')} "
+            f"model {info.get('model', '?')}, {vectors})")  # fmt: skip
+
+
+MACHINE = describe_machine()
 
 
 @dataclass
