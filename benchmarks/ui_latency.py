@@ -15,6 +15,12 @@ Then Debian's Chromium (one Playwright page, 1400 × 1100) measures, ``--repeats
   to both pictures of the new t drawn (their captions name it, the images loaded) and the run
   ended. The steps go down from t = T to 0 and up again.
 
+With ``--only finetune`` (its own JSON), the Train page's "Fine-tune the RNN only" of issue 22:
+a workspace of a 1024 × 1024 px window of the same tile (the painted boxes, the shipped coarse
+map, no RNN yet, so the page starts from the shipped RNN), "Start training" clicked with the
+page's defaults (its 60 s budget), timed to the page showing the finished run and the new
+RNN's scores (the refinement of the tile included), and the job's own seconds.
+
 Every wait is on a condition in the page (no fixed sleeps). p50 / p95 / max in seconds, the
 machine and its load average go into the JSON.
 """
@@ -66,8 +72,11 @@ _SHOWN = """
 """
 
 
-def make_workspace(root: Path, tile_name: str = "12") -> tuple[str, Workspace]:
-    """A session (its token) owning a workspace of a whole Massachusetts tile with coarse map and RNN."""
+def make_workspace(root: Path, tile_name: str = "12", size: int = 1500, rnn: bool = True) -> tuple[str, Workspace]:
+    """A session (its token) owning a workspace of a Massachusetts tile's top-left ``size``² px, with coarse map.
+
+    With the shipped RNN as its RNN (``rnn``), else none yet.
+    """
     from refiner.app.demos import REAL_DEMOS
     from refiner.app.pretrained import coarse_into_workspace
     from refiner.app.uploads import load_tile
@@ -77,11 +86,12 @@ def make_workspace(root: Path, tile_name: str = "12") -> tuple[str, Workspace]:
     demo = REAL_DEMOS["real-roads"]
     token = sessions.issue_session(root)
     sess = sessions.Session(root, sessions.browser_key(token))
-    tile = load_tile(ROADS / "images" / f"{tile_name}.jpg", name=f"{tile_name}.jpg")
+    tile = load_tile(ROADS / "images" / f"{tile_name}.jpg", window=(0, 0, size, size), name=f"{tile_name}.jpg")
     tile.pixel_size = 1.0
     ws = sess.create(NAME, tile, demo.classes, source={"kind": "benchmark", "name": f"Massachusetts {tile_name}"})
     coarse_into_workspace(ws)
-    ws.install_model(pretrained_root() / "rnn_1m", "rnn")
+    if rnn:
+        ws.install_model(pretrained_root() / "rnn_1m", "rnn")
     from PIL import Image
 
     labels = np.full(tile.shape, IGNORE, np.uint8)
@@ -176,12 +186,44 @@ def slider_steps(page, url: str, token: str, repeats: int) -> dict:
     }
 
 
+def finetune(page, url: str, token: str, ws: Workspace) -> dict:
+    """Click the Train page's "Start training" (its defaults); seconds to the finished run and the new RNN's scores."""
+    from refiner.app import jobs
+
+    page.goto(f"{url}/Train?session={token}&ws={NAME}")
+    page.get_by_role("button", name="Start training").wait_for(timeout=600_000)
+    settle(page, 600_000)
+    start = page.get_by_text(re.compile(r"^the pretrained RNN ")).first.inner_text()
+    t = time.perf_counter()
+    page.get_by_role("button", name="Start training").click()
+    page.get_by_text("The current RNN's scores").wait_for(timeout=900_000)
+    page.wait_for_function(
+        "() => document.querySelectorAll('[data-testid=stDataFrame], [data-testid=stTable]').length > 0",
+        timeout=900_000,
+        polling=100,
+    )
+    settle(page, 900_000)
+    total = time.perf_counter() - t
+    status = jobs.TRAINING.read(ws)
+    assert status is not None and status.state == "finished", status
+    return {
+        "finetune_tile": list(ws.shape),
+        "finetune_start_from": start,
+        "finetune_end_to_end_s": round(total, 1),
+        "finetune_job_s": round(status.updated - status.started, 1),
+        "finetune_steps": status.step,
+        "finetune_message": status.message,
+        "finetune_best_val": status.best_val,
+        "max_seconds": jobs.TrainParams().max_seconds,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--tile", default="12", help="Massachusetts Roads tile (images/<tile>.jpg, 1500 × 1500 px)")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/ui_latency.json"))
-    ap.add_argument("--only", choices=["stroke", "slider"], help="measure one of the two")
+    ap.add_argument("--only", choices=["stroke", "slider", "finetune"], help="measure one (finetune: only on request)")
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
@@ -189,8 +231,11 @@ def main() -> None:
 
     root = Path(tempfile.mkdtemp(prefix="refiner-ui-latency-"))
     t = time.perf_counter()
-    token, ws = make_workspace(root, args.tile)
-    results.refinement(ws)  # cached in the workspace, as the first visit of the Iterations page would
+    if args.only == "finetune":
+        token, ws = make_workspace(root, args.tile, size=1024, rnn=False)
+    else:
+        token, ws = make_workspace(root, args.tile)
+        results.refinement(ws)  # cached in the workspace, as the first visit of the Iterations page would
     setup_s = time.perf_counter() - t
     out: dict = {"machine_start": machine(), "tile": f"massachusetts_roads/images/{args.tile}.jpg", "shape": ws.shape}
     out["setup_s"] = round(setup_s, 1)
@@ -204,6 +249,8 @@ def main() -> None:
             out.update(strokes(page, url, token, args.repeats))
         if args.only in (None, "slider"):
             out.update(slider_steps(page, url, token, args.repeats))
+        if args.only == "finetune":
+            out.update(finetune(page, url, token, ws))
         out["exceptions"] = page.locator('[data-testid="stException"]').count()
         browser.close()
     out["machine_end"] = machine()
