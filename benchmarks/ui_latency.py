@@ -52,12 +52,29 @@ _NOTE_SENDS = """
 (() => {
   if (window.__refinerSends) return;
   window.__refinerSends = [];
+  window.__refinerRecv = [];
   const send = WebSocket.prototype.send;
   WebSocket.prototype.send = function (data) {
     window.__refinerSends.push(performance.now());
     return send.call(this, data);
   };
+  const Plain = window.WebSocket;
+  window.WebSocket = class extends Plain {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener('message', (e) => window.__refinerRecv.push(
+        [performance.now(), e.data.byteLength ?? e.data.size ?? e.data.length ?? 0]));
+    }
+  };
 })();
+"""
+#: Seconds from ``t0`` (performance.now()) to the first and the last message from the server, and KiB received.
+_RECEIVED = """
+(t0) => {
+  const r = window.__refinerRecv;
+  if (!r.length) return [0, 0, 0];
+  return [(r[0][0] - t0) / 1000, (r[r.length - 1][0] - t0) / 1000, r.reduce((a, x) => a + x[1], 0) / 1024];
+}
 """
 #: True once the picture captions name iteration ``t`` and every picture on the page has loaded.
 _SHOWN = """
@@ -120,7 +137,7 @@ def strokes(page, url: str, token: str, repeats: int) -> dict:
     page.get_by_text(re.compile(r"^road \(#")).click()
     page.get_by_text(re.compile(r"^Brush: road,")).wait_for(timeout=600_000)
     settle(page, 600_000)
-    count, done, sent = [], [], []
+    count, done, sent, recv = [], [], [], []
     for i in range(repeats):
         box = page.locator("canvas").last.bounding_box()
         x = box["x"] + box["width"] * (0.08 + 0.8 * (i % 4) / 4)
@@ -130,7 +147,7 @@ def strokes(page, url: str, token: str, repeats: int) -> dict:
         page.mouse.down()
         for k in range(1, 9):
             page.mouse.move(x + 6 * k, y - 2 * k)
-        t0 = page.evaluate("() => { window.__refinerSends = []; return performance.now(); }")
+        t0 = page.evaluate("() => { window.__refinerSends = []; window.__refinerRecv = []; return performance.now(); }")
         t = time.perf_counter()
         page.mouse.up()
         page.wait_for_function(
@@ -146,11 +163,15 @@ def strokes(page, url: str, token: str, repeats: int) -> dict:
         page.wait_for_function(RUN_ENDED, timeout=600_000, polling=20)
         done.append(time.perf_counter() - t)
         sent.append((page.evaluate("() => window.__refinerSends[0]") - t0) / 1000)
+        recv.append(page.evaluate(_RECEIVED, t0))
         settle(page, 600_000)  # nothing left running before the next stroke
     return {
         "stroke_count_s": pct(count),
         "stroke_s": pct(done),
         "stroke_request_s": pct(sent),
+        "stroke_first_reply_s": pct([r[0] for r in recv]),
+        "stroke_last_reply_s": pct([r[1] for r in recv]),
+        "stroke_reply_kib": pct([r[2] for r in recv]),
         "stroke_raw_s": [round(v, 3) for v in done],
     }
 
@@ -163,24 +184,28 @@ def slider_steps(page, url: str, token: str, repeats: int) -> dict:
     thumb = page.locator('[data-testid="stSlider"]').filter(has_text="Iteration t").locator('input[type="range"]')
     top, t_now = int(thumb.get_attribute("max")), int(thumb.input_value())
     thumb.focus()
-    times, sent, direction = [], [], -1
+    times, sent, recv, direction = [], [], [], -1
     for _ in range(repeats):
         if t_now + direction < 0 or t_now + direction > top:
             direction = -direction
         t_now += direction
-        t0 = page.evaluate("() => { window.__refinerSends = []; return performance.now(); }")
+        t0 = page.evaluate("() => { window.__refinerSends = []; window.__refinerRecv = []; return performance.now(); }")
         t = time.perf_counter()
         page.keyboard.press("ArrowLeft" if direction < 0 else "ArrowRight")
         page.wait_for_function(_SHOWN, arg=t_now, timeout=600_000, polling=20)
         page.wait_for_function(RUN_ENDED, timeout=600_000, polling=20)
         times.append(time.perf_counter() - t)
         sent.append((page.evaluate("() => window.__refinerSends[0]") - t0) / 1000)
+        recv.append(page.evaluate(_RECEIVED, t0))
         settle(page, 600_000)
         if not thumb.evaluate("e => e === document.activeElement"):
             thumb.focus()
     return {
         "slider_s": pct(times),
         "slider_request_s": pct(sent),
+        "slider_first_reply_s": pct([r[0] for r in recv]),
+        "slider_last_reply_s": pct([r[1] for r in recv]),
+        "slider_reply_kib": pct([r[2] for r in recv]),
         "slider_raw_s": [round(v, 3) for v in times],
         "iterations": top,
     }

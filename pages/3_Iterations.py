@@ -20,7 +20,7 @@ model, params = model_choice.choose("iter_model")
 with common.guard("refining the tile"), st.spinner("Running the RNN on the tile (cached afterwards)..."):
     # kept in memory between reruns (webapp.cache): a slider step only draws the view it shows
     stack = cache.iterations(ws, model, params)
-    tile_rgb = cache.tile_rgb(ws)
+    cache.tile_rgb(ws)  # read here, so an unreadable tile is said as such
 if model != model_choice.LEARNED:
     st.caption(f"Showing {model_choice.describe(model, params)}.")
 classes = ws.classes
@@ -33,7 +33,7 @@ cls = c2.selectbox("Fuzzy map of class", classes.names, index=min(1, len(classes
 opacity = c3.slider("Opacity", 0.0, 1.0, 0.6, 0.05, key="iter_opacity")
 view = common.view_controls(ws.shape, "iter", max_canvas=480, ws=ws)
 
-rgb = common.in_view(tile_rgb, view, smooth=True)
+rgb = cache.tile_in_view(ws, view)
 left, right = st.columns(2)
 with left:
     common.show(
@@ -56,9 +56,9 @@ sets = results.score_sets(ws)
 if not sets:
     st.info("Paint some labels on the Label page (or attach a reference) to score the iterations.")
 per_set = [cache.iteration_scores(ws, stack, ev.labels, one_vs_rest=ev.one_vs_rest) for ev in sets]
-for i, (col, ev, scores) in enumerate(zip(st.columns(len(sets)) if sets else [], sets, per_set, strict=True)):
+for i, (col, ev) in enumerate(zip(st.columns(len(sets)) if sets else [], sets, strict=True)):
     with col:
-        st.plotly_chart(viz.iteration_figure(scores, classes, t=t, title=ev.title.lower()), key=f"iteration_chart_{i}")
+        st.plotly_chart(cache.iteration_figure(ws, stack, ev, t), key=f"iteration_chart_{i}")
         st.caption(f"Scored on {ev.pixels:,} pixels: {ev.description}. Dotted: the coarse map (t = 0).")
 for ev, scores in zip(sets, per_set, strict=True):  # one full-width row of numbers per set
     s, s0 = scores[t], scores[0]

@@ -30,8 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import plotly.graph_objects as go
 
 from refiner.app import results, viz
+from refiner.app.painting import View
 from refiner.app.workspace import COARSE_PROBS, TILE, Workspace
 from refiner.core.metrics import Scores
 
@@ -101,6 +103,14 @@ def tile_rgb(ws: Workspace) -> np.ndarray:
     return MEMO.get(key, lambda: _frozen(viz.to_rgb(ws.tile().image)))
 
 
+def tile_in_view(ws: Workspace, view: View) -> np.ndarray:
+    """:func:`tile_rgb` cropped and reduced to ``view`` (:func:`webapp.common.in_view`, smooth), once per view."""
+    from webapp.common import DETAIL, in_view
+
+    key = ("tile_in_view", str(ws.path), file_stamp(ws.path / TILE), view, DETAIL)
+    return MEMO.get(key, lambda: _frozen(np.ascontiguousarray(in_view(tile_rgb(ws), view, smooth=True))))
+
+
 def coarse_map(ws: Workspace) -> np.ndarray:
     """The coarse map's class per pixel (H, W) uint8, read once per version of ``coarse_probs.tif``."""
     key = ("coarse_map", str(ws.path), file_stamp(ws.path / COARSE_PROBS))
@@ -151,6 +161,17 @@ def digest(a: np.ndarray) -> str:
     h.update(f"{a.dtype}{a.shape}".encode())
     h.update(np.ascontiguousarray(a).data)
     return h.hexdigest()
+
+
+def iteration_figure(ws: Workspace, stack: IterationStack, ev: results.EvalLabels, t: int) -> go.Figure:
+    """The scores chart of ``stack`` on ``ev`` marking iteration ``t`` (:func:`refiner.app.viz.iteration_figure`), once.
+
+    Building a plotly figure took a quarter of a slider step's rerun; each t's is made once per
+    refinement and labels (Streamlit only reads it).
+    """
+    key = ("iteration_figure", str(ws.path), stack.stamp, digest(ev.labels), ev.one_vs_rest, ev.title, t)
+    scores = iteration_scores(ws, stack, ev.labels, one_vs_rest=ev.one_vs_rest)
+    return MEMO.get(key, lambda: viz.iteration_figure(scores, ws.classes, t=t, title=ev.title.lower()))
 
 
 def iteration_scores(ws: Workspace, stack: IterationStack, truth: np.ndarray, *, one_vs_rest: bool = False) -> list:
