@@ -248,6 +248,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--tile", default="12", help="Massachusetts Roads tile (images/<tile>.jpg, 1500 × 1500 px)")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/ui_latency.json"))
+    ap.add_argument("--note", default="", help="what else ran on the machine meanwhile (kept in the JSON)")
     ap.add_argument("--only", choices=["stroke", "slider", "finetune"], help="measure one (finetune: only on request)")
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
@@ -264,6 +265,7 @@ def main() -> None:
     setup_s = time.perf_counter() - t
     out: dict = {"machine_start": machine(), "tile": f"massachusetts_roads/images/{args.tile}.jpg", "shape": ws.shape}
     out["setup_s"] = round(setup_s, 1)
+    out["note"] = args.note
     with streamlit_server(root, timeout=300) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
