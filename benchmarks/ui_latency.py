@@ -118,6 +118,31 @@ def make_workspace(root: Path, tile_name: str = "12", size: int = 1500, rnn: boo
     return token, ws
 
 
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds used so far by this run's processes: the Streamlit server, Chromium, the rest.
+
+    Per step, divided by the steps, it says what a step costs whatever else runs on the machine
+    (wall clock on a busy machine is mostly waiting for a core).
+    """
+    import psutil
+
+    out = {"server": 0.0, "browser": 0.0, "other": 0.0}
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            times = proc.cpu_times()
+            name = " ".join(proc.cmdline()[:4]) + proc.name()
+        except psutil.Error:
+            continue
+        kind = "server" if "streamlit" in name else "browser" if "chrom" in name.lower() else "other"
+        out[kind] += times.user + times.system
+    return out
+
+
+def cpu_per_step(before: dict[str, float], after: dict[str, float], steps: int) -> dict[str, float]:
+    """CPU seconds per step of each kind of process, between two :func:`cpu_seconds`."""
+    return {k: round((after[k] - before[k]) / steps, 3) for k in before}
+
+
 def pct(values: list[float]) -> dict:
     """n, p50, p95, max (seconds, 3 decimals)."""
     a = np.asarray(values, float)
@@ -138,6 +163,7 @@ def strokes(page, url: str, token: str, repeats: int) -> dict:
     page.get_by_text(re.compile(r"^Brush: road,")).wait_for(timeout=600_000)
     settle(page, 600_000)
     count, done, sent, recv = [], [], [], []
+    cpu0 = cpu_seconds()
     for i in range(repeats):
         box = page.locator("canvas").last.bounding_box()
         x = box["x"] + box["width"] * (0.08 + 0.8 * (i % 4) / 4)
@@ -166,6 +192,7 @@ def strokes(page, url: str, token: str, repeats: int) -> dict:
         recv.append(page.evaluate(_RECEIVED, t0))
         settle(page, 600_000)  # nothing left running before the next stroke
     return {
+        "stroke_cpu_s": cpu_per_step(cpu0, cpu_seconds(), repeats),
         "stroke_count_s": pct(count),
         "stroke_s": pct(done),
         "stroke_request_s": pct(sent),
@@ -185,6 +212,7 @@ def slider_steps(page, url: str, token: str, repeats: int) -> dict:
     top, t_now = int(thumb.get_attribute("max")), int(thumb.input_value())
     thumb.focus()
     times, sent, recv, direction = [], [], [], -1
+    cpu0 = cpu_seconds()
     for _ in range(repeats):
         if t_now + direction < 0 or t_now + direction > top:
             direction = -direction
@@ -201,6 +229,7 @@ def slider_steps(page, url: str, token: str, repeats: int) -> dict:
         if not thumb.evaluate("e => e === document.activeElement"):
             thumb.focus()
     return {
+        "slider_cpu_s": cpu_per_step(cpu0, cpu_seconds(), repeats),
         "slider_s": pct(times),
         "slider_request_s": pct(sent),
         "slider_first_reply_s": pct([r[0] for r in recv]),

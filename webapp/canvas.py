@@ -34,12 +34,14 @@ RECORDS = "label_canvases"
 EPOCH = "canvas_epoch"
 _NAME = "streamlit-drawable-canvas.streamlit_drawable_canvas"
 #: No toolbar; a halo around the strokes (the fabric canvases hold only strokes, the picture is
-#: on ``dc-background-canvas``).
+#: on ``dc-background-canvas``): a crisp white pixel on every side (two diagonal shadows, each
+#: drawn over the other) and a soft black one. Three passes: the six of before (four white, two
+#: black) cost 250 ms of a browser's CPU per frame of the canvas without a GPU, 2.2 s per stroke
+#: (issue 22, item 9); these three, 40 ms.
 _CSS = """
 .dc-toolbar { display: none !important; }
 .dc-container canvas:not(.dc-background-canvas) {
-  filter: drop-shadow(1px 0 0 #fff) drop-shadow(-1px 0 0 #fff) drop-shadow(0 1px 0 #fff) drop-shadow(0 -1px 0 #fff)
-    drop-shadow(0 0 1px #000) drop-shadow(0 0 1px #000);
+  filter: drop-shadow(1px 1px 0 #fff) drop-shadow(-1px -1px 0 #fff) drop-shadow(0 0 1px #000);
 }
 """
 
