@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
 import streamlit as st
 
 from refiner.app import hints, results, viz
 from refiner.app.painting import ERASER, brush_colors, hex_color, resize_nearest
 from refiner.core.classes import IGNORE
 from refiner.data import masks as mask_import
-from webapp import canvas, common
+from webapp import cache, canvas, common
 
 ws = common.page("Label")
 st.write(
@@ -20,7 +19,7 @@ st.write(
 
 with common.guard("reading the workspace"):
     classes = ws.classes
-    tile = ws.tile()
+    tile_rgb = cache.tile_rgb(ws)  # read once per version of the tile (webapp.cache)
 with common.guard("saving your strokes"):
     canvas.merge_reported(ws)  # before anything is drawn: the picture shows them
     labels = ws.labels()
@@ -98,21 +97,26 @@ def _stop(key: str, value: object) -> callable:
 
 
 with main:
-    view = common.view_controls(tile.shape, "label", ws=ws)
-    background = viz.to_rgb(tile.image)
+    view = common.view_controls(ws.shape, "label", ws=ws)
+    # every layer is drawn at the canvas's size, on the view only: the whole tile took a stroke's
+    # rerun half a second (issue 22, item 9); nearest pixels, so crisp pixels when zoomed
+    fit = view.canvas_size
+    background = resize_nearest(tile_rgb[view.slices], fit)
     if layer != layers[0]:
         with common.guard(f"drawing the {layer}"):
             if layer == "coarse map":
-                class_map = ws.coarse_probs().argmax(0).astype(np.uint8)
+                class_map = cache.coarse_map(ws)
             else:
                 class_map = common.run_busy(
                     "Refining the tile for the map layer (cached afterwards)",
-                    lambda: results.refinement(ws)[-1].argmax(0).astype(np.uint8),
+                    lambda: cache.iterations(ws).maps[-1],
                     "stop_layer",
                     _stop("label_layer", layers[0]),
                 )
-            background = viz.blend(background, viz.colorize(class_map, classes), layer_opacity)
-    background = viz.blend(background, viz.colorize(labels, classes), opacity)
+            shown_map = resize_nearest(class_map[view.slices], fit)
+            background = viz.blend(background, viz.colorize(shown_map, classes), layer_opacity)
+    shown_labels = resize_nearest(labels[view.slices], fit)
+    background = viz.blend(background, viz.colorize(shown_labels, classes), opacity)
     boxes, hint_source = [], ""
     if show_hints:
         try:  # no hints is no reason to stop painting: say why and keep the canvas
@@ -122,21 +126,20 @@ with main:
                 "stop_hints",
                 _stop("show_hints", False),
             )
-            boxes = hints.suggest_boxes(need, labels, n=5, size=max(16, min(64, min(tile.shape) // 8)))
+            boxes = hints.suggest_boxes(need, labels, n=5, size=max(16, min(64, min(ws.shape) // 8)))
         except ValueError as exc:
             st.warning(f"No hints: {exc}")
             show_hints = False
         else:
-            heat = viz.heat_rgba(need, 0.0, max(float(need.max()), 1e-6))
-            background = hints.draw_boxes(viz.blend(background, heat, 0.6), boxes)
-    # crisp pixels when zoomed, and a black-and-white outline around every labelled region
-    shown = resize_nearest(background[view.slices], view.canvas_size)
-    shown = viz.outline(shown, resize_nearest(labels[view.slices], view.canvas_size))
+            heat = viz.heat_rgba(resize_nearest(need[view.slices], fit), 0.0, max(float(need.max()), 1e-6))
+            background = hints.draw_boxes(viz.blend(background, heat, 0.6), hints.boxes_in_view(boxes, view))
+    # a black-and-white outline around every labelled region
+    shown = viz.outline(background, shown_labels)
     if ws.readonly:  # a link to look at: the labels as a picture, no canvas to paint on
         st.info(f"Read-only: {ws.readonly}.")
         st.image(common.to_png(shown))
     else:
-        canvas.draw(ws, view, common.to_png(shown), hex_color(colors[brushes.index(brush)]), size)
+        canvas.draw(ws, view, shown, hex_color(colors[brushes.index(brush)]), size)
     if show_hints:
         st.caption(
             f"Where to label next (yellow = most needed), from {hint_source}, times the distance from your "
@@ -178,7 +181,7 @@ with ic:
     st.caption(common.upload_limits(tile=True))
     if up is not None:
         with common.guard(f"reading {up.name}"):
-            mask = mask_import.read_mask(up.getvalue(), up.name, tile, classes)
+            mask = mask_import.read_mask(up.getvalue(), up.name, ws.tile(), classes)
         guide = ws.coarse_probs().argmax(0).astype("uint8") if ws.has_coarse() else None
         proposed = mask_import.propose_mapping(mask, classes, guide)
         choices = [*range(len(classes)), IGNORE]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from refiner.app import results, viz
-from webapp import common
+from webapp import cache, common
 from webapp import presets as model_choice
 from webapp import scores as score_panel
 
@@ -18,35 +18,33 @@ st.write(
 
 model, params = model_choice.choose("iter_model")
 with common.guard("refining the tile"), st.spinner("Running the RNN on the tile (cached afterwards)..."):
-    probs = results.model_refinement(ws, model, **params)
-    tile = ws.tile()
+    # kept in memory between reruns (webapp.cache): a slider step only draws the view it shows
+    stack = cache.iterations(ws, model, params)
+    cache.tile_rgb(ws)  # read here, so an unreadable tile is said as such
 if model != model_choice.LEARNED:
     st.caption(f"Showing {model_choice.describe(model, params)}.")
 classes = ws.classes
-T = len(probs) - 1
+T = stack.iterations
 
 c1, c2, c3 = st.columns([2, 1, 1])
 # one slider per model: each has its own T
 t = c1.slider("Iteration t", 0, T, T, key="iteration" if model == model_choice.LEARNED else f"iteration_{model}")
 cls = c2.selectbox("Fuzzy map of class", classes.names, index=min(1, len(classes) - 1), key="fuzzy_class")
 opacity = c3.slider("Opacity", 0.0, 1.0, 0.6, 0.05, key="iter_opacity")
-view = common.view_controls(tile.shape, "iter", max_canvas=480, ws=ws)
+view = common.view_controls(ws.shape, "iter", max_canvas=480, ws=ws)
 
-rgb = viz.to_rgb(tile.image)
-p_t = probs[t]
+rgb = cache.tile_in_view(ws, view)
 left, right = st.columns(2)
 with left:
     common.show(
-        viz.blend(rgb, viz.colorize(p_t.argmax(0).astype("uint8"), classes), opacity),
+        viz.blend(rgb, viz.colorize(common.in_view(stack.maps[t], view), classes), opacity),
         caption=f"class map at t = {t}" + (" (coarse CNN)" if t == 0 else ""),
-        view=view,
     )
 with right:
     k = classes.names.index(cls)
     common.show(
-        viz.probability_overlay(rgb, p_t[k], opacity),
+        viz.probability_overlay(rgb, common.in_view(stack.probs[t, k], view, smooth=True), opacity),
         caption=f"P({cls}) at t = {t} (dark = 0, yellow = 1)",
-        view=view,
     )
 st.caption(
     "Colours: "
@@ -57,10 +55,10 @@ st.subheader("Scores per iteration")
 sets = results.score_sets(ws)
 if not sets:
     st.info("Paint some labels on the Label page (or attach a reference) to score the iterations.")
-per_set = [results.iteration_scores(probs, ev.labels, one_vs_rest=ev.one_vs_rest) for ev in sets]
-for i, (col, ev, scores) in enumerate(zip(st.columns(len(sets)) if sets else [], sets, per_set, strict=True)):
+per_set = [cache.iteration_scores(ws, stack, ev.labels, one_vs_rest=ev.one_vs_rest) for ev in sets]
+for i, (col, ev) in enumerate(zip(st.columns(len(sets)) if sets else [], sets, strict=True)):
     with col:
-        st.plotly_chart(viz.iteration_figure(scores, classes, t=t, title=ev.title.lower()), key=f"iteration_chart_{i}")
+        st.plotly_chart(cache.iteration_figure(ws, stack, ev, t), key=f"iteration_chart_{i}")
         st.caption(f"Scored on {ev.pixels:,} pixels: {ev.description}. Dotted: the coarse map (t = 0).")
 for ev, scores in zip(sets, per_set, strict=True):  # one full-width row of numbers per set
     s, s0 = scores[t], scores[0]

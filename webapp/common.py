@@ -23,9 +23,9 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
-from refiner.app import sessions, viz
+from refiner.app import sessions
 from refiner.app.demos import DEMO_NAME
-from refiner.app.painting import View, make_view
+from refiner.app.painting import View, make_view, resize_nearest
 from refiner.app.uploads import MAX_PIXELS
 from refiner.app.workspace import Workspace, default_root
 from refiner.core.atomic import atomic_write_json, read_json
@@ -423,11 +423,39 @@ def run_busy(what: str, fn: Callable[[], Any], stop_key: str, on_stop: Callable[
     return future.result()
 
 
+#: Pictures of a view zoomed out are sent at up to this many times their size on the screen (sharp on
+#: high-density screens and in full screen), never larger than the tile's pixels: a 1500² tile went
+#: whole, and its encoding and transfer were most of a slider step's second (issue 22, item 9).
+DETAIL = 2
+
+
+def view_shape(view: View, detail: int = DETAIL) -> tuple[int, int]:
+    """(height, width) of the picture of ``view`` a page sends: enlarged by whole pixels when zoomed in."""
+    if view.scale >= 1:
+        factor = int(view.scale)
+        return view.height * factor, view.width * factor
+    ch, cw = view.canvas_size
+    return min(view.height, ch * detail), min(view.width, cw * detail)
+
+
+def in_view(array: np.ndarray, view: View, *, smooth: bool = False, detail: int = DETAIL) -> np.ndarray:
+    """``array`` (H, W[, C]) uint8 on the tile's grid, cropped to ``view`` at :func:`view_shape`.
+
+    Nearest pixels (class maps, crisp when zoomed in), or ``smooth`` (bilinear: the photo and
+    probabilities when zoomed out, without aliasing). Drawing overlays on these view-sized
+    arrays, not on the whole tile, is what keeps a rerun short.
+    """
+    crop = array[view.slices]
+    shape = view_shape(view, detail)
+    if crop.shape[:2] == shape:
+        return crop
+    if smooth and view.scale < 1:
+        return np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize(shape[::-1], Image.BILINEAR))
+    return resize_nearest(crop, shape)
+
+
 def show(rgb: np.ndarray, caption: str = "", view: View | None = None, width: int | None = None) -> None:
-    """An (H, W, 3) picture, cropped to ``view`` and enlarged crisply when zoomed in."""
+    """An (H, W, 3) picture, cropped to ``view`` (:func:`in_view`: enlarged crisply when zoomed in, else reduced)."""
     if view is not None:
-        rgb = rgb[view.slices]
-        factor = max(1, int(view.scale))
-        if factor > 1:
-            rgb = viz.upscale(rgb, factor)
+        rgb = in_view(rgb, view, smooth=True)
     st.image(to_png(rgb), caption=caption, width=width or "stretch")

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from refiner.app.painting import View
 from refiner.core.classes import IGNORE
 
 
@@ -202,6 +203,22 @@ def random_boxes(labels: np.ndarray, n: int = 5, size: int = 32, seed: int = 0) 
         boxes.append(Box(int(r), int(c), size, size, float("nan")))
         ok[max(0, r - size + 1) : r + size, max(0, c - size + 1) : c + size] = False
     return boxes
+
+
+def boxes_in_view(boxes: Sequence[Box], view: View) -> list[Box]:
+    """``boxes`` (tile pixels) in those of a picture of ``view`` at its canvas size, clipped; those outside dropped.
+
+    So a page draws them on the picture it shows, rather than on the whole tile first.
+    """
+    ch, cw = view.canvas_size
+    sy, sx = ch / view.height, cw / view.width
+    out = []
+    for b in boxes:
+        r0, r1 = max(0, round((b.row - view.row) * sy)), min(ch, round((b.row + b.height - view.row) * sy))
+        c0, c1 = max(0, round((b.col - view.col) * sx)), min(cw, round((b.col + b.width - view.col) * sx))
+        if r1 > r0 and c1 > c0:
+            out.append(Box(r0, c0, r1 - r0, c1 - c0, b.score))
+    return out
 
 
 def draw_boxes(

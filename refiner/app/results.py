@@ -8,7 +8,7 @@ page does not recompute them, and retraining or new probabilities invalidates th
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +26,7 @@ def refinement(ws: Workspace) -> list[np.ndarray]:
 
     if not ws.has_model("rnn"):
         raise ValueError("this workspace has no refinement RNN yet: train one on the Train page")
-    stamp = f"{ws.model_stamp('rnn')}:{ws.probs_stamp()}"
+    stamp = refinement_stamp(ws)
     cached = ws.load_result("refinement", stamp)
     if cached is not None:
         return [p.astype(np.float32) for p in cached["probs"]]
@@ -67,7 +67,7 @@ def preset_refinement(ws: Workspace, name: str, **params: float) -> list[np.ndar
     from refiner.models.inference import refine
     from refiner.models.presets import preset_bundle
 
-    stamp = f"{ws.probs_stamp()}:{json.dumps(params, sort_keys=True)}"
+    stamp = refinement_stamp(ws, name, **params)
     cached = ws.load_result(f"preset_{name}", stamp)
     if cached is not None:
         return [p.astype(np.float32) for p in cached["probs"]]
@@ -76,6 +76,17 @@ def preset_refinement(ws: Workspace, name: str, **params: float) -> list[np.ndar
     out = refine(bundle, tile, ws.coarse_probs(), keep_all=True)
     ws.save_result(f"preset_{name}", stamp, probs=np.stack(out.probs).astype(np.float16))
     return out.probs
+
+
+def refinement_stamp(ws: Workspace, model: str = "learned", **params: float) -> str:
+    """What :func:`model_refinement` of ``model`` is made from: changes whenever its inputs do.
+
+    The learned RNN's file and the coarse map (``learned``), or the coarse map and a preset's
+    parameters; the key of the cached result on disk, and of the pages' copies in memory.
+    """
+    if model == "learned":
+        return f"{ws.model_stamp('rnn')}:{ws.probs_stamp()}"
+    return f"{ws.probs_stamp()}:{json.dumps(params, sort_keys=True)}"
 
 
 def model_refinement(ws: Workspace, model: str = "learned", **params: float) -> list[np.ndarray]:
@@ -228,7 +239,12 @@ def training_labels(ws: Workspace) -> np.ndarray:
 def iteration_scores(probs: list[np.ndarray], truth: np.ndarray, *, one_vs_rest: bool = False) -> list[Scores]:
     """Scores against ``truth`` of the class map after each iteration (the Iterations page's curve)."""
     k = probs[0].shape[0]
-    return [evaluate(p.argmax(0).astype(np.uint8), truth, k, one_vs_rest=one_vs_rest) for p in probs]
+    return map_scores([p.argmax(0).astype(np.uint8) for p in probs], truth, k, one_vs_rest=one_vs_rest)
+
+
+def map_scores(maps: Sequence[np.ndarray], truth: np.ndarray, k: int, *, one_vs_rest: bool = False) -> list[Scores]:
+    """Scores against ``truth`` of each class map (H, W) of ``k`` classes: :func:`iteration_scores` from argmaxes."""
+    return [evaluate(m, truth, k, one_vs_rest=one_vs_rest) for m in maps]
 
 
 def search_crf(

@@ -101,9 +101,18 @@ def signed(values: np.ndarray, scale: float | None = None) -> np.ndarray:
     return _ramp(v / (2 * s) + 0.5, _DIVERGING)
 
 
+#: :func:`heat` of 0/255, 1/255, …, 255/255: the colour of a probability stored in 8 bits, looked up.
+_VIRIDIS_8 = _ramp(np.arange(256, dtype=np.float32) / 255, _VIRIDIS)
+
+
 def probability_overlay(rgb: np.ndarray, prob: np.ndarray, opacity: float = 0.6) -> np.ndarray:
-    """A class's fuzzy probability map (H, W in [0, 1]) as a heat map drawn over the image."""
-    rgba = np.concatenate([heat(prob), np.full((*prob.shape, 1), 255, np.uint8)], axis=-1)
+    """A class's fuzzy probability map as a heat map drawn over the image.
+
+    ``prob`` (H, W): in [0, 1], or uint8 holding probability × 255 (coloured by a table
+    look-up, as :func:`heat` colours value / 255).
+    """
+    colours = _VIRIDIS_8[prob] if prob.dtype == np.uint8 else heat(prob)
+    rgba = np.concatenate([colours, np.full((*prob.shape, 1), 255, np.uint8)], axis=-1)
     return blend(rgb, rgba, opacity)
 
 

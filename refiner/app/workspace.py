@@ -277,9 +277,10 @@ class Workspace:
         with self.lock():
             self._write_labels(labels, undo)
 
-    def _write_labels(self, labels: np.ndarray, undo: bool) -> None:
-        if undo and (self.path / LABELS).is_file():
-            self._push_undo(self.labels())
+    def _write_labels(self, labels: np.ndarray, undo: bool, previous: np.ndarray | None = None) -> None:
+        """Write ``labels``; with ``undo``, those on disk go on the undo stack (``previous``: just read)."""
+        if undo and (previous is not None or (self.path / LABELS).is_file()):
+            self._push_undo(self.labels() if previous is None else previous)
         self.write_mask(LABELS, labels)
 
     def edit_labels(self, edit: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
@@ -296,7 +297,7 @@ class Workspace:
             if new.shape != self.shape:
                 raise ValueError(f"labels are {new.shape} but the tile is {self.shape}")
             if not np.array_equal(new, current):
-                self._write_labels(new, True)
+                self._write_labels(new, True, previous=current)  # read once per stroke, not twice
             return new
 
     def label_counts(self, labels: np.ndarray | None = None) -> dict[str, int]:

@@ -62,6 +62,18 @@ def test_undo_restores_previous_labels_in_order(ws):
     assert not ws.undo()
 
 
+def test_a_stroke_reads_the_labels_once_and_is_undone(ws, monkeypatch):
+    """Each stroke read labels.tif twice (once to edit, once for the undo stack): issue 22 item 9."""
+    before = ws.labels()
+    reads = []
+    real = Workspace.read_mask
+    monkeypatch.setattr(Workspace, "read_mask", lambda self, f: reads.append(f) or real(self, f))
+    after = ws.edit_labels(lambda now: np.where(np.arange(now.shape[1]) < 3, 1, now).astype(np.uint8))
+    assert reads == ["labels.tif"] and not np.array_equal(after, before)
+    monkeypatch.undo()
+    assert ws.undo() and np.array_equal(ws.labels(), before)
+
+
 def test_upload_checks_say_what_is_wrong(tmp_path, ws):
     with pytest.raises(ValueError, match="not an image"):
         tile_from_upload(b"hello, this is a text file", "notes.tif")

@@ -21,6 +21,16 @@ def _one_browser(monkeypatch):
     monkeypatch.setattr(AppTest, "from_file", classmethod(from_file))
 
 
+@pytest.fixture(autouse=True)
+def _fresh_memory_cache():
+    """Each test starts with the pages' in-memory cache empty (:mod:`webapp.cache`), as a fresh server."""
+    from webapp import cache
+
+    cache.MEMO.clear()
+    yield
+    cache.MEMO.clear()
+
+
 @pytest.fixture()
 def app_ws(tmp_path, monkeypatch):
     monkeypatch.setenv("REFINER_WORKSPACES", str(tmp_path))
