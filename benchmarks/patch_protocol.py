@@ -9,6 +9,7 @@ shared folder); ``eval`` scores saved weights::
 
     PYTHONPATH=. python benchmarks/patch_protocol.py prep                  # coarse CNN + cached inputs (once)
     PYTHONPATH=. python benchmarks/patch_protocol.py train all class_specific 1000 '{"holdout": 0, "seed": 1}'
+    PYTHONPATH=. python benchmarks/patch_protocol.py train g0 class_specific 1000 '{"guard": 0}'  # 16 px cells, no band
     PYTHONPATH=. python benchmarks/patch_protocol.py eval all              # per-iteration mIoU, t = 0 is the CNN
     PYTHONPATH=. python benchmarks/patch_protocol.py crf                   # the dense CRF, grid-searched on the window
 """
@@ -81,8 +82,16 @@ def train(tag: str, variant: str, steps: int, options: dict) -> None:
     d = np.load(OUT / "data.npz")
     t0 = time.perf_counter()
     arch = RNNConfig(num_classes=2, in_channels=3, iterations=5, variant=variant)
+    guard = options.pop("guard", None)  # split here with this guard band (0: a8b8cbb's parent's split)
     cfg = RNNTrainConfig(steps=steps, **{"seed": 0, **options})
-    res = train_rnn(d["enh_image"], d["enh_probs"], d["enh_labels"], _classes(), cfg, arch=arch, resolution=1.0)
+    labels, val = d["enh_labels"], None
+    if guard is not None:
+        from refiner.train.sampling import split_holdout
+
+        labels, val = split_holdout(labels, cfg.holdout, guard=guard, block=16 if guard == 0 else None, seed=cfg.seed)
+    res = train_rnn(
+        d["enh_image"], d["enh_probs"], labels, _classes(), cfg, arch=arch, resolution=1.0, val_labels=val
+    )  # fmt: skip
     b = res.bundle
     torch.save({"state": b.net.state_dict(), "mean": b.mean, "std": b.std, "variant": variant}, OUT / f"{tag}.pt")
     n_val = sum(h.val is not None for h in res.history)
