@@ -90,8 +90,10 @@ class RNNTrainConfig:
     #: (the patch-trained RNN peaked at t = 1-3 on unseen tiles and then lost ground, issue #27)
     every_iteration: bool = False
     #: A new RNN (no ``init``) starts from ``du = 0`` (:func:`zero_update`): the refined map is the
-    #: coarse one at step 0, instead of Glorot's random update that first has to be unlearnt; that
-    #: start is then a candidate of the best-weights selection and ``distill`` pulls towards it
+    #: coarse one at step 0, not Glorot's random update; that start is then a candidate of the
+    #: best-weights selection and ``distill`` pulls towards it. Off: on the 500^2 patch protocol
+    #: it alone did worse than Glorot's start on two seeds; with ``distill`` 1.0 it did best, still
+    #: below the coarse CNN (docs/results.md, issue 27)
     identity_start: bool = False
 
 
