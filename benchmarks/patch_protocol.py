@@ -9,6 +9,8 @@ shared folder); ``eval`` scores saved weights::
 
     PYTHONPATH=. python benchmarks/patch_protocol.py prep                  # coarse CNN + cached inputs (once)
     PYTHONPATH=. python benchmarks/patch_protocol.py train all class_specific 1000 '{"holdout": 0, "seed": 1}'
+    PYTHONPATH=. python benchmarks/patch_protocol.py train g0 class_specific 1000 '{"guard": 0}'  # 16 px cells, no band
+    PYTHONPATH=. python benchmarks/patch_protocol.py train os class_specific 1000 '{"guard": "9cd8846"}'  # its draw
     PYTHONPATH=. python benchmarks/patch_protocol.py eval all              # per-iteration mIoU, t = 0 is the CNN
     PYTHONPATH=. python benchmarks/patch_protocol.py crf                   # the dense CRF, grid-searched on the window
 """
@@ -81,13 +83,36 @@ def train(tag: str, variant: str, steps: int, options: dict) -> None:
     d = np.load(OUT / "data.npz")
     t0 = time.perf_counter()
     arch = RNNConfig(num_classes=2, in_channels=3, iterations=5, variant=variant)
+    guard = options.pop("guard", None)  # split here with this guard band (0: a8b8cbb's parent's split)
     cfg = RNNTrainConfig(steps=steps, **{"seed": 0, **options})
-    res = train_rnn(d["enh_image"], d["enh_probs"], d["enh_labels"], _classes(), cfg, arch=arch, resolution=1.0)
+    labels, val = d["enh_labels"], None
+    if guard == "9cd8846":  # that commit's own draw: 16 px blocks, rng.choice, no band
+        labels, val = _split_9cd8846(labels, cfg.holdout, cfg.seed)
+    elif guard is not None:
+        from refiner.train.sampling import split_holdout
+
+        labels, val = split_holdout(labels, cfg.holdout, guard=guard, block=16 if guard == 0 else None, seed=cfg.seed)
+    res = train_rnn(
+        d["enh_image"], d["enh_probs"], labels, _classes(), cfg, arch=arch, resolution=1.0, val_labels=val
+    )  # fmt: skip
     b = res.bundle
     torch.save({"state": b.net.state_dict(), "mean": b.mean, "std": b.std, "variant": variant}, OUT / f"{tag}.pt")
     n_val = sum(h.val is not None for h in res.history)
     print(json.dumps({"tag": tag, "seconds": round(time.perf_counter() - t0, 1), "validations": n_val,
                       "best_step": b.info.get("best_step"), "best_val": b.info.get("best_val_mean_iou")}))  # fmt: skip
+
+
+def _split_9cd8846(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """a8b8cbb's parent's ``split_holdout``, draw for draw: random 16 px blocks held out, no guard band."""
+    h, w = labels.shape
+    block_id = (np.arange(h) // 16)[:, None] * (w // 16 + 1) + (np.arange(w) // 16)[None, :]
+    labelled = labels != 255
+    ids = np.unique(block_id[labelled])
+    n_val = min(len(ids) - 1, max(1, round(len(ids) * fraction)))
+    chosen = np.isin(block_id, np.random.default_rng(seed).choice(ids, n_val, replace=False)) & labelled
+    train, val = labels.copy(), np.full_like(labels, 255)
+    val[chosen], train[chosen] = labels[chosen], 255
+    return train, val
 
 
 def evaluate(tags: list[str]) -> None:

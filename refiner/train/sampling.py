@@ -115,7 +115,13 @@ def restrict_to_window(labels: np.ndarray, window: tuple[int, ...] | list[int]) 
 
 
 def split_holdout(
-    labels: np.ndarray, fraction: float = 0.2, *, guard: int = 0, block: int | None = None, seed: int = 0
+    labels: np.ndarray,
+    fraction: float = 0.2,
+    *,
+    guard: int = 0,
+    block: int | None = None,
+    seed: int = 0,
+    compact: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split labelled pixels into (train, validation) *regions*, ``guard`` px apart.
 
@@ -124,12 +130,13 @@ def split_holdout(
     said building IoU 0.77 where the whole tile, against the reference mask, gave 0.46. Here the
     units held out are whole connected labelled regions (strokes, boxes), cut by a grid of
     ``block`` px squares (default ``max(16, 2 * guard)``) so that one painted box still gives
-    several; about ``fraction`` of the labelled pixels are held out as whole units, and training
-    pixels closer than ``guard`` px (chessboard distance) to a held-out one are dropped from both,
-    so no training pixel's receptive field overlaps a held-out pixel's when ``guard`` is twice the
-    RNN's halo (:func:`holdout_guard`). Returns two label maps with the other part set to 255;
-    the validation map is empty when fewer than 2 units exist or the guard would leave nothing
-    to train on.
+    several; about ``fraction`` of the labelled pixels are held out as whole units (drawn at random,
+    or with ``compact`` from a random one outwards, :func:`nearest_first`, so that they form one
+    piece with one guard band), and training pixels closer than ``guard`` px (chessboard
+    distance) to a held-out one are dropped from both, so no training pixel's receptive field
+    overlaps a held-out pixel's when ``guard`` is twice the RNN's halo (:func:`holdout_guard`).
+    Returns two label maps with the other part set to 255; the validation map is empty when fewer
+    than 2 units exist or the guard would leave nothing to train on.
     """
     from scipy import ndimage
 
@@ -143,10 +150,16 @@ def split_holdout(
     by, bx = np.arange(h) // block, np.arange(w) // block
     cell = by[:, None] * (bx.max() + 1) + bx[None, :]
     unit_of = np.where(labelled, comp.astype(np.int64) * (cell.max() + 1) + cell, -1)
-    ids, sizes = np.unique(unit_of[labelled], return_counts=True)
+    ids, unit, sizes = np.unique(unit_of[labelled], return_inverse=True, return_counts=True)
     if len(ids) < 2:
         return train, val
-    order = np.random.default_rng(seed).permutation(len(ids))
+    rng = np.random.default_rng(seed)
+    if compact:
+        ys, xs = np.nonzero(labelled)
+        centres = np.stack([np.bincount(unit, ys) / sizes, np.bincount(unit, xs) / sizes], 1)
+        order = nearest_first(centres, rng)
+    else:
+        order = rng.permutation(len(ids))
     taken = np.cumsum(sizes[order]) <= max(fraction * sizes.sum(), sizes[order[0]])
     chosen = ids[order[: max(1, min(len(ids) - 1, int(taken.sum())))]]
     held = np.isin(unit_of, chosen)
@@ -157,6 +170,19 @@ def split_holdout(
     val[held] = labels[held]
     train[~keep] = IGNORE
     return train, val
+
+
+def nearest_first(centres: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Unit indices from a random one outwards, nearest centre (N, 2) first: a compact held-out set.
+
+    Every held-out unit costs the training set a guard band all round it, so scattered units cost
+    far more than the same area held out in one piece: on a fully labelled 500 x 500 patch, 20 %
+    held out as random 40 px cells with a 20 px guard left 42 % of the labels to train on, the
+    same 20 % grown as one piece of neighbouring cells 72-76 % (issue 27).
+    """
+    start = centres[rng.integers(len(centres))]
+    dist = np.abs(centres - start).max(1)  # chessboard, as the guard band: a square grows
+    return np.lexsort((rng.random(len(centres)), dist))
 
 
 def holdout_guard(arch: RNNConfig) -> int:

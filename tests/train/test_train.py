@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -438,3 +440,50 @@ def test_every_iteration_scores_the_mean_of_each_iterations_loss(scene):
     torch.testing.assert_close(final, per_t[-1])
     torch.testing.assert_close(every, torch.stack(per_t).mean())
     assert not torch.isclose(every, final)
+
+
+def test_compact_holdout_is_one_piece_and_leaves_more_to_train_on():
+    """Scattered held-out cells cost a guard band each: on a dense window the compact split keeps far more (#27)."""
+    from scipy import ndimage
+
+    labels = np.full((260, 260), IGNORE, np.uint8)
+    labels[30:230, 30:230] = np.random.default_rng(0).integers(0, 2, (200, 200))  # a fully painted window
+    for seed in (0, 1):
+        scattered, _ = split_holdout(labels, 0.2, guard=8, seed=seed)
+        train, val = split_holdout(labels, 0.2, guard=8, seed=seed, compact=True)
+        held, kept = val != IGNORE, train != IGNORE
+        assert ndimage.label(held, structure=np.ones((3, 3), bool))[1] == 1  # one piece
+        assert ndimage.distance_transform_cdt(~held, metric="chessboard")[kept].min() > 8  # same guard
+        assert 0.1 < held.sum() / (labels != IGNORE).sum() < 0.3
+        assert kept.sum() > 1.3 * (scattered != IGNORE).sum(), seed
+
+
+def test_identity_start_refines_to_the_coarse_map_until_trained(scene):
+    """``identity_start``: a new RNN starts from du = 0, so before any learning it returns its input map."""
+    probs = coarse_probs_from_labels(scene.osm, 3)
+    cfg = RNNTrainConfig(steps=1, batch_size=2, patch_size=24, lr=0.0, holdout=0.0)
+    out = {}
+    for start in (False, True):
+        res = train_rnn(scene.image, probs, scene.truth, scene.classes, replace(cfg, identity_start=start))
+        out[start] = refine(res.bundle, scene.tile(), probs).final
+    np.testing.assert_allclose(out[True], probs, atol=1e-5)
+    assert np.abs(out[False] - probs).max() > 1e-2
+
+
+def test_identity_start_is_a_candidate_and_the_pull_keeps_a_new_rnn_near_the_coarse_map(scene):
+    """From ``du = 0`` the start competes on the held-out regions, and ``distill`` pulls towards the coarse map."""
+    probs = coarse_probs_from_labels(scene.osm, 3)
+    wrong = np.where(scene.truth == IGNORE, IGNORE, (scene.truth + 1) % 3).astype(np.uint8)  # every label wrong
+    wrong[:, 80:] = IGNORE
+    right = np.full_like(scene.truth, IGNORE)
+    right[:, 100:] = scene.truth[:, 100:]  # held out: the true labels
+    cfg = RNNTrainConfig(steps=20, batch_size=2, patch_size=24, eval_every=5, eval_seconds=None, identity_start=True)
+    res = train_rnn(scene.image, probs, wrong, scene.classes, cfg, val_labels=right)
+    assert res.bundle.info["best_step"] == 0  # learning the wrong labels only lost held-out IoU: the start is kept
+    np.testing.assert_allclose(refine(res.bundle, scene.tile(), probs).final, probs, atol=1e-5)
+    drift = {}
+    for distill in (0.0, 50.0):
+        run = replace(cfg, holdout=0.0, lr=0.05, distill=distill)
+        out = refine(train_rnn(scene.image, probs, wrong, scene.classes, run).bundle, scene.tile(), probs).final
+        drift[distill] = float(np.abs(out - probs).mean())
+    assert drift[50.0] < 0.5 * drift[0.0], drift
