@@ -31,6 +31,7 @@ import subprocess
 import tempfile
 import threading
 import warnings
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -55,6 +56,11 @@ _POOL: list[ThreadPoolExecutor] = []
 
 _P, _I, _L = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
 _ARGTYPES = (_P, _I, _I, _I, _P, _L, _L, _L, _I, _I, _P, _L, _P, _L, _P, _L, _P, _L, _I, _P, _I, _I, _I)
+_STEPS_ARGTYPES = (_I, _P, _I, _I, _I, _P, _L, _L, _L, _P, _P, _L, _P, _L, _P, _L, _P, _L, _I, _P, _I)
+_WORK = ctypes.CFUNCTYPE(None, ctypes.c_int)
+
+#: Rows a band of :func:`run_steps` advances the first step by.
+BAND = 8
 
 
 def cache_dir() -> Path:
@@ -124,6 +130,10 @@ def load(kernel_size: int) -> NativeLib | None:
                 lib = NativeLib(str(_compile(kernel_size)))
                 lib.rnn_step.argtypes = _ARGTYPES
                 lib.rnn_step.restype = None
+                lib.rnn_steps.argtypes = _STEPS_ARGTYPES
+                lib.rnn_steps.restype = None
+                lib.rnn_parallel.argtypes = (_WORK, _I)
+                lib.rnn_parallel.restype = None
                 lib.openmp = bool(lib.rnn_step_openmp())
                 lib.lanes = int(lib.rnn_step_lanes())  # pixels per vector: narrower outputs need the torch ops
                 _LIBS[kernel_size] = lib
@@ -182,6 +192,86 @@ def run_step(
         cuts = [out.shape[1] * i // n for i in range(n + 1)]
         list(_pool().map(lambda a, b: lib.rnn_step(*args, a, b, 1), cuts[:-1], cuts[1:]))
     return out
+
+
+def run_steps(
+    lib: NativeLib,
+    u: torch.Tensor,
+    terms: list[torch.Tensor],
+    params: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
+    edges: list[list[int]],
+    band: int = BAND,
+) -> list[torch.Tensor]:
+    """All iterations over a (K, H, W) float32 block, band by band on the calling thread: ``[u_1, ..., u_T]``.
+
+    The same values, bit for bit, as :func:`run_step` once per step with the edges refilled
+    after each (``fused._replicate_edges``), but each step follows the one before down the block
+    a few rows behind, so a band's image term is read T times while it is in cache (temporal
+    blocking). Step ``t`` (0-based) reads ``terms[t]`` (:func:`image_term_rows`, all the same
+    shape) from row and column ``r * t``, uses ``params[t]`` = (hidden_bias, filters, out_w,
+    out_b) as in :func:`run_step`, and refills ``edges[t]`` (top, bottom, left, right) pixels
+    of its output from the rows and columns inside them.
+    """
+    k, rows, cols = u.shape
+    steps = len(params)
+    ks = params[0][1].shape[-1]
+    r = ks // 2
+    g, hidden = params[0][2].shape
+    shared = g != k
+    tr, tc = terms[0].shape[0], terms[0].shape[2]
+    if not (
+        u.is_contiguous()
+        and all(t.is_contiguous() and t.shape == terms[0].shape for t in terms)
+        and tr >= rows - 2 * r
+        and cols - 2 * r * steps >= lib.lanes
+        and 0 < steps < 64
+    ):
+        raise ValueError(f"run_steps needs contiguous inputs, terms covering the outputs and >= {lib.lanes} columns")
+    outs = [u] + [torch.empty(k, rows - 2 * r * t, cols - 2 * r * t, dtype=torch.float32) for t in range(1, steps + 1)]
+    ptrs = lambda ts: (ctypes.c_void_p * len(ts))(*(x.data_ptr() for x in ts))  # noqa: E731
+    ints = lambda xs: (ctypes.c_int * len(xs))(*xs)  # noqa: E731
+    bias, filters, out_w, out_b = ([p[i] for p in params] for i in range(4))
+    lib.rnn_steps(
+        steps, ptrs(outs), k, rows, cols,
+        ptrs(terms), terms[0].shape[1] * tc, tc, 0 if shared else hidden * tc, ints([r * t for t in range(steps)]),
+        ptrs(bias), 0 if shared else hidden, ptrs(filters), 0 if shared else hidden * ks * ks,
+        ptrs(out_w), 0 if shared else hidden, ptrs(out_b), 0 if shared else 1,
+        hidden, ints([e for es in edges for e in es]), band,
+    )  # fmt: skip
+    return outs[1:]
+
+
+def share(lib: NativeLib, tasks: int, run: Callable[[int], None], threads: int) -> None:
+    """``run(i)`` for i = 0 .. tasks - 1, taken in order by ``threads`` of the process's OpenMP threads.
+
+    Why (issue 25): split inside each step, every thread waits for the slowest at each of
+    hundreds of joins a tile, so on a shared server one thread that lost its core slows them
+    all; here each thread takes the next task when it is free, and they join once. The
+    threads are torch's own (no extra threads competing for the cores), and torch's ops inside
+    ``run`` see they are in a parallel region and run on the one thread. ``run`` is called on
+    the caller's thread too, as thread 0; the first exception any task raised is raised here.
+    """
+    lock = threading.Lock()
+    taken = [0]
+    errors: list[BaseException] = []
+
+    def work(_: int) -> None:
+        while True:
+            with lock:
+                i = taken[0]
+                if i >= tasks or errors:
+                    return
+                taken[0] = i + 1
+            try:
+                run(i)
+            except BaseException as exc:  # noqa: BLE001 - a C callback must not raise: kept, raised below
+                with lock:
+                    errors.append(exc)
+
+    callback = _WORK(work)
+    lib.rnn_parallel(callback, threads)
+    if errors:
+        raise errors[0]
 
 
 def image_term_rows(feats: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
