@@ -216,8 +216,11 @@ class FusedRNN:
         b, k = probs.shape[:2]
         cores = [(r, c) for r in range(0, h, bh) for c in range(0, w, bw)]
         threads = torch.get_num_threads()
-        # enough blocks to keep every thread busy: threads take whole blocks (see native.share)
+        # enough blocks to keep every thread busy: threads take whole blocks (see native.share),
+        # and each runs a block's steps in one call (native.run_steps), as one thread alone does;
+        # fewer blocks: each step's rows are split between the threads
         by_blocks = lib is not None and lib.openmp and threads > 1 and 2 * threads <= len(cores)
+        banded = by_blocks or threads == 1
         with torch.inference_mode():
             image, probs = image.to(self.dtype), probs.to(self.dtype)
             outs = [torch.empty(b, k, h, w, dtype=self.dtype, device=probs.device) for _ in range(n_out)]
@@ -228,7 +231,7 @@ class FusedRNN:
                 img, edges = _read_block(image, rows, cols, (bh, bw), halo)
                 block_probs = _read_block(probs, rows, cols, (bh, bw), halo)[0]
                 if lib is not None:
-                    maps = self._forward_native(lib, img, block_probs, t_max, edges, banded=by_blocks)
+                    maps = self._forward_native(lib, img, block_probs, t_max, edges, banded=banded)
                 else:
                     maps = self._forward(img, block_probs, t_max, edges)
                 for o, m in zip(outs, maps if keep_all else maps[-1:], strict=True):

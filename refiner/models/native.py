@@ -59,8 +59,10 @@ _ARGTYPES = (_P, _I, _I, _I, _P, _L, _L, _L, _I, _I, _P, _L, _P, _L, _P, _L, _P,
 _STEPS_ARGTYPES = (_I, _P, _I, _I, _I, _P, _L, _L, _L, _P, _P, _L, _P, _L, _P, _L, _P, _L, _I, _P, _I)
 _WORK = ctypes.CFUNCTYPE(None, ctypes.c_int)
 
-#: Rows a band of :func:`run_steps` advances the first step by.
-BAND = 8
+#: Rows a band of :func:`run_steps` advances the first step by: 2-16 ran alike on a 2-core AMD
+#: EPYC (Zen 4), one row 10 % slower, a whole 256 px block (no temporal blocking) 2.1x slower
+#: (``benchmarks/rnn_profile.py --bands``).
+BAND = 4
 
 
 def cache_dir() -> Path:
@@ -200,7 +202,7 @@ def run_steps(
     terms: list[torch.Tensor],
     params: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
     edges: list[list[int]],
-    band: int = BAND,
+    band: int | None = None,
 ) -> list[torch.Tensor]:
     """All iterations over a (K, H, W) float32 block, band by band on the calling thread: ``[u_1, ..., u_T]``.
 
@@ -210,7 +212,8 @@ def run_steps(
     blocking). Step ``t`` (0-based) reads ``terms[t]`` (:func:`image_term_rows`, all the same
     shape) from row and column ``r * t``, uses ``params[t]`` = (hidden_bias, filters, out_w,
     out_b) as in :func:`run_step`, and refills ``edges[t]`` (top, bottom, left, right) pixels
-    of its output from the rows and columns inside them.
+    of its output from the rows and columns inside them. ``band``: rows the first step advances
+    by at a time (default :data:`BAND`).
     """
     k, rows, cols = u.shape
     steps = len(params)
@@ -236,7 +239,7 @@ def run_steps(
         ptrs(terms), terms[0].shape[1] * tc, tc, 0 if shared else hidden * tc, ints([r * t for t in range(steps)]),
         ptrs(bias), 0 if shared else hidden, ptrs(filters), 0 if shared else hidden * ks * ks,
         ptrs(out_w), 0 if shared else hidden, ptrs(out_b), 0 if shared else 1,
-        hidden, ints([e for es in edges for e in es]), band,
+        hidden, ints([e for es in edges for e in es]), band or BAND,
     )  # fmt: skip
     return outs[1:]
 
