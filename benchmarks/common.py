@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -40,6 +41,14 @@ def machine() -> dict:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+def build_with(cflags: str) -> None:
+    """Have the native kernel built with extra compiler flags (``-mno-avx512f``: as for an AVX2-only
+    CPU), into a temporary cache; call before the kernel is first loaded."""
+    if cflags:
+        os.environ["REFINER_CACHE"] = tempfile.mkdtemp(prefix="refiner-bench-")
+        os.environ["CC"] = f"{os.environ.get('CC', 'cc')} {cflags}"
 
 
 stand_in_coarse = coarse_like  # a coarse CNN's output stand-in (``refiner.data.synthetic.coarse_like``)

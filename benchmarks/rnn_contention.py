@@ -30,9 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from benchmarks.common import machine  # noqa: E402
-from benchmarks.rnn_vs_crf import interleaved, setup  # noqa: E402
-from refiner.models import native  # noqa: E402
+from benchmarks.common import build_with, machine  # noqa: E402
+from benchmarks.rnn_vs_crf import interleaved, native_path, setup  # noqa: E402
 from refiner.models.inference import refine  # noqa: E402
 
 
@@ -74,8 +73,10 @@ def main() -> None:
     ap.add_argument("--hogs", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--cflags", default="", help="extra C compiler flags for the native kernel (-mno-avx512f: AVX2)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    build_with(args.cflags)
     torch.set_num_threads(args.threads)
     bundle, tile, image, probs, mpx = setup(args.tile, args.classes)
     refine(bundle, tile, probs, device="cpu")  # warm-up: compile, caches
@@ -85,7 +86,8 @@ def main() -> None:
         "tile": f"massachusetts_roads/{args.tile}.jpg",
         "classes": args.classes,
         "threads": args.threads,
-        "rnn_path": "native kernel" if native.load(5) is not None else "torch ops",
+        "cflags": args.cflags,
+        "rnn_path": native_path(),
         "runs": [],
     }
     base: dict | None = None

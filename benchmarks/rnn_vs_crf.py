@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.common import machine, roads_tile, stand_in_coarse  # noqa: E402
+from benchmarks.common import build_with, machine, roads_tile, stand_in_coarse  # noqa: E402
 from refiner.baselines.crf import CRFParams, dense_crf  # noqa: E402
 from refiner.core.classes import ClassSpec  # noqa: E402
 from refiner.data.tile import Tile  # noqa: E402
@@ -67,6 +67,12 @@ def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / best
 
 
+def native_path() -> str:
+    """Which path the RNN takes here: the native kernel and its vector width, or the torch ops."""
+    lib = native.load(5)
+    return "torch ops" if lib is None else f"native kernel, {lib.lanes} floats a vector"
+
+
 def setup(tile: str, k: int) -> tuple[ModelBundle, Tile, np.ndarray, np.ndarray, float]:
     """The benchmark's inputs: an RNN with random weights, the tile, its stand-in probabilities, image and Mpx."""
     image, labels = roads_tile(tile)
@@ -98,8 +104,10 @@ def main() -> None:
     ap.add_argument("--tile", default="01")
     ap.add_argument("--classes", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--cflags", default="", help="extra C compiler flags for the native kernel (-mno-avx512f: AVX2)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    build_with(args.cflags)
     k = args.classes
     bundle, tile, image, probs, mpx = setup(args.tile, k)
     refine(bundle, tile, probs, device="cpu")  # warm-up: compile, caches
@@ -111,6 +119,7 @@ def main() -> None:
     report = {
         "machine": machine(),
         "tile": f"massachusetts_roads/{args.tile}.jpg",
+        "cflags": args.cflags,
         "megapixels": mpx,
         "classes": k,
         "fp32_limit_s_per_mpx": round(fp32_limit(k), 3),
@@ -121,7 +130,7 @@ def main() -> None:
         "matmul_peak_gflops_this_machine": round(peak / 1e9, 1),
         "fp32_limit_s_per_mpx_this_machine": round(machine_limit, 3),
         "fraction_of_fp32_limit_this_machine": round(machine_limit / rnn_s, 3),
-        "rnn_path": "native kernel" if native.load(5) is not None else "torch ops",
+        "rnn_path": native_path(),
         "median_rnn_s_per_mpx": round(rnn_med, 3),
         "median_crf_s_per_mpx": round(crf_med, 3),
         "median_speedup_vs_crf": round(crf_med / rnn_med, 2),
