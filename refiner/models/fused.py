@@ -10,7 +10,11 @@ rounding (``tests/models/test_fused.py``).
 
 On a CPU each iteration runs in a native kernel (:mod:`refiner.models.native`) that keeps a
 pixel's hidden units in registers; without a C compiler, in torch ops (a grouped convolution and
-a compiled tail), which compute the same values more slowly.
+a compiled tail), which compute the same values more slowly. With the kernel, torch's threads
+take whole blocks (two or more per thread; fewer: each step's rows are split between them), and
+a block's iterations run band by band on its thread (:func:`native.run_steps`), so a tile costs
+one join between threads, not one per step, and a busy neighbour on the server slows refinement
+by no more than its share of the cores (issue 25, ``benchmarks/rnn_contention.py``).
 
 Why blocks: each iteration touches ``K * hidden`` feature maps per pixel (96 for K = 3), and on
 a CPU those passes are memory bound; a 256x256 block's features stay in cache, a whole tile's
@@ -344,26 +348,28 @@ class FusedRNN:
     ) -> list[torch.Tensor]:
         """:meth:`_forward` with each iteration in the native kernel (same maths, other rounding order).
 
-        ``banded``: all iterations in one call on this thread (:func:`native.run_steps`, temporal
-        blocking); else one call a step, its rows split over torch's threads. Same bits.
+        ``banded``: the image term and all iterations band by band on this thread
+        (:func:`native.run_steps`, temporal blocking); else the whole term, then one call a step,
+        its rows split over torch's threads. Same bits.
         """
         r = self.cfg.kernel_size // 2
         per_image = []
         for i in range(probs.shape[0]):
             u = probs_to_scores(probs[i : i + 1])[0].contiguous()
-            terms: dict[int, torch.Tensor] = {}
-            for t in range(t_max):
-                idx, fb = self._params(t)
-                if idx not in terms:  # the image half of the hidden layer, on the first step's region, once
-                    img = image[i : i + 1].contiguous(memory_format=torch.channels_last)
-                    feats = F.conv2d(img, fb.image_filters)[0]
-                    terms[idx] = native.image_term_rows(feats, fb.image_proj.flatten(1))
             steps = [self._params(t) for t in range(t_max)]
             step_edges = [[max(0, e - r * (t + 1)) for e in edges] for t in range(t_max)]
+            images: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+            for idx, fb in steps:
+                if idx not in images:  # the image features on the first step's region, once per parameter set
+                    img = image[i : i + 1].contiguous(memory_format=torch.channels_last)
+                    images[idx] = (F.conv2d(img, fb.image_filters)[0], fb.image_proj.flatten(1))
             if banded:
+                order = list(images)
                 params = [(fb.hidden_bias, fb.filters, fb.out_w, fb.out_b) for _, fb in steps]
-                maps = [u, *native.run_steps(lib, u, [terms[idx] for idx, _ in steps], params, step_edges)]
+                which = [order.index(idx) for idx, _ in steps]
+                maps = [u, *native.run_steps(lib, u, [images[j] for j in order], which, params, step_edges)]
             else:
+                terms = {idx: native.image_term_rows(*images[idx]) for idx in images}
                 maps = [u]
                 for t, (idx, fb) in enumerate(steps):
                     u = native.run_step(lib, u, terms[idx], r * t, fb.hidden_bias, fb.filters, fb.out_w, fb.out_b)

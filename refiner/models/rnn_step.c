@@ -201,24 +201,29 @@ static void refill_edges(float *u, int k_cls, int rows, int cols, const int *e, 
  * band's term is read T times while it is in the core's cache. u[t] is (K, rows - 2rt, cols - 2rt),
  * u[0] the input; step t reads term[t] from row and column t_off[t] and parameter set t, and
  * refills edges[4t..4t+3] (top, bottom, left, right) of its output like rnn_step's caller does.
- * Every pixel gets the same instructions as in rnn_step, so the results are the same bits. */
+ * Every pixel gets the same instructions as in rnn_step, so the results are the same bits.
+ *
+ * Resumable, so the caller can compute the term a few rows at a time just ahead of its use:
+ * done[t] (t = 1..steps) counts the rows of u[t] computed so far (zeros at first), and only the
+ * first term_rows rows of the terms are read; a call computes all it can, then returns. */
 void rnn_steps(int steps, float *const *u, int k_cls, int rows0, int cols0,
-               const float *const *term, long t_rs, long t_plane, long t_class, const int *t_off,
+               const float *const *term, long t_rs, long t_plane, long t_class, const int *t_off, int term_rows,
                const float *const *bias, long b_class, const float *const *w, long w_class,
                const float *const *ow, long ow_class, const float *const *ob, long ob_class,
-               int hidden, const int *edges, int band)
+               int hidden, const int *edges, int band, int *done)
 {
     const int r = KS / 2;
-    int done[64] = {0}, ready[64] = {0}; /* rows computed, and rows final (top refill done), per step */
-    if (steps >= 64 || cols0 - 2 * r * steps < L || band < 1) return; /* the caller checks this */
-    ready[0] = done[0] = rows0;
-    for (int more = 1; more;) {
-        more = 0;
+    if (cols0 - 2 * r * steps < L || band < 1) return; /* the caller checks this */
+    for (int moved = 1; moved;) {
+        moved = 0;
         for (int t = 1; t <= steps; t++) {
             const int rows_in = rows0 - 2 * r * (t - 1), cols_in = cols0 - 2 * r * (t - 1);
             const int rows = rows_in - 2 * r, cols = cols_in - 2 * r;
-            int end = ready[t - 1] - 2 * r; /* output rows whose inputs are final */
+            const int top_in = t > 1 ? edges[4 * (t - 2)] : 0; /* rows above it final once it is done */
+            const int ready = t == 1 ? rows0 : done[t - 1] > top_in ? done[t - 1] : 0;
+            int end = ready - 2 * r; /* output rows whose inputs are final */
             if (end > rows) end = rows;
+            if (end > term_rows - t_off[t - 1]) end = term_rows - t_off[t - 1];
             if (t == 1 && end > done[t] + band) end = done[t] + band; /* the first step leads, a band at a time */
             if (end > done[t]) {
                 step_rows(u[t - 1], k_cls, rows_in, cols_in, term[t - 1], t_rs, t_plane, t_class, t_off[t - 1],
@@ -226,9 +231,8 @@ void rnn_steps(int steps, float *const *u, int k_cls, int rows0, int cols0,
                           ob_class, hidden, u[t], done[t], end);
                 refill_edges(u[t], k_cls, rows, cols, edges + 4 * (t - 1), done[t], end);
                 done[t] = end;
-                ready[t] = end > edges[4 * (t - 1)] ? end : 0;
+                moved = 1;
             }
-            if (done[t] < rows) more = 1;
         }
     }
 }

@@ -38,16 +38,22 @@ def test_all_steps_band_by_band_equal_one_step_at_a_time(variant, kernel_size, b
     g = torch.Generator().manual_seed(2)
     u = torch.randn(k, 61, 75, generator=g)
     blocks = [fast._params(t)[1] for t in range(steps)]
-    # one term per step (the non-recurrent variant's), each covering the first step's region
-    terms = [torch.randn(61 - 2 * r, b.image_proj.shape[0], 75 - 2 * r, generator=g) for b in blocks]
+    # features of one image per parameter set (the non-recurrent variant's 4), covering the first step's region
+    images = {
+        id(b): (torch.randn(32, 75 - 2 * r, 61 - 2 * r, generator=g).transpose(1, 2), b.image_proj.flatten(1))
+        for b in blocks
+    }
+    order = list(images)
+    which = [order.index(id(b)) for b in blocks]
     edges = [[max(0, e - r * (t + 1)) for e in (9, 13, 7, 11)] for t in range(steps)]
     expected, v = [], u
     for t, b in enumerate(blocks):
-        v = native.run_step(lib, v, terms[t], r * t, b.hidden_bias, b.filters, b.out_w, b.out_b)
+        term = native.image_term_rows(*images[id(b)])
+        v = native.run_step(lib, v, term, r * t, b.hidden_bias, b.filters, b.out_w, b.out_b)
         _replicate_edges(v, edges[t])
         expected.append(v)
     params = [(b.hidden_bias, b.filters, b.out_w, b.out_b) for b in blocks]
-    got = native.run_steps(lib, u, terms, params, edges, band=band)
+    got = native.run_steps(lib, u, [images[j] for j in order], which, params, edges, band=band)
     assert len(got) == steps
     assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
 
