@@ -9,10 +9,12 @@ the benchmark tile of ``rnn_vs_crf.py`` (same inputs, best and median of ``--rep
 stops them. Run it on an otherwise quiet machine: the load average before each setting is
 recorded beside its numbers.
 
-Reported per setting: both methods' s/Mpx, the RNN's speed-up over the CRF, each method's
-slowdown against the run without hogs, and the *fair* slowdown of the RNN: the machine's cores
-shared equally between the RNN's process and each hog (a hog uses at most one core), e.g. 2x
-for one hog on 2 cores. ``"rnn_within_fair_share"`` says whether the RNN lost no more than that.
+Reported per setting: both methods' s/Mpx, the RNN's speed-up over the CRF and its fraction of
+this machine's fp32 limit (its multiply-adds at the fp32 matmul rate measured before the hogs
+start, as in ``rnn_vs_crf.py``), each method's slowdown against the run without hogs, and the
+*fair* slowdown of the RNN: the machine's cores shared equally between the RNN's process and
+each hog (a hog uses at most one core), e.g. 2x for one hog on 2 cores.
+``"rnn_within_fair_share"`` says whether the RNN lost no more than that.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from benchmarks.common import build_with, machine  # noqa: E402
-from benchmarks.rnn_vs_crf import interleaved, native_path, setup  # noqa: E402
+from benchmarks.rnn_vs_crf import PEAK_FLOPS, fp32_limit, interleaved, matmul_peak, native_path, setup  # noqa: E402
 from refiner.models.inference import refine  # noqa: E402
 
 
@@ -81,6 +83,8 @@ def main() -> None:
     bundle, tile, image, probs, mpx = setup(args.tile, args.classes)
     refine(bundle, tile, probs, device="cpu")  # warm-up: compile, caches
     cores = os.cpu_count() or 1
+    peak = matmul_peak()  # before any hog: this machine's fp32 rate at these threads
+    limit = fp32_limit(args.classes) * PEAK_FLOPS / peak  # s/Mpx at that rate
     report: dict = {
         "machine": machine(),
         "tile": f"massachusetts_roads/{args.tile}.jpg",
@@ -88,6 +92,8 @@ def main() -> None:
         "threads": args.threads,
         "cflags": args.cflags,
         "rnn_path": native_path(),
+        "matmul_peak_gflops": round(peak / 1e9, 1),
+        "fp32_limit_s_per_mpx": round(limit, 3),
         "runs": [],
     }
     base: dict | None = None
@@ -108,6 +114,7 @@ def main() -> None:
             "median_rnn_s_per_mpx": round(rnn_med, 3),
             "median_crf_s_per_mpx": round(crf_med, 3),
             "median_speedup_vs_crf": round(crf_med / rnn_med, 2),
+            "fraction_of_fp32_limit": round(limit / rnn_s, 3),
             "fair_rnn_slowdown": fair_slowdown(n, args.threads, cores),
             "rnn_runs_s": [round(t, 3) for t in rnn_t],
             "crf_runs_s": [round(t, 3) for t in crf_t],
