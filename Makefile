@@ -72,6 +72,7 @@ bench: $(STAMP)
 	PYTHONPATH=. $(PY) benchmarks/rnn_vs_crf.py --classes 2 --json benchmarks/results/rnn_vs_crf_k2.json
 	PYTHONPATH=. $(PY) benchmarks/rnn_vs_crf.py --classes 3 --json benchmarks/results/rnn_vs_crf_k3.json
 	PYTHONPATH=. $(PY) benchmarks/rnn_profile.py --json benchmarks/results/rnn_profile.json
+	PYTHONPATH=. $(PY) benchmarks/rnn_contention.py --classes 3 --hogs 0 1 2 --json benchmarks/results/rnn_contention_k3.json
 	PYTHONPATH=. $(PY) benchmarks/finetune_time_to_quality.py --long-seconds 400 --defaults-seconds 90 --json benchmarks/results/finetune_cpu_quiet.json
 	PYTHONPATH=. $(PY) benchmarks/large_scene.py --sizes 1000 5000 10000 20000 --json benchmarks/results/large_scene_quiet.json
 	PYTHONPATH=. $(PY) benchmarks/large_scene.py --sizes 2000 10000 --pixel 0.5 --json benchmarks/results/large_scene_resampled.json

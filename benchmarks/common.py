@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,14 +24,19 @@ def machine() -> dict:
     """CPU model, core count, torch threads, load average and date: what a number needs beside it."""
     import torch
 
-    cpu = platform.processor()
+    cpu, lscpu = platform.processor(), {}
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        cpu = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), cpu)
+        lscpu = {k.strip(): v.strip() for k, v in (ln.split(":", 1) for ln in out.splitlines() if ":" in ln)}
+        cpu = lscpu.get("Model name", cpu)
     except OSError:
         pass
     info = {
         "cpu": cpu,
+        # "AMD EPYC" names several generations: family 23 is Zen 2, 25 Zen 3/4 (model 17: Zen 4)
+        "cpu_family_model": f"{lscpu.get('CPU family', '?')}/{lscpu.get('Model', '?')}",
+        "avx512": "avx512f" in lscpu.get("Flags", "").split(),
+        "l3": lscpu.get("L3 cache"),
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
@@ -40,6 +46,14 @@ def machine() -> dict:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+def build_with(cflags: str) -> None:
+    """Have the native kernel built with extra compiler flags (``-mno-avx512f``: as for an AVX2-only
+    CPU), into a temporary cache; call before the kernel is first loaded."""
+    if cflags:
+        os.environ["REFINER_CACHE"] = tempfile.mkdtemp(prefix="refiner-bench-")
+        os.environ["CC"] = f"{os.environ.get('CC', 'cc')} {cflags}"
 
 
 stand_in_coarse = coarse_like  # a coarse CNN's output stand-in (``refiner.data.synthetic.coarse_like``)

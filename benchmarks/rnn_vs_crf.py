@@ -30,9 +30,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.common import machine, roads_tile, stand_in_coarse  # noqa: E402
+from benchmarks.common import build_with, machine, roads_tile, stand_in_coarse  # noqa: E402
 from refiner.baselines.crf import CRFParams, dense_crf  # noqa: E402
 from refiner.core.classes import ClassSpec  # noqa: E402
 from refiner.data.tile import Tile  # noqa: E402
@@ -66,30 +67,51 @@ def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / best
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tile", default="01")
-    ap.add_argument("--classes", type=int, default=3)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--json", type=Path)
-    args = ap.parse_args()
-    image, labels = roads_tile(args.tile)
-    k = args.classes
+def native_path() -> str:
+    """Which path the RNN takes here: the native kernel and its vector width, or the torch ops."""
+    lib = native.load(5)
+    return "torch ops" if lib is None else f"native kernel, {lib.lanes} floats a vector"
+
+
+def setup(tile: str, k: int) -> tuple[ModelBundle, Tile, np.ndarray, np.ndarray, float]:
+    """The benchmark's inputs: an RNN with random weights, the tile, its stand-in probabilities, image and Mpx."""
+    image, labels = roads_tile(tile)
     probs = stand_in_coarse(labels, k)
-    mpx = image.shape[1] * image.shape[2] / 1e6
     torch.manual_seed(0)
     names = ",".join(["background", "road"] + [f"class{i}" for i in range(2, k)])
     bundle = ModelBundle("rnn", RefinerRNN(RNNConfig(k, iterations=5)).eval(), ClassSpec.parse(names))
-    tile = Tile(image=image, valid=(image > -1).all(0))
-    refine(bundle, tile, probs, device="cpu")  # warm-up: compile, caches
+    tile_ = Tile(image=image, valid=(image > -1).all(0))
+    return bundle, tile_, image, probs, image.shape[1] * image.shape[2] / 1e6
+
+
+def interleaved(
+    bundle: ModelBundle, tile: Tile, image: np.ndarray, probs: np.ndarray, repeats: int
+) -> tuple[list[float], list[float]]:
+    """Seconds of ``repeats`` RNN and CRF runs, alternated so both see the same machine load."""
     rnn_t, crf_t = [], []
-    for _ in range(args.repeats):  # interleaved, so both see the same machine load
+    for _ in range(repeats):
         t0 = time.perf_counter()
         refine(bundle, tile, probs, device="cpu")
         rnn_t.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         dense_crf(image, probs, CRFParams(iterations=5))
         crf_t.append(time.perf_counter() - t0)
+    return rnn_t, crf_t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tile", default="01")
+    ap.add_argument("--classes", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--cflags", default="", help="extra C compiler flags for the native kernel (-mno-avx512f: AVX2)")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    build_with(args.cflags)
+    k = args.classes
+    bundle, tile, image, probs, mpx = setup(args.tile, k)
+    refine(bundle, tile, probs, device="cpu")  # warm-up: compile, caches
+    rnn_t, crf_t = interleaved(bundle, tile, image, probs, args.repeats)
     rnn_s, crf_s = min(rnn_t) / mpx, min(crf_t) / mpx
     rnn_med, crf_med = statistics.median(rnn_t) / mpx, statistics.median(crf_t) / mpx
     peak = matmul_peak()
@@ -97,6 +119,7 @@ def main() -> None:
     report = {
         "machine": machine(),
         "tile": f"massachusetts_roads/{args.tile}.jpg",
+        "cflags": args.cflags,
         "megapixels": mpx,
         "classes": k,
         "fp32_limit_s_per_mpx": round(fp32_limit(k), 3),
@@ -107,7 +130,7 @@ def main() -> None:
         "matmul_peak_gflops_this_machine": round(peak / 1e9, 1),
         "fp32_limit_s_per_mpx_this_machine": round(machine_limit, 3),
         "fraction_of_fp32_limit_this_machine": round(machine_limit / rnn_s, 3),
-        "rnn_path": "native kernel" if native.load(5) is not None else "torch ops",
+        "rnn_path": native_path(),
         "median_rnn_s_per_mpx": round(rnn_med, 3),
         "median_crf_s_per_mpx": round(crf_med, 3),
         "median_speedup_vs_crf": round(crf_med / rnn_med, 2),

@@ -10,7 +10,11 @@ rounding (``tests/models/test_fused.py``).
 
 On a CPU each iteration runs in a native kernel (:mod:`refiner.models.native`) that keeps a
 pixel's hidden units in registers; without a C compiler, in torch ops (a grouped convolution and
-a compiled tail), which compute the same values more slowly.
+a compiled tail), which compute the same values more slowly. With the kernel, torch's threads
+take whole blocks (two or more per thread; fewer: each step's rows are split between them), and
+a block's iterations run band by band on its thread (:func:`native.run_steps`), so a tile costs
+one join between threads, not one per step, and a busy neighbour on the server slows refinement
+by no more than its share of the cores (issue 25, ``benchmarks/rnn_contention.py``).
 
 Why blocks: each iteration touches ``K * hidden`` feature maps per pixel (96 for K = 3), and on
 a CPU those passes are memory bound; a 256x256 block's features stay in cache, a whole tile's
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -214,23 +219,72 @@ class FusedRNN:
         n_out = t_max + 1 if keep_all else 1
         b, k = probs.shape[:2]
         cores = [(r, c) for r in range(0, h, bh) for c in range(0, w, bw)]
+        threads = torch.get_num_threads()
+        # enough blocks to keep every thread busy: threads take whole blocks (see native.share),
+        # and each runs a block's steps in one call (native.run_steps), as one thread alone does;
+        # fewer blocks: each step's rows are split between the threads
+        by_blocks = lib is not None and lib.openmp and threads > 1 and 2 * threads <= len(cores)
+        banded = by_blocks or threads == 1
         with torch.inference_mode():
             image, probs = image.to(self.dtype), probs.to(self.dtype)
             outs = [torch.empty(b, k, h, w, dtype=self.dtype, device=probs.device) for _ in range(n_out)]
-            for i, (r, c) in enumerate(cores):
+
+            def one(i: int) -> None:
+                r, c = cores[i]
                 rows, cols = slice(r, min(h, r + bh)), slice(c, min(w, c + bw))
                 img, edges = _read_block(image, rows, cols, (bh, bw), halo)
                 block_probs = _read_block(probs, rows, cols, (bh, bw), halo)[0]
                 if lib is not None:
-                    maps = self._forward_native(lib, img, block_probs, t_max, edges)
+                    maps = self._forward_native(lib, img, block_probs, t_max, edges, banded=banded)
                 else:
                     maps = self._forward(img, block_probs, t_max, edges)
                 for o, m in zip(outs, maps if keep_all else maps[-1:], strict=True):
                     off = (m.shape[-2] - bh) // 2  # u_t covers the core plus r * (T - t) on each side
                     o[..., rows, cols] = m[..., off : off + rows.stop - r, off : off + cols.stop - c]
-                if progress:
-                    progress(i + 1, len(cores))
+
+            if by_blocks:
+                assert lib is not None
+                self._share_blocks(lib, one, len(cores), threads, progress)
+            else:
+                for i in range(len(cores)):
+                    one(i)
+                    if progress:
+                        progress(i + 1, len(cores))
         return outs
+
+    @staticmethod
+    def _share_blocks(
+        lib: native.NativeLib,
+        one: Callable[[int], None],
+        n: int,
+        threads: int,
+        progress: Callable[[int, int], None] | None,
+    ) -> None:
+        """``one(i)`` for every block, the blocks shared between ``threads`` (:func:`native.share`).
+
+        ``progress`` sees every count from 1 to ``n`` in order, as in the serial loop, but only
+        on the caller's thread (the app's widgets live there): counts other threads reached are
+        reported when the caller finishes a block, or at the end.
+        """
+        caller = threading.get_ident()
+        lock = threading.Lock()
+        done = [0, 0]  # blocks finished, blocks reported
+
+        def report() -> None:
+            while progress and done[1] < done[0]:
+                done[1] += 1
+                progress(done[1], n)
+
+        def run(i: int) -> None:
+            with torch.inference_mode():  # thread-local: the other threads start outside it
+                one(i)
+            with lock:
+                done[0] += 1
+            if threading.get_ident() == caller:
+                report()
+
+        native.share(lib, n, run, threads)
+        report()
 
     def _forward(
         self, image: torch.Tensor, probs: torch.Tensor, t_max: int, edges: tuple[int, int, int, int]
@@ -290,23 +344,37 @@ class FusedRNN:
         probs: torch.Tensor,
         t_max: int,
         edges: tuple[int, int, int, int],
+        banded: bool = False,
     ) -> list[torch.Tensor]:
-        """:meth:`_forward` with each iteration in the native kernel (same maths, other rounding order)."""
+        """:meth:`_forward` with each iteration in the native kernel (same maths, other rounding order).
+
+        ``banded``: the image term and all iterations band by band on this thread
+        (:func:`native.run_steps`, temporal blocking); else the whole term, then one call a step,
+        its rows split over torch's threads. Same bits.
+        """
         r = self.cfg.kernel_size // 2
         per_image = []
         for i in range(probs.shape[0]):
             u = probs_to_scores(probs[i : i + 1])[0].contiguous()
-            maps = [u]
-            terms: dict[int, torch.Tensor] = {}
-            for t in range(t_max):
-                idx, fb = self._params(t)
-                if idx not in terms:  # the image half of the hidden layer, on the first step's region, once
+            steps = [self._params(t) for t in range(t_max)]
+            step_edges = [[max(0, e - r * (t + 1)) for e in edges] for t in range(t_max)]
+            images: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+            for idx, fb in steps:
+                if idx not in images:  # the image features on the first step's region, once per parameter set
                     img = image[i : i + 1].contiguous(memory_format=torch.channels_last)
-                    feats = F.conv2d(img, fb.image_filters)[0]
-                    terms[idx] = native.image_term_rows(feats, fb.image_proj.flatten(1))
-                u = native.run_step(lib, u, terms[idx], r * t, fb.hidden_bias, fb.filters, fb.out_w, fb.out_b)
-                _replicate_edges(u, [max(0, e - r * (t + 1)) for e in edges])
-                maps.append(u)
+                    images[idx] = (F.conv2d(img, fb.image_filters)[0], fb.image_proj.flatten(1))
+            if banded:
+                order = list(images)
+                params = [(fb.hidden_bias, fb.filters, fb.out_w, fb.out_b) for _, fb in steps]
+                which = [order.index(idx) for idx, _ in steps]
+                maps = [u, *native.run_steps(lib, u, [images[j] for j in order], which, params, step_edges)]
+            else:
+                terms = {idx: native.image_term_rows(*images[idx]) for idx in images}
+                maps = [u]
+                for t, (idx, fb) in enumerate(steps):
+                    u = native.run_step(lib, u, terms[idx], r * t, fb.hidden_bias, fb.filters, fb.out_w, fb.out_b)
+                    _replicate_edges(u, step_edges[t])
+                    maps.append(u)
             per_image.append(maps)
         if len(per_image) == 1:
             return [m[None] for m in per_image[0]]

@@ -24,6 +24,11 @@
 
 /* Vector width: 16 floats where AVX-512 gives 32 wide registers, else 8 (AVX2's 16 registers
  * hold the JG accumulators, a filter row and a weight). */
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #if defined(__AVX512F__)
 #define VBYTES 64
 #else
@@ -125,18 +130,16 @@ static inline __attribute__((always_inline)) void pixels(const float *uk, int co
     for (int v = 0; v < nx; v++) st(o + x + v * L, ld(uk + (long)r * cols_in + r + x + v * L) + du[v] + ob);
 }
 
-/* Output rows [row0, row1) of one step; out has (rows_in - 2r) x (cols_in - 2r) pixels per class. */
-void rnn_step(const float *u, int k_cls, int rows_in, int cols_in,
-              const float *term, long t_rs, long t_plane, long t_class, int t_r0, int t_c0,
-              const float *bias, long b_class,
-              const float *w, long w_class, const float *ow, long ow_class, const float *ob, long ob_class,
-              int hidden, float *out, int row0, int row1, int threads)
+/* Output rows [row0, row1) of one step, on the calling thread. */
+static void step_rows(const float *u, int k_cls, int rows_in, int cols_in,
+                      const float *term, long t_rs, long t_plane, long t_class, int t_r0, int t_c0,
+                      const float *bias, long b_class,
+                      const float *w, long w_class, const float *ow, long ow_class, const float *ob, long ob_class,
+                      int hidden, float *out, int row0, int row1)
 {
     const int r = KS / 2;
     const int cols = cols_in - 2 * r;
     const long u_plane = (long)rows_in * cols_in, o_plane = (long)(rows_in - 2 * r) * cols;
-    if (cols < L) return; /* the caller checks this */
-#pragma omp parallel for num_threads(threads) schedule(static)
     for (int y = row0; y < row1; y++) {
         for (int k = 0; k < k_cls; k++) {
             const float *wk = w + k * w_class, *owk = ow + k * ow_class, *bk = bias + k * b_class;
@@ -152,4 +155,97 @@ void rnn_step(const float *u, int k_cls, int rows_in, int cols_in,
             }
         }
     }
+}
+
+/* Output rows [row0, row1) of one step; out has (rows_in - 2r) x (cols_in - 2r) pixels per class. */
+void rnn_step(const float *u, int k_cls, int rows_in, int cols_in,
+              const float *term, long t_rs, long t_plane, long t_class, int t_r0, int t_c0,
+              const float *bias, long b_class,
+              const float *w, long w_class, const float *ow, long ow_class, const float *ob, long ob_class,
+              int hidden, float *out, int row0, int row1, int threads)
+{
+    const int r = KS / 2;
+    if (cols_in - 2 * r < L) return; /* the caller checks this */
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int y = row0; y < row1; y++)
+        step_rows(u, k_cls, rows_in, cols_in, term, t_rs, t_plane, t_class, t_r0, t_c0, bias, b_class, w, w_class, ow,
+                  ow_class, ob, ob_class, hidden, out, y, y + 1);
+}
+
+/* Rows [row0, row1) of u (K planes of rows x cols) refilled past the scene's edges: columns left of
+ * `left` and right of cols - right - 1 copy the edge column; rows below rows - bottom - 1 copy that
+ * row (which is at most row1 - 1, so already final); row `top`, once in range, is copied into the
+ * rows above it. The reference's replicate padding, as fused.py's _replicate_edges does per step. */
+static void refill_edges(float *u, int k_cls, int rows, int cols, const int *e, int row0, int row1)
+{
+    const int top = e[0], bottom = e[1], left = e[2], right = e[3];
+    for (int k = 0; k < k_cls; k++) {
+        float *uk = u + (long)k * rows * cols;
+        for (int y = row0; y < row1; y++) {
+            float *row = uk + (long)y * cols;
+            for (int x = 0; x < left; x++) row[x] = row[left];
+            for (int x = cols - right; x < cols; x++) row[x] = row[cols - right - 1];
+        }
+        for (int y = row0 > rows - bottom ? row0 : rows - bottom; y < row1; y++)
+            memcpy(uk + (long)y * cols, uk + (long)(rows - bottom - 1) * cols, sizeof(float) * cols);
+        if (top && row0 <= top && top < row1)
+            for (int y = 0; y < top; y++) memcpy(uk + (long)y * cols, uk + (long)top * cols, sizeof(float) * cols);
+    }
+}
+
+/* Temporal blocking: all `steps` iterations over one block, on the calling thread, band by band.
+ *
+ * Step-by-step, each step reads the whole block's image term (384 bytes a pixel for K = 3) from
+ * the L3 or memory. Here step t computes its next rows as soon as step t - 1 has the rows they
+ * read (r more below), so the steps follow each other down the block a few rows apart and each
+ * band's term is read T times while it is in the core's cache. u[t] is (K, rows - 2rt, cols - 2rt),
+ * u[0] the input; step t reads term[t] from row and column t_off[t] and parameter set t, and
+ * refills edges[4t..4t+3] (top, bottom, left, right) of its output like rnn_step's caller does.
+ * Every pixel gets the same instructions as in rnn_step, so the results are the same bits.
+ *
+ * Resumable, so the caller can compute the term a few rows at a time just ahead of its use:
+ * done[t] (t = 1..steps) counts the rows of u[t] computed so far (zeros at first), and only the
+ * first term_rows rows of the terms are read; a call computes all it can, then returns. */
+void rnn_steps(int steps, float *const *u, int k_cls, int rows0, int cols0,
+               const float *const *term, long t_rs, long t_plane, long t_class, const int *t_off, int term_rows,
+               const float *const *bias, long b_class, const float *const *w, long w_class,
+               const float *const *ow, long ow_class, const float *const *ob, long ob_class,
+               int hidden, const int *edges, int band, int *done)
+{
+    const int r = KS / 2;
+    if (cols0 - 2 * r * steps < L || band < 1) return; /* the caller checks this */
+    for (int moved = 1; moved;) {
+        moved = 0;
+        for (int t = 1; t <= steps; t++) {
+            const int rows_in = rows0 - 2 * r * (t - 1), cols_in = cols0 - 2 * r * (t - 1);
+            const int rows = rows_in - 2 * r, cols = cols_in - 2 * r;
+            const int top_in = t > 1 ? edges[4 * (t - 2)] : 0; /* rows above it final once it is done */
+            const int ready = t == 1 ? rows0 : done[t - 1] > top_in ? done[t - 1] : 0;
+            int end = ready - 2 * r; /* output rows whose inputs are final */
+            if (end > rows) end = rows;
+            if (end > term_rows - t_off[t - 1]) end = term_rows - t_off[t - 1];
+            if (t == 1 && end > done[t] + band) end = done[t] + band; /* the first step leads, a band at a time */
+            if (end > done[t]) {
+                step_rows(u[t - 1], k_cls, rows_in, cols_in, term[t - 1], t_rs, t_plane, t_class, t_off[t - 1],
+                          t_off[t - 1], bias[t - 1], b_class, w[t - 1], w_class, ow[t - 1], ow_class, ob[t - 1],
+                          ob_class, hidden, u[t], done[t], end);
+                refill_edges(u[t], k_cls, rows, cols, edges + 4 * (t - 1), done[t], end);
+                done[t] = end;
+                moved = 1;
+            }
+        }
+    }
+}
+
+/* work(i) on each of `threads` OpenMP threads at once (i = 0 .. threads - 1): the process's own
+ * OpenMP threads, torch's, which run torch's ops inside it one thread each (they see they are in
+ * a parallel region). Lets Python share independent blocks between threads with one join. */
+void rnn_parallel(void (*work)(int), int threads)
+{
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads)
+    work(omp_get_thread_num());
+#else
+    for (int i = 0; i < threads; i++) work(i);
+#endif
 }
