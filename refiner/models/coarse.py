@@ -81,8 +81,12 @@ class CoarseNet(nn.Module):
     cfg: CoarseConfig
 
     def scores(self, image: torch.Tensor) -> torch.Tensor:
-        """Class scores (B, K, H, W) of an image whose sides are multiples of the stride."""
-        raise NotImplementedError
+        """Class scores (B, K, H, W) of an image whose sides are multiples of the stride.
+
+        The hook each design overrides (``CoarseCNN``, ``SkipContextCNN``); the base class only
+        pads, crops and adds the class offsets around it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must define scores()")
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Class scores (B, K, H, W) at full resolution for a normalised ``image`` (B, C, H, W) of any size."""
