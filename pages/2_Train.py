@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import streamlit as st
 
 from refiner.app import jobs, model_history, results, viz
@@ -31,8 +33,10 @@ st.write(
     " Part of the painted pixels is held back to measure IoU as training goes: whole painted regions,"
     " with the training pixels within twice the RNN's reach (2 × T × kernel radius) of them left out,"
     " so the score is not made on near-copies of what it trained on."
-    f" A run stops when that score stops improving, and after at most {jobs.TrainParams().max_seconds:.0f} s"
-    " (it keeps the weights that scored best)."
+    " A run stops when that score stops improving, and takes at most"
+    f" **{jobs.TrainParams().max_seconds:.0f} s** from the click to the new RNN's scores on this page"
+    " (reading the tile, training, saving and refining the tile all count; on a busy server training gets"
+    " fewer steps in that time). It keeps the weights that scored best."
 )
 has_model = ws.has_model("rnn")
 model_info = {}
@@ -127,6 +131,12 @@ if submitted:
     st.rerun()
 
 
+def _left(now: jobs.JobStatus) -> str:
+    """ ", at most 38 s left" while a budgeted run is active."""
+    left = now.seconds_left(time.time())
+    return "" if left is None else f", at most {left:.0f} s left"
+
+
 def training_details(now: jobs.JobStatus) -> None:
     """The step, loss, held-out scores and device of the run, and its loss and IoU curves."""
     m = st.columns(4)
@@ -156,7 +166,7 @@ def training_details(now: jobs.JobStatus) -> None:
 job_panel(
     ws,
     jobs.TRAINING,
-    lambda now: f"Training on {now.device or '…'}: step {now.step} of {now.steps}",
+    lambda now: f"Training on {now.device or '…'}: step {now.step} of {now.steps}" + _left(now),
     failed="Training failed",
     cancel=("Cancel training", "cancel", "Cancelling: the model trained so far will be kept."),
     idle=lambda: st.info("No training run yet in this workspace."),

@@ -112,6 +112,9 @@ def test_train_form_defaults_are_the_config_dataclasses(tmp_path, monkeypatch):
     at = run("pages/2_Train.py")
     d = jobs.TrainParams()
     assert "pretrained RNN" in at.radio(key="start_from").value
+    # the budget the page states is the whole wait, click to scores (issue #22: it was training's only)
+    stated = f"at most **{d.max_seconds:.0f} s** from the click to the new RNN's scores"
+    assert any(stated in m.value for m in at.markdown)
     values = {k: at.number_input(key=k).value for k in ("steps", "lr_pretrained", "iterations", "batch", "patch")}
     assert values == {"steps": d.steps, "lr_pretrained": FINETUNE_DEFAULTS.lr, "iterations": d.iterations,
                       "batch": d.batch_size, "patch": d.patch_size}  # fmt: skip

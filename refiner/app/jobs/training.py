@@ -65,9 +65,11 @@ class TrainParams:
     #: ... or every this many seconds, whichever comes first (None: by steps only)
     eval_seconds: float | None = _TRAIN.eval_seconds
     checkpoint_every: int = 50  # the app's own (the page asks for one every fifth of the run)
-    #: The app's wall-clock budget for a run: 300 steps took 476-892 s on a busy 2-core server
-    #: while the held-out IoU was flat after about 35 (issue #22), so a run ends after this many
-    #: seconds, or earlier when the held-out score stops improving; None = no budget
+    #: The app's wall-clock budget for a whole run, from its start to the new RNN's scores on the
+    #: page: 300 steps took 476-892 s on a busy 2-core server while the held-out IoU was flat after
+    #: about 35 (issue #22). Training gets what is left of it after reading the tile and before
+    #: saving and the page's refinement (:func:`training_budget`), and ends earlier when the
+    #: held-out score stops improving; None = no budget
     max_seconds: float | None = 60.0
     seed: int = _TRAIN.seed
     resume: bool = True  # continue from the workspace's current RNN (else start a new one)
@@ -85,6 +87,26 @@ class TrainParams:
     def from_pretrained(self) -> bool:
         """A patch fine-tune of a shipped RNN (not continuing the workspace's, not from scratch)."""
         return not self.resume and bool(self.pretrained)
+
+
+#: What comes after the last training step, against the run's budget: saving the model and its
+#: history (about 1 s), then the Train page refining the tile and scoring it, measured at 3.1 s
+#: for a 1024² tile on a quiet 2-core EPYC (benchmarks/ui_latency.py --only finetune).
+FINISH_SECONDS, REFINE_SECONDS_PER_MPX = 1.0, 3.0
+#: Training never gets less than this, whatever the preparation took (a run that trains nothing helps nobody).
+MIN_TRAIN_SECONDS = 10.0
+
+
+def training_budget(total: float | None, spent: float, pixels: int) -> float | None:
+    """Seconds left for training in a run of ``total`` seconds, ``spent`` of them on preparation.
+
+    ``pixels``: the tile's size on the grid the page refines, which sets what the end costs
+    (:data:`FINISH_SECONDS`, :data:`REFINE_SECONDS_PER_MPX`). None when there is no budget.
+    """
+    if total is None:
+        return None
+    reserve = FINISH_SECONDS + REFINE_SECONDS_PER_MPX * pixels / 1e6
+    return max(MIN_TRAIN_SECONDS, total - spent - reserve)
 
 
 def run_config(p: TrainParams) -> RNNTrainConfig:
@@ -132,11 +154,23 @@ class JobStatus(JobState):
     params: dict = field(default_factory=dict)
     start_step: int = 0  # steps the model had before this run
     best_step: int | None = None  # the step whose weights were kept (best on the held-out regions)
+    #: the seconds training may take (the run's budget less its preparation and end); None = no budget
+    train_seconds: float | None = None
+
+    def seconds_left(self, now: float) -> float | None:
+        """At most how many seconds the run still takes at wall-clock time ``now`` (None: no budget)."""
+        budget = self.params.get("max_seconds")
+        if budget is None or not self.active:
+            return None
+        return max(0.0, self.started + float(budget) - now)
 
     @property
     def fraction(self) -> float:
-        """Share of this run's steps done, 0 to 1 (for the progress bar)."""
-        return min(1.0, self.step / self.steps) if self.steps else 0.0
+        """Share of the run done, 0 to 1 (for the progress bar): by steps, or by its time budget if further."""
+        by_steps = self.step / self.steps if self.steps else 0.0
+        budget = self.params.get("max_seconds")
+        by_time = (self.updated - self.started) / float(budget) if budget and self.updated else 0.0
+        return 1.0 if self.state == "finished" else min(1.0, max(by_steps, by_time))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Self:
@@ -195,6 +229,9 @@ def run_training(workspace: str | Path, job_id: str, params: dict) -> dict:
             status.earlier_loss = [tuple(x) for x in earlier.get("loss", [])]
             status.earlier_val = list(earlier.get("val", []))
         cfg = run_config(p)
+        spent = time.time() - status.started
+        cfg = replace(cfg, max_seconds=training_budget(p.max_seconds, spent, int(np.prod(tile.shape))))
+        status.train_seconds = cfg.max_seconds
         status.message = f"started from {start}"
         status.params = {**status.params, "started_from": start}
 

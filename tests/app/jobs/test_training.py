@@ -133,3 +133,39 @@ def test_a_road_workspace_fine_tunes_the_pretrained_rnn_derived_for_its_classes(
         else:  # a class the shipped RNN does not know: refused before any step, saying what to do
             assert out["state"] == "failed" and "does not know water" in out["message"]
             assert "train a new RNN instead" in out["message"]
+
+
+def test_the_budget_covers_the_whole_run_not_only_training():
+    """Issue #22: with 60 s of training the wait from the click was 66 s (quiet) to 73 s (busy)."""
+    from refiner.app.jobs.training import FINISH_SECONDS, MIN_TRAIN_SECONDS, REFINE_SECONDS_PER_MPX, training_budget
+
+    left = training_budget(60.0, 2.5, 1024 * 1024)
+    assert left == pytest.approx(60.0 - 2.5 - FINISH_SECONDS - REFINE_SECONDS_PER_MPX * 1.048576)
+    assert training_budget(60.0, 2.5, 3000 * 3000) < left  # a bigger tile takes longer to refine
+    assert training_budget(60.0, 58.0, 1024 * 1024) == MIN_TRAIN_SECONDS  # a slow start still trains
+    assert training_budget(None, 2.5, 1024 * 1024) is None
+
+
+def test_a_budgeted_run_says_how_long_is_left_and_its_bar_follows_the_clock():
+    status = jobs.JobStatus(id="j", state="running", started=1000.0, updated=1007.0, step=3, steps=300,
+                            params={"max_seconds": 14.0})  # fmt: skip
+    assert status.seconds_left(1004.0) == 10.0 and status.seconds_left(1020.0) == 0.0
+    assert status.fraction == pytest.approx(7 / 14)  # 3 of 300 steps, but half the time
+    status.step = 290
+    assert status.fraction == pytest.approx(290 / 300)
+    assert jobs.JobStatus(id="j", state="running", params={"max_seconds": None}).seconds_left(5.0) is None
+    status.state = "finished"
+    assert status.seconds_left(1004.0) is None and status.fraction == 1.0
+
+
+def test_a_budgeted_run_trains_for_what_its_preparation_left(ws):
+    from refiner.app.jobs.training import MIN_TRAIN_SECONDS
+
+    params = jobs.TrainParams(steps=100000, eval_every=5, eval_seconds=None, batch_size=2, patch_size=24,
+                              resume=False, max_seconds=14.0)  # fmt: skip
+    jobs.start_training(ws, params)
+    done = jobs.TRAINING.wait(ws, 120)
+    assert done.state == "finished", done.message
+    # training got the budget less the preparation and the end's reserve (never below the minimum)
+    assert MIN_TRAIN_SECONDS <= done.train_seconds < 14.0
+    assert done.step < 100000 and ("time_budget" in done.message or "early" in done.message), done.message
