@@ -370,6 +370,15 @@ def _task_weights(tiles: list[TileData], shares: dict[str, float]) -> list[float
     return w
 
 
+def _rnn_patches(raw: dict) -> str:
+    """How an RNN recipe started and drew its patches, in words for its card."""
+    start = "du = 0 at the start (`identity_start`)" if raw.get("identity_start") else "Glorot's start"
+    centres = "balanced over label values" if raw.get("balance", True) else "uniform over the labelled pixels"
+    focus = float(raw.get("focus", 0.0))
+    hard = f"; {focus:.0%} centred where the coarse map is wrong or unsure (`focus`)" if focus else ""
+    return f"{start}; centres {centres}{hard}"
+
+
 def _card(folder: Path, card: dict) -> None:
     atomic_write_bytes(folder / "card.json", json.dumps(card, indent=2).encode())
     lines = [f"# {card['title']}", "", card["summary"], "",
@@ -381,6 +390,7 @@ def _card(folder: Path, card: dict) -> None:
              *([f"- test scores recomputed {card['rescored']}"] if card.get("rescored") else []),
              *([f"- class score offsets (calibrated on the validation tiles): {card['class_bias']}"]
                if card.get("class_bias") else []),
+             *([f"- training patches: {card['patches']}"] if card.get("patches") else []),
              f"- split: `{card['split_file']}`", "", "| set | train | val | test |", "|---|---|---|---|"]  # fmt: skip
     for name, roles in card["data"].items():
         lines.append(f"| {name} | {len(roles['train'])} | {len(roles['val'])} | {', '.join(roles['test']) or '-'} |")
@@ -590,7 +600,8 @@ def _pretrain_rnn(r: _Recipe) -> _Trained:
                              partial=PARTIAL, tile_weights=weights, resolution=1.0, stats=(coarse.mean, coarse.std),
                              validate=validate, progress=_log("rnn"), centre_stride=4,
                              identity_start=bool(raw.get("identity_start", False)),
-                             balance=bool(raw.get("balance", True)))  # fmt: skip
+                             balance=bool(raw.get("balance", True)),
+                             focus=float(raw.get("focus", 0.0)))  # fmt: skip
     bundle = result.bundle
     bundle.optimizer_state = None  # fine-tunes start a fresh AdaGrad (FINETUNE_DEFAULTS)
     if raw.get("calibrate"):
@@ -650,7 +661,7 @@ def run_pretrain(
         "torch_threads": torch.get_num_threads(), "seed": seed,
         "rebuild": f"python -m refiner pretrain {config}", "train_config": bundle.info.get("train_config"),
         "test_scores": scores, "init": raw.get("init"), "class_bias": bundle.info.get("class_bias"),
-        **({"baseline": baseline} if kind == "rnn" else {}),
+        **({"baseline": baseline, "patches": _rnn_patches(raw)} if kind == "rnn" else {}),
     })  # fmt: skip
     print(f"pretrain {kind}: saved {folder} ({seconds:.0f} s); test scores: {json.dumps(scores)}", flush=True)
     return folder

@@ -35,6 +35,7 @@ from refiner.train.sampling import (
     check_counts,
     check_labels,
     check_patches,
+    hard_pixels,
     holdout_guard,
     jitter,
     split_holdout,
@@ -607,6 +608,7 @@ def train_rnn_tiles(
     balance: bool = True,
     centre_stride: int = 1,
     identity_start: bool = False,
+    focus: float = 0.0,
 ) -> RNNTrainResult:
     """Pretrain the RNN over many tiles on a coarse model's outputs (the fine-tunes' start).
 
@@ -614,7 +616,9 @@ def train_rnn_tiles(
     partial labels, class-balanced centres, and the best weights by ``validate`` every
     ``cfg.eval_every`` steps. ``identity_start`` zeroes the MLPs' output layers, so training
     starts from ``du = 0`` (the refined map equals the coarse one) instead of a random update
-    that first has to be unlearnt. ``cfg.steps``, ``batch_size`` or ``patch_size`` below 1 is a
+    that first has to be unlearnt. ``focus`` is the share of patches centred on pixels where the
+    coarse map is wrong or unsure (:func:`~refiner.train.sampling.hard_pixels`), the rest drawn
+    as ``balance`` says. ``cfg.steps``, ``batch_size`` or ``patch_size`` below 1 is a
     ``ValueError``, as in :func:`train_rnn`.
     """
     check_counts(steps=cfg.steps, batch_size=cfg.batch_size, patch_size=cfg.patch_size)
@@ -637,6 +641,8 @@ def train_rnn_tiles(
             augment=cfg.augment,
             balance=balance,
             stride=centre_stride,
+            focus=hard_pixels(pr, lab, allowed.numpy()) if focus > 0 else None,
+            focus_share=focus,
         )  # fmt: skip
         for i, (im, pr, lab) in enumerate(zip(images, probs, labels, strict=True))
     ]

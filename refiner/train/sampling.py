@@ -208,7 +208,13 @@ class PatchSampler:
         augment: bool = True,
         balance: bool = False,
         stride: int = 1,
+        focus: np.ndarray | None = None,
+        focus_share: float = 0.0,
     ) -> None:
+        if not 0.0 <= focus_share <= 1.0:
+            raise ValueError(f"focus_share must lie in 0..1, not {focus_share}")
+        if focus is not None and focus.shape != labels.shape:
+            raise ValueError(f"the focus map {focus.shape} and the labels {labels.shape} differ in size")
         self.size, self.margin, self.augment = size, margin, augment
         h, w = labels.shape
         extra_h, extra_w = max(0, size - h), max(0, size - w)
@@ -226,6 +232,11 @@ class PatchSampler:
         # Massachusetts tile; uniform centres show the network a road in few patches)
         values = sub[ys, xs]
         self.groups = [np.flatnonzero(values == v) for v in np.unique(values)] if balance else []
+        # focus: a share of the centres drawn among the candidates the focus map marks (e.g. where a
+        # coarse map is wrong or unsure, :func:`hard_pixels`), so training sees the errors to fix
+        # more often than their few percent of the pixels would show them
+        self.focus_share = focus_share if focus is not None else 0.0
+        self.focus = np.flatnonzero(focus[::stride, ::stride][ys, xs]) if focus is not None else np.zeros(0, np.int64)
         self.rng = np.random.default_rng(seed)
 
     def sample(self, n: int) -> tuple[list[np.ndarray], np.ndarray]:
@@ -240,6 +251,9 @@ class PatchSampler:
             idx = np.array([self.groups[i][self.rng.integers(0, self.groups[i].size)] for i in g])
         else:
             idx = self.rng.integers(0, self.ys.size, n)
+        if self.focus_share > 0 and self.focus.size:  # no extra draws when off: the same patches as before
+            hard = self.rng.random(n) < self.focus_share
+            idx[hard] = self.focus[self.rng.integers(0, self.focus.size, int(hard.sum()))]
         tops = np.clip(self.ys[idx] - self.rng.integers(0, s, n), 0, hp - s)
         lefts = np.clip(self.xs[idx] - self.rng.integers(0, s, n), 0, wp - s)
         outs = [
@@ -255,6 +269,24 @@ class PatchSampler:
                 outs = [o[..., ::-1] for o in outs]
                 lab = lab[..., ::-1]
         return [np.ascontiguousarray(o) for o in outs], np.ascontiguousarray(lab)
+
+
+def hard_pixels(probs: np.ndarray, labels: np.ndarray, allowed: np.ndarray, margin: float = 0.2) -> np.ndarray:
+    """(H, W) bool: the labelled pixels where a coarse map is wrong or unsure.
+
+    Wrong: its most likely class is one the label rules out (``allowed``: the (256, K) table of
+    :func:`~refiner.train.losses.allowed_table`, so "not road" is wrong only where the map says
+    road). Unsure: its two most likely classes lie within ``margin`` of each other. ``probs``:
+    (K, H, W) probabilities, float or uint8 (0-255).
+    """
+    if probs.shape[1:] != labels.shape:
+        raise ValueError(f"the probabilities {probs.shape[1:]} and the labels {labels.shape} differ in size")
+    scale = 255.0 if probs.dtype == np.uint8 else 1.0
+    top2 = np.sort(probs, axis=0)[-2:].astype(np.float32) / scale
+    best = probs.argmax(0)
+    wrong = ~allowed[labels, best]
+    unsure = top2[1] - top2[0] < margin
+    return (labels != IGNORE) & (wrong | unsure)
 
 
 def as_float(x: np.ndarray) -> torch.Tensor:

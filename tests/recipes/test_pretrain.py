@@ -224,6 +224,16 @@ def test_an_rnn_card_says_its_scores_beside_the_coarse_maps_it_refines(tmp_path)
     assert json.loads((folder / "card.json").read_text())["baseline"]["test_scores"]["road"]["iou"] == 0.307
 
 
+def test_an_rnn_card_says_how_its_patches_were_drawn():
+    """The shipped card's line on its start and patch centres was written by hand and lost on a rebuild."""
+    from refiner.recipes.pretrain import _rnn_patches
+
+    assert _rnn_patches({}) == "Glorot's start; centres balanced over label values"
+    words = _rnn_patches({"identity_start": True, "balance": False, "focus": 0.25})
+    assert words == ("du = 0 at the start (`identity_start`); centres uniform over the labelled pixels; "
+                     "25% centred where the coarse map is wrong or unsure (`focus`)")  # fmt: skip
+
+
 RECIPE = """
 kind = "coarse"
 split = "split.toml"

@@ -224,6 +224,44 @@ def test_balanced_sampler_centres_half_the_patches_on_a_rare_class():
     assert 0.4 < centre_hits[1] < 0.6
 
 
+def test_focus_centres_the_given_share_of_patches_on_the_hard_pixels_and_nothing_else_changes():
+    labels = np.zeros((200, 200), np.uint8)
+    image = np.arange(200 * 200, dtype=np.float32).reshape(1, 200, 200)  # each pixel's value is its index
+    focus = np.zeros((200, 200), bool)
+    focus[50:52, 60:62] = True  # 4 pixels of 40,000
+    plain = PatchSampler([image], labels, 1, 0, seed=3, augment=False)
+    off = PatchSampler([image], labels, 1, 0, seed=3, augment=False, focus=focus, focus_share=0.0)
+    assert np.array_equal(plain.sample(50)[0][0], off.sample(50)[0][0])  # off: the same patches as before
+    on = PatchSampler([image], labels, 1, 0, seed=3, augment=False, focus=focus, focus_share=0.5)
+    (x,), _ = on.sample(4000)
+    hit = np.isin(x.ravel(), np.flatnonzero(focus.ravel()))
+    assert 0.45 < hit.mean() < 0.55
+    with pytest.raises(ValueError, match="focus_share"):
+        PatchSampler([image], labels, 1, 0, focus=focus, focus_share=1.5)
+    with pytest.raises(ValueError, match="differ in size"):
+        PatchSampler([image], labels, 1, 0, focus=focus[:10], focus_share=0.5)
+
+
+def test_hard_pixels_are_where_the_coarse_map_is_wrong_or_unsure_on_labelled_pixels():
+    from refiner.train.sampling import hard_pixels
+
+    probs = np.zeros((3, 1, 6), np.float32)
+    probs[:, 0, 0] = (0.9, 0.05, 0.05)  # right: background, labelled background
+    probs[:, 0, 1] = (0.9, 0.05, 0.05)  # wrong: background, labelled road
+    probs[:, 0, 2] = (0.45, 0.15, 0.40)  # unsure: background by 0.05
+    probs[:, 0, 3] = (0.05, 0.9, 0.05)  # "not road" and building: right
+    probs[:, 0, 4] = (0.05, 0.05, 0.9)  # "not road" and road: wrong
+    probs[:, 0, 5] = (0.05, 0.05, 0.9)  # unlabelled: never hard
+    labels = np.array([[0, 2, 0, NOT_ROAD, NOT_ROAD, IGNORE]], np.uint8)
+    allowed = allowed_table(3, {NOT_ROAD: (0, 1)}).numpy()
+    expect = [False, True, True, False, True, False]
+    assert hard_pixels(probs, labels, allowed).tolist() == [expect]
+    as_bytes = np.round(probs * 255).astype(np.uint8)  # the pretrained recipe keeps uint8 probabilities
+    assert hard_pixels(as_bytes, labels, allowed).tolist() == [expect]
+    with pytest.raises(ValueError, match="differ in size"):
+        hard_pixels(probs, labels[:, :3], allowed)
+
+
 def test_sampler_keeps_uint8_images_and_a_centre_stride():
     labels = np.zeros((64, 64), np.uint8)
     s = PatchSampler([np.zeros((3, 64, 64), np.uint8)], labels, 16, 4, stride=4)
@@ -348,6 +386,10 @@ def test_training_refuses_zero_steps_and_a_coarse_start_for_the_rnn():
         train_rnn_tiles(images, probs, labels, classes, RNNTrainConfig(steps=0), partial=PARTIAL)
     with pytest.raises(ValueError, match="batch size 0 is below 1"):
         train_rnn_tiles(images, probs, labels, classes, RNNTrainConfig(batch_size=0), partial=PARTIAL)
+    # focus on the coarse map's errors: uniform probabilities are unsure everywhere, so it trains as usual
+    res = train_rnn_tiles(images, probs, labels, classes, RNNTrainConfig(steps=2, batch_size=2, patch_size=16),
+                          partial=PARTIAL, focus=0.5)  # fmt: skip
+    assert res.bundle.info["trained_steps"] == 2 and np.isfinite(res.history[-1].loss)
     from refiner.models.store import ModelBundle
 
     coarse = ModelBundle("coarse", CoarseCNN(CoarseConfig(3)), classes)
