@@ -27,16 +27,9 @@ from refiner.core.metrics import errors_by_boundary_distance
 from refiner.models.inference import predict_coarse, refine
 from refiner.models.pretrained import pretrained_root
 from refiner.models.store import load_model
-from refiner.recipes.pretrain import MACHINE, TASK_CLASS, load_role, load_split
+from refiner.recipes.pretrain import MACHINE, load_role, load_split, task_maps
 
 SPLIT = Path(__file__).resolve().parents[1] / "experiments" / "pretrained" / "split.toml"
-
-
-def task_maps(probs: np.ndarray, labels: np.ndarray, task: str) -> tuple[np.ndarray, np.ndarray]:
-    """The class-vs-rest map of ``probs`` and the truth for ``task`` (255 where unlabelled)."""
-    c = TASK_CLASS[task]
-    truth = np.where(labels == IGNORE, IGNORE, labels == c).astype(np.uint8)
-    return (probs.argmax(0) == c).astype(np.uint8), truth
 
 
 def add_rows(total: list[dict], rows: list[dict]) -> list[dict]:

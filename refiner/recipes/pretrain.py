@@ -15,7 +15,7 @@ import platform
 import time
 import tomllib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -174,14 +174,19 @@ def load_role(sets: dict[str, SetSpec], role: str, *, only: list[str] | None = N
 # --------------------------------------------------------------------------- scoring
 
 
-def task_confusion(probs: np.ndarray, data: TileData, task: str) -> np.ndarray:
-    """2x2 confusion (not-class, class) of the 3-class output against a tile's labels for ``task``.
+def task_maps(probs: np.ndarray, labels: np.ndarray, task: str) -> tuple[np.ndarray, np.ndarray]:
+    """The class-vs-rest map of the 3-class ``probs`` for ``task`` and its truth (255 where unlabelled).
 
-    Partial labels (``NOT_ROAD``, ``NOT_BUILDING``) count as not-class; unlabelled pixels are left out.
+    Partial labels (``NOT_ROAD``, ``NOT_BUILDING``) count as not-class.
     """
     c = TASK_CLASS[task]
-    truth = np.where(data.labels == IGNORE, IGNORE, data.labels == c).astype(np.uint8)
-    return confusion_matrix((probs.argmax(0) == c).astype(np.uint8), truth, 2)
+    truth = np.where(labels == IGNORE, IGNORE, labels == c).astype(np.uint8)
+    return (probs.argmax(0) == c).astype(np.uint8), truth
+
+
+def task_confusion(probs: np.ndarray, data: TileData, task: str) -> np.ndarray:
+    """2x2 confusion (not-class, class) of :func:`task_maps`; unlabelled pixels are left out."""
+    return confusion_matrix(*task_maps(probs, data.labels, task), 2)
 
 
 def scores_2x2(cm: np.ndarray) -> dict:
@@ -418,9 +423,15 @@ def test_scores(
     For an RNN, give the ``coarse`` model whose maps it refines: the second value is then that
     coarse map's scores on the same tiles (the card's baseline), else None.
     """
-    test = load_role(load_split(split_file), "test")
+    return scores_on(model, load_role(load_split(split_file), "test"), coarse)
+
+
+def scores_on(
+    model: ModelBundle, tiles: Sequence[TileData], coarse: ModelBundle[CoarseNet] | None = None
+) -> tuple[dict[str, dict], dict[str, dict] | None]:
+    """:func:`test_scores` on the given tiles (a recipe's own test tiles, its sets only)."""
     items, base = [], []
-    for d in test:
+    for d in tiles:
         if model.kind == "coarse":
             items.append((predict_coarse(model, d.tile(), device="cpu"), d))
             continue
@@ -609,15 +620,11 @@ def _pretrain_rnn(r: _Recipe) -> _Trained:
         bundle.info = {**bundle.info, "class_bias": list(beta)}
         print(f"pretrain rnn: class offsets chosen on the validation tiles: {beta}", flush=True)
     seconds = time.perf_counter() - t0
-    items, coarse_items = [], []
-    for d in r.test:
-        coarse_probs = predict_coarse(coarse, d.tile(), device="cpu")
-        items.append((refine(bundle, d.tile(), coarse_probs).final, d))
-        coarse_items.append((coarse_probs, d))
+    scores, coarse_scores = scores_on(bundle, r.test, coarse)
     # the coarse map's scores on the same tiles, beside the RNN's: the card showed two near-equal
     # rows (road IoU 0.31 / 0.29) that read as the coarse card's repeated, with nothing to compare
-    baseline = {"model": Path(raw["coarse"]).name, "test_scores": score_probs(coarse_items)}
-    return _Trained(bundle, bundle.info.get("best_step"), result.best_val, seconds, score_probs(items), baseline)
+    baseline = {"model": Path(raw["coarse"]).name, "test_scores": coarse_scores}
+    return _Trained(bundle, bundle.info.get("best_step"), result.best_val, seconds, scores, baseline)
 
 
 def run_pretrain(
