@@ -187,45 +187,37 @@ def class_merge(target: ClassSpec, model: ClassSpec) -> tuple[tuple[tuple[int, .
 
 def pick_coarse(classes: ClassSpec, resolution: float | None, *, root: str | Path | None = None) -> Pick:
     """The shipped coarse CNN for the target classes and ground resolution (rules: module doc)."""
-    fits: list[tuple[tuple[bool, float, str], Shipped, tuple[tuple[int, ...], ...], str]] = []
-    why_not = []
-    for m in catalogue(root):
-        if m.kind != "coarse":
-            continue
-        merge, how = class_merge(classes, m.classes)
-        ok, res_note = _resolution_note(m, resolution)
-        if merge is None or not ok:
-            why_not.append(f"{m.name}: {how if merge is None else res_note}")
-            continue
-        exact = len(m.classes) == len(classes)
-        rank = (not exact, abs((m.resolution or 1.0) - (resolution or m.resolution or 1.0)), m.name)
-        fits.append((rank, m, merge, f"{how}; {res_note}"))
-    if not fits:
-        return Pick(None, _none_reason("coarse CNN", classes, why_not))
-    _, m, merge, why = min(fits, key=lambda f: f[0])
-    return Pick(m, f"{m.summary()} fits: {why}", merge)
+    return _pick("coarse", "coarse CNN", classes, resolution, root)
 
 
 def pick_rnn(classes: ClassSpec, resolution: float | None, *, root: str | Path | None = None) -> Pick:
     """The shipped RNN to fine-tune from, load it with :func:`rnn_for` (rules: module doc)."""
+    return _pick("rnn", "RNN", classes, resolution, root)
+
+
+def _pick(kind: str, what: str, classes: ClassSpec, resolution: float | None, root: str | Path | None) -> Pick:
+    """The best-ranked shipped model of ``kind`` that fits, or None with why each one does not.
+
+    Ranked by: the same number of classes first, then the nearest resolution, then the name.
+    """
     fits: list[tuple[tuple[bool, float, str], Shipped, tuple[tuple[int, ...], ...], str]] = []
     why_not = []
     for m in catalogue(root):
-        if m.kind != "rnn":
+        if m.kind != kind:
             continue
         merge, how = class_merge(classes, m.classes)
         ok, res_note = _resolution_note(m, resolution)
         if merge is None or not ok:
             why_not.append(f"{m.name}: {how if merge is None else res_note}")
             continue
-        if len(m.classes) != len(classes):
+        if kind == "rnn" and len(m.classes) != len(classes):  # an RNN drops classes, it does not merge them
             dropped = ", ".join(n for n in m.classes.names if _norm(n) not in {_norm(c) for c in classes.names})
             how = f"its {', '.join(classes.names)} weights are used, those of {dropped} (background here) dropped"
         exact = len(m.classes) == len(classes)
         rank = (not exact, abs((m.resolution or 1.0) - (resolution or m.resolution or 1.0)), m.name)
         fits.append((rank, m, merge, f"{how}; {res_note}"))
     if not fits:
-        return Pick(None, _none_reason("RNN", classes, why_not))
+        return Pick(None, _none_reason(what, classes, why_not))
     _, m, merge, why = min(fits, key=lambda f: f[0])
     return Pick(m, f"{m.summary()} fits: {why}", merge)
 
