@@ -12,6 +12,7 @@ shared folder); ``eval`` scores saved weights::
     PYTHONPATH=. python benchmarks/patch_protocol.py train g0 class_specific 1000 '{"guard": 0}'  # 16 px cells, no band
     PYTHONPATH=. python benchmarks/patch_protocol.py train os class_specific 1000 '{"guard": "9cd8846"}'  # its draw
     PYTHONPATH=. python benchmarks/patch_protocol.py eval all              # per-iteration mIoU, t = 0 is the CNN
+    PYTHONPATH=. python benchmarks/patch_protocol.py same all              # the same on the rest of tile 12
     PYTHONPATH=. python benchmarks/patch_protocol.py crf                   # the dense CRF, grid-searched on the window
 """
 
@@ -140,6 +141,30 @@ def evaluate(tags: list[str]) -> None:
                           "road": [round(s.iou[1], 4) for s in scores]}))  # fmt: skip
 
 
+def evaluate_same_tile(tags: list[str]) -> None:
+    """Like :func:`evaluate` on the rest of the RNNs' own tile 12 (the paper's setting: the same
+    image as the patch), the window and a ring of 20 px around it left out."""
+    from refiner.core.metrics import confusion_matrix, scores_from_confusion
+    from refiner.models.fused import FusedRNN
+    from refiner.models.rnn import RefinerRNN, RNNConfig
+
+    d = np.load(OUT / "data.npz")
+    truth = _same_tile_truth()
+    for tag in tags:
+        ck = torch.load(OUT / f"{tag}.pt")
+        net = RefinerRNN(RNNConfig(num_classes=2, in_channels=3, iterations=5, variant=ck["variant"]))
+        net.load_state_dict(ck["state"])
+        mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (ck["mean"], ck["std"]))
+        image = (torch.from_numpy(d["enh_image"])[None] - mean) / std
+        with torch.inference_mode():
+            us = FusedRNN(net.eval(), compile=False)(image, torch.from_numpy(d["enh_probs"])[None], keep_all=True)
+        scores = [
+            scores_from_confusion(confusion_matrix(u[0].argmax(0).numpy().astype(np.uint8), truth, 2)) for u in us
+        ]
+        print(json.dumps({"tag": tag, "same_tile_miou": [round(s.mean_iou, 4) for s in scores],
+                          "road": [round(s.iou[1], 4) for s in scores]}))  # fmt: skip
+
+
 def crf() -> None:
     """The dense CRF with its default grid searched on the enhancement window, scored like :func:`evaluate`."""
     from refiner.baselines.crf import dense_crf, grid_search
@@ -153,6 +178,19 @@ def crf() -> None:
         cm += confusion_matrix(probs.argmax(0).astype(np.uint8), d[f"t_{name}_labels"], 2)
     s = scores_from_confusion(cm)
     print(json.dumps({"tag": "crf", "miou": round(s.mean_iou, 4), "road": round(s.iou[1], 4)}), best.to_dict())
+    probs = dense_crf(d["enh_image"], d["enh_probs"], best)  # and on the rest of tile 12, as evaluate_same_tile
+    same = scores_from_confusion(confusion_matrix(probs.argmax(0).astype(np.uint8), _same_tile_truth(), 2))
+    print(json.dumps({"tag": "crf", "same_tile_miou": round(same.mean_iou, 4), "road": round(same.iou[1], 4)}))
+
+
+def _same_tile_truth(ring: int = 20) -> np.ndarray:
+    """Tile 12's labels with the RNNs' window and a ``ring`` of pixels around it left out (255)."""
+    from refiner.data.read import read_image, read_labels
+
+    roads = DATA / "massachusetts_roads"
+    truth = read_labels(roads / "masks/12.png", _classes(), like=read_image(roads / "images/12.jpg"))
+    truth[500 - ring : 1000 + ring, 500 - ring : 1000 + ring] = 255
+    return truth
 
 
 if __name__ == "__main__":
@@ -164,5 +202,7 @@ if __name__ == "__main__":
         train(args[0], args[1], int(args[2]), json.loads(args[3]) if len(args) > 3 else {})
     elif cmd == "crf":
         crf()
+    elif cmd == "same":
+        evaluate_same_tile(args)
     else:
         evaluate(args)
