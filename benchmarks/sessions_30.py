@@ -36,7 +36,7 @@ from benchmarks.common import machine  # noqa: E402
 from refiner.app import sessions  # noqa: E402
 from refiner.app.workspace import Workspace  # noqa: E402
 from refiner.core.classes import IGNORE  # noqa: E402
-from tools.browser import CHROMIUM, CHROMIUM_ARGS, streamlit_server  # noqa: E402
+from tools.browser import CHROMIUM, CHROMIUM_ARGS, ROAD_COUNT_CHANGED, streamlit_server  # noqa: E402
 
 STEPS, DX, DY = 8, 6, 2  # the stroke: 8 moves of (+6, -2) screen px, as tools/browser.paint_stroke
 
@@ -93,10 +93,7 @@ async def person(browser, url: str, i: int, n: int, gate: asyncio.Semaphore, out
             t = time.perf_counter()
             await page.mouse.up()
             await page.wait_for_function(
-                "([b]) => { const l = [...document.querySelectorAll('[data-testid=stMetricLabel]')];"
-                " const v = [...document.querySelectorAll('[data-testid=stMetricValue]')];"
-                " const i = l.findIndex(x => x.innerText.trim() === 'road');"
-                " return i >= 0 && v[i] && v[i].innerText.trim() !== b; }",
+                ROAD_COUNT_CHANGED,
                 arg=[before],
                 timeout=600_000,
             )

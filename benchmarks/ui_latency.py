@@ -42,8 +42,8 @@ import numpy as np  # noqa: E402
 from benchmarks.common import ROADS, machine  # noqa: E402
 from refiner.app import sessions  # noqa: E402
 from refiner.app.workspace import Workspace  # noqa: E402
-from tools.browser import _RUN_ENDED as RUN_ENDED  # noqa: E402  (polled every 20 ms here: it is the clock)
-from tools.browser import CHROMIUM, CHROMIUM_ARGS, metrics, settle, streamlit_server, watch_reruns  # noqa: E402
+from tools.browser import _RUN_ENDED as RUN_ENDED
+from tools.browser import CHROMIUM, CHROMIUM_ARGS, ROAD_COUNT_CHANGED, metrics, settle, streamlit_server, watch_reruns  # noqa: E402  (polled every 20 ms here: it is the clock)  # noqa: E402
 
 NAME = "tile1500"
 #: Notes when the page last sent the server something (a rerun request): splits a latency into
@@ -177,10 +177,7 @@ def strokes(page, url: str, token: str, repeats: int) -> dict:
         t = time.perf_counter()
         page.mouse.up()
         page.wait_for_function(
-            "([b]) => { const l = [...document.querySelectorAll('[data-testid=stMetricLabel]')];"
-            " const v = [...document.querySelectorAll('[data-testid=stMetricValue]')];"
-            " const i = l.findIndex(x => x.innerText.trim() === 'road');"
-            " return i >= 0 && v[i] && v[i].innerText.trim() !== b; }",
+            ROAD_COUNT_CHANGED,
             arg=[before],
             timeout=600_000,
             polling=20,

@@ -233,3 +233,13 @@ def paint_stroke(page, brush: str = "road", where: tuple[float, float] = (0.7, 0
     box = canvas.bounding_box()
     stroke(page, box["x"] + box["width"] * where[0], box["y"] + box["height"] * where[1], 6, -2, steps)
     metric_changed(page, brush, before)
+
+
+#: A page condition for ``wait_for_function(..., arg=[before])``: the Label page's "road" count
+#: differs from ``before`` (a stroke was saved and counted), shared by the latency benchmarks.
+ROAD_COUNT_CHANGED = (
+    "([b]) => { const l = [...document.querySelectorAll('[data-testid=stMetricLabel]')];"
+    " const v = [...document.querySelectorAll('[data-testid=stMetricValue]')];"
+    " const i = l.findIndex(x => x.innerText.trim() === 'road');"
+    " return i >= 0 && v[i] && v[i].innerText.trim() !== b; }"
+)
