@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -62,6 +63,62 @@ class CoarseConfig:
         return asdict(self)
 
 
+#: The parts of a coarse network that fine-tuning on a tile can train
+#: (:mod:`refiner.train.adapt_coarse`): "head" its last layers, "top2" a few more before them,
+#: "all" every layer. Each design says where its parts begin (:meth:`CoarseNet.split`).
+TRAINABLE_PARTS = ("head", "top2", "all")
+
+
+@dataclass(frozen=True)
+class CoarseSplit:
+    """A coarse network cut in two, so that fine-tuning runs the frozen part once and caches it.
+
+    ``top(trunk(x))`` is ``net.scores(x)`` (before the class offsets) for an image ``x`` whose
+    sides are multiples of the stride. ``top``'s modules are the network's own, so training them
+    trains the network. ``trunk``'s outputs lie on grids ``strides`` times coarser than the
+    image; ``reach`` (pixels, a multiple of 4) bounds how far ``top`` looks from a pixel, so its
+    scores on a crop of the cached features are exact that far inside the crop.
+    """
+
+    trunk: Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
+    top: nn.Module
+    strides: tuple[int, ...]
+    reach: int
+
+
+class _Whole(nn.Module):
+    """The whole network as the trainable top of a split ("all": nothing is frozen)."""
+
+    def __init__(self, net: CoarseNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, feats: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return self.net.scores(feats[0])
+
+
+class _OnCache(nn.Module):
+    """Layers that run on a split's one cached feature map (a design with a single trunk output)."""
+
+    def __init__(self, layers: nn.Module) -> None:
+        super().__init__()
+        self.layers = layers
+
+    def forward(self, feats: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return self.layers(feats[0])
+
+
+def whole_split(net: CoarseNet) -> CoarseSplit:
+    """The split that trains every layer: the trunk is the image itself."""
+    return CoarseSplit(lambda x: (x,), _Whole(net), (1,), net.cfg.halo)
+
+
+def check_part(part: str) -> None:
+    """Refuse a trainable part that is not one of :data:`TRAINABLE_PARTS`."""
+    if part not in TRAINABLE_PARTS:
+        raise ValueError(f"layers {part!r} is not one of {', '.join(TRAINABLE_PARTS)}")
+
+
 def _bilinear_kernel(channels: int, size: int) -> torch.Tensor:
     """Weights that make a transposed convolution a bilinear upsampler (FCN's initialisation)."""
     factor = (size + 1) // 2
@@ -87,6 +144,13 @@ class CoarseNet(nn.Module):
         pads, crops and adds the class offsets around it.
         """
         raise NotImplementedError(f"{type(self).__name__} must define scores()")
+
+    def split(self, part: str) -> CoarseSplit:
+        """The network cut before its trainable ``part`` (one of :data:`TRAINABLE_PARTS`).
+
+        The second hook each design overrides: only the design knows its layers.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must define split()")
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Class scores (B, K, H, W) at full resolution for a normalised ``image`` (B, C, H, W) of any size."""
@@ -134,3 +198,15 @@ class CoarseCNN(CoarseNet):
     def scores(self, image: torch.Tensor) -> torch.Tensor:
         """Class scores of an image whose sides are multiples of the stride."""
         return self.upsample(self.features(image))
+
+    def split(self, part: str) -> CoarseSplit:
+        """The trainable "head" is the 9x9 classifier and the deconvolution; "top2" adds the 3x3 before."""
+        check_part(part)
+        if part == "all":
+            return whole_split(self)
+        start = {"head": 6, "top2": 4}[part]
+        frozen = self.features[:start]
+        # the 9x9 and one 3x3 at /4 and the deconvolution reach under 8 cells of 4 px
+        return CoarseSplit(
+            lambda x: (frozen(x),), _OnCache(nn.Sequential(self.features[start:], self.upsample)), (4,), 32
+        )

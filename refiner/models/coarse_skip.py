@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from refiner.models.coarse import CoarseConfig, CoarseNet
+from refiner.models.coarse import CoarseConfig, CoarseNet, CoarseSplit, check_part, whole_split
 
 
 def _conv(c_in: int, c_out: int, *, stride: int = 1, dilation: int = 1) -> nn.Sequential:
@@ -44,6 +44,29 @@ class _Residual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.layer(x)
+
+
+class _Decoder(nn.Module):
+    """The layers after the 1/4 encoder (optionally the context block too), on cached features."""
+
+    def __init__(self, net: SkipContextCNN, with_context: bool) -> None:
+        super().__init__()
+        self.context = net.context if with_context else nn.Identity()
+        self.dec_half, self.classify = net.dec_half, net.classify
+
+    def forward(self, feats: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        quarter, f1, image = feats
+        return _decode(self.context(quarter), f1, image, self.dec_half, self.classify)
+
+
+def _decode(
+    f2: torch.Tensor, f1: torch.Tensor, image: torch.Tensor, dec_half: nn.Module, classify: nn.Module
+) -> torch.Tensor:
+    """Class scores from the context at 1/4, the skip at 1/2 and the image (the decoder)."""
+    up = F.interpolate(f2, size=f1.shape[-2:], mode="bilinear", align_corners=False)
+    d1 = dec_half(torch.cat([up, f1], 1))
+    up = F.interpolate(d1, size=image.shape[-2:], mode="bilinear", align_corners=False)
+    return classify(torch.cat([up, image], 1))
 
 
 class SkipContextCNN(CoarseNet):
@@ -69,8 +92,20 @@ class SkipContextCNN(CoarseNet):
     def scores(self, image: torch.Tensor) -> torch.Tensor:
         """Class scores of an image whose sides are multiples of 4."""
         f1 = self.enc_half(image)
-        f2 = self.context(self.enc_quarter(f1))
-        up = F.interpolate(f2, size=f1.shape[-2:], mode="bilinear", align_corners=False)
-        d1 = self.dec_half(torch.cat([up, f1], 1))
-        up = F.interpolate(d1, size=image.shape[-2:], mode="bilinear", align_corners=False)
-        return self.classify(torch.cat([up, image], 1))
+        return _decode(self.context(self.enc_quarter(f1)), f1, image, self.dec_half, self.classify)
+
+    def split(self, part: str) -> CoarseSplit:
+        """The trainable "head" is the decoder (the 3x3 at 1/2, the last 3x3); "top2" adds the context block."""
+        check_part(part)
+        if part == "all":
+            return whole_split(self)
+        with_context = part == "top2"
+
+        def trunk(image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            f1 = self.enc_half(image)
+            quarter = self.enc_quarter(f1)
+            return (quarter if with_context else self.context(quarter), f1, image)
+
+        # the decoder reaches 1 cell at 1/4, 2 at 1/2 and 1 px (under 16 px); the context block's
+        # three dilated 3x3 convolutions add 2 + 4 + 8 cells at 1/4
+        return CoarseSplit(trunk, _Decoder(self, with_context), (4, 2, 1), 16 + (56 if with_context else 0))

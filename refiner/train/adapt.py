@@ -32,11 +32,11 @@ from refiner.core.classes import IGNORE
 from refiner.core.metrics import Scores
 from refiner.data.resample import probs_to_grid, resolution_differs, to_working
 from refiner.data.tile import Tile, grid_of
-from refiner.models.coarse import CoarseNet
+from refiner.models.coarse import CoarseNet, check_part
 from refiner.models.inference import predict_coarse
 from refiner.models.rnn import RefinerRNN
 from refiner.models.store import ModelBundle
-from refiner.train.adapt_coarse import CoarseAdaptConfig, CoarseAdaptResult, adapt_coarse, paper_design
+from refiner.train.adapt_coarse import CoarseAdaptConfig, CoarseAdaptResult, adapt_coarse
 from refiner.train.loop import Progress
 from refiner.train.losses import allowed_table
 from refiner.train.rnn import (
@@ -238,7 +238,7 @@ def adapt(
 
     Raises:
         ValueError: labels of another size, nothing painted, only one class painted, models
-            whose classes differ, or a coarse CNN of a design other than the paper's.
+            whose classes differ, or a coarse part to train that no design has.
 
     Example:
         ```python
@@ -255,7 +255,7 @@ def adapt(
     cfg = cfg or AdaptConfig()
     k = len(coarse.classes)
     check_painted(labels, tile.shape, k)
-    paper_design(coarse.net)  # the one design whose layers the coarse stage can split
+    check_part(cfg.coarse.layers)
     if rnn is not None and list(rnn.classes.names) != list(coarse.classes.names):
         raise ValueError(
             f"the RNN's classes {list(rnn.classes.names)} differ from the coarse CNN's {list(coarse.classes.names)}"

@@ -32,16 +32,11 @@ import torch.nn.functional as F
 
 from refiner.core.classes import IGNORE
 from refiner.core.metrics import Scores
-from refiner.models.coarse import COARSE_HALO, CoarseCNN, CoarseNet
+from refiner.models.coarse import CoarseNet, CoarseSplit, check_part
 from refiner.models.store import ModelBundle
 from refiner.train.loop import BestWeights, Progress, ProgressFn, stop_reason
 from refiner.train.losses import allowed_table, partial_label_loss
 from refiner.train.rnn import held_out_scores
-
-#: Which layers learn, by the index in ``CoarseCNN.features`` where the trainable part starts:
-#: "head" is the last 9x9 convolution (and the deconvolution), "top2" adds the 3x3 before it,
-#: "all" trains every layer (no feature cache: several times slower).
-TRAINABLE = {"head": 6, "top2": 4, "all": 0}
 
 
 @dataclass
@@ -51,7 +46,7 @@ class CoarseAdaptConfig:
     #: "tile": the tile's own grid when finer than the model's (else the model's); "model": the
     #: model's grid; or a number of metres per pixel
     grid: str | float = "tile"
-    layers: str = "head"  # see TRAINABLE
+    layers: str = "head"  # which part learns: refiner.models.coarse.TRAINABLE_PARTS
     steps: int = 200
     lr: float = 3e-3  # Adam on full batches
     weight_decay: float = 0.0
@@ -78,16 +73,6 @@ class CoarseAdaptResult:
     history: list[dict] = field(default_factory=list)
 
 
-def paper_design(net: CoarseNet) -> CoarseCNN:
-    """``net`` as the paper's design, whose layers this module knows how to split; else a clear refusal."""
-    if not isinstance(net, CoarseCNN):
-        raise ValueError(
-            f"adapting a {net.cfg.arch!r} coarse CNN is not supported yet: only the paper's design "
-            "(arch 'mnih', as the shipped coarse_1m) can be adapted; adapt with a model of that design"
-        )
-    return net
-
-
 def _crop_box(mask: np.ndarray, pad: int, align: int) -> tuple[slice, slice]:
     """Rows and columns of the box around ``mask`` plus ``pad``, its corner on an ``align`` grid."""
     ys, xs = np.nonzero(mask)
@@ -97,41 +82,16 @@ def _crop_box(mask: np.ndarray, pad: int, align: int) -> tuple[slice, slice]:
     return slice(r0, min(h, int(ys.max()) + 1 + pad)), slice(c0, min(w, int(xs.max()) + 1 + pad))
 
 
-class _Head(torch.nn.Module):
-    """The trainable top of a coarse CNN, from cached features to class scores (B, K, h, w)."""
-
-    def __init__(self, net: CoarseCNN, start: int) -> None:
-        super().__init__()
-        self.layers = torch.nn.Sequential(*copy.deepcopy(list(net.features)[start:]))
-        self.upsample = copy.deepcopy(net.upsample)
-        self.bias = net.cfg.class_bias
-
-    def forward(self, feats: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Scores for features ``feats`` of an input of ``size`` (a multiple of the stride)."""
-        scores = self.upsample(self.layers(feats))[..., : size[0], : size[1]]
-        if self.bias is not None:
-            scores = scores + scores.new_tensor(self.bias)[:, None, None]
-        return scores
-
-    def into(self, net: CoarseCNN, start: int) -> CoarseCNN:
-        """A copy of ``net`` carrying these trained layers."""
-        out = copy.deepcopy(net)
-        for i in range(len(self.layers)):
-            out.features[start + i].load_state_dict(self.layers[i].state_dict())
-        out.upsample.load_state_dict(self.upsample.state_dict())
-        return out
-
-
 @dataclass
 class _Problem:
     """The patch as the trainable layers see it: cached features, targets and held-out labels.
 
     Everything is cropped to the box around the painted pixels (plus the distillation margin
     and the trainable layers' reach); ``size`` is the crop's (height, width) and ``padded`` its
-    size rounded up to the stride, as the network computes it.
+    size rounded up to the stride, as the network computes it (the features cover ``padded``).
     """
 
-    feats: torch.Tensor
+    feats: tuple[torch.Tensor, ...]
     size: tuple[int, int]
     padded: tuple[int, int]
     train: torch.Tensor  # (1, h, w) labels to learn
@@ -140,10 +100,13 @@ class _Problem:
     log_target: torch.Tensor  # (1, K, h, w) the start's log-probabilities
     start_pred: np.ndarray  # (h, w) the start's class map
 
-    def scores(self, head: _Head) -> torch.Tensor:
-        """The head's class scores (1, K, h, w) on the crop."""
+    bias: torch.Tensor | None  # the network's class offsets (K, 1, 1)
+
+    def scores(self, top: torch.nn.Module) -> torch.Tensor:
+        """The trainable top's class scores (1, K, h, w) on the crop, offsets added."""
         h, w = self.size
-        return head(self.feats, self.padded)[..., :h, :w]
+        scores = top(self.feats)[..., :h, :w]
+        return scores if self.bias is None else scores + self.bias
 
 
 def _prepare(
@@ -152,39 +115,39 @@ def _prepare(
     val_labels: np.ndarray,
     start_probs: np.ndarray,
     coarse: ModelBundle[CoarseNet],
-    start: int,
+    split: CoarseSplit,
     margin: int,
 ) -> _Problem:
-    """Crop around the painted pixels and run the frozen layers once (exact: a full halo around)."""
-    net = paper_design(coarse.net).cpu().eval()
+    """Crop around the painted pixels and run the frozen trunk once (exact: a full halo around)."""
+    net = coarse.net
     stride = net.cfg.stride
     used = (labels != IGNORE) | (val_labels != IGNORE)
-    rows, cols = _crop_box(used, margin + COARSE_HALO, stride)
+    rows, cols = _crop_box(used, margin + net.cfg.halo, stride)
     img = torch.from_numpy(np.ascontiguousarray(image[:, rows, cols], dtype=np.float32))[None]
     h, w = img.shape[-2:]
-    ph, pw = (-h) % stride, (-w) % stride
-    x = coarse.normalise(F.pad(img, (0, pw, 0, ph), mode="replicate"))
+    x = coarse.normalise(F.pad(img, (0, (-w) % stride, 0, (-h) % stride), mode="replicate"))
     with torch.no_grad():
-        feats = net.features[:start](x) if start else x
-    if start:
-        # from here on only the cells the loss, the distillation and the held-out scores need,
-        # plus the trainable layers' reach (8 cells: the 9x9 and 3x3 at /4, the deconvolution):
-        # the frozen layers' halo was only needed to make these features exact
-        inner_r, inner_c = _crop_box(used[rows, cols], margin + 8 * stride, stride)
-        fr = slice(inner_r.start // stride, -(-inner_r.stop // stride))
-        fc = slice(inner_c.start // stride, -(-inner_c.stop // stride))
-        feats = feats[..., fr, fc]
-        rows = slice(rows.start + fr.start * stride, min(rows.stop, rows.start + fr.stop * stride))
-        cols = slice(cols.start + fc.start * stride, min(cols.stop, cols.start + fc.stop * stride))
-        h, w = rows.stop - rows.start, cols.stop - cols.start
-        ph, pw = (fr.stop - fr.start) * stride - h, (fc.stop - fc.start) * stride - w
+        feats = split.trunk(x)
+    # from here on only the pixels the loss, the distillation and the held-out scores need, plus
+    # the top's reach: the trunk's halo was only needed to make these features exact
+    inner_r, inner_c = _crop_box(used[rows, cols], margin + split.reach, stride)
+    ph = -(-(inner_r.stop - inner_r.start) // stride) * stride  # the inner box rounded up to the stride
+    pw = -(-(inner_c.stop - inner_c.start) // stride) * stride
+    feats = tuple(
+        f[..., inner_r.start // s : (inner_r.start + ph) // s, inner_c.start // s : (inner_c.start + pw) // s]
+        for f, s in zip(feats, split.strides, strict=True)
+    )
+    rows = slice(rows.start + inner_r.start, rows.start + inner_r.stop)
+    cols = slice(cols.start + inner_c.start, cols.start + inner_c.stop)
+    h, w = rows.stop - rows.start, cols.stop - cols.start
     val = val_labels[rows, cols]
     near = _near(used[rows, cols], margin) & (labels[rows, cols] == IGNORE) & (val == IGNORE)
     target = torch.from_numpy(np.ascontiguousarray(start_probs[:, rows, cols], dtype=np.float32))[None]
     train = torch.from_numpy(labels[rows, cols].astype(np.int64))[None]
     start_pred = start_probs[:, rows, cols].argmax(0).astype(np.uint8)
     near_t = torch.from_numpy(near)[None]
-    return _Problem(feats, (h, w), (h + ph, w + pw), train, val, near_t, target.clamp_min(1e-6).log(), start_pred)
+    bias = None if net.cfg.class_bias is None else torch.tensor(net.cfg.class_bias)[:, None, None]
+    return _Problem(feats, (h, w), (ph, pw), train, val, near_t, target.clamp_min(1e-6).log(), start_pred, bias)
 
 
 def _loss(s: torch.Tensor, prob: _Problem, allowed: torch.Tensor, partial: bool, distill: float) -> torch.Tensor:
@@ -220,16 +183,17 @@ def adapt_coarse(
     adapted model's). Returns the start itself when no trained weights beat it on the held-out
     pixels.
     """
-    if cfg.layers not in TRAINABLE:
-        raise ValueError(f"layers {cfg.layers!r} is not one of {', '.join(TRAINABLE)}")
+    check_part(cfg.layers)
     if cfg.steps < 1:
         raise ValueError(f"steps {cfg.steps} is below 1 — give at least 1")
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     allowed = allowed_table(len(coarse.classes), partial)
-    start = TRAINABLE[cfg.layers]
-    prob = _prepare(image, labels, val_labels, start_probs, coarse, start, cfg.margin)
-    head = _Head(paper_design(coarse.net), start)
+    # a copy learns (its top's modules are its own); the start is left as it was
+    net = copy.deepcopy(coarse.net).cpu().eval()
+    split = net.split(cfg.layers)
+    head = split.top
+    prob = _prepare(image, labels, val_labels, start_probs, coarse, split, cfg.margin)
     has_val = bool((prob.val != IGNORE).any())
 
     def held_out(pred: np.ndarray) -> Scores | None:
@@ -241,7 +205,8 @@ def adapt_coarse(
     opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     result = CoarseAdaptResult(coarse, start_val, start_val, False, 0, 0.0)
     stale, step = 0, 0
-    head.train()
+    # the network stays in eval mode while it learns: batch norm keeps the statistics of its
+    # training data (one patch is too small a batch to estimate them)
     for step in range(1, cfg.steps + 1):
         if should_stop():
             result.stopped, step = "cancelled", step - 1
@@ -270,22 +235,21 @@ def adapt_coarse(
             break
     result.steps, result.seconds = step, time.perf_counter() - t0
     if best.restore(head):  # else the start did best (or nothing ran): ``coarse`` stands
-        result.bundle, result.adapted = _adapted_bundle(coarse, head, start, resolution, cfg, result, best.step), True
+        result.bundle, result.adapted = _adapted_bundle(coarse, net, resolution, cfg, result, best.step), True
     return result
 
 
 def _adapted_bundle(
     coarse: ModelBundle[CoarseNet],
-    head: _Head,
-    start: int,
+    net: CoarseNet,
     resolution: float | None,
     cfg: CoarseAdaptConfig,
     result: CoarseAdaptResult,
     best_step: int | None,
 ) -> ModelBundle[CoarseNet]:
-    """A copy of ``coarse`` with the trained layers, at the adaptation grid's ``resolution``."""
+    """A copy of ``coarse`` carrying ``net`` (the trained copy), at the adaptation grid's ``resolution``."""
     adapted = copy.deepcopy(coarse)
-    adapted.net = head.into(paper_design(coarse.net), start).eval()
+    adapted.net = net.eval()
     adapted.resolution = resolution
     adapted.info = {
         **{k: v for k, v in coarse.info.items() if k not in ("best_step", "best_val")},

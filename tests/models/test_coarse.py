@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from refiner.models.coarse import COARSE_HALO, CoarseCNN, CoarseConfig
+from refiner.models.coarse import COARSE_HALO, TRAINABLE_PARTS, CoarseCNN, CoarseConfig
 from refiner.models.coarse_skip import SkipContextCNN
 from refiner.models.designs import build_coarse
 
@@ -90,3 +90,43 @@ def test_an_unknown_design_is_refused_with_the_known_ones():
         CoarseConfig(3, arch="resnet")
     with pytest.raises(ValueError, match="build_coarse"):
         CoarseCNN(CoarseConfig(3, arch="skip_context"))
+
+
+@pytest.mark.parametrize("arch", ["mnih", "skip_context"])
+@pytest.mark.parametrize("part", TRAINABLE_PARTS)
+def test_each_split_computes_what_the_whole_network_does(arch, part):
+    """Fine-tuning trains ``top`` on cached ``trunk`` outputs: together they must be the network."""
+    torch.manual_seed(0)
+    net = build_coarse(CoarseConfig(3, arch=arch)).eval()
+    split = net.split(part)
+    x = torch.randn(1, 3, 96, 128)
+    with torch.no_grad():
+        feats = split.trunk(x)
+        assert [f.shape[-1] * s for f, s in zip(feats, split.strides, strict=True)] == [128] * len(feats)
+        assert torch.allclose(split.top(feats), net.scores(x), atol=1e-5)
+    assert split.reach % 4 == 0 and split.reach <= net.cfg.halo
+    # the top's modules are the network's own: training them trains the network
+    own = {id(p) for p in net.parameters()}
+    assert {id(p) for p in split.top.parameters()} <= own and any(True for _ in split.top.parameters())
+
+
+@pytest.mark.parametrize("arch", ["mnih", "skip_context"])
+def test_a_split_reaches_no_further_than_it_says(arch):
+    """A change of the cached features beyond ``reach`` leaves the top's scores at a pixel alone."""
+    torch.manual_seed(1)
+    net = build_coarse(CoarseConfig(2, arch=arch)).eval()
+    split = net.split("head")
+    x = torch.rand(1, 3, 192, 192)
+    with torch.no_grad():
+        feats = split.trunk(x)
+        base = split.top(feats)
+        far = 96 + split.reach  # first pixel row beyond the reach of row 96
+        moved = tuple(f.clone() for f in feats)
+        for f, s in zip(moved, split.strides, strict=True):
+            f[..., far // s :, :] += 5.0
+        assert torch.allclose(split.top(moved)[..., :97, :], base[..., :97, :], atol=1e-5)
+
+
+def test_an_unknown_trainable_part_is_refused_with_the_known_ones():
+    with pytest.raises(ValueError, match="head, top2, all"):
+        CoarseCNN(CoarseConfig(2)).split("middle")

@@ -14,12 +14,12 @@ from refiner.core.metrics import evaluate
 from refiner.data.resample import labels_to_grid, resample, working_grid
 from refiner.data.synthetic import DEMO_CLASSES, make_scene
 from refiner.data.tile import Tile
-from refiner.models.coarse import CoarseCNN, CoarseConfig
+from refiner.models.coarse import CoarseConfig
 from refiner.models.inference import predict_coarse, refine
 from refiner.models.rnn import RefinerRNN, RNNConfig
 from refiner.models.store import ModelBundle, image_stats
 from refiner.train.adapt import AdaptConfig, adapt, adaptation_resolution
-from refiner.train.adapt_coarse import TRAINABLE, CoarseAdaptConfig, _Head, adapt_coarse
+from refiner.train.adapt_coarse import CoarseAdaptConfig, adapt_coarse
 from refiner.train.coarse import CoarseTrainConfig, train_coarse
 from refiner.train.rnn import RNNTrainConfig, zero_update
 from refiner.train.sampling import NoLabelsError, restrict_to_window, split_holdout
@@ -50,18 +50,30 @@ def _rest(truth: np.ndarray, window: tuple[int, int, int, int]) -> np.ndarray:
     return out
 
 
-def test_the_head_on_cached_features_is_the_network_itself():
-    """Training only the top layers on cached features must see exactly what the whole CNN computes."""
+@pytest.mark.parametrize("arch", ["mnih", "skip_context"])
+def test_the_cached_crop_starts_as_the_map_the_start_draws(arch):
+    """The trainable top on the cropped, cached features must draw the start's own map there."""
+    from refiner.models.designs import build_coarse
+    from refiner.train.adapt_coarse import _prepare
+
+    big = make_scene(352, seed=5)  # the patch lies more than a halo from the tile's edges
     torch.manual_seed(0)
-    net = CoarseCNN(CoarseConfig(num_classes=3, class_bias=(0.0, 0.5, 1.0))).eval()
-    x = torch.randn(1, 3, 96, 128)
-    for layers, start in TRAINABLE.items():
-        head = _Head(net, start) if start else None
-        if head is None:
-            continue
-        with torch.no_grad():
-            cached = net.features[:start](x)
-            assert torch.allclose(head(cached, (96, 128)), net(x), atol=1e-5), layers
+    net = build_coarse(CoarseConfig(3, arch=arch, class_bias=(0.0, 0.3, -0.2))).eval()
+    bundle = ModelBundle("coarse", net, DEMO_CLASSES, 1.0, *image_stats([big.image]))
+    start = predict_coarse(bundle, big.tile())
+    labels = np.full(big.truth.shape, IGNORE, np.uint8)
+    labels[150:210, 140:200] = big.truth[150:210, 140:200]
+    split = copy.deepcopy(net).split("head")
+    margin = 8
+    prob = _prepare(big.image, labels, np.full_like(labels, IGNORE), start, bundle, split, margin)
+    with torch.no_grad():
+        drawn = torch.softmax(prob.scores(split.top), 1)[0].numpy()
+    r0, c0 = ((v - margin - split.reach) // 4 * 4 for v in (150, 140))  # the crop's corner, on the stride
+    expected = start[:, r0 : r0 + prob.size[0], c0 : c0 + prob.size[1]]
+    k = split.reach  # the crop's own edges are inexact within the top's reach: beyond is what training sees
+    inside = (slice(None), slice(k, -k), slice(k, -k))
+    assert min(drawn[inside].shape[1:]) >= 60 + 2 * margin  # the painted pixels and their margin
+    assert np.allclose(drawn[inside], expected[inside], atol=1e-4)
 
 
 def test_adaptation_grid_is_the_tiles_own_when_finer(scene):
@@ -202,12 +214,22 @@ def test_the_class_mix_guard_refuses_what_the_patch_alone_taught():
     assert class_mix_shift(start, everywhere, partial_only, valid, names, 0.1) == ""  # says nothing of shares
 
 
-def test_a_coarse_cnn_of_another_design_is_refused_before_any_work(scene):
-    from refiner.models.designs import build_coarse
+def test_a_patch_teaches_the_skip_context_design_too(scene):
+    """The stronger design adapts as the paper's does: the rest of the tile gains from the patch."""
+    other = make_scene(192, seed=4)
+    cfg = CoarseTrainConfig(steps=40, batch_size=8, output_size=32, seed=0, arch="skip_context")
+    weak = train_coarse([other.image], [other.osm], DEMO_CLASSES, cfg, resolution=1.0)
+    tile, truth = scene.tile(), scene.truth
+    window = (0, 0, 128, 128)
+    before = evaluate(predict_coarse(weak, tile).argmax(0), _rest(truth, window), 3)
+    result = adapt(tile, restrict_to_window(truth, window), weak, None, FAST)
+    after = evaluate(predict_coarse(result.coarse, tile).argmax(0), _rest(truth, window), 3)
+    assert result.coarse_adapted and result.coarse.net.cfg.arch == "skip_context"
+    assert after.mean_iou >= before.mean_iou + 0.05, (before.mean_iou, after.mean_iou)
 
-    net = build_coarse(CoarseConfig(3, arch="skip_context")).eval()
-    other = ModelBundle("coarse", net, DEMO_CLASSES, 1.0, (0.5,) * 3, (0.25,) * 3)
-    labels = np.full(scene.truth.shape, IGNORE, np.uint8)
-    labels[20:80, 20:80] = scene.truth[20:80, 20:80]
-    with pytest.raises(ValueError, match="only the paper's design"):
-        adapt(scene.tile(), labels, other, None, FAST)
+
+def test_an_unknown_part_to_train_is_refused_before_any_work(scene, weak_coarse):
+    labels = restrict_to_window(scene.truth, (0, 0, 96, 96))
+    cfg = replace(FAST, coarse=replace(FAST.coarse, layers="middle"))
+    with pytest.raises(ValueError, match="not one of head, top2, all"):
+        adapt(scene.tile(), labels, weak_coarse, None, cfg, should_stop=lambda: pytest.fail("work began"))
