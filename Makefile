@@ -28,10 +28,10 @@ demo-assets: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) scripts/make_demo_assets.py
 
 # Rebuild the shipped real-data models (assets/pretrained/coarse_1m, rnn_1m) from ../shared/data,
-# seeded, with the split in experiments/pretrained/split.toml: ~30 + ~20 + ~15 min on one core.
+# seeded, with the split in experiments/pretrained/split.toml: about 4.6 h + 20 min on one core.
+# The coarse run is resumable: stop it at any time and run `make pretrained` again to continue.
 pretrained: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m refiner pretrain experiments/pretrained/coarse.toml
-	OMP_NUM_THREADS=1 $(PY) -m refiner pretrain experiments/pretrained/coarse_stage2.toml
 	OMP_NUM_THREADS=1 $(PY) -m refiner pretrain experiments/pretrained/rnn.toml
 
 # README screenshots, taken from the real app in Chromium.

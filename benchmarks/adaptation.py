@@ -2,6 +2,10 @@
 
     nice -n 5 python benchmarks/adaptation.py [--set report|dev] [--sizes 100 200 300]
         [--placements objects hints] [--tiles NAME ...] [--json out.json] [--plot out.png]
+        [--coarse MODEL_DIR] [--rnn MODEL_DIR] [--layers head|top2|all]
+
+``--coarse`` / ``--rnn`` score other models than the shipped ones (a candidate before it ships),
+``--layers`` the coarse part that adaptation trains (default: ``CoarseAdaptConfig``'s).
 
 For every tile, patch size (px at the tile's own resolution) and placement, a simulated user
 paints a ``size`` x ``size`` patch with the tile's reference labels, and each method is scored on
@@ -156,7 +160,7 @@ def place(truth: np.ndarray, probs: np.ndarray, size: int, how: str) -> tuple[in
     return box.row, box.col, size
 
 
-def run_one(t: Foreign, size: int, how: str, models: dict, rnn_only: bool) -> dict:
+def run_one(t: Foreign, size: int, how: str, models: dict, rnn_only: bool, layers: str | None = None) -> dict:
     """One tile, patch size and placement: every method's scores on the rest, seconds per stage."""
     import refiner
     from refiner.baselines.crf import dense_crf
@@ -188,7 +192,10 @@ def run_one(t: Foreign, size: int, how: str, models: dict, rnn_only: bool) -> di
         row["rnn_only"] = rest_scores(refined.argmax(0), truth, window, t.labels)
     t2 = time.perf_counter()
     try:
-        result = refiner.adapt(tile, labels, models["coarse"], models["rnn"], partial=PARTIAL)
+        cfg = refiner.AdaptConfig()
+        if layers:
+            cfg = replace(cfg, coarse=replace(cfg.coarse, layers=layers))
+        result = refiner.adapt(tile, labels, models["coarse"], models["rnn"], cfg, partial=PARTIAL)
     except ValueError as exc:  # e.g. a patch of one class only: what the user would be told
         return {**row, "refused": str(exc)}
     adapted = result.probs  # the adapted coarse CNN's map on the tile's grid
@@ -274,18 +281,25 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--plot", type=Path, default=None)
+    p.add_argument("--coarse", type=Path, default=None, help="coarse model folder (default: the shipped coarse_1m)")
+    p.add_argument("--rnn", type=Path, default=None, help="RNN model folder (default: the shipped rnn_1m)")
+    p.add_argument("--layers", choices=("head", "top2", "all"), default=None, help="coarse part adaptation trains")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     import refiner
 
     root = refiner.pretrained_root()
-    models = {"coarse": refiner.load_model(root / "coarse_1m"), "rnn": refiner.load_model(root / "rnn_1m")}
+    models = {
+        "coarse": refiner.load_model(args.coarse or root / "coarse_1m", expect="coarse"),
+        "rnn": refiner.load_model(args.rnn or root / "rnn_1m", expect="rnn"),
+    }
     tiles = [t for t in (REPORT if args.set == "report" else DEV) if not args.tiles or t.name in args.tiles]
-    out = {"machine": machine(), "set": args.set, "rows": []}
+    chosen = {"coarse": args.coarse, "rnn": args.rnn, "layers": args.layers}
+    out = {"machine": machine(), "set": args.set, "rows": [], **{k: str(v) for k, v in chosen.items() if v}}
     for size in args.sizes:  # size-major: every tile at the first size before the next size
         for t in tiles:
             for how in args.placements:
-                row = run_one(t, size, how, models, size in args.rnn_only_sizes)
+                row = run_one(t, size, how, models, size in args.rnn_only_sizes, args.layers)
                 if row:
                     out["rows"].append(row)
                     print(json.dumps(row), flush=True)

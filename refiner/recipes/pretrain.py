@@ -396,6 +396,7 @@ def _card(folder: Path, card: dict) -> None:
              *([f"- class score offsets (calibrated on the validation tiles): {card['class_bias']}"]
                if card.get("class_bias") else []),
              *([f"- training patches: {card['patches']}"] if card.get("patches") else []),
+             *([f"- note: {card['note']}"] if card.get("note") else []),
              f"- split: `{card['split_file']}`", "", "| set | train | val | test |", "|---|---|---|---|"]  # fmt: skip
     for name, roles in card["data"].items():
         lines.append(f"| {name} | {len(roles['train'])} | {len(roles['val'])} | {', '.join(roles['test']) or '-'} |")

@@ -196,6 +196,9 @@ def test_the_model_card_is_written_whole_beside_the_model(tmp_path):
     md = (tmp_path / "card.md").read_text()
     assert md.startswith("# Pretrained rnn model\n") and "| roads | 1 | 0 | b |" in md
     assert md.endswith("cite the sources).\n")
+    assert "- note:" not in md
+    _card(tmp_path, {**card, "note": "trained over two sittings"})  # how this run differs from a rebuild
+    assert "- note: trained over two sittings\n" in (tmp_path / "card.md").read_text()
 
 
 def test_an_rnn_card_says_its_scores_beside_the_coarse_maps_it_refines(tmp_path):
