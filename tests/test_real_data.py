@@ -74,11 +74,11 @@ def test_a_real_03m_tile_streams_through_the_1m_working_grid_like_the_whole_tile
 
 
 PRETRAINED = REPO / "assets" / "pretrained"
-# the shipped coarse_1m (skip_context, 2026-12-07) scores building IoU 0.456 on the Austin test
-# tile and road IoU 0.392 on the middle 600 m of Massachusetts 08 (0.402 and 0.455 over all their
-# test tiles; the paper's design shipped before it: 0.37 and 0.23 here); the synthetic demo model
-# scores ~0 on both
-BUILDING_FLOOR, ROAD_FLOOR = 0.40, 0.33
+# the shipped coarse_1m (the long run, 2026-12-07) scores building IoU 0.44 on the Austin test
+# tile and road IoU 0.35 on the middle 600 m of Massachusetts 08 (0.37 and 0.42 over all their
+# test tiles; the model shipped before it: 0.37 and 0.23 here); the synthetic demo model scores
+# ~0 on both
+BUILDING_FLOOR, ROAD_FLOOR = 0.38, 0.30
 
 
 def _pretrained_tile(set_name: str, tile: str):
@@ -115,9 +115,9 @@ def test_the_shipped_coarse_model_maps_held_out_real_tiles_sensibly():
 @pytest.mark.skipif(not INRIA.is_dir(), reason="the Inria Austin tiles are not in ../shared/data")
 def test_the_pretrained_rnn_keeps_held_out_tiles_at_least_as_good_as_the_coarse_map():
     """The shipped chain, coarse CNN then RNN, on held-out test tiles: the RNN, calibrated on the
-    validation tiles, never lowers the coarse map's mean IoU (measured: buildings 0.661 -> 0.668,
-    roads 0.6363 -> 0.6361; the tolerance is rounding between CPUs, not a margin), and the chain's
-    map clears the coarse CNN's floors."""
+    validation tiles, never lowers the coarse map's mean IoU or the class's IoU (measured: mean
+    IoU buildings 0.653 -> 0.669, roads 0.609 -> 0.613; the tolerance is rounding between CPUs,
+    not a margin), and the chain's map clears the coarse CNN's floors."""
     from refiner.models.inference import predict_coarse
     from refiner.models.store import load_model
     from refiner.recipes.pretrain import crop_center
@@ -130,8 +130,8 @@ def test_the_pretrained_rnn_keeps_held_out_tiles_at_least_as_good_as_the_coarse_
         probs = predict_coarse(coarse, data.tile())
         before = _task_iou(probs, data, task)
         after = _task_iou(refine(rnn, data.tile(), probs).final, data, task)
-        assert after["mean_iou"] >= before["mean_iou"] - 0.001, (task, before, after)
-        assert after["iou"] >= before["iou"] - 0.001, (task, before, after)
+        assert after["mean_iou"] >= before["mean_iou"] - 1e-4, (task, before, after)
+        assert after["iou"] >= before["iou"] - 1e-4, (task, before, after)
         assert after["iou"] > {"building": BUILDING_FLOOR, "road": ROAD_FLOOR}[task], (task, after)
 
 
