@@ -28,7 +28,7 @@ demo-assets: $(STAMP)
 	OMP_NUM_THREADS=2 $(PY) scripts/make_demo_assets.py
 
 # Rebuild the shipped real-data models (assets/pretrained/coarse_1m, rnn_1m) from ../shared/data,
-# seeded, with the split in experiments/pretrained/split.toml: about 4.6 h + 20 min on one core.
+# seeded, with the split in experiments/pretrained/split.toml: about 4.4 h + 5-20 min on one core.
 # The coarse run is resumable: stop it at any time and run `make pretrained` again to continue.
 pretrained: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m refiner pretrain experiments/pretrained/coarse.toml
