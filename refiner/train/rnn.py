@@ -96,6 +96,10 @@ class RNNTrainConfig:
     #: it alone did worse than Glorot's start on two seeds; with ``distill`` 1.0 it did best, still
     #: below the coarse CNN (docs/results.md, issue 27)
     identity_start: bool = False
+    #: Share of the patches centred on pixels where the coarse map is wrong (its top class is one
+    #: the label rules out) or unsure (top two within 0.2): :func:`~refiner.train.sampling.hard_pixels`
+    #: on the training labels; 0 draws every centre as before
+    focus: float = 0.0
 
 
 @dataclass
@@ -166,6 +170,11 @@ def _check_inputs(image: np.ndarray, probs: np.ndarray, labels: np.ndarray, k: i
     check_counts(steps=cfg.steps, batch_size=cfg.batch_size, patch_size=cfg.patch_size)
     if not 0 <= cfg.holdout < 1:
         raise ValueError(f"holdout {cfg.holdout} is not a fraction below 1 — keep e.g. 0.2 of the labelled blocks")
+    if not 0 <= cfg.focus <= 1:
+        raise ValueError(
+            f"focus {cfg.focus} is not a share in 0..1 — e.g. 0.5 centres half the patches where the coarse map "
+            "is wrong or unsure"
+        )
     if probs.shape[0] != k:
         raise ValueError(f"the probability map has {probs.shape[0]} bands but there are {k} classes")
     if image.shape[1:] != probs.shape[1:] or labels.shape != probs.shape[1:]:
@@ -480,7 +489,9 @@ def train_rnn(
         labels, val_labels = split_holdout(
             labels, cfg.holdout, guard=holdout_guard(net.cfg), seed=cfg.seed, compact=cfg.holdout_compact
         )
-    sampler = PatchSampler([image, probs], labels, cfg.patch_size, net.cfg.halo, seed=cfg.seed, augment=cfg.augment)
+    hard = hard_pixels(probs, labels, allowed.numpy()) if cfg.focus > 0 else None
+    sampler = PatchSampler([image, probs], labels, cfg.patch_size, net.cfg.halo, seed=cfg.seed, augment=cfg.augment,
+                           focus=hard, focus_share=cfg.focus)  # fmt: skip
     opt = _optimizer(net, cfg, init)
     started = init is not None or cfg.identity_start  # a meaningful start: pull towards it, keep it as a candidate
     objective = _Objective(net, cfg, allowed, bool(partial), from_init=started)

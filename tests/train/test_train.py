@@ -242,6 +242,32 @@ def test_focus_centres_the_given_share_of_patches_on_the_hard_pixels_and_nothing
         PatchSampler([image], labels, 1, 0, focus=focus[:10], focus_share=0.5)
 
 
+def test_a_patch_fine_tune_centres_its_focus_share_on_the_coarse_maps_errors(scene, monkeypatch):
+    """``RNNTrainConfig.focus`` reaches the patch sampler of :func:`train_rnn` with the hard pixels
+    of its training labels (issue #27's first lever); off, the sampler gets no focus map."""
+    import refiner.train.rnn as rnn_module
+    from refiner.train.sampling import hard_pixels
+
+    seen = []
+
+    class Spy(PatchSampler):
+        def __init__(self, arrays, labels, *args, **kwargs):
+            seen.append((labels.copy(), kwargs.get("focus"), kwargs.get("focus_share", 0.0)))
+            super().__init__(arrays, labels, *args, **kwargs)
+
+    monkeypatch.setattr(rnn_module, "PatchSampler", Spy)
+    probs = coarse_probs_from_labels(scene.osm, 3)
+    cfg = RNNTrainConfig(steps=2, batch_size=2, patch_size=24, eval_every=0, eval_seconds=None)
+    train_rnn(scene.image, probs, scene.truth, scene.classes, replace(cfg, focus=0.5))
+    train_rnn(scene.image, probs, scene.truth, scene.classes, cfg)
+    (labels, focus, share), (_, off, off_share) = seen
+    assert share == 0.5 and off is None and off_share == 0.0
+    assert focus.any() and not focus[labels == IGNORE].any()  # hard pixels of the training labels only
+    assert np.array_equal(focus, hard_pixels(probs, labels, allowed_table(3, None).numpy()))
+    with pytest.raises(ValueError, match="focus 1.5 is not a share"):
+        train_rnn(scene.image, probs, scene.truth, scene.classes, replace(cfg, focus=1.5))
+
+
 def test_hard_pixels_are_where_the_coarse_map_is_wrong_or_unsure_on_labelled_pixels():
     from refiner.train.sampling import hard_pixels
 
