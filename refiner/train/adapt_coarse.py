@@ -87,13 +87,12 @@ class _Problem:
     """The patch as the trainable layers see it: cached features, targets and held-out labels.
 
     Everything is cropped to the box around the painted pixels (plus the distillation margin
-    and the trainable layers' reach); ``size`` is the crop's (height, width) and ``padded`` its
-    size rounded up to the stride, as the network computes it (the features cover ``padded``).
+    and the trainable layers' reach); ``size`` is the crop's (height, width). The features cover
+    that size rounded up to the stride, as the network computes it.
     """
 
     feats: tuple[torch.Tensor, ...]
     size: tuple[int, int]
-    padded: tuple[int, int]
     train: torch.Tensor  # (1, h, w) labels to learn
     val: np.ndarray  # (h, w) held-out labels
     near: torch.Tensor  # (1, h, w) unpainted pixels distilled towards the start's map
@@ -147,7 +146,7 @@ def _prepare(
     start_pred = start_probs[:, rows, cols].argmax(0).astype(np.uint8)
     near_t = torch.from_numpy(near)[None]
     bias = None if net.cfg.class_bias is None else torch.tensor(net.cfg.class_bias)[:, None, None]
-    return _Problem(feats, (h, w), (ph, pw), train, val, near_t, target.clamp_min(1e-6).log(), start_pred, bias)
+    return _Problem(feats, (h, w), train, val, near_t, target.clamp_min(1e-6).log(), start_pred, bias)
 
 
 def _loss(s: torch.Tensor, prob: _Problem, allowed: torch.Tensor, partial: bool, distill: float) -> torch.Tensor:
