@@ -60,7 +60,7 @@ def _needs(path) -> None:
 def test_the_border_band_of_a_real_tile_is_no_more_road_than_inside():
     """Before: the outer 4 px were 2.2-3.5x as road as the band just inside (coarse and RNN), so the
     bottom 10 rows of a 0.3 m tile were 52 % road against 7 % inside and exports drew fake edge
-    roads. This tile (0.3 m, resampled to 1 m and back) has no road along its edges."""
+    roads. This tile is 0.3 m, resampled to 1 m and back (the case the bug was found on)."""
     path = SHARED_DATA / "inria_austin/images/austin_x616800_y3344700.tif"
     _needs(path)
     for name, road in _shipped_maps(read_image(path)).items():
