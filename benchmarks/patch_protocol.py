@@ -116,13 +116,12 @@ def _split_9cd8846(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.n
     return train, val
 
 
-def evaluate(tags: list[str]) -> None:
-    """Per-iteration mean and road IoU of saved RNNs, pooled over the test tiles (t = 0 is the CNN)."""
+def _per_iteration(tags: list[str], cases: list[tuple[np.ndarray, np.ndarray, np.ndarray]], key: str) -> None:
+    """Print each saved RNN's per-iteration mean and road IoU, pooled over ``cases`` (image, probs, labels)."""
     from refiner.core.metrics import confusion_matrix, scores_from_confusion
     from refiner.models.fused import FusedRNN
     from refiner.models.rnn import RefinerRNN, RNNConfig
 
-    d = np.load(OUT / "data.npz")
     for tag in tags:
         ck = torch.load(OUT / f"{tag}.pt")
         net = RefinerRNN(RNNConfig(num_classes=2, in_channels=3, iterations=5, variant=ck["variant"]))
@@ -130,39 +129,28 @@ def evaluate(tags: list[str]) -> None:
         fast = FusedRNN(net.eval(), compile=False)
         mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (ck["mean"], ck["std"]))
         cms = np.zeros((6, 2, 2), np.int64)
-        for name in ["11", *TESTS]:
-            image = (torch.from_numpy(d[f"t_{name}_image"])[None] - mean) / std
+        for image, probs, labels in cases:
             with torch.inference_mode():
-                us = fast(image, torch.from_numpy(d[f"t_{name}_probs"])[None], keep_all=True)
+                us = fast((torch.from_numpy(image)[None] - mean) / std, torch.from_numpy(probs)[None], keep_all=True)
             for t, u in enumerate(us):
-                cms[t] += confusion_matrix(u[0].argmax(0).numpy().astype(np.uint8), d[f"t_{name}_labels"], 2)
+                cms[t] += confusion_matrix(u[0].argmax(0).numpy().astype(np.uint8), labels, 2)
         scores = [scores_from_confusion(cm) for cm in cms]
-        print(json.dumps({"tag": tag, "miou": [round(s.mean_iou, 4) for s in scores],
+        print(json.dumps({"tag": tag, key: [round(s.mean_iou, 4) for s in scores],
                           "road": [round(s.iou[1], 4) for s in scores]}))  # fmt: skip
+
+
+def evaluate(tags: list[str]) -> None:
+    """Per-iteration mean and road IoU of saved RNNs, pooled over the test tiles (t = 0 is the CNN)."""
+    d = np.load(OUT / "data.npz")
+    cases = [(d[f"t_{n}_image"], d[f"t_{n}_probs"], d[f"t_{n}_labels"]) for n in ["11", *TESTS]]
+    _per_iteration(tags, cases, "miou")
 
 
 def evaluate_same_tile(tags: list[str]) -> None:
     """Like :func:`evaluate` on the rest of the RNNs' own tile 12 (the paper's setting: the same
     image as the patch), the window and a ring of 20 px around it left out."""
-    from refiner.core.metrics import confusion_matrix, scores_from_confusion
-    from refiner.models.fused import FusedRNN
-    from refiner.models.rnn import RefinerRNN, RNNConfig
-
     d = np.load(OUT / "data.npz")
-    truth = _same_tile_truth()
-    for tag in tags:
-        ck = torch.load(OUT / f"{tag}.pt")
-        net = RefinerRNN(RNNConfig(num_classes=2, in_channels=3, iterations=5, variant=ck["variant"]))
-        net.load_state_dict(ck["state"])
-        mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in (ck["mean"], ck["std"]))
-        image = (torch.from_numpy(d["enh_image"])[None] - mean) / std
-        with torch.inference_mode():
-            us = FusedRNN(net.eval(), compile=False)(image, torch.from_numpy(d["enh_probs"])[None], keep_all=True)
-        scores = [
-            scores_from_confusion(confusion_matrix(u[0].argmax(0).numpy().astype(np.uint8), truth, 2)) for u in us
-        ]
-        print(json.dumps({"tag": tag, "same_tile_miou": [round(s.mean_iou, 4) for s in scores],
-                          "road": [round(s.iou[1], 4) for s in scores]}))  # fmt: skip
+    _per_iteration(tags, [(d["enh_image"], d["enh_probs"], _same_tile_truth())], "same_tile_miou")
 
 
 def crf() -> None:

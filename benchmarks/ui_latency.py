@@ -42,8 +42,16 @@ import numpy as np  # noqa: E402
 from benchmarks.common import ROADS, machine  # noqa: E402
 from refiner.app import sessions  # noqa: E402
 from refiner.app.workspace import Workspace  # noqa: E402
-from tools.browser import _RUN_ENDED as RUN_ENDED
-from tools.browser import CHROMIUM, CHROMIUM_ARGS, ROAD_COUNT_CHANGED, metrics, settle, streamlit_server, watch_reruns  # noqa: E402  (polled every 20 ms here: it is the clock)  # noqa: E402
+from tools.browser import _RUN_ENDED as RUN_ENDED  # noqa: E402  (polled every 20 ms here: it is the clock)
+from tools.browser import (  # noqa: E402
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    ROAD_COUNT_CHANGED,
+    metrics,
+    settle,
+    streamlit_server,
+    watch_reruns,
+)
 
 NAME = "tile1500"
 #: Notes when the page last sent the server something (a rerun request): splits a latency into

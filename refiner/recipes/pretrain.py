@@ -607,13 +607,12 @@ def _pretrain_rnn(r: _Recipe) -> _Trained:
               + f"; calibrated {value:.3f} at offsets {bias}", flush=True)  # fmt: skip
         return value
 
-    rnn_cfg = RNNTrainConfig(seed=r.seed, **r.train_args)
+    rnn_cfg = RNNTrainConfig(seed=r.seed, identity_start=bool(raw.get("identity_start", False)),
+                             focus=float(raw.get("focus", 0.0)), **r.train_args)  # fmt: skip
     result = train_rnn_tiles([d.image for d in train], probs, [d.labels for d in train], CLASSES, rnn_cfg,
                              partial=PARTIAL, tile_weights=weights, resolution=1.0, stats=(coarse.mean, coarse.std),
                              validate=validate, progress=_log("rnn"), centre_stride=4,
-                             identity_start=bool(raw.get("identity_start", False)),
-                             balance=bool(raw.get("balance", True)),
-                             focus=float(raw.get("focus", 0.0)))  # fmt: skip
+                             balance=bool(raw.get("balance", True)))  # fmt: skip
     bundle = result.bundle
     bundle.optimizer_state = None  # fine-tunes start a fresh AdaGrad (FINETUNE_DEFAULTS)
     if raw.get("calibrate"):

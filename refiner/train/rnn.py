@@ -165,16 +165,21 @@ def _optimizer(net: RefinerRNN, cfg: RNNTrainConfig, init: ModelBundle | None) -
     return opt
 
 
-def _check_inputs(image: np.ndarray, probs: np.ndarray, labels: np.ndarray, k: int, cfg: RNNTrainConfig) -> None:
-    """Refuse bad counts, a holdout that is not a fraction and mismatched shapes, before any work."""
-    check_counts(steps=cfg.steps, batch_size=cfg.batch_size, patch_size=cfg.patch_size)
-    if not 0 <= cfg.holdout < 1:
-        raise ValueError(f"holdout {cfg.holdout} is not a fraction below 1 — keep e.g. 0.2 of the labelled blocks")
+def _focus_map(cfg: RNNTrainConfig, probs: np.ndarray, labels: np.ndarray, allowed: torch.Tensor) -> np.ndarray | None:
+    """The pixels a ``cfg.focus`` share of the patches is centred on (None when off); refuses a share outside 0..1."""
     if not 0 <= cfg.focus <= 1:
         raise ValueError(
             f"focus {cfg.focus} is not a share in 0..1 — e.g. 0.5 centres half the patches where the coarse map "
             "is wrong or unsure"
         )
+    return hard_pixels(probs, labels, allowed.numpy()) if cfg.focus > 0 else None
+
+
+def _check_inputs(image: np.ndarray, probs: np.ndarray, labels: np.ndarray, k: int, cfg: RNNTrainConfig) -> None:
+    """Refuse bad counts, a holdout that is not a fraction and mismatched shapes, before any work."""
+    check_counts(steps=cfg.steps, batch_size=cfg.batch_size, patch_size=cfg.patch_size)
+    if not 0 <= cfg.holdout < 1:
+        raise ValueError(f"holdout {cfg.holdout} is not a fraction below 1 — keep e.g. 0.2 of the labelled blocks")
     if probs.shape[0] != k:
         raise ValueError(f"the probability map has {probs.shape[0]} bands but there are {k} classes")
     if image.shape[1:] != probs.shape[1:] or labels.shape != probs.shape[1:]:
@@ -489,9 +494,8 @@ def train_rnn(
         labels, val_labels = split_holdout(
             labels, cfg.holdout, guard=holdout_guard(net.cfg), seed=cfg.seed, compact=cfg.holdout_compact
         )
-    hard = hard_pixels(probs, labels, allowed.numpy()) if cfg.focus > 0 else None
     sampler = PatchSampler([image, probs], labels, cfg.patch_size, net.cfg.halo, seed=cfg.seed, augment=cfg.augment,
-                           focus=hard, focus_share=cfg.focus)  # fmt: skip
+                           focus=_focus_map(cfg, probs, labels, allowed), focus_share=cfg.focus)  # fmt: skip
     opt = _optimizer(net, cfg, init)
     started = init is not None or cfg.identity_start  # a meaningful start: pull towards it, keep it as a candidate
     objective = _Objective(net, cfg, allowed, bool(partial), from_init=started)
@@ -618,18 +622,16 @@ def train_rnn_tiles(
     progress: ProgressFn | None = None,
     balance: bool = True,
     centre_stride: int = 1,
-    identity_start: bool = False,
-    focus: float = 0.0,
 ) -> RNNTrainResult:
     """Pretrain the RNN over many tiles on a coarse model's outputs (the fine-tunes' start).
 
     Like :func:`train_rnn` with patches drawn from every tile (``tile_weights`` share the batch),
     partial labels, class-balanced centres, and the best weights by ``validate`` every
-    ``cfg.eval_every`` steps. ``identity_start`` zeroes the MLPs' output layers, so training
+    ``cfg.eval_every`` steps. ``cfg.identity_start`` zeroes the MLPs' output layers, so training
     starts from ``du = 0`` (the refined map equals the coarse one) instead of a random update
-    that first has to be unlearnt. ``focus`` is the share of patches centred on pixels where the
-    coarse map is wrong or unsure (:func:`~refiner.train.sampling.hard_pixels`), the rest drawn
-    as ``balance`` says. ``cfg.steps``, ``batch_size`` or ``patch_size`` below 1 is a
+    that first has to be unlearnt. ``cfg.focus`` is the share of patches centred on pixels where
+    the coarse map is wrong or unsure (:func:`~refiner.train.sampling.hard_pixels`), the rest
+    drawn as ``balance`` says. ``cfg.steps``, ``batch_size`` or ``patch_size`` below 1 is a
     ``ValueError``, as in :func:`train_rnn`.
     """
     check_counts(steps=cfg.steps, batch_size=cfg.batch_size, patch_size=cfg.patch_size)
@@ -639,7 +641,7 @@ def train_rnn_tiles(
     net = RefinerRNN(RNNConfig(num_classes=len(classes), in_channels=images[0].shape[0]))
     mean, std = stats or image_stats([im.astype(np.float32) / 255 if im.dtype == np.uint8 else im for im in images])
     bundle = ModelBundle("rnn", net, classes, resolution, mean, std)
-    if identity_start:
+    if cfg.identity_start:
         zero_update(net)
     halo = net.cfg.halo
     samplers = [
@@ -652,8 +654,8 @@ def train_rnn_tiles(
             augment=cfg.augment,
             balance=balance,
             stride=centre_stride,
-            focus=hard_pixels(pr, lab, allowed.numpy()) if focus > 0 else None,
-            focus_share=focus,
+            focus=_focus_map(cfg, pr, lab, allowed),
+            focus_share=cfg.focus,
         )  # fmt: skip
         for i, (im, pr, lab) in enumerate(zip(images, probs, labels, strict=True))
     ]

@@ -412,9 +412,11 @@ def test_training_refuses_zero_steps_and_a_coarse_start_for_the_rnn():
         train_rnn_tiles(images, probs, labels, classes, RNNTrainConfig(steps=0), partial=PARTIAL)
     with pytest.raises(ValueError, match="batch size 0 is below 1"):
         train_rnn_tiles(images, probs, labels, classes, RNNTrainConfig(batch_size=0), partial=PARTIAL)
+    with pytest.raises(ValueError, match="focus -0.5 is not a share"):
+        train_rnn_tiles(images, probs, labels, classes, RNNTrainConfig(steps=1, focus=-0.5), partial=PARTIAL)
     # focus on the coarse map's errors: uniform probabilities are unsure everywhere, so it trains as usual
-    res = train_rnn_tiles(images, probs, labels, classes, RNNTrainConfig(steps=2, batch_size=2, patch_size=16),
-                          partial=PARTIAL, focus=0.5)  # fmt: skip
+    cfg = RNNTrainConfig(steps=2, batch_size=2, patch_size=16, focus=0.5)
+    res = train_rnn_tiles(images, probs, labels, classes, cfg, partial=PARTIAL)
     assert res.bundle.info["trained_steps"] == 2 and np.isfinite(res.history[-1].loss)
     from refiner.models.store import ModelBundle
 
