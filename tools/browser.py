@@ -106,6 +106,7 @@ _WATCH_RERUNS = """
   if (window.__refinerWatch) return;
   window.__refinerWatch = true;
   window.__refinerAskedAfter = -1;
+  window.__refinerAsks = 0;  // rerun requests sent so far (expect_rerun waits for one more)
   const lastRun = () => Math.max(0, ...[...document.querySelectorAll('[data-refiner-run]')]
                                           .map(e => Number(e.getAttribute('data-refiner-run'))));
   const varint = (b, i) => { let v = 0, m = 1; for (;;) { const x = b[i++]; v += (x & 127) * m;
@@ -130,7 +131,10 @@ _WATCH_RERUNS = """
       const b = data instanceof ArrayBuffer ? new Uint8Array(data) : ArrayBuffer.isView(data)
         ? new Uint8Array(data.buffer, data.byteOffset, data.byteLength) : null;
       const rerun = b && field(b, 11);
-      if (rerun && !(field(rerun, 5) || []).length) window.__refinerAskedAfter = lastRun();
+      if (rerun && !(field(rerun, 5) || []).length) {
+        window.__refinerAskedAfter = lastRun();
+        window.__refinerAsks += 1;
+      }
     } catch (e) { /* never break the app */ }
     return send.call(this, data);
   };
@@ -174,6 +178,22 @@ def settle(page, timeout: float = 120_000) -> None:
     """
     watch_reruns(page)
     page.wait_for_function(_RUN_ENDED, timeout=timeout, polling=100)
+
+
+@contextlib.contextmanager
+def expect_rerun(page, timeout: float = 120_000) -> Iterator[None]:
+    """Around an action that changes a widget: on leaving, wait until the page has asked for a rerun, and it ended.
+
+    :func:`settle` alone cannot tell "not asked for yet" from "nothing to ask for": a widget may send
+    its new value a moment after the key or click that changed it (the slider commits it in a later
+    React task), and a ``settle`` that looks in between sees the last run ended and returns. Like
+    Playwright's ``expect_*`` helpers, this counts the page's rerun requests before the action.
+    """
+    watch_reruns(page)
+    asked = page.evaluate("() => window.__refinerAsks")
+    yield
+    page.wait_for_function("(n) => window.__refinerAsks > n", arg=asked, timeout=timeout, polling=50)
+    settle(page, timeout)
 
 
 def stroke(page, x: float, y: float, dx: float, dy: float, moves: int = 15) -> None:
