@@ -615,8 +615,9 @@ def _pretrain_rnn(r: _Recipe) -> _Trained:
                              balance=bool(raw.get("balance", True)))  # fmt: skip
     bundle = result.bundle
     bundle.optimizer_state = None  # fine-tunes start a fresh AdaGrad (FINETUNE_DEFAULTS)
-    if raw.get("calibrate"):
-        beta = calibrate_rnn_bias(bundle, val, vprobs)
+    if raw.get("calibrate"):  # on the whole validation tiles, as the coarse model's: 14x the road pixels of the crops
+        whole = r.val_whole()
+        beta = calibrate_rnn_bias(bundle, whole, [predict_coarse(coarse, d.tile(), device="cpu") for d in whole])
         bundle.info = {**bundle.info, "class_bias": list(beta)}
         print(f"pretrain rnn: class offsets chosen on the validation tiles: {beta}", flush=True)
     seconds = time.perf_counter() - t0

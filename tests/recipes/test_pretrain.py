@@ -316,3 +316,45 @@ def test_rescoring_a_card_brings_back_what_the_model_scores_today(tmp_path):
     assert again["test_scores"] == true_scores and "rescored" in again
     assert "test scores recomputed" in (folder / "card.md").read_text()
     assert (folder / "model.safetensors").read_bytes() == weights
+
+
+RNN_RECIPE = """
+kind = "rnn"
+split = "split.toml"
+coarse = "m/model"
+out = "r/model"
+seed = 0
+val_crop = 20
+calibrate = true
+identity_start = true
+shares = { road = 1.0 }
+summary = "s"
+
+[train]
+steps = 4
+batch_size = 2
+patch_size = 16
+eval_every = 2
+"""
+
+
+def test_both_recipes_calibrate_on_the_whole_validation_tiles_not_their_crops(tmp_path, monkeypatch):
+    """The RNN's offsets were chosen on the 400^2 crops that select checkpoints, the coarse model's
+    on the whole tiles: 14x fewer road pixels for the RNN's (its road offset cost the test tiles)."""
+    import refiner.recipes.pretrain as pretrain
+
+    shapes: dict[str, list] = {"coarse": [], "rnn": []}
+    for kind, name in (("coarse", "calibrate_class_bias"), ("rnn", "calibrate_rnn_bias")):
+        real = getattr(pretrain, name)
+
+        def spy(bundle, val, *rest, _real=real, _kind=kind, **kw):
+            shapes[_kind].extend(d.labels.shape for d in val)
+            return _real(bundle, val, *rest, **kw)
+
+        monkeypatch.setattr(pretrain, name, spy)
+    (recipe,) = _resumable_recipes(tmp_path, "m")
+    recipe.write_text(recipe.read_text().replace('summary = "s"', 'summary = "s"\ncalibrate = true'))
+    assert pretrain.run_pretrain(recipe) is not None
+    (tmp_path / "r.toml").write_text(RNN_RECIPE)
+    assert pretrain.run_pretrain(tmp_path / "r.toml") == tmp_path / "r" / "model"
+    assert shapes == {"coarse": [(40, 40)], "rnn": [(40, 40)]}  # the validation tile whole; val_crop is 40 / 20
