@@ -75,6 +75,11 @@ if from_pretrained:
     )
 elif pick.model is None:
     st.caption(f"Training from scratch: {pick.reason}.")
+if start_from == NEW:
+    st.caption(
+        "A new RNN starts as the coarse map itself and its maps are pulled towards it, with brightness/contrast "
+        "jitter (refiner.train.rnn.SCRATCH_DEFAULTS): one patch cannot teach it that patch's look alone."
+    )
 if start_from != CONTINUE and has_model:
     st.caption("The current RNN is not lost: it stays in the model history below, ready to restore.")
 

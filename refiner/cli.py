@@ -136,8 +136,8 @@ def _field_defaults(cls: type) -> dict[str, Any]:
 
 
 #: ``finetune`` options whose default depends on the start: None on the command line means
-#: :class:`RNNTrainConfig`'s default from scratch, :data:`FINETUNE_DEFAULTS`' with ``--init``.
-_START_DEPENDENT = ("steps", "lr", "patience")
+#: :data:`SCRATCH_DEFAULTS`' from scratch, :data:`FINETUNE_DEFAULTS`' with ``--init``.
+_START_DEPENDENT = ("steps", "lr", "patience", "distill")
 
 
 def coarse_train_config(args: argparse.Namespace) -> Any:
@@ -151,11 +151,11 @@ def rnn_train_config(args: argparse.Namespace) -> Any:
     """``finetune``'s :class:`~refiner.train.rnn.RNNTrainConfig`.
 
     With ``--init`` (a patch fine-tune of a pretrained RNN): :data:`~refiner.train.rnn.FINETUNE_DEFAULTS`,
-    of which ``--steps``, ``--lr``, ``--patience`` (when given), ``--seed``, ``--max-seconds`` and
-    ``--checkpoint-every`` override; else (from scratch or ``--resume``) the dataclass's defaults
-    and every option.
+    of which ``--steps``, ``--lr``, ``--patience``, ``--distill`` (when given), ``--seed``, ``--max-seconds`` and
+    ``--checkpoint-every`` override; else (from scratch or ``--resume``)
+    :data:`~refiner.train.rnn.SCRATCH_DEFAULTS` and every option.
     """
-    from refiner.train.rnn import FINETUNE_DEFAULTS, RNNTrainConfig
+    from refiner.train.rnn import FINETUNE_DEFAULTS, SCRATCH_DEFAULTS
 
     given = {k: getattr(args, k) for k in _START_DEPENDENT if getattr(args, k) is not None}
     run = dict(seed=args.seed, max_seconds=args.max_seconds, checkpoint_every=args.checkpoint_every)
@@ -164,7 +164,7 @@ def rnn_train_config(args: argparse.Namespace) -> Any:
     options = dict(
         batch_size=args.batch_size, patch_size=args.patch_size, holdout=args.holdout, eval_seconds=args.eval_seconds
     )
-    return RNNTrainConfig(**run, **options, **given)
+    return dataclasses.replace(SCRATCH_DEFAULTS, **run, **options, **given)
 
 
 # --------------------------------------------------------------------------- commands
@@ -498,9 +498,10 @@ def build_parser() -> argparse.ArgumentParser:
     from refiner.models.coarse import ARCH_HALO
     from refiner.models.rnn import VARIANTS, RNNConfig
     from refiner.train.coarse import CoarseTrainConfig
-    from refiner.train.rnn import FINETUNE_DEFAULTS, RNNTrainConfig
+    from refiner.train.rnn import FINETUNE_DEFAULTS, SCRATCH_DEFAULTS
 
-    coarse, rnn, arch = _field_defaults(CoarseTrainConfig), _field_defaults(RNNTrainConfig), _field_defaults(RNNConfig)
+    coarse, arch = _field_defaults(CoarseTrainConfig), _field_defaults(RNNConfig)
+    rnn = dataclasses.asdict(SCRATCH_DEFAULTS)  # a new RNN's (``finetune`` without --init)
     ft = FINETUNE_DEFAULTS
     line_width = f"width in metres of vector lines (roads); default {LINE_WIDTH:g}"
     p = argparse.ArgumentParser(
@@ -595,7 +596,12 @@ def build_parser() -> argparse.ArgumentParser:
     scale_args(sp)
     resolution_arg(sp)
 
-    sp = add("finetune", cmd_finetune, "Train the refinement RNN on accurately labelled pixels.")
+    sp = add(
+        "finetune",
+        cmd_finetune,
+        "Train the refinement RNN on accurately labelled pixels: a new one starts as the coarse map itself and is "
+        "pulled towards it (SCRATCH_DEFAULTS), a fine-tune (--init) starts from a pretrained RNN (FINETUNE_DEFAULTS).",
+    )
     sp.add_argument("--image", required=True)
     sp.add_argument("--probs", required=True, help="coarse probabilities of the image (from predict)")
     sp.add_argument("--labels", required=True, help="accurate labels (mask, 255 = unlabelled, or GeoJSON)")
@@ -631,6 +637,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help=f"stop after N evaluations without gain (default {rnn['patience']}: never; {ft.patience} with --init)",
+    )
+    sp.add_argument(
+        "--distill",
+        type=float,
+        default=None,
+        help=f"weight of the pull of the refined maps towards the start's (default {rnn['distill']:g}, towards the "
+        f"coarse map; {ft.distill:g} with --init); 0 for the paper's plain training",
     )
     sp.add_argument("--max-seconds", type=float, default=rnn["max_seconds"], help="wall-clock budget")
     sp.add_argument(

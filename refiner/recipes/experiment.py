@@ -40,7 +40,7 @@ from refiner.models.rnn import VARIANTS, RNNConfig
 from refiner.models.store import load_model, save_model
 from refiner.train.coarse import CoarseTrainConfig, train_coarse
 from refiner.train.loop import Progress
-from refiner.train.rnn import RNNTrainConfig, train_rnn
+from refiner.train.rnn import SCRATCH_DEFAULTS, RNNTrainConfig, train_rnn
 from refiner.train.sampling import restrict_to_window
 
 #: The darkest band at or above this counts as pure white with ``nodata_white`` (250 of 255).
@@ -259,7 +259,7 @@ def run_experiment(
             enh_probs,
             enh.work_labels,
             cfg.classes,
-            RNNTrainConfig(steps=rnn_steps, seed=cfg.seed, **rnn_extra),
+            dataclasses.replace(SCRATCH_DEFAULTS, steps=rnn_steps, seed=cfg.seed, **rnn_extra),
             arch=RNNConfig(
                 num_classes=k, in_channels=enh.work.image.shape[0], iterations=cfg.iterations, variant=variant
             ),

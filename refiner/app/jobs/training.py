@@ -35,7 +35,7 @@ from refiner.app.workspace import Workspace
 from refiner.core.atomic import atomic_write_json, from_known_fields, read_json
 from refiner.core.classes import check_compatible
 from refiner.models.rnn import RNNConfig
-from refiner.train.rnn import FINETUNE_DEFAULTS, RNNTrainConfig
+from refiner.train.rnn import FINETUNE_DEFAULTS, SCRATCH_DEFAULTS, RNNTrainConfig
 
 #: The loss and validation curves of the workspace's RNN, kept between runs (a continued run goes on).
 CURVES = "train_curves.json"
@@ -115,10 +115,11 @@ def run_config(p: TrainParams) -> RNNTrainConfig:
     A fine-tune from the pretrained RNN starts from :data:`~refiner.train.rnn.FINETUNE_DEFAULTS`
     (the regularisation measured for a painted patch: early stopping, the pull towards the start,
     jitter, distillation, a fresh AdaGrad; evaluation by steps unless ``eval_seconds`` is None),
-    any other run from the dataclass's defaults; the page's values replace either. The held-out
+    any other run (a new RNN, or the workspace's continued) from :data:`~refiner.train.rnn.SCRATCH_DEFAULTS`
+    (the coarse map as the start, pulled towards where the run started); the page's values replace either. The held-out
     regions are split off by the job on the tile's grid (hence ``holdout=0`` here).
     """
-    base = FINETUNE_DEFAULTS if p.from_pretrained else RNNTrainConfig()
+    base = FINETUNE_DEFAULTS if p.from_pretrained else SCRATCH_DEFAULTS
     eval_seconds = base.eval_seconds if p.from_pretrained and p.eval_seconds is not None else p.eval_seconds
     return replace(
         base,

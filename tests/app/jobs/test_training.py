@@ -89,9 +89,9 @@ def test_the_train_params_and_the_run_config_restate_no_default():
 
     from refiner.app.jobs.training import run_config
     from refiner.models.rnn import RNNConfig
-    from refiner.train.rnn import FINETUNE_DEFAULTS, RNNTrainConfig
+    from refiner.train.rnn import FINETUNE_DEFAULTS, SCRATCH_DEFAULTS
 
-    p, train = jobs.TrainParams(), RNNTrainConfig()
+    p, train = jobs.TrainParams(), SCRATCH_DEFAULTS
     arch = {f.name: f.default for f in fields(RNNConfig)}
     assert (p.steps, p.eval_every) == (FINETUNE_DEFAULTS.steps, FINETUNE_DEFAULTS.eval_every)
     assert (p.lr, p.batch_size, p.patch_size, p.holdout, p.eval_seconds, p.seed) == (
