@@ -46,6 +46,7 @@ def _band(frac: float, size: int = 512) -> slice:
 def test_five_strokes_painted_0_3_s_apart_are_all_saved(page, url, workspaces):
     open_page(page, url, "Label")
     page.get_by_text(re.compile(r"^road \(#")).click()
+    page.get_by_text(re.compile(r"^Brush: road,")).wait_for()  # the click's run may start late: wait for its end
     settle(page)
     before = _road_rows(workspaces)
     box = page.locator("canvas").last.bounding_box()
@@ -88,6 +89,7 @@ def test_five_strokes_painted_0_3_s_apart_are_all_saved(page, url, workspaces):
 def test_zoom_brush_and_map_layer_are_kept_across_a_reload(page, url):
     open_page(page, url, "Label")
     page.get_by_text(re.compile(r"^building \(#")).click()
+    page.get_by_text(re.compile(r"^Brush: building,")).wait_for()
     settle(page)
     page.locator('[data-testid="stRadio"]').filter(has_text="Under the labels").get_by_text("coarse map").click()
     settle(page)
