@@ -178,9 +178,9 @@ def test_evaluate_matches_hand_computed_scores(tmp_path, capsys):
     assert r["iou"] == {"background": pytest.approx(0.5), "road": pytest.approx(2 / 3)}
 
 
-def test_experiment_writes_the_report_contract(demo, tmp_path, capsys):
-    cfg = tmp_path / "exp.toml"
-    cfg.write_text(f"""
+def _demo_experiment(demo, steps: int, *, enhance: str = "", rnn: str = "", crf: str = "[5.0, 10.0]") -> str:
+    """An experiment TOML on the synthetic demo: the shipped demo coarse CNN, RNNs on a 64² window."""
+    return f"""
 classes = ["background", "building", "road"]
 label_values = [0, 1, 2]
 resolution = 1.0
@@ -190,13 +190,20 @@ model = "{DEMO / "coarse"}"
 images = ["{demo / "enhance.tif"}"]
 labels = ["{demo / "enhance_truth.tif"}"]
 window = [0, 0, 64, 64]
-steps = 4
+steps = {steps}
+{enhance}
 [test]
 images = ["{demo / "test.tif"}"]
 labels = ["{demo / "test_truth.tif"}"]
+{rnn}
 [crf.grid]
-bilateral_sxy = [5.0, 10.0]
-""")
+bilateral_sxy = {crf}
+"""
+
+
+def test_experiment_writes_the_report_contract(demo, tmp_path, capsys):
+    cfg = tmp_path / "exp.toml"
+    cfg.write_text(_demo_experiment(demo, 4))
     out = tmp_path / "report.json"
     assert main(["experiment", str(cfg), "--out", str(out)]) == 0
     report = json.loads(out.read_text())
@@ -224,26 +231,8 @@ def test_the_protocols_rnn_starts_as_the_coarse_map_unless_the_toml_says_otherwi
     trained = {}
     for name, extra in (("default", ""), ("plain", "distill = 0.0\nidentity_start = false")):
         cfg = tmp_path / f"{name}.toml"
-        cfg.write_text(f"""
-classes = ["background", "building", "road"]
-label_values = [0, 1, 2]
-resolution = 1.0
-[coarse]
-model = "{DEMO / "coarse"}"
-[enhance]
-images = ["{demo / "enhance.tif"}"]
-labels = ["{demo / "enhance_truth.tif"}"]
-window = [0, 0, 64, 64]
-steps = 2
-{extra}
-[test]
-images = ["{demo / "test.tif"}"]
-labels = ["{demo / "test_truth.tif"}"]
-[rnn]
-variants = ["class_specific"]
-[crf.grid]
-bilateral_sxy = [5.0]
-""")
+        one_variant = '[rnn]\nvariants = ["class_specific"]'
+        cfg.write_text(_demo_experiment(demo, 2, enhance=extra, rnn=one_variant, crf="[5.0]"))
         models = tmp_path / name
         assert (
             main(["experiment", str(cfg), "--out", str(tmp_path / f"{name}.json"), "--save-models", str(models)]) == 0
