@@ -554,10 +554,10 @@ FINETUNE_DEFAULTS = RNNTrainConfig(
 #: and the paper's protocol in ``experiment``): the refined map starts as the coarse map itself
 #: (``identity_start``), the refined probabilities are pulled towards where the run started
 #: (``distill``) and the image patches are jittered. With the dataclass's plain training the patch
-#: RNN learnt its own tile's look. On the 500^2 patch protocol (two seeds, t = 5), plain training
-#: gained 2.3 mIoU points on the rest of its own tile but lost 2.7 on other tiles. Pull 3.0 gained
-#: 1.45 and lost 0.16. Pull 5.0 (FINETUNE_DEFAULTS') gained 0.9 and lost 0.03. Both pulls rise at
-#: every iteration on the own tile. 3.0 gives the most in all (docs/results.md, issue 27). A
+#: RNN learnt its own tile's look. On the 500^2 patch protocol (three seeds, t = 5), plain training
+#: gained 2.2 mIoU points on the rest of its own tile but lost 2.9 on other tiles; pull 3.0 gained
+#: 1.44 there and 0.12 on other tiles. Pull 5.0 (FINETUNE_DEFAULTS') gained 0.9 at home (two
+#: seeds). Both pulls rise at every iteration on the own tile (docs/results.md, issue 27). A
 #: painted patch of a place unlike the rest of the scene wants more (``--distill``); tiles that
 #: look alike want less.
 SCRATCH_DEFAULTS = RNNTrainConfig(identity_start=True, distill=3.0, jitter=0.2)
