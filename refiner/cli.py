@@ -763,6 +763,7 @@ _RANGES = {
     "max_seconds": (0.0, None, "give a positive number of seconds, or leave it out for no budget"),
     "eval_seconds": (0.0, None, "give a positive number of seconds, e.g. 5"),
     "patience": (0, None, "give 0 (never stop early) or a number of evaluations"),
+    "distill": (0.0, None, "give 0 (no pull: the paper's plain training) or a positive weight, e.g. 3"),
     "degrade_shift": (0, None, "give 0 or more pixels"),
     "degrade_drop": (0.0, 1.0, "give a probability from 0 to 1"),
     "threads": (1, None, "give at least 1 thread"),

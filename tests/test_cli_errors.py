@@ -42,6 +42,7 @@ def one_error_line(capsys) -> str:
         ([*FT, "--patch-size", "0"], "--patch-size"),
         ([*FT, "--device", "bogus"], "bogus"),
         ([*FT, "--lr", "0"], "--lr 0.0"),
+        ([*FT, "--distill", "-1"], "--distill -1.0"),
         ([*FT, "--resolution", "-1"], "--resolution -1.0"),
         ([*FT, "--max-seconds", "-1"], "--max-seconds -1.0"),
         ([*TC, "--degrade-drop", "2"], "--degrade-drop 2.0"),
@@ -324,6 +325,8 @@ def test_the_engine_refuses_zero_steps_too():
         train_rnn(im, probs, lab, ClassSpec(("a", "b")), RNNTrainConfig(patch_size=0))
     with pytest.raises(ValueError, match="holdout 1.5"):
         train_rnn(im, probs, lab, ClassSpec(("a", "b")), RNNTrainConfig(holdout=1.5))
+    with pytest.raises(ValueError, match="distill -1.0 is negative"):  # it was ignored: no pull at all
+        train_rnn(im, probs, lab, ClassSpec(("a", "b")), RNNTrainConfig(distill=-1.0))
 
 
 def test_bad_json_files_are_named(chain, tmp_path, capsys):

@@ -176,10 +176,13 @@ def _focus_map(cfg: RNNTrainConfig, probs: np.ndarray, labels: np.ndarray, allow
 
 
 def _check_inputs(image: np.ndarray, probs: np.ndarray, labels: np.ndarray, k: int, cfg: RNNTrainConfig) -> None:
-    """Refuse bad counts, a holdout that is not a fraction and mismatched shapes, before any work."""
+    """Refuse bad counts, a holdout that is not a fraction, negative pulls and mismatched shapes, before any work."""
     check_counts(steps=cfg.steps, batch_size=cfg.batch_size, patch_size=cfg.patch_size)
     if not 0 <= cfg.holdout < 1:
         raise ValueError(f"holdout {cfg.holdout} is not a fraction below 1 — keep e.g. 0.2 of the labelled blocks")
+    for name in ("distill", "anchor"):  # a negative pull would push away from the start, or be ignored
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"{name} {getattr(cfg, name)} is negative — give 0 (no pull) or a positive weight")
     if probs.shape[0] != k:
         raise ValueError(f"the probability map has {probs.shape[0]} bands but there are {k} classes")
     if image.shape[1:] != probs.shape[1:] or labels.shape != probs.shape[1:]:
