@@ -460,7 +460,8 @@ def train_rnn(
         probs: the frozen coarse probabilities (K, H, W) of the tile.
         labels: the accurately labelled pixels (H, W) class indices, 255 elsewhere.
         classes: the K classes.
-        cfg: the hyper-parameters.
+        cfg: the hyper-parameters (default: the paper's plain training; the app, ``finetune`` and
+            ``experiment`` train a new RNN on a painted patch with :data:`SCRATCH_DEFAULTS`).
         arch: the architecture of a new RNN (default: the paper's, 5 iterations).
         init: a model to continue training (with its AdaGrad state when it has one).
         resolution: metres per pixel of the inputs (kept in the model).
