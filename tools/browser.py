@@ -196,6 +196,28 @@ def expect_rerun(page, timeout: float = 120_000) -> Iterator[None]:
     settle(page, timeout)
 
 
+def click_for_rerun(page, target, *, tries: int = 3, wait: float = 15_000) -> None:
+    """Click a button until the page asks the server for a rerun, then wait for that run's end.
+
+    A click that lands while a rerun redraws the page can hit an element being replaced and be
+    lost: a share button clicked just after a reload made no link in CI (no share was recorded).
+    Each try waits for the page's rerun request (counted by :data:`_WATCH_RERUNS`), not a sleep.
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    watch_reruns(page)
+    for attempt in range(tries):
+        asked = page.evaluate("() => window.__refinerAsks")
+        target.click()
+        try:
+            page.wait_for_function("(n) => window.__refinerAsks > n", arg=asked, timeout=wait, polling=50)
+            break
+        except PlaywrightTimeout:
+            if attempt == tries - 1:
+                raise
+    settle(page)
+
+
 def stroke(page, x: float, y: float, dx: float, dy: float, moves: int = 15) -> None:
     """Paint one stroke with the mouse from (x, y), ``moves`` steps of (dx, dy) page pixels."""
     page.mouse.move(x, y)

@@ -6,7 +6,15 @@ from __future__ import annotations
 
 import pytest
 
-from tools.browser import metrics, open_page, paint_stroke, require_chromium, session_query, settle
+from tools.browser import (
+    click_for_rerun,
+    metrics,
+    open_page,
+    paint_stroke,
+    require_chromium,
+    session_query,
+    settle,
+)
 
 require_chromium()
 
@@ -42,8 +50,7 @@ def test_two_browser_sessions_keep_their_own_work(url, browser):
 
         # alice shares her workspace read-only: bob sees her labels, with no canvas to paint on
         alice.get_by_text("Share", exact=True).click()
-        alice.get_by_role("button", name="Link to look").click()
-        settle(alice)
+        click_for_rerun(alice, alice.get_by_role("button", name="Link to look"))
         link = alice.locator('[data-testid="stSidebar"] [data-testid="stCode"]').inner_text().strip()
         assert "?share=" in link
         bob.goto(link if link.startswith("http") else f"{url}/Label{link}")
