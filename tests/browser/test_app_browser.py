@@ -12,6 +12,7 @@ import re
 import pytest
 
 from tools.browser import (
+    click_for_rerun,
     expect_rerun,
     metrics,
     open_page,
@@ -71,7 +72,7 @@ def test_training_a_few_steps_shows_progress(page, url):
         field = page.get_by_label(label, exact=True)
         field.fill(value)
         field.press("Tab")
-    page.get_by_role("button", name="Start training").click()
+    click_for_rerun(page, page.get_by_role("button", name="Start training"))
     progress = page.locator('[data-testid="stProgress"]')
     progress.filter(has_text=re.compile("Training on cpu|Starting")).wait_for(timeout=60_000)
     progress.filter(has_text="Finished").wait_for(timeout=240_000)

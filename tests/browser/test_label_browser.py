@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from tools.browser import open_page, require_chromium, settle, stroke
+from tools.browser import click_for_rerun, open_page, require_chromium, settle, stroke
 
 require_chromium()
 
@@ -77,7 +77,7 @@ def test_five_strokes_painted_0_3_s_apart_are_all_saved(page, url, workspaces):
     assert filters and all("drop-shadow" in f for f in filters), filters
     # in three passes: six cost a browser without a GPU 2.2 s of CPU per stroke (issue 22, item 9)
     assert all(f.count("drop-shadow") <= 3 for f in filters), filters
-    page.get_by_role("button", name="Undo last change").click()
+    click_for_rerun(page, page.get_by_role("button", name="Undo last change"))
     page.get_by_text(re.compile(r"\b4 change\(s\) can be undone")).wait_for()
     settle(page)
     undone = _road_rows(workspaces)
@@ -122,7 +122,7 @@ def test_a_0_255_mask_imports_as_background_and_building(page, url, workspaces):
     settle(page)
     page.get_by_text("merge: keep my painted labels").click()
     settle(page)
-    page.get_by_role("button", name="Import the mask").click()
+    click_for_rerun(page, page.get_by_role("button", name="Import the mask"))
     page.get_by_text("Imported austin_mask.png (0 → background, 255 → building").wait_for()
     with rasterio.open(_demo(workspaces) / "labels.tif") as ds:
         saved = ds.read(1)
