@@ -11,7 +11,7 @@ from refiner.app.pretrained import workspace_resolution
 from refiner.core.device import pick_device
 from refiner.models.pretrained import pick_rnn
 from refiner.models.rnn import VARIANTS
-from refiner.train.rnn import FINETUNE_DEFAULTS
+from refiner.train.rnn import FINETUNE_DEFAULTS, SCRATCH_DEFAULTS
 from webapp import common, scores
 from webapp.adapt_panel import adapt_section
 from webapp.job_panel import job_panel
@@ -59,6 +59,10 @@ HELP = {
     "from the training pixels). 0: no validation, and the last weights are kept.",
     "batch": "Patches per step. Small batches of small patches run fastest on a CPU.",
     "patch": "Side of each training patch in pixels at the working resolution (plus the RNN's reach around it).",
+    "distill": "How strongly the refined maps are pulled towards where training starts: the coarse map for a new "
+    "RNN, the pretrained RNN's maps for a fine-tune, the current RNN's when continuing. It keeps one patch from "
+    "teaching the RNN that patch's look alone. 0 is the paper's plain training, best when the rest of the tile "
+    "looks like the patch.",
 }
 CONTINUE, NEW = "the current RNN (continue training)", "a new RNN (from scratch)"
 with common.guard("looking for a pretrained RNN"):
@@ -98,10 +102,19 @@ with st.form("train_form"):
     )
     iterations = c3.number_input("Iterations T", 1, 20, D.iterations, key="iterations", help=HELP["iterations"])
     variant = c4.selectbox("Variant", VARIANTS, index=VARIANTS.index(D.variant), key="variant", help=HELP["variant"])
-    c5, c6, c7 = st.columns(3)
+    c5, c6, c7, c8 = st.columns(4)
     holdout = c5.slider("Held back for validation", 0.0, 0.5, D.holdout, 0.05, key="holdout", help=HELP["holdout"])
     batch = c6.number_input("Batch size", 1, 64, D.batch_size, key="batch", help=HELP["batch"])
     patch = c7.number_input("Patch size (px)", 16, 128, D.patch_size, step=8, key="patch", help=HELP["patch"])
+    distill = c8.number_input(
+        "Pull to the start",
+        0.0,
+        100.0,
+        FINETUNE_DEFAULTS.distill if from_pretrained else SCRATCH_DEFAULTS.distill,
+        step=0.5,
+        key="distill_pretrained" if from_pretrained else "distill",
+        help=HELP["distill"],
+    )
     if has_model:
         a = model_info["arch"]
         st.caption(
@@ -127,6 +140,7 @@ if submitted:
         pretrained=pick.model.name if from_pretrained and pick.model else "",
         eval_every=max(5, min(50, int(steps) // 10)),
         checkpoint_every=max(10, int(steps) // 5),
+        distill=float(distill),
     )
     with common.guard("starting training"):
         if not ws.has_coarse():

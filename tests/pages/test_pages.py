@@ -103,8 +103,9 @@ def test_train_page_trains_in_the_background_and_shows_progress(app_ws):
 
 def test_train_form_defaults_are_the_config_dataclasses(tmp_path, monkeypatch):
     """The form's widgets start at TrainParams' defaults (themselves the dataclasses'), the learning
-    rate at FINETUNE_DEFAULTS' when the start is the pretrained RNN."""
-    from refiner.train.rnn import FINETUNE_DEFAULTS
+    rate and the pull at FINETUNE_DEFAULTS' when the start is the pretrained RNN, the pull at
+    SCRATCH_DEFAULTS' for a new one."""
+    from refiner.train.rnn import FINETUNE_DEFAULTS, SCRATCH_DEFAULTS
 
     monkeypatch.setenv("REFINER_WORKSPACES", str(tmp_path))
     monkeypatch.chdir(REPO)
@@ -119,8 +120,10 @@ def test_train_form_defaults_are_the_config_dataclasses(tmp_path, monkeypatch):
     assert values == {"steps": d.steps, "lr_pretrained": FINETUNE_DEFAULTS.lr, "iterations": d.iterations,
                       "batch": d.batch_size, "patch": d.patch_size}  # fmt: skip
     assert at.slider(key="holdout").value == d.holdout and at.selectbox(key="variant").value == d.variant
+    assert at.number_input(key="distill_pretrained").value == FINETUNE_DEFAULTS.distill
     at.radio(key="start_from").set_value("a new RNN (from scratch)").run()
     assert at.number_input(key="lr").value == d.lr
+    assert at.number_input(key="distill").value == SCRATCH_DEFAULTS.distill
 
 
 @pytest.mark.slow

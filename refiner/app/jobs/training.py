@@ -77,6 +77,9 @@ class TrainParams:
     #: with :data:`refiner.train.rnn.FINETUNE_DEFAULTS`' regularisation; "" = a new RNN from scratch.
     pretrained: str = ""
     device: str | None = None  # None = cuda, mps or cpu, whichever is there
+    #: Weight of the pull of the refined maps towards where the run starts; None = the start's
+    #: (FINETUNE_DEFAULTS' for a fine-tune, SCRATCH_DEFAULTS' otherwise); 0 = the paper's plain training
+    distill: float | None = None
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainParams:
@@ -133,6 +136,7 @@ def run_config(p: TrainParams) -> RNNTrainConfig:
         eval_seconds=eval_seconds,
         checkpoint_every=p.checkpoint_every,
         max_seconds=p.max_seconds,
+        distill=base.distill if p.distill is None else p.distill,
     )
 
 

@@ -108,6 +108,10 @@ def test_the_train_params_and_the_run_config_restate_no_default():
             f.name: getattr(base, f.name) for f in fields(base) if f.name not in page}  # fmt: skip
         assert (cfg.steps, cfg.lr, cfg.holdout) == (params.steps, params.lr, 0.0)  # held out by the job
     assert run_config(pretrained).eval_seconds == FINETUNE_DEFAULTS.eval_seconds
+    # the pull: the start's own unless the page gives one (0 = the paper's plain training)
+    assert run_config(pretrained).distill == FINETUNE_DEFAULTS.distill
+    assert run_config(jobs.TrainParams()).distill == SCRATCH_DEFAULTS.distill
+    assert run_config(jobs.TrainParams(distill=0.0)).distill == 0.0
     assert run_config(jobs.TrainParams(eval_seconds=None)).eval_seconds is None
     # the app's own wall-clock budget (issue #22: 300 steps took up to 15 minutes)
     assert run_config(pretrained).max_seconds == p.max_seconds == 60.0
