@@ -190,10 +190,20 @@ def expect_rerun(page, timeout: float = 120_000) -> Iterator[None]:
     Playwright's ``expect_*`` helpers, this counts the page's rerun requests before the action.
     """
     watch_reruns(page)
-    asked = page.evaluate("() => window.__refinerAsks")
+    asked = _asks(page)
     yield
-    page.wait_for_function("(n) => window.__refinerAsks > n", arg=asked, timeout=timeout, polling=50)
+    _wait_for_ask(page, asked, timeout)
     settle(page, timeout)
+
+
+def _asks(page) -> int:
+    """How many whole-page reruns the page has asked for (:data:`_WATCH_RERUNS` counts them)."""
+    return page.evaluate("() => window.__refinerAsks")
+
+
+def _wait_for_ask(page, asked: int, timeout: float) -> None:
+    """Wait until the page has asked for more reruns than ``asked``."""
+    page.wait_for_function("(n) => window.__refinerAsks > n", arg=asked, timeout=timeout, polling=50)
 
 
 def click_for_rerun(page, target, *, tries: int = 3, wait: float = 15_000) -> None:
@@ -207,10 +217,10 @@ def click_for_rerun(page, target, *, tries: int = 3, wait: float = 15_000) -> No
 
     watch_reruns(page)
     for attempt in range(tries):
-        asked = page.evaluate("() => window.__refinerAsks")
+        asked = _asks(page)
         target.click()
         try:
-            page.wait_for_function("(n) => window.__refinerAsks > n", arg=asked, timeout=wait, polling=50)
+            _wait_for_ask(page, asked, wait)
             break
         except PlaywrightTimeout:
             if attempt == tries - 1:

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -132,25 +133,25 @@ def _bilinear_kernel(channels: int, size: int) -> torch.Tensor:
     return w
 
 
-class CoarseNet(nn.Module):
+class CoarseNet(nn.Module, abc.ABC):
     """What every coarse design shares: any image size, class offsets, scores at full resolution."""
 
     cfg: CoarseConfig
 
+    @abc.abstractmethod
     def scores(self, image: torch.Tensor) -> torch.Tensor:
         """Class scores (B, K, H, W) of an image whose sides are multiples of the stride.
 
         The hook each design overrides (``CoarseCNN``, ``SkipContextCNN``); the base class only
         pads, crops and adds the class offsets around it.
         """
-        raise NotImplementedError(f"{type(self).__name__} must define scores()")
 
+    @abc.abstractmethod
     def split(self, part: str) -> CoarseSplit:
         """The network cut before its trainable ``part`` (one of :data:`TRAINABLE_PARTS`).
 
         The second hook each design overrides: only the design knows its layers.
         """
-        raise NotImplementedError(f"{type(self).__name__} must define split()")
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Class scores (B, K, H, W) at full resolution for a normalised ``image`` (B, C, H, W) of any size."""

@@ -166,23 +166,28 @@ def _optimizer(net: RefinerRNN, cfg: RNNTrainConfig, init: ModelBundle | None) -
 
 
 def _focus_map(cfg: RNNTrainConfig, probs: np.ndarray, labels: np.ndarray, allowed: torch.Tensor) -> np.ndarray | None:
-    """The pixels a ``cfg.focus`` share of the patches is centred on (None when off); refuses a share outside 0..1."""
+    """The pixels a ``cfg.focus`` share of the patches is centred on (None when off)."""
+    return hard_pixels(probs, labels, allowed.numpy()) if cfg.focus > 0 else None
+
+
+def _check_config(cfg: RNNTrainConfig) -> None:
+    """What both trainers refuse before any work: bad counts, a focus share outside 0..1, negative pulls."""
+    check_counts(steps=cfg.steps, batch_size=cfg.batch_size, patch_size=cfg.patch_size)
     if not 0 <= cfg.focus <= 1:
         raise ValueError(
             f"focus {cfg.focus} is not a share in 0..1 — e.g. 0.5 centres half the patches where the coarse map "
             "is wrong or unsure"
         )
-    return hard_pixels(probs, labels, allowed.numpy()) if cfg.focus > 0 else None
-
-
-def _check_inputs(image: np.ndarray, probs: np.ndarray, labels: np.ndarray, k: int, cfg: RNNTrainConfig) -> None:
-    """Refuse bad counts, a holdout that is not a fraction, negative pulls and mismatched shapes, before any work."""
-    check_counts(steps=cfg.steps, batch_size=cfg.batch_size, patch_size=cfg.patch_size)
-    if not 0 <= cfg.holdout < 1:
-        raise ValueError(f"holdout {cfg.holdout} is not a fraction below 1 — keep e.g. 0.2 of the labelled blocks")
     for name in ("distill", "anchor"):  # a negative pull would push away from the start, or be ignored
         if getattr(cfg, name) < 0:
             raise ValueError(f"{name} {getattr(cfg, name)} is negative — give 0 (no pull) or a positive weight")
+
+
+def _check_inputs(image: np.ndarray, probs: np.ndarray, labels: np.ndarray, k: int, cfg: RNNTrainConfig) -> None:
+    """Refuse a bad config (:func:`_check_config`), a holdout that is not a fraction and mismatched shapes."""
+    _check_config(cfg)
+    if not 0 <= cfg.holdout < 1:
+        raise ValueError(f"holdout {cfg.holdout} is not a fraction below 1 — keep e.g. 0.2 of the labelled blocks")
     if probs.shape[0] != k:
         raise ValueError(f"the probability map has {probs.shape[0]} bands but there are {k} classes")
     if image.shape[1:] != probs.shape[1:] or labels.shape != probs.shape[1:]:
@@ -648,9 +653,9 @@ def train_rnn_tiles(
     that first has to be unlearnt. ``cfg.focus`` is the share of patches centred on pixels where
     the coarse map is wrong or unsure (:func:`~refiner.train.sampling.hard_pixels`), the rest
     drawn as ``balance`` says. ``cfg.steps``, ``batch_size`` or ``patch_size`` below 1 is a
-    ``ValueError``, as in :func:`train_rnn`.
+    ``ValueError``, as in :func:`train_rnn`; so are a focus outside 0..1 and negative pulls.
     """
-    check_counts(steps=cfg.steps, batch_size=cfg.batch_size, patch_size=cfg.patch_size)
+    _check_config(cfg)
     allowed = allowed_table(len(classes), partial)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)

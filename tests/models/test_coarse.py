@@ -130,3 +130,15 @@ def test_a_split_reaches_no_further_than_it_says(arch):
 def test_an_unknown_trainable_part_is_refused_with_the_known_ones():
     with pytest.raises(ValueError, match="head, top2, all"):
         CoarseCNN(CoarseConfig(2)).split("middle")
+
+
+def test_a_coarse_design_without_its_hooks_cannot_be_built():
+    """scores() and split() are the two hooks each design defines: leaving one out fails at construction."""
+    from refiner.models.coarse import CoarseNet
+
+    class ScoresOnly(CoarseNet):
+        def scores(self, image):  # noqa: ANN001, ANN202
+            return image
+
+    with pytest.raises(TypeError, match="split"):
+        ScoresOnly()
