@@ -8,7 +8,7 @@ import streamlit as st
 from refiner.app import access, results, viz
 from refiner.app.demos import DEMO_NAME, REAL_DEMOS
 from refiner.app.demos import unavailable as real_demo_unavailable
-from refiner.app.pretrained import coarse_into_workspace, workspace_resolution
+from refiner.app.pretrained import TTA_NOTE, coarse_into_workspace, workspace_resolution
 from refiner.app.uploads import (
     MAX_PIXELS,
     check_pixel_size,
@@ -106,6 +106,12 @@ with pc1:
             "a coarse CNN for these classes (`python -m refiner train-coarse`) and upload it (middle)."
         )
     which = "this workspace's coarse CNN" if own else f"the shipped {pick.model.name}" if pick.model else "it"
+    tta = st.checkbox(
+        "Average its 8 turns and flips",
+        key="coarse_tta",
+        help="Runs the CNN on the tile turned and flipped 8 ways and averages the maps: 8 times slower, "
+        "about a point of IoU better on the shipped model's test tiles.",
+    )
     if st.button(f"Compute with {which}", key="compute_coarse", disabled=not own and pick.model is None):
         from refiner.models.inference import predict_coarse
         from refiner.models.store import load_model
@@ -115,10 +121,11 @@ with pc1:
                 bundle = load_model(ws.model_dir("coarse"), expect="coarse")
                 todo = "upload probabilities or a CNN trained for these classes"
                 check_compatible(bundle.classes, ws.classes, "the workspace's coarse CNN", "this workspace", todo)
-                origin = {"source": "coarse CNN (coarse)", "resolution": bundle.resolution}
-                ws.write_coarse_probs(predict_coarse(bundle, tile), origin)
+                source = "coarse CNN (coarse)" + (TTA_NOTE if tta else "")
+                origin = {"source": source, "resolution": bundle.resolution, "tta": tta}
+                ws.write_coarse_probs(predict_coarse(bundle, tile, tta=tta), origin)
             else:
-                coarse_into_workspace(ws)
+                coarse_into_workspace(ws, tta=tta)
         st.success("Coarse probabilities computed.")
         st.rerun()
 with pc2:

@@ -222,6 +222,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         window=args.window or 512,
         scheduler=args.scheduler,
         pixel_size=args.resolution,
+        tta=args.tta,
     )
     print(f"wrote class probabilities to {args.out}")
 
@@ -592,6 +593,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--model", required=True, type=Path, help="coarse CNN model folder")
     sp.add_argument("--image", required=True)
     sp.add_argument("--out", required=True, type=Path, help="probability GeoTIFF to write")
+    sp.add_argument(
+        "--tta", action="store_true", help="average the image's 8 turns and flips: 8x the time, about +1 point of IoU"
+    )
     common_image(sp)
     scale_args(sp)
     resolution_arg(sp)

@@ -9,6 +9,7 @@ from PIL import Image
 
 from refiner.cli import main
 from refiner.core.paths import DEMO
+from refiner.models.inference import predict_coarse
 
 
 @pytest.fixture(scope="module")
@@ -494,6 +495,20 @@ def test_resolution_is_refused_for_a_georeferenced_image(demo, tmp_path, capsys)
     rc = main(["predict", "--model", str(model), "--image", str(demo / "enhance.tif"), "--out",
                str(tmp_path / "p.tif"), "--resolution", "0.5"])  # fmt: skip
     assert rc == 2 and "georeferenced" in capsys.readouterr().err
+
+
+def test_predict_with_tta_writes_the_averaged_turns_and_flips(demo, tmp_path):
+    from refiner.data.read import read_image, read_probs
+    from refiner.models.store import load_model
+
+    model, image = DEMO / "coarse", demo / "enhance.tif"
+    out = tmp_path / "t.tif"
+    assert main(["predict", "--model", str(model), "--image", str(image), "--out", str(out), "--tta"]) == 0
+    got = read_probs(tmp_path / "t.tif")[0]
+    expected = predict_coarse(load_model(model, expect="coarse"), read_image(image), device="cpu", tta=True)
+    np.testing.assert_allclose(got, expected, atol=2e-5)
+    assert _predict(model, image, tmp_path / "p.tif") == 0
+    assert np.abs(read_probs(tmp_path / "p.tif")[0] - got).max() > 1e-3
 
 
 def test_adapt_writes_the_adapted_models_and_their_scores(tmp_path, capsys):

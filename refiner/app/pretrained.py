@@ -18,14 +18,20 @@ def workspace_resolution(ws: Workspace) -> float | None:
     return (ws.settings.get("source") or {}).get("resolution")
 
 
-def coarse_into_workspace(ws: Workspace, *, root: str | Path | None = None) -> Pick:
+#: What a map's source says when it averages the tile's 8 turns and flips.
+TTA_NOTE = ", 8 turns and flips averaged"
+
+
+def coarse_into_workspace(ws: Workspace, *, root: str | Path | None = None, tta: bool = False) -> Pick:
     """Pick the shipped coarse CNN for a workspace and, when one fits, write its probabilities there.
 
-    The probabilities' source says which model and why; the pick is returned either way.
+    The probabilities' source says which model and why (and ``tta``: that the tile's 8 turns and
+    flips were averaged); the pick is returned either way.
     """
     pick = pick_coarse(ws.classes, workspace_resolution(ws), root=root)
     if pick.model is not None:
-        probs = coarse_probs_for(pick, ws.tile())
-        origin = {"source": f"shipped coarse CNN {pick.model.name}", "model": pick.model.name, "why": pick.reason}
+        probs = coarse_probs_for(pick, ws.tile(), tta=tta)
+        source = f"shipped coarse CNN {pick.model.name}" + (TTA_NOTE if tta else "")
+        origin = {"source": source, "model": pick.model.name, "why": pick.reason, "tta": tta}
         ws.write_coarse_probs(probs, {**origin, "resolution": pick.model.resolution})
     return pick

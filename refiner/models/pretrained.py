@@ -244,10 +244,13 @@ def _none_reason(what: str, classes: ClassSpec, why_not: list[str]) -> str:
     return head + (" (" + "; ".join(why_not) + ")" if why_not else " (none is installed in assets/pretrained)")
 
 
-def coarse_probs_for(pick: Pick, tile: Tile) -> np.ndarray:
-    """Run the picked coarse CNN on ``tile`` and return probabilities in the target classes."""
+def coarse_probs_for(pick: Pick, tile: Tile, *, tta: bool = False) -> np.ndarray:
+    """Run the picked coarse CNN on ``tile`` and return probabilities in the target classes.
+
+    ``tta``: average the tile's 8 turns and flips (``predict_coarse``'s test-time augmentation).
+    """
     from refiner.models.inference import predict_coarse
 
     if pick.model is None:
         raise ValueError(pick.reason)
-    return pick.adapt(predict_coarse(load_model(pick.model.folder, expect="coarse"), tile))
+    return pick.adapt(predict_coarse(load_model(pick.model.folder, expect="coarse"), tile, tta=tta))

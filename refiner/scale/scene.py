@@ -72,6 +72,7 @@ class SceneTask:
     keep_all: bool = False
     device: str | None = None
     grid: tuple[Grid, Grid] | None = None  # (scene, working): windows lie on the working grid
+    tta: bool = False  # predict: average the 8 turns and flips of each window (predict_coarse's tta)
 
 
 def _read_window(task: SceneTask, read: tuple[int, int, int, int]) -> tuple[Tile, np.ndarray | None]:
@@ -105,7 +106,7 @@ def run_window(task: SceneTask, win: WindowSpec) -> dict[str, np.ndarray]:
     core = (slice(None), *win.core_in_read)
     big = max(win.read_height, win.read_width)
     if task.kind == "predict":
-        probs = predict_coarse(bundle, tile, device=task.device, window=big + (-big) % 4)
+        probs = predict_coarse(bundle, tile, device=task.device, window=big + (-big) % 4, tta=task.tta)
         return {"probs": np.ascontiguousarray(probs[core])}
     assert coarse is not None
     result = refine(bundle, tile, coarse, iterations=task.iterations, keep_all=task.keep_all, device=task.device)
@@ -279,6 +280,7 @@ def predict_scene(
     progress: Progress | None = None,
     scheduler: Scheduler = None,
     pixel_size: float | None = None,
+    tta: bool = False,
 ) -> Path:
     """Coarse probabilities of ``image`` written to ``out`` (K float32 bands, class list in tags).
 
@@ -297,6 +299,8 @@ def predict_scene(
             the cluster (:mod:`refiner.scale.cluster`).
         pixel_size: metres per pixel of a picture without georeferencing (PNG, JPEG), so it is
             resampled to the model's resolution; a georeferenced scene carries its own.
+        tta: average each window's 8 turns and flips (:func:`~refiner.models.inference.predict_coarse`'s
+            ``tta``): 8 times the work, about a point of IoU more.
 
     Returns:
         ``out``.
@@ -313,7 +317,7 @@ def predict_scene(
     bundle = load_model(model, expect="coarse")
     h, w, (georef, grid, resample) = _streamable(image, bundle, pixel_size)
     window = max(4, window - window % 4)
-    task = SceneTask("predict", str(model), str(image), bands=tuple(bands) if bands else None, device=device)
+    task = SceneTask("predict", str(model), str(image), bands=tuple(bands) if bands else None, device=device, tta=tta)
 
     def windows_on(grid_h: int, grid_w: int) -> list[WindowSpec]:
         return list(iter_windows(grid_h, grid_w, window, bundle.net.cfg.halo, align=bundle.net.cfg.stride, fixed=True))

@@ -1,6 +1,7 @@
 """predict_coarse on its own: windows stitch to the whole-tile result, a tile at another resolution
 goes through the working grid and back, a class bias shifts the probabilities as the formula says,
-and the border band of a tile is no more biased than the interior."""
+the border band of a tile is no more biased than the interior, and test-time augmentation averages
+the 8 turns and flips of the tile."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from refiner.data.read import read_image
 from refiner.data.synthetic import DEMO_CLASSES, make_scene
 from refiner.data.tile import Georef, Tile
 from refiner.models.coarse import CoarseCNN, CoarseConfig
-from refiner.models.inference import predict_coarse, refine
+from refiner.models.inference import SYMMETRIES, predict_coarse, refine, turn, unturn
 from refiner.models.store import ModelBundle, load_model
 from tests.helpers import REPO, SHARED_DATA
 
@@ -136,6 +137,47 @@ def test_the_class_bias_multiplies_each_class_by_exp_bias(demo_coarse):
     odds = (biased[2] / biased[0]) / (plain[2] / plain[0])
     np.testing.assert_allclose(odds, 4.0, rtol=1e-3)
     assert (biased.argmax(0) == 2).sum() > (plain.argmax(0) == 2).sum()
+
+
+def test_the_eight_symmetries_are_distinct_and_unturn_undoes_each():
+    a = np.arange(2 * 3 * 5).reshape(2, 3, 5)
+    views = [turn(a, k, f) for k, f in SYMMETRIES]
+    assert len({(v.shape, v.tobytes()) for v in views}) == 8
+    for (k, f), v in zip(SYMMETRIES, views, strict=True):
+        np.testing.assert_array_equal(unturn(v, k, f), a)
+
+
+def _turned(tile: Tile, k: int, flip: bool) -> Tile:
+    return Tile(np.ascontiguousarray(turn(tile.image, k, flip)), np.ascontiguousarray(turn(tile.valid, k, flip)))
+
+
+def test_tta_averages_the_eight_turned_and_flipped_predictions_turned_back(demo_coarse):
+    """On a tile that is not square, window by window: the mean of the 8 views' own predictions."""
+    tile = make_scene(96, seed=5).tile()
+    tile = Tile(tile.image[:, :, :72].copy(), tile.valid[:, :72].copy())
+    calls = []
+    tta = predict_coarse(demo_coarse, tile, device="cpu", window=48, tta=True, progress=lambda *c: calls.append(c))
+    views = [
+        unturn(predict_coarse(demo_coarse, _turned(tile, k, f), device="cpu", window=48), k, f) for k, f in SYMMETRIES
+    ]
+    np.testing.assert_allclose(tta, np.mean(views, 0), atol=1e-6)
+    np.testing.assert_allclose(tta.sum(0), 1, atol=1e-5)
+    assert tta.shape == (3, 96, 72) and tta.dtype == np.float32
+    plain = predict_coarse(demo_coarse, tile, device="cpu", window=48)
+    assert np.abs(tta - plain).max() > 1e-3  # the network is not invariant, so averaging changes the map
+    assert calls[-1][0] == calls[-1][1] and calls[-1][1] >= 8 * 4  # every window of all 8 passes counted
+    assert all(b[0] > a[0] for a, b in zip(calls, calls[1:], strict=False))
+
+
+def test_with_tta_a_turned_or_flipped_tile_gets_the_map_turned_or_flipped_the_same_way(demo_coarse):
+    tile = make_scene(64, seed=6).tile()
+    tta = predict_coarse(demo_coarse, tile, device="cpu", tta=True)
+    plain = predict_coarse(demo_coarse, tile, device="cpu")
+    for k, f in [(1, False), (0, True), (3, True)]:
+        turned = predict_coarse(demo_coarse, _turned(tile, k, f), device="cpu", tta=True)
+        np.testing.assert_allclose(turned, turn(tta, k, f), atol=1e-6)
+        plain_turned = predict_coarse(demo_coarse, _turned(tile, k, f), device="cpu")
+        assert np.abs(plain_turned - turn(plain, k, f)).max() > 1e-3  # without it, the map depends on the turn
 
 
 def test_predict_refuses_an_rnn_and_a_wrong_band_count(demo_coarse):

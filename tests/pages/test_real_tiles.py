@@ -56,6 +56,23 @@ def test_the_start_page_picks_the_shipped_model_and_says_why(shipped, workspaces
     assert any("coarse probabilities: shipped coarse CNN coarse_1m" in c.value for c in at.caption)
 
 
+def test_the_start_page_can_average_the_shipped_models_turns_and_flips(shipped, workspaces):
+    from refiner.models.pretrained import coarse_probs_for, pick_coarse
+
+    ws = make_workspace(workspaces, "plain", with_rnn=False)
+    at = run("app.py")
+    at.checkbox(key="coarse_tta").check().run()
+    at.button(key="compute_coarse").click().run()
+    assert not at.exception and not at.error
+    ws = Workspace(ws.path)
+    assert ws.settings["coarse"]["tta"] is True
+    assert any("coarse_1m, 8 turns and flips averaged" in c.value for c in at.caption)
+    pick = pick_coarse(ws.classes, 1.0, root=shipped)
+    averaged = coarse_probs_for(pick, ws.tile(), tta=True)
+    np.testing.assert_allclose(ws.coarse_probs(), averaged, atol=1e-5)
+    assert np.abs(ws.coarse_probs() - coarse_probs_for(pick, ws.tile())).max() > 1e-3
+
+
 def test_when_no_shipped_model_fits_the_page_says_what_else_to_do(shipped, workspaces):
     from refiner.data.synthetic import make_scene
 

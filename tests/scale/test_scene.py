@@ -8,10 +8,11 @@ from affine import Affine
 from rasterio.crs import CRS
 
 from refiner.core.classes import ClassSpec
+from refiner.data.read import read_image
 from refiner.models.coarse import CoarseCNN, CoarseConfig
-from refiner.models.inference import EDGE_PAD, mirror_edges
+from refiner.models.inference import EDGE_PAD, mirror_edges, predict_coarse
 from refiner.models.rnn import RefinerRNN, RNNConfig
-from refiner.models.store import ModelBundle, save_model
+from refiner.models.store import ModelBundle, load_model, save_model
 from refiner.scale.scene import predict_scene, refine_scene
 from tests.helpers import coarse_probs_from_labels
 
@@ -100,6 +101,18 @@ def test_predict_scene_by_windows_equals_whole_image(files, tmp_path):
     got, crs, transform, _ = _read(out)
     assert crs == GEO["crs"] and transform == GEO["transform"]
     np.testing.assert_allclose(got, ref, atol=2e-5)
+
+
+def test_predict_scene_with_tta_equals_whole_image_tta(files, tmp_path):
+    """Each window averages its own 8 turns and flips; stitched, that is the whole image's average."""
+    out = tmp_path / "tta.tif"
+    predict_scene(files["dir"] / "coarse", files["dir"] / "image.tif", out, window=64, tta=True)
+    bundle = load_model(files["dir"] / "coarse", expect="coarse")
+    whole = predict_coarse(bundle, read_image(files["dir"] / "image.tif"), device="cpu", window=4096, tta=True)
+    got, *_ = _read(out)
+    np.testing.assert_allclose(got, whole, atol=2e-5)
+    plain = predict_coarse(bundle, read_image(files["dir"] / "image.tif"), device="cpu", window=4096)
+    assert np.abs(got - plain).max() > 1e-3
 
 
 def test_refine_scene_checks_its_inputs(files, tmp_path):
