@@ -100,6 +100,11 @@ class RNNTrainConfig:
     #: the label rules out) or unsure (top two within 0.2): :func:`~refiner.train.sampling.hard_pixels`
     #: on the training labels; 0 draws every centre as before
     focus: float = 0.0
+    #: Unroll a random number of iterations per step, ``iterations`` +- this many (at least 1; a
+    #: non-recurrent RNN, whose iterations each have their own weights, at most its own count),
+    #: scoring the last map: a shared update trained this way must improve any map it meets and not
+    #: only its fifth, so repeating it settles instead of drifting; 0 = always the built count
+    unroll_jitter: int = 0
 
 
 @dataclass
@@ -171,7 +176,7 @@ def _focus_map(cfg: RNNTrainConfig, probs: np.ndarray, labels: np.ndarray, allow
 
 
 def _check_config(cfg: RNNTrainConfig) -> None:
-    """What both trainers refuse before any work: bad counts, a focus share outside 0..1, negative pulls."""
+    """What both trainers refuse before any work: bad counts, a focus share outside 0..1, negative pulls or jitter."""
     check_counts(steps=cfg.steps, batch_size=cfg.batch_size, patch_size=cfg.patch_size)
     if not 0 <= cfg.focus <= 1:
         raise ValueError(
@@ -181,6 +186,10 @@ def _check_config(cfg: RNNTrainConfig) -> None:
     for name in ("distill", "anchor"):  # a negative pull would push away from the start, or be ignored
         if getattr(cfg, name) < 0:
             raise ValueError(f"{name} {getattr(cfg, name)} is negative — give 0 (no pull) or a positive weight")
+    if cfg.unroll_jitter < 0:
+        raise ValueError(
+            f"unroll_jitter {cfg.unroll_jitter} is negative — give 0 (always the RNN's own count) or e.g. 2"
+        )
 
 
 def _check_inputs(image: np.ndarray, probs: np.ndarray, labels: np.ndarray, k: int, cfg: RNNTrainConfig) -> None:
@@ -299,11 +308,16 @@ class _Objective:
 
             self.teacher = copy.deepcopy(net).eval().requires_grad_(False)
 
-    def __call__(self, x: torch.Tensor, p: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The loss of one batch: normalised images ``x``, coarse probabilities ``p``, labels ``y``."""
+    def __call__(
+        self, x: torch.Tensor, p: torch.Tensor, y: torch.Tensor, iterations: int | None = None
+    ) -> torch.Tensor:
+        """The loss of one batch: normalised images ``x``, coarse probabilities ``p``, labels ``y``.
+
+        ``iterations``: how many to unroll (default: the RNN's own count).
+        """
         halo, size = self.net.cfg.halo, self.cfg.patch_size
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            maps = self.net(x, p)
+            maps = self.net(x, p, iterations)
             u = centre(maps[-1], halo, size)
             scored = [centre(m, halo, size) for m in maps[1:]] if self.cfg.every_iteration else [u]
             loss = torch.stack(
@@ -314,7 +328,7 @@ class _Objective:
             loss = loss + self.cfg.anchor * sum(((q - anchor[n]) ** 2).sum() for n, q in self.net.named_parameters())
         if self.teacher is not None:  # KL(start || now) per pixel, summed over classes
             with torch.no_grad():
-                ref = centre(self.teacher(x, p)[-1], halo, size)
+                ref = centre(self.teacher(x, p, iterations)[-1], halo, size)
             loss = (
                 loss
                 + self.cfg.distill
@@ -375,6 +389,15 @@ class _Schedule:
         return bool(self.cfg.checkpoint_every) and step % self.cfg.checkpoint_every == 0
 
 
+def _unroll(arch: RNNConfig, cfg: RNNTrainConfig, gen: torch.Generator) -> int | None:
+    """This step's iteration count under ``cfg.unroll_jitter`` (None: the RNN's own)."""
+    if cfg.unroll_jitter <= 0:
+        return None
+    low = max(1, arch.iterations - cfg.unroll_jitter)
+    high = arch.iterations if arch.variant == "non_recurrent" else arch.iterations + cfg.unroll_jitter
+    return int(torch.randint(low, high + 1, (1,), generator=gen).item())
+
+
 def _train_step(
     sampler: PatchSampler,
     bundle: ModelBundle,
@@ -387,7 +410,7 @@ def _train_step(
     """One AdaGrad step on a batch of jittered patches; returns its loss."""
     (x, p), y = sampler.sample(cfg.batch_size)
     x_t = bundle.normalise(jitter(as_float(x), cfg.jitter, gen).to(dev))
-    loss = objective(x_t, as_float(p).to(dev), torch.from_numpy(y).long().to(dev))
+    loss = objective(x_t, as_float(p).to(dev), torch.from_numpy(y).long().to(dev), _unroll(bundle.net.cfg, cfg, gen))
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -695,7 +718,8 @@ def train_rnn_tiles(
     step = 0
     for step in range(1, cfg.steps + 1):
         (x, p), y = batches.sample(cfg.batch_size)
-        maps = net(bundle.normalise(jitter(x, cfg.jitter, gen)), p)
+        x = bundle.normalise(jitter(x, cfg.jitter, gen))
+        maps = net(x, p, _unroll(net.cfg, cfg, gen))
         scored = maps[1:] if cfg.every_iteration else maps[-1:]
         loss = torch.stack([partial_label_loss(centre(m, halo, cfg.patch_size), y, allowed) for m in scored]).mean()
         opt.zero_grad(set_to_none=True)

@@ -512,6 +512,47 @@ def test_every_iteration_scores_the_mean_of_each_iterations_loss(scene):
     assert not torch.isclose(every, final)
 
 
+def test_unroll_jitter_draws_every_count_around_the_rnns_own_and_caps_a_non_recurrent_one():
+    from refiner.models.rnn import RNNConfig
+    from refiner.train.rnn import _unroll
+
+    gen = torch.Generator().manual_seed(0)
+    for variant, expect in (("class_specific", {3, 4, 5, 6, 7}), ("non_recurrent", {3, 4, 5})):
+        arch = RNNConfig(num_classes=3, iterations=5, variant=variant)
+        assert {_unroll(arch, RNNTrainConfig(unroll_jitter=2), gen) for _ in range(200)} == expect
+    assert {_unroll(RNNConfig(3, iterations=2), RNNTrainConfig(unroll_jitter=4), gen) for _ in range(100)} == set(
+        range(1, 7)
+    )  # never below one iteration
+    assert _unroll(RNNConfig(3), RNNTrainConfig(), gen) is None
+
+
+def test_unroll_jitter_scores_the_map_after_the_drawn_count_in_both_trainers(scene, monkeypatch):
+    """The objective and the pretrained recipe's loop unroll what ``_unroll`` drew; a negative value is refused."""
+    import refiner.train.rnn as rnn_module
+    from refiner.models.rnn import RefinerRNN
+
+    counts = []
+    forward = RefinerRNN.forward
+
+    def spy(self, image, probs, iterations=None, **kw):  # noqa: ANN001, ANN202
+        maps = forward(self, image, probs, iterations, **kw)
+        if self.training:
+            counts.append(len(maps) - 1)
+        return maps
+
+    monkeypatch.setattr(RefinerRNN, "forward", spy)
+    probs = coarse_probs_from_labels(scene.osm, 3)
+    cfg = RNNTrainConfig(steps=12, batch_size=2, patch_size=24, holdout=0.0, unroll_jitter=2)
+    train_rnn(scene.image, probs, scene.truth, scene.classes, cfg)
+    assert set(counts) <= {3, 4, 5, 6, 7} and len(set(counts)) > 1, counts
+    counts.clear()
+    image8 = np.round(scene.image * 255).astype(np.uint8)
+    rnn_module.train_rnn_tiles([image8], [np.round(probs * 255).astype(np.uint8)], [scene.truth], scene.classes, cfg)
+    assert set(counts) <= {3, 4, 5, 6, 7} and len(set(counts)) > 1, counts
+    with pytest.raises(ValueError, match="unroll_jitter -1 is negative"):
+        train_rnn(scene.image, probs, scene.truth, scene.classes, replace(cfg, unroll_jitter=-1))
+
+
 def test_compact_holdout_is_one_piece_and_leaves_more_to_train_on():
     """Scattered held-out cells cost a guard band each: on a dense window the compact split keeps far more (#27)."""
     from scipy import ndimage
