@@ -2,11 +2,12 @@
 
     nice -n 5 python benchmarks/adaptation.py [--set report|dev] [--sizes 100 200 300]
         [--placements objects hints] [--tiles NAME ...] [--json out.json] [--plot out.png]
-        [--coarse MODEL_DIR] [--rnn MODEL_DIR] [--layers head|top2|all] [--grid tile|model]
+        [--coarse MODEL_DIR] [--rnn MODEL_DIR] [--layers head|top2|all] [--grid tile|model] [--rnn-stage JSON]
 
 ``--coarse`` / ``--rnn`` score other models than the shipped ones (a candidate before it ships),
 ``--layers`` the coarse part that adaptation trains and ``--grid`` the grid it adapts on (defaults:
-``CoarseAdaptConfig``'s).
+``CoarseAdaptConfig``'s), ``--rnn-stage`` the RNN stage's training settings (defaults:
+``ADAPT_RNN_DEFAULTS``).
 
 For every tile, patch size (px at the tile's own resolution) and placement, a simulated user
 paints a ``size`` x ``size`` patch with the tile's reference labels, and each method is scored on
@@ -161,7 +162,10 @@ def place(truth: np.ndarray, probs: np.ndarray, size: int, how: str) -> tuple[in
     return box.row, box.col, size
 
 
-def run_one(t: Foreign, size: int, how: str, models: dict, rnn_only: bool, coarse_cfg: dict | None = None) -> dict:
+def run_one(
+    t: Foreign, size: int, how: str, models: dict, rnn_only: bool, coarse_cfg: dict | None = None,
+    rnn_cfg: dict | None = None,
+) -> dict:  # fmt: skip
     """One tile, patch size and placement: every method's scores on the rest, seconds per stage."""
     import refiner
     from refiner.baselines.crf import dense_crf
@@ -194,7 +198,7 @@ def run_one(t: Foreign, size: int, how: str, models: dict, rnn_only: bool, coars
     t2 = time.perf_counter()
     try:
         cfg = refiner.AdaptConfig()
-        cfg = replace(cfg, coarse=replace(cfg.coarse, **(coarse_cfg or {})))
+        cfg = replace(cfg, coarse=replace(cfg.coarse, **(coarse_cfg or {})), rnn=replace(cfg.rnn, **(rnn_cfg or {})))
         result = refiner.adapt(tile, labels, models["coarse"], models["rnn"], cfg, partial=PARTIAL)
     except ValueError as exc:  # e.g. a patch of one class only: what the user would be told
         return {**row, "refused": str(exc)}
@@ -285,6 +289,8 @@ def main() -> None:
     p.add_argument("--rnn", type=Path, default=None, help="RNN model folder (default: the shipped rnn_1m)")
     p.add_argument("--layers", choices=("head", "top2", "all"), default=None, help="coarse part adaptation trains")
     p.add_argument("--grid", choices=("tile", "model"), default=None, help="the grid the coarse CNN adapts on")
+    p.add_argument("--rnn-stage", type=json.loads, default=None,
+                   help='RNNTrainConfig fields for the RNN stage as JSON, e.g. \'{"lr": 0.03}\'')  # fmt: skip
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     import refiner
@@ -296,12 +302,13 @@ def main() -> None:
     }
     tiles = [t for t in (REPORT if args.set == "report" else DEV) if not args.tiles or t.name in args.tiles]
     chosen = {"coarse": args.coarse, "rnn": args.rnn, "layers": args.layers, "grid": args.grid}
+    chosen["rnn_stage"] = args.rnn_stage
     coarse_cfg = {k: v for k, v in (("layers", args.layers), ("grid", args.grid)) if v}
     out = {"machine": machine(), "set": args.set, "rows": [], **{k: str(v) for k, v in chosen.items() if v}}
     for size in args.sizes:  # size-major: every tile at the first size before the next size
         for t in tiles:
             for how in args.placements:
-                row = run_one(t, size, how, models, size in args.rnn_only_sizes, coarse_cfg)
+                row = run_one(t, size, how, models, size in args.rnn_only_sizes, coarse_cfg, args.rnn_stage)
                 if row:
                     out["rows"].append(row)
                     print(json.dumps(row), flush=True)
