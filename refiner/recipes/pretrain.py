@@ -206,6 +206,18 @@ def score_probs(items: list[tuple[np.ndarray, TileData]]) -> dict[str, dict]:
     return out
 
 
+def score_by_set(items: list[tuple[np.ndarray, TileData]]) -> dict[str, dict[str, dict]]:
+    """:func:`score_probs` per data set.
+
+    A pooled score is mostly its largest tiles' (a card's building row is 95 % the one
+    Massachusetts 3-class tile), so cards list each set too.
+    """
+    sets: dict[str, list[tuple[np.ndarray, TileData]]] = {}
+    for probs, d in items:
+        sets.setdefault(d.set, []).append((probs, d))
+    return {name: score_probs(group) for name, group in sets.items()}
+
+
 def crop_center(data: TileData, size: int) -> TileData:
     """The ``size`` x ``size`` centre of a tile (all of it along a side shorter than ``size``)."""
     h, w = data.labels.shape
@@ -400,37 +412,40 @@ def _card(folder: Path, card: dict) -> None:
              f"- split: `{card['split_file']}`", "", "| set | train | val | test |", "|---|---|---|---|"]  # fmt: skip
     for name, roles in card["data"].items():
         lines.append(f"| {name} | {len(roles['train'])} | {len(roles['val'])} | {', '.join(roles['test']) or '-'} |")
-    lines += ["", "## Test scores (test tiles only, at 1 m; IoU of the class against everything else)", "",
-              "| task | OA | IoU other | IoU class | mean IoU | pixels |", "|---|---|---|---|---|---|"]  # fmt: skip
-    for task, s in card["test_scores"].items():
-        lines.append(f"| {task} | {s['overall_accuracy']:.3f} | {s['iou_other']:.3f} | {s['iou']:.3f} | "
-                     f"{s['mean_iou']:.3f} | {s['pixels']} |")  # fmt: skip
-    if card.get("baseline"):  # an RNN: the coarse map it refines, on the same tiles
-        base = card["baseline"]
+    atomic_write_bytes(folder / "card.md", ("\n".join([*lines, "", *_scores_md(card)]) + "\n").encode())
+
+
+SCORES_HEADER = "## Test scores (test tiles only, at 1 m; IoU of the class against everything else)"
+_TABLE_HEAD = ["| task | OA | IoU other | IoU class | mean IoU | pixels |", "|---|---|---|---|---|---|"]
+
+
+def _scores_md(card: dict) -> list[str]:
+    """A card's score section: pooled per task, the baseline's (an RNN's coarse map), then per set."""
+    lines = [SCORES_HEADER, "", *_TABLE_HEAD, *(_score_row(t, s) for t, s in card["test_scores"].items())]
+    base = card.get("baseline") or {}
+    if base.get("test_scores"):  # an RNN: the coarse map it refines, on the same tiles
         lines += ["", f"The coarse map it refines ({base['model']}) on the same tiles, for comparison:", "",
-                  "| task | OA | IoU other | IoU class | mean IoU | pixels |", "|---|---|---|---|---|---|"]  # fmt: skip
-        for task, s in base["test_scores"].items():
-            lines.append(f"| {task} | {s['overall_accuracy']:.3f} | {s['iou_other']:.3f} | {s['iou']:.3f} | "
-                         f"{s['mean_iou']:.3f} | {s['pixels']} |")  # fmt: skip
-    lines += ["", "Data: see each set's PROVENANCE.md in ../shared/data (research use; cite the sources)."]
-    atomic_write_bytes(folder / "card.md", ("\n".join(lines) + "\n").encode())
+                  *_TABLE_HEAD, *(_score_row(t, s) for t, s in base["test_scores"].items())]  # fmt: skip
+    by_set, base_by_set = card.get("test_scores_by_set") or {}, base.get("test_scores_by_set") or {}
+    if by_set:
+        compare = " coarse map: IoU class / mean IoU |" if base_by_set else ""
+        lines += ["", "Per data set (a pooled row above is mostly its largest tiles):", "",
+                  "| set | task | IoU class | mean IoU | pixels |" + compare,
+                  "|---|---|---|---|---|" + ("---|" if compare else "")]  # fmt: skip
+        for name, tasks in by_set.items():
+            for task, sc in tasks.items():
+                row = f"| {name} | {task} | {sc['iou']:.3f} | {sc['mean_iou']:.3f} | {sc['pixels']} |"
+                if compare and task in base_by_set.get(name, {}):
+                    b = base_by_set[name][task]
+                    row += f" {b['iou']:.3f} / {b['mean_iou']:.3f} |"
+                lines.append(row)
+    return [*lines, "", "Data: see each set's PROVENANCE.md in ../shared/data (research use; cite the sources)."]
 
 
-def test_scores(
-    model: ModelBundle, split_file: str | Path, coarse: ModelBundle[CoarseNet] | None = None
-) -> tuple[dict[str, dict], dict[str, dict] | None]:
-    """A shipped model's scores on its split's test tiles, with today's inference code.
-
-    For an RNN, give the ``coarse`` model whose maps it refines: the second value is then that
-    coarse map's scores on the same tiles (the card's baseline), else None.
-    """
-    return scores_on(model, load_role(load_split(split_file), "test"), coarse)
-
-
-def scores_on(
+def predictions_on(
     model: ModelBundle, tiles: Sequence[TileData], coarse: ModelBundle[CoarseNet] | None = None
-) -> tuple[dict[str, dict], dict[str, dict] | None]:
-    """:func:`test_scores` on the given tiles (a recipe's own test tiles, its sets only)."""
+) -> tuple[list[tuple[np.ndarray, TileData]], list[tuple[np.ndarray, TileData]]]:
+    """The model's probabilities on each tile and, for an RNN, the coarse map it refined (else [])."""
     items, base = [], []
     for d in tiles:
         if model.kind == "coarse":
@@ -441,6 +456,14 @@ def scores_on(
         probs = predict_coarse(coarse, d.tile(), device="cpu")
         items.append((refine(model, d.tile(), probs).final, d))
         base.append((probs, d))
+    return items, base
+
+
+def scores_on(
+    model: ModelBundle, tiles: Sequence[TileData], coarse: ModelBundle[CoarseNet] | None = None
+) -> tuple[dict[str, dict], dict[str, dict] | None]:
+    """Pooled task scores of the model (and, for an RNN, of the coarse map it refines) on ``tiles``."""
+    items, base = predictions_on(model, tiles, coarse)
     return score_probs(items), (score_probs(base) if base else None)
 
 
@@ -457,10 +480,10 @@ def rescore_card(folder: str | Path, root: str | Path = ".") -> dict:
     coarse = None
     if card["kind"] == "rnn":
         coarse = load_model(folder.parent / card["baseline"]["model"], expect="coarse")
-    scores, base = test_scores(model, Path(root) / card["split_file"], coarse)
-    card["test_scores"] = scores
-    if base is not None:
-        card["baseline"]["test_scores"] = base
+    items, base = predictions_on(model, load_role(load_split(Path(root) / card["split_file"]), "test"), coarse)
+    card["test_scores"], card["test_scores_by_set"] = score_probs(items), score_by_set(items)
+    if base:
+        card["baseline"]["test_scores"], card["baseline"]["test_scores_by_set"] = score_probs(base), score_by_set(base)
     card["rescored"] = time.strftime("%Y-%m-%d", time.gmtime()) + " (weights unchanged; today's inference code)"
     md = folder / "card.md"
     text = md.read_text() if md.is_file() else None
@@ -476,19 +499,23 @@ def _score_row(task: str, s: dict) -> str:
 
 
 def _rescored_md(text: str, card: dict) -> str:
-    """``text`` (a card.md) with its score rows replaced by ``card``'s, the model's table then the baseline's."""
-    rows = [_score_row(t, s) for t, s in card["test_scores"].items()]
-    rows += [_score_row(t, s) for t, s in card.get("baseline", {}).get("test_scores", {}).items()]
-    out, it = [], iter(rows)
+    """``text`` (a card.md) with its score section rebuilt from ``card`` and a dated line.
+
+    What was written by hand above the score section is kept; the section itself (from its
+    header on) is generated.
+    """
+    out = []
     for line in text.splitlines():
+        if line.startswith(SCORES_HEADER[:14]):
+            break
         if line.startswith("- test scores recomputed"):
             continue  # an earlier rescoring's line: the new one follows the split's
-        if line.startswith(("| road |", "| building |")):
-            line = next(it, line)
         out.append(line)
         if line.startswith("- split:"):
             out.append(f"- test scores recomputed {card['rescored']}")
-    return "\n".join(out) + "\n"
+    while out and not out[-1]:
+        out.pop()
+    return "\n".join([*out, "", *_scores_md(card)]) + "\n"
 
 
 def _rel(path: Path) -> str:
@@ -525,6 +552,7 @@ class _Trained:
     seconds: float
     scores: dict[str, dict]
     baseline: dict | None = None
+    scores_by_set: dict[str, dict[str, dict]] = dataclasses.field(default_factory=dict)
 
 
 def _load_recipe(config: Path, steps: int | None) -> _Recipe:
@@ -578,8 +606,8 @@ def _pretrain_coarse(r: _Recipe, should_stop: Callable[[], bool]) -> _Trained | 
         bundle.info = {**bundle.info, "class_bias": list(bias)}
         print(f"pretrain coarse: class score offsets chosen on the validation tiles: {bias}", flush=True)
     seconds = res.seconds + time.perf_counter() - t_cal  # training (every sitting) and calibration
-    scores = score_probs([(predict_coarse(bundle, d.tile(), device="cpu"), d) for d in r.test])
-    return _Trained(bundle, res.best_step, res.best_val, seconds, scores)
+    items, _ = predictions_on(bundle, r.test)
+    return _Trained(bundle, res.best_step, res.best_val, seconds, score_probs(items), None, score_by_set(items))
 
 
 def _pretrain_rnn(r: _Recipe) -> _Trained:
@@ -621,11 +649,13 @@ def _pretrain_rnn(r: _Recipe) -> _Trained:
         bundle.info = {**bundle.info, "class_bias": list(beta)}
         print(f"pretrain rnn: class offsets chosen on the validation tiles: {beta}", flush=True)
     seconds = time.perf_counter() - t0
-    scores, coarse_scores = scores_on(bundle, r.test, coarse)
+    items, base = predictions_on(bundle, r.test, coarse)
     # the coarse map's scores on the same tiles, beside the RNN's: the card showed two near-equal
     # rows (road IoU 0.31 / 0.29) that read as the coarse card's repeated, with nothing to compare
-    baseline = {"model": Path(raw["coarse"]).name, "test_scores": coarse_scores}
-    return _Trained(bundle, bundle.info.get("best_step"), result.best_val, seconds, scores, baseline)
+    baseline = {"model": Path(raw["coarse"]).name, "test_scores": score_probs(base),
+                "test_scores_by_set": score_by_set(base)}  # fmt: skip
+    return _Trained(bundle, bundle.info.get("best_step"), result.best_val, seconds, score_probs(items), baseline,
+                    score_by_set(items))  # fmt: skip
 
 
 def run_pretrain(
@@ -668,7 +698,8 @@ def run_pretrain(
         "training_seconds": round(seconds, 1), "machine": f"{MACHINE}, {platform.system()}, torch {torch.__version__}",
         "torch_threads": torch.get_num_threads(), "seed": seed,
         "rebuild": f"python -m refiner pretrain {config}", "train_config": bundle.info.get("train_config"),
-        "test_scores": scores, "init": raw.get("init"), "class_bias": bundle.info.get("class_bias"),
+        "test_scores": scores, "test_scores_by_set": trained.scores_by_set, "init": raw.get("init"),
+        "class_bias": bundle.info.get("class_bias"),
         **({"baseline": baseline, "patches": _rnn_patches(raw)} if kind == "rnn" else {}),
     })  # fmt: skip
     print(f"pretrain {kind}: saved {folder} ({seconds:.0f} s); test scores: {json.dumps(scores)}", flush=True)

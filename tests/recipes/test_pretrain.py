@@ -311,11 +311,39 @@ def test_rescoring_a_card_brings_back_what_the_model_scores_today(tmp_path):
     true_scores = card["test_scores"]
     weights = (folder / "model.safetensors").read_bytes()
     stale = {task: {**s, "iou": 0.123} for task, s in true_scores.items()}
-    (folder / "card.json").write_text(json.dumps({**card, "test_scores": stale}))
+    old = {k: v for k, v in card.items() if k != "test_scores_by_set"}  # a card from before the per-set rows
+    (folder / "card.json").write_text(json.dumps({**old, "test_scores": stale}))
+    md = (folder / "card.md").read_text()
+    head, section = md.split("## Test scores", 1)
+    (folder / "card.md").write_text(head + "Written by hand.\n\n## Test scores" + section.split("Per data set")[0])
     again = rescore_card(folder)
     assert again["test_scores"] == true_scores and "rescored" in again
-    assert "test scores recomputed" in (folder / "card.md").read_text()
+    assert again["test_scores_by_set"] == card["test_scores_by_set"]
+    text = (folder / "card.md").read_text()
+    assert "test scores recomputed" in text and "Written by hand." in text
+    assert "Per data set" in text and f"| roads | road | {true_scores['road']['iou']:.3f} |" in text
+    assert text.count("## Test scores") == 1 and text.rstrip().endswith("(research use; cite the sources).")
     assert (folder / "model.safetensors").read_bytes() == weights
+
+
+def test_scores_by_set_pool_each_sets_tiles_apart():
+    """The pooled building row is mostly one big tile; per set, a small set's score shows."""
+    from refiner.recipes.pretrain import TileData, score_by_set, score_probs
+
+    def tile(set_name, n, right):  # n x n px, half building; ``right``: the map says so
+        labels = np.zeros((n, n), np.uint8)
+        labels[:, : n // 2] = 1
+        probs = np.zeros((3, n, n), np.float32)
+        probs[1 if right else 0, :, : n // 2] = 1
+        probs[0, :, n // 2 :] = 1
+        return probs, TileData(set_name, f"{set_name}{n}", np.zeros((3, n, n), np.uint8), labels, ("building",))
+
+    items = [tile("big", 40, True), tile("small", 8, False), tile("small", 6, False)]
+    by_set = score_by_set(items)
+    assert set(by_set) == {"big", "small"}
+    assert by_set["big"]["building"]["iou"] == 1.0 and by_set["small"]["building"]["iou"] == 0.0
+    assert by_set["small"] == score_probs(items[1:])
+    assert 0.9 < score_probs(items)["building"]["iou"] < 1.0  # pooled, the small set hardly shows
 
 
 RNN_RECIPE = """
@@ -358,3 +386,5 @@ def test_both_recipes_calibrate_on_the_whole_validation_tiles_not_their_crops(tm
     (tmp_path / "r.toml").write_text(RNN_RECIPE)
     assert pretrain.run_pretrain(tmp_path / "r.toml") == tmp_path / "r" / "model"
     assert shapes == {"coarse": [(40, 40)], "rnn": [(40, 40)]}  # the validation tile whole; val_crop is 40 / 20
+    rnn_md = (tmp_path / "r" / "model" / "card.md").read_text()
+    assert "| set | task | IoU class | mean IoU | pixels | coarse map: IoU class / mean IoU |" in rnn_md
