@@ -416,6 +416,7 @@ def _card(folder: Path, card: dict) -> None:
 
 
 SCORES_HEADER = "## Test scores (test tiles only, at 1 m; IoU of the class against everything else)"
+_SCORES_START = "## Test scores"  # how an older card's score section begins too
 _TABLE_HEAD = ["| task | OA | IoU other | IoU class | mean IoU | pixels |", "|---|---|---|---|---|---|"]
 
 
@@ -506,7 +507,7 @@ def _rescored_md(text: str, card: dict) -> str:
     """
     out = []
     for line in text.splitlines():
-        if line.startswith(SCORES_HEADER[:14]):
+        if line.startswith(_SCORES_START):
             break
         if line.startswith("- test scores recomputed"):
             continue  # an earlier rescoring's line: the new one follows the split's
