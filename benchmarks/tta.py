@@ -3,7 +3,7 @@
     nice -n 5 python benchmarks/tta.py [--coarse MODEL_DIR] [--rnn MODEL_DIR] [--json out.json]
 
 Scores the shipped coarse CNN without and with ``predict_coarse(tta=True)``, and the shipped RNN
-on each of the two maps:
+on each of the two maps (and, averaged the same way over its own 8 views, on the averaged map):
 
 - ``test``: the shipped models' test tiles (``experiments/pretrained/split.toml``), pooled per
   task as their cards are (road: Massachusetts 08, 11, 12 and the 3-class tile; building: the
@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.adaptation import REPORT, load, rest_scores  # noqa: E402
@@ -37,8 +38,22 @@ def _rounded(scores: dict) -> dict:
     return {task: {k: round(s[k], 4) for k in ("iou", "mean_iou")} for task, s in scores.items()}
 
 
+def _rnn_averaged(rnn, tile, probs):  # noqa: ANN001, ANN202 - the RNN on the 8 turned tiles and maps, turned back
+    from refiner.data.tile import Tile
+    from refiner.models.inference import SYMMETRIES, refine, turn, unturn
+
+    total = 0.0
+    for k, f in SYMMETRIES:
+        view = Tile(np.ascontiguousarray(turn(tile.image, k, f)), np.ascontiguousarray(turn(tile.valid, k, f)))
+        total = total + unturn(refine(rnn, view, np.ascontiguousarray(turn(probs, k, f))).final, k, f)
+    return total / len(SYMMETRIES)
+
+
 def test_tiles(coarse, rnn) -> dict:  # noqa: ANN001 - model bundles
-    """Pooled task scores on the split's test tiles: coarse and RNN, without and with TTA."""
+    """Pooled task scores on the split's test tiles: coarse and RNN, without and with TTA.
+
+    With TTA, the RNN also runs on the 8 turned views of the averaged map (``rnn_averaged``).
+    """
     from refiner.models.inference import predict_coarse, refine
     from refiner.recipes.pretrain import load_role, load_split, score_probs
 
@@ -52,6 +67,9 @@ def test_tiles(coarse, rnn) -> dict:  # noqa: ANN001 - model bundles
         name = "tta" if tta else "plain"
         out[name] = {"coarse": _rounded(score_probs(maps)), "rnn": _rounded(score_probs(refined)),
                      "coarse_seconds": round(seconds, 1)}  # fmt: skip
+        if tta:
+            averaged = [(_rnn_averaged(rnn, d.tile(), p), d) for p, d in maps]
+            out[name]["rnn_averaged"] = _rounded(score_probs(averaged))
         print(json.dumps({"test": name, **out[name]}), flush=True)
     return out
 
