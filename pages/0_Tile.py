@@ -116,7 +116,8 @@ with pc1:
         from refiner.models.inference import predict_coarse
         from refiner.models.store import load_model
 
-        with common.guard("computing coarse probabilities"), st.spinner("Running the coarse CNN..."):
+        running = "Running the coarse CNN" + (" 8 times, turned and flipped..." if tta else "...")
+        with common.guard("computing coarse probabilities"), st.spinner(running):
             if own:
                 bundle = load_model(ws.model_dir("coarse"), expect="coarse")
                 todo = "upload probabilities or a CNN trained for these classes"
