@@ -1,9 +1,10 @@
 """A new RNN with and without the pull to the coarse map on the synthetic demo (issue 27).
 
 The demo's tiles look alike (one generator), so what a new RNN learns on the enhancement tile
-carries to the test tile and the pull (``SCRATCH_DEFAULTS``' ``distill``) only slows it; on real
-tiles from elsewhere it is what keeps the RNN from learning its patch's look (docs/results.md,
-"A new RNN's defaults"). Mean IoU of the coarse map and of each RNN, on the enhancement tile
+carries to the test tile and the pull (``distill``, 0 in ``SCRATCH_DEFAULTS`` since the tiles from
+elsewhere were measured) only slows it; on other Massachusetts tiles unlike the patch it is what
+keeps the RNN from learning its patch's look (docs/results.md, "A new RNN's defaults" and "A new
+RNN on tiles from elsewhere"). Mean IoU of the coarse map and of each RNN, on the enhancement tile
 (fully labelled, trained on) and on the test tile::
 
     python -m refiner demo-data --out runs/demo

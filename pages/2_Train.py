@@ -61,8 +61,8 @@ HELP = {
     "patch": "Side of each training patch in pixels at the working resolution (plus the RNN's reach around it).",
     "distill": "How strongly the refined maps are pulled towards where training starts: the coarse map for a new "
     "RNN, the pretrained RNN's maps for a fine-tune, the current RNN's when continuing. It keeps one patch from "
-    "teaching the RNN that patch's look alone. 0 is the paper's plain training, best when the rest of the tile "
-    "looks like the patch.",
+    "teaching the RNN that patch's look alone: worth it when the RNN is meant for other tiles. 0 is the paper's "
+    "plain training, best for the rest of the painted tile (a new RNN's default).",
 }
 CONTINUE, NEW = "the current RNN (continue training)", "a new RNN (from scratch)"
 with common.guard("looking for a pretrained RNN"):
@@ -81,8 +81,9 @@ elif pick.model is None:
     st.caption(f"Training from scratch: {pick.reason}.")
 if start_from == NEW:
     st.caption(
-        "A new RNN starts as the coarse map itself and its maps are pulled towards it, with brightness/contrast "
-        "jitter (refiner.train.rnn.SCRATCH_DEFAULTS): one patch cannot teach it that patch's look alone."
+        "A new RNN trains as in the paper (refiner.train.rnn.SCRATCH_DEFAULTS): best for the rest of this tile. "
+        "To apply it to other tiles unlike this patch, set 'Pull to the start' to about 3: it then starts as the "
+        "coarse map and stays near it, so one patch cannot teach it that patch's look alone."
     )
 if start_from != CONTINUE and has_model:
     st.caption("The current RNN is not lost: it stays in the model history below, ready to restore.")

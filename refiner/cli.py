@@ -603,8 +603,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add(
         "finetune",
         cmd_finetune,
-        "Train the refinement RNN on accurately labelled pixels: a new one starts as the coarse map itself and is "
-        "pulled towards it (SCRATCH_DEFAULTS), a fine-tune (--init) starts from a pretrained RNN (FINETUNE_DEFAULTS).",
+        "Train the refinement RNN on accurately labelled pixels: a new one with the paper's plain training "
+        "(SCRATCH_DEFAULTS), a fine-tune (--init) from a pretrained RNN (FINETUNE_DEFAULTS).",
     )
     sp.add_argument("--image", required=True)
     sp.add_argument("--probs", required=True, help="coarse probabilities of the image (from predict)")
@@ -646,8 +646,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--distill",
         type=float,
         default=None,
-        help=f"weight of the pull of the refined maps towards the start's (default {rnn['distill']:g}, towards the "
-        f"coarse map; {ft.distill:g} with --init); 0 for the paper's plain training",
+        help=f"weight of the pull of the refined maps towards the start's (default {rnn['distill']:g}: the paper's "
+        f"plain training; {ft.distill:g} with --init); e.g. 3 starts a new RNN as the coarse map and keeps it near "
+        "it, for applying it to tiles unlike its patch",
     )
     sp.add_argument("--max-seconds", type=float, default=rnn["max_seconds"], help="wall-clock budget")
     sp.add_argument(

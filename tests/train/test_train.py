@@ -581,6 +581,28 @@ def test_identity_start_refines_to_the_coarse_map_until_trained(scene):
     assert np.abs(out[False] - probs).max() > 1e-2
 
 
+def test_a_pull_on_a_new_rnn_starts_it_as_the_coarse_map(scene):
+    """``distill`` without ``identity_start`` pulled towards nothing (no start to pull to): it was silently
+    plain training. A new RNN with a pull now starts from du = 0, so the pull has the coarse map to keep."""
+    probs = coarse_probs_from_labels(scene.osm, 3)
+    cfg = RNNTrainConfig(steps=1, batch_size=2, patch_size=24, lr=0.0, holdout=0.0)
+    untrained = {d: refine(train_rnn(scene.image, probs, scene.truth, scene.classes, replace(cfg, distill=d)).bundle,
+                           scene.tile(), probs).final for d in (0.0, 3.0)}  # fmt: skip
+    np.testing.assert_allclose(untrained[3.0], probs, atol=1e-5)
+    assert np.abs(untrained[0.0] - probs).max() > 1e-2  # Glorot's start without a pull, as the paper's
+    drift = {}
+    run = replace(cfg, lr=0.05, steps=20)
+    wrong = np.where(scene.truth == IGNORE, IGNORE, (scene.truth + 1) % 3).astype(np.uint8)
+    for distill in (0.0, 50.0):
+        res = train_rnn(scene.image, probs, wrong, scene.classes, replace(run, distill=distill, identity_start=True))
+        drift[distill] = float(np.abs(refine(res.bundle, scene.tile(), probs).final - probs).mean())
+    pulled = train_rnn(scene.image, probs, wrong, scene.classes, replace(run, distill=50.0))  # no identity_start
+    assert float(np.abs(refine(pulled.bundle, scene.tile(), probs).final - probs).mean()) == pytest.approx(
+        drift[50.0], rel=1e-5
+    )  # the same run as with identity_start: the pull is on
+    assert drift[50.0] < 0.5 * drift[0.0], drift
+
+
 def test_identity_start_is_a_candidate_and_the_pull_keeps_a_new_rnn_near_the_coarse_map(scene):
     """From ``du = 0`` the start competes on the held-out regions, and ``distill`` pulls towards the coarse map."""
     probs = coarse_probs_from_labels(scene.osm, 3)
