@@ -8,7 +8,7 @@ import streamlit as st
 from refiner.app import access, results, viz
 from refiner.app.demos import DEMO_NAME, REAL_DEMOS
 from refiner.app.demos import unavailable as real_demo_unavailable
-from refiner.app.pretrained import TTA_NOTE, coarse_into_workspace, workspace_resolution
+from refiner.app.pretrained import coarse_into_workspace, own_coarse_into_workspace, workspace_resolution
 from refiner.app.uploads import (
     MAX_PIXELS,
     check_pixel_size,
@@ -17,7 +17,7 @@ from refiner.app.uploads import (
     tile_from_upload,
     upload_shape,
 )
-from refiner.core.classes import ClassSpec, check_compatible
+from refiner.core.classes import ClassSpec
 from refiner.models.pretrained import pick_coarse
 from webapp import common
 
@@ -113,18 +113,10 @@ with pc1:
         "about a point of IoU better on the shipped model's test tiles.",
     )
     if st.button(f"Compute with {which}", key="compute_coarse", disabled=not own and pick.model is None):
-        from refiner.models.inference import predict_coarse
-        from refiner.models.store import load_model
-
         running = "Running the coarse CNN" + (" 8 times, turned and flipped..." if tta else "...")
         with common.guard("computing coarse probabilities"), st.spinner(running):
             if own:
-                bundle = load_model(ws.model_dir("coarse"), expect="coarse")
-                todo = "upload probabilities or a CNN trained for these classes"
-                check_compatible(bundle.classes, ws.classes, "the workspace's coarse CNN", "this workspace", todo)
-                source = "coarse CNN (coarse)" + (TTA_NOTE if tta else "")
-                origin = {"source": source, "resolution": bundle.resolution, "tta": tta}
-                ws.write_coarse_probs(predict_coarse(bundle, tile, tta=tta), origin)
+                own_coarse_into_workspace(ws, tta=tta)
             else:
                 coarse_into_workspace(ws, tta=tta)
         st.success("Coarse probabilities computed.")

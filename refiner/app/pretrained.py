@@ -1,4 +1,4 @@
-"""The shipped models for a workspace: which one fits it, and their coarse probabilities written into it.
+"""The coarse CNN for a workspace: which shipped one fits it, and its (or the workspace's own) probabilities.
 
 The catalogue and the rules of which model fits which classes and resolution are the engine's
 (:mod:`refiner.models.pretrained`); this module only says what a workspace contributes to them
@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from refiner.app.workspace import Workspace
+from refiner.core.classes import check_compatible
 from refiner.models.pretrained import Pick, coarse_probs_for, pick_coarse
 
 
@@ -31,7 +32,26 @@ def coarse_into_workspace(ws: Workspace, *, root: str | Path | None = None, tta:
     pick = pick_coarse(ws.classes, workspace_resolution(ws), root=root)
     if pick.model is not None:
         probs = coarse_probs_for(pick, ws.tile(), tta=tta)
-        source = f"shipped coarse CNN {pick.model.name}" + (TTA_NOTE if tta else "")
-        origin = {"source": source, "model": pick.model.name, "why": pick.reason, "tta": tta}
+        origin = _origin(f"shipped coarse CNN {pick.model.name}", tta, model=pick.model.name, why=pick.reason)
         ws.write_coarse_probs(probs, {**origin, "resolution": pick.model.resolution})
     return pick
+
+
+def own_coarse_into_workspace(ws: Workspace, *, tta: bool = False) -> None:
+    """Run the coarse CNN uploaded to a workspace on its tile and write the probabilities there.
+
+    Refused with a clear message when that model's classes are not the workspace's.
+    """
+    from refiner.models.inference import predict_coarse
+    from refiner.models.store import load_model
+
+    bundle = load_model(ws.model_dir("coarse"), expect="coarse")
+    todo = "upload probabilities or a CNN trained for these classes"
+    check_compatible(bundle.classes, ws.classes, "the workspace's coarse CNN", "this workspace", todo)
+    origin = _origin("coarse CNN (coarse)", tta, resolution=bundle.resolution)
+    ws.write_coarse_probs(predict_coarse(bundle, ws.tile(), tta=tta), origin)
+
+
+def _origin(source: str, tta: bool, **extra: object) -> dict:
+    """A coarse map's origin record: its source (saying when 8 turns and flips were averaged) and more."""
+    return {"source": source + (TTA_NOTE if tta else ""), "tta": tta, **extra}

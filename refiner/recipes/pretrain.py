@@ -218,6 +218,11 @@ def score_by_set(items: list[tuple[np.ndarray, TileData]]) -> dict[str, dict[str
     return {name: score_probs(group) for name, group in sets.items()}
 
 
+def card_scores(items: list[tuple[np.ndarray, TileData]]) -> dict[str, dict]:
+    """A card's score fields for ``items``: ``test_scores`` pooled per task, ``test_scores_by_set``."""
+    return {"test_scores": score_probs(items), "test_scores_by_set": score_by_set(items)}
+
+
 def crop_center(data: TileData, size: int) -> TileData:
     """The ``size`` x ``size`` centre of a tile (all of it along a side shorter than ``size``)."""
     h, w = data.labels.shape
@@ -482,9 +487,9 @@ def rescore_card(folder: str | Path, root: str | Path = ".") -> dict:
     if card["kind"] == "rnn":
         coarse = load_model(folder.parent / card["baseline"]["model"], expect="coarse")
     items, base = predictions_on(model, load_role(load_split(Path(root) / card["split_file"]), "test"), coarse)
-    card["test_scores"], card["test_scores_by_set"] = score_probs(items), score_by_set(items)
+    card.update(card_scores(items))
     if base:
-        card["baseline"]["test_scores"], card["baseline"]["test_scores_by_set"] = score_probs(base), score_by_set(base)
+        card["baseline"].update(card_scores(base))
     card["rescored"] = time.strftime("%Y-%m-%d", time.gmtime()) + " (weights unchanged; today's inference code)"
     md = folder / "card.md"
     text = md.read_text() if md.is_file() else None
@@ -551,9 +556,8 @@ class _Trained:
     best_step: int | None
     best_val: float | None
     seconds: float
-    scores: dict[str, dict]
+    scores: dict[str, dict]  # card_scores: pooled and per set
     baseline: dict | None = None
-    scores_by_set: dict[str, dict[str, dict]] = dataclasses.field(default_factory=dict)
 
 
 def _load_recipe(config: Path, steps: int | None) -> _Recipe:
@@ -608,7 +612,7 @@ def _pretrain_coarse(r: _Recipe, should_stop: Callable[[], bool]) -> _Trained | 
         print(f"pretrain coarse: class score offsets chosen on the validation tiles: {bias}", flush=True)
     seconds = res.seconds + time.perf_counter() - t_cal  # training (every sitting) and calibration
     items, _ = predictions_on(bundle, r.test)
-    return _Trained(bundle, res.best_step, res.best_val, seconds, score_probs(items), None, score_by_set(items))
+    return _Trained(bundle, res.best_step, res.best_val, seconds, card_scores(items))
 
 
 def _pretrain_rnn(r: _Recipe) -> _Trained:
@@ -653,10 +657,8 @@ def _pretrain_rnn(r: _Recipe) -> _Trained:
     items, base = predictions_on(bundle, r.test, coarse)
     # the coarse map's scores on the same tiles, beside the RNN's: the card showed two near-equal
     # rows (road IoU 0.31 / 0.29) that read as the coarse card's repeated, with nothing to compare
-    baseline = {"model": Path(raw["coarse"]).name, "test_scores": score_probs(base),
-                "test_scores_by_set": score_by_set(base)}  # fmt: skip
-    return _Trained(bundle, bundle.info.get("best_step"), result.best_val, seconds, score_probs(items), baseline,
-                    score_by_set(items))  # fmt: skip
+    baseline = {"model": Path(raw["coarse"]).name, **card_scores(base)}
+    return _Trained(bundle, bundle.info.get("best_step"), result.best_val, seconds, card_scores(items), baseline)
 
 
 def run_pretrain(
@@ -699,9 +701,9 @@ def run_pretrain(
         "training_seconds": round(seconds, 1), "machine": f"{MACHINE}, {platform.system()}, torch {torch.__version__}",
         "torch_threads": torch.get_num_threads(), "seed": seed,
         "rebuild": f"python -m refiner pretrain {config}", "train_config": bundle.info.get("train_config"),
-        "test_scores": scores, "test_scores_by_set": trained.scores_by_set, "init": raw.get("init"),
-        "class_bias": bundle.info.get("class_bias"),
+        **scores, "init": raw.get("init"), "class_bias": bundle.info.get("class_bias"),
         **({"baseline": baseline, "patches": _rnn_patches(raw)} if kind == "rnn" else {}),
     })  # fmt: skip
-    print(f"pretrain {kind}: saved {folder} ({seconds:.0f} s); test scores: {json.dumps(scores)}", flush=True)
+    pooled = json.dumps(scores["test_scores"])
+    print(f"pretrain {kind}: saved {folder} ({seconds:.0f} s); test scores: {pooled}", flush=True)
     return folder
